@@ -1,0 +1,1 @@
+"""Scene data: the CLEVR-like renderer and dataset loaders."""

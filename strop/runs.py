@@ -1,0 +1,358 @@
+"""The run folder: the only contract between `strop`, `grammar` and `llm_decode`.
+
+Torch-free on purpose. Layout (DESIGN.md "The run folder")::
+
+    EXPERIMENT/            e.g. runs/clevr
+      k128/                one run
+        config.json        resolved configuration
+        checkpoints/       step-NNNNNNN.pt, last.pt
+        metrics.jsonl      one JSON object per logged step
+        programs.parquet   image_id, split, codes, length, n_objects, scene
+        eval.json          evaluation metrics
+        grammar/           strop-grammar output
+        llm/<model>/       strop-llm output
+
+Design decisions
+- `programs.parquet` stores `codes` as `list<int32>` and the codebook size `K` (plus any other
+  run facts) in the Parquet schema metadata under `strop`, so a reader can validate codes
+  without the config, and `datasets.load_dataset("parquet", ...)` still reads it as a table.
+- Every writer goes through a temporary name then `os.replace`: nothing half-written remains.
+- Validation errors are one line naming file, row and field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from strop.scenes import atomic_write_text
+
+PROGRAMS_FILE = "programs.parquet"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.json"
+_META_KEY = b"strop"
+
+
+class RunFolderError(ValueError):
+    """A run folder or one of its files that cannot be used; the message is one line."""
+
+
+# --------------------------------------------------------------------------- programs
+
+
+@dataclass
+class Programs:
+    """A corpus of programs, one row per image. `n_objects` is -1 where unknown."""
+
+    codes: list[np.ndarray]
+    image_id: list[str] = field(default_factory=list)
+    split: list[str] = field(default_factory=list)
+    n_objects: np.ndarray | None = None
+    scene: list[str | None] = field(default_factory=list)
+    codebook_size: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.codes)
+        self.codes = [np.asarray(c, dtype=np.int64).reshape(-1) for c in self.codes]
+        if not self.image_id:
+            self.image_id = [str(i) for i in range(n)]
+        if not self.split:
+            self.split = [""] * n
+        if self.n_objects is None:
+            self.n_objects = np.full(n, -1, dtype=np.int64)
+        self.n_objects = np.asarray(self.n_objects, dtype=np.int64)
+        if not self.scene:
+            self.scene = [None] * n
+        for name in ("image_id", "split", "scene"):
+            if len(getattr(self, name)) != n:
+                raise RunFolderError(f"programs: column {name} has {len(getattr(self, name))} rows, codes has {n}")
+        if len(self.n_objects) != n:
+            raise RunFolderError(f"programs: column n_objects has {len(self.n_objects)} rows, codes has {n}")
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(c) for c in self.codes], dtype=np.int64)
+
+    def padded(self, pad: int = -1) -> np.ndarray:
+        """(N, max_len) int64 array, positions past each program's length set to `pad`."""
+        lengths = self.lengths
+        out = np.full((len(self), int(lengths.max(initial=0))), pad, dtype=np.int64)
+        for i, c in enumerate(self.codes):
+            out[i, : len(c)] = c
+        return out
+
+    def subset(self, index: np.ndarray | list[int]) -> Programs:
+        idx = [int(i) for i in index]
+        return Programs(
+            codes=[self.codes[i] for i in idx],
+            image_id=[self.image_id[i] for i in idx],
+            split=[self.split[i] for i in idx],
+            n_objects=self.n_objects[idx] if len(idx) else np.zeros(0, dtype=np.int64),
+            scene=[self.scene[i] for i in idx],
+            codebook_size=self.codebook_size,
+            meta=dict(self.meta),
+        )
+
+    def validate(self, source: str = "programs") -> None:
+        """Check codes lie in [0, K) (when K is known) and are non-negative."""
+        for i, c in enumerate(self.codes):
+            if c.size and c.min() < 0:
+                raise RunFolderError(f"{source}: row {i} ({self.image_id[i]}) field codes: negative code {int(c.min())}")
+            if self.codebook_size is not None and c.size and c.max() >= self.codebook_size:
+                raise RunFolderError(
+                    f"{source}: row {i} ({self.image_id[i]}) field codes: code {int(c.max())} "
+                    f"outside [0, {self.codebook_size})"
+                )
+
+
+def write_programs(path: str | os.PathLike[str], programs: Programs) -> Path:
+    """Write `programs.parquet` atomically (K and `meta` go into the schema metadata)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    programs.validate(str(path))
+    meta = dict(programs.meta)
+    if programs.codebook_size is not None:
+        meta["codebook_size"] = int(programs.codebook_size)
+    table = pa.table(
+        {
+            "image_id": pa.array(programs.image_id, pa.string()),
+            "split": pa.array(programs.split, pa.string()),
+            "codes": pa.array([c.astype(np.int32) for c in programs.codes], pa.list_(pa.int32())),
+            "length": pa.array(programs.lengths.astype(np.int32), pa.int32()),
+            "n_objects": pa.array(
+                [None if n < 0 else int(n) for n in programs.n_objects], pa.int32()
+            ),
+            "scene": pa.array(programs.scene, pa.string()),
+        }
+    )
+    table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_programs(path: str | os.PathLike[str], codebook_size: int | None = None) -> Programs:
+    """Read and validate a `programs.parquet`. `codebook_size` overrides the stored K."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunFolderError(f"{path}: programs file not found")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise RunFolderError(f"{path}: not a readable Parquet file ({exc})") from None
+    if "codes" not in table.column_names:
+        raise RunFolderError(f"{path}: missing column 'codes'")
+    meta_raw = (table.schema.metadata or {}).get(_META_KEY)
+    meta: dict[str, Any] = json.loads(meta_raw) if meta_raw else {}
+    n = table.num_rows
+    codes_col = table.column("codes").combine_chunks()
+    if codes_col.null_count:
+        row = next(i for i, v in enumerate(codes_col.is_null().to_pylist()) if v)
+        raise RunFolderError(f"{path}: row {row} field codes: missing")
+    offsets = np.asarray(codes_col.offsets)
+    flat = np.asarray(codes_col.values, dtype=np.int64)
+    codes = [flat[offsets[i] : offsets[i + 1]] for i in range(n)]
+
+    def column(name: str, default: Any) -> list[Any]:
+        return table.column(name).to_pylist() if name in table.column_names else [default] * n
+
+    if "length" in table.column_names:
+        lengths = np.asarray(table.column("length").to_numpy(zero_copy_only=False))
+        bad = np.nonzero(lengths != np.diff(offsets))[0]
+        if bad.size:
+            i = int(bad[0])
+            raise RunFolderError(
+                f"{path}: row {i} field length: {int(lengths[i])} but codes has {len(codes[i])} entries"
+            )
+    n_obj = np.array([-1 if v is None else v for v in column("n_objects", None)], dtype=np.int64)
+    k = codebook_size if codebook_size is not None else meta.get("codebook_size")
+    programs = Programs(
+        codes=codes,
+        image_id=[str(v) for v in column("image_id", None)] if "image_id" in table.column_names else [],
+        split=[v or "" for v in column("split", "")],
+        n_objects=n_obj,
+        scene=column("scene", None),
+        codebook_size=int(k) if k is not None else None,
+        meta=meta,
+    )
+    programs.validate(str(path))
+    return programs
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run: paths to every file of the contract, and small readers/writers."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    config_path = property(lambda self: self.path / CONFIG_FILE)
+    metrics_path = property(lambda self: self.path / METRICS_FILE)
+    programs_path = property(lambda self: self.path / PROGRAMS_FILE)
+    eval_path = property(lambda self: self.path / EVAL_FILE)
+    checkpoints_dir = property(lambda self: self.path / "checkpoints")
+    grammar_dir = property(lambda self: self.path / "grammar")
+    llm_dir = property(lambda self: self.path / "llm")
+
+    def read_config(self) -> dict[str, Any]:
+        return read_json(self.config_path)
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        write_json(self.config_path, config)
+
+    def read_eval(self) -> dict[str, Any]:
+        return read_json(self.eval_path)
+
+    def write_eval(self, metrics: dict[str, Any]) -> None:
+        write_json(self.eval_path, metrics)
+
+    def read_programs(self) -> Programs:
+        return read_programs(self.programs_path)
+
+    def write_programs(self, programs: Programs) -> Path:
+        return write_programs(self.programs_path, programs)
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        append_jsonl(self.metrics_path, row)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_path)
+
+    @property
+    def codebook_size(self) -> int | None:
+        """K from config.json (`model.k` or `k`), else from the programs file, else the name."""
+        if self.config_path.is_file():
+            cfg = self.read_config()
+            k = (cfg.get("model") or {}).get("k", cfg.get("k"))
+            if k is not None:
+                return int(k)
+        if self.programs_path.is_file():
+            import pyarrow.parquet as pq
+
+            meta = pq.read_schema(self.programs_path).metadata or {}
+            if _META_KEY in meta:
+                k = json.loads(meta[_META_KEY]).get("codebook_size")
+                if k is not None:
+                    return int(k)
+        match = re.fullmatch(r"k(\d+)", self.name)
+        return int(match.group(1)) if match else None
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() or (path / PROGRAMS_FILE).is_file()
+
+
+def discover_runs(path: str | os.PathLike[str]) -> list[RunFolder]:
+    """The run itself if `path` is a run, else its run sub-folders in natural order (k32 < k128)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunFolderError(f"{path}: no such folder")
+    if is_run_folder(path):
+        return [RunFolder(path)]
+    runs = [RunFolder(p) for p in sorted(path.iterdir(), key=lambda p: _natural_key(p.name)) if p.is_dir() and is_run_folder(p)]
+    return runs
+
+
+def find_run(experiment: str | os.PathLike[str], k: int) -> RunFolder:
+    """The sub-run of `experiment` with codebook size `k` (by config, programs file, or name)."""
+    runs = discover_runs(experiment)
+    for run in runs:
+        if run.codebook_size == k:
+            return run
+    found = ", ".join(f"{r.name} (K={r.codebook_size})" for r in runs) or "none"
+    raise RunFolderError(f"{experiment}: no run with K={k}; runs found: {found}")
+
+
+# --------------------------------------------------------------------------- json helpers
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RunFolderError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RunFolderError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def append_jsonl(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
+    """Append one JSON line and flush it to disk, so a killed process keeps every row written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row, default=_json_default) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read JSON lines; a torn last line (process killed mid-write) is skipped, others are errors."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows: list[dict[str, Any]] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise RunFolderError(f"{path}: line {i + 1} is not valid JSON") from None
+    return rows
+
+
+def iter_runs(paths: list[str | os.PathLike[str]]) -> Iterator[RunFolder]:
+    for p in paths:
+        yield from discover_runs(p)

@@ -1,0 +1,155 @@
+"""CLEVR scene schema: pydantic models, vocabularies, and the scenes-file reader/writer.
+
+Torch-free on purpose: `grammar` and `llm_decode` import it.
+
+Design decisions
+- The models follow the JSON the real CLEVR v1.0 files contain (`relationships`, `split`,
+  `3d_coords`, `pixel_coords` with a third depth entry), not CLEVR's README.
+- Vocabularies are closed (`Literal`): an unknown color is a data error, not a new color.
+- `load_scenes` validates scene by scene so an error names the file, the scene index and the
+  field path, in one line (`SceneFileError`), instead of pydantic's multi-line report.
+- `save_scenes` writes to a temporary name and renames, so a crash leaves no half file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+COLORS: tuple[str, ...] = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
+SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder")
+MATERIALS: tuple[str, ...] = ("rubber", "metal")
+SIZES: tuple[str, ...] = ("small", "large")
+RELATIONS: tuple[str, ...] = ("right", "behind", "front", "left")
+DIRECTIONS: tuple[str, ...] = ("right", "behind", "above", "below", "left", "front")
+MIN_OBJECTS, MAX_OBJECTS = 3, 10
+#: CLEVR's half extent of the ground region objects are placed in (x, y in [-3, 3]).
+COORD_LIMIT = 3.0
+
+Color = Literal["gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow"]
+Shape = Literal["cube", "sphere", "cylinder"]
+Material = Literal["rubber", "metal"]
+Size = Literal["small", "large"]
+
+
+class SceneFileError(ValueError):
+    """A scenes file that cannot be read; the message is one line naming file, scene and field."""
+
+
+class SceneObject(BaseModel):
+    """One CLEVR object. `3d_coords` is (x, y, z); `pixel_coords` is (u, v, depth)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    color: Color
+    shape: Shape
+    material: Material
+    size: Size
+    coords_3d: tuple[float, float, float] = Field(alias="3d_coords")
+    pixel_coords: tuple[float, float, float] | None = None
+    rotation: float = 0.0
+
+    @property
+    def xy(self) -> tuple[float, float]:
+        return (self.coords_3d[0], self.coords_3d[1])
+
+
+class Scene(BaseModel):
+    """One CLEVR scene as stored in `CLEVR_<split>_scenes.json`."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    image_index: int = Field(ge=0)
+    image_filename: str
+    split: str
+    objects: list[SceneObject]
+    relationships: dict[str, list[list[int]]] = Field(default_factory=dict)
+    directions: dict[str, tuple[float, float, float]] = Field(default_factory=dict)
+
+    @field_validator("relationships")
+    @classmethod
+    def _relationships_index_objects(cls, value: dict[str, list[list[int]]], info: Any):
+        unknown = set(value) - set(RELATIONS)
+        if unknown:
+            raise ValueError(f"unknown relation {sorted(unknown)[0]!r}; expected one of {RELATIONS}")
+        return value
+
+    @property
+    def n_objects(self) -> int:
+        return len(self.objects)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_json_dict(), separators=(",", ":"))
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def parse_scene(data: Any, *, source: str = "<scene>", index: int | None = None) -> Scene:
+    """Validate one scene dict; errors become a one-line `SceneFileError`."""
+    where = f"{source}: scene {index}" if index is not None else source
+    if not isinstance(data, dict):
+        raise SceneFileError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    try:
+        return Scene.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = _format_loc(tuple(err["loc"])) or "<root>"
+        value = err.get("input")
+        shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+        raise SceneFileError(
+            f"{where} field {field}: {err['msg']} (got {shown[:60]})"
+        ) from None
+
+
+def load_scenes(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Scene]]:
+    """Read a CLEVR scenes file `{"info": ..., "scenes": [...]}`; returns (info, scenes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SceneFileError(f"{path}: scenes file not found")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SceneFileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("scenes"), list):
+        raise SceneFileError(f"{path}: expected an object with a 'scenes' list")
+    info = raw.get("info") or {}
+    scenes = [parse_scene(s, source=str(path), index=i) for i, s in enumerate(raw["scenes"])]
+    return info, scenes
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write text to a temporary file beside `path`, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_scenes(
+    path: str | os.PathLike[str], scenes: list[Scene], info: dict[str, Any] | None = None
+) -> None:
+    """Write a CLEVR scenes file atomically."""
+    payload = {"info": info or {}, "scenes": [s.to_json_dict() for s in scenes]}
+    atomic_write_text(path, json.dumps(payload))
