@@ -75,9 +75,13 @@ class Programs:
             self.scene = [None] * n
         for name in ("image_id", "split", "scene"):
             if len(getattr(self, name)) != n:
-                raise RunFolderError(f"programs: column {name} has {len(getattr(self, name))} rows, codes has {n}")
+                raise RunFolderError(
+                    f"programs: column {name} has {len(getattr(self, name))} rows, codes has {n}"
+                )
         if len(self.n_objects) != n:
-            raise RunFolderError(f"programs: column n_objects has {len(self.n_objects)} rows, codes has {n}")
+            raise RunFolderError(
+                f"programs: column n_objects has {len(self.n_objects)} rows, codes has {n}"
+            )
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -110,7 +114,9 @@ class Programs:
         """Check codes lie in [0, K) (when K is known) and are non-negative."""
         for i, c in enumerate(self.codes):
             if c.size and c.min() < 0:
-                raise RunFolderError(f"{source}: row {i} ({self.image_id[i]}) field codes: negative code {int(c.min())}")
+                raise RunFolderError(
+                    f"{source}: row {i} ({self.image_id[i]}) field codes: negative code {int(c.min())}"
+                )
             if self.codebook_size is not None and c.size and c.max() >= self.codebook_size:
                 raise RunFolderError(
                     f"{source}: row {i} ({self.image_id[i]}) field codes: code {int(c.max())} "
@@ -192,7 +198,9 @@ def read_programs(path: str | os.PathLike[str], codebook_size: int | None = None
     k = codebook_size if codebook_size is not None else meta.get("codebook_size")
     programs = Programs(
         codes=codes,
-        image_id=[str(v) for v in column("image_id", None)] if "image_id" in table.column_names else [],
+        image_id=[str(v) for v in column("image_id", None)]
+        if "image_id" in table.column_names
+        else [],
         split=[v or "" for v in column("split", "")],
         n_objects=n_obj,
         scene=column("scene", None),
@@ -283,7 +291,11 @@ def discover_runs(path: str | os.PathLike[str]) -> list[RunFolder]:
         raise RunFolderError(f"{path}: no such folder")
     if is_run_folder(path):
         return [RunFolder(path)]
-    runs = [RunFolder(p) for p in sorted(path.iterdir(), key=lambda p: _natural_key(p.name)) if p.is_dir() and is_run_folder(p)]
+    runs = [
+        RunFolder(p)
+        for p in sorted(path.iterdir(), key=lambda p: _natural_key(p.name))
+        if p.is_dir() and is_run_folder(p)
+    ]
     return runs
 
 

@@ -76,7 +76,9 @@ class Scene(BaseModel):
     def _relationships_index_objects(cls, value: dict[str, list[list[int]]], info: Any):
         unknown = set(value) - set(RELATIONS)
         if unknown:
-            raise ValueError(f"unknown relation {sorted(unknown)[0]!r}; expected one of {RELATIONS}")
+            raise ValueError(
+                f"unknown relation {sorted(unknown)[0]!r}; expected one of {RELATIONS}"
+            )
         return value
 
     @property
@@ -112,9 +114,7 @@ def parse_scene(data: Any, *, source: str = "<scene>", index: int | None = None)
         field = _format_loc(tuple(err["loc"])) or "<root>"
         value = err.get("input")
         shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
-        raise SceneFileError(
-            f"{where} field {field}: {err['msg']} (got {shown[:60]})"
-        ) from None
+        raise SceneFileError(f"{where} field {field}: {err['msg']} (got {shown[:60]})") from None
 
 
 def load_scenes(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Scene]]:

@@ -1,0 +1,95 @@
+"""Run every benchmark: `python -m bench [--only NAME ...] [--quick] [--json PATH]`.
+
+Each `bench/bench_<area>.py` exposes `run(quick: bool = False) -> list[dict]`, rows of
+`name`, `value`, `unit`, and, where one exists, `baseline` (the comparison measured in the same
+run) and `ratio` (value / baseline, or baseline / value for times: each module says which).
+This runner only collects and prints; it measures nothing itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+AREAS = ("render", "model", "train", "grammar", "decode")
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return "" if value is None else str(value)
+
+
+def _machine() -> dict[str, object]:
+    info: dict[str, object] = {"python": platform.python_version(), "platform": platform.platform()}
+    try:
+        import os
+
+        info["cpus"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=AREAS, help="run only these areas")
+    parser.add_argument("--quick", action="store_true", help="smaller workloads (smoke run)")
+    parser.add_argument("--json", type=Path, help="also write all rows to this JSON file")
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    machine = _machine()
+    console.print(f"[bold]machine[/]: {machine}")
+    rows: list[dict[str, object]] = []
+    failed = 0
+    for area in args.only or AREAS:
+        module = importlib.import_module(f"bench.bench_{area}")
+        run = module.run
+        kwargs = {"quick": args.quick} if "quick" in inspect.signature(run).parameters else {}
+        console.print(f"[cyan]running bench_{area}...[/]")
+        start = time.perf_counter()
+        try:
+            area_rows = run(**kwargs)
+        except Exception:  # one broken benchmark must not hide the others
+            failed += 1
+            console.print(f"[red]bench_{area} failed[/]\n{traceback.format_exc()}")
+            continue
+        for row in area_rows:
+            rows.append({"area": area, **row})
+        console.print(f"  done in {time.perf_counter() - start:.1f} s")
+
+    table = Table(title="STROP benchmarks")
+    for column in ("area", "name", "value", "unit", "baseline", "ratio"):
+        table.add_column(
+            column, justify="right" if column in ("value", "baseline", "ratio") else "left"
+        )
+    for row in rows:
+        table.add_row(
+            *(_fmt(row.get(c)) for c in ("area", "name", "value", "unit", "baseline", "ratio"))
+        )
+    console.print(table)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
