@@ -1,0 +1,1 @@
+"""Where answers come from: an OpenAI-compatible server, vLLM's offline engine, or a baseline."""

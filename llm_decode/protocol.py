@@ -1,0 +1,99 @@
+"""The evaluation protocol: which images are shots, which are tested, all from one seed.
+
+Design decisions
+- Only rows with a scene can serve (a shot needs its answer, a test image its truth).
+- When the programs file has a `train` split and a `val` or `test` split, shots come from
+  train and test images from val/test (held out from the tokenizer's training as well). A
+  file with a single split (`strop export` writes `val` by default) is split by the seed into
+  disjoint test and shot sets.
+- One shot set per run, shared by every query (the paper's "50 random in-context examples"),
+  which is also what lets a server cache the prompt prefix. Shots keep the order the seeded
+  draw gives them; test images are processed in their drawn order.
+- The permutation control (`--permute-codes`) remaps the *query* codes by a seeded random
+  permutation of the codebook while the shots stay as they are. Every statistic of a single
+  program (length, repetition, code frequencies up to relabelling) survives, but the link
+  between a query code and the same code in the shots is cut: if scores fall to the naive
+  baseline, the model was reading code identity. (Permuting shots and query alike would
+  change nothing for an in-context learner.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llm_decode.schema import DecodedScene
+from strop.runs import Programs, RunFolderError
+
+SHOT_SPLITS = ("train",)
+TEST_SPLITS = ("val", "test")
+
+
+class ProtocolConfig(BaseModel):
+    """How many shots and test images, the seed, sampling and the parse retry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shots: int = Field(50, ge=1, description="In-context examples per prompt.")
+    test: int = Field(15, ge=1, description="Held-out images decoded and scored.")
+    seed: int = Field(0, ge=0, description="Seeds the shot/test draw, sampling and k-means.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    parse_retries: int = Field(1, ge=0, description="Extra requests after a parse failure.")
+    permute_codes: bool = Field(False, description="Permutation control on the query codes.")
+
+
+@dataclass(frozen=True)
+class Selection:
+    test: list[int]  # row indices into the programs file
+    shots: list[int]
+    source: str  # how the sets were drawn, recorded in the summary
+
+
+def scene_rows(programs: Programs) -> list[int]:
+    return [i for i, s in enumerate(programs.scene) if s]
+
+
+def select(programs: Programs, config: ProtocolConfig, source: str = "programs") -> Selection:
+    """Draw the test and shot rows deterministically from `config.seed`."""
+    rows = scene_rows(programs)
+    if not rows:
+        raise RunFolderError(f"{source}: no row has a scene; decoding needs CLEVR scenes")
+    rng = np.random.default_rng(config.seed)
+    shot_pool = [i for i in rows if programs.split[i] in SHOT_SPLITS]
+    test_pool = [i for i in rows if programs.split[i] in TEST_SPLITS]
+    if shot_pool and test_pool:
+        how = "shots from train, test from val/test"
+    else:
+        shuffled = [rows[i] for i in rng.permutation(len(rows))]
+        test_pool, shot_pool = shuffled[: config.test], shuffled[config.test :]
+        how = "one split, divided by the seed"
+    for name, pool, want in (("test", test_pool, config.test), ("shots", shot_pool, config.shots)):
+        if len(pool) < want:
+            raise RunFolderError(
+                f"{source}: --{name} {want} needs {want} rows with scenes ({how}); "
+                f"found {len(pool)} of {len(rows)}"
+            )
+    test = [int(i) for i in rng.choice(test_pool, size=config.test, replace=False)]
+    shots = [int(i) for i in rng.choice(shot_pool, size=config.shots, replace=False)]
+    return Selection(test=test, shots=shots, source=how)
+
+
+def load_scene(programs: Programs, row: int, source: str) -> DecodedScene:
+    """The abbreviated scene of one row; a bad scene is a one-line error naming the row."""
+    try:
+        return DecodedScene.from_scene_json(programs.scene[row] or "")
+    except (ValidationError, ValueError) as exc:
+        first = (
+            exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
+        )
+        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise RunFolderError(
+            f"{source}: row {row} ({programs.image_id[row]}) field scene.{loc}: {first['msg']}"
+        ) from None
+
+
+def code_permutation(codebook_size: int, seed: int) -> np.ndarray:
+    """A seeded permutation of [0, K) for the control (independent of the selection draw)."""
+    return np.random.default_rng([seed, 0x5EED]).permutation(codebook_size)

@@ -1,0 +1,118 @@
+"""`strop-llm report`: the paper's decoding table (Appendix G, Table 16) across models and K.
+
+Design decisions
+- The table is rebuilt from every `RUN/llm/<model>/summary.json` under the experiment, so it
+  never drifts from the results; rows sort by model, then K, baselines first.
+- Parse failures print as `fails / n` like the paper; a run with missing answers says so.
+- Markdown goes to `EXPERIMENT/llm_report.md` (atomic write); the same rows print as a rich
+  table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from llm_decode.results import SUMMARY_FILE
+from strop.runs import RunFolderError, discover_runs
+from strop.scenes import atomic_write_text
+
+REPORT_FILE = "llm_report.md"
+COLUMNS = (
+    "Model",
+    "K",
+    "Parse fails",
+    "Count err",
+    "Attr acc",
+    "Pos MSE",
+    "Pos MAE",
+    "AP@inf",
+    "AP@0.5",
+)
+_BASELINES = ("naive", "knn")
+
+
+def collect_summaries(experiment: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every decoding summary under the experiment, with `run` and `folder` added."""
+    found = []
+    for run in discover_runs(experiment):
+        if not run.llm_dir.is_dir():
+            continue
+        for path in sorted(run.llm_dir.glob(f"*/{SUMMARY_FILE}")):
+            try:
+                summary = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise RunFolderError(
+                    f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})"
+                ) from None
+            summary.setdefault("k", run.codebook_size)
+            found.append({**summary, "run": run.name, "folder": path.parent.name})
+    return found
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
+    def order(s: dict[str, Any]) -> tuple:
+        return (s.get("backend") not in _BASELINES, s["folder"], s.get("k") or 0)
+
+    rows = []
+    for s in sorted(summaries, key=order):
+        fails = f"{s['parse_fails']} / {s['n']}" if s.get("backend") not in _BASELINES else "N/A"
+        if s.get("missing"):
+            fails += f" ({s['missing']} missing)"
+        ap = s.get("ap") or {}
+        rows.append(
+            [
+                s["folder"],
+                str(s.get("k", "?")),
+                fails,
+                _num(s.get("count_err"), 2),
+                _num(s.get("attr_acc"), 3),
+                _num(s.get("pos_mse"), 2),
+                _num(s.get("pos_mae"), 2),
+                _num(ap.get("inf"), 3),
+                _num(ap.get("0.5"), 3),
+            ]
+        )
+    return rows
+
+
+def render_markdown(rows: list[list[str]], experiment: Path) -> str:
+    lines = [
+        f"# LLM scene decoding: {experiment}",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "| " + " | ".join("---" for _ in COLUMNS) + " |",
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+        "Count err: mean |predicted - true| objects; attribute accuracy and position errors over "
+        "Hungarian-matched objects; AP: CLEVR set prediction at the given (x, y) distance.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_report(experiment: str | os.PathLike[str]) -> tuple[Path, Table]:
+    """Write `llm_report.md` into the experiment folder; return its path and a rich table."""
+    experiment = Path(experiment)
+    summaries = collect_summaries(experiment)
+    if not summaries:
+        raise RunFolderError(
+            f"{experiment}: no llm/<model>/{SUMMARY_FILE} found; run strop-llm decode first"
+        )
+    rows = table_rows(summaries)
+    path = experiment / REPORT_FILE
+    atomic_write_text(path, render_markdown(rows, experiment))
+    table = Table(title=f"LLM scene decoding ({experiment})")
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column == "Model" else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return path, table

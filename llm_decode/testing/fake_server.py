@@ -1,0 +1,307 @@
+"""A scripted OpenAI-compatible chat server for tests and the benchmark (stdlib only).
+
+Run as a process: `python -m llm_decode.testing.fake_server --config '{"delay": 0.05}'`; it
+prints `listening on http://127.0.0.1:PORT/v1` once ready. `FakeServer` does that for you.
+
+Behaviours (all in `ServerConfig`):
+- the answer is a scene derived from the query codes (the last `Codes:` line of the last
+  user message): looked up in `answers` (codes joined by spaces -> scene object) when given,
+  else a deterministic scene made from the codes;
+- `invalid_first` invalid answers per distinct query before a valid one;
+- `status_script`: the status of the first requests in arrival order (0 = answer normally),
+  with `retry_after` on 429s;
+- `delay` before every answer; `slow_first` requests sleep `slow_delay` (client timeouts);
+- `die_after`: after that many answers the process exits without answering the next request;
+- `reasoning`: return reasoning in `reasoning`, `reasoning_content`, or as a `<think>` block;
+- `require_key`: answer 401 unless `Authorization: Bearer <key>` matches; `echo_auth` puts
+  the received header into error bodies (a leaky proxy), to test that keys are redacted;
+- GET /stats: requests, answered, max_in_flight, statuses, auth failures, the last request's
+  sampling fields (without messages), response_format presence.
+HTTP/1.1 keep-alive is on, as in real servers, so the benchmark measures the client, not
+connection set-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_CODES = re.compile(r"Codes:\s*([0-9][0-9 ]*)")
+_COLORS = ("gr", "r", "bl", "gn", "br", "pr", "cy", "y")
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    delay: float = 0.0
+    answers: dict[str, Any] = Field(default_factory=dict)
+    invalid_first: int = 0
+    status_script: list[int] = Field(default_factory=list)
+    retry_after: float | None = None
+    slow_first: int = 0
+    slow_delay: float = 5.0
+    die_after: int | None = None
+    reasoning: str | None = None  # "reasoning" | "reasoning_content" | "think"
+    require_key: str | None = None
+    echo_auth: bool = False  # put the Authorization header in error bodies, as leaky proxies do
+
+
+def derived_scene(codes: list[int]) -> dict[str, Any]:
+    """A deterministic scene from codes: count from the length, attributes from the codes."""
+    n = 3 + len(codes) % 8
+    objects = []
+    for i in range(n):
+        c = codes[i % len(codes)] if codes else i
+        objects.append(
+            {
+                "color": _COLORS[c % 8],
+                "shape": ("cu", "sp", "cy")[c % 3],
+                "size": ("S", "L")[c % 2],
+                "material": ("R", "M")[(c // 2) % 2],
+                "x": round(-3 + 6 * ((c * 37 + i * 11) % 100) / 99, 2),
+                "y": round(-3 + 6 * ((c * 53 + i * 29) % 100) / 99, 2),
+            }
+        )
+    return {"objects": objects}
+
+
+class _State:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.answered = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.statuses: dict[str, int] = {}
+        self.auth_failures = 0
+        self.per_query: dict[str, int] = {}
+        self.last_request: dict[str, Any] = {}
+        self.response_formats = 0
+
+
+def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
+    cfg = state.config
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        # headers and body go out in two writes; with Nagle on, the client's delayed ACK
+        # would add ~40 ms to every answer and swamp what the benchmark measures
+        disable_nagle_algorithm = True
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            return
+
+        def _send(
+            self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+        ) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+            with state.lock:
+                state.statuses[str(status)] = state.statuses.get(str(status), 0) + 1
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/").endswith("/stats"):
+                with state.lock:
+                    stats = _stats(state)
+                self._send(200, stats)
+            else:
+                self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            body = json.loads(self.rfile.read(length) or b"{}")
+            with state.lock:
+                state.requests += 1
+                number = state.requests
+                state.in_flight += 1
+                state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            try:
+                self._chat(body, number)
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+
+        def _chat(self, body: dict[str, Any], number: int) -> None:
+            if cfg.require_key is not None:
+                if self.headers.get("Authorization") != f"Bearer {cfg.require_key}":
+                    with state.lock:
+                        state.auth_failures += 1
+                    message = "invalid api key"
+                    if cfg.echo_auth:
+                        message += f" {self.headers.get('Authorization')}"
+                    self._send(401, {"error": {"message": message, "type": "auth"}})
+                    return
+            with state.lock:
+                state.last_request = {k: v for k, v in body.items() if k != "messages"}
+                state.response_formats += "response_format" in body
+            if number <= len(cfg.status_script) and cfg.status_script[number - 1]:
+                status = cfg.status_script[number - 1]
+                headers = {}
+                if status == 429 and cfg.retry_after is not None:
+                    headers["Retry-After"] = f"{cfg.retry_after:g}"
+                message = f"scripted {status}"
+                if cfg.echo_auth:
+                    message += f" (auth {self.headers.get('Authorization')})"
+                self._send(status, {"error": {"message": message, "code": status}}, headers)
+                return
+            if number <= cfg.slow_first:
+                time.sleep(cfg.slow_delay)
+            if cfg.delay:
+                time.sleep(cfg.delay)
+            with state.lock:
+                if cfg.die_after is not None and state.answered >= cfg.die_after:
+                    os._exit(3)  # die mid-run: no answer, connections dropped
+            codes = _query_codes(body.get("messages") or [])
+            query = " ".join(map(str, codes))
+            with state.lock:
+                seen = state.per_query.get(query, 0)
+                state.per_query[query] = seen + 1
+            if seen < cfg.invalid_first:
+                content = "Here is the scene: {objects: [oops"
+            else:
+                scene = cfg.answers.get(query) or derived_scene(codes)
+                content = json.dumps(scene)
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if cfg.reasoning in ("reasoning", "reasoning_content"):
+                message[cfg.reasoning] = f"I looked at {len(codes)} codes."
+            elif cfg.reasoning == "think":
+                message["content"] = f"<think>I looked at {len(codes)} codes.</think>\n{content}"
+            prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+            completion_tokens = len(content.split())
+            with state.lock:
+                state.answered += 1
+            self._send(
+                200,
+                {
+                    "id": f"chatcmpl-{number}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model", ""),
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                    },
+                },
+            )
+
+    return Handler
+
+
+def _query_codes(messages: list[dict[str, Any]]) -> list[int]:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            found = _CODES.findall(str(message.get("content", "")))
+            if found:
+                return [int(c) for c in found[-1].split()]
+    return []
+
+
+def _stats(state: _State) -> dict[str, Any]:
+    return {
+        "requests": state.requests,
+        "answered": state.answered,
+        "in_flight": state.in_flight,
+        "max_in_flight": state.max_in_flight,
+        "statuses": dict(state.statuses),
+        "auth_failures": state.auth_failures,
+        "last_request": state.last_request,
+        "response_formats": state.response_formats,
+    }
+
+
+def serve(config: ServerConfig, port: int = 0) -> None:
+    """Serve forever on 127.0.0.1 (port 0: any free port), announcing the URL on stdout."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(_State(config)))
+    server.daemon_threads = True
+    print(f"listening on http://127.0.0.1:{server.server_address[1]}/v1", flush=True)
+    server.serve_forever()
+
+
+class FakeServer:
+    """The server as a child process: `with FakeServer(delay=0.1) as s: s.base_url, s.stats()`."""
+
+    def __init__(self, port: int = 0, **config: Any) -> None:
+        self.port = port
+        self.config = ServerConfig(**config)
+        self.process: subprocess.Popen[str] | None = None
+        self.base_url = ""
+
+    def start(self, timeout: float = 20.0) -> FakeServer:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llm_decode.testing.fake_server",
+                "--config",
+                self.config.model_dump_json(),
+                "--port",
+                str(self.port),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + timeout
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("listening on ") or time.monotonic() > deadline:
+            self.stop()
+            raise RuntimeError(f"fake server did not start (said {line!r})")
+        self.base_url = line.split()[-1]
+        return self
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.base_url}/stats", timeout=5) as response:
+            return json.loads(response.read())
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="{}", help="ServerConfig as JSON.")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    serve(ServerConfig.model_validate_json(args.config), args.port)
+
+
+if __name__ == "__main__":
+    main()

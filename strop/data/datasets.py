@@ -1,0 +1,340 @@
+"""Image datasets for training and export: CLEVR folders, image folders, `datasets` copies.
+
+Every dataset yields the same item (docs/INTERFACES.md): `image` float32 (3, S, S) in [0, 1],
+`index` int, `image_id` str, `n_objects` int (-1 unknown), `scene` JSON string ("" unknown).
+
+Design decisions
+- One code path for real CLEVR v1.0 and our synthetic scenes: both are `images/<split>/` plus
+  `scenes/CLEVR_<split>_scenes.json`. Real CLEVR's test split has no scenes file; then the
+  items are the sorted images with `n_objects = -1`.
+- Images are resized to S x S with PIL's bicubic filter, which widens its support when it
+  shrinks (antialiasing), so a 320x240 CLEVR image becomes S x S without aliasing. The aspect
+  ratio is not kept: cropping would cut off objects near the sides, and the synthetic
+  renderer draws CLEVR's 4:3 frustum onto a square for the same result.
+- Construction checks what is cheap to check (the folder exists, is not empty, every image a
+  scenes file names is present) and names the first problem and a count. Decoding errors
+  (a truncated PNG) surface when that item is loaded, naming the file and index.
+- `datasets` copies are read with the image column cast to `Image(decode=False)` and decoded
+  here, so resizing and decode errors are the same as for folders.
+- Torch is imported here (items are tensors); `strop.scenes` stays torch-free.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from strop.scenes import Scene, SceneFileError, load_scenes, parse_scene
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+Item = dict[str, Any]
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used; the message is one line naming file, index and field."""
+
+
+def load_image(source: str | os.PathLike[str] | bytes, size: int, *, where: str) -> torch.Tensor:
+    """Decode an image file (or its bytes) to float32 (3, size, size) in [0, 1].
+
+    `where` names the item in errors, e.g. "data/x.png: index 3".
+    """
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else source
+        with Image.open(handle) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+            arr = np.asarray(im, dtype=np.float32)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{where} field image: cannot decode image ({exc})") from None
+    return torch.from_numpy(arr / 255.0).permute(2, 0, 1).contiguous()
+
+
+def _list_images(folder: Path, recursive: bool) -> list[Path]:
+    pattern = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in pattern
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
+
+# --------------------------------------------------------------------------- CLEVR folders
+
+
+def find_clevr_root(root: str | os.PathLike[str]) -> Path | None:
+    """The folder holding `images/` (root itself or root/CLEVR_v1.0), or None."""
+    root = Path(root)
+    for candidate in (root, root / "CLEVR_v1.0"):
+        if (candidate / "images").is_dir():
+            return candidate
+    return None
+
+
+class ClevrDataset(Dataset):
+    """An extracted `CLEVR_v1.0/` folder or a `strop data clevr-synth` folder, one split."""
+
+    def __init__(self, root: str | os.PathLike[str], split: str = "train", image_size: int = 128):
+        base = find_clevr_root(root)
+        if base is None:
+            raise DataError(f"{root}: not a CLEVR folder (no images/ or CLEVR_v1.0/images/ inside)")
+        self.root = base
+        self.split = split
+        self.image_size = int(image_size)
+        self.image_dir = base / "images" / split
+        if not self.image_dir.is_dir():
+            found = sorted(p.name for p in (base / "images").iterdir() if p.is_dir())
+            raise DataError(
+                f"{self.image_dir}: no such split folder; splits found: {found or 'none'}"
+            )
+        self.scenes_path = base / "scenes" / f"CLEVR_{split}_scenes.json"
+        self.scenes: list[Scene] = []
+        if self.scenes_path.is_file():
+            try:
+                _, self.scenes = load_scenes(self.scenes_path)
+            except SceneFileError as exc:
+                raise DataError(str(exc)) from None
+            self.files = [self.image_dir / s.image_filename for s in self.scenes]
+            self._check_present()
+        else:
+            self.files = _list_images(self.image_dir, recursive=False)
+        if not self.files:
+            raise DataError(f"{self.image_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+        self.n_objects_list = [s.n_objects for s in self.scenes] or [-1] * len(self.files)
+
+    def _check_present(self) -> None:
+        present = set(os.listdir(self.image_dir))
+        missing = [i for i, f in enumerate(self.files) if f.name not in present]
+        if missing:
+            first = missing[0]
+            raise DataError(
+                f"{self.scenes_path}: scene {first} field image_filename: "
+                f"{self.files[first].name} not found in {self.image_dir} "
+                f"({len(missing)} of {len(self.files)} images missing)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Item:
+        path = self.files[index]
+        scene = self.scenes[index].to_json() if self.scenes else ""
+        return {
+            "image": load_image(path, self.image_size, where=f"{path}: index {index}"),
+            "index": int(index),
+            "image_id": path.stem,
+            "n_objects": int(self.n_objects_list[index]),
+            "scene": scene,
+        }
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+class ImageFolderDataset(Dataset):
+    """Every image under `root` (recursive, sorted), e.g. COCO or ImageNet; no scenes."""
+
+    def __init__(self, root: str | os.PathLike[str], image_size: int = 128):
+        self.root = Path(root)
+        self.image_size = int(image_size)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: no such folder")
+        self.files = _list_images(self.root, recursive=True)
+        if not self.files:
+            raise DataError(
+                f"{self.root}: no images ({', '.join(IMAGE_SUFFIXES)}) found, recursively"
+            )
+        self.n_objects_list = [-1] * len(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Item:
+        path = self.files[index]
+        return {
+            "image": load_image(path, self.image_size, where=f"{path}: index {index}"),
+            "index": int(index),
+            "image_id": path.relative_to(self.root).with_suffix("").as_posix(),
+            "n_objects": -1,
+            "scene": "",
+        }
+
+
+# --------------------------------------------------------------------------- datasets copies
+
+
+class HFImageDataset(Dataset):
+    """A Hugging Face `datasets.Dataset` with an image column, read as our items.
+
+    Optional columns, first match wins: scenes from `scene` (JSON string or dict), object
+    counts from `scene`, `objects` (a list), `n_objects` or `num_objects`; ids from
+    `image_id`, `image_filename` or `file_name`.
+    """
+
+    def __init__(self, dataset: Any, image_size: int = 128, source: str = "<datasets>"):
+        import datasets as hfd
+
+        self.source = source
+        self.image_size = int(image_size)
+        features = dataset.features
+        image_cols = [k for k, v in features.items() if isinstance(v, hfd.Image)]
+        image_cols += [k for k in ("image", "img") if k in features and k not in image_cols]
+        if not image_cols:
+            raise DataError(f"{source}: no image column; columns are {sorted(features)}")
+        self.image_column = image_cols[0]
+        if isinstance(features[self.image_column], hfd.Image):
+            dataset = dataset.cast_column(self.image_column, hfd.Image(decode=False))
+        self.dataset = dataset
+        if len(dataset) == 0:
+            raise DataError(f"{source}: the dataset has no rows")
+        self.columns = set(features)
+        self.n_objects_list = [self._n_objects(i, row) for i, row in enumerate(self._meta_rows())]
+
+    def _meta_rows(self) -> list[dict[str, Any]]:
+        wanted = [c for c in ("scene", "objects", "n_objects", "num_objects") if c in self.columns]
+        if not wanted:
+            return [{} for _ in range(len(self.dataset))]
+        table = self.dataset.select_columns(wanted).to_dict()
+        return [{c: table[c][i] for c in wanted} for i in range(len(self.dataset))]
+
+    def _scene(self, index: int, row: dict[str, Any]) -> Scene | None:
+        raw = row.get("scene")
+        if raw in (None, ""):
+            return None
+        try:
+            data = json.loads(raw) if isinstance(raw, str) else raw
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{self.source}: index {index} field scene: not valid JSON ({exc.msg})"
+            ) from None
+        try:
+            return parse_scene(data, source=self.source, index=index)
+        except SceneFileError as exc:
+            raise DataError(str(exc)) from None
+
+    def _n_objects(self, index: int, row: dict[str, Any]) -> int:
+        scene = self._scene(index, row)
+        if scene is not None:
+            return scene.n_objects
+        if isinstance(row.get("objects"), list):
+            return len(row["objects"])
+        for key in ("n_objects", "num_objects"):
+            if row.get(key) is not None:
+                return int(row[key])
+        return -1
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Item:
+        row = self.dataset[int(index)]
+        where = f"{self.source}: index {index}"
+        value = row[self.image_column]
+        if isinstance(value, dict):
+            source = value.get("bytes") or value.get("path")
+        else:  # a plain column of bytes or paths
+            source = value
+        if not source:
+            raise DataError(f"{where} field {self.image_column}: empty image")
+        image_id = next(
+            (
+                Path(str(row[k])).stem
+                for k in ("image_id", "image_filename", "file_name")
+                if row.get(k)
+            ),
+            f"{index:06d}",
+        )
+        scene = self._scene(index, row)
+        return {
+            "image": load_image(source, self.image_size, where=where),
+            "index": int(index),
+            "image_id": image_id,
+            "n_objects": int(self.n_objects_list[index]),
+            "scene": scene.to_json() if scene is not None else "",
+        }
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def hf_clevr_dataset(
+    name_or_path: str | os.PathLike[str],
+    split: str = "train",
+    image_size: int = 128,
+    cache_dir: str | None = None,
+) -> HFImageDataset:
+    """A `datasets` copy of CLEVR (or any image dataset): `save_to_disk` folder, Parquet
+    file(s), an imagefolder, or a hub id (read from the local cache unless the user lets
+    `datasets` download)."""
+    import datasets as hfd
+
+    path = Path(name_or_path)
+    source = str(name_or_path)
+    try:
+        if path.is_dir() and _is_saved_dataset(path):
+            loaded = hfd.load_from_disk(str(path))
+        elif path.is_file() and path.suffix == ".parquet":
+            loaded = hfd.load_dataset(
+                "parquet", data_files={split: str(path)}, split=split, cache_dir=cache_dir
+            )
+        elif path.is_dir():
+            # A local folder: `datasets` infers the builder (parquet, imagefolder, ...) and the
+            # splits from the file names (train-*.parquet, train/..., ...).
+            loaded = hfd.load_dataset(str(path), split=split, cache_dir=cache_dir)
+        else:
+            loaded = hfd.load_dataset(source, split=split, cache_dir=cache_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{source}: cannot load split {split!r} with datasets ({message})"
+        ) from None
+    if isinstance(loaded, hfd.DatasetDict):
+        if split not in loaded:
+            raise DataError(f"{source}: no split {split!r}; splits found: {sorted(loaded)}")
+        loaded = loaded[split]
+    return HFImageDataset(loaded, image_size=image_size, source=f"{source} [{split}]")
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def build_dataset(
+    path: str | os.PathLike[str], split: str = "train", image_size: int = 128
+) -> Dataset:
+    """Pick the loader from the layout: CLEVR folder, `datasets` copy, or image folder."""
+    p = Path(path)
+    if p.is_dir():
+        if find_clevr_root(p) is not None:
+            return ClevrDataset(p, split, image_size)
+        if _is_saved_dataset(p) or any(p.glob("**/*.parquet")):
+            return hf_clevr_dataset(p, split, image_size)
+        return ImageFolderDataset(p / split if (p / split).is_dir() else p, image_size)
+    if p.is_file() and p.suffix == ".parquet":
+        return hf_clevr_dataset(p, split, image_size)
+    if not p.exists() and str(path).count("/") == 1 and not str(path).startswith((".", "/")):
+        return hf_clevr_dataset(str(path), split, image_size)  # a hub id such as "owner/name"
+    raise DataError(f"{path}: no such dataset folder or file")
+
+
+def collate(items: Sequence[Item]) -> dict[str, Any]:
+    """Stack images, make int tensors of `index` and `n_objects`, keep strings as lists."""
+    if not items:
+        raise DataError("collate: empty batch")
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+        "n_objects": torch.tensor([it["n_objects"] for it in items], dtype=torch.long),
+        "image_id": [it["image_id"] for it in items],
+        "scene": [it["scene"] for it in items],
+    }

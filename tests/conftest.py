@@ -1,0 +1,62 @@
+"""Shared fixtures: a scenes file in real CLEVR v1.0's exact JSON shape, and a tiny synthetic
+CLEVR folder rendered once per session (tests that damage files copy it first)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Two scenes exactly as CLEVR_v1.0/scenes/CLEVR_val_scenes.json spells them: key order,
+# 3-entry pixel_coords (u, v, depth), float32-looking coordinates, -0.0 in directions,
+# relationships as lists of lists, and the info block.
+REAL_CLEVR_SCENES_JSON = """{"info": {"split": "val", "license": "Creative Commons Attribution (CC BY 4.0)", "version": "1.0", "date": "2/14/2017"}, "scenes": [
+{"image_index": 0, "objects": [
+ {"color": "brown", "size": "large", "rotation": 178.92387258999463, "shape": "cylinder", "3d_coords": [-1.4937210083007812, -1.9936031103134155, 0.699999988079071], "material": "rubber", "pixel_coords": [119, 131, 10.801968574523926]},
+ {"color": "gray", "size": "large", "rotation": 243.405459279722, "shape": "cube", "3d_coords": [1.555381178855896, -2.7364203929901123, 0.699999988079071], "material": "rubber", "pixel_coords": [198, 190, 8.60734748840332]},
+ {"color": "green", "size": "small", "rotation": 230.45235024165092, "shape": "cylinder", "3d_coords": [-2.4427502155303955, 2.2842350006103516, 0.3499999940395355], "material": "rubber", "pixel_coords": [140, 66, 14.48564338684082]}],
+ "relationships": {"right": [[1, 2], [2], []], "behind": [[2], [0, 2], []], "front": [[1], [], [0, 1]], "left": [[], [0], [0, 1]]},
+ "image_filename": "CLEVR_val_000000.png", "split": "val",
+ "directions": {"right": [0.6563112735748291, 0.7544902563095093, -0.0], "behind": [-0.754490315914154, 0.6563112735748291, 0.0], "above": [0.0, 0.0, 1.0], "below": [-0.0, -0.0, -1.0], "left": [-0.6563112735748291, -0.7544902563095093, 0.0], "front": [0.754490315914154, -0.6563112735748291, -0.0]}},
+{"image_index": 1, "objects": [
+ {"color": "cyan", "size": "large", "rotation": 36.94165693010678, "shape": "cube", "3d_coords": [2.2310359477996826, 1.0291388034820557, 0.4949747323989868], "material": "metal", "pixel_coords": [276, 106, 10.37960147857666]},
+ {"color": "yellow", "size": "small", "rotation": 112.91296935081482, "shape": "sphere", "3d_coords": [-0.6911839842796326, -2.4071197509765625, 0.3499999940395355], "material": "metal", "pixel_coords": [142, 172, 9.04389476776123]},
+ {"color": "purple", "size": "large", "rotation": 308.8174536472747, "shape": "sphere", "3d_coords": [0.4019472002983093, 2.7052571773529053, 0.699999988079071], "material": "rubber", "pixel_coords": [226, 67, 13.31867790222168]},
+ {"color": "red", "size": "small", "rotation": 12.5, "shape": "cylinder", "3d_coords": [-2.6740219593048096, 0.5063111782073975, 0.3499999940395355], "material": "rubber", "pixel_coords": [100, 89, 13.0]}],
+ "relationships": {"right": [[], [0, 2, 3], [], [0, 2]], "behind": [[2, 3], [2, 3], [3], []], "front": [[], [], [0, 1], [0, 1, 2]], "left": [[1, 3], [], [1, 3], [1]]},
+ "image_filename": "CLEVR_val_000001.png", "split": "val",
+ "directions": {"right": [0.6563112735748291, 0.7544902563095093, -0.0], "behind": [-0.754490315914154, 0.6563112735748291, 0.0], "above": [0.0, 0.0, 1.0], "below": [-0.0, -0.0, -1.0], "left": [-0.6563112735748291, -0.7544902563095093, 0.0], "front": [0.754490315914154, -0.6563112735748291, -0.0]}}
+]}"""
+
+
+@pytest.fixture
+def real_clevr_scenes(tmp_path: Path) -> Path:
+    """`CLEVR_val_scenes.json` in real CLEVR's shape, under tmp_path/scenes/."""
+    path = tmp_path / "scenes" / "CLEVR_val_scenes.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(REAL_CLEVR_SCENES_JSON, encoding="utf-8")
+    assert len(json.loads(REAL_CLEVR_SCENES_JSON)["scenes"]) == 2
+    return path
+
+
+SYNTH_N, SYNTH_SIZE = 12, 48
+
+
+@pytest.fixture(scope="session")
+def synth_clevr_ro(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic CLEVR folder (12 scenes, 48 px, splits 8/2/2), rendered once; do not modify."""
+    from strop.data.renderer import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "clevr"
+    generate_dataset(
+        root, SYNTH_N, size=SYNTH_SIZE, seed=7, splits=(0.7, 0.15, 0.15), progress=False
+    )
+    return root
+
+
+@pytest.fixture
+def synth_clevr(synth_clevr_ro: Path, tmp_path: Path) -> Path:
+    """A private, modifiable copy of the synthetic CLEVR folder."""
+    return Path(shutil.copytree(synth_clevr_ro, tmp_path / "clevr"))

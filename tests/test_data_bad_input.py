@@ -1,0 +1,145 @@
+"""Bad input fails with one line naming the file, the index and the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from strop.data.datasets import (
+    ClevrDataset,
+    DataError,
+    ImageFolderDataset,
+    build_dataset,
+    hf_clevr_dataset,
+)
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    msg = str(err.value)
+    assert msg and "\n" not in msg
+    return msg
+
+
+def test_truncated_png_names_file_and_index_when_loaded(synth_clevr: Path) -> None:
+    victim = synth_clevr / "images" / "train" / "CLEVR_train_000003.png"
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    ds = ClevrDataset(synth_clevr, "train", 32)  # construction does not decode images
+    ds[2]  # neighbours still load
+    with pytest.raises(DataError) as err:
+        ds[3]
+    msg = _one_line(err)
+    assert str(victim) in msg and "index 3" in msg and "field image" in msg
+
+
+def test_scenes_file_with_missing_field(synth_clevr: Path) -> None:
+    path = synth_clevr / "scenes" / "CLEVR_val_scenes.json"
+    data = json.loads(path.read_text())
+    del data["scenes"][1]["objects"][0]["material"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError) as err:
+        ClevrDataset(synth_clevr, "val", 32)
+    msg = _one_line(err)
+    assert str(path) in msg and "scene 1" in msg and "objects[0].material" in msg
+
+
+def test_scenes_file_with_unknown_color(synth_clevr: Path) -> None:
+    path = synth_clevr / "scenes" / "CLEVR_val_scenes.json"
+    data = json.loads(path.read_text())
+    data["scenes"][0]["objects"][1]["color"] = "magenta"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError) as err:
+        build_dataset(synth_clevr, "val", 32)
+    msg = _one_line(err)
+    assert "scene 0" in msg and "objects[1].color" in msg and "magenta" in msg
+
+
+def test_scenes_file_whose_images_are_missing(synth_clevr: Path) -> None:
+    for i in (5, 2):
+        (synth_clevr / "images" / "train" / f"CLEVR_train_{i:06d}.png").unlink()
+    with pytest.raises(DataError) as err:
+        ClevrDataset(synth_clevr, "train", 32)
+    msg = _one_line(err)
+    assert "CLEVR_train_scenes.json" in msg and "scene 2" in msg and "image_filename" in msg
+    assert "CLEVR_train_000002.png" in msg and "2 of 8 images missing" in msg
+
+
+def test_empty_folders(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError) as err:
+        ImageFolderDataset(empty, 32)
+    assert str(empty) in _one_line(err) and "no images" in str(err.value)
+    with pytest.raises(DataError, match="no images"):
+        build_dataset(empty, "train", 32)
+    (tmp_path / "clevr" / "images" / "train").mkdir(parents=True)  # a split without images
+    with pytest.raises(DataError) as err:
+        ClevrDataset(tmp_path / "clevr", "train", 32)
+    assert "images/train" in _one_line(err) and "no images" in str(err.value)
+    with pytest.raises(DataError) as err:
+        ClevrDataset(tmp_path / "clevr", "val", 32)
+    assert "splits found: ['train']" in _one_line(err)
+    with pytest.raises(DataError, match="not a CLEVR folder"):
+        ClevrDataset(empty, "train", 32)
+    with pytest.raises(DataError, match="no such dataset"):
+        build_dataset(tmp_path / "missing", "train", 32)
+
+
+def test_hf_copy_without_images_or_split(tmp_path: Path) -> None:
+    import datasets
+
+    no_image = tmp_path / "noimg"
+    datasets.Dataset.from_dict({"text": ["a", "b"]}).save_to_disk(str(no_image))
+    with pytest.raises(DataError) as err:
+        hf_clevr_dataset(no_image, "train", 32)
+    assert "no image column" in _one_line(err) and "text" in str(err.value)
+
+    splits = tmp_path / "splits"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a"]})}).save_to_disk(
+        str(splits)
+    )
+    with pytest.raises(DataError) as err:
+        hf_clevr_dataset(splits, "validation", 32)
+    assert "no split 'validation'" in _one_line(err) and "['train']" in str(err.value)
+
+
+def test_hf_bad_scene_and_truncated_image(synth_clevr: Path, tmp_path: Path) -> None:
+    import datasets
+
+    good = (synth_clevr / "images" / "val" / "CLEVR_val_000000.png").read_bytes()
+    rows = {
+        "image": [{"bytes": good, "path": None}, {"bytes": good[:200], "path": None}],
+        "scene": ["", '{"objects": ['],
+    }
+    features = datasets.Features({"image": datasets.Image(), "scene": datasets.Value("string")})
+    with pytest.raises(DataError) as err:
+        from strop.data.datasets import HFImageDataset
+
+        HFImageDataset(datasets.Dataset.from_dict(rows, features=features), 32, source="mem")
+    assert "mem: index 1 field scene: not valid JSON" in _one_line(err)
+
+    rows["scene"] = ["", ""]
+    ds = HFImageDataset(datasets.Dataset.from_dict(rows, features=features), 32, source="mem")
+    ds[0]
+    with pytest.raises(DataError) as err:
+        ds[1]
+    assert "mem: index 1 field image: cannot decode" in _one_line(err)
+
+
+def test_cli_inspect_reports_one_error_line(synth_clevr: Path) -> None:
+    from typer.testing import CliRunner
+
+    from strop.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(
+        app, ["data", "inspect", str(synth_clevr), "--split", "train", "--check-all"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "8 images" in ok.output and "objects per scene" in ok.output
+    (synth_clevr / "images" / "train" / "CLEVR_train_000000.png").unlink()
+    bad = runner.invoke(app, ["data", "inspect", str(synth_clevr)])
+    assert bad.exit_code == 1
+    assert "error:" in bad.output and "CLEVR_train_000000.png not found" in bad.output
