@@ -1,7 +1,71 @@
-"""`strop` commands of this area (placeholder until the area lands)."""
+"""`strop train`: train STROP on a dataset folder, or resume the run in `--out`.
+
+torch is imported inside the command body so `strop --help` stays fast. Multi-GPU:
+`torchrun --nproc_per_node N -m strop.cli train ...` (each process runs this command; rank 0
+writes the run folder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to `app`."""
+    """Add `strop train` to `app`."""
+
+    @app.command("train")
+    def train_command(
+        data: Path = typer.Option(..., "--data", help="Dataset folder (CLEVR layout or images)."),
+        preset: str = typer.Option("S", "--preset", help="Model preset: tiny, S or M."),
+        teacher: str = typer.Option(
+            "dinov3-s", "--teacher", help="dinov3-s|dinov3-b|dinov3-l|random-vit|pixels."
+        ),
+        k: int | None = typer.Option(None, "--k", help="Codebook size K (default: the preset's)."),
+        out: Path = typer.Option(
+            ..., "--out", help="Run folder; resumed when it has a checkpoint."
+        ),
+        steps: int | None = typer.Option(
+            None,
+            "--steps",
+            help="Total steps; the lr warm-up/hold, w_div warm-up and curriculum phases keep "
+            "the paper's share of the run (default: the paper's 500k).",
+        ),
+        batch_size: int | None = typer.Option(
+            None, "--batch-size", help="Images per step per GPU."
+        ),
+        sets: list[str] = typer.Option(
+            [],
+            "--set",
+            help="Override any config field, e.g. --set curriculum.phase_steps=30,60,80,100 "
+            "--set train.lr=1e-4 (repeatable).",
+        ),
+        stop_at: int | None = typer.Option(
+            None, "--stop-at", help="Stop (with a checkpoint) at this step; resume later."
+        ),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    ) -> None:
+        """Train (or resume) a STROP run; writes config.json, metrics.jsonl and checkpoints/."""
+        from strop.checkpoint import CheckpointError
+        from strop.config import ConfigError, make_run_config
+        from strop.trainer import TrainingDiverged, train
+
+        try:
+            cfg = make_run_config(data, preset, teacher, k, steps, batch_size, sets)
+            run = train(cfg, out, progress=not no_progress, stop_at=stop_at)
+        except (ConfigError, CheckpointError, TrainingDiverged, FileNotFoundError) as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(1) from None
+        except ValueError as exc:  # pydantic / dataset validation surfaced at the edge
+            typer.secho(f"error: {str(exc).splitlines()[0]}", fg="red", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.secho(
+                f"interrupted; checkpoint saved in {out / 'checkpoints'}; rerun the same "
+                "command to resume",
+                fg="yellow",
+                err=True,
+            )
+            raise typer.Exit(130) from None
+        typer.echo(f"trained: {run}")

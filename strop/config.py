@@ -1,0 +1,244 @@
+"""The resolved configuration of one training run: `RunConfig` and command-line overrides.
+
+`RunConfig` has four sections, each owned by the component it configures: `model`
+(`strop.model.ModelConfig`), `curriculum` (`strop.curriculum.CurriculumConfig`), `train`
+(`TrainConfig`, below) and `data` (`DataConfig`, below). `RunFolder.write_config` stores its
+`model_dump(mode="json")` as `config.json`; `load_run_config` reads it back.
+
+Design decisions
+- Every section forbids unknown fields, so a typo in `config.json` or `--set` fails loudly.
+- `apply_overrides(cfg, ["a.b=v", ...])` sets any field by dotted path. The raw string is
+  handed to pydantic (lax mode: "3" -> 3, "true" -> True); sequences take comma-separated
+  items (`curriculum.phase_steps=30,60,80,100`); `none`/`null` clears an optional field. The
+  whole config is re-validated after each override, so cross-field checks (phase order) run.
+  Errors are one line naming the override, the field and what was expected.
+- `train.steps` defaults to the paper's 500k; the learning-rate schedule fields are absolute
+  step numbers (warm-up end, hold end), like the curriculum's `phase_steps`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from strop.curriculum import CurriculumConfig
+from strop.model import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message is one line."""
+
+
+class TrainConfig(BaseModel):
+    """Optimiser, schedule, precision, logging and checkpointing of the trainer."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    steps: int = Field(500_000, ge=1, description="Total optimisation steps.")
+    batch_size: int = Field(32, ge=1, description="Images per step on each process.")
+    lr: float = Field(3e-4, gt=0.0, description="Peak AdamW learning rate.")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Cosine floor as a share of lr.")
+    warmup_steps: int = Field(30_000, ge=0, description="Linear warm-up ends at this step.")
+    hold_steps: int = Field(100_000, ge=0, description="Constant lr until this step, then cosine.")
+    weight_decay: float = Field(0.05, ge=0.0, description="AdamW decay on matrices only.")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
+    grad_clip: float = Field(1.0, ge=0.0, description="Max global grad norm (0 disables).")
+    pixel_decoder: bool = Field(
+        True, description="Train the inspection pixel decoder (detached input, own loss)."
+    )
+    seed: int = Field(0, description="Seed of model init, data order and length sampling.")
+    device: str = Field("auto", description="auto | cpu | cuda.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
+    )
+    compile: bool = Field(False, description="torch.compile the differentiable forward.")
+    num_workers: int = Field(4, ge=0, description="DataLoader worker processes.")
+    log_every: int = Field(10, ge=1, description="Steps between metrics.jsonl rows.")
+    val_every: int = Field(1000, ge=0, description="Steps between validations (0: never).")
+    val_batches: int = Field(8, ge=1, description="Batches per validation.")
+    checkpoint_every: int = Field(1000, ge=1, description="Steps between checkpoints.")
+    keep_checkpoints: int = Field(
+        3, ge=0, description="step-NNNNNNN.pt files kept besides last.pt."
+    )
+    tensorboard: bool = Field(False, description="Also log to RUN/tensorboard (lazy import).")
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> TrainConfig:
+        if self.hold_steps and self.hold_steps < self.warmup_steps:
+            raise ValueError(
+                f"hold_steps ({self.hold_steps}) must be >= warmup_steps ({self.warmup_steps})"
+            )
+        return self
+
+
+class DataConfig(BaseModel):
+    """Where training images (or cached teacher features) come from."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    path: str = Field("", description="Dataset folder (CLEVR layout, synthetic, or images).")
+    train_split: str = Field("train", description="Split trained on.")
+    val_split: str = Field("val", description="Split validated on ('' disables validation).")
+    feature_cache: str | None = Field(
+        None, description="Folder written by `strop cache-features`; replaces the online teacher."
+    )
+    max_train_images: int | None = Field(
+        None, ge=1, description="Use only the first N training images (quick runs)."
+    )
+
+
+class RunConfig(BaseModel):
+    """Everything needed to reproduce a run; `config.json` is its JSON dump."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: ModelConfig
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(annotation))
+        return (args[0] if len(args) == 1 else annotation), optional
+    return annotation, False
+
+
+def _parse_value(raw: str, annotation: Any) -> Any:
+    inner, optional = _unwrap_optional(annotation)
+    if optional and raw.strip().lower() in ("none", "null", ""):
+        return None
+    if typing.get_origin(inner) in (tuple, list, set, frozenset):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return raw
+
+
+def _set_path(cfg: BaseModel, keys: list[str], raw: str, item: str) -> dict[str, Any]:
+    """Return `cfg` dumped to a dict with the field at `keys` replaced by the parsed `raw`."""
+    data = cfg.model_dump()
+    node: Any = data
+    model_cls: type[BaseModel] = type(cfg)
+    for depth, key in enumerate(keys):
+        fields = model_cls.model_fields
+        if key not in fields:
+            where = ".".join(keys[:depth]) or "the config"
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean {'.'.join([*keys[:depth], close[0]])}?" if close else ""
+            raise ConfigError(
+                f"--set {item}: unknown key {'.'.join(keys[: depth + 1])!r} "
+                f"({where} has: {', '.join(fields)}){hint}"
+            )
+        annotation = fields[key].annotation
+        if depth == len(keys) - 1:
+            node[key] = _parse_value(raw, annotation)
+            return data
+        inner, _ = _unwrap_optional(annotation)
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            raise ConfigError(f"--set {item}: {'.'.join(keys[: depth + 1])!r} has no sub-fields")
+        model_cls = inner
+        node = node[key]
+    raise AssertionError("unreachable")
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    """A new `RunConfig` with each `section.field=value` applied in order and re-validated."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=1e-4")
+        keys = key.strip().split(".")
+        data = _set_path(cfg, keys, raw.strip(), item)
+        try:
+            cfg = type(cfg).model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(
+                f"--set {item}: invalid value for {loc or key} ({err['msg']}; got {raw.strip()!r})"
+            ) from None
+    return cfg
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+def load_run_config(run_dir: str | os.PathLike[str]) -> RunConfig:
+    """Read and validate `RUN/config.json`; one-line error naming the file and field."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: config not found (is {run_dir} a training run?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: field {loc}: {err['msg']}") from None
+
+
+def make_run_config(
+    data: str | os.PathLike[str],
+    preset: str = "S",
+    teacher: str = "dinov3-s",
+    k: int | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> RunConfig:
+    """The configuration `strop train` builds from its flags (then `--set` overrides)."""
+    model_kw: dict[str, Any] = {"teacher": teacher}
+    if k is not None:
+        model_kw["k"] = k
+    try:
+        model = ModelConfig.from_preset(preset, **model_kw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"model.{loc}: {err['msg']}") from None
+    cfg = RunConfig(model=model, data=DataConfig(path=str(data)))
+    if batch_size is not None:
+        cfg.train.batch_size = batch_size
+    if steps is not None:
+        cfg = scale_schedule(cfg, steps)
+    return apply_overrides(cfg, list(overrides))
+
+
+#: The paper's schedule as shares of its 500k steps (Table 4, "Optimiser" in DESIGN.md).
+PAPER_STEPS = 500_000
+_PAPER_PHASES = (100_000, 150_000, 200_000, 250_000)
+
+
+def scale_schedule(cfg: RunConfig, steps: int) -> RunConfig:
+    """Set `train.steps` and stretch the paper's schedule to it: lr warm-up and hold, w_div
+    warm-up and the curriculum phases keep their share of the run (`--set` still overrides).
+
+    Without this a short run (`--steps 2000`) would never leave warm-up or phase 1.
+    """
+    ratio = steps / PAPER_STEPS
+    train = cfg.train.model_copy(
+        update={
+            "steps": steps,
+            "warmup_steps": round(30_000 * ratio),
+            "hold_steps": round(100_000 * ratio),
+        }
+    )
+    model = cfg.model.model_copy(update={"div_warmup_steps": round(40_000 * ratio)})
+    phases = tuple(round(s * ratio) for s in _PAPER_PHASES)
+    curriculum = cfg.curriculum.model_copy(update={"phase_steps": phases})
+    return cfg.model_copy(update={"model": model, "train": train, "curriculum": curriculum})
