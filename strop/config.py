@@ -192,26 +192,60 @@ def load_run_config(run_dir: str | os.PathLike[str]) -> RunConfig:
         raise ConfigError(f"{path}: field {loc}: {err['msg']}") from None
 
 
+def load_config_file(path: str | os.PathLike[str]) -> RunConfig:
+    """A configuration file (`configs/*.json`: a `RunConfig` dump, sections may be partial)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = {key: value for key, value in data.items() if not key.startswith("_")}  # comments
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: field {loc}: {err['msg']}") from None
+
+
 def make_run_config(
     data: str | os.PathLike[str],
-    preset: str = "S",
-    teacher: str = "dinov3-s",
+    preset: str | None = None,
+    teacher: str | None = None,
     k: int | None = None,
     steps: int | None = None,
     batch_size: int | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    config_file: str | os.PathLike[str] | None = None,
 ) -> RunConfig:
-    """The configuration `strop train` builds from its flags (then `--set` overrides)."""
-    model_kw: dict[str, Any] = {"teacher": teacher}
-    if k is not None:
-        model_kw["k"] = k
-    try:
-        model = ModelConfig.from_preset(preset, **model_kw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"model.{loc}: {err['msg']}") from None
-    cfg = RunConfig(model=model, data=DataConfig(path=str(data)))
+    """The configuration `strop train` builds from its flags (then `--set` overrides).
+
+    With `config_file` the file is the base and the flags given override it; without it the
+    base is the preset (default S) with the teacher (default dinov3-s).
+    """
+    if config_file is not None:
+        if preset is not None:
+            raise ConfigError(
+                f"--preset {preset} conflicts with --config {config_file}: the file sets model.preset"
+            )
+        cfg = load_config_file(config_file)
+        cfg.data.path = str(data)
+        pending = [f"model.teacher={teacher}"] if teacher is not None else []
+        pending += [f"model.k={k}"] if k is not None else []
+        cfg = apply_overrides(cfg, pending)
+    else:
+        model_kw: dict[str, Any] = {"teacher": teacher or "dinov3-s"}
+        if k is not None:
+            model_kw["k"] = k
+        try:
+            model = ModelConfig.from_preset(preset or "S", **model_kw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(f"model.{loc}: {err['msg']}") from None
+        cfg = RunConfig(model=model, data=DataConfig(path=str(data)))
     if batch_size is not None:
         cfg.train.batch_size = batch_size
     if steps is not None:

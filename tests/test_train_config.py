@@ -140,3 +140,23 @@ def test_checkpoint_load_refuses_code_and_garbage(tmp_path):
     torch.save({"weights": torch.zeros(1)}, other)
     with pytest.raises(ckpt.CheckpointError, match="not a STROP checkpoint"):
         ckpt.load_checkpoint(other)
+
+
+def test_paper_scale_config_files_load_and_flags_override():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfg = make_run_config("CLEVR_v1.0", k=64, config_file=root / "clevr-dino-s.json")
+    assert (cfg.model.preset, cfg.model.teacher, cfg.model.l_max) == ("S", "dinov3-s", 32)
+    assert cfg.model.k == 64 and cfg.train.batch_size == 128 and cfg.data.path == "CLEVR_v1.0"
+    main = make_run_config("coco", config_file=root / "coco-imagenet-dino-s.json")
+    assert (main.model.l_max, main.model.k) == (64, 1024)
+    with pytest.raises(ConfigError, match="conflicts with --config"):
+        make_run_config("d", preset="tiny", config_file=root / "clevr-dino-s.json")
+
+
+def test_config_file_errors_name_file_and_field(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": {"preset": "S", "l_max": -3}}')
+    with pytest.raises(ConfigError, match=r"bad\.json: field model\.l_max"):
+        make_run_config("d", config_file=bad)

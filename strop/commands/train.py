@@ -18,9 +18,16 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_command(
         data: Path = typer.Option(..., "--data", help="Dataset folder (CLEVR layout or images)."),
-        preset: str = typer.Option("S", "--preset", help="Model preset: tiny, S or M."),
-        teacher: str = typer.Option(
-            "dinov3-s", "--teacher", help="dinov3-s|dinov3-b|dinov3-l|random-vit|pixels."
+        config: Path | None = typer.Option(
+            None, "--config", help="Base configuration file (e.g. configs/clevr-dino-s.json)."
+        ),
+        preset: str | None = typer.Option(
+            None, "--preset", help="Model preset: tiny, S or M (default S; not with --config)."
+        ),
+        teacher: str | None = typer.Option(
+            None,
+            "--teacher",
+            help="dinov3-s|dinov3-b|dinov3-l|random-vit|pixels (default dinov3-s, or the config's).",
         ),
         k: int | None = typer.Option(None, "--k", help="Codebook size K (default: the preset's)."),
         out: Path = typer.Option(
@@ -52,7 +59,7 @@ def register(app: typer.Typer) -> None:
         from strop.trainer import TrainingDiverged, train
 
         try:
-            cfg = make_run_config(data, preset, teacher, k, steps, batch_size, sets)
+            cfg = make_run_config(data, preset, teacher, k, steps, batch_size, sets, config)
             run = train(cfg, out, progress=not no_progress, stop_at=stop_at)
         except (ConfigError, CheckpointError, TrainingDiverged, FileNotFoundError) as exc:
             typer.secho(f"error: {exc}", fg="red", err=True)
