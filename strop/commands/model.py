@@ -1,7 +1,162 @@
-"""`strop` commands of this area (placeholder until the area lands)."""
+"""`strop model-info` and `strop cache-features`.
+
+`model-info` needs no weights: the model is built on the meta device and the teacher is
+counted from its architecture config (DESIGN.md "Commands"). `cache-features` runs the frozen
+teacher over a dataset split once and stores fp16 features (strop.feature_cache). Torch is
+imported inside the command bodies so `strop --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
+
+TEACHER_HELP = "Teacher: dinov3-s, dinov3-b, dinov3-l, random-vit or pixels."
+
+
+def _config(preset: str, teacher: str, k: int | None, l_max: int | None, image_size: int | None):
+    from strop.model import ModelConfig
+
+    overrides = {"teacher": teacher}
+    for key, value in (("k", k), ("l_max", l_max), ("image_size", image_size)):
+        if value is not None:
+            overrides[key] = value
+    from pydantic import ValidationError
+
+    try:
+        return ModelConfig.from_preset(preset, **overrides)
+    except ValidationError as err:
+        # pydantic's multi-line report -> one line naming each field and value
+        parts = []
+        for e in err.errors():
+            where = ".".join(str(p) for p in e["loc"])
+            parts.append(
+                f"{where}: {e['msg']} (got {e['input']!r})"
+                if where
+                else e["msg"].removeprefix("Value error, ")
+            )
+        raise typer.BadParameter("; ".join(parts)) from None
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+def model_info(
+    preset: str = typer.Option("S", "--preset", help="Architecture preset: tiny, S or M."),
+    teacher: str = typer.Option("dinov3-s", "--teacher", help=TEACHER_HELP),
+    k: int = typer.Option(None, "--k", min=2, help="Codebook size K (default: the preset's)."),
+    l_max: int = typer.Option(
+        None, "--l-max", min=1, help="Longest program L_max (default: the preset's)."
+    ),
+    image_size: int = typer.Option(
+        None, "--image-size", min=16, help="Input size in pixels (default: the preset's)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Parameter counts, FLOPs per image and bits per program of a configuration (no weights needed)."""
+    from strop.model import describe
+
+    info = describe(_config(preset, teacher, k, l_max, image_size))
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"STROP-{info['preset']} on {info['teacher']}", show_header=False)
+    rows = [
+        (
+            "teacher",
+            info["teacher"]
+            + (
+                "  (offline stand-in, not DINO)"
+                if info["teacher"] in ("random-vit", "pixels")
+                else ""
+            ),
+        ),
+        (
+            "width d / layers / heads / FFN",
+            f"{info['d']} / {info['layers']} / {info['heads']} / {info['ffn']}",
+        ),
+        (
+            "image / patch / tokens x width",
+            f"{info['image_size']} / {info['patch_size']} / {info['n_patches']} x {info['teacher_dim']}",
+        ),
+        ("K / L_max / code dim", f"{info['k']} / {info['l_max']} / {info['code_dim']}"),
+        ("trainable params", f"{info['trainable_params'] / 1e6:.2f} M"),
+        ("teacher params (frozen)", f"{info['teacher_params'] / 1e6:.2f} M"),
+        ("total params", f"{info['total_params'] / 1e6:.2f} M"),
+        ("pixel probe params", f"{info['pixel_probe_params'] / 1e6:.2f} M"),
+        (
+            "forward FLOPs / image",
+            f"{info['flops_per_image'] / 1e9:.2f} G (+ teacher {info['teacher_flops_per_image'] / 1e9:.2f} G)",
+        ),
+        ("bits per program", f"{info['bits_per_program']:.0f}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
+
+
+def cache_features(
+    data: Path = typer.Option(
+        ..., "--data", help="Dataset folder (CLEVR layout, synthetic, or images)."
+    ),
+    teacher: str = typer.Option("dinov3-s", "--teacher", help=TEACHER_HELP),
+    out: Path = typer.Option(..., "--out", help="Cache folder (index.json + <split>.f16)."),
+    split: list[str] = typer.Option(
+        ["train", "val"], "--split", help="Split(s) to cache; repeat the flag for several."
+    ),
+    image_size: int = typer.Option(
+        224, "--image-size", min=16, help="Input size in pixels (the model's image_size)."
+    ),
+    teacher_path: Path = typer.Option(
+        None, "--teacher-path", help="Local folder with DINOv3 weights."
+    ),
+    patch_size: int = typer.Option(
+        16, "--patch-size", min=1, help="Patch size of random-vit / pixels teachers."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per teacher forward."),
+    workers: int = typer.Option(2, "--workers", min=0, help="DataLoader worker processes."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Run the frozen teacher over dataset splits once and store fp16 features for training."""
+    import torch
+
+    from strop.data.datasets import build_dataset
+    from strop.feature_cache import write_features
+    from strop.teachers import build_teacher
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if teacher.startswith("dinov3"):
+        patch_size = 16
+    try:
+        model = build_teacher(teacher, teacher_path, image_size, patch_size)
+        for name in split:
+            dataset = build_dataset(data, name, image_size)
+            path = write_features(
+                dataset,
+                model,
+                out,
+                name,
+                image_size,
+                batch_size,
+                workers,
+                device,
+                progress,
+                source=str(data),
+            )
+            typer.echo(f"{name}: {len(dataset)} images -> {path} (teacher {model.teacher_name})")
+    except (FileNotFoundError, ValueError) as err:
+        # TeacherNotFoundError, FeatureCacheError and the data area's DataError: one line, exit 1.
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to `app`."""
+    app.command("model-info")(model_info)
+    app.command("cache-features")(cache_features)

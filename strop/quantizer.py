@@ -1,0 +1,189 @@
+"""The vector quantizer of the program (paper Sec. 2.1 "Vector quantization", "Codebook design").
+
+    z_e = normalize(W_in x)            Linear d -> d_c, then l2-normalise
+    code = argmin_k || z_e - c_k ||    over K unit codes (= argmax of the cosine)
+    tokens = W_out (z_q + z_e - sg(z_e))   straight-through, Linear d_c -> d
+
+Design decisions
+- Our own small module rather than `vector_quantize_pytorch.VectorQuantize`. The library does
+  the EMA update, the dead-code expiry and the loss inside `forward` whenever the module is in
+  training mode, all in one call. STROP needs those steps apart: the codebook may only be
+  updated from the *active prefix* that the curriculum picks after the forward, restarts must
+  stay outside the compiled region (`torch.compile` would otherwise recompile on their
+  data-dependent shapes), and the diversity term here is a KL of tempered soft assignments that
+  the library does not provide. The library is pinned as a test-only oracle instead: a test
+  checks our nearest codes and EMA codebook against its `Codebook(use_cosine_sim=True)`, whose
+  EMA algebra (cluster sizes and sums start at 1 and at the codes, `lerp` by 1 - decay, Laplace
+  smoothing with eps, re-normalise) we follow exactly.
+- Straight-through in the form `z_q + (z_e - sg(z_e))`: its forward value is exactly `z_q`, so
+  tokens computed in training equal the tokens `embed_codes` rebuilds from stored codes, bit for
+  bit (the textbook `z_e + sg(z_q - z_e)` differs from `z_q` by rounding).
+- fp32 everywhere inside: the projection to code space and the distances run with autocast
+  disabled, because bf16 cosine similarities between unit vectors tie and flip assignments.
+- Codebook state is three buffers (codes, EMA cluster sizes, EMA sums), not parameters: no
+  optimiser touches them and they are not counted as trainable parameters (paper Table 6
+  counts the quantizer projections only). They are in `state_dict`, so a resumed run continues
+  the same codebook.
+- DDP: counts and sums are all-reduced (sum) before the EMA step, so every rank holds the same
+  codebook. Restarts draw replacement vectors on rank 0 and broadcast them; the dead-code mask
+  is computed from the all-reduced statistics and is therefore identical on every rank.
+- Re-seeded codes get their EMA statistics reset to `reset_size` assignments of the new vector,
+  so they are not immediately dead again and the next EMA step does not drag them back to the
+  old, stale sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from strop.losses import commitment_loss, diversity_loss
+
+
+@dataclass
+class QuantizerOut:
+    """What the quantizer returns for a batch of raw program vectors (B, L, d).
+
+    tokens: (B, L, d) straight-through quantised tokens after the d_c -> d projection.
+    codes: (B, L) long indices into the codebook.
+    z_e: (B, L, d_c) fp32 l2-normalised vectors before quantisation (carry gradients).
+    z_q: (B, L, d_c) fp32 selected unit codes (no gradient).
+    """
+
+    tokens: torch.Tensor
+    codes: torch.Tensor
+    z_e: torch.Tensor
+    z_q: torch.Tensor
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class VectorQuantizer(nn.Module):
+    """Low-dimensional l2-normalised codebook with EMA updates and dead-code restarts.
+
+    Args:
+        d: width of the program tokens.
+        code_dim: width d_c of the code space (low, e.g. 8-16).
+        k: number of codes K.
+        decay: EMA decay of the codebook statistics.
+        eps: Laplace smoothing constant of the cluster sizes.
+        dead_threshold: a code whose EMA cluster size falls below this many assignments per
+            step is dead and gets re-seeded by `restart_dead_codes`.
+        reset_size: EMA cluster size given to a re-seeded code.
+        div_temperature: temperature of the soft assignment in the diversity loss.
+    """
+
+    def __init__(
+        self,
+        d: int,
+        code_dim: int,
+        k: int,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        dead_threshold: float = 0.1,
+        reset_size: float = 1.0,
+        div_temperature: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.k = k
+        self.code_dim = code_dim
+        self.decay = decay
+        self.eps = eps
+        self.dead_threshold = dead_threshold
+        self.reset_size = reset_size
+        self.div_temperature = div_temperature
+        self.proj_in = nn.Linear(d, code_dim)
+        self.proj_out = nn.Linear(code_dim, d)
+        codes = F.normalize(torch.randn(k, code_dim), dim=-1)
+        self.register_buffer("codebook", codes)
+        self.register_buffer("cluster_size", torch.ones(k))
+        self.register_buffer("embed_sum", codes.clone())
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: torch.Tensor) -> QuantizerOut:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            z_e = F.normalize(self.proj_in(x.float()), dim=-1)
+            with torch.no_grad():
+                codes = (z_e @ self.codebook.t()).argmax(dim=-1)
+            z_q = F.embedding(codes, self.codebook)
+            straight_through = z_q + (z_e - z_e.detach())
+        tokens = self.proj_out(straight_through)
+        return QuantizerOut(tokens=tokens, codes=codes, z_e=z_e, z_q=z_q)
+
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Tokens (…, d) of stored codes, identical to the forward's tokens for those codes."""
+        with torch.autocast(device_type=codes.device.type, enabled=False):
+            z_q = F.embedding(codes, self.codebook)
+        return self.proj_out(z_q)
+
+    # ------------------------------------------------------------------ losses
+
+    def losses(self, out: QuantizerOut, active: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unweighted `commit_loss` and `diversity_loss` over active positions (B, L) bool.
+
+        The codebook is cloned so that an EMA update before `backward()` does not invalidate
+        the tensors autograd saved.
+        """
+        codebook = self.codebook.detach().clone()
+        return {
+            "commit_loss": commitment_loss(out.z_e, out.z_q, active),
+            "diversity_loss": diversity_loss(out.z_e, codebook, active, self.div_temperature),
+        }
+
+    # ------------------------------------------------------------------ codebook maintenance
+
+    @torch.no_grad()
+    def update_codebook(self, out: QuantizerOut, active: torch.Tensor) -> None:
+        """One EMA step from the active positions: Laplace-smoothed, DDP-summed, re-normalised."""
+        z_e = out.z_e.detach().float()[active]  # (N, d_c)
+        codes = out.codes[active]
+        counts = torch.bincount(codes, minlength=self.k).to(torch.float32)
+        sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, z_e)
+        if _distributed():
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
+        self.cluster_size.lerp_(counts, 1.0 - self.decay)
+        self.embed_sum.lerp_(sums, 1.0 - self.decay)
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (total + self.k * self.eps) * total
+        self.codebook.copy_(F.normalize(self.embed_sum / smoothed.unsqueeze(-1), dim=-1))
+
+    @torch.no_grad()
+    def restart_dead_codes(
+        self, out: QuantizerOut, active: torch.Tensor, generator: torch.Generator | None = None
+    ) -> int:
+        """Re-seed dead codes from active batch vectors; returns how many were re-seeded.
+
+        Data-dependent (boolean indexing, a host sync): call it outside compiled regions.
+        """
+        dead = self.cluster_size < self.dead_threshold
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return 0
+        candidates = out.z_e.detach().float()[active]
+        if candidates.shape[0] == 0:
+            return 0
+        dead_index = dead.nonzero().squeeze(1)
+        # Never duplicate a batch vector into two codes: at most as many restarts as candidates.
+        n_new = min(n_dead, candidates.shape[0])
+        picks = torch.randperm(candidates.shape[0], generator=generator, device="cpu")[:n_new]
+        new_codes = F.normalize(candidates[picks.to(candidates.device)], dim=-1)
+        if _distributed():
+            # Rank 0's draw wins everywhere, so codebooks never diverge across ranks.
+            n_all = torch.tensor([n_new], device=new_codes.device)
+            dist.all_reduce(n_all, op=dist.ReduceOp.MIN)
+            n_new = int(n_all)
+            new_codes = new_codes[:n_new].contiguous()
+            dist.broadcast(new_codes, src=0)
+        dead_index = dead_index[:n_new]
+        self.codebook[dead_index] = new_codes
+        self.cluster_size[dead_index] = self.reset_size
+        self.embed_sum[dead_index] = new_codes * self.reset_size
+        return n_new
