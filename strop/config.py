@@ -53,6 +53,12 @@ class TrainConfig(BaseModel):
     pixel_decoder: bool = Field(
         True, description="Train the inspection pixel decoder (detached input, own loss)."
     )
+    pixel_batch: int | None = Field(
+        None,
+        ge=1,
+        description="Images per batch the pixel probe is fitted on (None: all). Nothing upstream "
+        "depends on the probe, so a slice trades only probe quality for speed.",
+    )
     seed: int = Field(0, description="Seed of model init, data order and length sampling.")
     device: str = Field("auto", description="auto | cpu | cuda.")
     precision: Literal["auto", "bf16", "fp32"] = Field(

@@ -129,7 +129,8 @@ class TrainForward(nn.Module):
         out = dict(model.quantizer_losses(gen, active))
         out.update(gen=gen, active=active, errors=errors, l_hat=model.predict_length(feats))
         if images is not None:
-            recon = model.decode_pixels(field)
+            # The probe may see only the first images of the batch (train.pixel_batch).
+            recon = model.decode_pixels(field[: images.shape[0]])
             if images.shape[-2:] != recon.shape[-2:]:
                 images = F.interpolate(images, size=recon.shape[-2:], mode="area")
             out["pixel_loss"] = losses.pixel_loss(recon, images)
@@ -412,7 +413,9 @@ class Trainer:
         else:
             with torch.no_grad(), self._autocast():
                 feats = self.model.teacher_features(images).float()
-        return feats, images if self.train_pixels else None
+        if not self.train_pixels or images is None:
+            return feats, None
+        return feats, images[: self.cfg.train.pixel_batch or None]
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimisation step at `self.step`; returns the values to log."""
