@@ -1,7 +1,178 @@
-"""`strop` commands of this area (placeholder until the area lands)."""
+"""`strop export`, `strop eval`, `strop analyze`, `strop report`.
+
+Torch and the model are imported inside the command bodies so `strop --help` stays fast.
+Errors at the edge (a bad run folder, config, checkpoint, length mode or dataset) print one
+line and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+#: ConfigError, RunFolderError and SceneFileError are ValueErrors; CheckpointError is added by
+#: `_model_errors` (importing it imports torch, which `strop report` does not need).
+_EDGE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+
+
+def _model_errors() -> tuple[type[BaseException], ...]:
+    from strop.checkpoint import CheckpointError
+
+    return (*_EDGE_ERRORS, CheckpointError)
+
+
+RUN_ARG = typer.Argument(
+    ..., help="Run folder (holds config.json and checkpoints/).", show_default=False
+)
+SPLIT_OPT = typer.Option("val", "--split", help="Dataset split to encode (train, val, test).")
+MODE_OPT = typer.Option(
+    None,
+    "--length-mode",
+    help="head (the length head), fixed (all L_max tokens) or search:EPS (shortest prefix "
+    "whose align error <= EPS). Default: fixed for runs trained fixed-length, else head.",
+    show_default=False,
+)
+DATA_OPT = typer.Option(
+    None, "--data", help="Dataset folder; default: data.path from the run's config.json."
+)
+BATCH_OPT = typer.Option(64, "--batch-size", min=1, help="Images per forward pass.")
+LIMIT_OPT = typer.Option(
+    None, "--limit", min=1, help="Only the first N images of the split (quick looks)."
+)
+DEVICE_OPT = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda.")
+CKPT_OPT = typer.Option("last", "--checkpoint", help="last, a step number, or a .pt path.")
+
+
+def _fail(exc: BaseException) -> None:
+    typer.echo(
+        f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+        err=True,
+    )
+    raise typer.Exit(2)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to `app`."""
+    """Add export, eval, analyze and report to `app`."""
+
+    @app.command("export")
+    def export_cmd(
+        run: Path = RUN_ARG,
+        split: str = SPLIT_OPT,
+        length_mode: str | None = MODE_OPT,
+        data: Path | None = DATA_OPT,
+        batch_size: int = BATCH_OPT,
+        limit: int | None = LIMIT_OPT,
+        device: str = DEVICE_OPT,
+        checkpoint: str = CKPT_OPT,
+        out: Path | None = typer.Option(
+            None, "--out", help="Output file; default RUN/programs.parquet."
+        ),
+    ) -> None:
+        """Encode a dataset split into programs: RUN/programs.parquet (one row per image)."""
+        from strop.export import export_programs
+
+        errors = _model_errors()
+
+        try:
+            path = export_programs(
+                run,
+                split=split,
+                length_mode=length_mode,
+                data=data,
+                batch_size=batch_size,
+                limit=limit,
+                device=device,
+                checkpoint=checkpoint,
+                out=out,
+            )
+        except errors as exc:
+            _fail(exc)
+        typer.echo(f"wrote {path}")
+
+    @app.command("eval")
+    def eval_cmd(
+        run: Path = RUN_ARG,
+        split: str = SPLIT_OPT,
+        length_mode: str | None = MODE_OPT,
+        data: Path | None = DATA_OPT,
+        batch_size: int = BATCH_OPT,
+        limit: int | None = LIMIT_OPT,
+        device: str = DEVICE_OPT,
+        checkpoint: str = CKPT_OPT,
+    ) -> None:
+        """Alignment, codebook usage, pixel SSIM, bits and length-vs-complexity: RUN/eval.json."""
+        from strop.evaluate import evaluate_run
+
+        errors = _model_errors()
+
+        try:
+            result = evaluate_run(
+                run,
+                split=split,
+                length_mode=length_mode,
+                data=data,
+                batch_size=batch_size,
+                limit=limit,
+                device=device,
+                checkpoint=checkpoint,
+            )
+        except errors as exc:
+            _fail(exc)
+        lv = result["length_vs_objects"]
+        typer.echo(
+            f"cos {result['cos']:.4f}  r2 {result['r2']:.4f}  rmse {result['rmse']:.4f}  ssim {result['ssim']:.3f}  "
+            f"CB% {result['cb_pct']:.1f}  Eff% {result['eff_pct']:.1f}  length {result['length_mean']:.2f}  "
+            f"pearson {lv['pearson'] if lv['pearson'] is None else round(lv['pearson'], 3)}  -> {Path(run) / 'eval.json'}"
+        )
+
+    @app.command("analyze")
+    def analyze_cmd(
+        run: Path = RUN_ARG,
+        n_images: int = typer.Option(16, "--n-images", min=1, help="Images to analyse by erasure."),
+        split: str = SPLIT_OPT,
+        data: Path | None = DATA_OPT,
+        n_random_pairs: int = typer.Option(
+            64, "--random-pairs", min=1, help="Random active pairs per image."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of the random pair draw."),
+        device: str = DEVICE_OPT,
+        checkpoint: str = CKPT_OPT,
+    ) -> None:
+        """Counterfactual erasure, attribution vs object masks, pair synergy, code reuse: RUN/analysis/."""
+        from strop.analyze import analyze_run
+
+        errors = _model_errors()
+
+        try:
+            result = analyze_run(
+                run,
+                split=split,
+                n_images=n_images,
+                data=data,
+                n_random_pairs=n_random_pairs,
+                seed=seed,
+                device=device,
+                checkpoint=checkpoint,
+            )
+        except errors as exc:
+            _fail(exc)
+        typer.echo(f"analysed {result['n_images']} images -> {Path(run) / 'analysis'}")
+
+    @app.command("report")
+    def report_cmd(
+        experiment: Path = typer.Argument(
+            ..., help="Experiment folder (its sub-runs) or a single run.", show_default=False
+        ),
+        out: Path | None = typer.Option(
+            None, "--out", help="Output folder; default: the experiment folder."
+        ),
+    ) -> None:
+        """report.md and a self-contained report.html comparing every sub-run."""
+        from strop.report import build_report
+
+        try:
+            md, html = build_report(experiment, out_dir=out)
+        except _EDGE_ERRORS as exc:
+            _fail(exc)
+        typer.echo(f"wrote {md} and {html}")

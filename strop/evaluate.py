@@ -1,0 +1,137 @@
+"""Evaluation of a trained run on a held-out split: `RUN/eval.json`.
+
+What is measured (paper Sec. 5.2, Tables 1 and 14; Sec. 5.4): alignment of the interpreted
+field with the frozen teacher (cosine, R^2, RMSE), codebook use over active prefixes (CB%,
+Eff%), the pixel probe's SSIM, program length (mean/min/max), bits per image and the
+compression ratio, and the correlation of length with object count (Pearson and Spearman
+with 95% CIs). With `--length-mode search:EPS`, also how often the head picks the same
+length as the search (`head_matches_search`) and their mean absolute difference.
+
+Design decisions
+- The metric definitions live in `strop.metrics`; this module only runs the model and
+  streams batches into them (`FieldStats` is exact under batching).
+- `compression_ratio` = teacher bits / program bits, both summed over the split (a ratio of
+  totals, not a mean of per-image ratios, which small programs would dominate). Teacher bits
+  are the P x D patch features at fp16 (how `strop cache-features` stores them), program
+  bits are `length * ceil(log2 K)`; `compression_ratio_worst` uses L_max for every image.
+  The paper quotes float32 sources, so its ratios are twice these.
+- SSIM compares the pixel decoder's output with the input image resized (area) to the
+  decoder's resolution. A run trained without the pixel decoder reports `ssim: null`.
+- The teacher's name is recorded as configured (`pixels`, `random-vit` are named as such so
+  no one mistakes a fallback for DINO).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from strop import metrics
+from strop.export import (
+    LengthMode,
+    dataset_path,
+    encode_batch,
+    load_run_model,
+    make_loader,
+    parse_length_mode,
+    progress_batches,
+)
+from strop.runs import RunFolder
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    split: str = "val",
+    length_mode: str | LengthMode | None = None,
+    data: str | os.PathLike[str] | None = None,
+    batch_size: int = 64,
+    limit: int | None = None,
+    device: str = "auto",
+    checkpoint: str = "last",
+    progress: bool = True,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Evaluate `split` and write RUN/eval.json (unless `write=False`); returns the dict."""
+    import torch
+    import torch.nn.functional as F
+
+    parse_length_mode(length_mode)  # a bad value fails before the model loads
+    run = RunFolder(Path(run_dir))
+    model, cfg, dev = load_run_model(run.path, checkpoint, device)
+    mode = parse_length_mode(length_mode, cfg.curriculum.length_mode)
+    mc = cfg.model
+    loader = make_loader(dataset_path(run.path, cfg, data), split, mc.image_size, batch_size, limit)
+    use_pixels = bool(getattr(cfg.train, "pixel_decoder", True))
+
+    field_stats = metrics.FieldStats()
+    counts = np.zeros(mc.k, dtype=np.int64)
+    lengths: list[np.ndarray] = []
+    n_objects: list[int] = []
+    ssims: list[np.ndarray] = []
+    head_lengths: list[np.ndarray] = []
+    n_patches = width = 0
+    for batch in progress_batches(loader, f"eval {run.name} [{mode}]", progress):
+        images = batch["image"].to(dev)
+        enc = encode_batch(model, images, mode, mc.w_mse, mc.l_min)
+        with torch.no_grad():
+            field = model.interpret(enc.codes, enc.lengths)
+            field_stats.update(field.float().cpu().numpy(), enc.feats.float().cpu().numpy())
+            if use_pixels:
+                recon = model.decode_pixels(field).float().clamp(0, 1)
+                target = (
+                    images
+                    if recon.shape[-2:] == images.shape[-2:]
+                    else F.interpolate(images, size=recon.shape[-2:], mode="area")
+                )
+                ssims.append(metrics.ssim(recon.cpu().numpy(), target.float().cpu().numpy()))
+        n_patches, width = enc.feats.shape[1], enc.feats.shape[2]
+        counts += metrics.code_counts(enc.codes.cpu().numpy(), mc.k)
+        lengths.append(enc.lengths.cpu().numpy())
+        if enc.head_lengths is not None:
+            head_lengths.append(enc.head_lengths.cpu().numpy())
+        n_objects += [int(n) for n in batch["n_objects"]]
+
+    length = np.concatenate(lengths)
+    bits = metrics.program_bits(length, mc.k)
+    source_bits = metrics.teacher_bits(n_patches, width)
+    result: dict[str, Any] = {
+        "run": run.name,
+        "split": split,
+        "n_images": int(len(length)),
+        "checkpoint": str(checkpoint),
+        "teacher": mc.teacher,
+        "k": mc.k,
+        "l_max": mc.l_max,
+        "length_mode": str(mode),
+        **{key: _finite(v) for key, v in field_stats.as_dict().items()},
+        **metrics.codebook_usage(counts),
+        "ssim": float(np.concatenate(ssims).mean()) if ssims else None,
+        "length_mean": float(length.mean()),
+        "length_min": int(length.min()),
+        "length_max": int(length.max()),
+        "length_std": float(length.std()),
+        "bits_per_token": metrics.bits_per_token(mc.k),
+        "bits_per_image": float(bits.mean()),
+        "teacher_bits_per_image": source_bits,
+        "teacher_dtype_bits": metrics.TEACHER_DTYPE_BITS,
+        "compression_ratio": float(source_bits * len(length) / max(1, bits.sum())),
+        "compression_ratio_worst": float(source_bits / (mc.l_max * metrics.bits_per_token(mc.k))),
+        "length_vs_objects": metrics.length_vs_objects(length, n_objects),
+    }
+    if mode.kind == "search":
+        head = np.concatenate(head_lengths)
+        result["search_eps"] = mode.eps
+        result["head_matches_search"] = float(np.mean(head == length))
+        result["head_search_mean_abs_diff"] = float(np.mean(np.abs(head - length)))
+        result["head_length_mean"] = float(head.mean())
+    if write:
+        run.write_eval(result)
+    return result
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None

@@ -1,0 +1,333 @@
+"""`strop report` over hand-built run folders, with and without grammar/LLM parts, and in a browser."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from strop.report import build_report, flatten_stats
+from strop.runs import Programs, RunFolder, RunFolderError, write_json
+
+
+def make_run(
+    root: Path, name: str, k: int, mode: str = "adaptive", seed: int = 0, n: int = 60
+) -> RunFolder:
+    """A run folder as the trainer/export/eval would leave it, with made-up but consistent numbers."""
+    rng = np.random.default_rng(seed)
+    run = RunFolder(root / name)
+    run.path.mkdir(parents=True)
+    run.write_config(
+        {
+            "model": {"preset": "tiny", "teacher": "pixels", "k": k, "l_max": 16},
+            "curriculum": {"length_mode": mode},
+            "train": {"steps": 100},
+            "data": {"path": "data/clevr-synth"},
+        }
+    )
+    n_obj = rng.integers(3, 11, n)
+    lengths = np.clip(n_obj + rng.integers(0, 4, n), 1, 16) if mode != "fixed" else np.full(n, 16)
+    codes = [rng.integers(0, k, int(length)) for length in lengths]
+    run.write_programs(
+        Programs(
+            codes=codes,
+            image_id=[f"CLEVR_val_{i:06d}" for i in range(n)],
+            split=["val"] * n,
+            n_objects=n_obj,
+            scene=[json.dumps({"objects": [{}] * int(c)}) for c in n_obj],
+            codebook_size=k,
+        )
+    )
+    for step in range(0, 100, 10):
+        run.append_metrics(
+            {
+                "step": step,
+                "phase": 1,
+                "loss": 2.0 / (1 + step),
+                "align_loss": 1.0 / (1 + step),
+                "mean_length": 10 + step / 20,
+                "images_per_s": 50.0,
+            }
+        )
+        if step % 50 == 0:
+            run.append_metrics(
+                {"step": step, "val_cos": 0.5 + step / 250, "val_r2": 0.3, "val_cb": 40.0}
+            )
+    run.write_eval(
+        {
+            "cos": 0.91 + seed / 100,
+            "r2": 0.8,
+            "rmse": 0.2,
+            "ssim": 0.7,
+            "cb_pct": 75.0,
+            "eff_pct": 60.0,
+            "length_mean": float(lengths.mean()),
+            "length_min": int(lengths.min()),
+            "length_max": int(lengths.max()),
+            "bits_per_image": 40.0,
+            "compression_ratio": 1234.5,
+            "teacher": "pixels",
+            "length_mode": "head",
+            "length_vs_objects": {
+                "pearson": 0.8,
+                "pearson_ci": [0.7, 0.87],
+                "spearman": 0.78,
+                "spearman_ci": [0.66, 0.86],
+                "n": n,
+                "mean_length_by_objects": {"3": 4.5, "10": 11.0},
+            },
+        }
+    )
+    return run
+
+
+def add_grammar_and_llm(run: RunFolder, figure_png: Path) -> None:
+    write_json(
+        run.grammar_dir / "summary.json",
+        {
+            "n_programs": 60,
+            "n_tokens": 600,
+            "vocab_used": 30,
+            "bigram_reuse": {
+                "observed": 0.42,
+                "null_shuffle": 0.10,
+                "null_shuffle_sd": 0.01,
+                "null_unigram": 0.12,
+            },
+            "perplexity": {"unigram": 30.1, "bigram": 25.3},
+        },
+    )
+    shutil.copy(figure_png, run.grammar_dir / "rank_frequency.png")
+    for model, extra in (
+        ("qwen3.5", {"shots": 50, "test": 15, "seed": 0, "temperature": 0.0}),
+        ("naive", {"backend": "naive"}),
+    ):
+        write_json(
+            run.llm_dir / model / "summary.json",
+            {
+                "n": 15,
+                "parse_fails": 0,
+                "count_err": 1.43,
+                "attr_acc": 0.51,
+                "pos_mse": 3.2,
+                "pos_mae": 1.9,
+                "ap": {"inf": 0.6, "1": 0.4, "0.5": 0.2},
+                **extra,
+            },
+        )
+
+
+@pytest.fixture
+def png(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    path = tmp_path / "fig.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(
+        path
+    )
+    return path
+
+
+@pytest.fixture
+def experiment(tmp_path: Path) -> Path:
+    exp = tmp_path / "clevr"
+    make_run(exp, "k32", 32, seed=0)
+    make_run(exp, "k64", 64, seed=1)
+    make_run(exp, "k64-fixed", 64, mode="fixed", seed=2)
+    return exp
+
+
+class _Tables(HTMLParser):
+    """Collects each table's data-table key and its cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[str]] = {}
+        self.images: list[str] = []
+        self._current: str | None = None
+        self._in_cell = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table":
+            self._current = a.get("data-table")
+            self.tables[self._current] = []
+        elif tag in ("td", "th"):
+            self._in_cell = True
+        elif tag == "img":
+            self.images.append(a.get("src", ""))
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self._in_cell = False
+
+    def handle_data(self, data):
+        if self._in_cell and self._current:
+            self.tables[self._current].append(data.strip())
+
+
+def test_report_without_grammar_and_llm_says_what_is_missing(experiment):
+    md, html = build_report(experiment)
+    text = md.read_text()
+    assert "no grammar results: run `strop-grammar mine" in text
+    assert "no LLM decoding results: run `strop-llm decode" in text
+    assert "no grammar results: run <code>strop-grammar mine" in html.read_text()
+    parsed = _Tables()
+    parsed.feed(html.read_text())
+    assert {"runs", "alignment", "fixed_vs_curriculum", "length_vs_objects", "code_usage"} <= set(
+        parsed.tables
+    )
+    assert "grammar" not in parsed.tables and "llm" not in parsed.tables
+    # alignment row values come from eval.json
+    assert "0.910" in parsed.tables["alignment"] and "0.920" in parsed.tables["alignment"]
+    assert "0.800 [0.700, 0.870]" in parsed.tables["length_vs_objects"]
+    # fixed and curriculum side by side for K=64
+    assert parsed.tables["fixed_vs_curriculum"].count("64") == 2
+    # figures are embedded, not linked: the page stands alone
+    assert parsed.images and all(src.startswith("data:image/png;base64,") for src in parsed.images)
+    assert (experiment / "figures" / "length_vs_objects.png").is_file()
+    assert "](figures/length_vs_objects.png)" in text
+
+
+def test_report_with_grammar_and_llm(experiment, png):
+    for name in ("k32", "k64"):
+        add_grammar_and_llm(RunFolder(experiment / name), png)
+    md, html = build_report(experiment)
+    parsed = _Tables()
+    parsed.feed(html.read_text())
+    grammar = parsed.tables["grammar"]
+    # the statistic stands beside its nulls
+    assert "0.420 (null_shuffle 0.100 ± 0.010, null_unigram 0.120)" in grammar
+    assert "perplexity.bigram" in parsed.tables["grammar_facts"]
+    llm = parsed.tables["llm"]
+    assert llm.index("naive (baseline)") < llm.index("qwen3.5")  # baselines first
+    assert "AP@0.5" in llm
+    assert "Protocol: shots 50, test 15, seed 0, temperature 0.000." in md.read_text()
+    assert "> no grammar results" not in md.read_text()
+    assert "k64-fixed: no grammar results" in md.read_text()  # the one run without grammar is named
+    assert len(parsed.images) >= 4  # 2 own figures + 2 grammar figures
+
+
+def test_report_survives_damaged_and_sparse_runs(tmp_path):
+    exp = tmp_path / "exp"
+    run = make_run(exp, "k32", 32)
+    run.eval_path.write_text("{not json")
+    sparse = RunFolder(exp / "k128")
+    sparse.path.mkdir()
+    sparse.write_config({"model": {"k": 128}})
+    md, _ = build_report(exp)
+    text = md.read_text()
+    assert "k32/eval.json:" in text and "not valid JSON" in text
+    assert "k128: no programs.parquet: run `strop export" in text
+    assert "k128: no eval.json: run `strop eval" in text
+
+
+def test_report_refuses_a_folder_without_runs(tmp_path):
+    with pytest.raises(RunFolderError, match="no run folders"):
+        build_report(tmp_path)
+
+
+def test_flatten_stats_formats_nested_values():
+    flat = flatten_stats(
+        {"a": 1, "b": {"c": 0.5, "d": [1, 2]}, "e": {"value": 2.0, "null": {"shuffle": 1.0}}}
+    )
+    assert flat == {"a": "1", "b.c": "0.500", "e": "2.000 (null shuffle 1.000)"}
+
+
+def _chromium() -> str | None:
+    return (
+        shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome")
+    )
+
+
+@pytest.mark.skipif(
+    _chromium() is None,
+    reason="no chromium on PATH (apt-get install chromium) for the browser test",
+)
+def test_report_renders_in_headless_chromium(experiment, png, tmp_path):
+    add_grammar_and_llm(RunFolder(experiment / "k32"), png)
+    _, html = build_report(experiment)
+    dom = _dump_dom(html, tmp_path)
+    body = re.search(r"<body[^>]*>", dom)
+    assert body, f"chromium returned no DOM: {dom[:200]!r}"
+    # the inline script ran and every embedded image decoded with a non-zero width
+    assert 'data-images-loaded="true"' in body.group(0), body.group(0)
+    n = int(re.search(r'data-image-count="(\d+)"', body.group(0)).group(1))
+    assert n >= 3 and f'data-images-decoded="{n}"' in body.group(0)
+    parsed = _Tables()
+    parsed.feed(dom)
+    assert {"alignment", "length_vs_objects", "code_usage", "grammar", "llm"} <= set(parsed.tables)
+    assert "0.910" in parsed.tables["alignment"]
+    # and the check can fail: one corrupted image is reported as not loaded
+    broken = tmp_path / "broken.html"
+    broken.write_text(html.read_text().replace("base64,iVBOR", "base64,AAAA", 1))
+    assert 'data-images-loaded="false"' in _dump_dom(broken, tmp_path)
+
+
+def _dump_dom(html: Path, tmp_path: Path) -> str:
+    cmd = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        html.resolve().as_uri(),
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+
+
+def test_report_reads_what_grammar_and_llm_decode_really_write(tmp_path):
+    """The other tools' real outputs (not hand-written summaries) land in the right tables."""
+    from grammar.mine import mine_path
+    from llm_decode.protocol import ProtocolConfig
+    from llm_decode.runner import DecodeConfig, decode
+    from llm_decode.testing.fake_server import FakeServer
+    from llm_decode.testing.synthetic import make_run as make_llm_run
+
+    exp = tmp_path / "exp"
+    for k in (16, 32):
+        make_llm_run(exp / f"k{k}", k=k, n_train=40, n_val=10, seed=k)
+        RunFolder(exp / f"k{k}").write_config(
+            {"model": {"k": k}, "curriculum": {"length_mode": "adaptive"}}
+        )
+    mine_path(exp, null_replicates=2, max_n=2)
+    proto = ProtocolConfig(shots=8, test=4)
+    decode(DecodeConfig(model="naive", backend="naive", k=16, runs=exp, protocol=proto))
+    with FakeServer() as server:
+        decode(
+            DecodeConfig(
+                model="qwen3.5",
+                backend="openai",
+                base_url=server.base_url,
+                k=16,
+                runs=exp,
+                protocol=proto,
+                concurrency=2,
+                max_attempts=1,
+            )
+        )
+    md, html = build_report(exp)
+    parsed = _Tables()
+    parsed.feed(html.read_text())
+    assert any("(null_shuffle" in cell for cell in parsed.tables["grammar"])
+    assert "vocab_used" in parsed.tables["grammar_facts"]
+    llm = parsed.tables["llm"]
+    assert "naive (baseline)" in llm and "qwen3.5" in llm and "AP@inf" in llm
+    text = md.read_text()
+    assert "Protocol: shots 8, test 4, seed 0" in text
+    assert "](figures/rank_frequency.png)" in text  # grammar's experiment-level figure
