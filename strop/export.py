@@ -261,29 +261,41 @@ def export_programs(
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> Path:
-    """Encode `split` of the run's dataset and write programs.parquet (default RUN/programs.parquet)."""
+    """Encode `split` of the run's dataset and write programs.parquet (default RUN/programs.parquet).
+
+    `split` may list several splits, comma-separated (`train,val`): one file holds them all, each
+    row tagged with its split, so the decoders can draw shots from train and queries from val.
+    """
     parse_length_mode(length_mode)  # a bad value fails before the model loads
+    splits = [s.strip() for s in split.split(",") if s.strip()]
+    if not splits:
+        raise ValueError(f"export: --split {split!r} names no split")
     run = RunFolder(Path(run_dir))
     model, cfg, dev = load_run_model(run.path, checkpoint, device)
     mode = parse_length_mode(length_mode, cfg.curriculum.length_mode)
-    loader = make_loader(
-        dataset_path(run.path, cfg, data), split, cfg.model.image_size, batch_size, limit
-    )
+    root = dataset_path(run.path, cfg, data)
     codes: list[np.ndarray] = []
     image_id: list[str] = []
+    split_of: list[str] = []
     n_objects: list[int] = []
     scenes: list[str | None] = []
-    for batch in progress_batches(loader, f"export {run.name} [{mode}]", progress):
-        enc = encode_batch(model, batch["image"].to(dev), mode, cfg.model.w_mse, cfg.model.l_min)
-        for row, length in zip(enc.codes.cpu().numpy(), enc.lengths.cpu().tolist(), strict=True):
-            codes.append(row[:length])
-        image_id += [str(i) for i in batch["image_id"]]
-        n_objects += [int(n) for n in batch["n_objects"]]
-        scenes += [s or None for s in batch["scene"]]
+    for name in splits:
+        loader = make_loader(root, name, cfg.model.image_size, batch_size, limit)
+        for batch in progress_batches(loader, f"export {run.name} {name} [{mode}]", progress):
+            enc = encode_batch(
+                model, batch["image"].to(dev), mode, cfg.model.w_mse, cfg.model.l_min
+            )
+            lengths = enc.lengths.cpu().tolist()
+            for row, length in zip(enc.codes.cpu().numpy(), lengths, strict=True):
+                codes.append(row[:length])
+            image_id += [str(i) for i in batch["image_id"]]
+            split_of += [name] * len(lengths)
+            n_objects += [int(n) for n in batch["n_objects"]]
+            scenes += [s or None for s in batch["scene"]]
     programs = Programs(
         codes=codes,
         image_id=image_id,
-        split=[split] * len(codes),
+        split=split_of,
         n_objects=np.array(n_objects, dtype=np.int64),
         scene=scenes,
         codebook_size=cfg.model.k,

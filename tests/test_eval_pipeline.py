@@ -93,6 +93,22 @@ def test_export_round_trip_reinterprets_to_the_same_field(run_dir, dataset):
     assert table[0]["codes"] == programs.codes[0].tolist() and table.num_rows == N_VAL
 
 
+def test_export_several_splits_into_one_file(run_dir, dataset, tmp_path):
+    path = export_programs(
+        run_dir,
+        split="train,val",
+        batch_size=4,
+        limit=3,
+        progress=False,
+        out=tmp_path / "p.parquet",
+    )
+    programs = read_programs(path)
+    assert programs.split == ["train"] * 3 + ["val"] * 3
+    assert programs.image_id[0].startswith("CLEVR_train_") and programs.image_id[3].startswith(
+        "CLEVR_val_"
+    )
+
+
 def test_search_picks_the_shortest_prefix_under_eps(run_dir, dataset):
     model, cfg = load_model(run_dir)
     from strop.data.datasets import ClevrDataset

@@ -131,3 +131,15 @@ def test_metrics_jsonl_skips_a_torn_last_line(tmp_path: Path) -> None:
     with open(run.metrics_path, "a") as handle:
         handle.write('{"step": 3, "lo')  # killed mid-write
     assert [r["step"] for r in run.read_metrics()] == [1, 2]
+
+
+def test_atomic_writes_are_readable_by_others(tmp_path):
+    import stat
+
+    from strop.runs import write_json
+
+    write_json(tmp_path / "eval.json", {"cos": 1.0})
+    write_programs(tmp_path / "programs.parquet", Programs(codes=[[1, 2]], codebook_size=4))
+    for name in ("eval.json", "programs.parquet"):
+        mode = (tmp_path / name).stat().st_mode
+        assert mode & stat.S_IRGRP and mode & stat.S_IROTH, f"{name} is not world-readable"

@@ -26,6 +26,11 @@ RUN_ARG = typer.Argument(
     ..., help="Run folder (holds config.json and checkpoints/).", show_default=False
 )
 SPLIT_OPT = typer.Option("val", "--split", help="Dataset split to encode (train, val, test).")
+EXPORT_SPLIT_OPT = typer.Option(
+    "val",
+    "--split",
+    help="Split(s) to encode, comma-separated (e.g. train,val): one file, rows tagged.",
+)
 MODE_OPT = typer.Option(
     None,
     "--length-mode",
@@ -58,7 +63,7 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_cmd(
         run: Path = RUN_ARG,
-        split: str = SPLIT_OPT,
+        split: str = EXPORT_SPLIT_OPT,
         length_mode: str | None = MODE_OPT,
         data: Path | None = DATA_OPT,
         batch_size: int = BATCH_OPT,
