@@ -1,0 +1,107 @@
+"""`strop-grammar`: mine program corpora for n-gram and pair-reuse structure against nulls.
+
+Errors in the input (empty corpus, codes outside [0, K), mixed K, a run without programs) are
+printed as one line on stderr and exit with status 2; no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from grammar import __version__
+
+app = typer.Typer(
+    name="strop-grammar",
+    help="Mine STROP program corpora: n-grams, pair reuse, null models, Re-Pair grammars.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"strop-grammar {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """strop-grammar."""
+
+
+@app.command()
+def mine(
+    path: Path = typer.Argument(
+        ...,
+        help="An experiment folder, a run folder, a programs.parquet, or a text file (one program per line).",
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: RUN/grammar/)."),
+    max_n: int = typer.Option(4, "--max-n", min=1, max=8, help="Longest n-gram counted."),
+    seed: int = typer.Option(0, "--seed", help="Seed of null corpora, held-out split, samples."),
+    null_replicates: int = typer.Option(
+        3, "--null-replicates", min=0, help="Replicates per null model."
+    ),
+    k: int | None = typer.Option(
+        None, "--k", min=1, help="Codebook size (default: recorded, else max code + 1)."
+    ),
+    min_count: int = typer.Option(
+        5, "--min-count", min=1, help="Frequency floor for scored pairs."
+    ),
+    markov_null: bool = typer.Option(
+        False, "--markov-null", help="Also run the bigram-preserving Markov null."
+    ),
+    repair_max_tokens: int = typer.Option(
+        300_000, "--repair-max-tokens", min=1, help="Codes given to Re-Pair."
+    ),
+    ngram_min_count: int = typer.Option(
+        2, "--ngram-min-count", min=1, help="Floor for rows of ngrams.tsv (1: every n-gram)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or table."),
+) -> None:
+    """Mine PATH; write summary.json, ngrams.tsv, pairs.tsv, rules.txt, grammar.pcfg per run."""
+    from pydantic import ValidationError
+
+    from grammar.corpus import CorpusError
+    from grammar.mine import mine_path
+    from strop.runs import RunFolderError
+
+    try:
+        summaries = mine_path(
+            path,
+            out=out,
+            max_n=max_n,
+            seed=seed,
+            null_replicates=null_replicates,
+            k=k,
+            progress=not quiet,
+            min_count=min_count,
+            markov_null=markov_null,
+            repair_max_tokens=repair_max_tokens,
+            ngram_min_count=ngram_min_count,
+        )
+    except (CorpusError, RunFolderError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        typer.echo(f"error: option {'.'.join(map(str, first['loc']))}: {first['msg']}", err=True)
+        raise typer.Exit(2) from None
+    for s in summaries:
+        typer.echo(
+            f"{s['run']}: {s['n_programs']} programs, {s['n_tokens']} codes -> {s['output_dir']}"
+        )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

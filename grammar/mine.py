@@ -1,0 +1,453 @@
+"""`mine`: every statistic of one corpus beside its null corpora, written to `grammar/`.
+
+Design decisions
+- One function computes the headline statistics of any corpus (`corpus_stats`), and it is run
+  on the observed corpus and on every null replicate alike, so observed and null numbers are
+  the same computation by construction. Each headline appears in `summary.json` as
+  `{"observed": x, "null_shuffle": mean, "null_shuffle_sd": sd, "null_unigram": ..., ...}`.
+- Which null answers which question (see `grammar.nulls`): order statistics (adjacent pairs,
+  perplexity n >= 2, code-position information, distance MI) against `shuffle`; reuse and
+  co-occurrence against `unigram`. Both are reported for every statistic anyway.
+- Pair significance (`grammar.pairs`): adjacent pairs get an analytic G^2 q-value
+  (association against independence of the two codes, nltk's table) and a q-value against
+  their exact expectation under the within-program shuffle (order beyond composition); "any"
+  pairs against the unigram null. `n_significant_pairs` counts adjacent pairs significant
+  against the shuffle, `n_associated_pairs` those significant by G^2; both are computed the
+  same way on every null replicate, which gives their false-positive baselines beside them.
+  Replicates serve the headline means; no per-pair statistic depends on a handful of them.
+- Everything that depends only on each program's multiset of codes (co-occurrence, the
+  shuffle expectations, the "any" pair table) is cached on the corpus and shared with its
+  shuffled twins, which have the same compositions by construction.
+- Re-Pair runs in pure Python; its compression ratio is computed on a seeded random sample of
+  programs holding at most `repair_max_tokens` codes, the same programs (same lengths) for the
+  observed corpus and one replicate of each null, so the ratios compare like with like.
+- A corpus below `min_programs_for_nulls` / `min_tokens_for_nulls` is mined without null
+  corpora or p-values; `summary.json["null_tests"]` says why, instead of printing p-values
+  that mean nothing.
+- `ngrams.tsv` lists n-grams with count >= `ngram_min_count` (default 2: the recurring pieces;
+  a run of 70,000 programs has millions of 4-grams seen once, which would dominate both the
+  file and the time to write it); `summary.json` keeps the full type counts. Set it to 1 for
+  every n-gram.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from grammar import __version__
+from grammar.corpus import Corpus, discover
+from grammar.ngrams import (
+    NgramCounts,
+    code_position_mi,
+    codebook_stats,
+    count_all,
+    count_ngrams,
+)
+from grammar.nulls import make_null
+from grammar.pairs import (
+    PairTable,
+    add_null_test,
+    add_significance,
+    adjacent_pairs,
+    any_pairs,
+    distance_mi,
+    shuffle_expected_adjacent,
+    unigram_expected_cooccurrence,
+)
+from grammar.pcfg import parse_program, pcfg_text, production_probs
+from grammar.perplexity import heldout_perplexity
+from grammar.repair import Grammar, repair
+from grammar.zipf import zipf_fit
+
+
+class MineConfig(BaseModel):
+    """Settings of one `mine`; validated when built (the CLI passes its flags here)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_n: int = Field(4, ge=1, le=8, description="longest n-gram counted")
+    seed: int = Field(0, description="seed of the null corpora, held-out split and samples")
+    null_replicates: int = Field(3, ge=0, le=1000, description="replicates per null model")
+    markov_null: bool = Field(False, description="also run the bigram-preserving Markov null")
+    min_count: int = Field(5, ge=1, description="frequency floor for scored pairs")
+    alpha: float = Field(0.05, gt=0, lt=1, description="false discovery rate")
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="programs held out for perplexity")
+    lm_orders: tuple[int, ...] = Field((1, 2, 3), description="n-gram LM orders")
+    max_distance: int = Field(8, ge=1, description="largest distance for the MI profile")
+    repair_max_tokens: int = Field(300_000, ge=1, description="codes given to Re-Pair")
+    ngram_min_count: int = Field(2, ge=1, description="floor for rows of ngrams.tsv")
+    top: int = Field(20, ge=1, description="top n-grams, pairs and rules in summary.json")
+    min_programs_for_nulls: int = Field(20, ge=2)
+    min_tokens_for_nulls: int = Field(200, ge=2)
+    spot_check_parses: int = Field(3, ge=0, description="programs parsed with nltk's Viterbi")
+
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class MineResult:
+    """What `mine_corpus` computed: the summary plus arrays for figures and files."""
+
+    summary: dict[str, Any]
+    ngrams: dict[int, NgramCounts]
+    pairs: list[PairTable]
+    grammar: Grammar
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def corpus_stats(
+    corpus: Corpus, cfg: MineConfig, repair_index: np.ndarray | None
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Headline statistics of one corpus (observed or null) and the objects behind them."""
+    grams = count_all(corpus, cfg.max_n)
+    stats: dict[str, float] = {}
+    stats["zipf_exponent"] = zipf_fit(grams[1].counts)["exponent"]
+    if cfg.max_n >= 2:
+        stats["zipf_exponent_bigram"] = zipf_fit(grams[2].counts)["exponent"]
+    for n, g in grams.items():
+        stats[f"reuse_rate_{n}"] = g.reuse_rate()
+        stats[f"types_per_token_{n}"] = g.n_types / max(g.n_occurrences, 1)
+    stats["reuse_rate"] = stats.get("reuse_rate_2", stats["reuse_rate_1"])
+    stats["code_position_mi"] = code_position_mi(corpus)
+    mi = distance_mi(corpus, cfg.max_distance)
+    stats["adjacent_mi"] = mi[0]
+    ppl = heldout_perplexity(corpus, cfg.lm_orders, cfg.heldout_fraction, cfg.seed)
+    for n, value in ppl.items():
+        stats[f"perplexity_{n}"] = value
+    bigrams = grams[2] if cfg.max_n >= 2 else count_ngrams(corpus, 2)
+    adj = add_significance(adjacent_pairs(corpus, bigrams, cfg.min_count))
+    add_null_test(adj, shuffle_expected_adjacent(corpus, adj.a, adj.b))
+    cache_key = f"any_pairs@{cfg.min_count}"
+    anyp = corpus.cache.get(cache_key)
+    if anyp is None:  # depends on composition only: a shuffled twin shares it (nulls.py)
+        anyp = add_significance(any_pairs(corpus, cfg.min_count))
+        add_null_test(anyp, unigram_expected_cooccurrence(corpus, anyp.a, anyp.b))
+        corpus.cache[cache_key] = anyp
+    stats["n_significant_pairs"] = float(adj.n_significant(cfg.alpha, against_null=True))
+    stats["n_associated_pairs"] = float(adj.n_significant(cfg.alpha))
+    stats["n_significant_any_pairs"] = float(anyp.n_significant(cfg.alpha, against_null=True))
+    stats["n_candidate_pairs"] = float(len(adj))
+    extras: dict[str, Any] = {
+        "ngrams": grams,
+        "bigrams": bigrams,
+        "adjacent": adj,
+        "any": anyp,
+        "distance_mi": mi,
+    }
+    if repair_index is not None:
+        g = repair(corpus.subset(repair_index))
+        stats["compression_ratio"] = g.compression_ratio
+        stats["n_rules"] = float(g.n_rules)
+        extras["grammar"] = g
+    return stats, extras
+
+
+def _repair_sample(corpus: Corpus, max_tokens: int, rng: np.random.Generator) -> np.ndarray:
+    """Random programs, in corpus order, holding at most `max_tokens` codes (at least one)."""
+    order = rng.permutation(corpus.n_programs)
+    fits = np.cumsum(corpus.lengths[order]) <= max_tokens
+    chosen = order[fits] if fits.any() else order[:1]
+    return np.sort(chosen)
+
+
+def _beside(
+    observed: dict[str, float], nulls: dict[str, list[dict[str, float]]]
+) -> dict[str, dict]:
+    """{stat: {"observed": x, "null_<kind>": mean, "null_<kind>_sd": sd}}."""
+    out: dict[str, dict] = {}
+    for name, value in observed.items():
+        row: dict[str, float | None] = {"observed": _clean(value)}
+        for kind, reps in nulls.items():
+            values = np.array([r[name] for r in reps if name in r], dtype=np.float64)
+            row[f"null_{kind}"] = _clean(values.mean()) if values.size else None
+            row[f"null_{kind}_sd"] = _clean(values.std(ddof=1)) if values.size > 1 else None
+        out[name] = row
+    return out
+
+
+def _clean(value: float) -> float | None:
+    """JSON has no NaN: undefined statistics are null."""
+    value = float(value)
+    return None if not np.isfinite(value) else value
+
+
+def mine_corpus(
+    corpus: Corpus, cfg: MineConfig | None = None, progress: Progress | None = None
+) -> MineResult:
+    """Every statistic of `corpus` beside its null corpora (nothing written)."""
+    cfg = cfg or MineConfig()
+    say = progress or (lambda _msg: None)
+    start = time.perf_counter()
+    corpus.validate()
+    rng = np.random.default_rng(cfg.seed)
+    repair_index = _repair_sample(corpus, cfg.repair_max_tokens, rng)
+
+    say("observed corpus")
+    observed, extras = corpus_stats(corpus, cfg, repair_index)
+    adj: PairTable = extras["adjacent"]
+    anyp: PairTable = extras["any"]
+
+    small = (
+        corpus.n_programs < cfg.min_programs_for_nulls or corpus.n_tokens < cfg.min_tokens_for_nulls
+    )
+    kinds = ["shuffle", "unigram"] + (["markov"] if cfg.markov_null else [])
+    nulls: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+    null_mi: dict[str, list[list[float]]] = {kind: [] for kind in kinds}
+    curves: dict[str, np.ndarray] = {"observed_1": extras["ngrams"][1].counts}
+    if cfg.max_n >= 2:
+        curves["observed_2"] = extras["ngrams"][2].counts
+    if small:
+        null_status = {
+            "status": "skipped",
+            "reason": (
+                f"corpus too small for null tests ({corpus.n_programs} programs, {corpus.n_tokens} "
+                f"codes; need >= {cfg.min_programs_for_nulls} programs and >= "
+                f"{cfg.min_tokens_for_nulls} codes): no p-values reported"
+            ),
+        }
+        for table in (adj, anyp):
+            table.p_value = table.q_value = table.q_null = None
+        for name in ("n_significant_pairs", "n_associated_pairs", "n_significant_any_pairs"):
+            observed[name] = float("nan")
+    else:
+        null_status = {"status": "ok", "replicates": cfg.null_replicates, "kinds": kinds}
+        for kind in kinds:
+            for rep in range(cfg.null_replicates):
+                say(f"null {kind} {rep + 1}/{cfg.null_replicates}")
+                null = make_null(kind, corpus, rng)
+                stats, null_extras = corpus_stats(null, cfg, repair_index if rep == 0 else None)
+                nulls[kind].append(stats)
+                null_mi[kind].append(null_extras["distance_mi"])
+                if rep == 0 and cfg.max_n >= 2:
+                    curves[f"{kind}_2"] = null_extras["ngrams"][2].counts
+
+    say("summary")
+    grammar: Grammar = extras["grammar"]
+    summary = _summary(
+        corpus, cfg, observed, nulls, extras, null_status, null_mi, grammar, repair_index
+    )
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    return MineResult(summary, extras["ngrams"], [adj, anyp], grammar, curves)
+
+
+def _summary(
+    corpus, cfg, observed, nulls, extras, null_status, null_mi, grammar, repair_index
+) -> dict:
+    adj: PairTable = extras["adjacent"]
+    anyp: PairTable = extras["any"]
+    lengths = corpus.lengths
+    summary: dict[str, Any] = {
+        "run": corpus.name,
+        "source": corpus.source,
+        "grammar_version": __version__,
+        "k": corpus.k,
+        "k_source": corpus.k_source,
+        "n_programs": corpus.n_programs,
+        "n_tokens": corpus.n_tokens,
+        **codebook_stats(corpus),
+        "length": {
+            "mean": float(lengths.mean()),
+            "min": int(lengths.min()),
+            "max": int(lengths.max()),
+        },
+        "null_tests": null_status,
+    }
+    headline = _beside(observed, nulls)
+    summary.update(headline)
+    summary["ngrams"] = {
+        str(n): {
+            "types": g.n_types,
+            "occurrences": g.n_occurrences,
+            "reuse_rate": _clean(g.reuse_rate()),
+            "top": g.top(cfg.top),
+        }
+        for n, g in extras["ngrams"].items()
+    }
+    summary["pairs"] = {t.kind: _pair_summary(t, cfg) for t in (adj, anyp)}
+    summary["distance_mi"] = {
+        "distances": list(range(1, cfg.max_distance + 1)),
+        "observed": [_clean(v) for v in extras["distance_mi"]],
+        **{f"null_{k}": [_clean(v) for v in np.mean(v, axis=0)] for k, v in null_mi.items() if v},
+    }
+    lengths_r = grammar.expansion_lengths()
+    usage = grammar.usage()
+    summary["repair"] = {
+        "programs": int(repair_index.size),
+        "tokens": grammar.n_tokens,
+        "rules": grammar.n_rules,
+        "grammar_size": grammar.size,
+        "compression_ratio": _clean(grammar.compression_ratio),
+        "longest_rule": int(lengths_r.max(initial=0)),
+        "top_rules": [
+            {
+                "rule": grammar.name(grammar.k + int(i)),
+                "expands_to": " ".join(map(str, grammar.expand(grammar.k + int(i)))),
+                "uses": int(usage[i]),
+            }
+            for i in np.argsort(-usage, kind="stable")[: cfg.top]
+        ],
+    }
+    summary["config"] = cfg.model_dump()
+    return summary
+
+
+def _pair_summary(table: PairTable, cfg: MineConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "candidates": len(table),
+        "min_count": cfg.min_count,
+        "significant": table.n_significant(cfg.alpha),
+        "significant_vs_null": table.n_significant(cfg.alpha, against_null=True)
+        if table.q_null is not None
+        else None,
+    }
+    order = np.argsort(-table.llr, kind="stable")[: cfg.top]
+    out["top_llr"] = [
+        {
+            "pair": f"{int(table.a[i])} {int(table.b[i])}",
+            "count": int(table.count[i]),
+            "pmi": _clean(table.pmi[i]),
+            "llr": _clean(table.llr[i]),
+            "q_value": None if table.q_value is None else _clean(table.q_value[i]),
+        }
+        for i in order
+    ]
+    return out
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_outputs(result: MineResult, out_dir: Path, cfg: MineConfig) -> None:
+    """summary.json, ngrams.tsv, pairs.tsv, rules.txt, grammar.pcfg (and a spot-check parse)."""
+    from grammar.output import write_ngrams_tsv, write_pairs_tsv
+    from strop.runs import write_json
+    from strop.scenes import atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_ngrams_tsv(out_dir / "ngrams.tsv", result.ngrams, cfg.ngram_min_count)
+    write_pairs_tsv(out_dir / "pairs.tsv", result.pairs)
+    g = result.grammar
+    atomic_write_text(
+        out_dir / "rules.txt", "\n".join(g.rule_lines()) + ("\n" if g.n_rules else "")
+    )
+    if g.final_length:
+        atomic_write_text(out_dir / "grammar.pcfg", pcfg_text(g))
+        result.summary["pcfg_spot_check"] = _spot_check(g, cfg)
+    write_json(out_dir / "summary.json", result.summary)
+
+
+def _spot_check(g: Grammar, cfg: MineConfig) -> dict[str, Any]:
+    """Parse a few short programs with nltk's Viterbi parser; leaves must give them back."""
+    rng = np.random.default_rng(cfg.seed)
+    sizes = np.concatenate([np.ones(g.k, dtype=np.int64), g.expansion_lengths()])
+    short = [i for i, seq in enumerate(g.sequences) if 0 < int(sizes[seq].sum()) <= 16]
+    picks = (
+        rng.choice(len(short), size=min(cfg.spot_check_parses, len(short)), replace=False)
+        if short
+        else []
+    )
+    probs, texts = production_probs(g), g.expansion_texts()
+    parsed = 0
+    for p in picks:
+        codes = g.expand_sequence(g.sequences[short[int(p)]])
+        tree = parse_program(g, codes, probs, texts)
+        parsed += int(tree is not None and tree.leaves() == [str(c) for c in codes])
+    return {"parsed": parsed, "of": len(picks), "max_length": 16}
+
+
+def mine_path(
+    path: str | Path,
+    out: str | Path | None = None,
+    max_n: int = 4,
+    seed: int = 0,
+    null_replicates: int = 3,
+    k: int | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> list[dict]:
+    """Mine every corpus under `path` (experiment, run, parquet or text file); the summaries.
+
+    Writes each corpus' files to `RUN/grammar/` (or `OUT/<run>/`), and for an experiment the
+    comparison table `grammar_comparison.md` and `figures/rank_frequency.png` to the experiment
+    folder (or OUT); for a single corpus the figure goes beside its summary.
+    """
+    from grammar.compare import comparison_markdown, plot_rank_frequency, print_comparison
+    from strop.scenes import atomic_write_text
+
+    cfg = MineConfig(max_n=max_n, seed=seed, null_replicates=null_replicates, **overrides)
+    sources, experiment = discover(path, out, k)
+    summaries, curves = [], {}
+    with _progress(progress, len(sources)) as report:
+        for source in sources:
+            report.start(source.name)
+            corpus = source.load()
+            result = mine_corpus(corpus, cfg, report.step)
+            result.summary["output_dir"] = str(source.out_dir)
+            write_outputs(result, source.out_dir, cfg)
+            summaries.append(result.summary)
+            curves[source.name] = result.curves
+            report.done()
+    if experiment:
+        base = Path(out) if out is not None else Path(path)
+        atomic_write_text(base / "grammar_comparison.md", comparison_markdown(summaries))
+        plot_rank_frequency(curves, base / "figures" / "rank_frequency.png")
+    else:
+        plot_rank_frequency(curves, sources[0].out_dir / "rank_frequency.png")
+    if progress:
+        print_comparison(summaries)
+    return summaries
+
+
+class _progress:
+    """A rich progress bar over runs and mining steps; silent when disabled."""
+
+    def __init__(self, enabled: bool, n_runs: int) -> None:
+        self.enabled, self.n_runs = enabled, n_runs
+        self.bar = None
+
+    def __enter__(self) -> _progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            # on stderr and transient: stdout keeps only the results table, and an error
+            # message is not preceded by a half-drawn bar
+            self.bar = Progress(
+                TextColumn("[bold]{task.fields[run]}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} runs"),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task("", total=self.n_runs, run="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def start(self, name: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, run=name, description="loading")
+
+    def step(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description=message)
+
+    def done(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
