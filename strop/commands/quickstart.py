@@ -1,7 +1,50 @@
-"""`strop` commands of this area (placeholder until the area lands)."""
+"""`strop quickstart`: the whole pipeline on the embedded default."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to `app`."""
+    """Add `strop quickstart` to `app`."""
+
+    @app.command("quickstart")
+    def quickstart_command(
+        out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Output folder."),
+        n_images: int = typer.Option(2000, "--n-images", help="CLEVR-like scenes to render."),
+        steps: int = typer.Option(1200, "--steps", help="Training steps per codebook size."),
+        ks: str = typer.Option("32,64,128", "--ks", help="Codebook sizes, comma-separated."),
+        teacher: str = typer.Option(
+            "pixels", "--teacher", help="Offline teacher: pixels or random-vit."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of data, training and decoding."),
+        base_url: str | None = typer.Option(
+            None, "--base-url", help="OpenAI-compatible endpoint: also decode with an LLM."
+        ),
+        llm_model: str = typer.Option("qwen3.5", "--llm-model", help="Model for --base-url."),
+        fresh: bool = typer.Option(
+            False, "--fresh", help="Delete --out first instead of resuming."
+        ),
+    ) -> None:
+        """Render scenes, train K=32/64/128, export, evaluate, mine grammars, decode, report.
+
+        Each stage is skipped when its output exists, so a rerun resumes where it stopped.
+        """
+        from pydantic import ValidationError
+
+        from strop.quickstart import QuickstartConfig, clean, quickstart
+
+        try:
+            k_values = tuple(int(v) for v in ks.split(",") if v.strip())
+            qc = QuickstartConfig(
+                out=out, n_images=n_images, steps=steps, ks=k_values, teacher=teacher,
+                seed=seed, base_url=base_url, llm_model=llm_model,
+            )  # fmt: skip
+        except (ValueError, ValidationError) as err:
+            typer.echo(f"strop quickstart: {str(err).splitlines()[0]}", err=True)
+            raise typer.Exit(2) from None
+        if fresh:
+            clean(qc.out)
+        quickstart(qc)
