@@ -186,16 +186,7 @@ def load_run_config(run_dir: str | os.PathLike[str]) -> RunConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path}: config not found (is {run_dir} a training run?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: field {loc}: {err['msg']}") from None
+    return load_config_file(path)
 
 
 def load_config_file(path: str | os.PathLike[str]) -> RunConfig:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,15 +134,18 @@ def load_scenes(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Scen
     return info, scenes
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write text to a temporary file beside `path`, then rename over it."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+    """Call `write(tmp)` on a temporary name beside `path`, then rename it over `path`.
+
+    A crash leaves the old file (or none), never half a file; the result gets the permissions
+    a plain `open()` would give (mkstemp's are 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -149,6 +153,12 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write text to a temporary file beside `path`, then rename over it."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def save_scenes(
