@@ -53,6 +53,14 @@ class TrainConfig(BaseModel):
     pixel_decoder: bool = Field(
         True, description="Train the inspection pixel decoder (detached input, own loss)."
     )
+    head_lr_mult: float = Field(
+        1.0, gt=0.0, description="Length-head learning rate as a multiple of lr (paper: unstated)."
+    )
+    head_constant_lr: bool = Field(
+        True,
+        description="Keep the length head at its peak rate instead of the cosine: it starts in "
+        "phase 3, when the main schedule is already decaying.",
+    )
     pixel_batch: int | None = Field(
         None,
         ge=1,

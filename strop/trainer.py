@@ -249,10 +249,7 @@ class Trainer:
         self.val_loader = self._val_loader() if self.dist.is_main else None
 
         self.optimizer = self._optimizer()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_factor(s, t.warmup_steps, t.hold_steps, t.steps, t.min_lr_ratio),
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambdas())
         self.oracle = OracleState()
         self.bank = TargetBank(len(self.train_set), self.cfg.curriculum.target_ema_decay)
         self.step = 0  # steps completed
@@ -309,15 +306,36 @@ class Trainer:
             val_set, batch_size=self.cfg.train.batch_size, shuffle=False, collate_fn=_collate
         )
 
+    def _lr_lambdas(self) -> list[Any]:
+        """Warmup-hold-cosine for the model; the length head keeps its peak rate.
+
+        The head first trains in phase 3, when the cosine has already started to decay; a
+        decayed rate leaves it regressing to the mean target instead of following the
+        per-image targets, so its group is exempt (`train.head_lr_mult` sets its rate).
+        """
+        t = self.cfg.train
+
+        def main(step: int) -> float:
+            return lr_factor(step, t.warmup_steps, t.hold_steps, t.steps, t.min_lr_ratio)
+
+        def head(step: int) -> float:
+            return 1.0 if t.head_constant_lr else main(step)
+
+        return [main] * (len(self.optimizer.param_groups) - 1) + [head]
+
     def _optimizer(self) -> torch.optim.Optimizer:
         t = self.cfg.train
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        head = {id(p) for p in self.model.length_head.parameters()}
+        params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         groups = [
             {"params": decay, "weight_decay": t.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
-        ]
+            # Last group: the length head (see `_lr_lambdas`).
+            {"params": list(self.model.length_head.parameters()), "weight_decay": 0.0,
+             "lr": t.lr * t.head_lr_mult},
+        ]  # fmt: skip
         fused = self.device.type == "cuda"
         return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, fused=fused)
 

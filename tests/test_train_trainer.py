@@ -129,6 +129,19 @@ def test_training_runs_every_phase_and_ends_on_predicted_lengths(clevr, tmp_path
     assert codes.shape == (2, 8) and ((lengths >= 1) & (lengths <= 8)).all()
 
 
+def test_length_head_has_its_own_constant_learning_rate(clevr, tmp_path):
+    run = train(config(clevr, 16, "train.head_lr_mult=10"), tmp_path / "run", progress=False)
+    groups = ckpt.load_checkpoint(run / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+    cfg = config(clevr, 16)
+    head, main = groups[-1], groups[0]
+    assert head["lr"] == pytest.approx(10 * cfg.train.lr)  # peak rate, untouched by the cosine
+    assert main["lr"] < cfg.train.lr  # the model's groups have decayed
+    model, _ = ckpt.load_model(run)
+    n_head = sum(p.numel() for p in model.length_head.parameters())
+    assert sum(len(g["params"]) for g in groups[-1:]) == len(list(model.length_head.parameters()))
+    assert n_head > 0
+
+
 def test_resume_is_bit_identical(clevr, tmp_path):
     straight = train(config(clevr, 14), tmp_path / "a", progress=False)
     first = train(config(clevr, 14), tmp_path / "b", progress=False, stop_at=7)

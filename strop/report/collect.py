@@ -1,0 +1,98 @@
+"""Collecting what one run folder offers the report, from files alone.
+
+Design decisions
+- Reads files only (config.json, eval.json, metrics.jsonl, programs.parquet,
+  analysis/analysis.json and figures, grammar/summary.json and figures,
+  llm/<model>/summary.json): no torch, no checkpoint, so a report can be rebuilt wherever
+  the run folders are copied.
+- An unreadable file is recorded in `RunData.problems` (shown as notes under "Runs"), never
+  raised; a missing one simply leaves its field empty, and the section that needs it says
+  which command produces it.
+- Grammar figures are ordered with the rank-frequency plot first: it is the one the report
+  is meant to show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from strop.report.formatting import DASH
+from strop.runs import Programs, RunFolder, RunFolderError, read_json
+
+
+@dataclass
+class RunData:
+    """Everything one run folder offers the report; `problems` lists unreadable files."""
+
+    folder: RunFolder
+    config: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] | None = None
+    programs: Programs | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    analysis: dict[str, Any] | None = None
+    grammar: dict[str, Any] | None = None
+    llm: dict[str, dict[str, Any]] = field(default_factory=dict)
+    figures: dict[str, list[Path]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def k(self) -> int | None:
+        return self.folder.codebook_size
+
+    @property
+    def training_mode(self) -> str:
+        mode = (self.config.get("curriculum") or {}).get("length_mode")
+        return "fixed" if mode == "fixed" else ("curriculum" if mode else DASH)
+
+    @property
+    def teacher(self) -> str:
+        return str(
+            (self.eval or {}).get("teacher")
+            or (self.config.get("model") or {}).get("teacher")
+            or DASH
+        )
+
+
+def load_run(folder: RunFolder) -> RunData:
+    """Read what exists; an unreadable file is recorded in `problems`, not raised."""
+    data = RunData(folder)
+
+    def attempt(what: str, fn):
+        try:
+            return fn()
+        except (RunFolderError, OSError, ValueError) as exc:
+            data.problems.append(f"{folder.name}/{what}: {exc}")
+            return None
+
+    if folder.config_path.is_file():
+        data.config = attempt("config.json", folder.read_config) or {}
+    if folder.eval_path.is_file():
+        data.eval = attempt("eval.json", folder.read_eval)
+    if folder.programs_path.is_file():
+        data.programs = attempt("programs.parquet", folder.read_programs)
+    data.metrics = attempt("metrics.jsonl", folder.read_metrics) or []
+    analysis = folder.path / "analysis" / "analysis.json"
+    if analysis.is_file():
+        data.analysis = attempt("analysis/analysis.json", lambda: read_json(analysis))
+    if (folder.grammar_dir / "summary.json").is_file():
+        data.grammar = attempt(
+            "grammar/summary.json", lambda: read_json(folder.grammar_dir / "summary.json")
+        )
+    if folder.llm_dir.is_dir():
+        for sub in sorted(p for p in folder.llm_dir.iterdir() if (p / "summary.json").is_file()):
+            summary = attempt(
+                f"llm/{sub.name}/summary.json", lambda s=sub: read_json(s / "summary.json")
+            )
+            if summary is not None:
+                data.llm[sub.name] = summary
+    data.figures["analysis"] = sorted((folder.path / "analysis" / "figures").glob("*.png"))
+    grammar_pngs = sorted(folder.grammar_dir.rglob("*.png")) if folder.grammar_dir.is_dir() else []
+    # the rank-frequency plot first: it is the one the report is meant to show
+    data.figures["grammar"] = sorted(grammar_pngs, key=lambda p: ("rank" not in p.name, p.name))
+    return data
