@@ -4,6 +4,11 @@
     probes, one interpreter call) -> oracle targets -> loss -> finite check -> backward ->
     clip -> AdamW step -> EMA codebook update and dead-code restarts -> log / validate / save
 
+The ideas around the step live beside it: `train_data` (datasets, loaders, data position),
+`train_optim` (AdamW groups, warmup-hold-cosine schedule), `train_log` (interval rows,
+TensorBoard, progress bar), `train_resume` (which config changes a resume accepts), and
+`curriculum` (phases, lengths, oracle, target bank).
+
 Design decisions
 - `TrainForward` is the differentiable forward of one step and the unit that DDP wraps and
   `torch.compile` compiles; the codebook EMA update and dead-code restarts are called after
@@ -19,12 +24,12 @@ Design decisions
   the total: its input is detached, so this equals a separate optimisation. With cached
   features and no images it is frozen instead.
 - Randomness that must survive a resume: length sampling uses a generator seeded from
-  (seed, rank, step), so it needs no saved state; data order comes from
-  `ResumableSampler` (seeded per epoch) plus the count of batches consumed; the global
-  Python/NumPy/torch RNG states are checkpointed; DataLoader worker seeds come from a
-  dedicated generator, not the global one.
-- Logged rows average the step values over the `log_every` interval; the interval sums are
-  checkpointed, so a resumed run writes the same rows as a straight one (timings aside).
+  (seed, rank, step), so it needs no saved state; data order is the data position
+  (`train_data`: seeded sampler plus the count of batches consumed, worker seeds from a
+  dedicated generator); the global Python/NumPy/torch RNG states are checkpointed.
+- A checkpoint also holds the optimiser, schedule, curriculum state (oracle, target bank) and
+  the open logging interval (`train_log`), so a resumed run writes the same rows as a straight
+  one (timings aside).
 - Faults: a non-finite loss (agreed over ranks by one all-reduce) raises `TrainingDiverged`
   before `backward`, so the last checkpoint is never overwritten with bad weights. SIGINT sets
   a flag (also all-reduced, so every rank stops at the same step); the step finishes, a
@@ -33,12 +38,11 @@ Design decisions
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import threading
 import time
-from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -47,51 +51,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from strop import checkpoint as ckpt
 from strop import curriculum as cur
 from strop import distributed as distr
-from strop import losses
-from strop.config import ConfigError, RunConfig, load_run_config
+from strop import losses, train_data
+from strop.config import RunConfig
 from strop.curriculum import OracleState, TargetBank
 from strop.interpreter import prefix_mask
-from strop.runs import RunFolder, read_jsonl
-from strop.scenes import atomic_write_text
+from strop.runs import RunFolder
+from strop.train_log import MetricLog, ProgressBar
+from strop.train_optim import build_optimizer, build_scheduler, lr_factor
+from strop.train_resume import resolve_config
+
+__all__ = ["TrainForward", "Trainer", "TrainingDiverged", "lr_factor", "train"]
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; training stopped without saving."""
-
-
-# Fields that may change between a run and its resumption (they do not change the result).
-_RESUMABLE_CHANGES = {
-    "train.steps",
-    "train.log_every",
-    "train.val_every",
-    "train.val_batches",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.tensorboard",
-    "train.num_workers",
-    "train.device",
-    "train.compile",
-    "data.path",
-    "data.feature_cache",
-}
-
-
-# --------------------------------------------------------------------------- schedule
-
-
-def lr_factor(step: int, warmup: int, hold: int, total: int, floor: float) -> float:
-    """Warmup-hold-cosine multiplier of the peak lr at (0-based) `step`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if step < hold:
-        return 1.0
-    progress = min(1.0, (step - max(hold, warmup)) / max(1, total - max(hold, warmup)))
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -137,63 +114,6 @@ class TrainForward(nn.Module):
         return out
 
 
-# --------------------------------------------------------------------------- data
-
-
-class _Indexed(Dataset):
-    """Adds `bank_index` (position in the training set) to each item: the target-bank key."""
-
-    def __init__(self, base: Dataset, limit: int | None = None) -> None:
-        self.base = base
-        self.size = min(len(base), limit) if limit else len(base)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = dict(self.base[i])
-        item["bank_index"] = i
-        return item
-
-
-def _build_dataset(cfg: RunConfig, split: str) -> tuple[Dataset, bool]:
-    """The dataset of `split` and whether its items carry cached teacher features (`feats`).
-
-    With `data.feature_cache`, images are loaded beside the features only when the pixel probe
-    is trained (it needs them); `train.pixel_decoder=false` gives the cache's full speed.
-    """
-    from strop.data.datasets import build_dataset
-
-    size = cfg.model.image_size
-    if cfg.data.feature_cache:
-        from strop.feature_cache import FeatureCacheDataset
-
-        images = None
-        if cfg.train.pixel_decoder and cfg.data.path:
-            images = build_dataset(cfg.data.path, split, size)
-        dataset = FeatureCacheDataset(cfg.data.feature_cache, split, images=images)
-        dataset.check(cfg.model)
-        return dataset, True
-    return build_dataset(cfg.data.path, split, size), False
-
-
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """The data area's `collate`, plus the keys it does not know (`bank_index`, `feats`)."""
-    from strop.data.datasets import collate
-
-    batch = collate(items) if "image" in items[0] else {}
-    for key, value in items[0].items():
-        if key in batch:
-            continue
-        if isinstance(value, torch.Tensor):
-            batch[key] = torch.stack([it[key] for it in items])
-        elif isinstance(value, int):
-            batch[key] = torch.tensor([it[key] for it in items], dtype=torch.long)
-        else:
-            batch[key] = [it[key] for it in items]
-    return batch
-
-
 # --------------------------------------------------------------------------- trainer
 
 
@@ -205,7 +125,7 @@ class Trainer:
 
         self.dist = distr.init_distributed(cfg.train.device)
         self.run = RunFolder(Path(out_dir))
-        self.cfg = self._resolve_config(cfg)
+        self.cfg = resolve_config(self.run, cfg, self.dist.is_main)
         self.progress = progress and self.dist.is_main
         t, m, device = self.cfg.train, self.cfg.model, self.dist.device
         self.device = device
@@ -220,42 +140,25 @@ class Trainer:
         self.model.train()
         self.flops_per_image = self.model.flops_per_image()
 
-        train_set, self.cached = _build_dataset(self.cfg, self.cfg.data.train_split)
-        self.train_set = _Indexed(train_set, self.cfg.data.max_train_images)
+        self.train_set, self.cached = train_data.training_set(self.cfg)
         self.train_pixels = t.pixel_decoder and "image" in self.train_set[0]
         if not self.train_pixels:
             self.model.pixel_decoder.requires_grad_(False)
-        self.sampler = distr.ResumableSampler(
-            len(self.train_set), self.dist.rank, self.dist.world_size, seed=t.seed
-        )
-        self.batches_per_epoch = self.sampler.per_rank // t.batch_size
-        if self.batches_per_epoch == 0:
-            raise ConfigError(
-                f"{self.cfg.data.path}: {self.sampler.per_rank} training images per process, "
-                f"fewer than train.batch_size={t.batch_size}"
-            )
-        self.loader_gen = torch.Generator()
-        self.loader = DataLoader(
+        self.data = train_data.TrainData(
             self.train_set,
-            batch_size=t.batch_size,
-            sampler=self.sampler,
-            drop_last=True,
-            num_workers=t.num_workers,
+            self.cfg,
+            self.dist.rank,
+            self.dist.world_size,
             pin_memory=device.type == "cuda",
-            persistent_workers=t.num_workers > 0,
-            collate_fn=_collate,
-            generator=self.loader_gen,
         )
-        self.val_loader = self._val_loader() if self.dist.is_main else None
+        self.val_loader = train_data.val_loader(self.cfg) if self.dist.is_main else None
 
-        self.optimizer = self._optimizer()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambdas())
+        self.optimizer = build_optimizer(self.model, self.cfg, fused=device.type == "cuda")
+        self.scheduler = build_scheduler(self.optimizer, self.cfg)
         self.oracle = OracleState()
         self.bank = TargetBank(len(self.train_set), self.cfg.curriculum.target_ema_decay)
         self.step = 0  # steps completed
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.interval: dict[str, float] = defaultdict(float)
+        self.metrics = MetricLog(self.run, write=self.dist.is_main)
         self._resume()
 
         forward: nn.Module = TrainForward(self.model, m.w_mse)
@@ -266,87 +169,10 @@ class Trainer:
                 broadcast_buffers=False,
             )
         self.forward = torch.compile(forward) if t.compile else forward
-        self.tb = self._tensorboard() if t.tensorboard and self.dist.is_main else None
+        if t.tensorboard and self.dist.is_main:
+            self.metrics.open_tensorboard()
         self._sigint = False  # set by the signal handler, local to this process
         self._stop_requested = False  # agreed by all ranks after each step
-
-    # ------------------------------------------------------------------ set-up helpers
-
-    def _resolve_config(self, cfg: RunConfig) -> RunConfig:
-        """A fresh run writes config.json; a resumed run checks the new config against it."""
-        if not ckpt.has_checkpoint(self.run.path):
-            if self.dist.is_main:
-                self.run.path.mkdir(parents=True, exist_ok=True)
-                self.run.write_config(cfg.model_dump(mode="json"))
-            return cfg
-        stored = load_run_config(self.run.path)
-        diffs = _diff(stored.model_dump(mode="json"), cfg.model_dump(mode="json"))
-        fixed = [d for d in diffs if d[0] not in _RESUMABLE_CHANGES]
-        if fixed:
-            key, old, new = fixed[0]
-            raise ConfigError(
-                f"{self.run.config_path}: cannot resume with {key}={new!r}, the run was started "
-                f"with {old!r} ({len(fixed)} such difference(s)); use a new --out folder"
-            )
-        if diffs and self.dist.is_main:
-            self.run.write_config(cfg.model_dump(mode="json"))
-        return cfg
-
-    def _val_loader(self) -> DataLoader | None:
-        split = self.cfg.data.val_split
-        if not split or not self.cfg.train.val_every:
-            return None
-        try:
-            val_set, _ = _build_dataset(self.cfg, split)
-        except (FileNotFoundError, ValueError):
-            return None  # no validation split in this dataset
-        if len(val_set) == 0:
-            return None
-        return DataLoader(
-            val_set, batch_size=self.cfg.train.batch_size, shuffle=False, collate_fn=_collate
-        )
-
-    def _lr_lambdas(self) -> list[Any]:
-        """Warmup-hold-cosine for the model; the length head keeps its peak rate.
-
-        The head first trains in phase 3, when the cosine has already started to decay; a
-        decayed rate leaves it regressing to the mean target instead of following the
-        per-image targets, so its group is exempt (`train.head_lr_mult` sets its rate).
-        """
-        t = self.cfg.train
-
-        def main(step: int) -> float:
-            return lr_factor(step, t.warmup_steps, t.hold_steps, t.steps, t.min_lr_ratio)
-
-        def head(step: int) -> float:
-            return 1.0 if t.head_constant_lr else main(step)
-
-        return [main] * (len(self.optimizer.param_groups) - 1) + [head]
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        t = self.cfg.train
-        head = {id(p) for p in self.model.length_head.parameters()}
-        params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        groups = [
-            {"params": decay, "weight_decay": t.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-            # Last group: the length head (see `_lr_lambdas`).
-            {"params": list(self.model.length_head.parameters()), "weight_decay": 0.0,
-             "lr": t.lr * t.head_lr_mult},
-        ]  # fmt: skip
-        fused = self.device.type == "cuda"
-        return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, fused=fused)
-
-    def _tensorboard(self) -> Any:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError(
-                "train.tensorboard=true needs the tensorboard package (pip install tensorboard)"
-            ) from None
-        return SummaryWriter(str(self.run.path / "tensorboard"))
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -358,8 +184,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "curriculum": {"oracle": self.oracle.to_dict(), "bank": self.bank.state_dict()},
-            "data": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
-            "interval": dict(self.interval),
+            "data": self.data.state_dict(),
+            "interval": self.metrics.state_dict(),
             "rng": ckpt.rng_state(),
         }
 
@@ -369,8 +195,7 @@ class Trainer:
         path = ckpt.save_checkpoint(
             self.run.path, self.step, self.state_dict(), self.cfg.train.keep_checkpoints
         )
-        if self.tb is not None:
-            self.tb.flush()
+        self.metrics.flush()
         return path
 
     def _resume(self) -> None:
@@ -383,39 +208,19 @@ class Trainer:
         self.oracle = OracleState.from_dict(state["curriculum"]["oracle"])
         self.bank.load_state_dict(state["curriculum"]["bank"])
         self.step = int(state["step"])
-        self.epoch = int(state["data"]["epoch"])
-        self.batch_in_epoch = int(state["data"]["batch_in_epoch"])
-        self.interval = defaultdict(float, state.get("interval", {}))
+        self.data.load_state_dict(state["data"])
+        self.metrics.load_state_dict(state.get("interval", {}))
         if self.dist.is_main:
             ckpt.set_rng_state(state["rng"])
-            self._truncate_metrics()
+            self.metrics.truncate(self.step)
         else:
             torch.manual_seed(self.cfg.train.seed + 7919 * self.dist.rank + self.step)
 
-    def _truncate_metrics(self) -> None:
-        """Drop metric rows written after the checkpoint, so a resumed run does not repeat."""
-        rows = read_jsonl(self.run.metrics_path)
-        kept = [r for r in rows if r.get("step", 0) <= self.step]
-        if len(kept) != len(rows):
-            import json
-
-            atomic_write_text(self.run.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-
     # ------------------------------------------------------------------ the step
 
-    def _batches(self):
-        """Endless batches, continuing at (epoch, batch_in_epoch)."""
-        b = self.cfg.train.batch_size
-        while True:
-            self.sampler.set_epoch(self.epoch, self.batch_in_epoch * b)
-            self.loader_gen.manual_seed(self.cfg.train.seed * 1_000_003 + self.epoch)
-            for batch in self.loader:
-                self.batch_in_epoch += 1
-                yield batch
-                if self.batch_in_epoch >= self.batches_per_epoch:
-                    break
-            self.epoch += 1
-            self.batch_in_epoch = 0
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        """Endless batches, continuing at the data position (see `train_data.TrainData`)."""
+        return self.data.batches()
 
     def _autocast(self):
         if not self.use_bf16:
@@ -592,18 +397,17 @@ class Trainer:
         end = min(t.steps, stop_at) if stop_at is not None else t.steps
         previous = self._install_sigint()
         try:
-            with _ProgressBar(self.progress, t.steps, self.step) as bar:
+            with ProgressBar(self.progress, t.steps, self.step) as bar:
                 self._loop(end, bar)
             if self.step >= end and self.dist.is_main:
                 self.save()
         finally:
             self._restore_sigint(previous)
-            if self.tb is not None:
-                self.tb.close()
+            self.metrics.close()
         distr.barrier()
         return self.run.path
 
-    def _loop(self, end: int, bar: _ProgressBar) -> None:
+    def _loop(self, end: int, bar: ProgressBar) -> None:
         t = self.cfg.train
         world_batch = t.batch_size * self.dist.world_size
         batches = self._batches()
@@ -612,14 +416,12 @@ class Trainer:
             batch = next(batches)
             row = self.train_step(batch)
             self.step += 1
-            for key, value in row.items():
-                self.interval[key] += value
-            self.interval["_n"] += 1
+            self.metrics.add(row)
             # A stop before train.steps leaves the open interval to the checkpoint.
             if self.step % t.log_every == 0 or self.step == t.steps:
                 elapsed = time.perf_counter() - tick
                 tick = time.perf_counter()
-                logged = self._log(world_batch * self.interval["_n"] / max(elapsed, 1e-9))
+                logged = self._log(world_batch * self.metrics.interval_steps / max(elapsed, 1e-9))
                 bar.update(self.step, logged)
             if t.val_every and self.step % t.val_every == 0:
                 if self.val_loader is not None:
@@ -633,38 +435,24 @@ class Trainer:
                 self.save()
 
     def _log(self, images_per_s: float) -> dict[str, float]:
-        n = self.interval.pop("_n")
-        row: dict[str, Any] = {
-            "step": self.step,
-            "phase": cur.phase_at(self.step - 1, self.cfg.curriculum),
+        m = self.cfg.model
+        extra = {
+            "lr": self.scheduler.get_last_lr()[0],
+            "w_div": cur.diversity_weight(self.step - 1, m.w_div, m.div_warmup_steps),
+            "images_per_s": images_per_s,
+            # Model FLOP rate: fwd + bwd ~ 3x the analytic forward at L_max, per image. It
+            # leaves out the teacher and the phase-2 probe rows, so it is a floor, not an MFU
+            # claim.
+            "model_tflops": 3 * self.flops_per_image * images_per_s / 1e12,
+            "bank_coverage": self.bank.coverage,
         }
-        row.update({k: v / n for k, v in sorted(self.interval.items())})
-        row["lr"] = self.scheduler.get_last_lr()[0]
-        row["w_div"] = cur.diversity_weight(
-            self.step - 1, self.cfg.model.w_div, self.cfg.model.div_warmup_steps
-        )
-        row["images_per_s"] = images_per_s
-        # Model FLOP rate: fwd + bwd ~ 3x the analytic forward at L_max, per image. It leaves
-        # out the teacher and the phase-2 probe rows, so it is a floor, not an MFU claim.
-        row["model_tflops"] = 3 * self.flops_per_image * images_per_s / 1e12
-        row["bank_coverage"] = self.bank.coverage
-        self.interval = defaultdict(float)
-        if self.dist.is_main:
-            self.run.append_metrics(row)
-            if self.tb is not None:
-                for k, v in row.items():
-                    if k != "step":
-                        self.tb.add_scalar(k, v, self.step)
-        return row
+        phase = cur.phase_at(self.step - 1, self.cfg.curriculum)
+        return self.metrics.close_interval(self.step, phase, extra)
 
     def _log_validation(self) -> None:
         row = {"step": self.step, "phase": cur.phase_at(self.step - 1, self.cfg.curriculum)}
         row.update(self.validate())
-        self.run.append_metrics(row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if k.startswith("val_"):
-                    self.tb.add_scalar(k, v, self.step)
+        self.metrics.validation(row)
 
     # ------------------------------------------------------------------ signals
 
@@ -682,62 +470,6 @@ class Trainer:
     def _restore_sigint(self, previous: Any) -> None:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-
-
-class _ProgressBar:
-    """A rich progress bar with step, phase, losses, mean length and img/s (rank 0 only)."""
-
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
-        self.enabled, self.total, self.done = enabled, total, done
-        self.progress: Any = None
-
-    def __enter__(self) -> _ProgressBar:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.description}"),
-            )
-            self.progress.start()
-            self.task = self.progress.add_task("", total=self.total, completed=self.done)
-        return self
-
-    def update(self, step: int, row: dict[str, float]) -> None:
-        if self.progress is None:
-            return
-        losses_text = " ".join(
-            f"{k.removesuffix('_loss')}={row[k]:.3f}" for k in row if k.endswith("loss")
-        )
-        text = (
-            f"phase {row['phase']} ({cur.PHASE_NAMES[row['phase']]}) {losses_text} "
-            f"L={row['mean_length']:.1f} {row['images_per_s']:.0f} img/s"
-        )
-        self.progress.update(self.task, completed=step, description=text)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-
-def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    out: list[tuple[str, Any, Any]] = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append((f"{prefix}{key}", a, b))
-    return out
 
 
 def train(
