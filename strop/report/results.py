@@ -231,7 +231,10 @@ def complexity(runs: list[RunData], fig_dir: Path) -> Section:
     if fig:
         sec.figures.append(
             Figure(
-                fig, "Program length against object count, one panel per run (jittered; red: mean)."
+                fig,
+                "Program length against object count over every exported program (all splits in "
+                "programs.parquet; the table above is the eval split), one panel per run "
+                "(jittered; red: mean).",
             )
         )
     return sec
