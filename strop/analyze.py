@@ -2,36 +2,19 @@
 
 For each analysed image with program length L:
 
-- counterfactual erasure: `E_j(p) = || F_hat(full) - F_hat(program without token j) ||_2` for
-  every active token j and patch p;
-- attribution: each patch goes to its most influential token, `A(p) = argmax_j E_j(p)`;
-- agreement with objects: each object's mask (from the scene's `pixel_coords`) against the
-  attributed regions, as the best IoU over tokens, beside a spatially shuffled attribution
-  (same region sizes, random placement) as chance;
-- pair synergy `S_jk(p) = E_jk(p) - E_j(p) - E_k(p)` for adjacent active pairs, random
-  non-adjacent active pairs, and inactive controls (an active token paired with one past the prefix: S is 0 by
-  construction, a check that erasure of inactive tokens is exact);
+- counterfactual erasure `E_j(p)` of every active token j on every patch p, and pair synergy
+  `S_jk(p)` for adjacent, random non-adjacent and inactive-control pairs (`strop.erasure`);
+- attribution `A(p) = argmax_j E_j(p)` and its agreement with object masks built from the
+  scene's `pixel_coords`, against a spatially shuffled chance level (`strop.object_masks`);
 - the attribute-token contingency table: every object patch counts once for (attribute value,
   code of the token attributed to that patch); purity is the NMI between code and attribute
   over those patches.
 
+This module runs those per image, gathers them in an `Accumulator` and summarises the run.
 Outputs: `RUN/analysis/analysis.json` and `RUN/analysis/figures/*.png` (erasure panels,
 contingency heatmap, length vs object count).
 
 Design decisions
-- "Deleting" token j removes it and re-packs the rest: the remaining tokens keep their order,
-  the ones after j move up one prefix position (the interpreter adds prefix positional
-  encodings, so this is the program with j cut out, not a masked hole), and the prefix length
-  drops by one. It is done as a permutation of the L_max tokens (erased ones moved past the new
-  length), so every variant of one image runs in one batched `interpret_tokens` call with
-  static shape. Erasing a token at or past L leaves the prefix untouched: E_j = 0 exactly.
-- Object masks are discs around each object's projected centre, with radius
-  `(S / 2) * r_world / (depth * tan(fov_x / 2))` (CLEVR's 35 mm lens on a 32 mm sensor,
-  `r_world` 0.7 large / 0.35 small), in the model's S x S input, so they are independent of the
-  source resolution; `pixel_coords` are rescaled from the frame they were computed in
-  (`pixel_frame`: the synthetic render size, or real CLEVR's 320x240). Overlaps go to the
-  nearer object. A patch belongs to a mask when its centre is inside the disc (the centre's
-  own patch always does).
 - Programs are taken at the run's own length rule: the head's length, or all L_max tokens
   for a run trained with `curriculum.length_mode=fixed`.
 - Code-reuse statistics use the exported `programs.parquet` when it exists (the whole split),
@@ -40,10 +23,8 @@ Design decisions
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +32,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from strop import metrics
+from strop.erasure import (
+    choose_pairs,
+    erased_fields,
+    erasure_maps,
+    erasure_order,
+    pair_synergy,
+)
 from strop.export import (
     dataset_path,
     encode_batch,
@@ -58,6 +46,15 @@ from strop.export import (
     make_loader,
     parse_length_mode,
     progress_batches,
+)
+from strop.object_masks import (
+    ATTRIBUTES,
+    CLEVR_FRAME,
+    _agreement,
+    best_iou,
+    object_label_map,
+    object_radius_px,
+    pixel_frame,
 )
 from strop.runs import RunFolder, RunFolderError, write_json
 from strop.scenes import SHAPES, Scene, parse_scene
@@ -67,163 +64,26 @@ if TYPE_CHECKING:
 
     from strop.model import Strop
 
-ATTRIBUTES = ("color", "shape", "material", "size")
-_SHUFFLES = 20
-
-
-# --------------------------------------------------------------------------- erasure
-
-
-def erasure_order(l_max: int, length: int, erase: tuple[int, ...]) -> tuple[list[int], int]:
-    """Token order with `erase` removed from the program (moved past the end) and the new length."""
-    dropped = set(erase)
-    keep = [i for i in range(l_max) if i not in dropped]
-    return keep + sorted(dropped), length - sum(1 for j in dropped if j < length)
-
-
-def erased_fields(
-    model: Strop,
-    tokens: torch.Tensor,
-    length: int,
-    erasures: list[tuple[int, ...]],
-    chunk: int = 128,
-) -> torch.Tensor:
-    """Interpreted fields (n, P, D) of one program (tokens (L_max, d)) after each erasure set."""
-    import torch
-
-    l_max = tokens.shape[0]
-    outs = []
-    for start in range(0, len(erasures), chunk):
-        part = [erasure_order(l_max, length, e) for e in erasures[start : start + chunk]]
-        order = torch.tensor([o for o, _ in part], device=tokens.device)
-        lengths = torch.tensor([n for _, n in part], device=tokens.device)
-        with torch.no_grad():
-            outs.append(model.interpret_tokens(tokens[order], lengths))
-    return torch.cat(outs)
-
-
-def erasure_maps(
-    model: Strop, tokens: torch.Tensor, length: int, erasures: list[tuple[int, ...]]
-) -> np.ndarray:
-    """`E(p) = || F_hat(full) - F_hat(erased) ||` per erasure set: (n, P)."""
-    import torch
-
-    with torch.no_grad():
-        full = model.interpret_tokens(tokens[None], torch.tensor([length], device=tokens.device))
-        fields = erased_fields(model, tokens, length, erasures)
-        return (fields - full).float().norm(dim=-1).cpu().numpy()
-
-
-def pair_synergy(
-    e_pair: np.ndarray, e_single: np.ndarray, pairs: list[tuple[int, int]]
-) -> np.ndarray:
-    """`S_jk(p) = E_jk(p) - E_j(p) - E_k(p)`; e_single indexed by token (zeros past the prefix)."""
-    return (
-        np.stack([e_pair[i] - e_single[j] - e_single[k] for i, (j, k) in enumerate(pairs)])
-        if pairs
-        else np.zeros((0, e_single.shape[1]))
-    )
-
-
-def choose_pairs(
-    length: int, l_max: int, n_random: int, rng: np.random.Generator
-) -> dict[str, list[tuple[int, int]]]:
-    """Adjacent active pairs; distinct random non-adjacent active pairs; active-inactive controls.
-
-    Random pairs exclude adjacent ones so the two groups are disjoint: the comparison asks
-    whether neighbouring tokens interact more than tokens further apart.
-    """
-    adjacent = [(j, j + 1) for j in range(length - 1)]
-    far = [(j, k) for j in range(length) for k in range(j + 2, length)]
-    pick = rng.choice(len(far), min(n_random, len(far)), replace=False) if far else []
-    random = [far[i] for i in sorted(pick)]
-    inactive: list[tuple[int, int]] = []
-    if 0 < length < l_max:
-        ks = rng.choice(np.arange(length, l_max), min(8, l_max - length), replace=False)
-        inactive = [(int(rng.integers(length)), int(k)) for k in ks]
-    return {"adjacent": adjacent, "random": random, "inactive": inactive}
-
-
-# --------------------------------------------------------------------------- object masks
-
-
-def object_radius_px(size: str, depth: float, image_size: int) -> float:
-    """Projected radius (model pixels) of a CLEVR object of `size` at camera distance `depth`."""
-    from strop.data.renderer import LENS_MM, SENSOR_MM, SIZE_RADIUS
-
-    tan_half_fov = SENSOR_MM / 2 / LENS_MM
-    return image_size / 2 * SIZE_RADIUS[size] / (max(depth, 1e-3) * tan_half_fov)
-
-
-def object_label_map(
-    scene: Scene, grid: tuple[int, int], image_size: int, source_size: tuple[int, int] | None
-) -> np.ndarray:
-    """(gh * gw,) object index per patch (row-major), -1 for background; nearer objects win."""
-    gh, gw = grid
-    ys = (np.arange(gh) + 0.5) * image_size / gh
-    xs = (np.arange(gw) + 0.5) * image_size / gw
-    py, px = np.meshgrid(ys, xs, indexing="ij")
-    labels = np.full((gh, gw), -1, dtype=np.int64)
-    sw, sh = source_size or (image_size, image_size)
-    placed = [(i, o) for i, o in enumerate(scene.objects) if o.pixel_coords is not None]
-    for i, obj in sorted(placed, key=lambda t: -t[1].pixel_coords[2]):  # far to near
-        u, v, depth = obj.pixel_coords
-        u, v = u * image_size / sw, v * image_size / sh
-        r = object_radius_px(obj.size, depth, image_size)
-        inside = (px - u) ** 2 + (py - v) ** 2 <= r * r
-        row, col = (
-            int(np.clip(v * gh / image_size, 0, gh - 1)),
-            int(np.clip(u * gw / image_size, 0, gw - 1)),
-        )
-        inside[row, col] = True
-        labels[inside] = i
-    return labels.reshape(-1)
-
-
-#: The frame real CLEVR v1.0 computed `pixel_coords` in (its renderer's default 320x240),
-#: whatever the size of the released PNGs.
-CLEVR_FRAME = (320, 240)
-
-
-def pixel_frame(root: Path, split: str, scene: Scene) -> tuple[int, int] | None:
-    """(width, height) that the scene's `pixel_coords` refer to.
-
-    Synthetic scenes files record `info.image_size` (coordinates in rendered pixels); real
-    CLEVR's files do not, and use `CLEVR_FRAME`. Without a scenes file, the image's own size.
-    """
-    from PIL import Image
-
-    for base in (root, root / "CLEVR_v1.0"):
-        scenes_file = base / "scenes" / f"CLEVR_{split}_scenes.json"
-        if scenes_file.is_file():
-            size = _info_image_size(scenes_file)
-            return (size, size) if size else CLEVR_FRAME
-        path = base / "images" / split / scene.image_filename
-        if path.is_file():
-            with Image.open(path) as img:
-                return img.size
-    return None
-
-
-@functools.lru_cache(maxsize=8)
-def _info_image_size(scenes_file: Path) -> int | None:
-    """`info.image_size` of a scenes file, read from its head (files can hold 70k scenes)."""
-    with open(scenes_file, encoding="utf-8") as handle:
-        head = handle.read(4096)
-    match = re.search(r'"image_size"\s*:\s*(\d+)', head.split('"scenes"')[0])
-    return int(match.group(1)) if match else None
-
-
-# --------------------------------------------------------------------------- agreement
-
-
-def best_iou(attribution: np.ndarray, mask: np.ndarray) -> float:
-    """Max over tokens of IoU(region of token, mask)."""
-    best = 0.0
-    for token in np.unique(attribution[mask]):
-        region = attribution == token
-        best = max(best, float((region & mask).sum() / (region | mask).sum()))
-    return best
+# Re-exported: callers and tests import these from `strop.analyze`.
+__all__ = [
+    "ATTRIBUTES",
+    "CLEVR_FRAME",
+    "Accumulator",
+    "_agreement",
+    "analyse_image",
+    "analyze_run",
+    "best_iou",
+    "choose_pairs",
+    "contingency_table",
+    "erased_fields",
+    "erasure_maps",
+    "erasure_order",
+    "object_label_map",
+    "object_radius_px",
+    "pair_synergy",
+    "pixel_frame",
+    "summarise",
+]
 
 
 @dataclass
@@ -278,29 +138,6 @@ def analyse_image(
     if length >= 1 and labels is not None and scene is not None:
         _agreement(e_single[:length].argmax(axis=0), codes, labels, scene, rng, acc)
     return e_single
-
-
-def _agreement(
-    attribution: np.ndarray,
-    codes: np.ndarray,
-    labels: np.ndarray,
-    scene: Scene,
-    rng: np.random.Generator,
-    acc: Accumulator,
-) -> None:
-    on_object = labels >= 0
-    for i in np.unique(labels[on_object]):
-        mask = labels == i
-        acc.iou.append(best_iou(attribution, mask))
-        acc.iou_shuffled.append(
-            float(np.mean([best_iou(rng.permutation(attribution), mask) for _ in range(_SHUFFLES)]))
-        )
-        acc.n_objects_masked += 1
-        obj = scene.objects[int(i)]
-        for attr in ATTRIBUTES:
-            acc.attr_pairs[attr] += [(getattr(obj, attr), int(codes[t])) for t in attribution[mask]]
-    if on_object.any():
-        acc.object_token_nmi.append(metrics.nmi(labels[on_object], attribution[on_object]))
 
 
 # --------------------------------------------------------------------------- summary
