@@ -1,4 +1,4 @@
-"""STROP, the whole model (paper Sec. 2.1, Fig. 2): config, presets, and the `Strop` module.
+"""STROP, the whole model (paper Sec. 2.1, Fig. 2): the `Strop` module and `build_model`.
 
     images -> Teacher (frozen) -> F (B, P, D)
     F -> Generator -> z (B, L_max, d) -> VectorQuantizer -> tokens, codes
@@ -6,11 +6,11 @@
     tokens[:L] -> Interpreter -> F_hat (B, P, D)        trained against F
     sg(F_hat) -> PixelDecoder -> image                  inspection only
 
+The configuration (`ModelConfig`, `PRESETS`) lives in `strop.model_config` and the cost
+accounting (`count_parameters`, `model_flops`, `describe`) in `strop.model_cost`; both are
+re-exported here, so `from strop.model import ...` keeps working for every name.
+
 Design decisions
-- One flat `ModelConfig` (pydantic, `extra="forbid"`, validated on construction) with the
-  architecture fields defaulting to the preset: `ModelConfig(preset="S")` is STROP-S, and any
-  field set explicitly wins. The resolved values are what `config.json` stores, so a run never
-  depends on preset tables changing later.
 - The teacher is held outside the module tree (`object.__setattr__`): it is not in
   `state_dict()`, not in `parameters()` (so the optimiser and DDP never see it), and `.train()`
   cannot reach it. `_apply` forwards `.to()/.cuda()/.half()` to it so it follows the model.
@@ -20,12 +20,8 @@ Design decisions
   the hot path (generate + interpret at given lengths) for `torch.compile`.
 - `encode`/`interpret` are the inference API: `interpret` runs each distinct length on its
   prefix alone (no padded positions are ever passed at inference, as the paper specifies).
-- Parameter counts follow the paper's definition (Table 6): trainable = generator,
-  interpreter, quantizer projections and length head; the pixel probe is counted separately;
-  total = trainable + teacher. FLOPs are analytic matmul counts (2 per multiply-add) of one
-  forward at the full L_max, in the split attention layout, excluding the teacher and the pixel
-  probe; `flops_per_image(include_teacher=True)` adds the teacher forward. A test checks the
-  count against `torch.utils.flop_counter.FlopCounterMode`.
+- `flops_per_image` reports the analytic FLOPs of `strop.model_cost` (the trainer logs MFU
+  from it); parameter counts and FLOPs follow the paper's definitions described there.
 - The model records its own config as `_extra_state` in the state_dict, so
   `load_state_dict_checked` can say "this checkpoint is preset M on dinov3-b" instead of
   printing a list of shape mismatches.
@@ -33,26 +29,20 @@ Design decisions
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from strop.generator import Generator, block_flops, init_weights
+from strop.generator import Generator, init_weights
 from strop.interpreter import Interpreter, prefix_mask
 from strop.length_head import LengthHead, round_lengths
+from strop.model_config import PRESETS, ModelConfig, TeacherName
+from strop.model_cost import count_parameters, describe, model_flops
 from strop.pixel_decoder import PixelDecoder
 from strop.quantizer import QuantizerOut, VectorQuantizer
-from strop.teachers import (
-    Teacher,
-    build_teacher,
-    count_teacher_parameters,
-    teacher_dim,
-    teacher_flops,
-)
+from strop.teachers import Teacher, build_teacher, teacher_flops
 
 __all__ = [
     "PRESETS",
@@ -60,175 +50,14 @@ __all__ = [
     "GenOut",
     "ModelConfig",
     "Strop",
+    "TeacherName",
     "build_model",
     "count_parameters",
+    "describe",
+    "model_flops",
     "prefix_mask",
     "round_lengths",
 ]
-
-#: Architecture defaults per preset (paper Table 6 for S and M; `tiny` for CPU demos and tests).
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        d=64,
-        layers=2,
-        heads=4,
-        ffn=128,
-        image_size=64,
-        patch_size=8,
-        l_max=16,
-        k=64,
-        code_dim=8,
-        decoder_width=32,
-    ),
-    "S": dict(
-        d=256,
-        layers=8,
-        heads=8,
-        ffn=1024,
-        image_size=224,
-        patch_size=16,
-        l_max=64,
-        k=1024,
-        code_dim=16,
-        decoder_width=256,
-    ),
-    "M": dict(
-        d=512,
-        layers=10,
-        heads=8,
-        ffn=2048,
-        image_size=224,
-        patch_size=16,
-        l_max=64,
-        k=1024,
-        code_dim=16,
-        decoder_width=256,
-    ),
-}
-TeacherName = Literal["dinov3-s", "dinov3-b", "dinov3-l", "random-vit", "pixels"]
-
-
-class ModelConfig(BaseModel):
-    """Architecture, quantizer and loss constants of one STROP model.
-
-    Fields left as None take the preset's value (`PRESETS`); the paper leaves the loss
-    weights, the diversity temperature and the dead-code threshold unstated, so their defaults
-    here are our choices.
-    """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    preset: Literal["tiny", "S", "M"] = Field("S", description="architecture preset")
-    d: int | None = Field(None, gt=0, description="generator/interpreter width")
-    layers: int | None = Field(None, gt=0, description="depth of generator and of interpreter")
-    heads: int | None = Field(None, gt=0, description="attention heads")
-    ffn: int | None = Field(None, gt=0, description="FFN width")
-    teacher: TeacherName = Field("dinov3-s", description="frozen teacher")
-    teacher_path: str | None = Field(
-        None, description="local folder of DINOv3 weights (overrides the hub id)"
-    )
-    teacher_seed: int = Field(0, description="seed of the random-vit teacher's weights")
-    image_size: int | None = Field(None, gt=0, description="square input size S in pixels")
-    patch_size: int | None = Field(None, gt=0, description="teacher patch size (16 for DINOv3)")
-    l_max: int | None = Field(None, gt=0, description="longest program L_max")
-    l_min: int = Field(1, gt=0, description="shortest program L_min")
-    k: int | None = Field(None, ge=2, description="codebook size K")
-    code_dim: int | None = Field(None, gt=0, description="code dimension d_c")
-    ema_decay: float = Field(0.99, gt=0, lt=1, description="codebook EMA decay")
-    ema_eps: float = Field(1e-5, gt=0, description="Laplace smoothing of cluster sizes")
-    dead_code_threshold: float = Field(
-        0.1, ge=0, description="EMA assignments/step below which a code is dead"
-    )
-    restart_reset_size: float = Field(
-        1.0, gt=0, description="EMA cluster size given to a re-seeded code"
-    )
-    div_temperature: float = Field(
-        0.1, gt=0, description="soft-assignment temperature of the diversity loss"
-    )
-    w_mse: float = Field(1.0, ge=0, description="MSE weight inside the align loss")
-    w_commit: float = Field(0.25, ge=0, description="commitment loss weight")
-    w_div: float = Field(0.1, ge=0, description="diversity loss weight after warmup")
-    div_warmup_steps: int = Field(40_000, ge=0, description="linear warmup of w_div")
-    w_len: float = Field(1.0, ge=0, description="length loss weight (phase 3 on)")
-    w_pixel: float = Field(1.0, ge=0, description="pixel probe loss weight (its input is detached)")
-    decoder_width: int | None = Field(
-        None, gt=0, description="channels after the pixel probe's stem"
-    )
-    attention: Literal["split", "masked"] = Field(
-        "split", description="attention layout (see strop.generator)"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _dinov3_patch(cls, data: Any) -> Any:
-        # DINOv3 checkpoints are patch-16 whatever the preset's default patch size says.
-        if (
-            isinstance(data, dict)
-            and str(data.get("teacher", "")).startswith("dinov3")
-            and data.get("patch_size") is None
-        ):
-            data = {**data, "patch_size": 16}
-        return data
-
-    @model_validator(mode="after")
-    def _resolve(self) -> ModelConfig:
-        for key, value in PRESETS[self.preset].items():
-            if getattr(self, key) is None:
-                # object.__setattr__ avoids re-running validation once per filled field.
-                object.__setattr__(self, key, value)
-        problems = []
-        if self.d % self.heads:
-            problems.append(f"d={self.d} is not divisible by heads={self.heads}")
-        if self.d % 4:
-            problems.append(f"d={self.d} must be divisible by 4 (2D sine-cosine positions)")
-        if self.image_size % self.patch_size:
-            problems.append(
-                f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}"
-            )
-        if self.image_size % 16:
-            problems.append(
-                f"image_size={self.image_size} must be divisible by 16 (the pixel probe's four x2 upsamplings)"
-            )
-        if self.l_min > self.l_max:
-            problems.append(f"l_min={self.l_min} exceeds l_max={self.l_max}")
-        if self.teacher.startswith("dinov3") and self.patch_size != 16:
-            problems.append(
-                f"teacher {self.teacher} has 16-pixel patches, got patch_size={self.patch_size}"
-            )
-        if problems:
-            raise ValueError("model config: " + "; ".join(problems))
-        return self
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
-        """The named preset (`tiny`, `S`, `M`) with `overrides` applied."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
-        return cls(preset=name, **overrides)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        side = self.image_size // self.patch_size
-        return side, side
-
-    @property
-    def n_patches(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def teacher_dim(self) -> int:
-        return teacher_dim(self.teacher, self.patch_size)
-
-    @property
-    def bits_per_program(self) -> float:
-        """The hard ceiling `L_max * log2(K)` bits."""
-        return self.l_max * math.log2(self.k)
-
-    def summary(self) -> str:
-        return (
-            f"preset {self.preset} (d={self.d}, {self.layers} layers, teacher {self.teacher}, "
-            f"{self.image_size}px/{self.patch_size}, K={self.k}, L_max={self.l_max}, d_c={self.code_dim})"
-        )
 
 
 @dataclass
@@ -503,87 +332,13 @@ class Strop(nn.Module):
     # ------------------------------------------------------------------ accounting
 
     def flops_per_image(self, include_teacher: bool = False) -> int:
-        """Analytic forward matmul FLOPs per image at L = L_max (see module docstring)."""
+        """Analytic forward matmul FLOPs per image at L = L_max (see `strop.model_cost`)."""
         flops = model_flops(self.cfg, self.interpreter.proj_out.out_features)
         if include_teacher:
             flops += teacher_flops(self.cfg.teacher, self.cfg.image_size, self.cfg.patch_size)
         return flops
 
 
-def model_flops(cfg: ModelConfig, dim: int | None = None) -> int:
-    """Forward matmul FLOPs per image of generator, quantizer, length head and interpreter."""
-    dim = dim or cfg.teacher_dim
-    p, n_q, d = cfg.n_patches, cfg.l_max, cfg.d
-    project = 2 * p * dim * d
-    generator = project + cfg.layers * block_flops(p, n_q, d, cfg.ffn, causal_queries=True)
-    quantizer = 2 * n_q * (d * cfg.code_dim + cfg.code_dim * cfg.k + cfg.code_dim * d)
-    length_head = project + 2 * (d * d + d)
-    interpreter = (
-        cfg.layers * block_flops(n_q, p, d, cfg.ffn, causal_queries=False) + 2 * p * d * dim
-    )
-    return int(generator + quantizer + length_head + interpreter)
-
-
 def build_model(cfg: ModelConfig, teacher: Teacher | None = None) -> Strop:
     """A STROP model for `cfg`; the teacher is built from the config unless one is given."""
     return Strop(cfg, teacher)
-
-
-def count_parameters(model: Strop) -> dict[str, int]:
-    """Parameter counts by the paper's definition (Table 6).
-
-    trainable: generator + interpreter + quantizer projections + length head;
-    pixel_probe: the pixel decoder; teacher: the frozen teacher; total: trainable + teacher.
-    """
-
-    def n(module: nn.Module) -> int:
-        return sum(p.numel() for p in module.parameters())
-
-    trainable = (
-        n(model.generator) + n(model.interpreter) + n(model.quantizer) + n(model.length_head)
-    )
-    teacher = n(model.teacher)
-    return {
-        "trainable_params": trainable,
-        "pixel_probe_params": n(model.pixel_decoder),
-        "teacher_params": teacher,
-        "total_params": trainable + teacher,
-    }
-
-
-def describe(cfg: ModelConfig) -> dict[str, Any]:
-    """`strop model-info` numbers from the config alone: the model is built on the meta device
-    with a weightless stand-in teacher and the teacher is counted from its architecture config."""
-    from strop.teachers import PixelTeacher
-
-    class _ShapeOnlyTeacher(PixelTeacher):
-        def __init__(self) -> None:
-            super().__init__(cfg.patch_size)
-            self.teacher_name = cfg.teacher
-            self.dim = cfg.teacher_dim
-
-    with torch.device("meta"):
-        model = Strop(cfg, teacher=_ShapeOnlyTeacher())
-    counts = count_parameters(model)
-    counts["teacher_params"] = count_teacher_parameters(cfg.teacher, cfg.image_size, cfg.patch_size)
-    counts["total_params"] = counts["trainable_params"] + counts["teacher_params"]
-    teacher_cost = teacher_flops(cfg.teacher, cfg.image_size, cfg.patch_size)
-    return {
-        "preset": cfg.preset,
-        "teacher": cfg.teacher,
-        "d": cfg.d,
-        "layers": cfg.layers,
-        "heads": cfg.heads,
-        "ffn": cfg.ffn,
-        "image_size": cfg.image_size,
-        "patch_size": cfg.patch_size,
-        "n_patches": cfg.n_patches,
-        "teacher_dim": cfg.teacher_dim,
-        "k": cfg.k,
-        "l_max": cfg.l_max,
-        "code_dim": cfg.code_dim,
-        **counts,
-        "flops_per_image": model_flops(cfg),
-        "teacher_flops_per_image": teacher_cost,
-        "bits_per_program": cfg.bits_per_program,
-    }
