@@ -11,29 +11,13 @@ from pathlib import Path
 import typer
 
 from grammar import __version__
+from strop.cli_app import make_app
 
-app = typer.Typer(
-    name="strop-grammar",
-    help="Mine STROP program corpora: n-grams, pair reuse, null models, Re-Pair grammars.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = make_app(
+    "strop-grammar",
+    __version__,
+    "Mine STROP program corpora: n-grams, pair reuse, null models, Re-Pair grammars.",
 )
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"strop-grammar {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """strop-grammar."""
 
 
 @app.command()

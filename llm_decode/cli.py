@@ -26,32 +26,16 @@ from llm_decode.prompting import PromptError
 from llm_decode.protocol import ProtocolConfig
 from llm_decode.report import build_report
 from llm_decode.runner import DecodeConfig, check_config, decode
+from strop.cli_app import make_app
 from strop.runs import RunFolderError
 from strop.scenes import SceneFileError
 
-app = typer.Typer(
-    name="strop-llm",
-    help="Few-shot decoding of CLEVR scenes from STROP programs with LLMs, and its scores.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = make_app(
+    "strop-llm",
+    __version__,
+    "Few-shot decoding of CLEVR scenes from STROP programs with LLMs, and its scores.",
 )
 console = Console(stderr=True)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"strop-llm {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """strop-llm."""
 
 
 def _fail(message: str, secrets: list[str | None]) -> None:

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import importlib
 
-import typer
-
 from strop import __version__
+from strop.cli_app import make_app
 
-app = typer.Typer(
-    name="strop",
-    help="STROP: train variable-length visual programs, export, evaluate, analyse and report.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = make_app(
+    "strop",
+    __version__,
+    "STROP: train variable-length visual programs, export, evaluate, analyse and report.",
 )
 
 #: Each module defines `register(app)`; order is the order of `strop --help`.
@@ -27,21 +24,6 @@ COMMAND_MODULES = (
     "strop.commands.evaluation",
     "strop.commands.quickstart",
 )
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"strop {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """STROP toolkit."""
 
 
 for _module in COMMAND_MODULES:
