@@ -2,7 +2,8 @@
 
 Stages (each skipped when its output already exists, so an interrupted quickstart resumes):
 1. render CLEVR-like scenes (`strop.data.renderer.generate_dataset`);
-2. train STROP for every codebook size (tiny preset, offline teacher, compressed curriculum);
+2. train STROP for every codebook size (tiny preset, offline teacher, compressed curriculum),
+   plus the fixed-length baseline at one K (paper Table 15) for the report's comparison;
 3. export programs of the train and val splits (`programs.parquet`);
 4. evaluate each run on val (`eval.json`) and analyse a few images (`analysis/`);
 5. mine the grammar of every run (`strop-grammar mine`);
@@ -55,6 +56,12 @@ class QuickstartConfig(BaseModel):
     shots: int = Field(50, ge=1, description="Few-shot pool of the decoders.")
     test: int = Field(15, ge=1, description="Held-out images decoded.")
     analyze_images: int = Field(8, ge=0, description="Images in `strop analyze` (0 skips it).")
+    fixed_k: int | None = Field(
+        64,
+        ge=2,
+        description="Also train the fixed-length baseline (all L_max tokens, no head; paper "
+        "Table 15) at this K, as run `k<K>-fixed`, for the report's fixed-vs-curriculum table.",
+    )
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint for LLM decoding.")
     llm_model: str = Field("qwen3.5", description="Model preset or served id for --base-url.")
 
@@ -64,7 +71,7 @@ class QuickstartConfig(BaseModel):
         return (round(0.40 * s), round(0.65 * s), round(0.80 * s), round(0.90 * s))
 
 
-def run_config(qc: QuickstartConfig, k: int, data_dir: Path):
+def run_config(qc: QuickstartConfig, k: int, data_dir: Path, fixed: bool = False):
     """The RunConfig of one quickstart run (imports torch-side configs lazily)."""
     from strop.config import DataConfig, RunConfig, TrainConfig
     from strop.curriculum import CurriculumConfig
@@ -80,7 +87,9 @@ def run_config(qc: QuickstartConfig, k: int, data_dir: Path):
             image_size=qc.image_size,
             div_warmup_steps=s // 4,
         ),
-        curriculum=CurriculumConfig(phase_steps=qc.phase_steps()),
+        curriculum=CurriculumConfig(
+            phase_steps=qc.phase_steps(), length_mode="fixed" if fixed else "adaptive"
+        ),
         train=TrainConfig(
             steps=s,
             batch_size=qc.batch_size,
@@ -136,15 +145,19 @@ def stage_train(qc: QuickstartConfig, data_dir: Path, experiment: Path) -> list[
     from strop.checkpoint import list_steps
     from strop.trainer import train
 
+    plan = [(k, False) for k in qc.ks] + ([(qc.fixed_k, True)] if qc.fixed_k else [])
     runs = []
-    for i, k in enumerate(qc.ks):
-        _stage(f"2/7 train K={k} ({i + 1}/{len(qc.ks)}): {qc.preset} preset, {qc.teacher} teacher")
-        run_dir = experiment / f"k{k}"
+    for i, (k, fixed) in enumerate(plan):
+        kind = "fixed-length baseline" if fixed else "curriculum"
+        _stage(
+            f"2/7 train K={k} {kind} ({i + 1}/{len(plan)}): {qc.preset} preset, {qc.teacher} teacher"
+        )
+        run_dir = experiment / (f"k{k}-fixed" if fixed else f"k{k}")
         steps_done = [s for s, _ in list_steps(run_dir)] if run_dir.exists() else []
         if steps_done and max(steps_done) >= qc.steps:
             console.print(f"{run_dir}: trained to step {max(steps_done)}, kept")
         else:
-            train(run_config(qc, k, data_dir), run_dir, progress=True)
+            train(run_config(qc, k, data_dir, fixed=fixed), run_dir, progress=True)
         runs.append(run_dir)
     return runs
 

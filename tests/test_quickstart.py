@@ -15,13 +15,15 @@ from strop.runs import discover_runs, read_programs
 def experiment(tmp_path_factory):
     out = tmp_path_factory.mktemp("quickstart")
     qc = QuickstartConfig(out=out, n_images=60, image_size=32, ks=(16, 32), steps=12, batch_size=8,
-                          shots=10, test=4, analyze_images=2)  # fmt: skip
+                          shots=10, test=4, analyze_images=2, fixed_k=16)  # fmt: skip
     return quickstart(qc)
 
 
 def test_every_stage_leaves_its_files(experiment):
     runs = discover_runs(experiment)
-    assert [r.name for r in runs] == ["k16", "k32"]
+    assert [r.name for r in runs] == ["k16", "k16-fixed", "k32"]
+    fixed = json.loads(runs[1].eval_path.read_text())
+    assert fixed["length_min"] == fixed["length_max"] == fixed["l_max"]  # all tokens, no head
     for run in runs:
         programs = read_programs(run.programs_path)
         assert (
@@ -33,18 +35,21 @@ def test_every_stage_leaves_its_files(experiment):
         assert (run.path / "analysis" / "analysis.json").is_file()
         summary = json.loads((run.grammar_dir / "summary.json").read_text())
         assert summary["n_programs"] == len(programs)
+        if run.name.endswith("-fixed"):
+            continue  # the decoders run on the curriculum runs, one per K
         for backend in ("naive", "knn"):
             assert json.loads((run.llm_dir / backend / "summary.json").read_text())["n"] == 4
     html = (experiment / "report.html").read_text()
     md = (experiment / "report.md").read_text()
     for needle in ("k16", "k32", "naive", "knn"):
         assert needle in md and needle in html
+    assert "no fixed-vs-curriculum comparison" not in md  # the baseline run fills the table
 
 
 def test_rerun_resumes_without_redoing_finished_stages(experiment):
     before = {p: p.stat().st_mtime_ns for p in experiment.glob("k*/checkpoints/last.pt")}
     qc = QuickstartConfig(out=experiment.parent, n_images=60, image_size=32, ks=(16, 32), steps=12,
-                          batch_size=8, shots=10, test=4, analyze_images=2)  # fmt: skip
+                          batch_size=8, shots=10, test=4, analyze_images=2, fixed_k=16)  # fmt: skip
     quickstart(qc)
     after = {p: p.stat().st_mtime_ns for p in experiment.glob("k*/checkpoints/last.pt")}
     assert before == after, "a finished training run was trained again"

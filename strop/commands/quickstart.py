@@ -24,6 +24,9 @@ def register(app: typer.Typer) -> None:
             None, "--base-url", help="OpenAI-compatible endpoint: also decode with an LLM."
         ),
         llm_model: str = typer.Option("qwen3.5", "--llm-model", help="Model for --base-url."),
+        fixed_k: int = typer.Option(
+            64, "--fixed-k", help="Also train the fixed-length baseline at this K (0: skip it)."
+        ),
         fresh: bool = typer.Option(
             False, "--fresh", help="Delete --out first instead of resuming."
         ),
@@ -40,7 +43,7 @@ def register(app: typer.Typer) -> None:
             k_values = tuple(int(v) for v in ks.split(",") if v.strip())
             qc = QuickstartConfig(
                 out=out, n_images=n_images, steps=steps, ks=k_values, teacher=teacher,
-                seed=seed, base_url=base_url, llm_model=llm_model,
+                seed=seed, base_url=base_url, llm_model=llm_model, fixed_k=fixed_k or None,
             )  # fmt: skip
         except (ValueError, ValidationError) as err:
             typer.echo(f"strop quickstart: {str(err).splitlines()[0]}", err=True)
