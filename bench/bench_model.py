@@ -24,10 +24,10 @@ import time
 
 import torch
 
-from strop.interpreter import prefix_mask
-from strop.losses import align_loss
 from strop.model import ModelConfig, build_model
-from strop.teachers import PixelTeacher
+from strop.model.interpreter import prefix_mask
+from strop.model.losses import align_loss
+from strop.model.teachers import PixelTeacher
 
 
 class _ShapeTeacher(PixelTeacher):

@@ -8,7 +8,7 @@ loading, curriculum with probes, forward, loss, backward, AdamW, codebook update
 synthetic CLEVR-like set, held in phase 2 (the costliest phase: the interpreter runs on three
 length vectors). The online run decodes images and runs the teacher (`random-vit`, the DINOv3
 architecture with random weights: no download) every step; the cached run reads the same
-images' features from a real `strop.feature_cache` folder written first. The pixel probe is
+images' features from a real `strop.model.feature_cache` folder written first. The pixel probe is
 off in both (with a cache it would need the images again).
 
 CPU: preset `tiny` at 64 px, batch 8. CUDA (when present): preset S at 224 px, batch 32, bf16
@@ -29,7 +29,7 @@ PAPER_IMAGES_PER_S = 500_000 * 32 / (27 * 3600)
 
 
 def _config(data: Path, preset: str, batch: int, image_size: int, workers: int) -> Any:
-    from strop.config import make_run_config
+    from strop.training.config import make_run_config
 
     sets = [
         f"model.image_size={image_size}",
@@ -42,7 +42,7 @@ def _config(data: Path, preset: str, batch: int, image_size: int, workers: int) 
 
 
 def _images_per_s(cfg: Any, out: Path, steps: int) -> tuple[float, Any]:
-    from strop.trainer import Trainer
+    from strop.training.trainer import Trainer
 
     trainer = Trainer(cfg, out, progress=False)
     batches = trainer._batches()
@@ -60,10 +60,10 @@ def _images_per_s(cfg: Any, out: Path, steps: int) -> tuple[float, Any]:
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    from strop.config import apply_overrides
     from strop.data.datasets import build_dataset
     from strop.data.renderer import generate_dataset
-    from strop.feature_cache import write_features
+    from strop.model.feature_cache import write_features
+    from strop.training.config import apply_overrides
 
     cuda = torch.cuda.is_available()
     preset, batch, size, workers = ("S", 32, 224, 4) if cuda else ("tiny", 8, 64, 0)

@@ -1,7 +1,7 @@
 """Pure metric functions for evaluation and analysis (NumPy/SciPy only, no torch).
 
 Everything here takes arrays and returns numbers, so the same code scores a trained model,
-a fixture in a test, or a file on disk. `strop.evaluate` and `strop.analyze` convert tensors
+a fixture in a test, or a file on disk. `strop.evaluation.evaluate` and `strop.evaluation.analyze` convert tensors
 to NumPy and call these.
 
 Design decisions (the paper names the metrics but leaves their exact definitions open)

@@ -73,9 +73,9 @@ class QuickstartConfig(BaseModel):
 
 def run_config(qc: QuickstartConfig, k: int, data_dir: Path, fixed: bool = False):
     """The RunConfig of one quickstart run (imports torch-side configs lazily)."""
-    from strop.config import DataConfig, RunConfig, TrainConfig
-    from strop.curriculum import CurriculumConfig
     from strop.model import ModelConfig
+    from strop.training.config import DataConfig, RunConfig, TrainConfig
+    from strop.training.curriculum import CurriculumConfig
 
     s = qc.steps
     return RunConfig(
@@ -142,8 +142,8 @@ def stage_data(qc: QuickstartConfig, data_dir: Path) -> None:
 
 
 def stage_train(qc: QuickstartConfig, data_dir: Path, experiment: Path) -> list[Path]:
-    from strop.checkpoint import list_steps
-    from strop.trainer import train
+    from strop.training.checkpoint import list_steps
+    from strop.training.trainer import train
 
     plan = [(k, False) for k in qc.ks] + ([(qc.fixed_k, True)] if qc.fixed_k else [])
     runs = []
@@ -163,9 +163,9 @@ def stage_train(qc: QuickstartConfig, data_dir: Path, experiment: Path) -> list[
 
 
 def stage_export_eval(qc: QuickstartConfig, runs: list[Path]) -> None:
-    from strop.analyze import analyze_run
-    from strop.evaluate import evaluate_run
-    from strop.export import export_programs
+    from strop.evaluation.analyze import analyze_run
+    from strop.evaluation.evaluate import evaluate_run
+    from strop.evaluation.export import export_programs
 
     for run_dir in runs:
         run = RunFolder(run_dir)
@@ -206,7 +206,7 @@ def stage_decode(qc: QuickstartConfig, experiment: Path) -> None:
 
 
 def stage_report(experiment: Path) -> tuple[Path, Path]:
-    from strop.report import build_report
+    from strop.evaluation.report import build_report
 
     _stage("7/7 report")
     return build_report(experiment)
@@ -222,7 +222,7 @@ def paper_scale_hint() -> str | None:
         return None
     from huggingface_hub import try_to_load_from_cache
 
-    from strop.teachers import DINOV3_IDS
+    from strop.model.teachers import DINOV3_IDS
 
     if not isinstance(try_to_load_from_cache(DINOV3_IDS["dinov3-s"], "config.json"), str):
         return (

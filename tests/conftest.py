@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,23 @@ def synth_clevr_ro(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def synth_clevr(synth_clevr_ro: Path, tmp_path: Path) -> Path:
     """A private, modifiable copy of the synthetic CLEVR folder."""
     return Path(shutil.copytree(synth_clevr_ro, tmp_path / "clevr"))
+
+
+def script_path(name: str) -> str:
+    """The console script `name` installed beside this interpreter (`.venv/bin/strop`).
+
+    Tests run it by path, not from PATH: the README's test line runs `.venv/bin/python -m
+    pytest` with no virtualenv activated, so PATH need not contain `.venv/bin`.
+    """
+    path = Path(sys.executable).parent / name
+    if not path.is_file():
+        pytest.fail(
+            f"console script {name} not found beside {sys.executable}: reinstall the project"
+        )
+    return str(path)
+
+
+@pytest.fixture
+def console_script():
+    """`console_script("strop")` -> the path of the installed `strop` script."""
+    return script_path

@@ -8,22 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from strop.analyze import erasure_maps, erasure_order, object_label_map
-from strop.checkpoint import load_model, save_checkpoint
-from strop.config import RunConfig
 from strop.data.renderer import generate_dataset
-from strop.evaluate import evaluate_run
-from strop.export import (
+from strop.evaluation.analyze import erasure_maps, erasure_order, object_label_map
+from strop.evaluation.evaluate import evaluate_run
+from strop.evaluation.export import (
     LengthModeError,
     encode_batch,
     export_programs,
     parse_length_mode,
     search_lengths,
 )
-from strop.losses import align_error
 from strop.model import ModelConfig, build_model
+from strop.model.losses import align_error
 from strop.runs import RunFolder, read_programs
 from strop.scenes import parse_scene
+from strop.training.checkpoint import load_model, save_checkpoint
+from strop.training.config import RunConfig
 
 N_VAL = 6
 
@@ -222,7 +222,7 @@ def test_object_masks_follow_pixel_coords():
 
 
 def test_analyze_writes_json_and_figures(run_dir):
-    from strop.analyze import analyze_run
+    from strop.evaluation.analyze import analyze_run
 
     result = analyze_run(run_dir, n_images=3, n_random_pairs=4, progress=False)
     on_disk = json.loads((run_dir / "analysis" / "analysis.json").read_text())
@@ -267,8 +267,8 @@ def test_cli_commands_end_to_end(run_dir):
     assert res.exit_code == 2 and "config not found" in res.output
 
 
-def test_attribution_agreement_and_contingency():
-    from strop.analyze import Accumulator, _agreement, best_iou, summarise
+def test_attributionrecord_agreement_and_contingency():
+    from strop.evaluation.analyze import Accumulator, best_iou, record_agreement, summarise
 
     labels = np.array([-1, 0, 0, -1, 1, 1, 1, -1])
     perfect = np.array([2, 0, 0, 2, 1, 1, 1, 2])  # token j owns exactly object j's patches
@@ -298,7 +298,7 @@ def test_attribution_agreement_and_contingency():
         }
     )
     acc = Accumulator()
-    _agreement(perfect, np.array([5, 9, 3]), labels, scene, np.random.default_rng(0), acc)
+    record_agreement(perfect, np.array([5, 9, 3]), labels, scene, np.random.default_rng(0), acc)
     out = summarise(acc, k=16, programs_codes=None)
     assert out["attribution"]["best_iou_mean"] == 1.0 > out["attribution"]["best_iou_shuffled"]
     assert out["attribution"]["object_token_nmi"] == pytest.approx(1.0)
@@ -310,8 +310,8 @@ def test_attribution_agreement_and_contingency():
 
 
 def test_pixel_frame_synthetic_and_real_clevr(dataset, tmp_path):
-    from strop.analyze import CLEVR_FRAME, pixel_frame
     from strop.data.datasets import ClevrDataset
+    from strop.evaluation.analyze import CLEVR_FRAME, pixel_frame
 
     scene = ClevrDataset(dataset, "val", 32).scenes[0]
     assert pixel_frame(dataset, "val", scene) == (64, 64)  # synthetic: info.image_size

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from strop.report import build_report, flatten_stats
+from strop.evaluation.report import build_report, flatten_stats
 from strop.runs import Programs, RunFolder, RunFolderError, write_json
 
 

@@ -11,11 +11,15 @@ import strop
 
 
 @pytest.mark.parametrize("script", ["strop", "strop-grammar", "strop-llm"])
-def test_console_script_help_and_version(script: str) -> None:
-    helped = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+def test_console_script_help_and_version(script: str, console_script) -> None:
+    helped = subprocess.run(
+        [console_script(script), "--help"], capture_output=True, text=True, timeout=120
+    )
     assert helped.returncode == 0, helped.stderr
     assert "Usage" in helped.stdout
-    version = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=120)
+    version = subprocess.run(
+        [console_script(script), "--version"], capture_output=True, text=True, timeout=120
+    )
     assert version.returncode == 0, version.stderr
     assert strop.__version__ in version.stdout
 
@@ -35,8 +39,10 @@ def test_light_packages_do_not_import_torch(modules: str) -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_strop_help_lists_every_public_command() -> None:
-    out = subprocess.run(["strop", "--help"], capture_output=True, text=True, timeout=120)
+def test_strop_help_lists_every_public_command(console_script) -> None:
+    out = subprocess.run(
+        [console_script("strop"), "--help"], capture_output=True, text=True, timeout=120
+    )
     for command in (
         "data",
         "model-info",

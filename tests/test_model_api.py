@@ -12,8 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
 from strop.cli import app
-from strop.interpreter import prefix_mask
 from strop.model import ModelConfig, build_model, count_parameters, describe
+from strop.model.interpreter import prefix_mask
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from strop.generator import Generator, memory_query_attention, reference_mask
-from strop.interpreter import Interpreter, prefix_mask
-from strop.length_head import round_lengths
-from strop.losses import align_loss, pixel_loss
 from strop.model import ModelConfig, build_model
+from strop.model.generator import Generator, memory_query_attention, reference_mask
+from strop.model.interpreter import Interpreter, prefix_mask
+from strop.model.length_head import round_lengths
+from strop.model.losses import align_loss, pixel_loss
 
 D, P, L, d = 24, 16, 8, 32
 

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from strop.cli import app
 from strop.data.datasets import build_dataset
-from strop.feature_cache import FeatureCacheDataset, FeatureCacheError
 from strop.model import ModelConfig
-from strop.teachers import PixelTeacher
+from strop.model.feature_cache import FeatureCacheDataset, FeatureCacheError
+from strop.model.teachers import PixelTeacher
 
 
 def test_cache_features_cli_roundtrip(synth_clevr_ro, tmp_path):
@@ -75,7 +75,7 @@ def test_cache_errors_name_the_file(synth_clevr_ro, tmp_path):
     with pytest.raises(FeatureCacheError, match="no feature cache here"):
         FeatureCacheDataset(tmp_path, "train")
     out = tmp_path / "cache"
-    from strop.feature_cache import write_features
+    from strop.model.feature_cache import write_features
 
     write_features(
         build_dataset(synth_clevr_ro, "val", 32), PixelTeacher(8), out, "val", 32, progress=False

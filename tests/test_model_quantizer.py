@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from strop.losses import commitment_loss, diversity_loss
-from strop.quantizer import VectorQuantizer
+from strop.model.losses import commitment_loss, diversity_loss
+from strop.model.quantizer import VectorQuantizer
 
 d, C, K = 32, 8, 16
 

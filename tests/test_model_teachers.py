@@ -8,9 +8,8 @@ import pytest
 import torch
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-from strop import teachers
-from strop.model import ModelConfig, build_model
-from strop.teachers import (
+from strop.model import ModelConfig, build_model, teachers
+from strop.model.teachers import (
     DINOV3_IDS,
     PixelTeacher,
     TeacherNotFoundError,

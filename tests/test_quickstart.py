@@ -55,7 +55,9 @@ def test_rerun_resumes_without_redoing_finished_stages(experiment):
     assert before == after, "a finished training run was trained again"
 
 
-def test_cli_rejects_bad_codebook_list():
-    done = subprocess.run(["strop", "quickstart", "--ks", "32,x"], capture_output=True, text=True)
+def test_cli_rejects_bad_codebook_list(console_script):
+    done = subprocess.run(
+        [console_script("strop"), "quickstart", "--ks", "32,x"], capture_output=True, text=True
+    )
     assert done.returncode == 2 and "strop quickstart" in done.stderr
     assert "Traceback" not in done.stderr

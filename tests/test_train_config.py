@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from strop import checkpoint as ckpt
-from strop.config import (
+from strop.training import checkpoint as ckpt
+from strop.training.config import (
     ConfigError,
     RunConfig,
     apply_overrides,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from strop import curriculum as C
-from strop.curriculum import CurriculumConfig, OracleState, TargetBank
-from strop.length_head import round_lengths
+from strop.model.length_head import round_lengths
+from strop.training import curriculum as C
+from strop.training.curriculum import CurriculumConfig, OracleState, TargetBank
 
 L_MIN, L_MAX = 1, 32
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from strop.checkpoint import load_model
-from strop.config import make_run_config
 from strop.data.datasets import ClevrDataset
 from strop.data.renderer import generate_dataset
-from strop.losses import align_error
-from strop.trainer import train
+from strop.model.losses import align_error
+from strop.training.checkpoint import load_model
+from strop.training.config import make_run_config
+from strop.training.trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from strop import checkpoint as ckpt
-from strop import losses
-from strop.config import ConfigError, RunConfig, make_run_config
+from strop.model import losses
 from strop.runs import RunFolder
-from strop.trainer import TrainingDiverged, lr_factor, train
+from strop.training import checkpoint as ckpt
+from strop.training.config import ConfigError, RunConfig, make_run_config
+from strop.training.trainer import TrainingDiverged, lr_factor, train
 
 TIMING_KEYS = {"images_per_s", "model_tflops"}
 BASE_SETS = [
@@ -269,8 +269,8 @@ def test_cli_reports_bad_override_in_one_line(clevr, tmp_path):
 
 def test_training_from_a_feature_cache(clevr, tmp_path):
     from strop.data.datasets import build_dataset
-    from strop.feature_cache import write_features
     from strop.model import build_model
+    from strop.model.feature_cache import write_features
 
     cfg = config(clevr, 4)
     cache = tmp_path / "cache"

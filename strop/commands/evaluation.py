@@ -17,7 +17,7 @@ _EDGE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
 
 def _model_errors() -> tuple[type[BaseException], ...]:
-    from strop.checkpoint import CheckpointError
+    from strop.training.checkpoint import CheckpointError
 
     return (*_EDGE_ERRORS, CheckpointError)
 
@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Encode a dataset split into programs: RUN/programs.parquet (one row per image)."""
-        from strop.export import export_programs
+        from strop.evaluation.export import export_programs
 
         errors = _model_errors()
 
@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
         checkpoint: str = CKPT_OPT,
     ) -> None:
         """Alignment, codebook usage, pixel SSIM, bits and length-vs-complexity: RUN/eval.json."""
-        from strop.evaluate import evaluate_run
+        from strop.evaluation.evaluate import evaluate_run
 
         errors = _model_errors()
 
@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
         checkpoint: str = CKPT_OPT,
     ) -> None:
         """Counterfactual erasure, attribution vs object masks, pair synergy, code reuse: RUN/analysis/."""
-        from strop.analyze import analyze_run
+        from strop.evaluation.analyze import analyze_run
 
         errors = _model_errors()
 
@@ -174,7 +174,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """report.md and a self-contained report.html comparing every sub-run."""
-        from strop.report import build_report
+        from strop.evaluation.report import build_report
 
         try:
             md, html = build_report(experiment, out_dir=out)

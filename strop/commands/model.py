@@ -2,7 +2,7 @@
 
 `model-info` needs no weights: the model is built on the meta device and the teacher is
 counted from its architecture config (DESIGN.md "Commands"). `cache-features` runs the frozen
-teacher over a dataset split once and stores fp16 features (strop.feature_cache). Torch is
+teacher over a dataset split once and stores fp16 features (strop.model.feature_cache). Torch is
 imported inside the command bodies so `strop --help` stays fast.
 """
 
@@ -126,8 +126,8 @@ def cache_features(
     import torch
 
     from strop.data.datasets import build_dataset
-    from strop.feature_cache import write_features
-    from strop.teachers import build_teacher
+    from strop.model.feature_cache import write_features
+    from strop.model.teachers import build_teacher
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -54,9 +54,9 @@ def register(app: typer.Typer) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     ) -> None:
         """Train (or resume) a STROP run; writes config.json, metrics.jsonl and checkpoints/."""
-        from strop.checkpoint import CheckpointError
-        from strop.config import ConfigError, make_run_config
-        from strop.trainer import TrainingDiverged, train
+        from strop.training.checkpoint import CheckpointError
+        from strop.training.config import ConfigError, make_run_config
+        from strop.training.trainer import TrainingDiverged, train
 
         try:
             cfg = make_run_config(data, preset, teacher, k, steps, batch_size, sets, config)

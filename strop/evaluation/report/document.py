@@ -14,6 +14,9 @@ import base64
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: What a table cell shows for a value that is missing.
+DASH = "—"
+
 
 @dataclass
 class Table:

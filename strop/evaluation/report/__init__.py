@@ -32,12 +32,12 @@ import os
 from pathlib import Path
 
 from strop import __version__
-from strop.report import downstream, results
-from strop.report.collect import RunData, load_run
-from strop.report.document import Figure, Section, Table
-from strop.report.downstream import BASELINES
-from strop.report.formatting import DASH, flatten_stats, fmt, fmt_ci
-from strop.report.render import inline_code, render_html, render_markdown
+from strop.evaluation.report import downstream, results
+from strop.evaluation.report.collect import RunData, load_run
+from strop.evaluation.report.document import Figure, Section, Table
+from strop.evaluation.report.downstream import BASELINES
+from strop.evaluation.report.formatting import DASH, flatten_stats, fmt, fmt_ci
+from strop.evaluation.report.render import inline_code, render_html, render_markdown
 from strop.runs import RunFolderError, discover_runs
 from strop.scenes import atomic_write_text
 

@@ -1,7 +1,7 @@
 """The resolved configuration of one training run: `RunConfig` and command-line overrides.
 
 `RunConfig` has four sections, each owned by the component it configures: `model`
-(`strop.model.ModelConfig`), `curriculum` (`strop.curriculum.CurriculumConfig`), `train`
+(`strop.model.ModelConfig`), `curriculum` (`strop.training.curriculum.CurriculumConfig`), `train`
 (`TrainConfig`, below) and `data` (`DataConfig`, below). `RunFolder.write_config` stores its
 `model_dump(mode="json")` as `config.json`; `load_run_config` reads it back.
 
@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from strop.curriculum import CurriculumConfig
 from strop.model import ModelConfig
+from strop.training.curriculum import CurriculumConfig
 
 
 class ConfigError(ValueError):

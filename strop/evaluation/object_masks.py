@@ -1,4 +1,5 @@
-"""Object masks from scene pixel coordinates, and their agreement with token attribution.
+"""Object masks from scene pixel coordinates, and the overlap measure used to compare them
+with token attribution (`best_iou`; `strop.evaluation.analyze` gathers the agreement).
 
 Paper Sec. 4 "Program structure", App. D and G:
 
@@ -24,18 +25,12 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from strop import metrics
 from strop.scenes import Scene
 
-if TYPE_CHECKING:
-    from strop.analyze import Accumulator
-
 ATTRIBUTES = ("color", "shape", "material", "size")
-_SHUFFLES = 20
 
 
 def object_radius_px(size: str, depth: float, image_size: int) -> float:
@@ -115,27 +110,3 @@ def best_iou(attribution: np.ndarray, mask: np.ndarray) -> float:
         region = attribution == token
         best = max(best, float((region & mask).sum() / (region | mask).sum()))
     return best
-
-
-def _agreement(
-    attribution: np.ndarray,
-    codes: np.ndarray,
-    labels: np.ndarray,
-    scene: Scene,
-    rng: np.random.Generator,
-    acc: Accumulator,
-) -> None:
-    """Into `acc`: each object's best IoU and shuffled chance, its patches' (attribute, code) pairs."""
-    on_object = labels >= 0
-    for i in np.unique(labels[on_object]):
-        mask = labels == i
-        acc.iou.append(best_iou(attribution, mask))
-        acc.iou_shuffled.append(
-            float(np.mean([best_iou(rng.permutation(attribution), mask) for _ in range(_SHUFFLES)]))
-        )
-        acc.n_objects_masked += 1
-        obj = scene.objects[int(i)]
-        for attr in ATTRIBUTES:
-            acc.attr_pairs[attr] += [(getattr(obj, attr), int(codes[t])) for t in attribution[mask]]
-    if on_object.any():
-        acc.object_token_nmi.append(metrics.nmi(labels[on_object], attribution[on_object]))

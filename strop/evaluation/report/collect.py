@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from strop.report.formatting import DASH
+from strop.evaluation.report.document import DASH
 from strop.runs import Programs, RunFolder, RunFolderError, read_json
 
 

@@ -9,7 +9,7 @@ Design decisions
   DINOv3 teacher forces 16-pixel patches whatever the preset says.
 - The paper leaves the loss weights, the diversity temperature and the dead-code threshold
   unstated; the defaults here are our choices.
-- The config lives apart from `strop.model` so that `strop.config` (the run config) can use it
+- The config lives apart from `strop.model` so that `strop.training.config` (the run config) can use it
   without importing the network; `strop.model` re-exports every name here.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from strop.teachers import teacher_dim
+from strop.model.teachers import teacher_dim
 
 __all__ = ["PRESETS", "ModelConfig", "TeacherName"]
 
@@ -113,7 +113,7 @@ class ModelConfig(BaseModel):
         None, gt=0, description="channels after the pixel probe's stem"
     )
     attention: Literal["split", "masked"] = Field(
-        "split", description="attention layout (see strop.generator)"
+        "split", description="attention layout (see strop.model.generator)"
     )
 
     @model_validator(mode="before")

@@ -52,17 +52,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from strop import checkpoint as ckpt
-from strop import curriculum as cur
-from strop import distributed as distr
-from strop import losses, train_data
-from strop.config import RunConfig
-from strop.curriculum import OracleState, TargetBank
-from strop.interpreter import prefix_mask
+from strop.model import losses
+from strop.model.interpreter import prefix_mask
 from strop.runs import RunFolder
-from strop.train_log import MetricLog, ProgressBar
-from strop.train_optim import build_optimizer, build_scheduler, lr_factor
-from strop.train_resume import resolve_config
+from strop.training import checkpoint as ckpt
+from strop.training import curriculum as cur
+from strop.training import data as train_data
+from strop.training import distributed as distr
+from strop.training.config import RunConfig
+from strop.training.curriculum import OracleState, TargetBank
+from strop.training.log import MetricLog, ProgressBar
+from strop.training.optim import build_optimizer, build_scheduler, lr_factor
+from strop.training.resume import resolve_config
 
 __all__ = ["TrainForward", "Trainer", "TrainingDiverged", "lr_factor", "train"]
 
@@ -356,8 +357,8 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Alignment (cos, R^2) and CB% on the validation split, with the lengths in use."""
-        from strop.length_head import round_lengths
         from strop.metrics import FieldStats, code_counts, codebook_usage
+        from strop.model.length_head import round_lengths
 
         m = self.cfg.model
         phase = cur.phase_at(self.step, self.cfg.curriculum)

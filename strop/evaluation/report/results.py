@@ -12,7 +12,7 @@ Design decisions
   recomputed from programs.parquet when the programs carry object counts.
 - Code usage is recounted from programs.parquet (active-prefix tokens), not read from eval.json,
   so it needs only an export.
-- Figures drawn here (`strop.plots`) are written into the report's `figures/` folder.
+- Figures drawn here (`strop.evaluation.plots`) are written into the report's `figures/` folder.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from strop import metrics
-from strop.plots import plot_length_vs_objects, plot_training_curves
-from strop.report.collect import RunData
-from strop.report.document import Figure, Section, Table
-from strop.report.formatting import fmt, fmt_ci, label, stats_table
+from strop.evaluation.plots import plot_length_vs_objects, plot_training_curves
+from strop.evaluation.report.collect import RunData
+from strop.evaluation.report.document import Figure, Section, Table
+from strop.evaluation.report.formatting import fmt, fmt_ci, label, stats_table
 
 
 def overview(runs: list[RunData], experiment: Path) -> Section:

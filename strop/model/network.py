@@ -6,9 +6,9 @@
     tokens[:L] -> Interpreter -> F_hat (B, P, D)        trained against F
     sg(F_hat) -> PixelDecoder -> image                  inspection only
 
-The configuration (`ModelConfig`, `PRESETS`) lives in `strop.model_config` and the cost
-accounting (`count_parameters`, `model_flops`, `describe`) in `strop.model_cost`; both are
-re-exported here, so `from strop.model import ...` keeps working for every name.
+The configuration (`ModelConfig`, `PRESETS`) lives in `strop.model.config`, the cost
+accounting (`count_parameters`, `model_flops`) in `strop.model.cost` and the weightless
+`describe` in `strop.model.info`; the package `strop.model` re-exports the public names.
 
 Design decisions
 - The teacher is held outside the module tree (`object.__setattr__`): it is not in
@@ -20,7 +20,7 @@ Design decisions
   the hot path (generate + interpret at given lengths) for `torch.compile`.
 - `encode`/`interpret` are the inference API: `interpret` runs each distinct length on its
   prefix alone (no padded positions are ever passed at inference, as the paper specifies).
-- `flops_per_image` reports the analytic FLOPs of `strop.model_cost` (the trainer logs MFU
+- `flops_per_image` reports the analytic FLOPs of `strop.model.cost` (the trainer logs MFU
   from it); parameter counts and FLOPs follow the paper's definitions described there.
 - The model records its own config as `_extra_state` in the state_dict, so
   `load_state_dict_checked` can say "this checkpoint is preset M on dinov3-b" instead of
@@ -35,29 +35,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from strop.generator import Generator, init_weights
-from strop.interpreter import Interpreter, prefix_mask
-from strop.length_head import LengthHead, round_lengths
-from strop.model_config import PRESETS, ModelConfig, TeacherName
-from strop.model_cost import count_parameters, describe, model_flops
-from strop.pixel_decoder import PixelDecoder
-from strop.quantizer import QuantizerOut, VectorQuantizer
-from strop.teachers import Teacher, build_teacher, teacher_flops
+from strop.model.config import ModelConfig
+from strop.model.cost import model_flops
+from strop.model.generator import Generator, init_weights
+from strop.model.interpreter import Interpreter, prefix_mask
+from strop.model.length_head import LengthHead, round_lengths
+from strop.model.pixel_decoder import PixelDecoder
+from strop.model.quantizer import QuantizerOut, VectorQuantizer
+from strop.model.teachers import Teacher, build_teacher, teacher_flops
 
-__all__ = [
-    "PRESETS",
-    "ForwardOut",
-    "GenOut",
-    "ModelConfig",
-    "Strop",
-    "TeacherName",
-    "build_model",
-    "count_parameters",
-    "describe",
-    "model_flops",
-    "prefix_mask",
-    "round_lengths",
-]
+__all__ = ["ForwardOut", "GenOut", "Strop", "build_model"]
 
 
 @dataclass
@@ -332,7 +319,7 @@ class Strop(nn.Module):
     # ------------------------------------------------------------------ accounting
 
     def flops_per_image(self, include_teacher: bool = False) -> int:
-        """Analytic forward matmul FLOPs per image at L = L_max (see `strop.model_cost`)."""
+        """Analytic forward matmul FLOPs per image at L = L_max (see `strop.model.cost`)."""
         flops = model_flops(self.cfg, self.interpreter.proj_out.out_features)
         if include_teacher:
             flops += teacher_flops(self.cfg.teacher, self.cfg.image_size, self.cfg.patch_size)

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from strop.config import RunConfig
     from strop.model import Strop
+    from strop.training.config import RunConfig
 
 LAST = "last.pt"
 CHECKPOINT_FORMAT = 1
@@ -183,8 +183,8 @@ def load_model(
 ) -> tuple[Strop, RunConfig]:
     """Rebuild the trained model (teacher included) from `config.json` and a checkpoint, in
     eval mode, with its `RunConfig`."""
-    from strop.config import load_run_config
     from strop.model import build_model
+    from strop.training.config import load_run_config
 
     cfg = load_run_config(run_dir)
     path = resolve_checkpoint(run_dir, which)

@@ -5,8 +5,8 @@ Design decisions
   rendered twice: Markdown with figures linked by path relative to the output folder, and
   HTML through a Jinja template with figures embedded as base64 data URIs so the page is a
   single file.
-- The template stays in `strop/report_templates/report.html.j2` (package data
-  `strop = ["report_templates/*.j2"]` in pyproject.toml).
+- The template stays in `strop/evaluation/report/templates/report.html.j2` (package data
+  `strop = ["evaluation/report/templates/*.j2"]` in pyproject.toml).
 - Notes and paragraphs name commands in Markdown `code` spans; the HTML escapes the text
   first, then turns those spans into `<code>`.
 - The HTML marks `<body data-images-loaded="true">` once every image has decoded, which the
@@ -22,9 +22,9 @@ from pathlib import Path
 from markupsafe import Markup, escape
 
 from strop import __version__
-from strop.report.document import Section, Table
+from strop.evaluation.report.document import Section, Table
 
-_TEMPLATES = Path(__file__).parent.parent / "report_templates"
+_TEMPLATES = Path(__file__).parent / "templates"
 
 
 def _md_table(t: Table) -> list[str]:

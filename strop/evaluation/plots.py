@@ -1,7 +1,7 @@
 """Figures of evaluation, analysis and the report (matplotlib, Agg backend, PNG files).
 
 Each function takes plain arrays or rows and a path, writes one PNG and returns its path
-(or None when there is nothing to draw), so `strop.analyze` and `strop.report` share them
+(or None when there is nothing to draw), so `strop.evaluation.analyze` and `strop.evaluation.report` share them
 and a figure can be redrawn from files alone.
 
 Design decisions

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from strop import metrics
-from strop.export import (
+from strop.evaluation.export import (
     LengthMode,
     dataset_path,
     encode_batch,

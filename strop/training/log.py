@@ -16,10 +16,10 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from strop import curriculum as cur
-from strop.config import ConfigError
 from strop.runs import RunFolder, read_jsonl
 from strop.scenes import atomic_write_text
+from strop.training import curriculum as cur
+from strop.training.config import ConfigError
 
 
 class MetricLog:

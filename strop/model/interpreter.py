@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from strop.generator import Block
+from strop.model.generator import Block
 
 
 def prefix_mask(lengths: torch.Tensor, l_max: int) -> torch.Tensor:
@@ -41,7 +41,7 @@ class Interpreter(nn.Module):
         n_patches: number of grid queries P (the teacher's patch count).
         teacher_dim: output width D.
         l_max: longest program.
-        layout: attention layout ("split" or "masked"), see `strop.generator`.
+        layout: attention layout ("split" or "masked"), see `strop.model.generator`.
     """
 
     def __init__(

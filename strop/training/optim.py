@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from strop.config import RunConfig
+from strop.training.config import RunConfig
 
 
 def lr_factor(step: int, warmup: int, hold: int, total: int, floor: float) -> float:

@@ -41,7 +41,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from strop.losses import commitment_loss, diversity_loss
+from strop.model.losses import commitment_loss, diversity_loss
 
 
 @dataclass

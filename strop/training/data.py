@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from strop import distributed as distr
-from strop.config import ConfigError, RunConfig
+from strop.training import distributed as distr
+from strop.training.config import ConfigError, RunConfig
 
 
 class IndexedDataset(Dataset):
@@ -47,7 +47,7 @@ def build_split(cfg: RunConfig, split: str) -> tuple[Dataset, bool]:
 
     size = cfg.model.image_size
     if cfg.data.feature_cache:
-        from strop.feature_cache import FeatureCacheDataset
+        from strop.model.feature_cache import FeatureCacheDataset
 
         images = None
         if cfg.train.pixel_decoder and cfg.data.path:

@@ -8,7 +8,7 @@ Design decisions
 - Length modes: `head` (the length head's rounded prediction, the paper's inference rule),
   `fixed` (all L_max tokens; the paper's Table 15 baseline) and `search:EPS`, the post-hoc
   search that ALIT/ElasticTok-style tokenizers run at inference (paper Sec. 3): the shortest
-  prefix, from L_min up, whose alignment error `strop.losses.align_error` (the training
+  prefix, from L_min up, whose alignment error `strop.model.losses.align_error` (the training
   objective's per-sample error, with the run's w_mse) is <= EPS; L_max when none is.
 - The search interprets every (image, prefix length) pair in one batched call over
   `interpret_tokens` (masked prefixes, static shape), chunked to bound memory, instead of a
@@ -38,8 +38,8 @@ from strop.runs import Programs, RunFolder, write_programs
 if TYPE_CHECKING:
     import torch
 
-    from strop.config import RunConfig
     from strop.model import Strop
+    from strop.training.config import RunConfig
 
 
 class LengthModeError(ValueError):
@@ -105,7 +105,7 @@ def load_run_model(
     run_dir: str | os.PathLike[str], checkpoint: str = "last", device: str = "auto"
 ) -> tuple[Strop, RunConfig, Any]:
     """(model in eval mode on its device, RunConfig, torch.device)."""
-    from strop.checkpoint import load_model
+    from strop.training.checkpoint import load_model
 
     dev = resolve_device(device)
     model, cfg = load_model(run_dir, which=checkpoint, map_location=dev)
@@ -197,7 +197,7 @@ def search_lengths(
     """
     import torch
 
-    from strop.losses import align_error
+    from strop.model.losses import align_error
 
     b, l_max = tokens.shape[0], tokens.shape[1]
     candidates = torch.arange(l_min, l_max + 1, device=tokens.device)

@@ -38,10 +38,10 @@ Design decisions (the paper leaves these open; each constant is a documented con
   oracle keeps running in phases 3-5 (probes around the random or predicted length), which
   refreshes the targets the head trains on. Under DDP the trainer gathers (index, target)
   pairs from every rank so every rank holds the same bank; rank 0 checkpoints it.
-- The phase-3 loss itself (eq. 6) is `strop.losses.length_loss`, weighted by the model's `w_len`;
+- The phase-3 loss itself (eq. 6) is `strop.model.losses.length_loss`, weighted by the model's `w_len`;
   its gradient reaches the head only because the model detaches the head's input.
 - Predicted lengths are `clip(round(L_hat), L_min, L_max)`, the inference rule of the paper,
-  through `strop.length_head.round_lengths` (the one place that rounds `L_hat`).
+  through `strop.model.length_head.round_lengths` (the one place that rounds `L_hat`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from strop.length_head import round_lengths
+from strop.model.length_head import round_lengths
 
 FIXED_PHASE = 0
 PREDICTED_PHASE = 5

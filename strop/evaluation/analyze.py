@@ -3,9 +3,9 @@
 For each analysed image with program length L:
 
 - counterfactual erasure `E_j(p)` of every active token j on every patch p, and pair synergy
-  `S_jk(p)` for adjacent, random non-adjacent and inactive-control pairs (`strop.erasure`);
+  `S_jk(p)` for adjacent, random non-adjacent and inactive-control pairs (`strop.evaluation.erasure`);
 - attribution `A(p) = argmax_j E_j(p)` and its agreement with object masks built from the
-  scene's `pixel_coords`, against a spatially shuffled chance level (`strop.object_masks`);
+  scene's `pixel_coords`, against a spatially shuffled chance level (`strop.evaluation.object_masks`);
 - the attribute-token contingency table: every object patch counts once for (attribute value,
   code of the token attributed to that patch); purity is the NMI between code and attribute
   over those patches.
@@ -32,14 +32,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from strop import metrics
-from strop.erasure import (
+from strop.evaluation.erasure import (
     choose_pairs,
     erased_fields,
     erasure_maps,
     erasure_order,
     pair_synergy,
 )
-from strop.export import (
+from strop.evaluation.export import (
     dataset_path,
     encode_batch,
     load_run_model,
@@ -47,10 +47,9 @@ from strop.export import (
     parse_length_mode,
     progress_batches,
 )
-from strop.object_masks import (
+from strop.evaluation.object_masks import (
     ATTRIBUTES,
     CLEVR_FRAME,
-    _agreement,
     best_iou,
     object_label_map,
     object_radius_px,
@@ -64,14 +63,14 @@ if TYPE_CHECKING:
 
     from strop.model import Strop
 
-# Re-exported: callers and tests import these from `strop.analyze`.
+# Re-exported: callers and tests import these from `strop.evaluation.analyze`.
 __all__ = [
     "ATTRIBUTES",
     "CLEVR_FRAME",
     "Accumulator",
-    "_agreement",
     "analyse_image",
     "analyze_run",
+    "record_agreement",
     "best_iou",
     "choose_pairs",
     "contingency_table",
@@ -136,8 +135,36 @@ def analyse_image(
         acc.synergy[kind] += np.abs(syn[start : start + n]).mean(axis=1).tolist()
         start += n
     if length >= 1 and labels is not None and scene is not None:
-        _agreement(e_single[:length].argmax(axis=0), codes, labels, scene, rng, acc)
+        record_agreement(e_single[:length].argmax(axis=0), codes, labels, scene, rng, acc)
     return e_single
+
+
+#: Shuffled attributions per object for the chance level of its best IoU.
+_SHUFFLES = 20
+
+
+def record_agreement(
+    attribution: np.ndarray,
+    codes: np.ndarray,
+    labels: np.ndarray,
+    scene: Scene,
+    rng: np.random.Generator,
+    acc: Accumulator,
+) -> None:
+    """Into `acc`: each object's best IoU and shuffled chance, its patches' (attribute, code) pairs."""
+    on_object = labels >= 0
+    for i in np.unique(labels[on_object]):
+        mask = labels == i
+        acc.iou.append(best_iou(attribution, mask))
+        acc.iou_shuffled.append(
+            float(np.mean([best_iou(rng.permutation(attribution), mask) for _ in range(_SHUFFLES)]))
+        )
+        acc.n_objects_masked += 1
+        obj = scene.objects[int(i)]
+        for attr in ATTRIBUTES:
+            acc.attr_pairs[attr] += [(getattr(obj, attr), int(codes[t])) for t in attribution[mask]]
+    if on_object.any():
+        acc.object_token_nmi.append(metrics.nmi(labels[on_object], attribution[on_object]))
 
 
 # --------------------------------------------------------------------------- summary
@@ -313,7 +340,7 @@ def _programs_codes(run: RunFolder, k: int) -> list[np.ndarray] | None:
 def _figures(
     fig_dir: Path, panels, grid, contingency: dict[str, Any], run: RunFolder, acc: Accumulator
 ) -> None:
-    from strop.plots import plot_contingency, plot_erasure_panel, plot_length_vs_objects
+    from strop.evaluation.plots import plot_contingency, plot_erasure_panel, plot_length_vs_objects
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     for image_id, image, maps, labels, length in panels:

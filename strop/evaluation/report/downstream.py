@@ -23,9 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from strop.report.collect import RunData
-from strop.report.document import Figure, Section, Table
-from strop.report.formatting import DASH, fmt, stats_table
+from strop.evaluation.report.collect import RunData
+from strop.evaluation.report.document import Figure, Section, Table
+from strop.evaluation.report.formatting import DASH, fmt, stats_table
 
 BASELINES = ("naive", "knn")
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from strop import checkpoint as ckpt
-from strop.config import ConfigError, RunConfig, load_run_config
 from strop.runs import RunFolder
+from strop.training import checkpoint as ckpt
+from strop.training.config import ConfigError, RunConfig, load_run_config
 
 # Fields that may change between a run and its resumption (they do not change the result).
 RESUMABLE_CHANGES = {

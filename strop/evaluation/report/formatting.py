@@ -13,16 +13,12 @@ Design decisions
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from strop.report.document import Table
-
-if TYPE_CHECKING:
-    from strop.report.collect import RunData
-
-DASH = "—"
+from strop.evaluation.report.collect import RunData
+from strop.evaluation.report.document import DASH, Table
 
 
 def fmt(value: Any, digits: int = 3) -> str:

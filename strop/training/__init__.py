@@ -1,0 +1,15 @@
+"""Training STROP (paper Sec. 2.2-2.3): the four-phase length curriculum and the trainer.
+
+    config        `RunConfig` = model + curriculum + train + data, loaded and validated at the edge
+    curriculum    the four phases as pure functions of (step, config, statistics)
+    trainer       the flat, timed training step and the loop around it
+    data          datasets and loaders for training (seeded, resumable position)
+    optim         AdamW groups and the warmup-hold-cosine schedule
+    log           `metrics.jsonl`, TensorBoard, the progress bar
+    checkpoint    atomic checkpoints, RNG state, `load_model`
+    resume        which configuration a run may be resumed with
+    distributed   DDP via torchrun
+
+Import the module you need (`from strop.training.trainer import train`); this package
+imports nothing itself, so `strop.training.config` stays importable without the trainer.
+"""
