@@ -1,7 +1,8 @@
 """`strop-grammar`: mine program corpora for n-gram and pair-reuse structure against nulls.
 
 Errors in the input (empty corpus, codes outside [0, K), mixed K, a run without programs) are
-printed as one line on stderr and exit with status 2; no traceback reaches the user.
+printed as one line on stderr and exit with status 1 (the work failed); a bad option value
+exits 2 (usage), as in every STROP tool (`strop.cli_app`). No traceback reaches the user.
 """
 
 from __future__ import annotations
@@ -11,16 +12,12 @@ from pathlib import Path
 import typer
 
 from grammar import __version__
-from strop.cli_app import make_app
+from strop.cli_app import Commands, exit_on, make_app
 
-app = make_app(
-    "strop-grammar",
-    __version__,
-    "Mine STROP program corpora: n-grams, pair reuse, null models, Re-Pair grammars.",
-)
+commands = Commands()
 
 
-@app.command()
+@commands.command("mine")
 def mine(
     path: Path = typer.Argument(
         ...,
@@ -56,7 +53,7 @@ def mine(
     from grammar.mine import mine_path
     from strop.runs import RunFolderError
 
-    try:
+    with exit_on(usage=(ValidationError,), failed=(CorpusError, RunFolderError)):
         summaries = mine_path(
             path,
             out=out,
@@ -70,17 +67,18 @@ def mine(
             repair_max_tokens=repair_max_tokens,
             ngram_min_count=ngram_min_count,
         )
-    except (CorpusError, RunFolderError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        typer.echo(f"error: option {'.'.join(map(str, first['loc']))}: {first['msg']}", err=True)
-        raise typer.Exit(2) from None
     for s in summaries:
         typer.echo(
             f"{s['run']}: {s['n_programs']} programs, {s['n_tokens']} codes -> {s['output_dir']}"
         )
+
+
+app = make_app(
+    "strop-grammar",
+    __version__,
+    "Mine STROP program corpora: n-grams, pair reuse, null models, Re-Pair grammars.",
+    commands,
+)
 
 
 def main() -> None:

@@ -2,8 +2,9 @@
 
 Design decisions
 - Options map one-to-one onto `DecodeConfig` fields; pydantic validates them, and every
-  failure at the edge (bad run folder, template, option, unreachable backend) is printed as
-  one line with exit code 2, never a traceback, and never with the API key in it.
+  failure at the edge is printed as one line, never a traceback, and never with the API key
+  in it: a bad option or template exits 2 (usage); a run folder, scenes file or backend that
+  fails exits 1 (the work failed), as in every STROP tool (`strop.cli_app`).
 - The progress bar counts done and failed requests and shows completion tokens per second.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 from pydantic import ValidationError
@@ -26,19 +27,15 @@ from llm_decode.prompting import PromptError
 from llm_decode.protocol import ProtocolConfig
 from llm_decode.report import build_report
 from llm_decode.runner import DecodeConfig, check_config, decode
-from strop.cli_app import make_app
+from strop.cli_app import EXIT_FAILED, EXIT_USAGE, Commands, make_app
 from strop.runs import RunFolderError
 from strop.scenes import SceneFileError
 
-app = make_app(
-    "strop-llm",
-    __version__,
-    "Few-shot decoding of CLEVR scenes from STROP programs with LLMs, and its scores.",
-)
+commands = Commands()
 console = Console(stderr=True)
 
 
-def _fail(message: str, secrets: list[str | None]) -> None:
+def _fail(message: str, secrets: list[str | None], *, usage: bool = False) -> None:
     # soft_wrap: one line stays one line (greppable), whatever the terminal width
     console.print(
         f"[red]error:[/red] {escape(redact(message, secrets))}",
@@ -46,10 +43,10 @@ def _fail(message: str, secrets: list[str | None]) -> None:
         highlight=False,
         soft_wrap=True,
     )
-    raise typer.Exit(2)
+    raise typer.Exit(EXIT_USAGE if usage else EXIT_FAILED)
 
 
-@app.command("decode")
+@commands.command("decode")
 def decode_command(
     model: str | None = typer.Option(
         None,
@@ -96,14 +93,14 @@ def decode_command(
     secret = os.environ.get(api_key_env)
     if model is None:
         if backend not in ("naive", "knn"):
-            _fail("--model is required for the openai and vllm backends", [secret])
+            _fail("--model is required for the openai and vllm backends", [secret], usage=True)
         model = backend
     try:
         cfg = DecodeConfig(
             model=model,
             k=k,
             runs=runs,
-            backend=backend,  # type: ignore[arg-type]  (validated by pydantic)
+            backend=cast(Any, backend),  # a plain str here; pydantic validates the Literal
             base_url=base_url,
             api_key_env=api_key_env,
             served_id=served_id,
@@ -127,7 +124,7 @@ def decode_command(
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
-        _fail(f"option {field}: {err['msg']} (got {err.get('input')!r})", [secret])
+        _fail(f"option {field}: {err['msg']} (got {err.get('input')!r})", [secret], usage=True)
         return
     except (RunFolderError, BackendError) as exc:
         _fail(str(exc), [secret])
@@ -136,7 +133,11 @@ def decode_command(
     with _DecodeProgress(f"{model} K={k}") as progress:
         try:
             result = decode(cfg, on_row=progress.row, on_start=progress.start)
-        except (RunFolderError, SceneFileError, PromptError, BackendError) as exc:
+        except PromptError as exc:  # the template given on the command line
+            progress.stop()
+            _fail(str(exc), [secret], usage=True)
+            return
+        except (RunFolderError, SceneFileError, BackendError) as exc:
             progress.stop()
             _fail(str(exc), [secret])
             return
@@ -214,7 +215,7 @@ class _DecodeProgress:
         )
 
 
-@app.command("report")
+@commands.command("report")
 def report_command(
     runs: Path = typer.Option(Path("runs/clevr"), "--runs", help="Experiment folder (or one run)."),
 ) -> None:
@@ -226,6 +227,14 @@ def report_command(
         return
     Console().print(table)
     console.print(f"wrote {path}", highlight=False)
+
+
+app = make_app(
+    "strop-llm",
+    __version__,
+    "Few-shot decoding of CLEVR scenes from STROP programs with LLMs, and its scores.",
+    commands,
+)
 
 
 def main() -> None:

@@ -1,33 +1,30 @@
-"""The `strop` command line. Each area registers its commands from `strop.commands.<area>`.
+"""The `strop` command line: the commands each area declares in `strop.commands.<area>`.
 
 Command modules import torch inside the command bodies, so `strop --help` stays fast.
+Exit codes and error lines are shared with `strop-grammar` and `strop-llm` (`strop.cli_app`).
 """
 
 from __future__ import annotations
 
-import importlib
-
 from strop import __version__
 from strop.cli_app import make_app
+from strop.commands import data, evaluation, model, quickstart, train
+
+#: In the order of `strop --help`: data -> model -> training -> evaluation -> pipeline.
+COMMAND_LISTS = (
+    model.commands,
+    train.commands,
+    evaluation.commands,
+    quickstart.commands,
+    data.commands,
+)
 
 app = make_app(
     "strop",
     __version__,
     "STROP: train variable-length visual programs, export, evaluate, analyse and report.",
+    *COMMAND_LISTS,
 )
-
-#: Each module defines `register(app)`; order is the order of `strop --help`.
-COMMAND_MODULES = (
-    "strop.commands.data",
-    "strop.commands.model",
-    "strop.commands.train",
-    "strop.commands.evaluation",
-    "strop.commands.quickstart",
-)
-
-
-for _module in COMMAND_MODULES:
-    importlib.import_module(_module).register(app)
 
 
 def main() -> None:

@@ -264,7 +264,7 @@ def test_cli_commands_end_to_end(run_dir):
     res = runner.invoke(app, ["export", str(run_dir), "--length-mode", "search:x"])
     assert res.exit_code == 2 and "EPS must be a number" in res.output
     res = runner.invoke(app, ["eval", str(run_dir.parent / "nope")])
-    assert res.exit_code == 2 and "config not found" in res.output
+    assert res.exit_code == 1 and "config not found" in res.output
 
 
 def test_attributionrecord_agreement_and_contingency():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
@@ -39,22 +41,127 @@ def test_light_packages_do_not_import_torch(modules: str) -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_strop_help_lists_every_public_command(console_script) -> None:
+#: Every public command (DESIGN.md "Commands") with the start of its own help line.
+COMMANDS = {
+    ("strop",): {
+        "model-info": "Parameter counts, FLOPs per image",
+        "cache-features": "Run the frozen teacher over dataset splits",
+        "train": "Train (or resume) a STROP run",
+        "export": "Encode a dataset split into programs",
+        "eval": "Alignment, codebook usage",
+        "analyze": "Counterfactual erasure",
+        "report": "report.md and a self-contained report.html",
+        "quickstart": "Render scenes, train K=32/64/128",
+        "data": "Scene data: render CLEVR-like scenes",
+    },
+    ("strop", "data"): {
+        "clevr-synth": "Render CLEVR-like scenes into CLEVR's layout",
+        "inspect": "Open a dataset as training would",
+    },
+    ("strop-grammar",): {"mine": "Mine PATH; write summary.json"},
+    ("strop-llm",): {
+        "decode": "Decode --test held-out scenes",
+        "report": "Tabulate every llm/<model>/summary.json",
+    },
+}
+#: Wide enough that no help line wraps, so each command's row is one line.
+WIDE = {**os.environ, "COLUMNS": "250", "TERMINAL_WIDTH": "250"}
+
+
+def command_rows(help_text: str) -> dict[str, str]:
+    """name -> help summary, from the rows of the `Commands` panel of a rich --help."""
+    rows: dict[str, str] = {}
+    in_panel = False
+    for line in help_text.splitlines():
+        if "Commands" in line and line.lstrip().startswith("╭"):
+            in_panel = True
+        elif in_panel and line.lstrip().startswith("╰"):
+            break
+        elif in_panel and (m := re.match(r"^│ (\S+)\s{2,}(.+?)\s*│$", line)):
+            rows[m.group(1)] = m.group(2)
+    return rows
+
+
+@pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
+def test_each_command_is_listed_with_its_own_help_line(path, console_script) -> None:
     out = subprocess.run(
-        [console_script("strop"), "--help"], capture_output=True, text=True, timeout=120
+        [console_script(path[0]), *path[1:], "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=WIDE,
     )
-    for command in (
-        "data",
-        "model-info",
-        "cache-features",
-        "train",
-        "export",
-        "eval",
-        "analyze",
-        "report",
-        "quickstart",
-    ):
-        assert command in out.stdout, f"`strop {command}` missing from --help"
+    assert out.returncode == 0, out.stderr
+    rows = command_rows(out.stdout)
+    assert set(rows) == set(COMMANDS[path]), out.stdout
+    for name, summary in COMMANDS[path].items():
+        assert rows[name].startswith(summary), f"{' '.join(path)} {name}: {rows[name]!r}"
+
+
+def test_command_rows_parser_reads_only_the_commands_panel() -> None:
+    text = (
+        "╭─ Options ─╮\n│ --help   Show this message. │\n╰───╯\n"
+        "╭─ Commands ─╮\n│ train   Train a run. │\n│ eval    Score it. │\n╰───╯\n"
+    )
+    assert command_rows(text) == {"train": "Train a run.", "eval": "Score it."}
+
+
+HELP_PATHS = [
+    [*path, name] for path, names in COMMANDS.items() for name in names if name != "data"
+] + [list(path) for path in COMMANDS]
+
+
+@pytest.mark.parametrize("path", HELP_PATHS, ids=" ".join)
+def test_help_shows_no_value_type_beside_flags(path, console_script) -> None:
+    """Boolean flags (`--help`, `--version`, `--json`, `--progress/--no-progress`) take no
+    value, so their help row must not show one (typer 0.29 prints `<bool>`)."""
+    out = subprocess.run(
+        [console_script(path[0]), *path[1:], "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=WIDE,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--help" in out.stdout
+    assert "<bool>" not in out.stdout
+
+
+#: (command line, expected exit code): 2 = the command line is wrong, 1 = the work failed.
+EXIT_CASES = [
+    (["strop", "train", "--no-such-flag"], 2),
+    (["strop", "model-info", "--preset", "XL"], 2),
+    (["strop", "export", "{tmp}/run", "--length-mode", "sideways"], 2),
+    (["strop", "train", "--data", "{tmp}", "--out", "{tmp}/run", "--set", "train.lr=fast"], 2),
+    (["strop", "export", "{tmp}/not-a-run"], 1),
+    (["strop", "data", "inspect", "{tmp}/no-such-data"], 1),
+    (["strop", "report", "{tmp}/empty"], 1),
+    (["strop-grammar", "mine", "{tmp}/corpus.txt", "--max-n", "0"], 2),
+    (["strop-grammar", "mine", "{tmp}/empty.txt"], 1),
+    (["strop-llm", "decode", "--k", "16", "--backend", "openai"], 2),
+    (["strop-llm", "decode", "--k", "16", "--backend", "naive", "--runs", "{tmp}/empty"], 1),
+    (["strop-llm", "decode", "--k", "16", "--backend", "naive", "--shots", "-1"], 2),
+]
+
+
+@pytest.mark.parametrize(
+    "argv, code", EXIT_CASES, ids=lambda v: " ".join(v[:3]) if isinstance(v, list) else str(v)
+)
+def test_one_exit_code_scheme_for_all_three_tools(argv, code, tmp_path, console_script) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "corpus.txt").write_text("1 2 3\n2 3 4\n")
+    (tmp_path / "empty.txt").write_text("")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    out = subprocess.run(
+        [console_script(args[0]), *args[1:]], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == code, (out.returncode, out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr
+    if code == 1:
+        # Our own failures are one line naming what went wrong.
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
 
 
 def test_prompt_templates_ship_as_package_data() -> None:

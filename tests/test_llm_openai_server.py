@@ -206,7 +206,7 @@ def test_api_key_never_written_or_printed(exp):
             timeout=60,
         )
         outputs += [out.stdout, out.stderr]
-        assert out.returncode == 2 and "rerun" in out.stderr
+        assert out.returncode == 1 and "rerun" in out.stderr
         stats = server.stats()
         assert stats["auth_failures"] == 0 and stats["statuses"]["200"] == 2  # the key was sent
     with FakeServer(require_key="another-key", echo_auth=True) as server:
@@ -219,7 +219,7 @@ def test_api_key_never_written_or_printed(exp):
             timeout=60,
         )
         outputs += [out.stdout, out.stderr]
-        assert out.returncode == 2 and server.stats()["auth_failures"] == 3
+        assert out.returncode == 1 and server.stats()["auth_failures"] == 3
     errors = [r["error"] for p in runs.rglob("results.jsonl") for r in read_jsonl(p) if r["error"]]
     assert any("HTTP 401" in e for e in errors)
     assert any("HTTP 400" in e and "Bearer ***" in e for e in errors)

@@ -263,7 +263,7 @@ def test_cli_reports_bad_override_in_one_line(clevr, tmp_path):
     from strop.cli import app
 
     result = CliRunner().invoke(app, cli_args(clevr, tmp_path / "run", 4, "train.lrr=1"))
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error: the command line names an unknown key
     assert "unknown key 'train.lrr'" in result.output and "Traceback" not in result.output
 
 

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import typer
 
-data_app = typer.Typer(
-    help="Scene data: render CLEVR-like scenes, check dataset folders.",
-    no_args_is_help=True,
-)
+from strop.cli_app import Commands, exit_on
+
+commands = Commands("data", help="Scene data: render CLEVR-like scenes, check dataset folders.")
 
 
 def _parse_splits(text: str) -> tuple[float, float, float]:
@@ -31,10 +30,10 @@ def _parse_splits(text: str) -> tuple[float, float, float]:
         raise typer.BadParameter(
             f"expected three non-negative fractions (train,val,test), got {text!r}"
         )
-    return parts  # type: ignore[return-value]
+    return parts[0], parts[1], parts[2]
 
 
-@data_app.command("clevr-synth")
+@commands.command("clevr-synth")
 def clevr_synth(
     n: int = typer.Option(1000, "--n", min=1, help="Number of scenes over all splits."),
     size: int = typer.Option(128, "--size", min=8, help="Image side in pixels (square)."),
@@ -68,7 +67,7 @@ def clevr_synth(
     )
 
 
-@data_app.command("inspect")
+@commands.command("inspect")
 def inspect(
     path: str = typer.Argument(..., help="A CLEVR folder, an image folder, or a datasets copy."),
     split: str = typer.Option("train", "--split", help="Split to open."),
@@ -80,14 +79,11 @@ def inspect(
     """Open a dataset as training would and print what it holds; fail with one clear line."""
     from strop.data.datasets import DataError, build_dataset
 
-    try:
+    with exit_on(failed=(DataError,)):
         dataset = build_dataset(path, split, image_size)
         count = len(dataset) if check_all else min(len(dataset), 1)
         for i in range(count):
             item = dataset[i]
-    except DataError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     known = [n for n in getattr(dataset, "n_objects_list", []) if n >= 0]
     typer.echo(f"{type(dataset).__name__}: {len(dataset)} images, split {split}")
     typer.echo(f"first item: image {tuple(item['image'].shape)}, id {item['image_id']}")
@@ -95,8 +91,3 @@ def inspect(
         typer.echo(
             f"objects per scene: {min(known)}-{max(known)}, mean {sum(known) / len(known):.2f}"
         )
-
-
-def register(app: typer.Typer) -> None:
-    """Add the `data` sub-app to `app`."""
-    app.add_typer(data_app, name="data")

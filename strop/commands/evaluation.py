@@ -1,8 +1,8 @@
 """`strop export`, `strop eval`, `strop analyze`, `strop report`.
 
 Torch and the model are imported inside the command bodies so `strop --help` stays fast.
-Errors at the edge (a bad run folder, config, checkpoint, length mode or dataset) print one
-line and exit with status 2; anything else is a bug and keeps its traceback.
+Errors at the edge print one line: a bad `--length-mode` exits 2 (usage); a run folder, checkpoint, scenes file or dataset that cannot be used exits 1 (the work failed).
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,15 +11,28 @@ from pathlib import Path
 
 import typer
 
-#: ConfigError, RunFolderError and SceneFileError are ValueErrors; CheckpointError is added by
-#: `_model_errors` (importing it imports torch, which `strop report` does not need).
-_EDGE_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+from strop.cli_app import Commands, exit_on
+
+commands = Commands()
+
+#: Exit 1: the run folder, scenes, dataset or (added by `_model_errors`) checkpoint failed.
+_WORK_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """Exit 2: the command line is wrong (a `--length-mode` that does not parse). It is a
+    ValueError too; `exit_on` tries the usage errors first. A ConfigError here comes from the
+    run's own config.json, so it is a failure of the run folder (exit 1)."""
+    from strop.evaluation.export import LengthModeError
+
+    return (LengthModeError,)
 
 
 def _model_errors() -> tuple[type[BaseException], ...]:
+    # Importing CheckpointError imports torch, which `strop report` does not need.
     from strop.training.checkpoint import CheckpointError
 
-    return (*_EDGE_ERRORS, CheckpointError)
+    return (*_WORK_ERRORS, CheckpointError)
 
 
 RUN_ARG = typer.Argument(
@@ -49,135 +62,113 @@ DEVICE_OPT = typer.Option("auto", "--device", help="auto (CUDA when available), 
 CKPT_OPT = typer.Option("last", "--checkpoint", help="last, a step number, or a .pt path.")
 
 
-def _fail(exc: BaseException) -> None:
-    typer.echo(
-        f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
-        err=True,
-    )
-    raise typer.Exit(2)
+@commands.command("export")
+def export_cmd(
+    run: Path = RUN_ARG,
+    split: str = EXPORT_SPLIT_OPT,
+    length_mode: str | None = MODE_OPT,
+    data: Path | None = DATA_OPT,
+    batch_size: int = BATCH_OPT,
+    limit: int | None = LIMIT_OPT,
+    device: str = DEVICE_OPT,
+    checkpoint: str = CKPT_OPT,
+    out: Path | None = typer.Option(
+        None, "--out", help="Output file; default RUN/programs.parquet."
+    ),
+) -> None:
+    """Encode a dataset split into programs: RUN/programs.parquet (one row per image)."""
+    from strop.evaluation.export import export_programs
 
-
-def register(app: typer.Typer) -> None:
-    """Add export, eval, analyze and report to `app`."""
-
-    @app.command("export")
-    def export_cmd(
-        run: Path = RUN_ARG,
-        split: str = EXPORT_SPLIT_OPT,
-        length_mode: str | None = MODE_OPT,
-        data: Path | None = DATA_OPT,
-        batch_size: int = BATCH_OPT,
-        limit: int | None = LIMIT_OPT,
-        device: str = DEVICE_OPT,
-        checkpoint: str = CKPT_OPT,
-        out: Path | None = typer.Option(
-            None, "--out", help="Output file; default RUN/programs.parquet."
-        ),
-    ) -> None:
-        """Encode a dataset split into programs: RUN/programs.parquet (one row per image)."""
-        from strop.evaluation.export import export_programs
-
-        errors = _model_errors()
-
-        try:
-            path = export_programs(
-                run,
-                split=split,
-                length_mode=length_mode,
-                data=data,
-                batch_size=batch_size,
-                limit=limit,
-                device=device,
-                checkpoint=checkpoint,
-                out=out,
-            )
-        except errors as exc:
-            _fail(exc)
-        typer.echo(f"wrote {path}")
-
-    @app.command("eval")
-    def eval_cmd(
-        run: Path = RUN_ARG,
-        split: str = SPLIT_OPT,
-        length_mode: str | None = MODE_OPT,
-        data: Path | None = DATA_OPT,
-        batch_size: int = BATCH_OPT,
-        limit: int | None = LIMIT_OPT,
-        device: str = DEVICE_OPT,
-        checkpoint: str = CKPT_OPT,
-    ) -> None:
-        """Alignment, codebook usage, pixel SSIM, bits and length-vs-complexity: RUN/eval.json."""
-        from strop.evaluation.evaluate import evaluate_run
-
-        errors = _model_errors()
-
-        try:
-            result = evaluate_run(
-                run,
-                split=split,
-                length_mode=length_mode,
-                data=data,
-                batch_size=batch_size,
-                limit=limit,
-                device=device,
-                checkpoint=checkpoint,
-            )
-        except errors as exc:
-            _fail(exc)
-        lv = result["length_vs_objects"]
-        typer.echo(
-            f"cos {result['cos']:.4f}  r2 {result['r2']:.4f}  rmse {result['rmse']:.4f}  ssim {result['ssim']:.3f}  "
-            f"CB% {result['cb_pct']:.1f}  Eff% {result['eff_pct']:.1f}  length {result['length_mean']:.2f}  "
-            f"pearson {lv['pearson'] if lv['pearson'] is None else round(lv['pearson'], 3)}  -> {Path(run) / 'eval.json'}"
+    with exit_on(usage=_usage_errors(), failed=_model_errors()):
+        path = export_programs(
+            run,
+            split=split,
+            length_mode=length_mode,
+            data=data,
+            batch_size=batch_size,
+            limit=limit,
+            device=device,
+            checkpoint=checkpoint,
+            out=out,
         )
+    typer.echo(f"wrote {path}")
 
-    @app.command("analyze")
-    def analyze_cmd(
-        run: Path = RUN_ARG,
-        n_images: int = typer.Option(16, "--n-images", min=1, help="Images to analyse by erasure."),
-        split: str = SPLIT_OPT,
-        data: Path | None = DATA_OPT,
-        n_random_pairs: int = typer.Option(
-            64, "--random-pairs", min=1, help="Random active pairs per image."
-        ),
-        seed: int = typer.Option(0, "--seed", help="Seed of the random pair draw."),
-        device: str = DEVICE_OPT,
-        checkpoint: str = CKPT_OPT,
-    ) -> None:
-        """Counterfactual erasure, attribution vs object masks, pair synergy, code reuse: RUN/analysis/."""
-        from strop.evaluation.analyze import analyze_run
 
-        errors = _model_errors()
+@commands.command("eval")
+def eval_cmd(
+    run: Path = RUN_ARG,
+    split: str = SPLIT_OPT,
+    length_mode: str | None = MODE_OPT,
+    data: Path | None = DATA_OPT,
+    batch_size: int = BATCH_OPT,
+    limit: int | None = LIMIT_OPT,
+    device: str = DEVICE_OPT,
+    checkpoint: str = CKPT_OPT,
+) -> None:
+    """Alignment, codebook usage, pixel SSIM, bits and length-vs-complexity: RUN/eval.json."""
+    from strop.evaluation.evaluate import evaluate_run
 
-        try:
-            result = analyze_run(
-                run,
-                split=split,
-                n_images=n_images,
-                data=data,
-                n_random_pairs=n_random_pairs,
-                seed=seed,
-                device=device,
-                checkpoint=checkpoint,
-            )
-        except errors as exc:
-            _fail(exc)
-        typer.echo(f"analysed {result['n_images']} images -> {Path(run) / 'analysis'}")
+    with exit_on(usage=_usage_errors(), failed=_model_errors()):
+        result = evaluate_run(
+            run,
+            split=split,
+            length_mode=length_mode,
+            data=data,
+            batch_size=batch_size,
+            limit=limit,
+            device=device,
+            checkpoint=checkpoint,
+        )
+    lv = result["length_vs_objects"]
+    typer.echo(
+        f"cos {result['cos']:.4f}  r2 {result['r2']:.4f}  rmse {result['rmse']:.4f}  ssim {result['ssim']:.3f}  "
+        f"CB% {result['cb_pct']:.1f}  Eff% {result['eff_pct']:.1f}  length {result['length_mean']:.2f}  "
+        f"pearson {lv['pearson'] if lv['pearson'] is None else round(lv['pearson'], 3)}  -> {Path(run) / 'eval.json'}"
+    )
 
-    @app.command("report")
-    def report_cmd(
-        experiment: Path = typer.Argument(
-            ..., help="Experiment folder (its sub-runs) or a single run.", show_default=False
-        ),
-        out: Path | None = typer.Option(
-            None, "--out", help="Output folder; default: the experiment folder."
-        ),
-    ) -> None:
-        """report.md and a self-contained report.html comparing every sub-run."""
-        from strop.evaluation.report import build_report
 
-        try:
-            md, html = build_report(experiment, out_dir=out)
-        except _EDGE_ERRORS as exc:
-            _fail(exc)
-        typer.echo(f"wrote {md} and {html}")
+@commands.command("analyze")
+def analyze_cmd(
+    run: Path = RUN_ARG,
+    n_images: int = typer.Option(16, "--n-images", min=1, help="Images to analyse by erasure."),
+    split: str = SPLIT_OPT,
+    data: Path | None = DATA_OPT,
+    n_random_pairs: int = typer.Option(
+        64, "--random-pairs", min=1, help="Random active pairs per image."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random pair draw."),
+    device: str = DEVICE_OPT,
+    checkpoint: str = CKPT_OPT,
+) -> None:
+    """Counterfactual erasure, attribution vs object masks, pair synergy, code reuse: RUN/analysis/."""
+    from strop.evaluation.analyze import analyze_run
+
+    with exit_on(usage=_usage_errors(), failed=_model_errors()):
+        result = analyze_run(
+            run,
+            split=split,
+            n_images=n_images,
+            data=data,
+            n_random_pairs=n_random_pairs,
+            seed=seed,
+            device=device,
+            checkpoint=checkpoint,
+        )
+    typer.echo(f"analysed {result['n_images']} images -> {Path(run) / 'analysis'}")
+
+
+@commands.command("report")
+def report_cmd(
+    experiment: Path = typer.Argument(
+        ..., help="Experiment folder (its sub-runs) or a single run.", show_default=False
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output folder; default: the experiment folder."
+    ),
+) -> None:
+    """report.md and a self-contained report.html comparing every sub-run."""
+    from strop.evaluation.report import build_report
+
+    with exit_on(failed=_WORK_ERRORS):
+        md, html = build_report(experiment, out_dir=out)
+    typer.echo(f"wrote {md} and {html}")

@@ -13,13 +13,17 @@ from pathlib import Path
 
 import typer
 
+from strop.cli_app import Commands, exit_on, one_line
+
+commands = Commands()
+
 TEACHER_HELP = "Teacher: dinov3-s, dinov3-b, dinov3-l, random-vit or pixels."
 
 
 def _config(preset: str, teacher: str, k: int | None, l_max: int | None, image_size: int | None):
     from strop.model import ModelConfig
 
-    overrides = {"teacher": teacher}
+    overrides: dict[str, str | int] = {"teacher": teacher}
     for key, value in (("k", k), ("l_max", l_max), ("image_size", image_size)):
         if value is not None:
             overrides[key] = value
@@ -29,19 +33,12 @@ def _config(preset: str, teacher: str, k: int | None, l_max: int | None, image_s
         return ModelConfig.from_preset(preset, **overrides)
     except ValidationError as err:
         # pydantic's multi-line report -> one line naming each field and value
-        parts = []
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"])
-            parts.append(
-                f"{where}: {e['msg']} (got {e['input']!r})"
-                if where
-                else e["msg"].removeprefix("Value error, ")
-            )
-        raise typer.BadParameter("; ".join(parts)) from None
+        raise typer.BadParameter(one_line(err)) from None
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
 
 
+@commands.command("model-info")
 def model_info(
     preset: str = typer.Option("S", "--preset", help="Architecture preset: tiny, S or M."),
     teacher: str = typer.Option("dinov3-s", "--teacher", help=TEACHER_HELP),
@@ -99,6 +96,7 @@ def model_info(
     Console().print(table)
 
 
+@commands.command("cache-features")
 def cache_features(
     data: Path = typer.Option(
         ..., "--data", help="Dataset folder (CLEVR layout, synthetic, or images)."
@@ -133,7 +131,9 @@ def cache_features(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if teacher.startswith("dinov3"):
         patch_size = 16
-    try:
+    # TeacherNotFoundError (a FileNotFoundError), FeatureCacheError and DataError (ValueErrors):
+    # the teacher or the data could not be used, so the work failed (exit 1).
+    with exit_on(failed=(FileNotFoundError, ValueError)):
         model = build_teacher(teacher, teacher_path, image_size, patch_size)
         for name in split:
             dataset = build_dataset(data, name, image_size)
@@ -150,13 +150,3 @@ def cache_features(
                 source=str(data),
             )
             typer.echo(f"{name}: {len(dataset)} images -> {path} (teacher {model.teacher_name})")
-    except (FileNotFoundError, ValueError) as err:
-        # TeacherNotFoundError, FeatureCacheError and the data area's DataError: one line, exit 1.
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
-
-
-def register(app: typer.Typer) -> None:
-    """Add this area's commands to `app`."""
-    app.command("model-info")(model_info)
-    app.command("cache-features")(cache_features)

@@ -11,68 +11,67 @@ from pathlib import Path
 
 import typer
 
+from strop.cli_app import EXIT_INTERRUPTED, Commands, exit_on
 
-def register(app: typer.Typer) -> None:
-    """Add `strop train` to `app`."""
+commands = Commands()
 
-    @app.command("train")
-    def train_command(
-        data: Path = typer.Option(..., "--data", help="Dataset folder (CLEVR layout or images)."),
-        config: Path | None = typer.Option(
-            None, "--config", help="Base configuration file (e.g. configs/clevr-dino-s.json)."
-        ),
-        preset: str | None = typer.Option(
-            None, "--preset", help="Model preset: tiny, S or M (default S; not with --config)."
-        ),
-        teacher: str | None = typer.Option(
-            None,
-            "--teacher",
-            help="dinov3-s|dinov3-b|dinov3-l|random-vit|pixels (default dinov3-s, or the config's).",
-        ),
-        k: int | None = typer.Option(None, "--k", help="Codebook size K (default: the preset's)."),
-        out: Path = typer.Option(
-            ..., "--out", help="Run folder; resumed when it has a checkpoint."
-        ),
-        steps: int | None = typer.Option(
-            None,
-            "--steps",
-            help="Total steps; the lr warm-up/hold, w_div warm-up and curriculum phases keep "
-            "the paper's share of the run (default: the paper's 500k).",
-        ),
-        batch_size: int | None = typer.Option(
-            None, "--batch-size", help="Images per step per GPU."
-        ),
-        sets: list[str] = typer.Option(
-            [],
-            "--set",
-            help="Override any config field, e.g. --set curriculum.phase_steps=30,60,80,100 "
-            "--set train.lr=1e-4 (repeatable).",
-        ),
-        stop_at: int | None = typer.Option(
-            None, "--stop-at", help="Stop (with a checkpoint) at this step; resume later."
-        ),
-        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
-    ) -> None:
-        """Train (or resume) a STROP run; writes config.json, metrics.jsonl and checkpoints/."""
-        from strop.training.checkpoint import CheckpointError
-        from strop.training.config import ConfigError, make_run_config
-        from strop.training.trainer import TrainingDiverged, train
 
-        try:
+@commands.command("train")
+def train_command(
+    data: Path = typer.Option(..., "--data", help="Dataset folder (CLEVR layout or images)."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Base configuration file (e.g. configs/clevr-dino-s.json)."
+    ),
+    preset: str | None = typer.Option(
+        None, "--preset", help="Model preset: tiny, S or M (default S; not with --config)."
+    ),
+    teacher: str | None = typer.Option(
+        None,
+        "--teacher",
+        help="dinov3-s|dinov3-b|dinov3-l|random-vit|pixels (default dinov3-s, or the config's).",
+    ),
+    k: int | None = typer.Option(None, "--k", help="Codebook size K (default: the preset's)."),
+    out: Path = typer.Option(..., "--out", help="Run folder; resumed when it has a checkpoint."),
+    steps: int | None = typer.Option(
+        None,
+        "--steps",
+        help="Total steps; the lr warm-up/hold, w_div warm-up and curriculum phases keep "
+        "the paper's share of the run (default: the paper's 500k).",
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step per GPU."),
+    sets: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Override any config field, e.g. --set curriculum.phase_steps=30,60,80,100 "
+        "--set train.lr=1e-4 (repeatable).",
+    ),
+    stop_at: int | None = typer.Option(
+        None, "--stop-at", help="Stop (with a checkpoint) at this step; resume later."
+    ),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    """Train (or resume) a STROP run; writes config.json, metrics.jsonl and checkpoints/."""
+    from pydantic import ValidationError
+
+    from strop.data.datasets import DataError
+    from strop.training.checkpoint import CheckpointError
+    from strop.training.config import ConfigError, make_run_config
+    from strop.training.trainer import TrainingDiverged, train
+
+    try:
+        with exit_on(usage=(ConfigError, ValidationError), failed=(DataError,)):
             cfg = make_run_config(data, preset, teacher, k, steps, batch_size, sets, config)
+        with exit_on(
+            usage=(ConfigError,),
+            failed=(CheckpointError, TrainingDiverged, DataError, FileNotFoundError, ValueError),
+        ):
             run = train(cfg, out, progress=not no_progress, stop_at=stop_at)
-        except (ConfigError, CheckpointError, TrainingDiverged, FileNotFoundError) as exc:
-            typer.secho(f"error: {exc}", fg="red", err=True)
-            raise typer.Exit(1) from None
-        except ValueError as exc:  # pydantic / dataset validation surfaced at the edge
-            typer.secho(f"error: {str(exc).splitlines()[0]}", fg="red", err=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            typer.secho(
-                f"interrupted; checkpoint saved in {out / 'checkpoints'}; rerun the same "
-                "command to resume",
-                fg="yellow",
-                err=True,
-            )
-            raise typer.Exit(130) from None
-        typer.echo(f"trained: {run}")
+    except KeyboardInterrupt:
+        typer.secho(
+            f"interrupted; checkpoint saved in {out / 'checkpoints'}; rerun the same "
+            "command to resume",
+            fg="yellow",
+            err=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    typer.echo(f"trained: {run}")

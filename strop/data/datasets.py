@@ -311,7 +311,7 @@ def hf_clevr_dataset(
 
 def build_dataset(
     path: str | os.PathLike[str], split: str = "train", image_size: int = 128
-) -> Dataset:
+) -> ClevrDataset | ImageFolderDataset | HFImageDataset:
     """Pick the loader from the layout: CLEVR folder, `datasets` copy, or image folder."""
     p = Path(path)
     if p.is_dir():
