@@ -18,7 +18,9 @@ Design decisions
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,7 +318,7 @@ class Source:
 
     name: str
     out_dir: Path
-    load: object  # zero-argument callable returning a Corpus (deferred, one run in memory)
+    load: Callable[[], Corpus]  # deferred: one run in memory at a time
 
 
 def discover(
@@ -359,5 +361,5 @@ def discover(
             target = run.grammar_dir
         else:
             target = out_path / run.name if experiment else out_path
-        sources.append(Source(run.name, target, lambda run=run: read_run(run, k)))
+        sources.append(Source(run.name, target, functools.partial(read_run, run, k)))
     return sources, experiment

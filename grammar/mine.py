@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,6 +65,9 @@ from grammar.pcfg import parse_program, pcfg_text, production_probs
 from grammar.perplexity import heldout_perplexity
 from grammar.repair import Grammar, repair
 from grammar.zipf import zipf_fit
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgress
 
 
 class MineConfig(BaseModel):
@@ -134,9 +137,9 @@ def corpus_stats(
         anyp = add_significance(any_pairs(corpus, cfg.min_count))
         add_null_test(anyp, unigram_expected_cooccurrence(corpus, anyp.a, anyp.b))
         corpus.cache[cache_key] = anyp
-    stats["n_significant_pairs"] = float(adj.n_significant(cfg.alpha, against_null=True))
-    stats["n_associated_pairs"] = float(adj.n_significant(cfg.alpha))
-    stats["n_significant_any_pairs"] = float(anyp.n_significant(cfg.alpha, against_null=True))
+    stats["n_significant_pairs"] = _count(adj.n_significant(cfg.alpha, against_null=True))
+    stats["n_associated_pairs"] = _count(adj.n_significant(cfg.alpha))
+    stats["n_significant_any_pairs"] = _count(anyp.n_significant(cfg.alpha, against_null=True))
     stats["n_candidate_pairs"] = float(len(adj))
     extras: dict[str, Any] = {
         "ngrams": grams,
@@ -146,11 +149,16 @@ def corpus_stats(
         "distance_mi": mi,
     }
     if repair_index is not None:
-        g = repair(corpus.subset(repair_index))
-        stats["compression_ratio"] = g.compression_ratio
-        stats["n_rules"] = float(g.n_rules)
-        extras["grammar"] = g
+        rules = repair(corpus.subset(repair_index))
+        stats["compression_ratio"] = rules.compression_ratio
+        stats["n_rules"] = float(rules.n_rules)
+        extras["grammar"] = rules
     return stats, extras
+
+
+def _count(value: int | None) -> float:
+    """A count of significant pairs as a float statistic; NaN when no test was run."""
+    return float("nan") if value is None else float(value)
 
 
 def _repair_sample(corpus: Corpus, max_tokens: int, rng: np.random.Generator) -> np.ndarray:
@@ -207,6 +215,7 @@ def mine_corpus(
     curves: dict[str, np.ndarray] = {"observed_1": extras["ngrams"][1].counts}
     if cfg.max_n >= 2:
         curves["observed_2"] = extras["ngrams"][2].counts
+    null_status: dict[str, Any]
     if small:
         null_status = {
             "status": "skipped",
@@ -352,7 +361,7 @@ def _spot_check(g: Grammar, cfg: MineConfig) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)
     sizes = np.concatenate([np.ones(g.k, dtype=np.int64), g.expansion_lengths()])
     short = [i for i, seq in enumerate(g.sequences) if 0 < int(sizes[seq].sum()) <= 16]
-    picks = (
+    picks: np.ndarray | list[int] = (
         rng.choice(len(short), size=min(cfg.spot_check_parses, len(short)), replace=False)
         if short
         else []
@@ -414,7 +423,7 @@ class _progress:
 
     def __init__(self, enabled: bool, n_runs: int) -> None:
         self.enabled, self.n_runs = enabled, n_runs
-        self.bar = None
+        self.bar: RichProgress | None = None
 
     def __enter__(self) -> _progress:
         if self.enabled:
@@ -436,7 +445,7 @@ class _progress:
             self.task = self.bar.add_task("", total=self.n_runs, run="")
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self.bar is not None:
             self.bar.__exit__(*exc)
 
