@@ -6,12 +6,21 @@ import pytest
 import torch
 
 from strop.model import ModelConfig, build_model
-from strop.model.generator import Generator, memory_query_attention, reference_mask
+from strop.model.generator import (
+    Generator,
+    TransformerConfig,
+    memory_query_attention,
+    reference_mask,
+)
 from strop.model.interpreter import Interpreter, prefix_mask
 from strop.model.length_head import round_lengths
 from strop.model.losses import align_loss, pixel_loss
 
 D, P, L, d = 24, 16, 8, 32
+
+
+def _arch(layout: str = "split") -> TransformerConfig:
+    return TransformerConfig(d=d, layers=2, heads=4, ffn=64, layout=layout)
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +29,7 @@ def _seed():
 
 
 def _generator(layout: str = "split") -> Generator:
-    return Generator(D, d, layers=2, heads=4, ffn=64, l_max=L, grid=(4, 4), layout=layout).eval()
+    return Generator(_arch(layout), teacher_dim=D, grid=(4, 4), l_max=L).eval()
 
 
 def _run_blocks(gen: Generator, feats: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
@@ -86,9 +95,7 @@ def test_reference_mask_is_the_paper_mask():
 
 @pytest.mark.parametrize("layout", ["split", "masked"])
 def test_interpreter_padding_is_invisible(layout):
-    interp = Interpreter(
-        d, layers=2, heads=4, ffn=64, n_patches=P, teacher_dim=D, l_max=L, layout=layout
-    ).eval()
+    interp = Interpreter(_arch(layout), n_patches=P, teacher_dim=D, l_max=L).eval()
     tokens = torch.randn(4, L, d)
     lengths = torch.tensor([1, 3, 8, 5])
     active = prefix_mask(lengths, L)
@@ -102,7 +109,7 @@ def test_interpreter_padding_is_invisible(layout):
 
 
 def test_interpreter_reads_every_prefix_token():
-    interp = Interpreter(d, layers=2, heads=4, ffn=64, n_patches=P, teacher_dim=D, l_max=L).eval()
+    interp = Interpreter(_arch(), n_patches=P, teacher_dim=D, l_max=L).eval()
     tokens = torch.randn(1, L, d)
     lengths = torch.tensor([5])
     base = interp(tokens, lengths)

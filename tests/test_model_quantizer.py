@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from strop.model.losses import commitment_loss, diversity_loss
-from strop.model.quantizer import VectorQuantizer
+from strop.model.quantizer import QuantizerConfig, VectorQuantizer
 
 d, C, K = 32, 8, 16
 
@@ -18,7 +18,7 @@ def _seed():
 
 
 def test_nearest_code_and_straight_through():
-    vq = VectorQuantizer(d, C, K)
+    vq = VectorQuantizer(QuantizerConfig(d, C, K))
     x = torch.randn(3, 5, d, requires_grad=True)
     out = vq(x)
     # nearest by Euclidean distance among unit vectors, brute force
@@ -32,7 +32,7 @@ def test_nearest_code_and_straight_through():
 
 
 def test_quantizer_runs_in_fp32_under_autocast():
-    vq = VectorQuantizer(d, C, K)
+    vq = VectorQuantizer(QuantizerConfig(d, C, K))
     x = torch.randn(2, 4, d)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = vq(x)
@@ -41,7 +41,7 @@ def test_quantizer_runs_in_fp32_under_autocast():
 
 
 def test_ema_moves_codes_toward_assigned_vectors_and_keeps_unit_norm():
-    vq = VectorQuantizer(d, C, K, decay=0.9)
+    vq = VectorQuantizer(QuantizerConfig(d, C, K, decay=0.9))
     x = torch.randn(4, 6, d)
     active = torch.ones(4, 6, dtype=torch.bool)
     out = vq(x)
@@ -59,7 +59,7 @@ def test_ema_moves_codes_toward_assigned_vectors_and_keeps_unit_norm():
 
 
 def test_only_active_positions_update_the_codebook():
-    vq = VectorQuantizer(d, C, K)
+    vq = VectorQuantizer(QuantizerConfig(d, C, K))
     x = torch.randn(2, 6, d)
     out = vq(x)
     active = torch.zeros(2, 6, dtype=torch.bool)
@@ -75,7 +75,7 @@ def test_only_active_positions_update_the_codebook():
 
 
 def test_dead_code_is_reseeded_from_active_vectors_with_fresh_statistics():
-    vq = VectorQuantizer(d, C, K, dead_threshold=0.5)
+    vq = VectorQuantizer(QuantizerConfig(d, C, K, dead_threshold=0.5))
     x = torch.randn(2, 6, d)
     out = vq(x)
     active = torch.zeros(2, 6, dtype=torch.bool)
@@ -113,7 +113,7 @@ def test_against_vector_quantize_pytorch_oracle():
 
     ref = Codebook(C, K, decay=0.99, eps=1e-5, threshold_ema_dead_code=0, use_cosine_sim=True)
     ref.train()
-    ours = VectorQuantizer(d, C, K, decay=0.99, eps=1e-5)
+    ours = VectorQuantizer(QuantizerConfig(d, C, K, decay=0.99, eps=1e-5))
     with torch.no_grad():
         ours.codebook.copy_(ref.embed[0])
         ours.embed_sum.copy_(ref.embed_avg[0])
@@ -136,7 +136,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)  # identical initial codebook on every rank
-    vq = VectorQuantizer(d, C, K, dead_threshold=0.5)
+    vq = VectorQuantizer(QuantizerConfig(d, C, K, dead_threshold=0.5))
     gen = torch.Generator().manual_seed(100 + rank)  # different data on every rank
     x = torch.randn(4, 6, d, generator=gen)
     active = torch.rand(4, 6, generator=gen) > 0.3
@@ -168,7 +168,7 @@ def test_ddp_statistics_are_summed_and_restarts_agree_across_ranks(tmp_path):
     assert (r0["z"] @ r1["codebook"][3]).max().item() == pytest.approx(1.0, abs=1e-5)
     # the EMA counts are the sum over both ranks' active positions
     torch.manual_seed(0)
-    single = VectorQuantizer(d, C, K)
+    single = VectorQuantizer(QuantizerConfig(d, C, K))
     counts = torch.bincount(torch.cat([r0["codes"], r1["codes"]]), minlength=K).float()
     expected = single.cluster_size.lerp(counts, 0.01)
     expected[3] = single.reset_size

@@ -1,32 +1,59 @@
 """The configuration of one STROP model (paper Sec. 2.1, Table 6): `ModelConfig` and `PRESETS`.
 
 Design decisions
-- One flat `ModelConfig` (pydantic, `extra="forbid"`, validated on construction) with the
-  architecture fields defaulting to the preset: `ModelConfig(preset="S")` is STROP-S, and any
-  field set explicitly wins. The resolved values are what `config.json` stores, so a run never
-  depends on preset tables changing later.
-- Presets are named tables of architecture defaults (`PRESETS`), not copies of configs; a
-  DINOv3 teacher forces 16-pixel patches whatever the preset says.
+- One flat `ModelConfig` (pydantic, `extra="forbid"`, validated on construction). The preset
+  is resolved while validating: architecture fields not given (or given as null, as old
+  `config.json` files may hold) take the preset's value before field validation, so after
+  construction every field holds an int and no component ever receives None. Any field set
+  explicitly wins. The resolved values are what `config.json` stores, so a run never depends on
+  preset tables changing later.
+- The JSON stays flat (`config.json` compatibility, `--set model.k=...` keys); the typed
+  sub-configs each component is built from (`transformer`, `quantizer`) are derived views,
+  small frozen dataclasses defined beside their components.
+- Presets are named instances of `Preset` (`PRESETS`), not copies of configs; a DINOv3
+  teacher forces 16-pixel patches whatever the preset says.
 - The paper leaves the loss weights, the diversity temperature and the dead-code threshold
   unstated; the defaults here are our choices.
-- The config lives apart from `strop.model` so that `strop.training.config` (the run config) can use it
-  without importing the network; `strop.model` re-exports every name here.
+- This module never imports `strop.model.network`, so `strop.training.config` (the run
+  config) can use it without building the network; `strop.model` re-exports its names.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from strop.model.generator import AttentionLayout, TransformerConfig
+from strop.model.quantizer import QuantizerConfig
 from strop.model.teachers import teacher_dim
 
-__all__ = ["PRESETS", "ModelConfig", "TeacherName"]
+__all__ = ["PRESETS", "ModelConfig", "Preset", "PresetName", "TeacherName"]
 
-#: Architecture defaults per preset (paper Table 6 for S and M; `tiny` for CPU demos and tests).
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(
+
+@dataclass(frozen=True)
+class Preset:
+    """Architecture defaults of one named preset (the fields `ModelConfig` takes from it)."""
+
+    d: int
+    layers: int
+    heads: int
+    ffn: int
+    image_size: int
+    patch_size: int
+    l_max: int
+    k: int
+    code_dim: int
+    decoder_width: int
+
+
+PresetName = Literal["tiny", "S", "M"]
+
+#: Paper Table 6 for S and M; `tiny` for CPU demos and tests.
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
         d=64,
         layers=2,
         heads=4,
@@ -38,7 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         code_dim=8,
         decoder_width=32,
     ),
-    "S": dict(
+    "S": Preset(
         d=256,
         layers=8,
         heads=8,
@@ -50,7 +77,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         code_dim=16,
         decoder_width=256,
     ),
-    "M": dict(
+    "M": Preset(
         d=512,
         layers=10,
         heads=8,
@@ -63,35 +90,44 @@ PRESETS: dict[str, dict[str, Any]] = {
         decoder_width=256,
     ),
 }
+#: The field defaults below are the default preset's; `_fill_from_preset` replaces them by the
+#: chosen preset's before validation, so they only document the S values.
+_S = PRESETS["S"]
 TeacherName = Literal["dinov3-s", "dinov3-b", "dinov3-l", "random-vit", "pixels"]
 
 
 class ModelConfig(BaseModel):
     """Architecture, quantizer and loss constants of one STROP model.
 
-    Fields left as None take the preset's value (`PRESETS`); the paper leaves the loss
-    weights, the diversity temperature and the dead-code threshold unstated, so their defaults
-    here are our choices.
+    Architecture fields not given take the preset's value (`PRESETS`) at validation, so they
+    are never None; the paper leaves the loss weights, the diversity temperature and the
+    dead-code threshold unstated, so their defaults here are our choices.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    preset: Literal["tiny", "S", "M"] = Field("S", description="architecture preset")
-    d: int | None = Field(None, gt=0, description="generator/interpreter width")
-    layers: int | None = Field(None, gt=0, description="depth of generator and of interpreter")
-    heads: int | None = Field(None, gt=0, description="attention heads")
-    ffn: int | None = Field(None, gt=0, description="FFN width")
+    preset: PresetName = Field("S", description="architecture preset")
+    d: int = Field(_S.d, gt=0, description="generator/interpreter width (preset)")
+    layers: int = Field(
+        _S.layers, gt=0, description="depth of generator and of interpreter (preset)"
+    )
+    heads: int = Field(_S.heads, gt=0, description="attention heads (preset)")
+    ffn: int = Field(_S.ffn, gt=0, description="FFN width (preset)")
     teacher: TeacherName = Field("dinov3-s", description="frozen teacher")
     teacher_path: str | None = Field(
         None, description="local folder of DINOv3 weights (overrides the hub id)"
     )
     teacher_seed: int = Field(0, description="seed of the random-vit teacher's weights")
-    image_size: int | None = Field(None, gt=0, description="square input size S in pixels")
-    patch_size: int | None = Field(None, gt=0, description="teacher patch size (16 for DINOv3)")
-    l_max: int | None = Field(None, gt=0, description="longest program L_max")
+    image_size: int = Field(
+        _S.image_size, gt=0, description="square input size S in pixels (preset)"
+    )
+    patch_size: int = Field(
+        _S.patch_size, gt=0, description="teacher patch size (preset; 16 for DINOv3)"
+    )
+    l_max: int = Field(_S.l_max, gt=0, description="longest program L_max (preset)")
     l_min: int = Field(1, gt=0, description="shortest program L_min")
-    k: int | None = Field(None, ge=2, description="codebook size K")
-    code_dim: int | None = Field(None, gt=0, description="code dimension d_c")
+    k: int = Field(_S.k, ge=2, description="codebook size K (preset)")
+    code_dim: int = Field(_S.code_dim, gt=0, description="code dimension d_c (preset)")
     ema_decay: float = Field(0.99, gt=0, lt=1, description="codebook EMA decay")
     ema_eps: float = Field(1e-5, gt=0, description="Laplace smoothing of cluster sizes")
     dead_code_threshold: float = Field(
@@ -109,31 +145,31 @@ class ModelConfig(BaseModel):
     div_warmup_steps: int = Field(40_000, ge=0, description="linear warmup of w_div")
     w_len: float = Field(1.0, ge=0, description="length loss weight (phase 3 on)")
     w_pixel: float = Field(1.0, ge=0, description="pixel probe loss weight (its input is detached)")
-    decoder_width: int | None = Field(
-        None, gt=0, description="channels after the pixel probe's stem"
+    decoder_width: int = Field(
+        _S.decoder_width, gt=0, description="channels after the pixel probe's stem (preset)"
     )
-    attention: Literal["split", "masked"] = Field(
+    attention: AttentionLayout = Field(
         "split", description="attention layout (see strop.model.generator)"
     )
 
     @model_validator(mode="before")
     @classmethod
-    def _dinov3_patch(cls, data: Any) -> Any:
-        # DINOv3 checkpoints are patch-16 whatever the preset's default patch size says.
-        if (
-            isinstance(data, dict)
-            and str(data.get("teacher", "")).startswith("dinov3")
-            and data.get("patch_size") is None
-        ):
-            data = {**data, "patch_size": 16}
-        return data
+    def _fill_from_preset(cls, data: Any) -> Any:
+        """Fill the architecture fields not given (or null) from the preset, before validation."""
+        if not isinstance(data, dict):
+            return data
+        preset = PRESETS.get(str(data.get("preset", "S")))
+        if preset is None:
+            return data  # the `preset` field reports the unknown name
+        defaults = asdict(preset)
+        if str(data.get("teacher", "dinov3-s")).startswith("dinov3"):
+            # DINOv3 checkpoints are patch-16 whatever the preset's default patch size says.
+            defaults["patch_size"] = 16
+        missing = {key: value for key, value in defaults.items() if data.get(key) is None}
+        return {**data, **missing} if missing else data
 
     @model_validator(mode="after")
-    def _resolve(self) -> ModelConfig:
-        for key, value in PRESETS[self.preset].items():
-            if getattr(self, key) is None:
-                # object.__setattr__ avoids re-running validation once per filled field.
-                object.__setattr__(self, key, value)
+    def _check(self) -> ModelConfig:
         problems = []
         if self.d % self.heads:
             problems.append(f"d={self.d} is not divisible by heads={self.heads}")
@@ -162,7 +198,28 @@ class ModelConfig(BaseModel):
         """The named preset (`tiny`, `S`, `M`) with `overrides` applied."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
-        return cls(preset=name, **overrides)
+        return cls.model_validate({"preset": name, **overrides})
+
+    @property
+    def transformer(self) -> TransformerConfig:
+        """The architecture the generator and the interpreter share (paper Table 6)."""
+        return TransformerConfig(
+            d=self.d, layers=self.layers, heads=self.heads, ffn=self.ffn, layout=self.attention
+        )
+
+    @property
+    def quantizer(self) -> QuantizerConfig:
+        """What the vector quantizer owns: widths, K and its EMA/restart/diversity constants."""
+        return QuantizerConfig(
+            d=self.d,
+            code_dim=self.code_dim,
+            k=self.k,
+            decay=self.ema_decay,
+            eps=self.ema_eps,
+            dead_threshold=self.dead_code_threshold,
+            reset_size=self.restart_reset_size,
+            div_temperature=self.div_temperature,
+        )
 
     @property
     def grid(self) -> tuple[int, int]:

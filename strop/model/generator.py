@@ -33,13 +33,47 @@ Design decisions
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
-ATTENTION_LAYOUTS = ("split", "masked")
+AttentionLayout = Literal["split", "masked"]
+ATTENTION_LAYOUTS: tuple[str, ...] = get_args(AttentionLayout)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The architecture the generator and the interpreter share (paper Table 6).
+
+    Built by `ModelConfig.transformer`; constructed directly in tests.
+    """
+
+    d: int = 256
+    """Token width d of both transformers."""
+    layers: int = 8
+    """Depth of the generator and, separately, of the interpreter."""
+    heads: int = 8
+    """Attention heads (d must be divisible by them)."""
+    ffn: int = 1024
+    """Hidden width of each block's FFN."""
+    layout: AttentionLayout = "split"
+    """Attention layout: "split" (fast, two SDPA calls) or "masked" (the reference)."""
+
+    def __post_init__(self) -> None:
+        if min(self.d, self.layers, self.heads, self.ffn) <= 0:
+            raise ValueError(f"TransformerConfig: sizes must be positive, got {self}")
+        if self.d % self.heads:
+            raise ValueError(
+                f"TransformerConfig: d={self.d} is not divisible by heads={self.heads}"
+            )
+        if self.layout not in ATTENTION_LAYOUTS:
+            raise ValueError(
+                f"TransformerConfig: attention layout {self.layout!r} is not one of {ATTENTION_LAYOUTS}"
+            )
 
 
 def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:
@@ -170,25 +204,19 @@ class Generator(nn.Module):
     """Teacher tokens (B, P, D) -> raw program z_e (B, L_max, d).
 
     Args:
+        arch: width, depth, heads, FFN width and attention layout.
         teacher_dim: teacher width D.
-        d, layers, heads, ffn: transformer width, depth, heads, FFN width.
-        l_max: number of program positions L_max.
         grid: (rows, cols) of the teacher's patch grid, P = rows * cols.
-        layout: attention layout, "split" (fast) or "masked" (reference).
+        l_max: number of program positions L_max.
     """
 
+    pos_2d: torch.Tensor
+
     def __init__(
-        self,
-        teacher_dim: int,
-        d: int,
-        layers: int,
-        heads: int,
-        ffn: int,
-        l_max: int,
-        grid: tuple[int, int],
-        layout: str = "split",
+        self, arch: TransformerConfig, teacher_dim: int, grid: tuple[int, int], l_max: int
     ) -> None:
         super().__init__()
+        d = arch.d
         self.l_max = l_max
         self.n_patches = grid[0] * grid[1]
         self.norm_in = nn.LayerNorm(teacher_dim)
@@ -196,7 +224,9 @@ class Generator(nn.Module):
         self.register_buffer("pos_2d", sincos_2d(grid, d), persistent=False)
         self.queries = nn.Parameter(torch.randn(l_max, d) * 0.02)
         self.prefix_pos = nn.Parameter(torch.randn(l_max, d) * 0.02)
-        self.blocks = nn.ModuleList(Block(d, heads, ffn, layout) for _ in range(layers))
+        self.blocks = nn.ModuleList(
+            Block(d, arch.heads, arch.ffn, arch.layout) for _ in range(arch.layers)
+        )
         self.norm_out = nn.LayerNorm(d)
 
     def project(self, feats: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from strop.model.generator import Block
+from strop.model.generator import Block, TransformerConfig
 
 
 def prefix_mask(lengths: torch.Tensor, l_max: int) -> torch.Tensor:
@@ -37,29 +37,23 @@ class Interpreter(nn.Module):
     """Program tokens (B, L, d) with L <= L_max -> interpreted field (B, P, D).
 
     Args:
-        d, layers, heads, ffn: transformer width, depth, heads, FFN width (as the generator).
+        arch: width, depth, heads, FFN width and attention layout (the generator's).
         n_patches: number of grid queries P (the teacher's patch count).
         teacher_dim: output width D.
         l_max: longest program.
-        layout: attention layout ("split" or "masked"), see `strop.model.generator`.
     """
 
     def __init__(
-        self,
-        d: int,
-        layers: int,
-        heads: int,
-        ffn: int,
-        n_patches: int,
-        teacher_dim: int,
-        l_max: int,
-        layout: str = "split",
+        self, arch: TransformerConfig, n_patches: int, teacher_dim: int, l_max: int
     ) -> None:
         super().__init__()
+        d = arch.d
         self.l_max = l_max
         self.prefix_pos = nn.Parameter(torch.randn(l_max, d) * 0.02)
         self.grid_queries = nn.Parameter(torch.randn(n_patches, d) * 0.02)
-        self.blocks = nn.ModuleList(Block(d, heads, ffn, layout) for _ in range(layers))
+        self.blocks = nn.ModuleList(
+            Block(d, arch.heads, arch.ffn, arch.layout) for _ in range(arch.layers)
+        )
         self.norm_out = nn.LayerNorm(d)
         self.proj_out = nn.Linear(d, teacher_dim)
 

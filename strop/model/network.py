@@ -94,23 +94,12 @@ class Strop(nn.Module):
         dim = teacher.dim
         grid = teacher.grid(cfg.image_size)
         self.grid = grid
-        self.generator = Generator(
-            dim, cfg.d, cfg.layers, cfg.heads, cfg.ffn, cfg.l_max, grid, cfg.attention
-        )
-        self.quantizer = VectorQuantizer(
-            cfg.d,
-            cfg.code_dim,
-            cfg.k,
-            decay=cfg.ema_decay,
-            eps=cfg.ema_eps,
-            dead_threshold=cfg.dead_code_threshold,
-            reset_size=cfg.restart_reset_size,
-            div_temperature=cfg.div_temperature,
-        )
+        # Each stage is built from the part of the config it owns; teacher width and grid
+        # come from the built teacher, which knows them for every teacher kind.
+        self.generator = Generator(cfg.transformer, dim, grid, cfg.l_max)
+        self.quantizer = VectorQuantizer(cfg.quantizer)
         self.length_head = LengthHead(cfg.d, cfg.l_max)
-        self.interpreter = Interpreter(
-            cfg.d, cfg.layers, cfg.heads, cfg.ffn, grid[0] * grid[1], dim, cfg.l_max, cfg.attention
-        )
+        self.interpreter = Interpreter(cfg.transformer, grid[0] * grid[1], dim, cfg.l_max)
         self.pixel_decoder = PixelDecoder(dim, grid, cfg.image_size, cfg.decoder_width)
         for part in (self.generator, self.quantizer, self.length_head, self.interpreter):
             part.apply(init_weights)

@@ -44,6 +44,39 @@ from torch import nn
 from strop.model.losses import commitment_loss, diversity_loss
 
 
+@dataclass(frozen=True)
+class QuantizerConfig:
+    """What the vector quantizer owns: its widths, K and its codebook-maintenance constants.
+
+    Built by `ModelConfig.quantizer` (which documents the defaults' provenance); constructed
+    directly in tests.
+    """
+
+    d: int
+    """Width of the program tokens."""
+    code_dim: int
+    """Width d_c of the code space (low, e.g. 8-16)."""
+    k: int
+    """Number of codes K."""
+    decay: float = 0.99
+    """EMA decay of the codebook statistics."""
+    eps: float = 1e-5
+    """Laplace smoothing constant of the cluster sizes."""
+    dead_threshold: float = 0.1
+    """A code whose EMA cluster size falls below this many assignments per step is dead and
+    gets re-seeded by `restart_dead_codes`."""
+    reset_size: float = 1.0
+    """EMA cluster size given to a re-seeded code."""
+    div_temperature: float = 0.1
+    """Temperature of the soft assignment in the diversity loss."""
+
+    def __post_init__(self) -> None:
+        if min(self.d, self.code_dim) <= 0 or self.k < 2:
+            raise ValueError(f"QuantizerConfig: need d, code_dim > 0 and k >= 2, got {self}")
+        if not 0.0 < self.decay < 1.0:
+            raise ValueError(f"QuantizerConfig: decay must be in (0, 1), got {self.decay}")
+
+
 @dataclass
 class QuantizerOut:
     """What the quantizer returns for a batch of raw program vectors (B, L, d).
@@ -67,42 +100,29 @@ def _distributed() -> bool:
 class VectorQuantizer(nn.Module):
     """Low-dimensional l2-normalised codebook with EMA updates and dead-code restarts.
 
-    Args:
-        d: width of the program tokens.
-        code_dim: width d_c of the code space (low, e.g. 8-16).
-        k: number of codes K.
-        decay: EMA decay of the codebook statistics.
-        eps: Laplace smoothing constant of the cluster sizes.
-        dead_threshold: a code whose EMA cluster size falls below this many assignments per
-            step is dead and gets re-seeded by `restart_dead_codes`.
-        reset_size: EMA cluster size given to a re-seeded code.
-        div_temperature: temperature of the soft assignment in the diversity loss.
+    Built from its `QuantizerConfig` (see there for each constant).
     """
 
-    def __init__(
-        self,
-        d: int,
-        code_dim: int,
-        k: int,
-        decay: float = 0.99,
-        eps: float = 1e-5,
-        dead_threshold: float = 0.1,
-        reset_size: float = 1.0,
-        div_temperature: float = 0.1,
-    ) -> None:
+    # Buffers (see the module docstring), declared so type checkers see tensors, not modules.
+    codebook: torch.Tensor
+    cluster_size: torch.Tensor
+    embed_sum: torch.Tensor
+
+    def __init__(self, cfg: QuantizerConfig) -> None:
         super().__init__()
-        self.k = k
-        self.code_dim = code_dim
-        self.decay = decay
-        self.eps = eps
-        self.dead_threshold = dead_threshold
-        self.reset_size = reset_size
-        self.div_temperature = div_temperature
-        self.proj_in = nn.Linear(d, code_dim)
-        self.proj_out = nn.Linear(code_dim, d)
-        codes = F.normalize(torch.randn(k, code_dim), dim=-1)
+        self.cfg = cfg
+        self.k = cfg.k
+        self.code_dim = cfg.code_dim
+        self.decay = cfg.decay
+        self.eps = cfg.eps
+        self.dead_threshold = cfg.dead_threshold
+        self.reset_size = cfg.reset_size
+        self.div_temperature = cfg.div_temperature
+        self.proj_in = nn.Linear(cfg.d, cfg.code_dim)
+        self.proj_out = nn.Linear(cfg.code_dim, cfg.d)
+        codes = F.normalize(torch.randn(cfg.k, cfg.code_dim), dim=-1)
         self.register_buffer("codebook", codes)
-        self.register_buffer("cluster_size", torch.ones(k))
+        self.register_buffer("cluster_size", torch.ones(cfg.k))
         self.register_buffer("embed_sum", codes.clone())
 
     # ------------------------------------------------------------------ forward
