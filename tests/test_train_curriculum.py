@@ -146,12 +146,12 @@ def test_oracle_moves_targets_the_right_way():
     targets, state, stats = _oracle(names, [16, 16, 16], c=c)
     # All three have the same error at L=16, so the same base target L_bar * 1 = 16.
     base = c.target_mean_frac * L_MAX
-    assert stats["oracle_base_mean"] == pytest.approx(base)
+    assert stats.base_mean == pytest.approx(base)
     flat, elbow, falling = targets.tolist()
     assert flat == pytest.approx(base - c.delta, abs=1e-4)  # flat: compress
     assert abs(elbow - base) < 0.1 * c.delta  # elbow: keep
     assert falling > base + 0.9 * c.delta  # still falling: extend
-    w = stats["oracle_w_extend"] + stats["oracle_w_keep"] + stats["oracle_w_compress"]
+    w = stats.w_extend + stats.w_keep + stats.w_compress
     assert w == pytest.approx(1.0)
     assert state.error_ema == pytest.approx(0.30)
 

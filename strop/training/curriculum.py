@@ -255,6 +255,35 @@ def saturate(normalised_slope: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.tanh(normalised_slope.clamp(min=0.0) / tau)
 
 
+@dataclass(frozen=True)
+class OracleStats:
+    """Batch means of one oracle step (eqs. 2-5), logged as the `oracle_*` metrics."""
+
+    target_mean: float
+    """Mean corrected target L* (eq. 5)."""
+    base_mean: float
+    """Mean base target L_base (eq. 2)."""
+    w_extend: float
+    """Mean extend weight (eq. 4)."""
+    w_keep: float
+    """Mean keep weight (eq. 4)."""
+    w_compress: float
+    """Mean compress weight (eq. 4)."""
+    error_ema: float
+    """The batch-level error EMA after this batch (eq. 2)."""
+
+    def metrics(self) -> dict[str, float]:
+        """The metrics.jsonl keys of these values."""
+        return {
+            "oracle_target_mean": self.target_mean,
+            "oracle_base_mean": self.base_mean,
+            "oracle_w_extend": self.w_extend,
+            "oracle_w_keep": self.w_keep,
+            "oracle_w_compress": self.w_compress,
+            "oracle_error_ema": self.error_ema,
+        }
+
+
 def oracle_targets(
     lengths: torch.Tensor,
     error: torch.Tensor,
@@ -267,7 +296,7 @@ def oracle_targets(
     l_min: int,
     l_max: int,
     eps: float = 1e-8,
-) -> tuple[torch.Tensor, OracleState, dict[str, float]]:
+) -> tuple[torch.Tensor, OracleState, OracleStats]:
     """Oracle length targets of one batch (eqs. 2-5) and the updated EMAs.
 
     `error*` are per-sample alignment errors (n,) at `L`, `L - r` and `L + r`; `valid_*` mark
@@ -309,14 +338,14 @@ def oracle_targets(
     # Eq. 5: corrected target.
     targets = (base + cfg.delta * (w_extend - w_compress)).clamp(l_min, l_max)
     new_state = OracleState(error_ema, down_ema, up_ema)
-    stats = {
-        "oracle_target_mean": float(targets.mean()),
-        "oracle_base_mean": float(base.mean()),
-        "oracle_w_extend": float(w_extend.mean()),
-        "oracle_w_keep": float(w_keep.mean()),
-        "oracle_w_compress": float(w_compress.mean()),
-        "oracle_error_ema": error_ema,
-    }
+    stats = OracleStats(
+        target_mean=float(targets.mean()),
+        base_mean=float(base.mean()),
+        w_extend=float(w_extend.mean()),
+        w_keep=float(w_keep.mean()),
+        w_compress=float(w_compress.mean()),
+        error_ema=error_ema,
+    )
     return targets.to(lengths.device), new_state, stats
 
 

@@ -1,6 +1,9 @@
-"""The trainer's logging: interval-averaged metric rows, TensorBoard, and the progress bar.
+"""The trainer's logging: the step's result, interval-averaged metric rows, TensorBoard, and
+the progress bar.
 
 Design decisions
+- A training step reports a typed `StepResult` (host floats, None for terms its phase does not
+  have); `StepResult.metrics()` is the one place its field names become metrics.jsonl keys.
 - Logged rows average the step values over the `log_every` interval; the interval sums (and
   their count, `_n`) are checkpointed, so a resumed run writes the same rows as a straight one
   (timings aside).
@@ -14,12 +17,70 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from strop.runs import RunFolder, read_jsonl
 from strop.scenes import atomic_write_text
 from strop.training import curriculum as cur
 from strop.training.config import ConfigError
+from strop.training.curriculum import OracleStats
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one training step (`Trainer.train_step`) reports, as host floats.
+
+    Optional fields are None in the phases that do not have them; `metrics()` leaves them out
+    of the row, so an interval that mixes phases averages them over all its steps, as before.
+    """
+
+    phase: int
+    """Curriculum phase of the step (1-5; 0 for fixed-length training)."""
+    loss: float
+    """The total, weighted loss that was back-propagated."""
+    align_loss: float
+    """Alignment error of the main rows, `1 - cos + w_mse * mse` (unweighted)."""
+    commit_loss: float
+    """Commitment loss over active positions (unweighted)."""
+    diversity_loss: float
+    """Diversity loss over active positions (unweighted)."""
+    grad_norm: float
+    """Global gradient norm before clipping."""
+    mean_length: float
+    """Mean program length the interpreter read."""
+    head_share: float
+    """Share of the batch truncated at the head's prediction (phase 4 on)."""
+    length_loss: float | None = None
+    """Length-head regression loss (phase 3 on)."""
+    pixel_loss: float | None = None
+    """Pixel probe loss (when the probe trains on images)."""
+    pred_length: float | None = None
+    """Mean predicted length L_hat (phase 3 on)."""
+    oracle: OracleStats | None = None
+    """Oracle statistics (phase 2 on)."""
+
+    def metrics(self) -> dict[str, float]:
+        """The step's values under their metrics.jsonl keys (`phase` is the row's own)."""
+        row = self.oracle.metrics() if self.oracle is not None else {}
+        row.update(
+            align_loss=self.align_loss,
+            commit_loss=self.commit_loss,
+            diversity_loss=self.diversity_loss,
+        )
+        if self.length_loss is not None:
+            row["length_loss"] = self.length_loss
+        if self.pixel_loss is not None:
+            row["pixel_loss"] = self.pixel_loss
+        row.update(
+            loss=self.loss,
+            grad_norm=self.grad_norm,
+            mean_length=self.mean_length,
+            head_share=self.head_share,
+        )
+        if self.pred_length is not None:
+            row["pred_length"] = self.pred_length
+        return row
 
 
 class MetricLog:
@@ -39,9 +100,9 @@ class MetricLog:
             ) from None
         self.tb = SummaryWriter(str(self.run.path / "tensorboard"))
 
-    def add(self, row: dict[str, float]) -> None:
+    def add(self, result: StepResult) -> None:
         """Add one step's values to the open interval."""
-        for key, value in row.items():
+        for key, value in result.metrics().items():
             self.interval[key] += value
         self.interval["_n"] += 1
 
@@ -122,7 +183,7 @@ class ProgressBar:
             self.task = self.progress.add_task("", total=self.total, completed=self.done)
         return self
 
-    def update(self, step: int, row: dict[str, float]) -> None:
+    def update(self, step: int, row: dict[str, Any]) -> None:
         if self.progress is None:
             return
         losses_text = " ".join(

@@ -4,10 +4,10 @@
     probes, one interpreter call) -> oracle targets -> loss -> finite check -> backward ->
     clip -> AdamW step -> EMA codebook update and dead-code restarts -> log / validate / save
 
-The ideas around the step live beside it: `train_data` (datasets, loaders, data position),
-`train_optim` (AdamW groups, warmup-hold-cosine schedule), `train_log` (interval rows,
-TensorBoard, progress bar), `train_resume` (which config changes a resume accepts), and
-`curriculum` (phases, lengths, oracle, target bank).
+The ideas around the step live beside it in `strop.training`: `data` (datasets, loaders,
+data position), `optim` (AdamW groups, warmup-hold-cosine schedule), `log` (the typed
+`StepResult`, interval rows, TensorBoard, progress bar), `resume` (which config changes a
+resume accepts), `checkpoint` and `curriculum` (phases, lengths, oracle, target bank).
 
 Design decisions
 - `TrainForward` is the differentiable forward of one step and the unit that DDP wraps and
@@ -25,10 +25,10 @@ Design decisions
   features and no images it is frozen instead.
 - Randomness that must survive a resume: length sampling uses a generator seeded from
   (seed, rank, step), so it needs no saved state; data order is the data position
-  (`train_data`: seeded sampler plus the count of batches consumed, worker seeds from a
+  (`strop.training.data`: seeded sampler plus the count of batches consumed, worker seeds from a
   dedicated generator); the global Python/NumPy/torch RNG states are checkpointed.
 - A checkpoint also holds the optimiser, schedule, curriculum state (oracle, target bank) and
-  the open logging interval (`train_log`), so a resumed run writes the same rows as a straight
+  the open logging interval (`strop.training.log`), so a resumed run writes the same rows as a straight
   one (timings aside).
 - Faults: a non-finite loss (agreed over ranks by one all-reduce) raises `TrainingDiverged`
   before `backward`, so the last checkpoint is never overwritten with bad weights. SIGINT sets
@@ -43,7 +43,8 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ from torch import nn
 
 from strop.model import losses
 from strop.model.interpreter import prefix_mask
+from strop.model.network import GenOut, Strop
 from strop.runs import RunFolder
 from strop.training import checkpoint as ckpt
 from strop.training import curriculum as cur
@@ -61,11 +63,20 @@ from strop.training import data as train_data
 from strop.training import distributed as distr
 from strop.training.config import RunConfig
 from strop.training.curriculum import OracleState, TargetBank
-from strop.training.log import MetricLog, ProgressBar
+from strop.training.log import MetricLog, ProgressBar, StepResult
 from strop.training.optim import build_optimizer, build_scheduler, lr_factor
 from strop.training.resume import resolve_config
 
-__all__ = ["TrainForward", "Trainer", "TrainingDiverged", "lr_factor", "train"]
+__all__ = [
+    "ForwardResult",
+    "LossTerms",
+    "StepResult",
+    "TrainForward",
+    "Trainer",
+    "TrainingDiverged",
+    "lr_factor",
+    "train",
+]
 
 
 class TrainingDiverged(RuntimeError):
@@ -80,21 +91,68 @@ def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
 # --------------------------------------------------------------------------- forward
 
 
+@dataclass
+class ForwardResult:
+    """What `TrainForward` returns (device tensors, with gradients where they have them)."""
+
+    gen: GenOut
+    """The full-length program of the batch."""
+    active: torch.Tensor
+    """(B, L_max) bool: the active prefix of the main rows."""
+    errors: torch.Tensor
+    """(copies * B,) per-sample alignment errors: main rows, then the probe rows if any."""
+    l_hat: torch.Tensor
+    """(B,) predicted lengths."""
+    commit_loss: torch.Tensor
+    diversity_loss: torch.Tensor
+    pixel_loss: torch.Tensor | None
+    """None when no images reach the pixel probe."""
+
+
+@dataclass
+class LossTerms:
+    """The loss terms of one step (unweighted) and their weighted total."""
+
+    total: torch.Tensor
+    align: torch.Tensor
+    commit: torch.Tensor
+    diversity: torch.Tensor
+    length: torch.Tensor | None
+    """Phase 3 on."""
+    pixel: torch.Tensor | None
+
+    def named(self) -> dict[str, torch.Tensor]:
+        """The present terms under their metric names (for messages)."""
+        named = {
+            "align_loss": self.align,
+            "commit_loss": self.commit,
+            "diversity_loss": self.diversity,
+            "length_loss": self.length,
+            "pixel_loss": self.pixel,
+            "loss": self.total,
+        }
+        return {k: v for k, v in named.items() if v is not None}
+
+
+def _item(value: torch.Tensor | None) -> float | None:
+    return None if value is None else float(value.detach())
+
+
 class TrainForward(nn.Module):
     """The differentiable part of a step (what DDP wraps and `torch.compile` compiles).
 
     `lengths` is (B,) or (3B,) = main, down and up probe lengths; the tokens are repeated to
-    match and interpreted in one call. Returns a dict of tensors.
+    match and interpreted in one call.
     """
 
-    def __init__(self, model: nn.Module, w_mse: float) -> None:
+    def __init__(self, model: Strop, w_mse: float) -> None:
         super().__init__()
         self.model = model
         self.w_mse = w_mse
 
     def forward(
         self, feats: torch.Tensor, lengths: torch.Tensor, images: torch.Tensor | None
-    ) -> dict[str, Any]:
+    ) -> ForwardResult:
         model, b = self.model, feats.shape[0]
         copies = lengths.shape[0] // b
         gen = model.generate(feats)
@@ -104,15 +162,23 @@ class TrainForward(nn.Module):
         errors = losses.align_error(field_all, target, self.w_mse)
         field = field_all[:b]
         active = prefix_mask(lengths[:b], gen.codes.shape[1])
-        out = dict(model.quantizer_losses(gen, active))
-        out.update(gen=gen, active=active, errors=errors, l_hat=model.predict_length(feats))
+        quantizer = model.quantizer_losses(gen, active)
+        pixel_loss = None
         if images is not None:
             # The probe may see only the first images of the batch (train.pixel_batch).
             recon = model.decode_pixels(field[: images.shape[0]])
             if images.shape[-2:] != recon.shape[-2:]:
                 images = F.interpolate(images, size=recon.shape[-2:], mode="area")
-            out["pixel_loss"] = losses.pixel_loss(recon, images)
-        return out
+            pixel_loss = losses.pixel_loss(recon, images)
+        return ForwardResult(
+            gen=gen,
+            active=active,
+            errors=errors,
+            l_hat=model.predict_length(feats),
+            commit_loss=quantizer["commit_loss"],
+            diversity_loss=quantizer["diversity_loss"],
+            pixel_loss=pixel_loss,
+        )
 
 
 # --------------------------------------------------------------------------- trainer
@@ -223,7 +289,7 @@ class Trainer:
         """Endless batches, continuing at the data position (see `train_data.TrainData`)."""
         return self.data.batches()
 
-    def _autocast(self):
+    def _autocast(self) -> AbstractContextManager[Any]:
         if not self.use_bf16:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
@@ -234,6 +300,8 @@ class Trainer:
             images = images.to(self.device, non_blocking=True)
         if self.cached:
             feats = batch["feats"].to(self.device, non_blocking=True).float()
+        elif images is None:
+            raise ValueError("a training batch holds neither cached features nor images")
         else:
             with torch.no_grad(), self._autocast():
                 feats = self.model.teacher_features(images).float()
@@ -241,7 +309,7 @@ class Trainer:
             return feats, None
         return feats, images[: self.cfg.train.pixel_batch or None]
 
-    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Any]) -> StepResult:
         """One optimisation step at `self.step`; returns the values to log."""
         cfg, m, step = self.cfg.curriculum, self.cfg.model, self.step
         l_min, l_max = m.l_min, m.l_max
@@ -264,11 +332,11 @@ class Trainer:
 
         with self._autocast():
             out = self.forward(feats, all_lengths.to(self.device), images)
-        errors = out["errors"].detach()
-        row: dict[str, float] = {}
+        errors = out.errors.detach()
+        oracle_stats = None
         if cur.oracle_active(phase):
             e, e_down, e_up = errors.float().split(b)
-            targets, self.oracle, stats = cur.oracle_targets(
+            targets, self.oracle, oracle_stats = cur.oracle_targets(
                 lengths, e, e_down, e_up, valid_down, valid_up, self.oracle, cfg, l_min, l_max
             )
             index = batch["bank_index"]
@@ -276,9 +344,9 @@ class Trainer:
             gathered_idx = distr.all_gather_cat(index.to(self.device)).cpu()
             gathered_t = distr.all_gather_cat(targets.to(self.device)).cpu()
             self.bank.update(gathered_idx, gathered_t)
-            row.update(stats)
 
-        loss, terms = self._loss(out, phase, batch)
+        terms = self._loss(out, phase, batch)
+        loss = terms.total
         finite_and_stop = torch.tensor(
             [float(not torch.isfinite(loss)), float(self._sigint)], device=self.device
         )
@@ -294,57 +362,65 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         with torch.no_grad():
-            self.model.update_codebook(out["gen"], out["active"])
-            self.model.restart_dead_codes(out["gen"], out["active"])
+            self.model.update_codebook(out.gen, out.active)
+            self.model.restart_dead_codes(out.gen, out.active)
         # Every rank sees the same all-reduced flag, so all of them stop after this step.
         self._stop_requested = bool(finite_and_stop[1] > 0)
 
-        row.update({k: float(v) for k, v in terms.items()})
-        row["grad_norm"] = grad_norm
-        row["mean_length"] = float(lengths.float().mean())
-        row["head_share"] = float(from_head.float().mean())
-        if cur.head_active(phase):
-            row["pred_length"] = float(out["l_hat"].detach().float().mean())
-        return row
-
-    def _loss(
-        self, out: dict[str, Any], phase: int, batch: dict[str, Any]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        m = self.cfg.model
-        b = out["l_hat"].shape[0]
-        terms = {
-            "align_loss": out["errors"][:b].mean(),
-            "commit_loss": out["commit_loss"],
-            "diversity_loss": out["diversity_loss"],
-        }
-        w_div = cur.diversity_weight(self.step, m.w_div, m.div_warmup_steps)
-        loss = (
-            terms["align_loss"]
-            + m.w_commit * terms["commit_loss"]
-            + w_div * terms["diversity_loss"]
+        head = cur.head_active(phase)
+        return StepResult(
+            phase=phase,
+            loss=float(loss.detach()),
+            align_loss=float(terms.align.detach()),
+            commit_loss=float(terms.commit.detach()),
+            diversity_loss=float(terms.diversity.detach()),
+            grad_norm=grad_norm,
+            mean_length=float(lengths.float().mean()),
+            head_share=float(from_head.float().mean()),
+            length_loss=_item(terms.length),
+            pixel_loss=_item(terms.pixel),
+            pred_length=float(out.l_hat.detach().float().mean()) if head else None,
+            oracle=oracle_stats,
         )
+
+    def _loss(self, out: ForwardResult, phase: int, batch: dict[str, Any]) -> LossTerms:
+        m = self.cfg.model
+        b = out.l_hat.shape[0]
+        align = out.errors[:b].mean()
+        w_div = cur.diversity_weight(self.step, m.w_div, m.div_warmup_steps)
+        loss = align + m.w_commit * out.commit_loss + w_div * out.diversity_loss
+        length_loss = None
         if cur.head_active(phase):
             target, _ = self.bank.lookup(torch.as_tensor(batch["bank_index"]))
-            terms["length_loss"] = losses.length_loss(out["l_hat"], target.to(self.device), m.l_max)
-            loss = loss + m.w_len * terms["length_loss"]
+            length_loss = losses.length_loss(out.l_hat, target.to(self.device), m.l_max)
+            loss = loss + m.w_len * length_loss
         else:
             # Keeps the head in the graph (DDP needs every parameter used); no effect.
-            loss = loss + 0.0 * out["l_hat"].sum()
-        if "pixel_loss" in out:
-            terms["pixel_loss"] = out["pixel_loss"]
-            loss = loss + m.w_pixel * out["pixel_loss"]
-        terms["loss"] = loss
-        return loss, {k: v.detach() for k, v in terms.items()}
+            loss = loss + 0.0 * out.l_hat.sum()
+        if out.pixel_loss is not None:
+            loss = loss + m.w_pixel * out.pixel_loss
+        return LossTerms(
+            total=loss,
+            align=align,
+            commit=out.commit_loss,
+            diversity=out.diversity_loss,
+            length=length_loss,
+            pixel=out.pixel_loss,
+        )
 
     def _clip(self) -> float:
         clip = self.cfg.train.grad_clip
         params = [p for p in self.model.parameters() if p.grad is not None]
         if clip > 0:
             return float(torch.nn.utils.clip_grad_norm_(params, clip))
-        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        return float(
+            torch.linalg.vector_norm(
+                torch.stack([p.grad.norm() for p in params if p.grad is not None])
+            )
+        )
 
-    def _diverged(self, terms: dict[str, torch.Tensor]) -> None:
-        values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+    def _diverged(self, terms: LossTerms) -> None:
+        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.named().items())
         last = ckpt.checkpoints_dir(self.run.path) / ckpt.LAST
         kept = f"last good checkpoint {last}" if last.is_file() else "no checkpoint written yet"
         raise TrainingDiverged(
@@ -360,13 +436,16 @@ class Trainer:
         from strop.metrics import FieldStats, code_counts, codebook_usage
         from strop.model.length_head import round_lengths
 
+        if self.val_loader is None:
+            raise RuntimeError("validate: only the main process builds the validation loader")
+        loader = self.val_loader
         m = self.cfg.model
         phase = cur.phase_at(self.step, self.cfg.curriculum)
         use_head = phase >= 4 and phase != cur.FIXED_PHASE
         stats, counts, lengths_seen = FieldStats(), np.zeros(m.k, dtype=np.int64), []
         self.model.eval()
         try:
-            for i, batch in enumerate(self.val_loader):
+            for i, batch in enumerate(loader):
                 if i >= self.cfg.train.val_batches:
                     break
                 feats, _ = self._features(batch)
@@ -415,14 +494,15 @@ class Trainer:
         tick = time.perf_counter()
         while self.step < end:
             batch = next(batches)
-            row = self.train_step(batch)
+            result = self.train_step(batch)
             self.step += 1
-            self.metrics.add(row)
+            self.metrics.add(result)
             # A stop before train.steps leaves the open interval to the checkpoint.
             if self.step % t.log_every == 0 or self.step == t.steps:
                 elapsed = time.perf_counter() - tick
                 tick = time.perf_counter()
-                logged = self._log(world_batch * self.metrics.interval_steps / max(elapsed, 1e-9))
+                images_per_s = world_batch * self.metrics.interval_steps / max(elapsed, 1e-9)
+                logged = self._log(images_per_s, result.phase)
                 bar.update(self.step, logged)
             if t.val_every and self.step % t.val_every == 0:
                 if self.val_loader is not None:
@@ -435,7 +515,8 @@ class Trainer:
             if self.step % t.checkpoint_every == 0 and self.step < end:
                 self.save()
 
-    def _log(self, images_per_s: float) -> dict[str, float]:
+    def _log(self, images_per_s: float, phase: int) -> dict[str, Any]:
+        """Close the logging interval; `phase` is that of its last step."""
         m = self.cfg.model
         extra = {
             "lr": self.scheduler.get_last_lr()[0],
@@ -447,7 +528,6 @@ class Trainer:
             "model_tflops": 3 * self.flops_per_image * images_per_s / 1e12,
             "bank_coverage": self.bank.coverage,
         }
-        phase = cur.phase_at(self.step - 1, self.cfg.curriculum)
         return self.metrics.close_interval(self.step, phase, extra)
 
     def _log_validation(self) -> None:
