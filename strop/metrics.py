@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
@@ -104,13 +105,13 @@ class FieldStats:
 
     @property
     def rmse(self) -> float:
-        if not self.n_vectors:
+        if not self.n_vectors or self.sum_t is None:
             return math.nan
         return math.sqrt(self.sq_err / (self.n_vectors * self.sum_t.shape[0]))
 
     @property
     def r2(self) -> float:
-        if not self.n_vectors:
+        if not self.n_vectors or self.sum_t is None or self.sum_t2 is None:
             return math.nan
         ss_tot = float(np.sum(self.sum_t2 - self.sum_t**2 / self.n_vectors))
         if ss_tot <= 0:  # a constant target: R^2 is undefined
@@ -310,29 +311,29 @@ def _degenerate(x: np.ndarray, y: np.ndarray, method: str) -> Correlation | None
     return None
 
 
-def pearson(x: Sequence[float], y: Sequence[float], level: float = 0.95) -> Correlation:
+def pearson(x: ArrayLike, y: ArrayLike, level: float = 0.95) -> Correlation:
     """Pearson r with a Fisher-z confidence interval."""
     from scipy.stats import pearsonr
 
-    x, y = _xy(x, y)
-    bad = _degenerate(x, y, "pearson")
+    xs, ys = _xy(x, y)
+    bad = _degenerate(xs, ys, "pearson")
     if bad:
         return bad
-    res = pearsonr(x, y)
+    res = pearsonr(xs, ys)
     r = float(res.statistic)
     return Correlation(
         r,
-        _fisher_ci(r, len(x), level),
+        _fisher_ci(r, len(xs), level),
         float(res.pvalue),
-        len(x),
+        len(xs),
         "pearson",
         extra={"ci": "fisher"},
     )
 
 
 def spearman(
-    x: Sequence[float],
-    y: Sequence[float],
+    x: ArrayLike,
+    y: ArrayLike,
     level: float = 0.95,
     method: str = "bootstrap",
     n_boot: int = 2000,
@@ -341,18 +342,18 @@ def spearman(
     """Spearman rho with a percentile-bootstrap (default) or Bonett-Wright Fisher CI."""
     from scipy.stats import rankdata, spearmanr
 
-    x, y = _xy(x, y)
-    bad = _degenerate(x, y, "spearman")
+    xs, ys = _xy(x, y)
+    bad = _degenerate(xs, ys, "spearman")
     if bad:
         return bad
-    res = spearmanr(x, y)
-    rho, n = float(res.statistic), len(x)
+    res = spearmanr(xs, ys)
+    rho, n = float(res.statistic), len(xs)
     if method == "fisher":
         ci = _fisher_ci(rho, n, level, var_scale=1.0 + rho**2 / 2.0)
     elif method == "bootstrap":
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, n, size=(n_boot, n))
-        rx, ry = rankdata(x[idx], axis=1), rankdata(y[idx], axis=1)
+        rx, ry = rankdata(xs[idx], axis=1), rankdata(ys[idx], axis=1)
         rx -= rx.mean(axis=1, keepdims=True)
         ry -= ry.mean(axis=1, keepdims=True)
         den = np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
@@ -376,13 +377,13 @@ def spearman(
     )
 
 
-def length_vs_objects(lengths: Sequence[int], n_objects: Sequence[int], seed: int = 0) -> dict:
+def length_vs_objects(lengths: ArrayLike, n_objects: ArrayLike, seed: int = 0) -> dict:
     """The eval.json block: Pearson/Spearman with CIs over images whose object count is known."""
-    lengths = np.asarray(lengths, dtype=np.float64)
-    n_objects = np.asarray(n_objects, dtype=np.float64)
-    known = n_objects >= 0
-    p = pearson(lengths[known], n_objects[known])
-    s = spearman(lengths[known], n_objects[known], seed=seed)
+    length = np.asarray(lengths, dtype=np.float64)
+    count = np.asarray(n_objects, dtype=np.float64)
+    known = count >= 0
+    p = pearson(length[known], count[known])
+    s = spearman(length[known], count[known], seed=seed)
     out = {
         "pearson": _num(p.r),
         "pearson_ci": [_num(v) for v in p.ci],
@@ -393,8 +394,8 @@ def length_vs_objects(lengths: Sequence[int], n_objects: Sequence[int], seed: in
         "spearman_ci_method": s.extra.get("ci", "bootstrap"),
         "n": int(known.sum()),
         "mean_length_by_objects": {
-            str(int(c)): float(lengths[known][n_objects[known] == c].mean())
-            for c in np.unique(n_objects[known])
+            str(int(c)): float(length[known][count[known] == c].mean())
+            for c in np.unique(count[known])
         },
     }
     if p.note or s.note:
@@ -410,13 +411,13 @@ def _num(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def _xy(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.shape != y.shape or x.ndim != 1:
+def _xy(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if xs.shape != ys.shape or xs.ndim != 1:
         raise ValueError(
-            f"correlation needs two 1-D arrays of equal length, got {x.shape} and {y.shape}"
+            f"correlation needs two 1-D arrays of equal length, got {xs.shape} and {ys.shape}"
         )
-    return x, y
+    return xs, ys
 
 
 def _same_shape(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -55,7 +55,8 @@ class Programs:
     codes: list[np.ndarray]
     image_id: list[str] = field(default_factory=list)
     split: list[str] = field(default_factory=list)
-    n_objects: np.ndarray | None = None
+    # Empty (the default) means unknown for every image; never None after construction.
+    n_objects: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     scene: list[str | None] = field(default_factory=list)
     codebook_size: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -67,7 +68,7 @@ class Programs:
             self.image_id = [str(i) for i in range(n)]
         if not self.split:
             self.split = [""] * n
-        if self.n_objects is None:
+        if self.n_objects is None or (n and len(self.n_objects) == 0):  # None: older callers
             self.n_objects = np.full(n, -1, dtype=np.int64)
         self.n_objects = np.asarray(self.n_objects, dtype=np.int64)
         if not self.scene:

@@ -158,7 +158,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write text to a temporary file beside `path`, then rename over it."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+    atomic_write(path, write)
 
 
 def save_scenes(

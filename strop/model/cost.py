@@ -53,7 +53,10 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         n(part(name)) for name in ("generator", "interpreter", "quantizer", "length_head")
     )
     # The teacher is held outside the module tree (see `strop.model.network`).
-    teacher = n(model.teacher)
+    held = model.teacher
+    if not isinstance(held, nn.Module):
+        raise TypeError(f"count_parameters: {type(model).__name__} holds no teacher module")
+    teacher = n(held)
     return {
         "trainable_params": trainable,
         "pixel_probe_params": n(part("pixel_decoder")),

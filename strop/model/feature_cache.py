@@ -79,7 +79,7 @@ def write_features(
             raise FeatureCacheError(
                 f"{out / INDEX_FILE}: cache was made with {key}={index.get(key)!r}, now {value!r}; use another --out"
             )
-    n = len(dataset)
+    n = len(dataset)  # type: ignore[arg-type]  # map-style: torch's stub lacks __len__
     if n == 0:
         raise FeatureCacheError(
             f"feature cache: split {split!r} of {source or 'the dataset'} has no images"
@@ -187,9 +187,11 @@ class FeatureCacheDataset(Dataset):
                 f"{self.path}: expected {expected} bytes for float16 {self.shape}, found "
                 f"{'no file' if actual < 0 else f'{actual} bytes'}; re-run `strop cache-features`"
             )
-        if images is not None and len(images) != self.shape[0]:
+        # map-style datasets define __len__; torch's Dataset stub does not declare it
+        n_images = None if images is None else len(images)  # type: ignore[arg-type]
+        if n_images is not None and n_images != self.shape[0]:
             raise FeatureCacheError(
-                f"{self.path}: {self.shape[0]} cached images but the image dataset has {len(images)}"
+                f"{self.path}: {self.shape[0]} cached images but the image dataset has {n_images}"
             )
         self.images = images
         self.teacher = self.index["teacher"]

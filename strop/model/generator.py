@@ -150,6 +150,7 @@ def memory_query_attention(
     out_mem = F.scaled_dot_product_attention(
         q[:, :, :n_mem], k[:, :, :n_mem], v[:, :, :n_mem], attn_mask=mem_mask
     )
+    query_mask: torch.Tensor | None  # CausalBias is a Tensor subclass
     if causal_queries and q.is_cuda:
         query_mask = causal_lower_right(n - n_mem, n)
     elif causal_queries:

@@ -81,6 +81,8 @@ class ForwardOut:
 class Strop(nn.Module):
     """The STROP tokenizer. Build with `build_model(cfg)`; see the module docstring."""
 
+    teacher: Teacher  # set with object.__setattr__, outside the module tree
+
     def __init__(self, cfg: ModelConfig, teacher: Teacher | None = None) -> None:
         super().__init__()
         self.cfg = cfg
@@ -245,7 +247,7 @@ class Strop(nn.Module):
         codes = codes.to(self.device)
         lengths = lengths.to(self.device).long()
         self._check_program(codes, lengths)
-        field = None
+        field: torch.Tensor | None = None
         for length in lengths.unique().tolist():
             rows = (lengths == length).nonzero().squeeze(1)
             tokens = self.quantizer.embed_codes(codes[rows, :length])
@@ -253,6 +255,9 @@ class Strop(nn.Module):
             if field is None:
                 field = part.new_empty(codes.shape[0], *part.shape[1:])
             field[rows] = part
+        if field is None:  # an empty batch: no lengths to loop over
+            p, dim = self.interpreter.grid_queries.shape[0], self.interpreter.proj_out.out_features
+            return torch.empty(0, p, dim, device=self.device)
         return field
 
     # ------------------------------------------------------------------ checkpoints

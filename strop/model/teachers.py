@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -123,14 +124,19 @@ class Teacher(nn.Module):
 class ViTTeacher(Teacher):
     """A `transformers` DINOv3ViTModel with its normalisation; patch tokens only."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, name: str, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
         super().__init__()
         self.model = model
         self.teacher_name = name
-        self.dim = model.config.hidden_size
-        patch = model.config.patch_size
+        # A transformers PretrainedConfig: untyped here (nn.Module types attributes as tensors).
+        config: Any = model.config
+        self.dim = int(config.hidden_size)
+        patch = config.patch_size
         self.patch_size = patch if isinstance(patch, int) else patch[0]
-        self.n_prefix = 1 + model.config.num_register_tokens
+        self.n_prefix = 1 + int(config.num_register_tokens)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self._freeze()
@@ -145,6 +151,9 @@ class ViTTeacher(Teacher):
 
 class PixelTeacher(Teacher):
     """ImageNet-normalised patch pixels: (B, P, 3 * p * p), channel-major inside a patch."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, patch_size: int) -> None:
         super().__init__()

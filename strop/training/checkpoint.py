@@ -143,7 +143,11 @@ def has_checkpoint(run_dir: str | os.PathLike[str]) -> bool:
 
 def rng_state() -> dict[str, Any]:
     """Python, NumPy and torch (CPU, CUDA) RNG states as weights-only-loadable values."""
-    np_state = np.random.get_state()
+    # legacy=True is NumPy's runtime default (a tuple); numpy's stubs type the no-argument call
+    # as the dict form, so ask for it explicitly and narrow.
+    np_state = np.random.get_state(legacy=True)
+    if not isinstance(np_state, tuple):
+        raise TypeError(f"numpy RNG state: expected the legacy tuple, got {type(np_state)}")
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {

@@ -30,7 +30,9 @@ class IndexedDataset(Dataset):
 
     def __init__(self, base: Dataset, limit: int | None = None) -> None:
         self.base = base
-        self.size = min(len(base), limit) if limit else len(base)
+        # torch's Dataset stub has no __len__; map-style datasets (all of ours) define it.
+        n = len(base)  # type: ignore[arg-type]
+        self.size = min(n, limit) if limit else n
 
     def __len__(self) -> int:
         return self.size
@@ -94,7 +96,8 @@ class TrainData:
     ) -> None:
         t = cfg.train
         self.dataset, self.batch_size, self.seed = dataset, t.batch_size, t.seed
-        self.sampler = distr.ResumableSampler(len(dataset), rank, world_size, seed=t.seed)
+        n = len(dataset)
+        self.sampler = distr.ResumableSampler(n, rank, world_size, seed=t.seed)
         self.batches_per_epoch = self.sampler.per_rank // t.batch_size
         if self.batches_per_epoch == 0:
             raise ConfigError(
@@ -146,6 +149,6 @@ def val_loader(cfg: RunConfig) -> DataLoader | None:
         val_set, _ = build_split(cfg, split)
     except (FileNotFoundError, ValueError):
         return None  # no validation split in this dataset
-    if len(val_set) == 0:
+    if len(val_set) == 0:  # type: ignore[arg-type]  # map-style; torch's stub lacks __len__
         return None
     return DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False, collate_fn=collate)

@@ -17,8 +17,8 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
+from strop.model.network import Strop
 from strop.training.config import RunConfig
 
 
@@ -32,7 +32,7 @@ def lr_factor(step: int, warmup: int, hold: int, total: int, floor: float) -> fl
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: nn.Module, cfg: RunConfig, fused: bool) -> torch.optim.Optimizer:
+def build_optimizer(model: Strop, cfg: RunConfig, fused: bool) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; the length head is the last group."""
     t = cfg.train
     head = {id(p) for p in model.length_head.parameters()}
@@ -59,7 +59,8 @@ def lr_lambdas(cfg: RunConfig, groups: int) -> list[Callable[[int], float]]:
     def head(step: int) -> float:
         return 1.0 if t.head_constant_lr else main(step)
 
-    return [main] * (groups - 1) + [head]
+    main_lambdas: list[Callable[[int], float]] = [main] * (groups - 1)
+    return [*main_lambdas, head]
 
 
 def build_scheduler(

@@ -531,7 +531,10 @@ class Trainer:
         return self.metrics.close_interval(self.step, phase, extra)
 
     def _log_validation(self) -> None:
-        row = {"step": self.step, "phase": cur.phase_at(self.step - 1, self.cfg.curriculum)}
+        row: dict[str, float] = {
+            "step": self.step,
+            "phase": cur.phase_at(self.step - 1, self.cfg.curriculum),
+        }
         row.update(self.validate())
         self.metrics.validation(row)
 
