@@ -1,14 +1,45 @@
-"""Shared fixtures: a scenes file in real CLEVR v1.0's exact JSON shape, and a tiny synthetic
-CLEVR folder rendered once per session (tests that damage files copy it first)."""
+"""Shared fixtures: a scenes file in real CLEVR v1.0's exact JSON shape, a tiny synthetic
+CLEVR folder rendered once per session (tests that damage files copy it first), and the one
+factory of tiny model and run configs (`tiny_model_config`, `tiny_run_config`).
+
+This file imports neither torch nor the model at module level: the grammar and llm_decode
+tests check that their packages never import torch.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from strop.model.config import ModelConfig
+    from strop.training.config import RunConfig
+
+
+def tiny_model_config(**overrides: Any) -> ModelConfig:
+    """The model every CPU test builds: the `tiny` preset (d=64, 2 layers, 4 heads, FFN 128,
+    64 px images in 8-px patches, L_max=16, K=64) on the offline `pixels` teacher, so it needs
+    no weights and no network. Keyword overrides win (`image_size=32`, `k=16`, ...)."""
+    from strop.model.config import ModelConfig
+
+    return ModelConfig.from_preset("tiny", **{"teacher": "pixels", **overrides})
+
+
+def tiny_run_config(
+    data: str | os.PathLike[str], *sets: str, k: int = 16, batch_size: int = 4
+) -> RunConfig:
+    """What `strop train --data DATA --preset tiny --teacher pixels --k K` builds, with each
+    of `sets` applied as a `--set key=value` override."""
+    from strop.training.config import make_run_config
+
+    return make_run_config(data, "tiny", "pixels", k=k, batch_size=batch_size, overrides=list(sets))
+
 
 # Two scenes exactly as CLEVR_v1.0/scenes/CLEVR_val_scenes.json spells them: key order,
 # 3-entry pixel_coords (u, v, depth), float32-looking coordinates, -0.0 in directions,

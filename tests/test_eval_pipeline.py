@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model_config
 
 from strop.data.renderer import generate_dataset
 from strop.evaluation.analyze import erasure_maps, erasure_order, object_label_map
@@ -18,7 +19,7 @@ from strop.evaluation.export import (
     parse_length_mode,
     search_lengths,
 )
-from strop.model import ModelConfig, build_model
+from strop.model import build_model
 from strop.model.losses import align_error
 from strop.runs import RunFolder, read_programs
 from strop.scenes import parse_scene
@@ -39,9 +40,7 @@ def dataset(tmp_path_factory):
 def run_dir(tmp_path_factory, dataset):
     """A run folder as the trainer leaves it: config.json + checkpoints/last.pt (tiny, pixels teacher)."""
     torch.manual_seed(0)
-    mc = ModelConfig.from_preset(
-        "tiny", teacher="pixels", image_size=32, patch_size=8, l_max=8, k=16, d=32, ffn=64
-    )
+    mc = tiny_model_config(image_size=32, l_max=8, k=16, d=32, ffn=64)
     cfg = RunConfig(model=mc)
     cfg.data.path = str(dataset)
     run = RunFolder(tmp_path_factory.mktemp("runs") / "k16")

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_model_config
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
@@ -19,25 +20,35 @@ from strop.model.interpreter import prefix_mask
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return build_model(ModelConfig.from_preset("tiny", teacher="pixels")).eval()
+    return build_model(tiny_model_config()).eval()
+
+
+#: Largest accepted relative gap to the paper's Table 6 trainable-parameter counts. The paper
+#: does not itemise its counts, so the gap cannot be attributed to one component; the widest
+#: gap measured is S on ViT-B (-7.0%), and 8% keeps every preset/teacher pair honest.
+TABLE_6_TOLERANCE = 0.08
 
 
 @pytest.mark.parametrize(
-    ("preset", "teacher", "paper"),
+    ("preset", "teacher", "paper", "measured"),
     [
-        ("S", "dinov3-s", 13.5e6),
-        ("M", "dinov3-b", 65.1e6),
-        ("S", "dinov3-b", 14.2e6),
-        ("M", "dinov3-s", 64.3e6),
+        ("S", "dinov3-s", 13.5e6, 13_009_041),  # 13.01M, -3.6%
+        ("M", "dinov3-b", 65.1e6, 64_317_713),  # 64.32M, -1.2%
+        ("S", "dinov3-b", 14.2e6, 13_206_801),  # 13.21M, -7.0%
+        ("M", "dinov3-s", 64.3e6, 63_923_345),  # 63.92M, -0.6%
     ],
 )
-def test_trainable_parameters_match_paper_table_6(preset, teacher, paper):
+def test_trainable_parameters_match_paper_table_6(preset, teacher, paper, measured):
+    """Trainable parameters (generator, interpreter, quantizer projections, length head) are
+    within TABLE_6_TOLERANCE of the paper's Table 6, and exactly the count measured when this
+    test was written: a changed count changes every checkpoint, so update it knowingly."""
     info = describe(ModelConfig.from_preset(preset, teacher=teacher))
-    print(
-        f"{preset} on {teacher}: {info['trainable_params'] / 1e6:.2f}M trainable (paper {paper / 1e6}M)"
-    )
-    assert info["trainable_params"] == pytest.approx(paper, rel=0.15)
-    assert info["total_params"] == info["trainable_params"] + info["teacher_params"]
+    ours = info["trainable_params"]
+    gap = (ours - paper) / paper
+    where = f"STROP-{preset} on {teacher}: {ours / 1e6:.2f}M trainable vs paper {paper / 1e6}M ({gap:+.1%})"
+    assert abs(gap) <= TABLE_6_TOLERANCE, f"{where}, beyond the {TABLE_6_TOLERANCE:.0%} tolerance"
+    assert ours == measured, f"{where}; the count measured for this test was {measured}"
+    assert info["total_params"] == ours + info["teacher_params"]
 
 
 def test_meta_count_equals_a_real_model(tiny):
@@ -101,7 +112,7 @@ def test_bad_inputs_fail_with_one_clear_line(tiny):
     with pytest.raises(ValueError, match=r"expected shape \(B, 3, 64, 64\)"):
         tiny.encode(torch.rand(1, 3, 60, 60))
     with pytest.raises(ValueError, match="not divisible by patch_size"):
-        ModelConfig.from_preset("tiny", teacher="pixels", image_size=68)
+        tiny_model_config(image_size=68)
     with pytest.raises(ValueError, match=rf"row 1, position 2 holds {k}, expected 0..{k - 1}"):
         tiny.interpret(torch.tensor([[1, 2, 3], [1, 2, k]]), torch.tensor([3, 3]))
     with pytest.raises(ValueError, match="holds -1"):
@@ -120,7 +131,7 @@ def test_bad_inputs_fail_with_one_clear_line(tiny):
 
 
 def test_checkpoint_from_another_preset_is_refused(tiny):
-    other = build_model(ModelConfig.from_preset("tiny", teacher="pixels", d=32, k=32))
+    other = build_model(tiny_model_config(d=32, k=32))
     with pytest.raises(
         ValueError, match=r"checkpoint is preset tiny \(d=32.*: d 32 vs 64, k 32 vs 64"
     ):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_model_config
 
-from strop.model import ModelConfig, build_model
+from strop.model import build_model
 from strop.model.generator import (
     Generator,
     TransformerConfig,
@@ -119,7 +120,7 @@ def test_interpreter_reads_every_prefix_token():
 
 
 def test_pixel_gradients_never_reach_program_or_codebook():
-    cfg = ModelConfig.from_preset("tiny", teacher="pixels")
+    cfg = tiny_model_config()
     model = build_model(cfg)
     images = torch.rand(2, 3, 64, 64)
     feats = model.teacher_features(images)
@@ -136,7 +137,7 @@ def test_pixel_gradients_never_reach_program_or_codebook():
 
 
 def test_align_loss_reaches_generator_through_straight_through():
-    cfg = ModelConfig.from_preset("tiny", teacher="pixels")
+    cfg = tiny_model_config()
     model = build_model(cfg)
     feats = model.teacher_features(torch.rand(2, 3, 64, 64))
     out = model(feats, torch.tensor([4, 16]))
@@ -148,7 +149,7 @@ def test_align_loss_reaches_generator_through_straight_through():
 
 
 def test_length_head_gradient_stays_in_the_head():
-    cfg = ModelConfig.from_preset("tiny", teacher="pixels")
+    cfg = tiny_model_config()
     model = build_model(cfg)
     feats = model.teacher_features(torch.rand(3, 3, 64, 64))
     l_hat = model.predict_length(feats)

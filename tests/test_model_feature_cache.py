@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model_config
 from typer.testing import CliRunner
 
 from strop.cli import app
 from strop.data.datasets import build_dataset
-from strop.model import ModelConfig
 from strop.model.feature_cache import FeatureCacheDataset, FeatureCacheError
 from strop.model.teachers import PixelTeacher
 
@@ -64,11 +64,11 @@ def test_cache_features_cli_roundtrip(synth_clevr_ro, tmp_path):
     with_images = FeatureCacheDataset(out, "train", images=images)
     assert torch.equal(with_images[1]["image"], images[1]["image"])
 
-    cached.check(ModelConfig.from_preset("tiny", teacher="pixels", image_size=32))
+    cached.check(tiny_model_config(image_size=32))
     with pytest.raises(
         FeatureCacheError, match="cached with teacher='pixels', the model wants 'random-vit'"
     ):
-        cached.check(ModelConfig.from_preset("tiny", teacher="random-vit", image_size=32))
+        cached.check(tiny_model_config(teacher="random-vit", image_size=32))
 
 
 def test_cache_errors_name_the_file(synth_clevr_ro, tmp_path):

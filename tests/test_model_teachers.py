@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_model_config
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
 from strop.model import ModelConfig, build_model, teachers
@@ -93,7 +94,7 @@ def test_missing_weights_name_the_id_and_how_to_get_them(tmp_path):
 
 def test_teacher_is_frozen_outside_state_dict_and_stays_in_eval():
     model = build_model(
-        ModelConfig.from_preset("tiny", teacher="pixels"),
+        tiny_model_config(),
         teacher=ViTTeacher(_tiny_dinov3(8), "random-vit"),
     )
     model.train()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_run_config
 
 from strop.data.datasets import ClevrDataset
 from strop.data.renderer import generate_dataset
 from strop.model.losses import align_error
 from strop.training.checkpoint import load_model
-from strop.training.config import make_run_config
 from strop.training.trainer import train
 
 
@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
         "curriculum.length_mode=fixed", "model.image_size=32", "model.l_max=8",
         "model.div_warmup_steps=40", "data.max_train_images=16",
     ]  # fmt: skip
-    cfg = make_run_config(root, "tiny", "pixels", k=16, batch_size=16, overrides=sets)
+    cfg = tiny_run_config(root, *sets, batch_size=16)
     run = train(cfg, tmp_path_factory.mktemp("run") / "run", progress=False)
     return root, run
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run_config
 
 from strop.model import losses
 from strop.runs import RunFolder
 from strop.training import checkpoint as ckpt
-from strop.training.config import ConfigError, RunConfig, make_run_config
+from strop.training.config import ConfigError, RunConfig
 from strop.training.trainer import TrainingDiverged, lr_factor, train
 
 TIMING_KEYS = {"images_per_s", "model_tflops"}
@@ -59,14 +60,8 @@ def clevr(tmp_path_factory) -> Path:
 
 
 def config(data: Path, steps: int = 16, *sets: str) -> RunConfig:
-    return make_run_config(
-        data,
-        "tiny",
-        "pixels",
-        k=16,
-        batch_size=4,
-        overrides=[f"train.steps={steps}", *BASE_SETS, *sets],
-    )
+    """The tiny run at 32 px with phases compressed into `steps` (BASE_SETS), then `sets`."""
+    return tiny_run_config(data, f"train.steps={steps}", *BASE_SETS, *sets)
 
 
 def run_cli(args: list[str], **kw) -> subprocess.Popen:
