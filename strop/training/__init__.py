@@ -5,7 +5,7 @@
     trainer       the flat, timed training step and the loop around it
     data          datasets and loaders for training (seeded, resumable position)
     optim         AdamW groups and the warmup-hold-cosine schedule
-    log           `metrics.jsonl`, TensorBoard, the progress bar
+    log           the step's typed `StepResult`, `metrics.jsonl`, TensorBoard, the progress bar
     checkpoint    atomic checkpoints, RNG state, `load_model`
     resume        which configuration a run may be resumed with
     distributed   DDP via torchrun
