@@ -298,3 +298,45 @@ def test_training_from_a_feature_cache(clevr, tmp_path):
             tmp_path / "bad",
             progress=False,
         )
+
+
+def test_pixel_probe_loss_scaled_by_1000_leaves_the_tokenizer_bit_identical(clevr, tmp_path):
+    """Paper claim iii: pixels never shape the codebook. A tight clip makes clipping bind, so
+    a probe norm mixed into the tokenizer's clip would change its update."""
+    from strop.training.trainer import Trainer
+
+    def after_steps(w_pixel: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        cfg = config(clevr, 3, f"model.w_pixel={w_pixel}", "train.grad_clip=0.01")
+        trainer = Trainer(cfg, tmp_path / f"w{w_pixel}", progress=False)
+        trainer.fit()
+        tensors = [*trainer.model.named_parameters(), *trainer.model.named_buffers()]
+        state = {k: v.detach().clone() for k, v in tensors}
+        return state, trainer.run.read_metrics()
+
+    base, base_rows = after_steps("1")
+    loud, loud_rows = after_steps("1000")
+    probe = [k for k in base if k.startswith("pixel_decoder.")]
+    tokenizer = [k for k in base if not k.startswith("pixel_decoder.")]
+    assert probe and tokenizer
+    assert all(torch.equal(base[k], loud[k]) for k in tokenizer)
+    assert any(not torch.equal(base[k], loud[k]) for k in probe if base[k].is_floating_point())
+    # The logged tokenizer objective and its gradient norm agree; the probe's are its own.
+    rows = [(a, b) for a, b in zip(base_rows, loud_rows) if "loss" in a]
+    assert rows and all(
+        a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"] for a, b in rows
+    )
+    assert all(a["pixel_grad_norm"] != b["pixel_grad_norm"] for a, b in rows)
+
+
+def test_a_validation_split_that_fails_to_load_is_loud(clevr, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="strop.training.trainer"):
+        run = train(config(clevr, 2, "data.val_split=nosuchsplit"), tmp_path / "r", progress=False)
+    events = [r for r in RunFolder(run).read_metrics() if r.get("event") == "validation_off"]
+    assert len(events) == 1 and "nosuchsplit" in events[0]["reason"]
+    assert "failed to load" in events[0]["reason"]
+    assert any("validation off" in m and "nosuchsplit" in m for m in caplog.messages)
+    # Validation turned off by configuration is not an event.
+    run = train(config(clevr, 2, "train.val_every=0"), tmp_path / "off", progress=False)
+    assert not [r for r in RunFolder(run).read_metrics() if r.get("event")]

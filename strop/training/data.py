@@ -10,7 +10,10 @@ Design decisions
   the count of batches consumed in the epoch, `(epoch, batch_in_epoch)`, which is all the
   checkpoint stores. DataLoader worker seeds come from a dedicated generator, re-seeded per
   epoch, not the global one.
-- A missing, unreadable or empty validation split disables validation instead of failing.
+- A validation split that is asked for (`data.val_split` and `train.val_every` set) but
+  cannot be loaded (missing, unreadable or empty) turns validation off loudly, never
+  silently: `val_loader` returns the reason, which the trainer logs as a warning and writes
+  to `metrics.jsonl` as a `{"event": "validation_off", "reason": ...}` row.
 """
 
 from __future__ import annotations
@@ -140,15 +143,17 @@ class TrainData:
         self.batch_in_epoch = int(state["batch_in_epoch"])
 
 
-def val_loader(cfg: RunConfig) -> DataLoader | None:
-    """The validation loader, or None when validation is off or the split is missing/empty."""
+def val_loader(cfg: RunConfig) -> tuple[DataLoader | None, str | None]:
+    """The validation loader, or None and why: the reason is None when validation is off by
+    configuration, else one line naming the split and the error (module docstring)."""
     split = cfg.data.val_split
     if not split or not cfg.train.val_every:
-        return None
+        return None, None
     try:
         val_set, _ = build_split(cfg, split)
-    except (FileNotFoundError, ValueError):
-        return None  # no validation split in this dataset
+    except (FileNotFoundError, ValueError) as exc:
+        return None, f"validation split {split!r} of {cfg.data.path} failed to load: {exc}"
     if len(val_set) == 0:  # type: ignore[arg-type]  # map-style; torch's stub lacks __len__
-        return None
-    return DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False, collate_fn=collate)
+        return None, f"validation split {split!r} of {cfg.data.path} is empty"
+    loader = DataLoader(val_set, batch_size=cfg.train.batch_size, shuffle=False, collate_fn=collate)
+    return loader, None

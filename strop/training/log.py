@@ -38,7 +38,7 @@ class StepResult:
     phase: int
     """Curriculum phase of the step (1-5; 0 for fixed-length training)."""
     loss: float
-    """The total, weighted loss that was back-propagated."""
+    """The tokenizer's total, weighted loss (the pixel probe's loss is stepped apart)."""
     align_loss: float
     """Alignment error of the main rows, `1 - cos + w_mse * mse` (unweighted)."""
     commit_loss: float
@@ -46,7 +46,7 @@ class StepResult:
     diversity_loss: float
     """Diversity loss over active positions (unweighted)."""
     grad_norm: float
-    """Global gradient norm before clipping."""
+    """The tokenizer's gradient norm before clipping (the pixel probe's is apart)."""
     mean_length: float
     """Mean program length the interpreter read."""
     head_share: float
@@ -55,6 +55,8 @@ class StepResult:
     """Length-head regression loss (phase 3 on)."""
     pixel_loss: float | None = None
     """Pixel probe loss (when the probe trains on images)."""
+    pixel_grad_norm: float | None = None
+    """The pixel probe's own gradient norm before its own clipping (when it trains)."""
     pred_length: float | None = None
     """Mean predicted length L_hat (phase 3 on)."""
     oracle: OracleStats | None = None
@@ -78,6 +80,8 @@ class StepResult:
             mean_length=self.mean_length,
             head_share=self.head_share,
         )
+        if self.pixel_grad_norm is not None:
+            row["pixel_grad_norm"] = self.pixel_grad_norm
         if self.pred_length is not None:
             row["pred_length"] = self.pred_length
         return row
@@ -131,6 +135,11 @@ class MetricLog:
             for k, v in row.items():
                 if k.startswith("val_"):
                     self.tb.add_scalar(k, v, row["step"])
+
+    def event(self, step: int, name: str, **fields: Any) -> None:
+        """Write a one-off row (`event`: what happened, at `step`), e.g. validation turned off."""
+        if self.write:
+            self.run.append_metrics({"step": step, "event": name, **fields})
 
     def state_dict(self) -> dict[str, float]:
         return dict(self.interval)

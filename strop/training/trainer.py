@@ -20,9 +20,16 @@ Design decisions
 - Every loss term is always computed, and the length loss is multiplied by 0 before phase 3,
   so DDP never sees an unused parameter; the head's gradients are then dropped (set to None)
   so AdamW neither moves nor decays it before it starts training.
-- The pixel decoder (inspection only) learns from its own loss on the detached field, added to
-  the total: its input is detached, so this equals a separate optimisation. With cached
-  features and no images it is frozen instead.
+- The pixel decoder (inspection only, paper claim iii: pixels never shape the codebook) learns
+  from its own loss on the detached field. One backward runs on the sum (DDP wants one), but
+  the detached input leaves the tokenizer's gradients exactly those of its own objective;
+  the probe's gradients are then clipped by their own norm (`train.grad_clip`) and its
+  non-finite losses skip only its own step, so no probe value reaches the tokenizer's update:
+  with the probe loss scaled by 1000 the tokenizer's parameters after a step are
+  bit-identical (`tests/test_train_trainer.py`). AdamW's update is per tensor, so one
+  optimiser steps the two apart. `loss` in metrics.jsonl is the tokenizer's objective;
+  `pixel_loss` and `pixel_grad_norm` are logged beside it. With cached features and no images
+  the probe is frozen instead.
 - Randomness that must survive a resume: length sampling uses a generator seeded from
   (seed, rank, step), so it needs no saved state; data order is the data position
   (`strop.training.data`: seeded sampler plus the count of batches consumed, worker seeds from a
@@ -38,11 +45,13 @@ Design decisions
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +87,18 @@ __all__ = [
     "train",
 ]
 
+logger = logging.getLogger(__name__)
+
+
+def _clip_norm(params: Sequence[torch.Tensor], clip: float) -> float:
+    """Total gradient norm of `params`, clipped in place to `clip` when `clip > 0`."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    if clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
+    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; training stopped without saving."""
@@ -111,7 +132,8 @@ class ForwardResult:
 
 @dataclass
 class LossTerms:
-    """The loss terms of one step (unweighted) and their weighted total."""
+    """The loss terms of one step (unweighted) and the tokenizer's weighted total (the pixel
+    probe's loss, `pixel`, is back-propagated beside it, not inside it)."""
 
     total: torch.Tensor
     align: torch.Tensor
@@ -218,7 +240,9 @@ class Trainer:
             self.dist.world_size,
             pin_memory=device.type == "cuda",
         )
-        self.val_loader = train_data.val_loader(self.cfg) if self.dist.is_main else None
+        self.val_loader, val_off = (
+            train_data.val_loader(self.cfg) if self.dist.is_main else (None, None)
+        )
 
         self.optimizer = build_optimizer(self.model, self.cfg, fused=device.type == "cuda")
         self.scheduler = build_scheduler(self.optimizer, self.cfg)
@@ -227,6 +251,9 @@ class Trainer:
         self.step = 0  # steps completed
         self.metrics = MetricLog(self.run, write=self.dist.is_main)
         self._resume()
+        if val_off:
+            logger.warning("validation off: %s", val_off)
+            self.metrics.event(self.step, "validation_off", reason=val_off)
 
         forward: nn.Module = TrainForward(self.model, m.w_mse)
         if self.dist.distributed:
@@ -347,6 +374,7 @@ class Trainer:
 
         terms = self._loss(out, phase, batch)
         loss = terms.total
+        probe_loss = None if terms.pixel is None else self.cfg.model.w_pixel * terms.pixel
         finite_and_stop = torch.tensor(
             [float(not torch.isfinite(loss)), float(self._sigint)], device=self.device
         )
@@ -354,11 +382,12 @@ class Trainer:
         if finite_and_stop[0] > 0:
             self._diverged(terms)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # The probe's input is detached: its loss adds gradients to the pixel decoder only.
+        (loss if probe_loss is None else loss + probe_loss).backward()
         if not cur.head_active(phase):
             for p in self.model.length_head.parameters():
                 p.grad = None
-        grad_norm = self._clip()
+        grad_norm, probe_norm = self._clip()
         self.optimizer.step()
         self.scheduler.step()
         with torch.no_grad():
@@ -379,6 +408,7 @@ class Trainer:
             head_share=float(from_head.float().mean()),
             length_loss=_item(terms.length),
             pixel_loss=_item(terms.pixel),
+            pixel_grad_norm=probe_norm,
             pred_length=float(out.l_hat.detach().float().mean()) if head else None,
             oracle=oracle_stats,
         )
@@ -397,8 +427,7 @@ class Trainer:
         else:
             # Keeps the head in the graph (DDP needs every parameter used); no effect.
             loss = loss + 0.0 * out.l_hat.sum()
-        if out.pixel_loss is not None:
-            loss = loss + m.w_pixel * out.pixel_loss
+        # The pixel probe's loss stays out of `total`: it is stepped apart (module docstring).
         return LossTerms(
             total=loss,
             align=align,
@@ -408,16 +437,22 @@ class Trainer:
             pixel=out.pixel_loss,
         )
 
-    def _clip(self) -> float:
-        clip = self.cfg.train.grad_clip
+    def _clip(self) -> tuple[float, float | None]:
+        """Clip the tokenizer's gradients and the pixel probe's, each by its own norm; return
+        both norms (the probe's None when it has no gradients). A non-finite probe gradient
+        drops the probe's step only."""
+        probe_ids = {id(p) for p in self.model.pixel_decoder.parameters()}
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if clip > 0:
-            return float(torch.nn.utils.clip_grad_norm_(params, clip))
-        return float(
-            torch.linalg.vector_norm(
-                torch.stack([p.grad.norm() for p in params if p.grad is not None])
-            )
-        )
+        tokenizer = [p for p in params if id(p) not in probe_ids]
+        probe = [p for p in params if id(p) in probe_ids]
+        norm = _clip_norm(tokenizer, self.cfg.train.grad_clip)
+        if not probe:
+            return norm, None
+        probe_norm = _clip_norm(probe, self.cfg.train.grad_clip)
+        if not math.isfinite(probe_norm):
+            for p in probe:
+                p.grad = None
+        return norm, probe_norm
 
     def _diverged(self, terms: LossTerms) -> None:
         values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.named().items())
