@@ -201,14 +201,19 @@ def mutual_information(table: np.ndarray) -> float:
     return float(np.sum(pij[nz] * np.log(pij[nz] / (pi @ pj)[nz])))
 
 
-def nmi(a: Sequence, b: Sequence) -> float:
-    """Normalised mutual information, MI / mean(H(a), H(b)); 1.0 when both are constant."""
+def nmi(a: Sequence, b: Sequence) -> float | None:
+    """Normalised mutual information, MI / mean(H(a), H(b)).
+
+    None (undefined, 0 / 0) when both sequences are constant or empty: a single object under a
+    single code says nothing about purity, so it is not reported as a perfect 1.0. One
+    constant sequence against a varied one gives 0.0 (MI is 0, the normaliser is not).
+    """
     table, _, _ = contingency(a, b)
     ha, hb = entropy(table.sum(axis=1)), entropy(table.sum(axis=0))
-    if ha == 0 and hb == 0:
-        return 1.0
     denom = 0.5 * (ha + hb)
-    return float(min(1.0, max(0.0, mutual_information(table) / denom))) if denom > 0 else 0.0
+    if denom <= 0:
+        return None
+    return float(min(1.0, max(0.0, mutual_information(table) / denom)))
 
 
 # --------------------------------------------------------------------------- pixels

@@ -96,6 +96,14 @@ def test_nmi_properties():
     assert metrics.nmi(a, b) == pytest.approx(mi / (0.5 * (h(table.sum(1)) + h(table.sum(0)))))
 
 
+def test_nmi_of_constant_labels_is_undefined_not_perfect():
+    # One object under one code: 0 / 0, reported as None (JSON null), never as 1.0.
+    assert metrics.nmi([3, 3, 3], [7, 7, 7]) is None
+    assert metrics.nmi([], []) is None
+    # One side constant, the other varied: MI 0 over a positive normaliser.
+    assert metrics.nmi([3, 3, 3, 3], [1, 2, 1, 2]) == 0.0
+
+
 def test_ssim_identity_constant_and_noise():
     rng = np.random.default_rng(0)
     img = rng.random((2, 3, 32, 32))

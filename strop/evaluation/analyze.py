@@ -164,7 +164,9 @@ def record_agreement(
         for attr in ATTRIBUTES:
             acc.attr_pairs[attr] += [(getattr(obj, attr), int(codes[t])) for t in attribution[mask]]
     if on_object.any():
-        acc.object_token_nmi.append(metrics.nmi(labels[on_object], attribution[on_object]))
+        score = metrics.nmi(labels[on_object], attribution[on_object])
+        if score is not None:  # undefined for one object under one token: left out
+            acc.object_token_nmi.append(score)
 
 
 # --------------------------------------------------------------------------- summary
@@ -214,7 +216,7 @@ def summarise(acc: Accumulator, k: int, programs_codes: list[np.ndarray] | None)
         "code_reuse": {
             **reuse,
             "source": "programs.parquet" if programs_codes is not None else "analysed images",
-            "purity_nmi": _mean(list(purity.values())),
+            "purity_nmi": _mean([v for v in purity.values() if v is not None]),
             "purity_by_attribute": purity,
         },
         "contingency": contingency_table(acc.attr_pairs),
