@@ -62,11 +62,11 @@ def test_worker_processes_write_the_same_bytes(tmp_path: Path) -> None:
 def test_scene_does_not_depend_on_output_size() -> None:
     s1 = R.sample_scene(np.random.default_rng(5), 0, "val")
     s2 = R.sample_scene(np.random.default_rng(5), 0, "val")
-    # Before rendering, pixel_coords are in real CLEVR's 320x240 frame.
-    assert all(0 <= o.pixel_coords[0] < 320 and 0 <= o.pixel_coords[1] < 240 for o in s1.objects)
-    u320, v240, _ = s1.objects[0].pixel_coords
+    # Before rendering, pixel_coords are in real CLEVR's 480 x 320 frame.
+    assert all(0 <= o.pixel_coords[0] < 480 and 0 <= o.pixel_coords[1] < 320 for o in s1.objects)
+    u480, v320, _ = s1.objects[0].pixel_coords
     R.render_scene(s1, 64)
-    assert s1.objects[0].pixel_coords[:2] == pytest.approx((u320 / 5, v240 * 64 / 240), abs=0.6)
+    assert s1.objects[0].pixel_coords[:2] == pytest.approx((u480 * 64 / 480, v320 / 5), abs=0.6)
     R.render_scene(s1, 32)
     R.render_scene(s2, 96)
     assert [o.coords_3d for o in s1.objects] == [o.coords_3d for o in s2.objects]

@@ -1,13 +1,27 @@
 """CLEVR's camera: projection to pixels, camera rays, and the ground directions.
 
-Design decisions
-- The camera is CLEVR's default Blender camera (position, Euler angles, 35 mm lens on a 32 mm
-  sensor) without the per-image jitter, so `directions` are the same in every scene. Its 4:3
-  frustum is drawn onto the square image (non-square pixels): an S x S render frames the
-  scene as a real 320x240 CLEVR image resized to S x S does, which is how the loaders feed
-  real CLEVR. `pixel_coords` are in pixels of the rendered size (real CLEVR's: 320x240).
+Design decisions (each number checked on the real CLEVR v1.0 files in `../shared/clevr-real`:
+the first 1,000 train and 500 val scenes of the official annotation files)
+- Real CLEVR v1.0 images are 480 x 320 and their `pixel_coords` are `[u, v, depth]` in that
+  frame (`CLEVR_FRAME`). The lens is Blender's 35 mm on a 32 mm sensor fitted to the width,
+  so the frustum is 3:2 (`ASPECT`), the shape of the image: pixels are square at 480 x 320.
+- The camera is CLEVR's base-scene camera, not Blender's default one. Its yaw comes from the
+  scenes' `directions` (the camera axes projected on the ground): they are identical in all
+  1,500 scenes and put the yaw at 48.981 deg. CLEVR computes them before its per-image camera
+  jitter reaches the camera's matrix, so they cannot recover the jitter, only the base
+  orientation. Position and pitch are a least-squares fit of the projected `3d_coords` to the
+  `pixel_coords` of the 1,000 train scenes (6,455 objects; yaw, lens and frame fixed). Error
+  (Euclidean, px at 480 x 320): median 3.61 / p90 7.33 on those train scenes, 3.51 / 7.27 on
+  the 500 val scenes; Blender's default camera with the same 3:2 frustum gives 5.82 / 12.19,
+  and with the old 4:3 frustum 7.15 / 15.41. The rest is CLEVR's per-image jitter of the
+  camera position (uniform +-0.5 per axis): fitting a translation per image brings the median
+  down to about 2.3 px (`strop.data.camera_check`, which prints all of these).
+- Synthetic renders are square: the 3:2 frustum is drawn onto the S x S image (non-square
+  pixels), which is what a real 480 x 320 CLEVR image resized to S x S by the loaders looks
+  like. Their `pixel_coords` are in pixels of the rendered size, and the scenes file records
+  that frame (`info.pixel_frame`, written by `generate_dataset`).
 - The six `directions` are CLEVR's: the camera's forward and right axes projected onto the
-  ground plane, plus straight up and down.
+  ground plane, plus straight up and down. They equal the real files' to 2e-6 (the yaw is rounded).
 """
 
 from __future__ import annotations
@@ -20,19 +34,22 @@ import numpy as np
 
 from strop.scenes import Scene
 
-# Blender's default camera, which CLEVR's base scene uses (jitter off).
-CAM_POS = np.array([7.358891, -6.925791, 4.958309])
-CAM_EULER_DEG = (63.559, 0.0, 46.692)
-LENS_MM, SENSOR_MM = 35.0, 32.0
-ASPECT = 240 / 320  # CLEVR's frame, height over width
+#: Real CLEVR v1.0's image size, the frame its `pixel_coords` are in: (width, height).
+CLEVR_FRAME = (480, 320)
+# CLEVR's base-scene camera, jitter off: yaw from the real `directions`, position and pitch
+# fitted to real `pixel_coords` (module docstring).
+CAM_POS = np.array([7.4877, -6.5131, 5.3256])
+CAM_EULER_DEG = (61.783, 0.0, 48.981)
+LENS_MM, SENSOR_MM = 35.0, 32.0  # the sensor width spans the image width (Blender's AUTO fit)
+ASPECT = CLEVR_FRAME[1] / CLEVR_FRAME[0]  # frustum height over width: 3:2
 
 
 @dataclass(frozen=True)
 class Camera:
     """Pinhole camera: position, orthonormal right/up/forward, tan of the half fields of view.
 
-    The frustum is CLEVR's 4:3 one drawn onto a square image (non-square pixels), so a render
-    at S x S is what a real 320x240 CLEVR image resized to S x S looks like.
+    The frustum is CLEVR's 3:2 one. Projected onto a W x H frame: 480 x 320 is real CLEVR's
+    (square pixels), S x S is a render, or a real image resized to S x S (non-square pixels).
     """
 
     pos: np.ndarray
@@ -44,7 +61,7 @@ class Camera:
 
     def project(self, points: np.ndarray, width: int, height: int | None = None) -> np.ndarray:
         """(N, 3) world points -> (N, 3) continuous (u, v, depth): u right, v down, in pixels
-        of a width x height image (square by default); depth along the view axis."""
+        of a width x height frame (square by default); depth along the view axis."""
         height = width if height is None else height
         q = np.asarray(points, dtype=np.float64) - self.pos
         depth = q @ self.forward
@@ -61,20 +78,24 @@ def _euler_xyz(deg: tuple[float, float, float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _make_camera() -> Camera:
-    rot = _euler_xyz(CAM_EULER_DEG)
+def make_camera(
+    pos: np.ndarray, euler_deg: tuple[float, float, float], tan_x: float, tan_y: float
+) -> Camera:
+    """A Blender camera at `pos` with Euler XYZ angles (degrees) and half-field tangents."""
+    rot = _euler_xyz(euler_deg)
     # Blender cameras look down their local -Z with local +Y up.
     return Camera(
-        pos=CAM_POS,
+        pos=np.asarray(pos, dtype=np.float64),
         right=rot @ np.array([1.0, 0, 0]),
         up=rot @ np.array([0, 1.0, 0]),
         forward=rot @ np.array([0, 0, -1.0]),
-        tan_x=SENSOR_MM / 2 / LENS_MM,
-        tan_y=SENSOR_MM / 2 / LENS_MM * ASPECT,
+        tan_x=tan_x,
+        tan_y=tan_y,
     )
 
 
-CAMERA = _make_camera()
+_TAN_X = SENSOR_MM / 2 / LENS_MM
+CAMERA = make_camera(CAM_POS, CAM_EULER_DEG, _TAN_X, _TAN_X * ASPECT)
 
 
 def _ground_directions(cam: Camera) -> dict[str, tuple[float, float, float]]:
@@ -98,7 +119,7 @@ DIRECTIONS = _ground_directions(CAMERA)
 
 
 def set_pixel_coords(scene: Scene, width: int, height: int | None = None) -> None:
-    """Fill each object's `pixel_coords` for a width x height image (square by default):
+    """Fill each object's `pixel_coords` for a width x height frame (square by default):
     u, v rounded to whole pixels as CLEVR does, and the depth along the view axis."""
     if not scene.objects:
         return

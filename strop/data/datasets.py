@@ -8,9 +8,9 @@ Design decisions
   `scenes/CLEVR_<split>_scenes.json`. Real CLEVR's test split has no scenes file; then the
   items are the sorted images with `n_objects = -1`.
 - Images are resized to S x S with PIL's bicubic filter, which widens its support when it
-  shrinks (antialiasing), so a 320x240 CLEVR image becomes S x S without aliasing. The aspect
-  ratio is not kept: cropping would cut off objects near the sides, and the synthetic
-  renderer draws CLEVR's 4:3 frustum onto a square for the same result.
+  shrinks (antialiasing), so a real 480 x 320 CLEVR image becomes S x S without aliasing. The
+  aspect ratio is not kept: cropping would cut off objects near the sides, and the synthetic
+  renderer draws CLEVR's 3:2 frustum onto a square for the same result (`strop.data.camera`).
 - Construction checks what is cheap to check (the folder exists, is not empty, every image a
   scenes file names is present) and names the first problem and a count. Decoding errors
   (a truncated PNG) surface when that item is loaded, naming the file and index.

@@ -8,8 +8,8 @@ Design decisions
   `MAX_RETRIES` failures the whole scene restarts. Then shape, color, rotation (degrees) and
   material, uniformly. Cubes shrink by sqrt(2) after placement, as CLEVR does, so `z` (the
   object's half height, its centre) is 0.7/0.35 for spheres and cylinders, 0.495/0.247 for cubes.
-- CLEVR also rejects scenes where an object shows fewer than 200 of 320x240 pixels. We keep
-  that rule, checked on a cheap 64x64 hit buffer, so a scene never depends on the output size:
+- CLEVR also rejects scenes where an object shows fewer than 200 pixels of its render (real
+  CLEVR v1.0: 480 x 320). We keep that rule, checked on a cheap 64x64 hit buffer, so a scene never depends on the output size:
   the same seed gives the same scenes at 64 px and at 256 px.
 - Relationships are CLEVR's: j is left of i when their offset along the `left` direction
   exceeds 0.2, and likewise for the other directions.
@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from strop.data.camera import DIRECTIONS, set_pixel_coords
+from strop.data.camera import CLEVR_FRAME, DIRECTIONS, set_pixel_coords
 from strop.data.raycast import Solid, hit_buffer
 from strop.scenes import (
     COLORS,
@@ -39,7 +39,7 @@ SIZE_RADIUS: dict[str, float] = {"large": 0.7, "small": 0.35}
 MIN_DIST = 0.25  # CLEVR --min_dist: centre distance minus both radii
 MARGIN = 0.4  # CLEVR --margin: separation along each cardinal direction
 MAX_RETRIES = 50  # CLEVR --max_retries: placement tries before restarting the scene
-MIN_VISIBLE_FRACTION = 200 / (320 * 240)  # CLEVR --min_pixels_per_object at 320x240
+MIN_VISIBLE_FRACTION = 200 / (CLEVR_FRAME[0] * CLEVR_FRAME[1])  # --min_pixels_per_object
 VISIBILITY_RES = 64
 
 
@@ -92,7 +92,7 @@ def _place_objects(rng: np.random.Generator, n: int) -> list[tuple[float, float,
 
 def sample_scene(rng: np.random.Generator, index: int, split: str) -> Scene:
     """One CLEVR scene: objects, directions, relationships, and `pixel_coords` in real CLEVR's
-    320x240 frame (`render_scene` recomputes them for the size it renders)."""
+    480 x 320 frame (`render_scene` recomputes them for the size it renders)."""
     n = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
     while True:
         placement = _place_objects(rng, n)
@@ -127,5 +127,5 @@ def sample_scene(rng: np.random.Generator, index: int, split: str) -> Scene:
         relationships=compute_relationships(np.array([o.coords_3d for o in objects]), DIRECTIONS),
         directions=DIRECTIONS,
     )
-    set_pixel_coords(scene, 320, 240)
+    set_pixel_coords(scene, *CLEVR_FRAME)
     return scene

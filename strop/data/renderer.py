@@ -41,6 +41,7 @@ from strop.data.camera import (
     CAM_EULER_DEG,
     CAM_POS,
     CAMERA,
+    CLEVR_FRAME,
     DIRECTIONS,
     LENS_MM,
     SENSOR_MM,
@@ -67,6 +68,7 @@ __all__ = [
     "CAMERA",
     "CAM_EULER_DEG",
     "CAM_POS",
+    "CLEVR_FRAME",
     "COLOR_RGB",
     "DIRECTIONS",
     "FILL_LIGHT",
@@ -166,6 +168,8 @@ def generate_dataset(
         "generator": "strop clevr-synth",
         "seed": seed,
         "image_size": size,
+        # The frame `pixel_coords` are in (width, height): consumers read it from here.
+        "pixel_frame": [size, size],
     }
     chunk_len = 25
     chunks = []

@@ -11,93 +11,124 @@ Paper Sec. 4 "Program structure", App. D and G:
   (attribute value, code of the token attributed to that patch).
 
 Design decisions
-- Object masks are discs around each object's projected centre, with radius
-  `(S / 2) * r_world / (depth * tan(fov_x / 2))` (CLEVR's 35 mm lens on a 32 mm sensor,
-  `r_world` 0.7 large / 0.35 small), in the model's S x S input, so they are independent of the
-  source resolution; `pixel_coords` are rescaled from the frame they were computed in
-  (`pixel_frame`: the synthetic render size, or real CLEVR's 320x240). Overlaps go to the
-  nearer object. A patch belongs to a mask when its centre is inside the disc (the centre's
-  own patch always does).
+- Object masks are ellipses around each object's projected centre: a sphere of radius
+  `r_world` (0.7 large, 0.35 small) at camera distance `depth` spans `r_world / (depth *
+  tan_x)` of the half width and `r_world / (depth * tan_y)` of the half height (CLEVR's 3:2
+  frustum, `strop.data.camera`). In a W x H frame that is a disc when pixels are square (real
+  480 x 320) and an ellipse 1.5 times taller than wide in a square S x S input. Masks are
+  built in the frame asked for (the model's S x S grid, or an image's own pixels), so they do
+  not depend on the source resolution; `pixel_coords` are rescaled from the frame they were
+  computed in (`pixel_frame`). Overlaps go to the nearer object. A patch belongs to a mask
+  when its centre is inside the ellipse (the centre's own patch always does).
+- The frame comes from the data, never a hidden constant: a scenes file's `info.pixel_frame`
+  (synthetic scenes write it; older ones `info.image_size`), else the size of the image file
+  itself (real CLEVR: its 480 x 320 PNGs, which is the frame of its `pixel_coords`), else
+  real CLEVR's `CLEVR_FRAME` when neither the info nor the image says.
+- Checked on real data (`tests/test_data_real_clevr.py`): masks built from the 267 real
+  train scenes at 480 x 320 hold pixels of the annotated colour for >= 90% of the objects.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 
+from strop.data.camera import CAMERA, CLEVR_FRAME
+from strop.data.placement import SIZE_RADIUS
 from strop.scenes import Scene
 
 ATTRIBUTES = ("color", "shape", "material", "size")
 
 
-def object_radius_px(size: str, depth: float, image_size: int) -> float:
-    """Projected radius (model pixels) of a CLEVR object of `size` at camera distance `depth`."""
-    from strop.data.renderer import LENS_MM, SENSOR_MM, SIZE_RADIUS
+def object_radii(size: str, depth: float, frame: tuple[int, int]) -> tuple[float, float]:
+    """Projected (horizontal, vertical) radius in pixels of a W x H `frame` of a CLEVR object
+    of `size` at camera distance `depth`."""
+    w, h = frame
+    r = SIZE_RADIUS[size] / max(depth, 1e-3)
+    return w / 2 * r / CAMERA.tan_x, h / 2 * r / CAMERA.tan_y
 
-    tan_half_fov = SENSOR_MM / 2 / LENS_MM
-    return image_size / 2 * SIZE_RADIUS[size] / (max(depth, 1e-3) * tan_half_fov)
+
+def object_radius_px(size: str, depth: float, image_size: int) -> float:
+    """Projected horizontal radius (pixels of an S x S input) of a CLEVR object."""
+    return object_radii(size, depth, (image_size, image_size))[0]
+
+
+def object_label_image(
+    scene: Scene, frame: tuple[int, int], source: tuple[int, int] | None = None
+) -> np.ndarray:
+    """(H, W) object index per pixel of a W x H `frame`, -1 for background; nearer objects
+    win. `source` is the frame the scene's `pixel_coords` are in (default: `frame`)."""
+    w, h = frame
+    return _ellipse_labels(scene, (h, w), frame, source or frame)
 
 
 def object_label_map(
     scene: Scene, grid: tuple[int, int], image_size: int, source_size: tuple[int, int] | None
 ) -> np.ndarray:
-    """(gh * gw,) object index per patch (row-major), -1 for background; nearer objects win."""
+    """(gh * gw,) object index per patch of an S x S input (row-major), -1 for background."""
+    frame = (image_size, image_size)
+    return _ellipse_labels(scene, grid, frame, source_size or frame).reshape(-1)
+
+
+def _ellipse_labels(
+    scene: Scene, grid: tuple[int, int], frame: tuple[int, int], source: tuple[int, int]
+) -> np.ndarray:
+    """Labels at the centres of a gh x gw grid laid over a W x H frame."""
     gh, gw = grid
-    ys = (np.arange(gh) + 0.5) * image_size / gh
-    xs = (np.arange(gw) + 0.5) * image_size / gw
+    w, h = frame
+    sw, sh = source
+    ys = (np.arange(gh) + 0.5) * h / gh
+    xs = (np.arange(gw) + 0.5) * w / gw
     py, px = np.meshgrid(ys, xs, indexing="ij")
     labels = np.full((gh, gw), -1, dtype=np.int64)
-    sw, sh = source_size or (image_size, image_size)
-    placed = [(i, o) for i, o in enumerate(scene.objects) if o.pixel_coords is not None]
-    for i, obj in sorted(placed, key=lambda t: -t[1].pixel_coords[2]):  # far to near
-        u, v, depth = obj.pixel_coords
-        u, v = u * image_size / sw, v * image_size / sh
-        r = object_radius_px(obj.size, depth, image_size)
-        inside = (px - u) ** 2 + (py - v) ** 2 <= r * r
-        row, col = (
-            int(np.clip(v * gh / image_size, 0, gh - 1)),
-            int(np.clip(u * gw / image_size, 0, gw - 1)),
-        )
+    placed = [(i, o, o.pixel_coords) for i, o in enumerate(scene.objects) if o.pixel_coords]
+    for i, obj, (u, v, depth) in sorted(placed, key=lambda t: -t[2][2]):  # far to near
+        u, v = u * w / sw, v * h / sh
+        rx, ry = object_radii(obj.size, depth, frame)
+        inside = ((px - u) / rx) ** 2 + ((py - v) / ry) ** 2 <= 1.0
+        row = int(np.clip(v * gh / h, 0, gh - 1))
+        col = int(np.clip(u * gw / w, 0, gw - 1))
         inside[row, col] = True
         labels[inside] = i
-    return labels.reshape(-1)
+    return labels
 
 
-#: The frame real CLEVR v1.0 computed `pixel_coords` in (its renderer's default 320x240),
-#: whatever the size of the released PNGs.
-CLEVR_FRAME = (320, 240)
-
-
-def pixel_frame(root: Path, split: str, scene: Scene) -> tuple[int, int] | None:
-    """(width, height) that the scene's `pixel_coords` refer to.
-
-    Synthetic scenes files record `info.image_size` (coordinates in rendered pixels); real
-    CLEVR's files do not, and use `CLEVR_FRAME`. Without a scenes file, the image's own size.
-    """
+def pixel_frame(root: Path, split: str, scene: Scene) -> tuple[int, int]:
+    """(width, height) that the scene's `pixel_coords` refer to (module docstring)."""
     from PIL import Image
 
     for base in (root, root / "CLEVR_v1.0"):
         scenes_file = base / "scenes" / f"CLEVR_{split}_scenes.json"
         if scenes_file.is_file():
-            size = _info_image_size(scenes_file)
-            return (size, size) if size else CLEVR_FRAME
+            frame = _info_frame(scenes_file)
+            if frame:
+                return frame
         path = base / "images" / split / scene.image_filename
         if path.is_file():
             with Image.open(path) as img:
                 return img.size
-    return None
+    return CLEVR_FRAME
 
 
 @functools.lru_cache(maxsize=8)
-def _info_image_size(scenes_file: Path) -> int | None:
-    """`info.image_size` of a scenes file, read from its head (files can hold 70k scenes)."""
+def _info_frame(scenes_file: Path) -> tuple[int, int] | None:
+    """`info.pixel_frame` (or the older `info.image_size`) of a scenes file, read from its
+    head: the writers put `info` first, and files can hold 70k scenes."""
     with open(scenes_file, encoding="utf-8") as handle:
-        head = handle.read(4096)
-    match = re.search(r'"image_size"\s*:\s*(\d+)', head.split('"scenes"')[0])
-    return int(match.group(1)) if match else None
+        head = handle.read(4096).split('"scenes"')[0]
+    match = re.search(r'"pixel_frame"\s*:\s*(\[[^\]]*\])', head)
+    if match:
+        w, h = json.loads(match.group(1))
+        return int(w), int(h)
+    match = re.search(r'"image_size"\s*:\s*(\d+)', head)
+    if match:
+        size = int(match.group(1))
+        return size, size
+    return None
 
 
 # --------------------------------------------------------------------------- agreement
