@@ -88,6 +88,15 @@ def decode_command(
     permute_codes: bool = typer.Option(
         False, "--permute-codes", help="Control: permute the query codes."
     ),
+    matching: str = typer.Option(
+        "attributes", "--matching", help="Object matching: attributes | joint | position | index."
+    ),
+    position_error: str = typer.Option(
+        "mixed", "--position-error", help="Position MSE/MAE: mixed | coordinate | euclidean."
+    ),
+    naive: str = typer.Option(
+        "sampled", "--naive", help="Naive baseline's scene: sampled | proportional | modal."
+    ),
 ) -> None:
     """Decode --test held-out scenes of run K with --shots examples each, score, and save."""
     secret = os.environ.get(api_key_env)
@@ -119,6 +128,8 @@ def decode_command(
             template=template,
             max_tokens=max_tokens,
             think=think,
+            scoring={"matching": matching, "position_error": position_error},
+            naive=naive,  # type: ignore[arg-type]  (validated by pydantic)
         )
         check_config(cfg)
     except ValidationError as exc:

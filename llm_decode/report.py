@@ -6,6 +6,9 @@ Design decisions
 - Parse failures print as `fails / n` like the paper; a run with missing answers says so.
 - Markdown goes to `EXPERIMENT/llm_report.md` (atomic write); the same rows print as a rich
   table.
+- Every row says how it was scored (`Scoring`: matching / position error, and the naive
+  baseline's definition), read from its summary; a summary written before these options
+  existed was scored by position matching and per-coordinate errors, and says so.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ COLUMNS = (
     "Pos MAE",
     "AP@inf",
     "AP@0.5",
+    "Scoring",
 )
+#: What summaries without a `scoring` record were computed with (the code before the options).
+_LEGACY_SCORING = {"matching": "position", "position_error": "coordinate"}
 _BASELINES = ("naive", "knn")
 
 
@@ -79,9 +85,21 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
                 _num(s.get("pos_mae"), 2),
                 _num(ap.get("inf"), 3),
                 _num(ap.get("0.5"), 3),
+                scoring_label(s),
             ]
         )
     return rows
+
+
+def scoring_label(summary: dict[str, Any]) -> str:
+    """`matching / position error`, plus `naive=<definition>` for the naive baseline."""
+    scoring = summary.get("scoring") or _LEGACY_SCORING
+    label = f"{scoring.get('matching', '?')} / {scoring.get('position_error', '?')}"
+    if "scoring" not in summary:
+        label += " (before options)"
+    if summary.get("backend") == "naive":
+        label += f"; naive={summary.get('naive_definition') or 'modal'}"
+    return label
 
 
 def render_markdown(rows: list[list[str]], experiment: Path) -> str:
@@ -93,7 +111,11 @@ def render_markdown(rows: list[list[str]], experiment: Path) -> str:
         *("| " + " | ".join(r) + " |" for r in rows),
         "",
         "Count err: mean |predicted - true| objects; attribute accuracy and position errors over "
-        "Hungarian-matched objects; AP: CLEVR set prediction at the given (x, y) distance.",
+        "Hungarian-matched objects; AP: CLEVR set prediction at the given (x, y) distance. "
+        "Scoring: how objects were matched (attributes, joint, position or index) and how "
+        "position errors were taken (mixed: MSE per coordinate, MAE Euclidean; coordinate; "
+        "euclidean); naive: the baseline's average scene (sampled, proportional or modal). "
+        "See llm_decode/scoring.py and docs/TABLE16_CALIBRATION.md.",
         "",
     ]
     return "\n".join(lines)

@@ -26,12 +26,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_decode.backends.base import Backend, BackendError, Completion, TransportError, redact
+from llm_decode.backends.baselines import DEFAULT_NAIVE, NaiveDefinition
 from llm_decode.presets import ModelPreset, folder_name, resolve_model
 from llm_decode.prompting import PromptBuilder, Shot
 from llm_decode.protocol import ProtocolConfig, Selection, code_permutation, load_scene, select
 from llm_decode.results import ResultsFile, messages_sha256, request_key
 from llm_decode.schema import DecodedScene, SceneParseError, parse_answer, scene_json_schema
-from llm_decode.scoring import score_scene, summarize_scores
+from llm_decode.scoring import ScoringOptions, score_scene, summarize_scores
 from strop.runs import RunFolder, RunFolderError, find_run
 
 BackendName = Literal["openai", "vllm", "naive", "knn"]
@@ -61,6 +62,12 @@ class DecodeConfig(BaseModel):
     template: Path | None = Field(None, description="A Jinja template replacing prompts/decode.j2.")
     max_tokens: int | None = Field(None, ge=1, description="Default: the preset's.")
     think: bool | None = Field(None, description="Add the reasoning suffix; default: the preset's.")
+    scoring: ScoringOptions = Field(
+        default_factory=ScoringOptions, description="Matching and position-error definitions."
+    )
+    naive: NaiveDefinition = Field(
+        DEFAULT_NAIVE, description="The naive baseline's average scene (backend naive)."
+    )
 
 
 @dataclass
@@ -91,7 +98,7 @@ def _build_backend(
     if cfg.backend == "naive":
         from llm_decode.backends.baselines import NaiveBackend
 
-        return NaiveBackend([s.scene for s in shots], seed=cfg.protocol.seed)
+        return NaiveBackend([s.scene for s in shots], seed=cfg.protocol.seed, definition=cfg.naive)
     if cfg.backend == "knn":
         from llm_decode.backends.baselines import KnnBackend
 
@@ -163,6 +170,8 @@ def plan(cfg: DecodeConfig) -> Plan:
     builder = PromptBuilder(codebook_size=k, shots=shots, think=think, template=cfg.template)
     llm = cfg.backend in ("openai", "vllm")
     endpoint = redact(cfg.base_url.rstrip("/")) if cfg.backend == "openai" else cfg.backend
+    if cfg.backend == "naive":  # a different average scene is a different answer
+        endpoint = f"naive:{cfg.naive}"
     sampling = {
         "temperature": cfg.protocol.temperature,
         "max_tokens": max_tokens,
@@ -192,6 +201,7 @@ def plan(cfg: DecodeConfig) -> Plan:
         "endpoint": endpoint,
         "k": k,
         "permuted": cfg.protocol.permute_codes,
+        "naive_definition": cfg.naive if cfg.backend == "naive" else None,
     }
     return Plan(run, k, selection, shots, preset, think, max_tokens, builder, identity, jobs)
 
@@ -259,6 +269,7 @@ def _row(
     scene: DecodedScene | None,
     transport_failed: bool,
     started: float,
+    scoring: ScoringOptions | None = None,
 ) -> dict[str, Any]:
     last = completions[-1] if completions else None
     usage: dict[str, int] = {}
@@ -286,7 +297,7 @@ def _row(
         "codes": job.codes,
         "parsed": scene.model_dump() if scene is not None else None,
         "truth": job.truth.model_dump(),
-        "scores": score_scene(scene, job.truth).to_dict() if scene is not None else None,
+        "scores": score_scene(scene, job.truth, scoring).to_dict() if scene is not None else None,
         "time": time.time(),
     }
 
@@ -314,7 +325,7 @@ async def _run_async(
                 backend, builder, job, cfg.protocol.parse_retries
             )
             failed = last is None
-            record(_row(job, identity, completions, error, scene, failed, started))
+            record(_row(job, identity, completions, error, scene, failed, started, cfg.scoring))
 
     try:
         await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(todo)))))
@@ -364,6 +375,7 @@ async def _run_batch(
                 scene,
                 False,
                 started,
+                cfg.scoring,
             )
         )
     await backend.aclose()
@@ -372,7 +384,7 @@ async def _run_batch(
 def _summary(rows: list[dict[str, Any] | None], cfg: DecodeConfig, p: Plan) -> dict[str, Any]:
     answered = [(r, j) for r, j in zip(rows, p.jobs, strict=True) if r is not None]
     preds = [DecodedScene.model_validate(r["parsed"]) if r["parsed"] else None for r, _ in answered]
-    scores = summarize_scores(preds, [j.truth for _, j in answered])
+    scores = summarize_scores(preds, [j.truth for _, j in answered], cfg.scoring)
     tokens = {
         name: int(sum(r["usage"].get(name, 0) for r, _ in answered))
         for name in ("prompt_tokens", "completion_tokens")

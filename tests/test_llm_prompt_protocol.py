@@ -166,13 +166,25 @@ def test_naive_baseline_is_the_average_scene():
         DecodedScene(objects=[left[0], right[0]]),
         DecodedScene(objects=[left[1], right[1], obj("bl", "cy", "L", "M", 2.0, 2.05)]),
     ]
-    scene = naive_scene(pool, seed=0)
+    scene = naive_scene(pool, seed=0, definition="modal")
     # mean count 2.5 rounds half up to 3; r and M and L win; S/cu tie broken by order
     assert len(scene.objects) == 3
     assert {o.attributes() for o in scene.objects} == {("r", "cu", "L", "M")}
-    assert scene == naive_scene(pool, seed=0)
+    assert scene == naive_scene(pool, seed=0, definition="modal")
     xs = sorted(round(o.x, 1) for o in scene.objects)
     assert xs[0] == pytest.approx(-1.9, abs=0.11) and xs[-1] == pytest.approx(2.0, abs=0.01)
+    # Distribution-shaped: the same count and positions, attributes shared out by frequency.
+    prop = naive_scene(pool, seed=0, definition="proportional")
+    assert [(o.x, o.y) for o in prop.objects] == [(o.x, o.y) for o in scene.objects]
+    # colours r 4/5, bl 1/5 of 3 objects -> 2.4, 0.6 -> r, r, bl (largest remainder)
+    assert [o.color for o in prop.objects] == ["r", "r", "bl"]
+    assert sorted(o.size for o in prop.objects) == ["L", "L", "S"]  # L 3/5, S 2/5
+    sampled = naive_scene(pool, seed=0, definition="sampled")
+    assert sampled == naive_scene(pool, seed=0, definition="sampled") and len(sampled.objects) == 3
+    pool_objects = {o.attributes() for s in pool for o in s.objects}
+    assert {o.attributes() for o in sampled.objects} <= pool_objects
+    with pytest.raises(ValueError, match="naive definition"):
+        naive_scene(pool, definition="median")  # type: ignore[arg-type]
 
 
 def test_knn_exact_match_and_tie_breaks():
@@ -214,6 +226,24 @@ def test_baselines_end_to_end_and_report(tmp_path):
     text = path.read_text()
     assert text.count("| naive |") == 2 and text.count("| knn |") == 2 and "knn-permuted" in text
     assert knn["k"] == 64
+    # The definitions are recorded and printed beside the numbers.
+    assert knn["scoring"] == {"matching": "attributes", "position_error": "mixed"}
+    assert "| attributes / mixed; naive=sampled |" in text
+    assert "| attributes / mixed |" in text  # knn rows: no naive definition
+    modal = decode(
+        DecodeConfig(
+            model="naive",
+            k=32,
+            runs=tmp_path / "exp",
+            backend="naive",
+            naive="modal",
+            scoring={"matching": "position", "position_error": "coordinate"},
+        )
+    ).summary
+    assert modal["naive_definition"] == "modal" and modal["endpoint"] == "naive:modal"
+    assert modal["scoring"] == {"matching": "position", "position_error": "coordinate"}
+    _, _ = build_report(tmp_path / "exp")
+    assert "| position / coordinate; naive=modal |" in path.read_text()
 
 
 def test_knn_recovers_shot_scenes(tmp_path):

@@ -14,7 +14,13 @@ from llm_decode.schema import (
     scene_json_schema,
     split_reasoning,
 )
-from llm_decode.scoring import average_precision, match_objects, score_scene, summarize_scores
+from llm_decode.scoring import (
+    ScoringOptions,
+    average_precision,
+    match_objects,
+    score_scene,
+    summarize_scores,
+)
 from strop.scenes import Scene, SceneObject
 
 
@@ -156,9 +162,15 @@ def test_position_errors_and_thresholds():
     moved = DecodedScene(
         objects=[o.model_copy(update={"x": o.x + 0.36, "y": o.y - 0.48}) for o in TRUE.objects]
     )
-    score = score_scene(moved, TRUE)
+    score = score_scene(moved, TRUE, ScoringOptions(position_error="coordinate"))
     assert score.pos_mse == pytest.approx((0.36**2 + 0.48**2) / 2)
     assert score.pos_mae == pytest.approx(0.42)
+    # Euclidean: |d| = 0.6 for every object; mixed: MSE per coordinate, MAE Euclidean.
+    score = score_scene(moved, TRUE, ScoringOptions(position_error="euclidean"))
+    assert (score.pos_mse, score.pos_mae) == (pytest.approx(0.36), pytest.approx(0.6))
+    score = score_scene(moved, TRUE)  # the default: mixed
+    assert (score.pos_mse, score.pos_mae) == (pytest.approx(0.18), pytest.approx(0.6))
+    assert score.pos_mse < score.pos_mae**2  # possible only under mixed (Table 16's naive row)
     # each prediction is 0.6 away: a hit within 1, a miss within 0.5
     aps = {t: average_precision([moved], [TRUE], t) for t in (math.inf, 1, 0.5, 0.25)}
     assert aps[math.inf] == pytest.approx(1.0) and aps[1] == pytest.approx(1.0)
@@ -184,3 +196,33 @@ def test_summary_excludes_parse_failures_from_means_but_not_recall():
 def test_empty_prediction_has_no_matched_scores():
     score = score_scene(DecodedScene(objects=[]), TRUE)
     assert score.count_err == 3 and score.attr_acc is None and score.pos_mse is None
+
+
+def test_matching_options_pair_objects_by_what_they_say():
+    # Two predictions, each at the other's true position with the other's attributes.
+    a, b = TRUE.objects[0], TRUE.objects[1]
+    pred = DecodedScene(
+        objects=[
+            a.model_copy(update={"x": b.x, "y": b.y}),
+            b.model_copy(update={"x": a.x, "y": a.y}),
+        ]
+    )
+    true = DecodedScene(objects=[a, b])
+    assert sorted(match_objects(pred, true, "position")) == [(0, 1), (1, 0)]
+    assert sorted(match_objects(pred, true, "attributes")) == [(0, 0), (1, 1)]
+    assert sorted(match_objects(pred, true, "index")) == [(0, 0), (1, 1)]
+    by_position = score_scene(pred, true, ScoringOptions(matching="position"))
+    by_attributes = score_scene(pred, true, ScoringOptions(matching="attributes"))
+    assert by_position.pos_mse == 0.0 and by_position.attr_acc == 0.0  # all four differ
+    assert by_attributes.attr_acc == 1.0 and by_attributes.pos_mse > 0
+    # joint: four attribute mismatches (weight 1) against a distance of 4 sqrt 2 / 6 (~0.94)
+    assert sorted(match_objects(pred, true, "joint")) == [(0, 0), (1, 1)]
+    with pytest.raises(ValueError, match="matching"):
+        match_objects(pred, true, "colour")  # type: ignore[arg-type]
+
+
+def test_summary_records_the_scoring_options():
+    options = ScoringOptions(matching="joint", position_error="euclidean")
+    summary = summarize_scores([TRUE], [TRUE], options)
+    assert summary["scoring"] == {"matching": "joint", "position_error": "euclidean"}
+    assert summarize_scores([TRUE], [TRUE])["scoring"] == ScoringOptions().model_dump()

@@ -1,11 +1,19 @@
 """LLM-free baselines computed from the same few-shot pool the LLM sees.
 
 Design decisions
-- naive (the paper's "average scene", Appendix G): the pool's mean object count rounded half
-  up; every object gets the pool's most frequent value of each attribute (ties go to the
-  earlier value in CLEVR's vocabulary order, so the answer never depends on pool order); the
-  positions are k-means centroids (k = that count, k-means++ init, seeded) of every object
-  position in the pool, sorted by (x, y). It ignores the codes: it is the prior.
+- naive (the paper's "average scene", Appendix G, whose exact definition the paper does not
+  give): the pool's mean object count rounded half up; the positions are k-means centroids
+  (k = that count, k-means++ init, seeded) of every object position in the pool, sorted by
+  (x, y). The attributes follow `NaiveDefinition`:
+  - `modal`: every object gets the pool's most frequent value of each attribute (ties go to
+    the earlier value in CLEVR's vocabulary order, so the answer never depends on pool order);
+  - `proportional` (distribution-shaped): each attribute's values are shared out over the
+    objects in proportion to their pool frequencies (largest remainder, ties in vocabulary
+    order), most frequent first, so a scene of 7 objects has about 7/8 different colours;
+  - `sampled` (distribution-shaped): the attributes of `count` pool objects drawn at random
+    (seeded), so their combinations follow the pool's joint distribution.
+  It ignores the codes: it is the prior. Which definition reproduces Table 16's naive row is
+  measured in docs/TABLE16_CALIBRATION.md; the closest is the default.
 - knn: the scene of the shot whose code-count vector has the highest cosine with the
   query's; exact ties (common for short programs) go to the smaller edit distance between
   the code sequences, then to the earlier shot. It uses code identity only, not order,
@@ -18,32 +26,66 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
-from scipy.cluster.vq import kmeans2
 
 from llm_decode.backends.base import Completion, Message
 from llm_decode.schema import ABBREVIATIONS, ATTRIBUTES, DecodedObject, DecodedScene
 
+NaiveDefinition = Literal["modal", "proportional", "sampled"]
+NAIVE_DEFINITIONS: tuple[str, ...] = ("modal", "proportional", "sampled")
+#: The definition closest to Table 16's naive row on real CLEVR (docs/TABLE16_CALIBRATION.md).
+DEFAULT_NAIVE: NaiveDefinition = "sampled"
 
-def naive_scene(pool: Sequence[DecodedScene], seed: int = 0) -> DecodedScene:
-    """The pool's average scene (see the module docstring)."""
+
+def naive_scene(
+    pool: Sequence[DecodedScene], seed: int = 0, definition: NaiveDefinition = DEFAULT_NAIVE
+) -> DecodedScene:
+    """The pool's average scene under `definition` (see the module docstring)."""
+    from scipy.cluster.vq import kmeans2  # lazy: the runner imports this module for its names
+
     objects = [o for scene in pool for o in scene.objects]
     if not objects:
         raise ValueError("naive baseline: the few-shot pool has no objects")
     count = max(1, math.floor(np.mean([len(s.objects) for s in pool]) + 0.5))
-    values = {}
-    for attr in ATTRIBUTES:
-        vocab = list(ABBREVIATIONS[attr].values())
-        counts = [sum(getattr(o, attr) == v for o in objects) for v in vocab]
-        values[attr] = vocab[int(np.argmax(counts))]  # argmax keeps the first of equal counts
+    rng = np.random.default_rng(seed)
     positions = np.array([o.xy for o in objects], dtype=np.float64)
     k = min(count, len(np.unique(positions, axis=0)))
-    centroids, _ = kmeans2(positions, k, minit="++", seed=np.random.default_rng(seed))
+    centroids, _ = kmeans2(positions, k, minit="++", seed=rng)
     centroids = sorted(map(tuple, centroids.tolist()))
+    if definition == "sampled":
+        drawn = [objects[i] for i in rng.choice(len(objects), size=k, replace=len(objects) < k)]
+        columns = {attr: [getattr(o, attr) for o in drawn] for attr in ATTRIBUTES}
+    elif definition in ("modal", "proportional"):
+        columns = {attr: _allocate(objects, attr, k, definition) for attr in ATTRIBUTES}
+    else:
+        raise ValueError(
+            f"naive definition: expected one of {NAIVE_DEFINITIONS}, got {definition!r}"
+        )
     return DecodedScene(
-        objects=[DecodedObject(**values, x=float(x), y=float(y)) for x, y in centroids]
+        objects=[
+            DecodedObject(**{a: columns[a][i] for a in ATTRIBUTES}, x=float(x), y=float(y))
+            for i, (x, y) in enumerate(centroids)
+        ]
     )
+
+
+def _allocate(objects: Sequence[DecodedObject], attr: str, k: int, definition: str) -> list[str]:
+    """`k` values of `attr`: all the modal one, or shared out by pool frequency (largest
+    remainder), most frequent first; ties in CLEVR's vocabulary order."""
+    vocab = list(ABBREVIATIONS[attr].values())
+    counts = np.array([sum(getattr(o, attr) == v for o in objects) for v in vocab], dtype=float)
+    order = sorted(range(len(vocab)), key=lambda i: (-counts[i], i))
+    if definition == "modal":
+        return [vocab[order[0]]] * k
+    exact = k * counts / counts.sum()
+    share = np.floor(exact).astype(int)
+    for i in sorted(range(len(vocab)), key=lambda i: (share[i] - exact[i], order.index(i))):
+        if share.sum() >= k:
+            break
+        share[i] += 1
+    return [vocab[i] for i in order for _ in range(share[i])]
 
 
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
@@ -90,8 +132,13 @@ class NaiveBackend:
 
     endpoint = "naive"
 
-    def __init__(self, pool: Sequence[DecodedScene], seed: int = 0) -> None:
-        self._answer = naive_scene(pool, seed).model_dump_json()
+    def __init__(
+        self,
+        pool: Sequence[DecodedScene],
+        seed: int = 0,
+        definition: NaiveDefinition = DEFAULT_NAIVE,
+    ) -> None:
+        self._answer = naive_scene(pool, seed, definition).model_dump_json()
 
     async def complete(self, messages: list[Message], codes: Sequence[int]) -> Completion:
         return Completion(text=self._answer)

@@ -1,6 +1,6 @@
 """A real CLEVR image beside our render of the same scene, both as the loaders feed them.
 
-    python -m strop.data.real_pair tests/fixtures/clevr_real CLEVR_train_000005 docs/real_vs_synthetic.png
+    python -m strop.evaluation.real_pair tests/fixtures/clevr_real CLEVR_train_000005 docs/real_vs_synthetic.png
 
 Left: the real 480 x 320 image resized to S x S (`strop.data.datasets.load_image`); right: our
 renderer's S x S image of that image's scene (same `3d_coords`, colours, shapes, materials,
