@@ -155,6 +155,25 @@ def test_paper_scale_config_files_load_and_flags_override():
         make_run_config("d", preset="tiny", config_file=root / "clevr-dino-s.json")
 
 
+def test_paper_scale_configs_say_where_every_value_comes_from():
+    """Every field of configs/*.json is in configs/PROVENANCE.md, marked paper or ours."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    doc = (root / "PROVENANCE.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"`([a-z_0-9]+)`", doc))
+    for path in sorted(root.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        assert data["_provenance"].startswith("configs/PROVENANCE.md"), path
+        fields = {f for section, v in data.items() if not section.startswith("_") for f in v}
+        assert fields - documented == set(), f"{path.name}: fields missing from PROVENANCE.md"
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+    sources = [line.rstrip(" |").rsplit("|", 1)[-1] for line in rows]
+    assert rows and all(re.search(r"\b(paper|ours)\b", source) for source in sources)
+
+
 def test_config_file_errors_name_file_and_field(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"model": {"preset": "S", "l_max": -3}}')
