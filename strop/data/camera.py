@@ -104,12 +104,16 @@ def _ground_directions(cam: Camera) -> dict[str, tuple[float, float, float]]:
     behind /= np.linalg.norm(behind)
     left = np.array([-cam.right[0], -cam.right[1], 0.0])
     left /= np.linalg.norm(left)
-    # `+ 0.0` turns -0.0 into 0.0, so the JSON reads as CLEVR's does.
+
+    def vec(v: np.ndarray) -> tuple[float, float, float]:
+        # `+ 0.0` turns -0.0 into 0.0, so the JSON reads as CLEVR's does.
+        return (float(v[0]) + 0.0, float(v[1]) + 0.0, float(v[2]) + 0.0)
+
     return {
-        "behind": tuple(float(v) + 0.0 for v in behind),
-        "front": tuple(float(-v) + 0.0 for v in behind),
-        "left": tuple(float(v) + 0.0 for v in left),
-        "right": tuple(float(-v) + 0.0 for v in left),
+        "behind": vec(behind),
+        "front": vec(-behind),
+        "left": vec(left),
+        "right": vec(-left),
         "above": (0.0, 0.0, 1.0),
         "below": (0.0, 0.0, -1.0),
     }
