@@ -174,6 +174,53 @@ def test_eval_writes_eval_json(run_dir):
     assert result["teacher"] == "pixels" and result["length_mode"] == "search:0.5"
 
 
+@pytest.fixture
+def lpips_files(tmp_path, monkeypatch):
+    """Random LPIPS weights in torchvision's and lpips' layouts; an empty torch hub cache."""
+    from test_eval_lpips import random_backbone, random_lin
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    torch.save(random_backbone(), tmp_path / "alexnet.pth")
+    torch.save(random_lin(), tmp_path / "alex.pth")
+    return tmp_path / "alexnet.pth", tmp_path / "alex.pth"
+
+
+def test_eval_scores_lpips_when_its_weights_are_given(run_dir, lpips_files):
+    from strop.evaluation.lpips import installed_lin
+
+    backbone, lin = lpips_files
+    plain = evaluate_run(run_dir, batch_size=4, progress=False, write=False)
+    if installed_lin() is None:  # nothing in the (empty) hub cache, no lpips package
+        assert plain["lpips"] is None and "--lpips-backbone" in plain["lpips_note"]
+    scored = evaluate_run(
+        run_dir, batch_size=4, progress=False, lpips_backbone=backbone, lpips_lin=lin
+    )
+    assert 0 < scored["lpips"] < 10 and scored["ssim"] == plain["ssim"]
+    assert scored["lpips_weights"] == {"backbone": str(backbone), "lin": str(lin)}
+    assert json.loads((run_dir / "eval.json").read_text())["lpips"] == scored["lpips"]
+    off = evaluate_run(run_dir, batch_size=4, progress=False, write=False, lpips=False)
+    assert off["lpips"] is None and "--no-lpips" in off["lpips_note"]
+
+
+def test_eval_cli_lpips_flags(run_dir, lpips_files):
+    from typer.testing import CliRunner
+
+    from strop.cli import app
+
+    backbone, lin = lpips_files
+    runner = CliRunner()
+    args = ["eval", str(run_dir), "--limit", "4", "--batch-size", "4"]
+    res = runner.invoke(app, [*args, "--lpips-backbone", str(backbone), "--lpips-lin", str(lin)])
+    assert res.exit_code == 0 and " lpips " in res.output, res.output
+    res = runner.invoke(app, [*args, "--lpips-backbone", str(lin.parent / "nope.pth")])
+    assert res.exit_code == 1 and "LPIPS AlexNet backbone not found" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    res = runner.invoke(app, [*args, "--lpips-backbone", str(lin), "--lpips-lin", str(lin)])
+    assert res.exit_code == 1 and "lacks features.0.bias" in res.output, res.output
+    res = runner.invoke(app, [*args, "--no-lpips", "--lpips-lin", str(lin)])
+    assert res.exit_code == 2 and "contradicts" in res.output, res.output
+
+
 def test_erasing_a_token_outside_the_prefix_changes_nothing(run_dir, dataset):
     model, _ = load_model(run_dir)
     images = torch.rand(1, 3, 32, 32)

@@ -214,6 +214,28 @@ def test_report_with_grammar_and_llm(experiment, png):
     assert len(parsed.images) >= 4  # 2 own figures + 2 grammar figures
 
 
+def test_report_shows_lpips_only_when_a_run_scored_it(experiment):
+    _, html = build_report(experiment)
+    parsed = _Tables()
+    parsed.feed(html.read_text())
+    assert "SSIM" in parsed.tables["alignment"] and "LPIPS" not in parsed.tables["alignment"]
+
+    for name, value in (("k32", 0.1234), ("k64", None)):
+        run = RunFolder(experiment / name)
+        e = json.loads(run.eval_path.read_text())
+        e["lpips"] = value
+        if value is None:
+            e["lpips_note"] = "LPIPS needs its lin weights (weights/v0.1/alex.pth): install lpips"
+        run.write_eval(e)
+    md, html = build_report(experiment)
+    parsed = _Tables()
+    parsed.feed(html.read_text())
+    cells = parsed.tables["alignment"]
+    assert cells.index("SSIM") + 1 == cells.index("LPIPS") and "0.123" in cells
+    assert "k64: no LPIPS: LPIPS needs its lin weights" in md.read_text()
+    assert "k64-fixed: no LPIPS: not scored." in md.read_text()
+
+
 def test_report_survives_damaged_and_sparse_runs(tmp_path):
     exp = tmp_path / "exp"
     run = make_run(exp, "k32", 32)

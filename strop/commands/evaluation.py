@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from strop.cli_app import Commands, exit_on
+from strop.cli_app import Commands, exit_on, fail
 
 commands = Commands()
 
@@ -104,10 +104,29 @@ def eval_cmd(
     limit: int | None = LIMIT_OPT,
     device: str = DEVICE_OPT,
     checkpoint: str = CKPT_OPT,
+    lpips: bool | None = typer.Option(
+        None,
+        "--lpips/--no-lpips",
+        help="Score the pixel probe with LPIPS (AlexNet, v0.1). Default: when its weights are "
+        "found (torch hub cache, installed lpips package); --lpips requires them.",
+        show_default=False,
+    ),
+    lpips_backbone: Path | None = typer.Option(
+        None,
+        "--lpips-backbone",
+        help="torchvision AlexNet weights (alexnet-owt-7be5be79.pth); implies --lpips.",
+    ),
+    lpips_lin: Path | None = typer.Option(
+        None,
+        "--lpips-lin",
+        help="LPIPS lin weights (the lpips package's weights/v0.1/alex.pth); implies --lpips.",
+    ),
 ) -> None:
-    """Alignment, codebook usage, pixel SSIM, bits and length-vs-complexity: RUN/eval.json."""
+    """Alignment, codebook usage, pixel SSIM (and LPIPS), bits and length-vs-complexity: RUN/eval.json."""
     from strop.evaluation.evaluate import evaluate_run
 
+    if lpips is False and (lpips_backbone or lpips_lin):
+        fail("--no-lpips contradicts --lpips-backbone/--lpips-lin", usage=True)
     with exit_on(usage=_usage_errors(), failed=_model_errors()):
         result = evaluate_run(
             run,
@@ -118,10 +137,16 @@ def eval_cmd(
             limit=limit,
             device=device,
             checkpoint=checkpoint,
+            lpips=lpips,
+            lpips_backbone=lpips_backbone,
+            lpips_lin=lpips_lin,
         )
     lv = result["length_vs_objects"]
+    pixels = "  ".join(
+        f"{name} {result[name]:.3f}" for name in ("ssim", "lpips") if result[name] is not None
+    )
     typer.echo(
-        f"cos {result['cos']:.4f}  r2 {result['r2']:.4f}  rmse {result['rmse']:.4f}  ssim {result['ssim']:.3f}  "
+        f"cos {result['cos']:.4f}  r2 {result['r2']:.4f}  rmse {result['rmse']:.4f}  {pixels}  "
         f"CB% {result['cb_pct']:.1f}  Eff% {result['eff_pct']:.1f}  length {result['length_mean']:.2f}  "
         f"pearson {lv['pearson'] if lv['pearson'] is None else round(lv['pearson'], 3)}  -> {Path(run) / 'eval.json'}"
     )

@@ -2,10 +2,11 @@
 
 What is measured (paper Sec. 5.2, Tables 1 and 14; Sec. 5.4): alignment of the interpreted
 field with the frozen teacher (cosine, R^2, RMSE), codebook use over active prefixes (CB%,
-Eff%), the pixel probe's SSIM, program length (mean/min/max), bits per image and the
-compression ratio, and the correlation of length with object count (Pearson and Spearman
-with 95% CIs). With `--length-mode search:EPS`, also how often the head picks the same
-length as the search (`head_matches_search`) and their mean absolute difference.
+Eff%), the pixel probe's SSIM and (when its weights are at hand) LPIPS, program length
+(mean/min/max), bits per image and the compression ratio, and the correlation of length with
+object count (Pearson and Spearman with 95% CIs). With `--length-mode search:EPS`, also how
+often the head picks the same length as the search (`head_matches_search`) and their mean
+absolute difference.
 
 Design decisions
 - The metric definitions live in `strop.metrics`; this module only runs the model and
@@ -17,6 +18,11 @@ Design decisions
   The paper quotes float32 sources, so its ratios are twice these.
 - SSIM compares the pixel decoder's output with the input image resized (area) to the
   decoder's resolution. A run trained without the pixel decoder reports `ssim: null`.
+- LPIPS (v0.1, AlexNet; `strop.evaluation.lpips`) scores the same pair as SSIM. By default
+  it runs when both weight files are found (torch hub cache, installed lpips package) and
+  otherwise records `lpips: null` with the reason in `lpips_note`, so eval without the weights
+  is as fast as before. Weight paths given explicitly, or `lpips=True`, make it required: a
+  missing or wrong file is then an error. The files used are recorded in `lpips_weights`.
 - The teacher's name is recorded as configured (`pixels`, `random-vit` are named as such so
   no one mistakes a fallback for DINO).
 """
@@ -26,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +48,9 @@ from strop.evaluation.export import (
 )
 from strop.runs import RunFolder
 
+if TYPE_CHECKING:
+    from strop.evaluation.lpips import LPIPS
+
 
 def evaluate_run(
     run_dir: str | os.PathLike[str],
@@ -54,8 +63,14 @@ def evaluate_run(
     checkpoint: str = "last",
     progress: bool = True,
     write: bool = True,
+    lpips: bool | None = None,
+    lpips_backbone: str | os.PathLike[str] | None = None,
+    lpips_lin: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `split` and write RUN/eval.json (unless `write=False`); returns the dict."""
+    """Evaluate `split` and write RUN/eval.json (unless `write=False`); returns the dict.
+
+    `lpips`: None scores LPIPS when its weights are found, True requires it (as does giving
+    `lpips_backbone` or `lpips_lin`), False skips it."""
     import torch
     import torch.nn.functional as F
 
@@ -66,12 +81,16 @@ def evaluate_run(
     mc = cfg.model
     loader = make_loader(dataset_path(run.path, cfg, data), split, mc.image_size, batch_size, limit)
     use_pixels = bool(getattr(cfg.train, "pixel_decoder", True))
+    perceptual, lpips_info = _lpips_network(
+        lpips, lpips_backbone, lpips_lin, use_pixels, mc.image_size, dev
+    )
 
     field_stats = metrics.FieldStats()
     counts = np.zeros(mc.k, dtype=np.int64)
     lengths: list[np.ndarray] = []
     n_objects: list[int] = []
     ssims: list[np.ndarray] = []
+    lpips_values: list[np.ndarray] = []
     head_lengths: list[np.ndarray] = []
     n_patches = width = 0
     for batch in progress_batches(loader, f"eval {run.name} [{mode}]", progress):
@@ -88,6 +107,8 @@ def evaluate_run(
                     else F.interpolate(images, size=recon.shape[-2:], mode="area")
                 )
                 ssims.append(metrics.ssim(recon.cpu().numpy(), target.float().cpu().numpy()))
+                if perceptual is not None:
+                    lpips_values.append(perceptual(recon, target.float()).cpu().numpy())
         n_patches, width = enc.feats.shape[1], enc.feats.shape[2]
         counts += metrics.code_counts(enc.codes.cpu().numpy(), mc.k)
         lengths.append(enc.lengths.cpu().numpy())
@@ -110,6 +131,8 @@ def evaluate_run(
         **{key: _finite(v) for key, v in field_stats.as_dict().items()},
         **metrics.codebook_usage(counts),
         "ssim": float(np.concatenate(ssims).mean()) if ssims else None,
+        "lpips": float(np.concatenate(lpips_values).mean()) if lpips_values else None,
+        **lpips_info,
         "length_mean": float(length.mean()),
         "length_min": int(length.min()),
         "length_max": int(length.max()),
@@ -131,6 +154,43 @@ def evaluate_run(
     if write:
         run.write_eval(result)
     return result
+
+
+def _lpips_network(
+    request: bool | None,
+    backbone: str | os.PathLike[str] | None,
+    lin: str | os.PathLike[str] | None,
+    use_pixels: bool,
+    image_size: int,
+    device: Any,
+) -> tuple[LPIPS | None, dict[str, Any]]:
+    """The LPIPS network to score the probe with, or None and why (`lpips_note`)."""
+    from strop.evaluation import lpips as lpips_metric  # torch
+
+    required = request is True or backbone is not None or lin is not None
+    if request is False and required:
+        raise ValueError("--no-lpips contradicts --lpips-backbone/--lpips-lin")
+    if request is False:
+        return None, {"lpips_note": "not requested (--no-lpips)"}
+    why_not = None
+    if not use_pixels:
+        why_not = "the run has no pixel decoder"
+    elif image_size < lpips_metric.MIN_SIZE:
+        why_not = (
+            f"the probe's {image_size} px images are below AlexNet's {lpips_metric.MIN_SIZE} px"
+        )
+    if why_not is not None:
+        if required:
+            raise ValueError(f"cannot score LPIPS: {why_not}")
+        return None, {"lpips_note": why_not}
+    try:
+        weights = lpips_metric.find_weights(backbone, lin)
+    except lpips_metric.LPIPSWeightsError as exc:
+        if required:
+            raise
+        return None, {"lpips_note": str(exc)}
+    network = lpips_metric.build_lpips(weights, device)
+    return network, {"lpips_weights": {"backbone": str(weights.backbone), "lin": str(weights.lin)}}
 
 
 def _finite(value: float) -> float | None:

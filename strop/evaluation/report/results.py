@@ -1,9 +1,10 @@
 """Report sections over the runs' own results: what `strop train/export/eval/analyze` wrote.
 
-`overview` (one row per run), `alignment` (the paper's CLEVR Table 14 columns),
-`fixed_vs_curriculum` (Table 15) when both kinds of run exist, `complexity` (length vs scene
-complexity, Sec. 5.4, Fig. 7), `code_usage`, `analysis` (structure analysis) and `training`
-(curves from metrics.jsonl). Each is a function of the loaded runs returning one `Section`.
+`overview` (one row per run), `alignment` (the paper's CLEVR Table 14 columns; LPIPS when
+any run scored it), `fixed_vs_curriculum` (Table 15) when both kinds of run exist,
+`complexity` (length vs scene complexity, Sec. 5.4, Fig. 7), `code_usage`, `analysis`
+(structure analysis) and `training` (curves from metrics.jsonl). Each is a function of the
+loaded runs returning one `Section`.
 
 Design decisions
 - A missing part becomes a note naming the command that produces it; unreadable files
@@ -62,12 +63,16 @@ def overview(runs: list[RunData], experiment: Path) -> Section:
 
 def alignment(runs: list[RunData]) -> Section:
     sec = Section("Alignment of the interpreted field with the teacher", "alignment")
+    with_lpips = any((r.eval or {}).get("lpips") is not None for r in runs)
     rows = []
     for run in runs:
         e = run.eval
         if e is None:
             sec.notes.append(f"{run.name}: no eval.json: run `strop eval {run.folder.path}`.")
             continue
+        if with_lpips and e.get("lpips") is None:
+            sec.notes.append(f"{run.name}: no LPIPS: {e.get('lpips_note') or 'not scored'}.")
+        perceptual = [fmt(e.get("ssim"))] + ([fmt(e.get("lpips"))] if with_lpips else [])
         rows.append(
             [
                 run.name,
@@ -75,7 +80,7 @@ def alignment(runs: list[RunData]) -> Section:
                 fmt(e.get("cos")),
                 fmt(e.get("r2")),
                 fmt(e.get("rmse")),
-                fmt(e.get("ssim")),
+                *perceptual,
                 fmt(e.get("cb_pct"), 1),
                 fmt(e.get("eff_pct"), 1),
                 fmt(e.get("length_mean"), 1),
@@ -85,9 +90,14 @@ def alignment(runs: list[RunData]) -> Section:
             ]
         )
     if rows:
+        probe = (
+            "SSIM and LPIPS (v0.1, AlexNet; lower is closer) score the pixel probe"
+            if with_lpips
+            else "SSIM scores the pixel probe"
+        )
         sec.text.append(
             "Cosine, R^2 and RMSE compare the interpreted field with the frozen teacher's patch features on "
-            "held-out images; SSIM scores the pixel probe; CB% is the share of codes used in active prefixes and "
+            f"held-out images; {probe}; CB% is the share of codes used in active prefixes and "
             "Eff% the effective vocabulary exp(H) over K; compression is teacher features at fp16 over program bits."
         )
         sec.tables.append(
@@ -100,6 +110,7 @@ def alignment(runs: list[RunData]) -> Section:
                     "R^2",
                     "RMSE",
                     "SSIM",
+                    *(["LPIPS"] if with_lpips else []),
                     "CB%",
                     "Eff%",
                     "mean length",
