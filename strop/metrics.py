@@ -177,7 +177,9 @@ def code_reuse_stats(counts: np.ndarray, top_share: float = 0.1) -> dict[str, fl
 # --------------------------------------------------------------------------- labels
 
 
-def contingency(a: Sequence, b: Sequence) -> tuple[np.ndarray, list, list]:
+def contingency(
+    a: Sequence | np.ndarray, b: Sequence | np.ndarray
+) -> tuple[np.ndarray, list, list]:
     """Contingency table of two label sequences: (table[i, j], row labels, column labels)."""
     if len(a) != len(b):
         raise ValueError(f"label sequences differ in length: {len(a)} vs {len(b)}")
@@ -201,7 +203,7 @@ def mutual_information(table: np.ndarray) -> float:
     return float(np.sum(pij[nz] * np.log(pij[nz] / (pi @ pj)[nz])))
 
 
-def nmi(a: Sequence, b: Sequence) -> float | None:
+def nmi(a: Sequence | np.ndarray, b: Sequence | np.ndarray) -> float | None:
     """Normalised mutual information, MI / mean(H(a), H(b)).
 
     None (undefined, 0 / 0) when both sequences are constant or empty: a single object under a

@@ -270,7 +270,8 @@ def analyze_run(
     model, cfg, dev = load_run_model(run.path, checkpoint, device)
     root = dataset_path(run.path, cfg, data)
     mc = cfg.model
-    grid = tuple(model.grid)
+    gh, gw = model.grid
+    grid = (int(gh), int(gw))
     loader = make_loader(root, split, mc.image_size, batch_size=min(16, n_images), limit=n_images)
     out_dir = run.path / "analysis"
     fig_dir = out_dir / "figures"

@@ -90,7 +90,9 @@ def choose_pairs(
     """
     adjacent = [(j, j + 1) for j in range(length - 1)]
     far = [(j, k) for j in range(length) for k in range(j + 2, length)]
-    pick = rng.choice(len(far), min(n_random, len(far)), replace=False) if far else []
+    pick: np.ndarray | list[int] = (
+        rng.choice(len(far), min(n_random, len(far)), replace=False) if far else []
+    )
     random = [far[i] for i in sorted(pick)]
     inactive: list[tuple[int, int]] = []
     if 0 < length < l_max:

@@ -126,14 +126,15 @@ def dataset_path(
 
 def make_loader(path: Path, split: str, image_size: int, batch_size: int, limit: int | None = None):
     """A DataLoader over the first `limit` images of `split`, in dataset order."""
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader, Dataset, Subset
 
     from strop.data.datasets import build_dataset, collate
 
-    dataset = build_dataset(path, split, image_size)
-    if limit is not None and limit < len(dataset):
-        dataset = Subset(dataset, range(limit))
-    if len(dataset) == 0:
+    dataset: Dataset = build_dataset(path, split, image_size)
+    n_images = len(dataset)  # type: ignore[arg-type]  # torch's Dataset stub has no __len__
+    if limit is not None and limit < n_images:
+        dataset, n_images = Subset(dataset, range(limit)), limit
+    if n_images == 0:
         raise ValueError(f"{path}: split {split!r} has no images")
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate
@@ -238,6 +239,7 @@ def encode_batch(
         # `Strop.head_lengths` owns the inference rule clip(round(L_hat), L_min, L_max)
         head = model.head_lengths(feats).long()
         if mode.kind == "search":
+            assert mode.eps is not None  # parse_length_mode sets it for "search"
             lengths, errors = search_lengths(model, feats, gen.tokens, mode.eps, w_mse, l_min)
             return EncodedBatch(
                 feats, gen.tokens, pad_codes(gen.codes, lengths), lengths, head, errors

@@ -50,7 +50,7 @@ def plot_erasure_panel(
     gh, gw = grid
     size = image.shape[0]
     extent = (0, size, size, 0)
-    top = np.argsort(-maps.mean(axis=1))[:n_tokens] if len(maps) else []
+    top: np.ndarray | list[int] = np.argsort(-maps.mean(axis=1))[:n_tokens] if len(maps) else []
     n = 3 + len(top)
     cols = min(n, 5)
     rows = math.ceil(n / cols)

@@ -27,9 +27,10 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
-        if not math.isfinite(value):
+        number = float(value)
+        if not math.isfinite(number):
             return DASH
-        return f"{value:.{digits}f}" if abs(value) < 1e5 else f"{value:.3g}"
+        return f"{number:.{digits}f}" if abs(number) < 1e5 else f"{number:.3g}"
     return str(value)
 
 
