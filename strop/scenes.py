@@ -8,6 +8,10 @@ Design decisions
 - Vocabularies are closed (`Literal`): an unknown color is a data error, not a new color.
 - `load_scenes` validates scene by scene so an error names the file, the scene index and the
   field path, in one line (`SceneFileError`), instead of pydantic's multi-line report.
+- Numbers are finite: Python's JSON reader accepts `NaN` and `Infinity`, so a NaN coordinate
+  would otherwise pass every loader and exporter and surface only in scoring; it is refused
+  here, naming the scene index and field.
+- An unreadable file (permissions, a folder in its place) is a `SceneFileError` too.
 - `save_scenes` writes to a temporary name and renames, so a crash leaves no half file.
 """
 
@@ -45,7 +49,7 @@ class SceneFileError(ValueError):
 class SceneObject(BaseModel):
     """One CLEVR object. `3d_coords` is (x, y, z); `pixel_coords` is (u, v, depth)."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="allow")
+    model_config = ConfigDict(populate_by_name=True, extra="allow", allow_inf_nan=False)
 
     color: Color
     shape: Shape
@@ -63,7 +67,7 @@ class SceneObject(BaseModel):
 class Scene(BaseModel):
     """One CLEVR scene as stored in `CLEVR_<split>_scenes.json`."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="allow")
+    model_config = ConfigDict(populate_by_name=True, extra="allow", allow_inf_nan=False)
 
     image_index: int = Field(ge=0)
     image_filename: str
@@ -127,6 +131,10 @@ def load_scenes(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Scen
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise SceneFileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError as exc:
+        raise SceneFileError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
+    except OSError as exc:
+        raise SceneFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("scenes"), list):
         raise SceneFileError(f"{path}: expected an object with a 'scenes' list")
     info = raw.get("info") or {}

@@ -35,7 +35,8 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     R.generate_dataset(tmp_path / "b", seed=1, **kwargs)
     R.generate_dataset(tmp_path / "c", seed=2, **kwargs)
     a, b, c = (_digest(tmp_path / x) for x in "abc")
-    assert len(a) == 6 + 2  # 6 images, 2 scenes files (the empty test split writes nothing)
+    # 6 images, 2 scenes files (the empty test split writes nothing), the folder's marker
+    assert len(a) == 6 + 2 + 1 and R.MARKER in a
     assert a == b
     assert a.keys() == c.keys()
     assert all(a[k] != c[k] for k in a)
@@ -44,11 +45,66 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
 def test_rerun_with_fewer_images_removes_stale_ones(tmp_path: Path) -> None:
     R.generate_dataset(tmp_path / "a", 6, size=16, splits=(0.5, 0.5, 0.0), progress=False)
     (tmp_path / "a" / "images" / "train" / "mine.png").write_bytes(b"not ours")
-    R.generate_dataset(tmp_path / "a", 3, size=16, splits=(1.0, 0.0, 0.0), progress=False)
+    R.generate_dataset(
+        tmp_path / "a", 3, size=16, splits=(1.0, 0.0, 0.0), progress=False, overwrite=True
+    )
     R.generate_dataset(tmp_path / "b", 3, size=16, splits=(1.0, 0.0, 0.0), progress=False)
     a = _digest(tmp_path / "a")
     assert a.pop("images/train/mine.png")  # files we did not write are left alone
     assert a == _digest(tmp_path / "b")
+
+
+def test_rendering_into_a_dataset_it_did_not_write_changes_nothing(tmp_path: Path) -> None:
+    """Issue 14 item 1: real CLEVR uses the same file names; a folder this command did not
+    write is refused, whatever the flags, and not one file is touched."""
+    real = tmp_path / "CLEVR_v1.0"
+    (real / "images" / "train").mkdir(parents=True)
+    for i in range(8):
+        (real / "images" / "train" / f"CLEVR_train_{i:06d}.png").write_bytes(b"real %d" % i)
+    before = _digest(real)
+    for overwrite in (False, True):
+        with pytest.raises(R.OutputFolderError, match="not written by strop data clevr-synth"):
+            R.generate_dataset(real, 3, size=16, progress=False, overwrite=overwrite)
+    assert _digest(real) == before
+
+
+def test_a_smaller_rerun_needs_overwrite_and_keeps_foreign_files(tmp_path: Path) -> None:
+    """Writing 3 scenes into our own folder of 8 used to leave 3, silently (exit 0)."""
+    out = tmp_path / "d"
+    R.generate_dataset(out, 8, size=16, splits=(1, 0, 0), progress=False)
+    before = _digest(out)
+    with pytest.raises(R.OutputFolderError, match=r"--n 8 .*--overwrite.*--n 3"):
+        R.generate_dataset(out, 3, size=16, splits=(1, 0, 0), progress=False)
+    assert _digest(out) == before
+    # The same parameters again: same bytes, nothing lost, no flag needed.
+    R.generate_dataset(out, 8, size=16, splits=(1, 0, 0), progress=False)
+    assert _digest(out) == before
+    (out / "images" / "train" / "CLEVR_train_000011.png").write_bytes(b"added by hand")
+    R.generate_dataset(out, 3, size=16, splits=(1, 0, 0), progress=False, overwrite=True)
+    names = sorted(p.name for p in (out / "images" / "train").iterdir())
+    assert names == [f"CLEVR_train_{i:06d}.png" for i in (0, 1, 2, 11)]
+
+
+def test_cli_out_is_a_file_or_foreign_folder_one_line(tmp_path: Path, console_script) -> None:
+    import subprocess
+
+    target = tmp_path / "afile"
+    target.write_text("x")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    for out, expected in ((target, "exists and is not a folder"), (foreign, "not empty")):
+        done = subprocess.run(
+            [console_script("strop"), "data", "clevr-synth", "--n", "2", "--size", "16"]
+            + ["--out", str(out), "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, done.stderr  # --out is a wrong command line
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and str(out) in lines[0], done.stderr
+    assert (foreign / "notes.txt").read_text() == "mine" and target.read_text() == "x"
 
 
 def test_worker_processes_write_the_same_bytes(tmp_path: Path) -> None:
@@ -56,7 +112,7 @@ def test_worker_processes_write_the_same_bytes(tmp_path: Path) -> None:
     R.generate_dataset(tmp_path / "one", workers=1, **kwargs)
     R.generate_dataset(tmp_path / "two", workers=2, **kwargs)
     one, two = _digest(tmp_path / "one"), _digest(tmp_path / "two")
-    assert len(one) == 56 and one == two
+    assert len(one) == 55 + 1 + 1 and one == two  # images, scenes file, marker
 
 
 def test_scene_does_not_depend_on_output_size() -> None:

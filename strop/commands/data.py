@@ -46,20 +46,36 @@ def clevr_synth(
     workers: int = typer.Option(
         0, "--workers", min=0, help="Processes to render with; 0 = one per CPU core (at most 8)."
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace a dataset this command wrote earlier with other parameters (a folder it "
+        "did not write is never touched).",
+    ),
 ) -> None:
     """Render CLEVR-like scenes into CLEVR's layout: images/<split>/*.png, scenes/*.json.
 
-    The output depends only on --n, --size, --seed and --splits (not on --workers).
+    The output depends only on --n, --size, --seed and --splits (not on --workers). --out must
+    be new, empty, or a folder this command wrote (rerunning the same command is safe).
     """
-    from strop.data.renderer import generate_dataset
+    from strop.data.renderer import OutputFolderError, generate_dataset
 
     fractions = _parse_splits(splits)
     if workers == 0:
         workers = min(os.cpu_count() or 1, 8, max(1, n // 100))
     start = time.perf_counter()
-    counts = generate_dataset(
-        out, n, size=size, seed=seed, splits=fractions, progress=progress, workers=workers
-    )
+    # --out that holds someone else's files is a wrong command line; a full disk a failure
+    with exit_on(usage=(OutputFolderError,), failed=(OSError,)):
+        counts = generate_dataset(
+            out,
+            n,
+            size=size,
+            seed=seed,
+            splits=fractions,
+            progress=progress,
+            workers=workers,
+            overwrite=overwrite,
+        )
     elapsed = time.perf_counter() - start
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())
     typer.echo(
@@ -81,12 +97,14 @@ def inspect(
 
     with exit_on(failed=(DataError,)):
         dataset = build_dataset(path, split, image_size)
-        count = len(dataset) if check_all else min(len(dataset), 1)
-        for i in range(count):
-            item = dataset[i]
+        first = dataset[0]
+        for i in range(1, len(dataset) if check_all else 0):
+            dataset[i]
     known = [n for n in getattr(dataset, "n_objects_list", []) if n >= 0]
     typer.echo(f"{type(dataset).__name__}: {len(dataset)} images, split {split}")
-    typer.echo(f"first item: image {tuple(item['image'].shape)}, id {item['image_id']}")
+    typer.echo(f"first item: image {tuple(first['image'].shape)}, id {first['image_id']}")
+    if check_all:
+        typer.echo(f"decoded all {len(dataset)} images")
     if known:
         typer.echo(
             f"objects per scene: {min(known)}-{max(known)}, mean {sum(known) / len(known):.2f}"

@@ -7,6 +7,8 @@ Design decisions
 - One code path for real CLEVR v1.0 and our synthetic scenes: both are `images/<split>/` plus
   `scenes/CLEVR_<split>_scenes.json`. Real CLEVR's test split has no scenes file; then the
   items are the sorted images with `n_objects = -1`.
+- Any PIL mode with a known range becomes 8-bit RGB correctly (`to_rgb`: 16-bit images
+  scaled, not clipped); modes with an unknown range (float) are refused naming file and mode.
 - Images are resized to S x S with PIL's bicubic filter, which widens its support when it
   shrinks (antialiasing), so a real 480 x 320 CLEVR image becomes S x S without aliasing. The
   aspect ratio is not kept: cropping would cut off objects near the sides, and the synthetic
@@ -14,6 +16,9 @@ Design decisions
 - Construction checks what is cheap to check (the folder exists, is not empty, every image a
   scenes file names is present) and names the first problem and a count. Decoding errors
   (a truncated PNG) surface when that item is loaded, naming the file and index.
+- A path is a path: `build_dataset` treats a value as a hub dataset id only when the user
+  says so (`hf://owner/name`), so a mistyped relative folder fails at once naming it, instead
+  of after half a minute of hub requests.
 - `datasets` copies are read with the image column cast to `Image(decode=False)` and decoded
   here, so resizing and decode errors are the same as for folders.
 - Torch is imported here (items are tensors); `strop.scenes` stays torch-free.
@@ -36,11 +41,28 @@ from torch.utils.data import Dataset
 from strop.scenes import Scene, SceneFileError, load_scenes, parse_scene
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+#: A `--data` value naming a Hugging Face hub dataset; anything else is a local path.
+HUB_PREFIX = "hf://"
 Item = dict[str, Any]
 
 
 class DataError(ValueError):
     """A dataset that cannot be used; the message is one line naming file, index and field."""
+
+
+def worker_message(exc: BaseException) -> str:
+    """The one-line message of an error raised inside a DataLoader worker.
+
+    torch re-raises a worker's exception in the main process as the same type, with the
+    message "Caught X in DataLoader worker process N." plus the worker's whole traceback; its
+    last line holds the original message, which names the file.
+    """
+    text = str(exc)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    name, sep, message = last.partition(": ")
+    return message if sep and "Error" in name else last
 
 
 def load_image(source: str | os.PathLike[str] | bytes, size: int, *, where: str) -> torch.Tensor:
@@ -51,22 +73,54 @@ def load_image(source: str | os.PathLike[str] | bytes, size: int, *, where: str)
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
         with Image.open(handle) as im:
-            im = im.convert("RGB")
+            im = to_rgb(im, where)
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
             arr = np.asarray(im, dtype=np.float32)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"{where} field image: cannot decode image ({exc})") from None
     return torch.from_numpy(arr / 255.0).permute(2, 0, 1).contiguous()
 
 
-def _list_images(folder: Path, recursive: bool) -> list[Path]:
-    pattern = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        p
-        for p in pattern
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+#: PIL modes whose pixels are 16-bit integers (PNG, TIFF), scaled to 8 bits by 257.
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def to_rgb(im: Image.Image, where: str) -> Image.Image:
+    """8-bit RGB from any PIL mode whose range is known; a `DataError` for the others.
+
+    `Image.convert("RGB")` clips 16-bit and 32-bit integer pixels at 255 (a 16-bit PNG comes
+    out almost white) and is undefined for float images, so those modes are scaled here:
+    16-bit modes (and mode "I" from a PNG, whose depth is at most 16 bits) by 1/257. Palette,
+    grey+alpha and RGBA images drop their alpha, as real CLEVR's opaque RGBA frames need.
+    """
+    mode = im.mode
+    if mode in _SIXTEEN_BIT or (mode == "I" and im.format == "PNG"):
+        wide = np.asarray(im, dtype=np.float64)
+        grey = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode in ("1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "RGBa", "La", "CMYK", "YCbCr"):
+        if mode in ("P", "PA") and "transparency" in im.info:
+            im = im.convert("RGBA")
+        return im.convert("RGB")
+    raise DataError(
+        f"{where} field image: unsupported pixel mode {mode!r} (its value range is unknown); "
+        "convert the file to 8- or 16-bit RGB or greyscale"
     )
+
+
+def _list_images(folder: Path, recursive: bool) -> list[Path]:
+    try:
+        pattern = folder.rglob("*") if recursive else folder.iterdir()
+        return sorted(
+            p
+            for p in pattern
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        )
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
 
 
 # --------------------------------------------------------------------------- CLEVR folders
@@ -81,6 +135,13 @@ def find_clevr_root(root: str | os.PathLike[str]) -> Path | None:
     return None
 
 
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_dir()]
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
+
+
 class ClevrDataset(Dataset):
     """An extracted `CLEVR_v1.0/` folder or a `strop data clevr-synth` folder, one split."""
 
@@ -93,7 +154,7 @@ class ClevrDataset(Dataset):
         self.image_size = int(image_size)
         self.image_dir = base / "images" / split
         if not self.image_dir.is_dir():
-            found = sorted(p.name for p in (base / "images").iterdir() if p.is_dir())
+            found = sorted(p.name for p in _subfolders(base / "images"))
             raise DataError(
                 f"{self.image_dir}: no such split folder; splits found: {found or 'none'}"
             )
@@ -104,6 +165,8 @@ class ClevrDataset(Dataset):
                 _, self.scenes = load_scenes(self.scenes_path)
             except SceneFileError as exc:
                 raise DataError(str(exc)) from None
+            if not self.scenes:
+                raise DataError(f"{self.scenes_path}: the 'scenes' list is empty")
             self.files = [self.image_dir / s.image_filename for s in self.scenes]
             self._check_present()
         else:
@@ -113,7 +176,12 @@ class ClevrDataset(Dataset):
         self.n_objects_list = [s.n_objects for s in self.scenes] or [-1] * len(self.files)
 
     def _check_present(self) -> None:
-        present = set(os.listdir(self.image_dir))
+        try:
+            present = set(os.listdir(self.image_dir))
+        except OSError as exc:
+            raise DataError(
+                f"{self.image_dir}: cannot list the split folder ({exc.strerror or exc})"
+            ) from None
         missing = [i for i, f in enumerate(self.files) if f.name not in present]
         if missing:
             first = missing[0]
@@ -294,7 +362,7 @@ def hf_clevr_dataset(
             loaded = hfd.load_dataset(str(path), split=split, cache_dir=cache_dir)
         else:
             loaded = hfd.load_dataset(source, split=split, cache_dir=cache_dir)
-    except (FileNotFoundError, ValueError) as exc:
+    except (ValueError, OSError, ConnectionError) as exc:  # OSError: missing files, network
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(
             f"{source}: cannot load split {split!r} with datasets ({message})"
@@ -322,9 +390,14 @@ def build_dataset(
         return ImageFolderDataset(p / split if (p / split).is_dir() else p, image_size)
     if p.is_file() and p.suffix == ".parquet":
         return hf_clevr_dataset(p, split, image_size)
-    if not p.exists() and str(path).count("/") == 1 and not str(path).startswith((".", "/")):
-        return hf_clevr_dataset(str(path), split, image_size)  # a hub id such as "owner/name"
-    raise DataError(f"{path}: no such dataset folder or file")
+    if str(path).startswith(HUB_PREFIX):
+        return hf_clevr_dataset(str(path)[len(HUB_PREFIX) :], split, image_size)
+    if p.exists():
+        raise DataError(f"{path}: not a dataset folder or .parquet file")
+    raise DataError(
+        f"{path}: no such dataset folder or file (for a Hugging Face hub dataset, write "
+        f"{HUB_PREFIX}owner/name)"
+    )
 
 
 def collate(items: Sequence[Item]) -> dict[str, Any]:

@@ -16,15 +16,23 @@ Design decisions
 - Determinism: image `i` of split `s` uses `np.random.default_rng([seed, split_id, i])`, so
   an image does not depend on how many came before it, and reruns give identical bytes.
 - Files: each PNG is written to a temporary name and renamed; the scenes file goes through
-  `strop.scenes.save_scenes` (atomic). PNGs use a low compress level: speed over size. A rerun
-  into the same folder removes our own files numbered past the new counts, so the folder is
-  byte-identical to a fresh run. `workers > 1` renders chunks in processes; same bytes.
+  `strop.scenes.save_scenes` (atomic). PNGs use a low compress level: speed over size.
+  `workers > 1` renders chunks in processes; same bytes.
+- The output folder is claimed with a marker file (`strop-clevr-synth.json`: parameters and
+  how many images per split this command wrote). A non-empty folder without it (real CLEVR
+  uses the same file names) is refused, whatever the flags; a marked folder is rewritten with
+  the same parameters (same bytes, nothing lost) or, with `overwrite=True`, with others.
+  Only files the marker says this command wrote are ever deleted (those numbered past the new
+  counts), so a rewritten folder is byte-identical to a fresh one and nothing else is touched.
+  The marker is written before the first image (as "incomplete", counting every file that
+  may appear), so an interrupted run can be rerun.
 - Speed (one core, 128 px, PNG included): sampling ~1.5 ms (CLEVR's rejection loop restarts
   most 10-object scenes several times), ray casting ~3.5 ms, PNG ~0.8 ms; `bench/bench_render.py`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -75,6 +83,7 @@ __all__ = [
     "KEY_LIGHT",
     "LENS_MM",
     "MARGIN",
+    "MARKER",
     "MAX_RETRIES",
     "MIN_DIST",
     "MIN_VISIBLE_FRACTION",
@@ -83,6 +92,7 @@ __all__ = [
     "SPLIT_NAMES",
     "VISIBILITY_RES",
     "Camera",
+    "OutputFolderError",
     "RenderLayers",
     "compute_relationships",
     "generate_dataset",
@@ -155,13 +165,20 @@ def generate_dataset(
     splits: Sequence[float] = (0.8, 0.1, 0.1),
     progress: bool = True,
     workers: int = 1,
+    overwrite: bool = False,
 ) -> dict[str, int]:
     """Render `n` scenes into CLEVR's layout under `out`; returns images per split.
 
     `workers > 1` renders in that many processes; the bytes written do not depend on it.
+    `out` must be new, empty, or written by this function (its marker); with other parameters
+    than before only when `overwrite` (`OutputFolderError` otherwise, before any write).
     """
     out = Path(out)
     counts = split_counts(n, splits)
+    params = {"n": n, "size": size, "seed": seed, "splits": [float(f) for f in splits]}
+    before = _claim_output(out, params, overwrite)
+    written = {s: max(counts[s], before.get(s, 0)) for s in SPLIT_NAMES}
+    _write_marker(out, params, written, complete=False)
     info = {
         "version": "1.0",
         "license": "Creative Commons Attribution (CC-BY 4.0)",
@@ -190,22 +207,69 @@ def generate_dataset(
         path = out / "scenes" / f"CLEVR_{split}_scenes.json"
         if counts[split]:
             save_scenes(path, scenes[split], {**info, "split": split})
-        else:
+        elif written[split]:
             path.unlink(missing_ok=True)
-        _remove_stale_images(out / "images" / split, split, counts[split])
+        _remove_stale_images(out / "images" / split, split, counts[split], written[split])
+    _write_marker(out, params, counts, complete=True)
     return counts
 
 
-def _remove_stale_images(folder: Path, split: str, count: int) -> None:
-    """Delete our own `CLEVR_<split>_NNNNNN.png` files numbered >= count (left by an earlier,
-    larger run into the same folder), so a folder always matches its scenes file."""
-    if not folder.is_dir():
-        return
-    prefix = f"CLEVR_{split}_"
-    for path in folder.glob(f"{prefix}*.png"):
-        number = path.stem[len(prefix) :]
-        if number.isdigit() and len(number) == 6 and int(number) >= count:
-            path.unlink()
+#: Written into every folder `generate_dataset` renders: its parameters and per-split counts.
+MARKER = "strop-clevr-synth.json"
+
+
+class OutputFolderError(ValueError):
+    """An output folder `generate_dataset` must not write into; the message is one line."""
+
+
+def _claim_output(out: Path, params: dict, overwrite: bool) -> dict[str, int]:
+    """Check that `out` may be written; returns the per-split counts it already holds."""
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"{out}: exists and is not a folder")
+    marker = out / MARKER
+    if marker.is_file():
+        try:
+            old = json.loads(marker.read_text(encoding="utf-8"))
+            old_params, old_counts = old["params"], {k: int(v) for k, v in old["written"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise OutputFolderError(
+                f"{marker}: unreadable marker; delete {out} or choose another --out"
+            ) from None
+        if old_params != params and not overwrite:
+            raise OutputFolderError(
+                f"{out}: holds a clevr-synth dataset made with {_describe(old_params)}; pass "
+                f"--overwrite to replace it with {_describe(params)}, or choose another --out"
+            )
+        return old_counts
+    try:
+        occupied = out.is_dir() and any(out.iterdir())
+    except OSError as exc:
+        raise OutputFolderError(f"{out}: cannot list the folder ({exc.strerror or exc})") from None
+    if occupied:
+        raise OutputFolderError(
+            f"{out}: not empty and not written by strop data clevr-synth (no {MARKER}); "
+            "nothing was changed: choose an empty or new --out folder"
+        )
+    return {}
+
+
+def _describe(params: dict) -> str:
+    splits = ",".join(f"{f:g}" for f in params.get("splits", ()))
+    return f"--n {params.get('n')} --size {params.get('size')} --seed {params.get('seed')} --splits {splits}"
+
+
+def _write_marker(out: Path, params: dict, written: dict[str, int], complete: bool) -> None:
+    from strop.scenes import atomic_write_text
+
+    payload = {"generator": "strop clevr-synth", "params": params, "written": written}
+    atomic_write_text(out / MARKER, json.dumps({**payload, "complete": complete}, indent=1))
+
+
+def _remove_stale_images(folder: Path, split: str, count: int, written: int) -> None:
+    """Delete our own `CLEVR_<split>_NNNNNN.png` numbered in [count, written): images an
+    earlier, larger run of this command wrote into the same folder. Nothing else."""
+    for number in range(count, written):
+        (folder / f"CLEVR_{split}_{number:06d}.png").unlink(missing_ok=True)
 
 
 @contextmanager
