@@ -18,6 +18,12 @@ Design decisions
   without the config, and `datasets.load_dataset("parquet", ...)` still reads it as a table.
 - Every writer goes through a temporary name then `os.replace`: nothing half-written remains.
 - Validation errors are one line naming file, row and field.
+- Codes are checked against K in one place (`resolve_codebook_size` + `Programs.validate`),
+  shared by every reader of a run's programs: K from the caller, else the file's metadata,
+  else the run's `config.json`; metadata and config disagreeing is an error, not a choice.
+- One writer per run folder: `RunLock` holds an exclusive `fcntl.flock` on `RUN/.lock` (which
+  records the holder's pid) for as long as a training runs. The kernel drops the lock when
+  its process dies, however it dies, so a lock left by a killed process is never stale.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ PROGRAMS_FILE = "programs.parquet"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
+LOCK_FILE = ".lock"
 _META_KEY = b"strop"
 
 
@@ -60,6 +67,8 @@ class Programs:
     scene: list[str | None] = field(default_factory=list)
     codebook_size: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: where `codebook_size` came from (e.g. "programs metadata", "config.json"), for messages
+    k_source: str = ""
 
     def __post_init__(self) -> None:
         n = len(self.codes)
@@ -108,6 +117,7 @@ class Programs:
             scene=[self.scene[i] for i in idx],
             codebook_size=self.codebook_size,
             meta=dict(self.meta),
+            k_source=self.k_source,
         )
 
     def validate(self, source: str = "programs") -> None:
@@ -118,10 +128,33 @@ class Programs:
                     f"{source}: row {i} ({self.image_id[i]}) field codes: negative code {int(c.min())}"
                 )
             if self.codebook_size is not None and c.size and c.max() >= self.codebook_size:
+                origin = f" (K from {self.k_source})" if self.k_source else ""
                 raise RunFolderError(
                     f"{source}: row {i} ({self.image_id[i]}) field codes: code {int(c.max())} "
-                    f"outside [0, {self.codebook_size})"
+                    f"outside [0, {self.codebook_size}){origin}"
                 )
+
+
+def resolve_codebook_size(
+    programs: Programs, run: RunFolder | None = None, k: int | None = None, source: str = ""
+) -> tuple[int | None, str]:
+    """The K that `programs`' codes must lie below, and where it came from: `k` when given,
+    else the file's stored K, else the run's `config.json`. A stored K that disagrees with the
+    config is an error: one of them is wrong, and picking either would hide it."""
+    if k is not None:
+        return int(k), "given"
+    stored = programs.codebook_size
+    config_k = run.config_codebook_size if run is not None else None
+    if stored is not None and config_k is not None and stored != config_k:
+        raise RunFolderError(
+            f"{source or run}: programs file says K={stored} but config.json says K={config_k}: "
+            "mixed K in one run"
+        )
+    if stored is not None:
+        return stored, "programs metadata"
+    if config_k is not None:
+        return config_k, "config.json"
+    return None, ""
 
 
 def write_programs(path: str | os.PathLike[str], programs: Programs) -> Path:
@@ -240,8 +273,14 @@ class RunFolder:
     def write_eval(self, metrics: dict[str, Any]) -> None:
         write_json(self.eval_path, metrics)
 
-    def read_programs(self) -> Programs:
-        return read_programs(self.programs_path)
+    def read_programs(self, codebook_size: int | None = None) -> Programs:
+        """The run's programs, every code checked against K (`resolve_codebook_size`)."""
+        programs = read_programs(self.programs_path, codebook_size)
+        programs.codebook_size, programs.k_source = resolve_codebook_size(
+            programs, self, codebook_size, str(self.programs_path)
+        )
+        programs.validate(str(self.programs_path))
+        return programs
 
     def write_programs(self, programs: Programs) -> Path:
         return write_programs(self.programs_path, programs)
@@ -253,13 +292,20 @@ class RunFolder:
         return read_jsonl(self.metrics_path)
 
     @property
+    def config_codebook_size(self) -> int | None:
+        """K from config.json (`model.k` or `k`), or None."""
+        if not self.config_path.is_file():
+            return None
+        cfg = self.read_config()
+        k = (cfg.get("model") or {}).get("k", cfg.get("k"))
+        return int(k) if k is not None else None
+
+    @property
     def codebook_size(self) -> int | None:
         """K from config.json (`model.k` or `k`), else from the programs file, else the name."""
-        if self.config_path.is_file():
-            cfg = self.read_config()
-            k = (cfg.get("model") or {}).get("k", cfg.get("k"))
-            if k is not None:
-                return int(k)
+        k = self.config_codebook_size
+        if k is not None:
+            return k
         if self.programs_path.is_file():
             import pyarrow.parquet as pq
 
@@ -270,6 +316,67 @@ class RunFolder:
                     return int(k)
         match = re.fullmatch(r"k(\d+)", self.name)
         return int(match.group(1)) if match else None
+
+
+class RunLockedError(RunFolderError):
+    """Another process holds the run folder's lock; the message names its pid."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder (`RUN/.lock`, holding the pid), for one writer.
+
+    `acquire` fails at once with `RunLockedError` when another live process holds it. The lock
+    is an `fcntl.flock`, which the kernel releases when the holding process exits or is
+    killed, so a lock file left behind by a killed process does not block anyone.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunFolderError(
+                f"{self.path}: cannot use as a run folder ({exc.strerror or exc})"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLockedError(
+                f"{self.path}: in use by another training (pid {holder}); wait for it to "
+                "finish, or train into another --out folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        import fcntl
+
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError:
+            pass
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def is_run_folder(path: Path) -> bool:
@@ -329,13 +436,19 @@ def _json_default(value: Any) -> Any:
 
 
 def append_jsonl(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
-    """Append one JSON line and flush it to disk, so a killed process keeps every row written."""
+    """Append one JSON line and flush it to disk, so a killed process keeps every row written.
+
+    A failed write (disk full) is a one-line `RunFolderError`; it may leave a torn last line,
+    which `read_jsonl` skips and a resumed training drops (`MetricLog.truncate`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row, default=_json_default) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, default=_json_default) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise RunFolderError(f"{path}: cannot append a row ({exc.strerror or exc})") from None
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -36,7 +36,8 @@ def train_command(
         None,
         "--steps",
         help="Total steps; the lr warm-up/hold, w_div warm-up and curriculum phases keep "
-        "the paper's share of the run (default: the paper's 500k).",
+        "the paper's share of the run (default: the paper's 500k). On a run that already "
+        "has a checkpoint: train on to this step, keeping the run's schedule.",
     ),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step per GPU."),
     sets: list[str] = typer.Option(
@@ -60,7 +61,9 @@ def train_command(
 
     try:
         with exit_on(usage=(ConfigError, ValidationError), failed=(DataError,)):
-            cfg = make_run_config(data, preset, teacher, k, steps, batch_size, sets, config)
+            cfg = make_run_config(
+                data, preset, teacher, k, steps, batch_size, sets, config, resume_dir=out
+            )
         with exit_on(
             usage=(ConfigError,),
             failed=(CheckpointError, TrainingDiverged, DataError, FileNotFoundError, ValueError),

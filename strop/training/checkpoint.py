@@ -1,15 +1,28 @@
 """Checkpoints: atomic writes, `last.pt` plus kept steps, safe loading, model rebuild.
 
 Layout: `RUN/checkpoints/step-NNNNNNN.pt` (the newest `train.keep_checkpoints` are kept) and
-`RUN/checkpoints/last.pt` (always the newest). A checkpoint is a dict of tensors and Python
-primitives only, loaded with `torch.load(weights_only=True)`: a checkpoint is data, never code.
+`RUN/checkpoints/last.pt` (the newest, or whichever checkpoint the user copied there). A
+checkpoint is a dict of tensors and Python primitives only, loaded with
+`torch.load(weights_only=True)`: a checkpoint is data, never code.
 
 Design decisions
-- One serialisation per save: the state goes to a temporary file in the same folder, is
-  fsync'ed, hard-linked to its `step-NNNNNNN.pt` name and renamed over `last.pt` (`os.replace`
-  is atomic on POSIX). A crash at any point leaves the previous `last.pt` intact; a stray
-  temporary file is ignored and cleaned on the next save. Where hard links are unsupported
-  the step file is a copy.
+- Every name is its own file (its own inode): the state is serialised once to a temporary
+  file, fsync'ed, copied (an in-kernel copy, not a hard link) to its `step-NNNNNNN.pt` name
+  and renamed over `last.pt` (`os.replace` is atomic on POSIX). A hard link would make
+  `cp step-0000020.pt last.pt` (a natural manual rollback) rewrite the newest step file too,
+  and damage to one name damage the other. A crash at any point leaves the previous files
+  intact; a stray temporary file is ignored and cleaned on the next save.
+- `last.pt` is the run's position, as a pointer would be: a rollback by copying an older step
+  file over it is honoured. Resuming (`load_resumable`) reads `last.pt`, and when it is
+  missing or unloadable falls back through the step files, newest first, saying which files
+  it skipped and why; nothing loadable left is an error naming every file, never a silent
+  fresh start. Run folders written before this change (hard-linked names, or `last.pt`
+  alone) read the same way.
+- A failed write (disk full) is a `CheckpointError` naming the folder and the step; the
+  previous checkpoint stays as it was.
+- Load errors name the file and say what is wrong in our words: torch's own message for a
+  refused pickle advises `weights_only=False`, which would run the file's code; it is never
+  quoted.
 - RNG states are stored as tensors/tuples (NumPy's state array becomes a tensor) so the
   weights-only unpickler accepts them.
 - The teacher is not in the model's `state_dict`; `load_model` rebuilds it from `config.json`
@@ -19,10 +32,12 @@ Design decisions
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,32 +77,58 @@ def list_steps(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
 def save_checkpoint(
     run_dir: str | os.PathLike[str], step: int, state: dict[str, Any], keep: int = 3
 ) -> Path:
-    """Write `state` as `last.pt` and `step-NNNNNNN.pt` atomically; prune to `keep` step files."""
+    """Write `state` as `step-NNNNNNN.pt` and `last.pt` (two files, each atomic); prune to
+    `keep` step files. A failed write raises `CheckpointError`; the previous files stay."""
     folder = checkpoints_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    for stray in folder.glob(".*.tmp"):
-        stray.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt.", suffix=".tmp", dir=folder)
+    tmp = step_tmp = None
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stray in folder.glob(".*.tmp"):
+            stray.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".ckpt.", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # what a plain open() gives (mkstemp's is 0600)
         if keep > 0:
             step_tmp = folder / f".{step_name(step)}.tmp"
-            try:
-                os.link(tmp, step_tmp)
-            except OSError:
-                shutil.copyfile(tmp, step_tmp)
+            shutil.copyfile(tmp, step_tmp)  # a copy: its own inode, never a second name
+            _fsync_file(step_tmp)
             os.replace(step_tmp, folder / step_name(step))
         os.replace(tmp, folder / LAST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        for leftover in (tmp, step_tmp):
+            if leftover is not None:
+                Path(leftover).unlink(missing_ok=True)
+        cause = _os_error(exc)  # torch.save reports a failed write as a RuntimeError
+        if cause is None:
+            raise
+        raise CheckpointError(
+            f"{folder}: cannot write the checkpoint of step {step} "
+            f"({cause.strerror or type(cause).__name__}); the previous checkpoint is intact"
+        ) from None
     _fsync_dir(folder)
     for _, old in list_steps(run_dir)[: -keep if keep > 0 else None]:
         old.unlink(missing_ok=True)
     return folder / LAST
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError `exc` is or was raised from (its cause/context chain), if any."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -127,15 +168,93 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
     except Exception as exc:  # torch raises several types for a damaged or unsafe file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable STROP checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a loadable STROP checkpoint ({_why(exc)})") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError(f"{path}: not a STROP checkpoint (no 'model' and 'step' entries)")
     return state
 
 
+def _why(exc: BaseException) -> str:
+    """What is wrong with a file torch refused, in our words.
+
+    torch's message for a refused pickle advises re-running with `weights_only=False`, which
+    would execute whatever the file holds; only the unpickler's own finding is kept.
+    """
+    text = str(exc)
+    code = re.search(r"unsupported GLOBAL (\S+?)(?:\s|$)", text, re.IGNORECASE)
+    if code:
+        return f"refused: it holds Python code ({code.group(1)}), not only tensors and numbers"
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if found:
+        return f"damaged or not a checkpoint ({found.group(1).strip().rstrip('.')})"
+    if isinstance(exc, EOFError) or "zip archive" in text or "central directory" in text:
+        return "damaged or truncated file"
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+        return "damaged or not a checkpoint (unknown format)"
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def has_checkpoint(run_dir: str | os.PathLike[str]) -> bool:
-    return (checkpoints_dir(run_dir) / LAST).is_file()
+    """Whether the run has any checkpoint file (`last.pt` or a step file), loadable or not."""
+    return (checkpoints_dir(run_dir) / LAST).is_file() or bool(list_steps(run_dir))
+
+
+def candidates(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Checkpoint files in resume order: `last.pt`, then the step files newest first."""
+    last = checkpoints_dir(run_dir) / LAST
+    ordered = [last] if last.is_file() else []
+    return ordered + [p for _, p in reversed(list_steps(run_dir))]
+
+
+@dataclass
+class Resumable:
+    """The checkpoint a run resumes from, and what was skipped on the way (one line each)."""
+
+    path: Path
+    state: dict[str, Any]
+    skipped: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line: which file, which step, and what was skipped and why."""
+        text = f"resuming from {self.path} (step {int(self.state['step'])})"
+        if self.skipped:
+            text += "; skipped " + "; ".join(self.skipped)
+        return text
+
+
+def load_resumable(run_dir: str | os.PathLike[str], map_location: Any = "cpu") -> Resumable:
+    """The first loadable of `candidates(run_dir)`; `CheckpointError` naming every file when
+    none loads (a damaged run is never silently restarted)."""
+    skipped: list[str] = []
+    files = candidates(run_dir)
+    for path in files:
+        try:
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as exc:
+            skipped.append(str(exc).replace(f"{path}: ", f"{path.name}: ", 1))
+            continue
+        return Resumable(path, state, skipped)
+    if not files:
+        raise CheckpointError(f"{checkpoints_dir(run_dir)}: no checkpoint to resume from")
+    raise CheckpointError(
+        f"{checkpoints_dir(run_dir)}: no loadable checkpoint ({'; '.join(skipped)}); "
+        "move the folder aside to start afresh"
+    )
+
+
+def loadable_alternatives(run_dir: str | os.PathLike[str], but: Path) -> list[str]:
+    """Names of the step files other than `but` that load (for an error message)."""
+    names = []
+    for path in candidates(run_dir):
+        if path == but or path.name == LAST:
+            continue
+        try:
+            load_checkpoint(path)
+        except CheckpointError:
+            continue
+        names.append(path.stem)
+    return names
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -192,7 +311,16 @@ def load_model(
 
     cfg = load_run_config(run_dir)
     path = resolve_checkpoint(run_dir, which)
-    state = load_checkpoint(path, map_location=map_location)
+    try:
+        state = load_checkpoint(path, map_location=map_location)
+    except CheckpointError as exc:
+        others = loadable_alternatives(run_dir, path)
+        hint = (
+            f"; loadable: {', '.join(others)} (choose one with --checkpoint)"
+            if others
+            else "; no other checkpoint of this run loads"
+        )
+        raise CheckpointError(f"{exc}{hint}") from None
     model = build_model(cfg.model)
     try:
         model.load_state_dict_checked(state["model"])

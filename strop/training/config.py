@@ -9,9 +9,16 @@ Design decisions
 - Every section forbids unknown fields, so a typo in `config.json` or `--set` fails loudly.
 - `apply_overrides(cfg, ["a.b=v", ...])` sets any field by dotted path. The raw string is
   handed to pydantic (lax mode: "3" -> 3, "true" -> True); sequences take comma-separated
-  items (`curriculum.phase_steps=30,60,80,100`); `none`/`null` clears an optional field. The
-  whole config is re-validated after each override, so cross-field checks (phase order) run.
-  Errors are one line naming the override, the field and what was expected.
+  items (`curriculum.phase_steps=30,60,80,100`); `none`/`null` clears an optional field.
+  Each value is checked against its own field at once (a bad value names its override); the
+  whole config is validated once, after all of them, so cross-field checks (phase order,
+  hold >= warm-up) see the final values and do not depend on the order of `--set`s. A
+  cross-field error names every field involved and the flag that set it (`--steps`,
+  `--batch-size`, a `--set`, or the default). Errors are one line.
+- `make_run_config` always returns a validated config (`--steps 0` fails before anything is
+  written). On a run folder that has a checkpoint, `--steps N` only moves the end of the run
+  (like `--set train.steps=N`) and keeps the run's schedule, so a finished run can be
+  extended with the flag that started it.
 - `train.steps` defaults to the paper's 500k; the learning-rate schedule fields are absolute
   step numbers (warm-up end, hold end), like the curriculum's `phase_steps`.
 """
@@ -21,12 +28,13 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from strop.model import ModelConfig
 from strop.training.curriculum import CurriculumConfig
@@ -140,11 +148,11 @@ def _parse_value(raw: str, annotation: Any) -> Any:
     return raw
 
 
-def _set_path(cfg: BaseModel, keys: list[str], raw: str, item: str) -> dict[str, Any]:
-    """Return `cfg` dumped to a dict with the field at `keys` replaced by the parsed `raw`."""
-    data = cfg.model_dump()
+def _set_path(data: dict[str, Any], cls: type[BaseModel], keys: list[str], raw: str, item: str):
+    """Set the field at `keys` of the dumped config `data` to the parsed `raw`, after checking
+    the value against that field alone; one-line `ConfigError` naming the override."""
     node: Any = data
-    model_cls: type[BaseModel] = type(cfg)
+    model_cls = cls
     for depth, key in enumerate(keys):
         fields = model_cls.model_fields
         if key not in fields:
@@ -155,35 +163,70 @@ def _set_path(cfg: BaseModel, keys: list[str], raw: str, item: str) -> dict[str,
                 f"--set {item}: unknown key {'.'.join(keys[: depth + 1])!r} "
                 f"({where} has: {', '.join(fields)}){hint}"
             )
-        annotation = fields[key].annotation
+        info = fields[key]
         if depth == len(keys) - 1:
-            node[key] = _parse_value(raw, annotation)
-            return data
-        inner, _ = _unwrap_optional(annotation)
+            value = _parse_value(raw, info.annotation)
+            kind = info.annotation
+            if info.metadata:
+                kind = typing.Annotated[(kind, *info.metadata)]
+            try:
+                TypeAdapter(kind).validate_python(value)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise ConfigError(
+                    f"--set {item}: invalid value for {'.'.join(keys)} ({err['msg']}; got {raw!r})"
+                ) from None
+            node[key] = value
+            return
+        inner, _ = _unwrap_optional(info.annotation)
         if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
             raise ConfigError(f"--set {item}: {'.'.join(keys[: depth + 1])!r} has no sub-fields")
         model_cls = inner
         node = node[key]
-    raise AssertionError("unreachable")
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
-    """A new `RunConfig` with each `section.field=value` applied in order and re-validated."""
-    for item in overrides:
+    """A new `RunConfig` with each `section.field=value` applied in order, then validated."""
+    return _apply(cfg, [(item, f"--set {item}") for item in overrides], {})
+
+
+def _apply(cfg: RunConfig, items: list[tuple[str, str]], origins: dict[str, str]) -> RunConfig:
+    """Apply `(key=value, flag)` items to `cfg` and validate the result once.
+
+    `origins` maps dotted keys to the flag that set them before (e.g. `--steps 2000`); it is
+    extended here, and names the culprits of a cross-field error."""
+    origins = dict(origins)
+    data = cfg.model_dump()
+    for item, flag in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=1e-4")
+            raise ConfigError(f"{flag!r}: expected key=value, e.g. train.lr=1e-4")
         keys = key.strip().split(".")
-        data = _set_path(cfg, keys, raw.strip(), item)
-        try:
-            cfg = type(cfg).model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(
-                f"--set {item}: invalid value for {loc or key} ({err['msg']}; got {raw.strip()!r})"
-            ) from None
-    return cfg
+        _set_path(data, type(cfg), keys, raw.strip(), item)
+        origins[".".join(keys)] = flag
+    try:
+        return type(cfg).model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_blame(exc, origins)) from None
+
+
+def _blame(exc: ValidationError, origins: dict[str, str]) -> str:
+    """One line for the first error, naming the flag(s) that set the fields involved."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if loc in origins:
+        return f"{origins[loc]}: invalid value for {loc} ({msg})"
+    section = f"{loc}." if loc else ""
+    involved = sorted(
+        (key, flag)
+        for key, flag in origins.items()
+        if key.startswith(section) and re.search(rf"\b{re.escape(key[len(section) :])}\b", msg)
+    )
+    if not involved:
+        involved = sorted((k, f) for k, f in origins.items() if k.startswith(section))
+    culprits = ", ".join(f"{key} from {flag}" for key, flag in involved)
+    return f"{loc or 'config'}: {msg}" + (f" ({culprits})" if culprits else "")
 
 
 # --------------------------------------------------------------------------- I/O
@@ -224,12 +267,20 @@ def make_run_config(
     batch_size: int | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     config_file: str | os.PathLike[str] | None = None,
+    resume_dir: str | os.PathLike[str] | None = None,
 ) -> RunConfig:
     """The configuration `strop train` builds from its flags (then `--set` overrides).
 
     With `config_file` the file is the base and the flags given override it; without it the
-    base is the preset (default S) with the teacher (default dinov3-s).
+    base is the preset (default S) with the teacher (default dinov3-s). `resume_dir`: the
+    `--out` folder; when it holds a run with a checkpoint, `steps` keeps that run's schedule
+    and only sets `train.steps` (see the module docstring). The result is validated.
     """
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps {steps}: must be at least 1 (total optimisation steps)")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1 (images per step)")
+    items: list[tuple[str, str]] = []
     if config_file is not None:
         if preset is not None:
             raise ConfigError(
@@ -237,9 +288,8 @@ def make_run_config(
             )
         cfg = load_config_file(config_file)
         cfg.data.path = str(data)
-        pending = [f"model.teacher={teacher}"] if teacher is not None else []
-        pending += [f"model.k={k}"] if k is not None else []
-        cfg = apply_overrides(cfg, pending)
+        items += [(f"model.teacher={teacher}", f"--teacher {teacher}")] if teacher else []
+        items += [(f"model.k={k}", f"--k {k}")] if k is not None else []
     else:
         model_kw: dict[str, Any] = {"teacher": teacher or "dinov3-s"}
         if k is not None:
@@ -252,10 +302,55 @@ def make_run_config(
             raise ConfigError(f"model.{loc}: {err['msg']}") from None
         cfg = RunConfig(model=model, data=DataConfig(path=str(data)))
     if batch_size is not None:
-        cfg.train.batch_size = batch_size
+        items.append((f"train.batch_size={batch_size}", f"--batch-size {batch_size}"))
+    origins: dict[str, str] = {}
     if steps is not None:
-        cfg = scale_schedule(cfg, steps)
-    return apply_overrides(cfg, list(overrides))
+        resumed = _resumed_config(resume_dir)
+        if resumed is not None:
+            cfg = keep_schedule(cfg, resumed, steps)
+            flag = f"--steps {steps} (the resumed run's schedule)"
+        else:
+            cfg = scale_schedule(cfg, steps)
+            flag = f"--steps {steps}"
+        origins = {key: flag for key in SCHEDULE_FIELDS}
+    items += [(item, f"--set {item}") for item in overrides]
+    return _apply(cfg, items, origins)
+
+
+def _resumed_config(run_dir: str | os.PathLike[str] | None) -> RunConfig | None:
+    """The stored config of the run in `run_dir` when it would be resumed (has a checkpoint)."""
+    if run_dir is None:
+        return None
+    from strop.training.checkpoint import has_checkpoint
+
+    if not has_checkpoint(run_dir) or not (Path(run_dir) / "config.json").is_file():
+        return None
+    return load_run_config(run_dir)
+
+
+#: The fields `--steps` sets: the run's length and the schedule stretched to it.
+SCHEDULE_FIELDS = (
+    "train.steps",
+    "train.warmup_steps",
+    "train.hold_steps",
+    "model.div_warmup_steps",
+    "curriculum.phase_steps",
+)
+
+
+def keep_schedule(cfg: RunConfig, run: RunConfig, steps: int) -> RunConfig:
+    """`cfg` with the schedule of the existing `run` and `train.steps=steps`: what `--steps`
+    means when resuming (the run continues to `steps` on the schedule it started with)."""
+    train = cfg.train.model_copy(
+        update={
+            "steps": steps,
+            "warmup_steps": run.train.warmup_steps,
+            "hold_steps": run.train.hold_steps,
+        }
+    )
+    model = cfg.model.model_copy(update={"div_warmup_steps": run.model.div_warmup_steps})
+    curriculum = cfg.curriculum.model_copy(update={"phase_steps": run.curriculum.phase_steps})
+    return cfg.model_copy(update={"model": model, "train": train, "curriculum": curriculum})
 
 
 #: The paper's schedule as shares of its 500k steps (Table 4, "Optimiser" in DESIGN.md).

@@ -14,6 +14,8 @@ Design decisions
   cannot be loaded (missing, unreadable or empty) turns validation off loudly, never
   silently: `val_loader` returns the reason, which the trainer logs as a warning and writes
   to `metrics.jsonl` as a `{"event": "validation_off", "reason": ...}` row.
+- A dataset error inside a DataLoader worker (a corrupt image) reaches the caller as the
+  worker's own one-line `DataError`, naming the file, not torch's wrapped traceback.
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ class TrainData:
         while True:
             self.sampler.set_epoch(self.epoch, self.batch_in_epoch * self.batch_size)
             self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-            for batch in self.loader:
+            for batch in loader_batches(self.loader):
                 self.batch_in_epoch += 1
                 yield batch
                 if self.batch_in_epoch >= self.batches_per_epoch:
@@ -141,6 +143,21 @@ class TrainData:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
+
+
+def loader_batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """Iterate `loader`; a `DataError` raised in a worker is re-raised with its own message."""
+    from strop.data.datasets import DataError, worker_message
+
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except DataError as exc:
+            raise DataError(worker_message(exc)) from None
+        yield batch
 
 
 def val_loader(cfg: RunConfig) -> tuple[DataLoader | None, str | None]:

@@ -7,8 +7,12 @@ Design decisions
 - Logged rows average the step values over the `log_every` interval; the interval sums (and
   their count, `_n`) are checkpointed, so a resumed run writes the same rows as a straight one
   (timings aside).
-- On resume, metric rows written after the checkpoint are dropped from `metrics.jsonl`, so a
-  resumed run does not repeat them.
+- `metrics.jsonl` always holds exactly the rows of one straight run up to the checkpoint a
+  run resumes from: on resume, rows after the checkpoint's step and torn or unreadable lines
+  (a kill or a full disk mid-write) are dropped before anything is appended; a run with no
+  checkpoint starts the log afresh, moving an earlier file aside (`metrics.jsonl.old`, never
+  deleted). Otherwise a crash before the first checkpoint, or a torn row, would repeat steps
+  or make every later resume fail.
 - Only rank 0 writes metrics, TensorBoard scalars and the progress bar. TensorBoard is optional
   (`train.tensorboard`) and needs its package only when asked for.
 """
@@ -18,9 +22,10 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from strop.runs import RunFolder, read_jsonl
+from strop.runs import RunFolder
 from strop.scenes import atomic_write_text
 from strop.training import curriculum as cur
 from strop.training.config import ConfigError
@@ -147,13 +152,47 @@ class MetricLog:
     def load_state_dict(self, interval: dict[str, float]) -> None:
         self.interval = defaultdict(float, interval)
 
-    def truncate(self, step: int) -> None:
-        """Drop metric rows written after `step`, so a resumed run does not repeat them."""
+    def truncate(self, step: int) -> str | None:
+        """Keep only the rows up to `step` (the checkpoint resumed from), dropping later rows
+        and torn or unreadable lines; returns a note when something was dropped."""
         path = self.run.metrics_path
-        rows = read_jsonl(path)
-        kept = [r for r in rows if r.get("step", 0) <= step]
-        if len(kept) != len(rows):
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        if not path.is_file():
+            return None
+        text = path.read_text(encoding="utf-8", errors="replace")
+        kept, later, torn = [], 0, 0
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                torn += 1
+                continue
+            if not isinstance(row, dict):
+                torn += 1
+            elif row.get("step", 0) > step:
+                later += 1
+            else:
+                kept.append(line)
+        rebuilt = "".join(line + "\n" for line in kept)
+        if rebuilt == text:
+            return None
+        atomic_write_text(path, rebuilt)
+        return f"{path}: kept {len(kept)} rows up to step {step}, dropped {later} later rows" + (
+            f" and {torn} torn line(s)" if torn else ""
+        )
+
+    def start_afresh(self) -> str | None:
+        """No checkpoint: rows from an earlier attempt are moved aside; returns a note."""
+        path = self.run.metrics_path
+        if not path.is_file():
+            return None
+        if not path.read_text(encoding="utf-8", errors="replace").strip():
+            path.unlink()
+            return None
+        aside = _free_name(path.with_name(path.name + ".old"))
+        path.rename(aside)
+        return f"{path}: no checkpoint to resume from; earlier rows moved to {aside.name}"
 
     def flush(self) -> None:
         if self.tb is not None:
@@ -162,6 +201,15 @@ class MetricLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `path.2`, `path.3`, ...: the first name not taken."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 class ProgressBar:

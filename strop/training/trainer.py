@@ -49,6 +49,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -65,7 +66,7 @@ from torch import nn
 from strop.model import losses
 from strop.model.interpreter import prefix_mask
 from strop.model.network import GenOut, Strop
-from strop.runs import RunFolder
+from strop.runs import RunFolder, RunLock
 from strop.training import checkpoint as ckpt
 from strop.training import curriculum as cur
 from strop.training import data as train_data
@@ -294,8 +295,11 @@ class Trainer:
 
     def _resume(self) -> None:
         if not ckpt.has_checkpoint(self.run.path):
+            if self.dist.is_main:
+                self._note(self.metrics.start_afresh())
             return
-        state = ckpt.load_checkpoint(ckpt.resolve_checkpoint(self.run.path), "cpu")
+        found = ckpt.load_resumable(self.run.path, "cpu")
+        state = found.state
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -306,9 +310,15 @@ class Trainer:
         self.metrics.load_state_dict(state.get("interval", {}))
         if self.dist.is_main:
             ckpt.set_rng_state(state["rng"])
-            self.metrics.truncate(self.step)
+            self._note(found.describe())
+            self._note(self.metrics.truncate(self.step))
         else:
             torch.manual_seed(self.cfg.train.seed + 7919 * self.dist.rank + self.step)
+
+    def _note(self, message: str | None) -> None:
+        """One line on stderr (rank 0) about what resuming found and did."""
+        if message and self.dist.is_main:
+            print(message, file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ the step
 
@@ -480,7 +490,7 @@ class Trainer:
         stats, counts, lengths_seen = FieldStats(), np.zeros(m.k, dtype=np.int64), []
         self.model.eval()
         try:
-            for i, batch in enumerate(loader):
+            for i, batch in enumerate(train_data.loader_batches(loader)):
                 if i >= self.cfg.train.val_batches:
                     break
                 feats, _ = self._features(batch)
@@ -600,10 +610,17 @@ def train(
     """Train (or resume) the run in `out_dir` with `cfg`; returns the run folder.
 
     `stop_at` ends this call at that step with a checkpoint, as an interruption would, without
-    changing the schedule (which follows `cfg.train.steps`).
+    changing the schedule (which follows `cfg.train.steps`). The run folder is locked for the
+    call (`strop.runs.RunLock`): a second training into it fails at once, naming this pid.
     """
-    trainer = Trainer(cfg, out_dir, progress=progress)
+    # One training per run folder: rank 0 holds the lock (the other ranks only read).
+    lock = RunLock(out_dir) if int(os.environ.get("RANK", "0")) == 0 else None
+    if lock is not None:
+        lock.acquire()
     try:
+        trainer = Trainer(cfg, out_dir, progress=progress)
         return trainer.fit(stop_at=stop_at)
     finally:
         distr.cleanup()
+        if lock is not None:
+            lock.release()
