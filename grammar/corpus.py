@@ -166,30 +166,29 @@ def read_text(path: str | Path, k: int | None = None) -> Corpus:
         raise CorpusError(f"{path}: file not found")
     programs: list[list[int]] = []
     declared: tuple[int, int] | None = None  # (K, line number)
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            if text.startswith("#"):
-                match = _K_DIRECTIVE.match(text)
-                if match:
-                    value = _parse_int(match.group(1), path, lineno, "k directive")
-                    if declared is not None and declared[0] != value:
-                        raise CorpusError(
-                            f"{path}: line {lineno} declares K={value} but line {declared[1]} "
-                            f"declared K={declared[0]}: mixed K in one file"
-                        )
-                    declared = (value, lineno)
-                continue
-            codes = [_parse_int(tok, path, lineno, "codes") for tok in text.split()]
-            if declared is not None and max(codes) >= declared[0]:
-                bad = max(codes)
-                raise CorpusError(
-                    f"{path}: line {lineno} field codes: code {bad} outside [0, {declared[0]}) "
-                    f"declared on line {declared[1]}: mixed K in one file"
-                )
-            programs.append(codes)
+    for lineno, line in _text_lines(path):
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("#"):
+            match = _K_DIRECTIVE.match(text)
+            if match:
+                value = _parse_int(match.group(1), path, lineno, "k directive")
+                if declared is not None and declared[0] != value:
+                    raise CorpusError(
+                        f"{path}: line {lineno} declares K={value} but line {declared[1]} "
+                        f"declared K={declared[0]}: mixed K in one file"
+                    )
+                declared = (value, lineno)
+            continue
+        codes = [_parse_int(tok, path, lineno, "codes") for tok in text.split()]
+        if declared is not None and max(codes) >= declared[0]:
+            bad = max(codes)
+            raise CorpusError(
+                f"{path}: line {lineno} field codes: code {bad} outside [0, {declared[0]}) "
+                f"declared on line {declared[1]}: mixed K in one file"
+            )
+        programs.append(codes)
     if not programs:
         raise CorpusError(f"{path}: empty corpus (no program lines)")
     if k is not None and declared is not None and k != declared[0]:
@@ -206,19 +205,41 @@ def read_text(path: str | Path, k: int | None = None) -> Corpus:
     return corpus
 
 
+def _text_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file; a binary or unreadable file is a one-line
+    `CorpusError` (a parquet or image passed by mistake must not end in a traceback)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if b"\x00" in data[:8192]:
+        raise CorpusError(
+            f"{path}: a binary file, not a text corpus (one program per line, codes separated "
+            "by spaces); pass a programs.parquet as .parquet"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CorpusError(
+            f"{path}: line {line}: not UTF-8 text (byte {exc.start}); expected one program per "
+            "line, codes separated by spaces"
+        ) from None
+    return list(enumerate(text.splitlines(), start=1))
+
+
 def _program_to_line(message: str, path: Path) -> str:
     """Text files are addressed by line: map 'program i' back to its line number."""
     match = re.search(r"program (\d+) ", message)
     if not match:
         return message
     wanted, seen = int(match.group(1)), -1
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            text = line.strip()
-            if text and not text.startswith("#"):
-                seen += 1
-                if seen == wanted:
-                    return message.replace(f"program {wanted} ", f"line {lineno} ")
+    for lineno, line in _text_lines(path):
+        text = line.strip()
+        if text and not text.startswith("#"):
+            seen += 1
+            if seen == wanted:
+                return message.replace(f"program {wanted} ", f"line {lineno} ")
     return message
 
 
@@ -245,7 +266,7 @@ def from_programs(programs: Programs, name: str, source: str, k: int | None = No
     if k is not None:
         k_source = "--k"
     elif programs.codebook_size is not None:
-        k, k_source = programs.codebook_size, "programs metadata"
+        k, k_source = programs.codebook_size, programs.k_source or "programs metadata"
     else:
         k, k_source = (int(codes.max()) + 1 if codes.size else 0), "max code + 1"
     corpus = Corpus(codes, offsets, int(k), name, source, k_source)
@@ -288,28 +309,18 @@ def _check_row_k(path: Path) -> None:
 
 
 def read_run(run: RunFolder, k: int | None = None) -> Corpus:
-    """The programs of one run folder, K cross-checked between config and programs file."""
+    """The programs of one run folder, codes checked against K by `RunFolder.read_programs`
+    (K from --k, the programs file, or config.json; the two disagreeing is an error)."""
     if not run.programs_path.is_file():
         raise CorpusError(
             f"{run.path}: run folder has no {PROGRAMS_FILE} (run `strop export {run.path}` first)"
         )
-    if k is None and run.config_path.is_file():
-        try:
-            cfg = run.read_config()
-        except RunFolderError as exc:
-            raise CorpusError(str(exc)) from None
-        cfg_k = (cfg.get("model") or {}).get("k", cfg.get("k"))
-        corpus = read_parquet(run.programs_path, None, run.name)
-        if cfg_k is not None and corpus.k_source == "programs metadata" and corpus.k != cfg_k:
-            raise CorpusError(
-                f"{run.path}: config.json says K={cfg_k} but {PROGRAMS_FILE} says K={corpus.k}: "
-                "mixed K in one run"
-            )
-        if cfg_k is not None and corpus.k_source != "programs metadata":
-            corpus.k, corpus.k_source = int(cfg_k), "config.json"
-            corpus.validate()
-        return corpus
-    return read_parquet(run.programs_path, k, run.name)
+    try:
+        programs = run.read_programs(k)
+    except RunFolderError as exc:
+        raise CorpusError(str(exc)) from None
+    _check_row_k(run.programs_path)
+    return from_programs(programs, run.name, str(run.programs_path), k)
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from llm_decode.backends.base import BackendError, redact
 from llm_decode.prompting import PromptError
 from llm_decode.protocol import ProtocolConfig
 from llm_decode.report import build_report
-from llm_decode.runner import DecodeConfig, check_config, decode
-from strop.cli_app import EXIT_FAILED, EXIT_USAGE, Commands, make_app
+from llm_decode.runner import DecodeConfig, DecodeInterrupted, check_config, decode
+from strop.cli_app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Commands, make_app
 from strop.runs import RunFolderError
 from strop.scenes import SceneFileError
 
@@ -79,7 +79,10 @@ def decode_command(
         False, "--structured", help="Constrain output with the scene JSON schema."
     ),
     template: Path | None = typer.Option(
-        None, "--template", help="Jinja template replacing prompts/decode.j2."
+        None,
+        "--template",
+        help="Jinja template replacing prompts/decode.j2. It is rendered with full Jinja, "
+        "which can run code: use only your own templates.",
     ),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Default: the preset's."),
     think: bool | None = typer.Option(
@@ -152,6 +155,10 @@ def decode_command(
             progress.stop()
             _fail(str(exc), [secret])
             return
+        except DecodeInterrupted as exc:
+            progress.stop()
+            console.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     s = result.summary
     console.print(
         f"{result.folder}: n={s['n']} parse fails={s['parse_fails']} missing={s['missing']} "

@@ -9,6 +9,10 @@ Design decisions
   which servers with prefix caching (vLLM's automatic prefix caching) reuse.
 - The package template is `prompts/decode.j2`; `--template PATH` replaces it with a user file
   defining the same blocks. A missing block or variable is a one-line `PromptError`.
+- Templates are code: full Jinja can reach Python objects through attribute access, so a
+  template can run code. `--template` is the user's own file, which is their call (and the
+  CLI help says so); a template from anyone else (none today: the package's are ours) must be
+  rendered with `jinja2.sandbox.SandboxedEnvironment` instead.
 - `think_suffix` (the reasoning instruction the paper gives DeepSeek-V3.1 and GPT-OSS-120B)
   is itself a template, `prompts/think_suffix.j2`, so it can be reworded without code.
 """

@@ -12,6 +12,12 @@ Design decisions
   done: the rerun retries them.
 - `summary.json` is recomputed from the rows of the current protocol's keys, never
   accumulated, so resuming gives the same summary as one uninterrupted run.
+- One folder per decoding identity (model name, served id, backend, endpoint), recorded in
+  `identity.json` and checked on reuse (`claim_folder`): `org/m` and `org--m` map to the same
+  safe name, and one model on two endpoints to the same model name, so a folder that holds
+  another identity's results is never written into; the newcomer gets the name plus a short
+  hash of its identity. Folders written before `identity.json` existed are recognised by the
+  identity their `summary.json` or rows carry.
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
-from strop.runs import read_jsonl, write_json
+from strop.runs import RunFolderError, read_json, read_jsonl, write_json
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
+IDENTITY_FILE = "identity.json"
+#: The fields of a row's identity that decide its folder (K is the run's; the permutation
+#: control has its own folder suffix).
+IDENTITY_KEYS = ("model", "served_id", "backend", "endpoint")
 #: Row statuses; `ok` and `parse_fail` are final answers, `error` is retried on rerun.
 DONE_STATUSES = frozenset({"ok", "parse_fail"})
 
@@ -91,3 +101,35 @@ class ResultsFile:
     def write_summary(self, summary: dict[str, Any]) -> Path:
         write_json(self.summary_path, summary)
         return self.summary_path
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    blob = json.dumps({k: identity.get(k) for k in IDENTITY_KEYS}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def stored_identity(folder: Path) -> dict[str, Any] | None:
+    """The identity whose results `folder` holds, or None for a new (absent or empty) folder."""
+    path = folder / IDENTITY_FILE
+    if path.is_file():
+        return {k: read_json(path).get(k) for k in IDENTITY_KEYS}
+    for source in (folder / SUMMARY_FILE, folder / RESULTS_FILE):  # written before identity.json
+        if source.is_file():
+            rows = [read_json(source)] if source.suffix == ".json" else read_jsonl(source)[:1]
+            if rows:
+                return {k: rows[0].get(k) for k in IDENTITY_KEYS}
+    return None
+
+
+def claim_folder(parent: Path, name: str, identity: dict[str, Any]) -> Path:
+    """The results folder for `identity` under `parent`: `name` when it is new or already
+    holds this identity's results, else `name-<hash of the identity>`; writes identity.json."""
+    wanted = {k: identity.get(k) for k in IDENTITY_KEYS}
+    for candidate in (name, f"{name}-{identity_hash(wanted)}"):
+        folder = parent / candidate
+        found = stored_identity(folder)
+        if found is None or found == wanted:
+            if not (folder / IDENTITY_FILE).is_file():
+                write_json(folder / IDENTITY_FILE, wanted)
+            return folder
+    raise RunFolderError(f"{folder}: holds the results of {found}, not of {wanted}")

@@ -30,7 +30,7 @@ from llm_decode.backends.baselines import DEFAULT_NAIVE, NaiveDefinition
 from llm_decode.presets import ModelPreset, folder_name, resolve_model
 from llm_decode.prompting import PromptBuilder, Shot
 from llm_decode.protocol import ProtocolConfig, Selection, code_permutation, load_scene, select
-from llm_decode.results import ResultsFile, messages_sha256, request_key
+from llm_decode.results import ResultsFile, claim_folder, messages_sha256, request_key
 from llm_decode.schema import DecodedScene, SceneParseError, parse_answer, scene_json_schema
 from llm_decode.scoring import ScoringOptions, score_scene, summarize_scores
 from strop.runs import RunFolder, RunFolderError, find_run
@@ -79,6 +79,17 @@ class Job:
     truth: DecodedScene
     messages: list[dict[str, str]]
     key: str
+
+
+class DecodeInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a decode: every answer received so far is saved; a rerun resumes."""
+
+    def __init__(self, path: Path, saved: int, total: int) -> None:
+        super().__init__(
+            f"interrupted: {saved} of {total} answers saved in {path}; rerun the same command "
+            "to resume"
+        )
+        self.path, self.saved, self.total = path, saved, total
 
 
 @dataclass
@@ -133,9 +144,10 @@ def _build_backend(
     )
 
 
-def output_folder(run: RunFolder, cfg: DecodeConfig) -> Path:
+def output_folder(run: RunFolder, cfg: DecodeConfig, identity: dict[str, Any]) -> Path:
+    """`RUN/llm/<model>`, unique per (model, served id, backend, endpoint): see `claim_folder`."""
     suffix = "-permuted" if cfg.protocol.permute_codes else ""
-    return run.llm_dir / (folder_name(cfg.model) + suffix)
+    return claim_folder(run.llm_dir, folder_name(cfg.model) + suffix, identity)
 
 
 @dataclass
@@ -157,9 +169,14 @@ class Plan:
 def plan(cfg: DecodeConfig) -> Plan:
     """Select shots and test images, render the prompts and key every request."""
     run = find_run(cfg.runs, cfg.k)
-    programs = run.read_programs()
     source = str(run.programs_path)
-    k = programs.codebook_size or run.codebook_size or cfg.k
+    # Codes are checked against K by the one validation every reader shares; with no K stored
+    # anywhere, the --k that picked the run is the K.
+    programs = run.read_programs()
+    if programs.codebook_size is None:
+        programs.codebook_size, programs.k_source = cfg.k, "--k"
+        programs.validate(source)
+    k = programs.codebook_size
     selection = select(programs, cfg.protocol, source)
     shots = [
         Shot(programs.codes[i].tolist(), load_scene(programs, i, source)) for i in selection.shots
@@ -217,7 +234,7 @@ def decode(
     each answer is written.
     """
     p = plan(cfg)
-    results = ResultsFile(output_folder(p.run, cfg))
+    results = ResultsFile(output_folder(p.run, cfg, p.identity))
     todo = [j for j in p.jobs if j.key not in results.done]
     if on_start is not None:
         on_start(len(p.jobs), len(p.jobs) - len(todo))
@@ -232,6 +249,9 @@ def decode(
             backend = _build_backend(cfg, p.preset, p.max_tokens, p.shots, p.k)
             runner = _run_batch if hasattr(backend, "complete_batch") else _run_async
             asyncio.run(runner(backend, p.builder, todo, cfg, p.identity, record))
+    except KeyboardInterrupt:
+        saved = sum(j.key in results.done for j in p.jobs)
+        raise DecodeInterrupted(results.path, saved, len(p.jobs)) from None
     finally:
         results.close()
     rows = [results.done.get(j.key) for j in p.jobs]

@@ -237,6 +237,10 @@ def summarize_scores(
         "attr_acc_by": by_attr,
         "pos_mse": _mean([s.pos_mse for s in scores]),
         "pos_mae": _mean([s.pos_mae for s in scores]),
-        "ap": {threshold_key(t): average_precision(preds, trues, t) for t in AP_THRESHOLDS},
+        # No answer at all has no precision: null, not a measured 0.0.
+        "ap": {
+            threshold_key(t): average_precision(preds, trues, t) if scores else None
+            for t in AP_THRESHOLDS
+        },
         "scoring": options.model_dump(),
     }

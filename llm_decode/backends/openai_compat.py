@@ -3,8 +3,9 @@
 Design decisions
 - The client's own retries are off (`max_retries=0`) and this module owns the retry loop, so
   retries never stack (the SDK's 2 retries times ours) and the policy is the one DESIGN.md
-  specifies: retry timeouts, dropped connections, 408, 409, 429 and 5xx; never 400 (or any
-  other 4xx: resending the same bad request cannot help).
+  specifies: retry timeouts, dropped connections, 408, 409, 429, 5xx and an HTTP 200 whose
+  body is no chat completion (an HTML error page from a proxy, cut-off JSON); never 400 (or
+  any other 4xx: resending the same bad request cannot help).
 - Backoff is capped exponential with "equal jitter" (half fixed, half random), so concurrent
   workers that failed together do not retry together. A `retry-after` (or `retry-after-ms`)
   header wins over the computed delay, capped at `max_retry_after`; it also pauses every
@@ -33,6 +34,10 @@ from llm_decode.backends.base import Completion, Message, TransportError, one_li
 from llm_decode.schema import split_reasoning
 
 RETRY_STATUS = frozenset({408, 409, 429})
+
+
+class _Malformed(Exception):
+    """An HTTP 200 whose body is not a usable chat completion (retried like a 5xx)."""
 
 
 class OpenAIConfig(BaseModel):
@@ -126,6 +131,7 @@ class OpenAIBackend:
                 response = await asyncio.wait_for(
                     self._client.chat.completions.create(**args), timeout=cfg.timeout
                 )
+                completion = self._completion(response, time.perf_counter() - start, attempt)
             except (asyncio.TimeoutError, openai.APITimeoutError):
                 error, status, retry_after = f"timed out after {cfg.timeout:g} s", None, None
             except openai.APIStatusError as exc:
@@ -140,10 +146,18 @@ class OpenAIBackend:
                     None,
                     None,
                 )
-            except openai.OpenAIError as exc:  # malformed response bodies and the like
-                raise self._error(f"{type(exc).__name__}: {exc}", None, attempt) from None
+            except (openai.OpenAIError, ValueError, _Malformed) as exc:
+                # HTTP 200 with a body that is no completion (a proxy's HTML page, cut-off
+                # JSON): a failed attempt like any other, retried within max_attempts.
+                if isinstance(exc, ValueError) and not isinstance(exc, _Malformed):
+                    detail = f"HTTP 200 but the body is not valid JSON ({exc})"
+                elif isinstance(exc, openai.OpenAIError):
+                    detail = f"{type(exc).__name__}: {exc}"
+                else:
+                    detail = str(exc)
+                error, status, retry_after = f"malformed response: {detail}", None, None
             else:
-                return self._completion(response, time.perf_counter() - start, attempt)
+                return completion
             if attempt == cfg.max_attempts:
                 raise self._error(f"{error} (gave up after {attempt} attempts)", status, attempt)
             if retry_after is not None:
@@ -160,8 +174,11 @@ class OpenAIBackend:
         )
 
     def _completion(self, response: Any, latency: float, attempts: int) -> Completion:
+        if isinstance(response, (str, bytes)) or not hasattr(response, "choices"):
+            text = response if isinstance(response, str) else type(response).__name__
+            raise _Malformed(f"HTTP 200 but the body is not a chat completion ({text[:80]!r})")
         if not response.choices:
-            raise self._error("response has no choices", None, attempts)
+            raise _Malformed("response has no choices")
         choice = response.choices[0]
         message = choice.message
         extra = message.model_extra or {}

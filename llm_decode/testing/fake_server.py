@@ -13,6 +13,8 @@ Behaviours (all in `ServerConfig`):
 - `delay` before every answer; `slow_first` requests sleep `slow_delay` (client timeouts);
 - `die_after`: after that many answers the process exits without answering the next request;
 - `reasoning`: return reasoning in `reasoning`, `reasoning_content`, or as a `<think>` block;
+- `junk_first`: the first requests get HTTP 200 with a body that is no completion
+  (`junk_body` as `junk_type`: an HTML page by default, or cut-off JSON);
 - `require_key`: answer 401 unless `Authorization: Bearer <key>` matches; `echo_auth` puts
   the received header into error bodies (a leaky proxy), to test that keys are redacted;
 - GET /stats: requests, answered, max_in_flight, statuses, auth failures, the last request's
@@ -55,6 +57,11 @@ class ServerConfig(BaseModel):
     reasoning: str | None = None  # "reasoning" | "reasoning_content" | "think"
     require_key: str | None = None
     echo_auth: bool = False  # put the Authorization header in error bodies, as leaky proxies do
+    # HTTP 200 with a body that is not a completion (a proxy's HTML page, a cut-off JSON): the
+    # first `junk_first` requests get `junk_body` as `junk_type`
+    junk_first: int = 0
+    junk_type: str = "text/html"
+    junk_body: str = "<html><body>502 Bad Gateway (from the proxy)</body></html>"
 
 
 def derived_scene(codes: list[int]) -> dict[str, Any]:
@@ -161,6 +168,16 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 if cfg.echo_auth:
                     message += f" (auth {self.headers.get('Authorization')})"
                 self._send(status, {"error": {"message": message, "code": status}}, headers)
+                return
+            if number <= cfg.junk_first:
+                data = cfg.junk_body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", cfg.junk_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                with state.lock:
+                    state.statuses["200"] = state.statuses.get("200", 0) + 1
                 return
             if number <= cfg.slow_first:
                 time.sleep(cfg.slow_delay)
