@@ -72,11 +72,11 @@ def load_image(source: str | os.PathLike[str] | bytes, size: int, *, where: str)
     """
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
-        with Image.open(handle) as im:
-            im = to_rgb(im, where)
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
-            arr = np.asarray(im, dtype=np.float32)
+        with Image.open(handle) as opened:
+            rgb = to_rgb(opened, where)
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+            arr = np.asarray(rgb, dtype=np.float32)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, DataError):
             raise

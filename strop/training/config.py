@@ -166,8 +166,8 @@ def _set_path(data: dict[str, Any], cls: type[BaseModel], keys: list[str], raw: 
         info = fields[key]
         if depth == len(keys) - 1:
             value = _parse_value(raw, info.annotation)
-            kind = info.annotation
-            if info.metadata:
+            kind: Any = info.annotation
+            if info.metadata:  # constraints such as ge=1 live beside the type
                 kind = typing.Annotated[(kind, *info.metadata)]
             try:
                 TypeAdapter(kind).validate_python(value)
