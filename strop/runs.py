@@ -261,6 +261,16 @@ class RunFolder:
     grammar_dir = property(lambda self: self.path / "grammar")
     llm_dir = property(lambda self: self.path / "llm")
 
+    @property
+    def has_checkpoint(self) -> bool:
+        """Whether `checkpoints/` holds `last.pt` or a `step-NNNNNNN.pt`, loadable or not."""
+        folder = self.checkpoints_dir
+        if (folder / "last.pt").is_file():
+            return True
+        return folder.is_dir() and any(
+            re.fullmatch(r"step-\d{7,}\.pt", p.name) for p in folder.iterdir()
+        )
+
     def read_config(self) -> dict[str, Any]:
         return read_json(self.config_path)
 

@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from strop.runs import RunFolder
+
 if TYPE_CHECKING:
     from strop.model import Strop
     from strop.training.config import RunConfig
@@ -197,7 +199,7 @@ def _why(exc: BaseException) -> str:
 
 def has_checkpoint(run_dir: str | os.PathLike[str]) -> bool:
     """Whether the run has any checkpoint file (`last.pt` or a step file), loadable or not."""
-    return (checkpoints_dir(run_dir) / LAST).is_file() or bool(list_steps(run_dir))
+    return RunFolder(Path(run_dir)).has_checkpoint
 
 
 def candidates(run_dir: str | os.PathLike[str]) -> list[Path]:

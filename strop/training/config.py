@@ -37,6 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from strop.model import ModelConfig
+from strop.runs import RunFolder
 from strop.training.curriculum import CurriculumConfig
 
 
@@ -321,9 +322,8 @@ def _resumed_config(run_dir: str | os.PathLike[str] | None) -> RunConfig | None:
     """The stored config of the run in `run_dir` when it would be resumed (has a checkpoint)."""
     if run_dir is None:
         return None
-    from strop.training.checkpoint import has_checkpoint
-
-    if not has_checkpoint(run_dir) or not (Path(run_dir) / "config.json").is_file():
+    run = RunFolder(Path(run_dir))
+    if not run.has_checkpoint or not run.config_path.is_file():
         return None
     return load_run_config(run_dir)
 
