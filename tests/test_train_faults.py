@@ -263,7 +263,9 @@ def test_checkpoint_names_are_separate_files_and_a_manual_rollback_is_honoured(
     assert ckpt.load_checkpoint(folder / "step-0000009.pt")["step"] == 9  # untouched
     capfd.readouterr()
     train(config(clevr, 9), out, progress=False)  # resumes at 3, trains 4..9 again
-    assert f"resuming from {folder / 'last.pt'} (step 3)" in capfd.readouterr().err
+    note = capfd.readouterr().err
+    assert f"resuming from {folder / 'last.pt'} (step 3)" in note
+    assert "not resuming from the newer step-0000006.pt, step-0000009.pt" in note
     assert ckpt.load_checkpoint(folder / "last.pt")["step"] == 9
     assert [r["step"] for r in RunFolder(out).read_metrics() if "loss" in r] == list(range(1, 10))
 

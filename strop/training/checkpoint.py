@@ -216,12 +216,18 @@ class Resumable:
     path: Path
     state: dict[str, Any]
     skipped: list[str] = field(default_factory=list)
+    newer: list[str] = field(default_factory=list)  # step files past a loadable last.pt
 
     def describe(self) -> str:
         """One line: which file, which step, and what was skipped and why."""
         text = f"resuming from {self.path} (step {int(self.state['step'])})"
         if self.skipped:
             text += "; skipped " + "; ".join(self.skipped)
+        if self.newer:
+            text += (
+                f"; not resuming from the newer {', '.join(self.newer)}: {LAST} names the "
+                "run's position (a rollback, or a save cut short before it was updated)"
+            )
         return text
 
 
@@ -236,7 +242,9 @@ def load_resumable(run_dir: str | os.PathLike[str], map_location: Any = "cpu") -
         except CheckpointError as exc:
             skipped.append(str(exc).replace(f"{path}: ", f"{path.name}: ", 1))
             continue
-        return Resumable(path, state, skipped)
+        step = int(state["step"])
+        newer = [p.name for s, p in list_steps(run_dir) if s > step and path.name == LAST]
+        return Resumable(path, state, skipped, newer)
     if not files:
         raise CheckpointError(f"{checkpoints_dir(run_dir)}: no checkpoint to resume from")
     raise CheckpointError(
