@@ -10,7 +10,8 @@ Measurements (issue 6, "Speed"):
 - overhead: at concurrency 1 against a server with no delay, the per-request slope of the
   decode time (runs of two sizes, so fixed per-run costs cancel) minus the per-request time
   of the bare `openai` client sending the same messages to the same server: what the harness
-  adds to each request (target < 5 ms). The gated row uses this process's CPU time, which
+  adds to each request (target < 5 ms). Both stream (the harness's default) with events kept
+  as dicts; the fake server sends one event per word of the answer, ~100 events a request. The gated row uses this process's CPU time, which
   other processes on a shared machine barely disturb; the wall-time version is reported too.
 
 `python -m bench.bench_decode` prints the table; `run()` returns the rows.
@@ -71,12 +72,28 @@ def _bare_client(folder: Path, base_url: str) -> tuple[float, float]:
     """Per-request (wall, CPU) seconds of the bare `openai` client sending a run's messages."""
     messages = _messages_of(folder)
 
+    async def one(client: openai.AsyncOpenAI, m: list[dict[str, str]]) -> None:
+        # streamed as the harness streams (events kept as dicts), so the difference is the
+        # harness alone
+        body = {"model": "m", "messages": m, "max_tokens": 8, "stream": True}
+        body["stream_options"] = {"include_usage": True}
+        stream = await client.post(
+            "/chat/completions",
+            cast_to=object,
+            body=body,
+            stream=True,
+            stream_cls=openai.AsyncStream[object],
+        )
+        async with stream:
+            async for _ in stream:
+                pass
+
     async def loop() -> tuple[float, float]:
         client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0)
-        await client.chat.completions.create(model="m", messages=messages[0], max_tokens=8)
+        await one(client, messages[0])
         start, cpu = time.perf_counter(), time.process_time()
         for m in messages:
-            await client.chat.completions.create(model="m", messages=m, max_tokens=8)
+            await one(client, m)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         await client.close()
         return elapsed / len(messages), cpu / len(messages)

@@ -5,7 +5,11 @@ Design decisions
   failure at the edge is printed as one line, never a traceback, and never with the API key
   in it: a bad option or template exits 2 (usage); a run folder, scenes file or backend that
   fails exits 1 (the work failed), as in every STROP tool (`strop.cli_app`).
-- The progress bar counts done and failed requests and shows completion tokens per second.
+- The progress bar counts done and failed requests, shows completion tokens per second as
+  they stream, requests in flight, retries and long timeouts, and what a stalled run is
+  waiting for (`TransportStats`, updated by the backend).
+- Option groups with logic (presets, engine options, `--extra-body`) live outside this file;
+  here they are only named and passed on.
 """
 
 from __future__ import annotations
@@ -19,14 +23,31 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
 from llm_decode import __version__
-from llm_decode.backends.base import BackendError, redact
+from llm_decode.backends.base import BackendError, TransportStats, redact
+from llm_decode.backends.vllm_offline import VLLMEngineOptions
+from llm_decode.presets import describe_presets
 from llm_decode.prompting import PromptError
 from llm_decode.protocol import ProtocolConfig
 from llm_decode.report import build_report
-from llm_decode.runner import DecodeConfig, DecodeInterrupted, check_config, decode
+from llm_decode.runner import (
+    DecodeConfig,
+    DecodeInterrupted,
+    check_config,
+    decode,
+    parse_json_object,
+)
 from strop.cli_app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Commands, make_app
 from strop.runs import RunFolderError
 from strop.scenes import SceneFileError
@@ -56,8 +77,10 @@ def decode_command(
     k: int = typer.Option(..., "--k", help="Codebook size: picks the sub-run of --runs."),
     runs: Path = typer.Option(Path("runs/clevr"), "--runs", help="Experiment folder (or one run)."),
     backend: str = typer.Option("openai", "--backend", help="openai | vllm | naive | knn."),
-    base_url: str = typer.Option(
-        "http://127.0.0.1:8000/v1", "--base-url", help="OpenAI-compatible server root."
+    base_url: str | None = typer.Option(
+        None,
+        "--base-url",
+        help="OpenAI-compatible server root; default $OPENAI_BASE_URL, else http://127.0.0.1:8000/v1.",
     ),
     api_key_env: str = typer.Option(
         "OPENAI_API_KEY", "--api-key-env", help="Environment variable with the API key."
@@ -70,8 +93,14 @@ def decode_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the draw, sampling and baselines."),
     temperature: float = typer.Option(0.0, "--temperature"),
     concurrency: int = typer.Option(8, "--concurrency", help="Requests in flight."),
-    timeout: float = typer.Option(120.0, "--timeout", help="Seconds per request attempt."),
+    timeout: float = typer.Option(
+        120.0, "--timeout", help="Idle limit: seconds without a byte of the answer."
+    ),
+    stream: bool = typer.Option(True, "--stream/--no-stream", help="Stream answers."),
     max_attempts: int = typer.Option(5, "--max-attempts", help="Transport attempts per request."),
+    long_retries: int = typer.Option(
+        1, "--long-retries", help="Retries of a request that failed after output had started."
+    ),
     parse_retries: int = typer.Option(
         1, "--parse-retries", help="Retries after an unparseable answer."
     ),
@@ -86,7 +115,29 @@ def decode_command(
     ),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Default: the preset's."),
     think: bool | None = typer.Option(
-        None, "--think/--no-think", help="Reasoning suffix; default: the preset's."
+        None, "--think/--no-think", help="Reasoning suffix and thinking switch; default: preset's."
+    ),
+    card_sampling: bool = typer.Option(
+        False, "--card-sampling", help="Sample as the model card recommends (not temperature 0)."
+    ),
+    extra_body: str | None = typer.Option(
+        None, "--extra-body", help="JSON object merged into every request body."
+    ),
+    tensor_parallel_size: int | None = typer.Option(
+        None, "--tensor-parallel-size", help="vllm backend: GPUs; default: the preset's."
+    ),
+    max_model_len: int | None = typer.Option(None, "--max-model-len", help="vllm backend."),
+    gpu_memory_utilization: float | None = typer.Option(
+        None, "--gpu-memory-utilization", help="vllm backend: GPU memory fraction (0.9)."
+    ),
+    reasoning_parser: str | None = typer.Option(
+        None, "--reasoning-parser", help="vllm backend; default: the preset's."
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="vllm backend: run the model repository's code."
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="vllm backend: requests per engine call (64)."
     ),
     permute_codes: bool = typer.Option(
         False, "--permute-codes", help="Control: permute the query codes."
@@ -107,13 +158,28 @@ def decode_command(
         if backend not in ("naive", "knn"):
             _fail("--model is required for the openai and vllm backends", [secret], usage=True)
         model = backend
+    # unset: the environment's URL (OPENAI_BASE_URL), the preset's engine options
+    given: dict[str, Any] = {"base_url": base_url} if base_url is not None else {}
+    engine: dict[str, Any] = {
+        "tensor_parallel_size": tensor_parallel_size,
+        "max_model_len": max_model_len,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "reasoning_parser": reasoning_parser,
+        "trust_remote_code": trust_remote_code or None,
+        "batch_size": batch_size,
+    }
+    try:
+        extra = parse_json_object("--extra-body", extra_body)
+    except BackendError as exc:
+        _fail(str(exc), [secret], usage=True)
+        return
     try:
         cfg = DecodeConfig(
             model=model,
             k=k,
             runs=runs,
             backend=cast(Any, backend),  # a plain str here; pydantic validates the Literal
-            base_url=base_url,
+            **given,
             api_key_env=api_key_env,
             served_id=served_id,
             protocol=ProtocolConfig(
@@ -126,13 +192,20 @@ def decode_command(
             ),
             concurrency=concurrency,
             timeout=timeout,
+            stream=stream,
             max_attempts=max_attempts,
+            long_retries=long_retries,
             structured=structured,
             template=template,
             max_tokens=max_tokens,
             think=think,
             scoring={"matching": matching, "position_error": position_error},
-            naive=naive,  # type: ignore[arg-type]  (validated by pydantic)
+            naive=cast(Any, naive),  # a plain str here; pydantic validates the Literal
+            card_sampling=card_sampling,
+            extra_body=extra,
+            engine=VLLMEngineOptions.model_validate(
+                {n: v for n, v in engine.items() if v is not None}
+            ),
         )
         check_config(cfg)
     except ValidationError as exc:
@@ -146,7 +219,7 @@ def decode_command(
 
     with _DecodeProgress(f"{model} K={k}") as progress:
         try:
-            result = decode(cfg, on_row=progress.row, on_start=progress.start)
+            result = decode(cfg, on_row=progress.row, on_start=progress.start, stats=progress.stats)
         except PromptError as exc:  # the template given on the command line
             progress.stop()
             _fail(str(exc), [secret], usage=True)
@@ -159,6 +232,10 @@ def decode_command(
             progress.stop()
             console.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+    for warning in result.warnings:
+        console.print(
+            f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True
+        )
     s = result.summary
     console.print(
         f"{result.folder}: n={s['n']} parse fails={s['parse_fails']} missing={s['missing']} "
@@ -179,23 +256,36 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+class _LiveColumn(ProgressColumn):
+    """Tokens/s, requests in flight, retries, and what the run waits for, read live."""
+
+    def __init__(self, progress: _DecodeProgress) -> None:
+        super().__init__()
+        self.owner = progress
+
+    def render(self, task: Task) -> Text:
+        return Text(self.owner.live_text(), no_wrap=True, overflow="ellipsis")
+
+
 class _DecodeProgress:
-    """Rich progress: done / failed counts and completion tokens per second."""
+    """Rich progress: done / failed counts and the backend's live transport stats."""
 
     def __init__(self, label: str) -> None:
+        self.stats = TransportStats()
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("done {task.fields[done]} failed {task.fields[failed]}"),
-            TextColumn("{task.fields[tps]:.1f} tok/s"),
+            _LiveColumn(self),
             TimeElapsedColumn(),
             console=console,
             transient=False,
+            refresh_per_second=2,
         )
         self.label = label
         self.task: Any = None
-        self.done = self.failed = self.tokens = 0
+        self.done = self.failed = self.row_tokens = 0
         self.last_error: str | None = None
         self.t0 = time.perf_counter()
 
@@ -213,8 +303,26 @@ class _DecodeProgress:
         self.t0 = time.perf_counter()
         self.done = already
         self.task = self.progress.add_task(
-            self.label, total=total, completed=already, done=already, failed=0, tps=0.0
+            self.label, total=total, completed=already, done=already, failed=0
         )
+
+    def live_text(self) -> str:
+        s = self.stats
+        # backends without streaming stats (offline engine, baselines): tokens of finished rows
+        tokens = s.tokens or self.row_tokens
+        text = f"{tokens / max(time.perf_counter() - self.t0, 1e-9):.1f} tok/s"
+        text += f" | in flight {s.in_flight}"
+        if s.retries or s.long_timeouts:
+            text += f" | retries {s.retries} long timeouts {s.long_timeouts}"
+        idle = time.monotonic() - s.last_token_at if s.last_token_at else None
+        if s.waiting:
+            text += f" | waiting: {s.waiting}"
+        elif s.in_flight and (idle is None or idle > 5):
+            since = "" if idle is None else f", none for {idle:.0f} s"
+            text += f" | waiting: server to send tokens ({s.in_flight} requests open{since})"
+        if s.last_event:
+            text += f" | last: {s.last_event}"
+        return text
 
     def row(self, row: dict[str, Any]) -> None:
         if row["status"] == "error":
@@ -222,15 +330,8 @@ class _DecodeProgress:
             self.last_error = row["error"]
         else:
             self.done += 1
-        self.tokens += int(row.get("usage", {}).get("completion_tokens", 0))
-        tps = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
-        self.progress.update(
-            self.task,
-            advance=1,
-            done=self.done,
-            failed=self.failed,
-            tps=tps,
-        )
+        self.row_tokens += int(row.get("usage", {}).get("completion_tokens", 0))
+        self.progress.update(self.task, advance=1, done=self.done, failed=self.failed)
 
 
 @commands.command("report")
@@ -245,6 +346,12 @@ def report_command(
         return
     Console().print(table)
     console.print(f"wrote {path}", highlight=False)
+
+
+@commands.command("presets")
+def presets_command() -> None:
+    """Print every model preset: served id, thinking switch, sampling, and its `vllm serve` line."""
+    Console(soft_wrap=True).print(describe_presets(), highlight=False, markup=False)
 
 
 app = make_app(

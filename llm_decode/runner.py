@@ -8,26 +8,43 @@ Design decisions
 - The parse retry (one by default, as in the paper) sends the template's `repair` message
   after the failed answer; a template without that block resends the original request.
 - Every answer is written the moment it arrives (`ResultsFile.append`); transport failures
-  are recorded as `error` rows and retried by the next run; the summary is recomputed from
-  the rows of this protocol's keys.
+  are recorded as `error` rows (with whatever output had arrived, `partial: true`) and retried
+  by the next run; the summary is recomputed from the rows of this protocol's keys.
+- The offline engine gets `batch_size` requests at a time and each batch's rows are written
+  before the next batch starts; an engine error stops the run with one line, after them.
+- The server is `--base-url`, else `OPENAI_BASE_URL`, else vLLM's default local address, as
+  the OpenAI SDK ecosystem expects; the key is read from `--api-key-env` (`OPENAI_API_KEY`).
+- The request body beyond the OpenAI schema (`extra_body`) is the preset's thinking switch,
+  then the card's sampling extras (`--card-sampling`), then `--extra-body`, later winning. It
+  changes answers, so it is part of the request key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from llm_decode.backends.base import Backend, BackendError, Completion, TransportError, redact
+from llm_decode.backends.base import (
+    Backend,
+    BackendError,
+    Completion,
+    TransportError,
+    TransportStats,
+    one_line,
+    redact,
+)
 from llm_decode.backends.baselines import DEFAULT_NAIVE, NaiveDefinition
-from llm_decode.presets import ModelPreset, folder_name, resolve_model
+from llm_decode.backends.vllm_offline import VLLMEngineOptions
+from llm_decode.presets import PRESETS, ModelPreset, folder_name, resolve_model
 from llm_decode.prompting import PromptBuilder, Shot
 from llm_decode.protocol import ProtocolConfig, Selection, code_permutation, load_scene, select
 from llm_decode.results import ResultsFile, claim_folder, messages_sha256, request_key
@@ -36,6 +53,13 @@ from llm_decode.scoring import ScoringOptions, score_scene, summarize_scores
 from strop.runs import RunFolder, RunFolderError, find_run
 
 BackendName = Literal["openai", "vllm", "naive", "knn"]
+#: vLLM's OpenAI-compatible server on this machine, when neither flag nor environment says
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+
+
+def default_base_url() -> str:
+    """`OPENAI_BASE_URL` when set (as the OpenAI SDK reads it), else vLLM's local default."""
+    return os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
 
 
 class DecodeConfig(BaseModel):
@@ -49,19 +73,41 @@ class DecodeConfig(BaseModel):
     k: int = Field(ge=1, description="Codebook size: picks the sub-run of `runs`.")
     runs: Path = Field(Path("runs/clevr"), description="Experiment folder (or one run).")
     backend: BackendName = "openai"
-    base_url: str = "http://127.0.0.1:8000/v1"
+    base_url: str = Field(
+        default_factory=default_base_url, description="Server root; default OPENAI_BASE_URL."
+    )
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the key.")
     served_id: str | None = Field(None, description="Overrides the preset's served id.")
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
-    timeout: float = Field(120.0, gt=0, description="Seconds per request attempt.")
+    timeout: float = Field(
+        120.0, gt=0, description="Idle limit: seconds without a byte of the answer."
+    )
+    stream: bool = Field(True, description="Stream answers (the idle limit needs it).")
+    min_tokens_per_s: float = Field(
+        10.0, gt=0, description="Sets the deadline per attempt: timeout + max_tokens / this."
+    )
     max_attempts: int = Field(5, ge=1, description="Transport attempts per request.")
+    long_retries: int = Field(
+        1, ge=0, description="Retries of an attempt that failed after output had started."
+    )
     backoff_base: float = Field(1.0, ge=0)
     backoff_cap: float = Field(30.0, ge=0)
     structured: bool = Field(False, description="Send the scene JSON schema as response_format.")
     template: Path | None = Field(None, description="A Jinja template replacing prompts/decode.j2.")
     max_tokens: int | None = Field(None, ge=1, description="Default: the preset's.")
-    think: bool | None = Field(None, description="Add the reasoning suffix; default: the preset's.")
+    think: bool | None = Field(
+        None, description="Reasoning suffix and thinking switch; default: the preset's."
+    )
+    card_sampling: bool = Field(
+        False, description="Sample as the model card recommends instead of temperature 0."
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="Extra request fields (--extra-body JSON)."
+    )
+    engine: VLLMEngineOptions = Field(
+        default_factory=VLLMEngineOptions, description="vLLM offline engine options."
+    )
     scoring: ScoringOptions = Field(
         default_factory=ScoringOptions, description="Matching and position-error definitions."
     )
@@ -97,51 +143,85 @@ class DecodeResult:
     folder: Path
     summary: dict[str, Any]
     sent: int  # requests answered or failed in this invocation (0 on a complete rerun)
+    warnings: list[str] = field(default_factory=list)  # one line each, for the terminal
 
 
 RowHook = Callable[[dict[str, Any]], None]
 
 
-def _build_backend(
-    cfg: DecodeConfig, preset: ModelPreset, max_tokens: int, shots: Sequence[Shot], k: int
-) -> Any:
+def _build_backend(cfg: DecodeConfig, p: Plan, stats: TransportStats) -> Any:
     schema = scene_json_schema() if cfg.structured else None
     if cfg.backend == "naive":
         from llm_decode.backends.baselines import NaiveBackend
 
-        return NaiveBackend([s.scene for s in shots], seed=cfg.protocol.seed, definition=cfg.naive)
+        return NaiveBackend(
+            [s.scene for s in p.shots], seed=cfg.protocol.seed, definition=cfg.naive
+        )
     if cfg.backend == "knn":
         from llm_decode.backends.baselines import KnnBackend
 
-        return KnnBackend([s.codes for s in shots], [s.scene for s in shots], k)
+        return KnnBackend([s.codes for s in p.shots], [s.scene for s in p.shots], p.k)
     if cfg.backend == "vllm":
         from llm_decode.backends.vllm_offline import VLLMBackend
 
-        return VLLMBackend(
-            preset.served_id,
-            temperature=cfg.protocol.temperature,
-            max_tokens=max_tokens,
+        sampling = {"temperature": p.temperature, **p.card_extras, **cfg.extra_body}
+        return VLLMBackend.create(
+            p.preset.served_id,
+            options=engine_options(cfg.engine, p.preset),
+            sampling=sampling,
+            max_tokens=p.max_tokens,
             seed=cfg.protocol.seed,
             response_schema=schema,
+            chat_template_kwargs=p.preset.chat_template_kwargs(p.think),
+            harmony=p.preset.harmony,
         )
     from llm_decode.backends.openai_compat import OpenAIBackend, OpenAIConfig
 
     return OpenAIBackend(
         OpenAIConfig(
             base_url=cfg.base_url,
-            model=preset.served_id,
-            temperature=cfg.protocol.temperature,
-            max_tokens=max_tokens,
+            model=p.preset.served_id,
+            temperature=p.temperature,
+            max_tokens=p.max_tokens,
             seed=cfg.protocol.seed,
+            stream=cfg.stream,
             timeout=cfg.timeout,
+            min_tokens_per_s=cfg.min_tokens_per_s,
             max_attempts=cfg.max_attempts,
+            long_retries=cfg.long_retries,
             backoff_base=cfg.backoff_base,
             backoff_cap=cfg.backoff_cap,
             response_schema=schema,
+            extra_body=p.extra_body,
+            harmony=p.preset.harmony,
         ),
         os.environ.get(cfg.api_key_env) or None,
         rng_seed=cfg.protocol.seed,
+        stats=stats,
     )
+
+
+def engine_options(options: VLLMEngineOptions, preset: ModelPreset) -> VLLMEngineOptions:
+    """The offline engine's options: those given, else the preset's serving choices."""
+    defaults: dict[str, Any] = {
+        "tensor_parallel_size": preset.tensor_parallel_size,
+        "reasoning_parser": preset.reasoning_parser,
+    }
+    given = options.model_dump(include=options.model_fields_set)
+    return VLLMEngineOptions(**{**options.model_dump(), **defaults, **given})
+
+
+def parse_json_object(option: str, text: str | None) -> dict[str, Any]:
+    """A JSON object given on the command line; anything else is one line naming the option."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BackendError(f"{option}: not JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise BackendError(f"{option}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def output_folder(run: RunFolder, cfg: DecodeConfig, identity: dict[str, Any]) -> Path:
@@ -161,6 +241,9 @@ class Plan:
     preset: ModelPreset
     think: bool
     max_tokens: int
+    temperature: float
+    card_extras: dict[str, float]  # sampling beyond temperature (--card-sampling)
+    extra_body: dict[str, Any]  # sent with every request (openai backend)
     builder: PromptBuilder
     identity: dict[str, Any]  # model, backend, endpoint, K: copied into every row
     jobs: list[Job]
@@ -184,16 +267,23 @@ def plan(cfg: DecodeConfig) -> Plan:
     preset = resolve_model(cfg.model, cfg.served_id)
     think = preset.think if cfg.think is None else cfg.think
     max_tokens = cfg.max_tokens or preset.max_tokens
+    temperature, card_extras = _sampling(cfg, preset)
     builder = PromptBuilder(codebook_size=k, shots=shots, think=think, template=cfg.template)
     llm = cfg.backend in ("openai", "vllm")
     endpoint = redact(cfg.base_url.rstrip("/")) if cfg.backend == "openai" else cfg.backend
     if cfg.backend == "naive":  # a different average scene is a different answer
         endpoint = f"naive:{cfg.naive}"
-    sampling = {
-        "temperature": cfg.protocol.temperature,
+    sampling: dict[str, Any] = {
+        "temperature": temperature,
         "max_tokens": max_tokens,
         "parse_retries": cfg.protocol.parse_retries,
     }
+    extra_body: dict[str, Any] = {}
+    if llm:
+        switch = preset.extra_body(think)
+        extra_body = {**switch, **card_extras, **cfg.extra_body}
+        if extra_body:  # absent when empty, so keys of plain models stay what they were
+            sampling["extra_body"] = extra_body
     schema = scene_json_schema() if cfg.structured and llm else None
     perm = code_permutation(k, cfg.protocol.seed) if cfg.protocol.permute_codes else None
     jobs = []
@@ -220,18 +310,51 @@ def plan(cfg: DecodeConfig) -> Plan:
         "permuted": cfg.protocol.permute_codes,
         "naive_definition": cfg.naive if cfg.backend == "naive" else None,
     }
-    return Plan(run, k, selection, shots, preset, think, max_tokens, builder, identity, jobs)
+    return Plan(
+        run,
+        k,
+        selection,
+        shots,
+        preset,
+        think,
+        max_tokens,
+        temperature,
+        card_extras,
+        extra_body,
+        builder,
+        identity,
+        jobs,
+    )
+
+
+def _sampling(cfg: DecodeConfig, preset: ModelPreset) -> tuple[float, dict[str, float]]:
+    """(temperature, other sampling fields): the protocol's, or the card's on request."""
+    if not cfg.card_sampling:
+        return cfg.protocol.temperature, {}
+    if not preset.card_sampling:
+        raise BackendError(
+            f"--card-sampling: {cfg.model} has no card sampling (presets with one: "
+            + ", ".join(n for n, p in PRESETS.items() if p.card_sampling)
+            + ")"
+        )
+    card = dict(preset.card_sampling)
+    return float(card.pop("temperature", cfg.protocol.temperature)), card
 
 
 def decode(
     cfg: DecodeConfig,
     on_row: RowHook | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    *,
+    stats: TransportStats | None = None,
+    backend: Any = None,
 ) -> DecodeResult:
     """Run (or resume) one decoding experiment; returns the folder and the summary.
 
     `on_start(total, already_done)` is called once before any request, `on_row(row)` after
-    each answer is written.
+    each answer is written; `stats` is updated live by the HTTP backend (the progress bar
+    reads it). `backend` replaces the one `cfg` would build (an engine built elsewhere, a
+    stand-in in tests).
     """
     p = plan(cfg)
     results = ResultsFile(output_folder(p.run, cfg, p.identity))
@@ -246,7 +369,8 @@ def decode(
 
     try:
         if todo:
-            backend = _build_backend(cfg, p.preset, p.max_tokens, p.shots, p.k)
+            if backend is None:
+                backend = _build_backend(cfg, p, stats or TransportStats())
             runner = _run_batch if hasattr(backend, "complete_batch") else _run_async
             asyncio.run(runner(backend, p.builder, todo, cfg, p.identity, record))
     except KeyboardInterrupt:
@@ -257,13 +381,39 @@ def decode(
     rows = [results.done.get(j.key) for j in p.jobs]
     summary = _summary(rows, cfg, p)
     results.write_summary(summary)
-    return DecodeResult(folder=results.folder, summary=summary, sent=len(todo))
+    warnings = [w for w in (thinking_suppressed(cfg, p, rows),) if w]
+    return DecodeResult(folder=results.folder, summary=summary, sent=len(todo), warnings=warnings)
+
+
+def thinking_suppressed(
+    cfg: DecodeConfig, p: Plan, rows: list[dict[str, Any] | None]
+) -> str | None:
+    """A warning when thinking was asked for under structured output and none came back.
+
+    A server without a reasoning parser starts the JSON grammar at the first token, so the
+    model cannot think at all; nothing fails, the scores are just those of a non-thinking run.
+    """
+    answered = [r for r in rows if r is not None and r["status"] in ("ok", "parse_fail")]
+    if not (cfg.structured and p.think and cfg.backend == "openai" and answered):
+        return None
+    if any(r.get("reasoning") for r in answered):
+        return None
+    parser = f" --reasoning-parser {p.preset.reasoning_parser}" if p.preset.reasoning_parser else ""
+    return (
+        f"--structured with thinking on, but none of {len(answered)} answers carried reasoning: "
+        "a server without a reasoning parser starts the JSON grammar at the first token, "
+        f"which suppresses thinking (start it with{parser or ' --reasoning-parser NAME'})"
+    )
 
 
 async def _answer(
     backend: Backend, builder: PromptBuilder, job: Job, retries: int
 ) -> tuple[Completion | None, list[Completion], str | None, DecodedScene | None]:
-    """Query with up to `retries` parse retries: (last completion, all, error, scene)."""
+    """Query with up to `retries` parse retries: (last completion, all, error, scene).
+
+    On a transport failure the last completion is None and the list ends with the partial
+    output that had arrived, if any.
+    """
     messages = job.messages
     completions: list[Completion] = []
     error = None
@@ -271,6 +421,11 @@ async def _answer(
         try:
             completion = await backend.complete(messages, job.codes)
         except TransportError as exc:
+            if exc.partial is not None:
+                exc.partial.attempts = exc.attempts
+                completions.append(exc.partial)
+            else:  # nothing arrived: count the attempts all the same
+                completions.append(Completion(text="", attempts=exc.attempts, partial=True))
             return None, completions, str(exc), None
         completions.append(completion)
         try:
@@ -291,7 +446,8 @@ def _row(
     started: float,
     scoring: ScoringOptions | None = None,
 ) -> dict[str, Any]:
-    last = completions[-1] if completions else None
+    answers = [c for c in completions if c.text or c.reasoning or not c.partial]
+    last = answers[-1] if answers else None  # a failure before any output adds attempts only
     usage: dict[str, int] = {}
     for c in completions:
         for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
@@ -309,11 +465,12 @@ def _row(
         "error": error,
         "response": last.text if last else None,
         "reasoning": last.reasoning if last else None,
+        "partial": bool(last and last.partial),  # output cut off by a transport failure
         "finish_reason": last.finish_reason if last else None,
         "usage": usage,
         "latency_s": round(time.perf_counter() - started, 4),
         "attempts": sum(c.attempts for c in completions),
-        "parse_attempts": len(completions),
+        "parse_attempts": sum(not c.partial for c in completions),
         "codes": job.codes,
         "parsed": scene.model_dump() if scene is not None else None,
         "truth": job.truth.model_dump(),
@@ -361,13 +518,43 @@ async def _run_batch(
     identity: dict[str, Any],
     record: RowHook,
 ) -> None:
-    """The offline engine: the whole batch at once, then one batch per parse retry."""
+    """The offline engine: `batch_size` jobs at a time, rows written after each batch."""
+    size = int(getattr(backend, "batch_size", 0)) or len(todo)
+    done = 0
+    try:
+        for first in range(0, len(todo), size):
+            batch = todo[first : first + size]
+            try:
+                rows = await _answer_batch(backend, builder, batch, cfg, identity)
+            except Exception as exc:  # the engine: CUDA errors, OOM, a dead worker ...
+                raise BackendError(
+                    one_line(
+                        f"vLLM engine failed on requests {first + 1}-{first + len(batch)} of "
+                        f"{len(todo)}: {type(exc).__name__}: {exc}; {done} answers saved, "
+                        "rerun the same command to resume"
+                    )
+                ) from None
+            for row in rows:
+                record(row)
+            done += len(rows)
+    finally:
+        await backend.aclose()
+
+
+async def _answer_batch(
+    backend: Any,
+    builder: PromptBuilder,
+    batch: list[Job],
+    cfg: DecodeConfig,
+    identity: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """One batch through the engine, then one engine call per parse retry: its rows."""
     started = time.perf_counter()
-    history: dict[str, list[Completion]] = {j.key: [] for j in todo}
-    pending = {j.key: j.messages for j in todo}
+    history: dict[str, list[Completion]] = {j.key: [] for j in batch}
+    pending = {j.key: j.messages for j in batch}
     errors: dict[str, str] = {}
     scenes: dict[str, DecodedScene] = {}
-    by_key = {j.key: j for j in todo}
+    by_key = {j.key: j for j in batch}
     for _ in range(cfg.protocol.parse_retries + 1):
         if not pending:
             break
@@ -384,21 +571,19 @@ async def _run_batch(
                 pending[key] = (
                     builder.repair_messages(job.messages, completion.text, str(exc)) or job.messages
                 )
-    for job in todo:
-        scene = scenes.get(job.key)
-        record(
-            _row(
-                job,
-                identity,
-                history[job.key],
-                None if scene else errors.get(job.key),
-                scene,
-                False,
-                started,
-                cfg.scoring,
-            )
+    return [
+        _row(
+            job,
+            identity,
+            history[job.key],
+            None if job.key in scenes else errors.get(job.key),
+            scenes.get(job.key),
+            False,
+            started,
+            cfg.scoring,
         )
-    await backend.aclose()
+        for job in batch
+    ]
 
 
 def _summary(rows: list[dict[str, Any] | None], cfg: DecodeConfig, p: Plan) -> dict[str, Any]:
@@ -419,6 +604,12 @@ def _summary(rows: list[dict[str, Any] | None], cfg: DecodeConfig, p: Plan) -> d
         "latency_mean_s": float(np.mean(latencies)) if latencies else None,
         "protocol": {
             **cfg.protocol.model_dump(),
+            "temperature": p.temperature,
+            "sampling": {"temperature": p.temperature, **p.card_extras},
+            "sampling_source": "model card (--card-sampling)"
+            if cfg.card_sampling
+            else "protocol (paper: temperature 0)",
+            "extra_body": p.extra_body,
             "max_tokens": p.max_tokens,
             "structured": cfg.structured,
             "think": p.think,

@@ -137,13 +137,16 @@ class DecodedScene(BaseModel):
 
 
 def _abbreviate(obj: SceneObject) -> DecodedObject:
-    return DecodedObject(
-        color=COLOR_ABBR[obj.color],
-        shape=SHAPE_ABBR[obj.shape],
-        size=SIZE_ABBR[obj.size],
-        material=MATERIAL_ABBR[obj.material],
-        x=float(obj.coords_3d[0]),
-        y=float(obj.coords_3d[1]),
+    # model_validate: the abbreviation tables are plain str -> str; pydantic checks the values
+    return DecodedObject.model_validate(
+        {
+            "color": COLOR_ABBR[obj.color],
+            "shape": SHAPE_ABBR[obj.shape],
+            "size": SIZE_ABBR[obj.size],
+            "material": MATERIAL_ABBR[obj.material],
+            "x": float(obj.coords_3d[0]),
+            "y": float(obj.coords_3d[1]),
+        }
     )
 
 
@@ -151,12 +154,14 @@ def _expand_object(obj: DecodedObject) -> SceneObject:
     shape = _expand(SHAPE_ABBR)[obj.shape]
     size = _expand(SIZE_ABBR)[obj.size]
     z = _RADIUS[size] / (math.sqrt(2.0) if shape == "cube" else 1.0)
-    return SceneObject(
-        color=_expand(COLOR_ABBR)[obj.color],
-        shape=shape,
-        size=size,
-        material=_expand(MATERIAL_ABBR)[obj.material],
-        coords_3d=(obj.x, obj.y, z),
+    return SceneObject.model_validate(
+        {
+            "color": _expand(COLOR_ABBR)[obj.color],
+            "shape": shape,
+            "size": size,
+            "material": _expand(MATERIAL_ABBR)[obj.material],
+            "coords_3d": (obj.x, obj.y, z),
+        }
     )
 
 

@@ -62,6 +62,7 @@ COMMANDS = {
     ("strop-llm",): {
         "decode": "Decode --test held-out scenes",
         "report": "Tabulate every llm/<model>/summary.json",
+        "presets": "Print every model preset",
     },
 }
 #: Wide enough that no help line wraps, so each command's row is one line.

@@ -6,7 +6,10 @@ Design decisions
   engine, which wants the whole batch at once, implements `complete_batch` instead.
 - Transport failures raise `TransportError` with a one-line message that has passed through
   `redact`, so an API key echoed back by a proxy or embedded in a URL never reaches results,
-  logs or the terminal.
+  logs or the terminal. It carries whatever output had arrived (`partial`), which the row
+  keeps for diagnosis.
+- `TransportStats` is the live view of a backend (requests in flight, tokens streamed, what
+  the run is waiting for); the progress bar reads it, nothing else depends on it.
 """
 
 from __future__ import annotations
@@ -29,15 +32,38 @@ class Completion:
     latency_s: float = 0.0
     attempts: int = 1
     finish_reason: str | None = None
+    partial: bool = False  # cut off by a transport failure (kept for diagnosis only)
 
 
 class TransportError(RuntimeError):
     """A request that failed for good (not retryable, or out of attempts). One line."""
 
-    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        attempts: int = 1,
+        partial: Completion | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.attempts = attempts
+        self.partial = partial  # output received before the failure, if any
+
+
+@dataclass
+class TransportStats:
+    """Live counters a backend updates and a progress display reads (single event loop)."""
+
+    in_flight: int = 0
+    chunks: int = 0  # stream events received (one per response when not streaming)
+    tokens: int = 0  # completion tokens streamed so far (chunks; usage where no stream)
+    last_token_at: float = 0.0  # time.monotonic() of the latest token
+    retries: int = 0
+    long_timeouts: int = 0  # attempts that timed out after output had started (or no stream)
+    waiting: str = ""  # what the run waits for, when every worker is waiting on one thing
+    last_event: str = ""  # the latest retry or timeout, one line
 
 
 class BackendError(RuntimeError):

@@ -65,7 +65,9 @@ def naive_scene(
         )
     return DecodedScene(
         objects=[
-            DecodedObject(**{a: columns[a][i] for a in ATTRIBUTES}, x=float(x), y=float(y))
+            DecodedObject.model_validate(
+                {**{a: columns[a][i] for a in ATTRIBUTES}, "x": float(x), "y": float(y)}
+            )
             for i, (x, y) in enumerate(centroids)
         ]
     )

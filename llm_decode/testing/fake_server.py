@@ -13,6 +13,11 @@ Behaviours (all in `ServerConfig`):
 - `delay` before every answer; `slow_first` requests sleep `slow_delay` (client timeouts);
 - `die_after`: after that many answers the process exits without answering the next request;
 - `reasoning`: return reasoning in `reasoning`, `reasoning_content`, or as a `<think>` block;
+  `reasoning_tokens` words of it (default: one sentence);
+- streaming (`"stream": true` in the request): server-sent events, one chunk per word of
+  reasoning and answer, paced at `stream_rate` chunks per second (the slow-streaming mode:
+  a reasoning model at 50 tokens/s), usage in a last chunk when `stream_options` asks;
+  `stall_first` streams stall after `stall_after` chunks for `slow_delay` seconds;
 - `junk_first`: the first requests get HTTP 200 with a body that is no completion
   (`junk_body` as `junk_type`: an HTML page by default, or cut-off JSON);
 - `require_key`: answer 401 unless `Authorization: Bearer <key>` matches; `echo_auth` puts
@@ -55,6 +60,10 @@ class ServerConfig(BaseModel):
     slow_delay: float = 5.0
     die_after: int | None = None
     reasoning: str | None = None  # "reasoning" | "reasoning_content" | "think"
+    reasoning_tokens: int = 0  # words of reasoning (0: one short sentence)
+    stream_rate: float | None = None  # streamed chunks per second (None: as fast as possible)
+    stall_first: int = 0  # the first N streams stall ...
+    stall_after: int = 5  # ... after this many chunks, for slow_delay seconds
     require_key: str | None = None
     echo_auth: bool = False  # put the Authorization header in error bodies, as leaky proxies do
     # HTTP 200 with a body that is not a completion (a proxy's HTML page, a cut-off JSON): the
@@ -96,6 +105,9 @@ class _State:
         self.per_query: dict[str, int] = {}
         self.last_request: dict[str, Any] = {}
         self.response_formats = 0
+        self.streams = 0
+        self.stalls = 0
+        self.disconnects = 0  # streams the client closed before the end
 
 
 def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
@@ -151,10 +163,10 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 if self.headers.get("Authorization") != f"Bearer {cfg.require_key}":
                     with state.lock:
                         state.auth_failures += 1
-                    message = "invalid api key"
+                    refusal = "invalid api key"
                     if cfg.echo_auth:
-                        message += f" {self.headers.get('Authorization')}"
-                    self._send(401, {"error": {"message": message, "type": "auth"}})
+                        refusal += f" {self.headers.get('Authorization')}"
+                    self._send(401, {"error": {"message": refusal, "type": "auth"}})
                     return
             with state.lock:
                 state.last_request = {k: v for k, v in body.items() if k != "messages"}
@@ -164,10 +176,10 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 headers = {}
                 if status == 429 and cfg.retry_after is not None:
                     headers["Retry-After"] = f"{cfg.retry_after:g}"
-                message = f"scripted {status}"
+                scripted = f"scripted {status}"
                 if cfg.echo_auth:
-                    message += f" (auth {self.headers.get('Authorization')})"
-                self._send(status, {"error": {"message": message, "code": status}}, headers)
+                    scripted += f" (auth {self.headers.get('Authorization')})"
+                self._send(status, {"error": {"message": scripted, "code": status}}, headers)
                 return
             if number <= cfg.junk_first:
                 data = cfg.junk_body.encode()
@@ -196,13 +208,25 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
             else:
                 scene = cfg.answers.get(query) or derived_scene(codes)
                 content = json.dumps(scene)
+            thought = (
+                " ".join(f"step{i}" for i in range(cfg.reasoning_tokens))
+                if cfg.reasoning_tokens
+                else f"I looked at {len(codes)} codes."
+            )
             message: dict[str, Any] = {"role": "assistant", "content": content}
             if cfg.reasoning in ("reasoning", "reasoning_content"):
-                message[cfg.reasoning] = f"I looked at {len(codes)} codes."
+                message[cfg.reasoning] = thought
             elif cfg.reasoning == "think":
-                message["content"] = f"<think>I looked at {len(codes)} codes.</think>\n{content}"
+                message["content"] = f"<think>{thought}</think>\n{content}"
             prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
-            completion_tokens = len(content.split())
+            if body.get("stream"):
+                self._stream(body, number, message, prompt_tokens)
+                return
+            completion_tokens = len(_words(content)) + (
+                len(_words(thought)) if cfg.reasoning else 0
+            )
+            if cfg.stream_rate:  # a server that generates at that rate but sends at the end
+                time.sleep(completion_tokens / cfg.stream_rate)
             with state.lock:
                 state.answered += 1
             self._send(
@@ -221,7 +245,73 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 },
             )
 
+        def _stream(
+            self, body: dict[str, Any], number: int, message: dict[str, Any], prompt_tokens: int
+        ) -> None:
+            """Server-sent events in HTTP/1.1 chunked encoding (keep-alive, like real servers)."""
+            deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+            for field in ("reasoning", "reasoning_content"):
+                if field in message:
+                    deltas += [{field: w} for w in _words(message[field])]
+            deltas += [{"content": w} for w in _words(message["content"])]
+            base = {
+                "id": f"chatcmpl-{number}",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": body.get("model", ""),
+            }
+            with state.lock:
+                state.streams += 1
+                stall = state.streams <= cfg.stall_first
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            with state.lock:
+                state.statuses["200"] = state.statuses.get("200", 0) + 1
+            pause = 1.0 / cfg.stream_rate if cfg.stream_rate else 0.0
+            try:
+                for i, delta in enumerate(deltas):
+                    if stall and i == cfg.stall_after:
+                        with state.lock:
+                            state.stalls += 1
+                        time.sleep(cfg.slow_delay)
+                    if pause and i:
+                        time.sleep(pause)
+                    self._event({**base, "choices": [{"index": 0, "delta": delta}]})
+                self._event(
+                    {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                )
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    tokens = len(deltas) - 1
+                    usage = {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": tokens,
+                        "total_tokens": prompt_tokens + tokens,
+                    }
+                    self._event({**base, "choices": [], "usage": usage})
+                self._chunk(b"data: [DONE]\n\n")
+                self._chunk(b"")
+                with state.lock:
+                    state.answered += 1
+            except (BrokenPipeError, ConnectionResetError):
+                with state.lock:
+                    state.disconnects += 1
+                self.close_connection = True
+
+        def _event(self, data: dict[str, Any]) -> None:
+            self._chunk(b"data: " + json.dumps(data).encode() + b"\n\n")
+
+        def _chunk(self, data: bytes) -> None:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
     return Handler
+
+
+def _words(text: str) -> list[str]:
+    """Text in word-sized pieces that concatenate back to it (one streamed "token" each)."""
+    return re.findall(r"\s*\S+", text) or [text]
 
 
 def _query_codes(messages: list[dict[str, Any]]) -> list[int]:
@@ -243,6 +333,9 @@ def _stats(state: _State) -> dict[str, Any]:
         "auth_failures": state.auth_failures,
         "last_request": state.last_request,
         "response_formats": state.response_formats,
+        "streams": state.streams,
+        "stalls": state.stalls,
+        "disconnects": state.disconnects,
     }
 
 

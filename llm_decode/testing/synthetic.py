@@ -18,12 +18,14 @@ from strop.scenes import COLORS, MATERIALS, SHAPES, SIZES, Scene, SceneObject
 def random_scene(rng: np.random.Generator, index: int, split: str) -> Scene:
     n = int(rng.integers(3, 11))
     objects = [
-        SceneObject(
-            color=COLORS[rng.integers(len(COLORS))],
-            shape=SHAPES[rng.integers(len(SHAPES))],
-            material=MATERIALS[rng.integers(len(MATERIALS))],
-            size=SIZES[rng.integers(len(SIZES))],
-            coords_3d=(float(rng.uniform(-3, 3)), float(rng.uniform(-3, 3)), 0.35),
+        SceneObject.model_validate(
+            {
+                "color": COLORS[rng.integers(len(COLORS))],
+                "shape": SHAPES[rng.integers(len(SHAPES))],
+                "material": MATERIALS[rng.integers(len(MATERIALS))],
+                "size": SIZES[rng.integers(len(SIZES))],
+                "coords_3d": (float(rng.uniform(-3, 3)), float(rng.uniform(-3, 3)), 0.35),
+            }
         )
         for _ in range(n)
     ]
