@@ -112,3 +112,13 @@ def script_path(name: str) -> str:
 def console_script():
     """`console_script("strop")` -> the path of the installed `strop` script."""
     return script_path
+
+
+@pytest.fixture
+def exp(tmp_path: Path) -> tuple[Path, dict[str, dict]]:
+    """A decoding experiment with one synthetic K=64 run (60 train, 20 val programs), and the
+    true answer for every program's codes (what the fake server answers with)."""
+    from llm_decode.testing.synthetic import make_run, true_answers
+
+    path = make_run(tmp_path / "exp" / "k64", k=64, n_train=60, n_val=20)
+    return tmp_path / "exp", true_answers(path)

@@ -12,26 +12,10 @@ import pytest
 
 from llm_decode.protocol import ProtocolConfig
 from llm_decode.runner import DecodeConfig, decode
-from llm_decode.schema import DecodedScene
 from llm_decode.testing.fake_server import FakeServer
-from llm_decode.testing.synthetic import make_run
-from strop.runs import read_jsonl, read_programs
+from strop.runs import read_jsonl
 
 SECRET = "sk-test-0123456789abcdefSECRET"
-
-
-@pytest.fixture
-def exp(tmp_path):
-    """An experiment with one K=64 run, and the true answer for every program's codes."""
-    path = make_run(tmp_path / "exp" / "k64", k=64, n_train=60, n_val=20)
-    programs = read_programs(path)
-    answers = {
-        " ".join(map(str, c.tolist())): json.loads(
-            DecodedScene.from_scene_json(s).model_dump_json()
-        )
-        for c, s in zip(programs.codes, programs.scene, strict=True)
-    }
-    return tmp_path / "exp", answers
 
 
 def config(runs, base_url, **overrides) -> DecodeConfig:

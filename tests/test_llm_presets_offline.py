@@ -15,10 +15,8 @@ from llm_decode.presets import PRESETS, describe_presets, resolve_model
 from llm_decode.protocol import ProtocolConfig
 from llm_decode.reasoning import split_harmony, split_output
 from llm_decode.runner import DecodeConfig, decode, engine_options
-from llm_decode.schema import DecodedScene
 from llm_decode.testing.fake_server import _query_codes
-from llm_decode.testing.synthetic import make_run
-from strop.runs import read_jsonl, read_programs
+from strop.runs import read_jsonl
 
 #: the reasoning parsers vLLM ships for these models (docs.vllm.ai, "Reasoning Outputs")
 VLLM_REASONING_PARSERS = {"qwen3", "deepseek_v3", "openai_gptoss", "deepseek_r1"}
@@ -116,19 +114,6 @@ class StandInLLM:
             first = SimpleNamespace(text=text, token_ids=list(range(40)), finish_reason="stop")
             outputs.append(SimpleNamespace(outputs=[first], prompt_token_ids=list(range(900))))
         return outputs
-
-
-@pytest.fixture
-def exp(tmp_path):
-    path = make_run(tmp_path / "exp" / "k64", k=64, n_train=60, n_val=20)
-    programs = read_programs(path)
-    answers = {
-        " ".join(map(str, c.tolist())): json.loads(
-            DecodedScene.from_scene_json(s).model_dump_json()
-        )
-        for c, s in zip(programs.codes, programs.scene, strict=True)
-    }
-    return tmp_path / "exp", answers
 
 
 def _offline(engine, batch_size=4):

@@ -7,34 +7,16 @@ down: ~170 tokens take ~3.4 s against an idle limit of 0.5 s (a real run: 16,384
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 
-import pytest
-
 from llm_decode.backends.base import TransportStats
 from llm_decode.protocol import ProtocolConfig
 from llm_decode.runner import DecodeConfig, decode
-from llm_decode.schema import DecodedScene
 from llm_decode.testing.fake_server import FakeServer
-from llm_decode.testing.synthetic import make_run
-from strop.runs import read_jsonl, read_programs
-
-
-@pytest.fixture
-def exp(tmp_path):
-    path = make_run(tmp_path / "exp" / "k64", k=64, n_train=60, n_val=20)
-    programs = read_programs(path)
-    answers = {
-        " ".join(map(str, c.tolist())): json.loads(
-            DecodedScene.from_scene_json(s).model_dump_json()
-        )
-        for c, s in zip(programs.codes, programs.scene, strict=True)
-    }
-    return tmp_path / "exp", answers
+from strop.runs import read_jsonl
 
 
 def config(runs, base_url, **overrides) -> DecodeConfig:

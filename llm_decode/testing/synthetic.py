@@ -74,3 +74,20 @@ def make_run(
         codebook_size=k,
     )
     return write_programs(Path(run_dir) / "programs.parquet", programs)
+
+
+def true_answers(run: Path) -> dict[str, dict]:
+    """The right answer for every program of `run`: space-joined codes -> abbreviated scene
+    (what a perfect LLM would return; the fake server answers with it)."""
+    import json
+
+    from llm_decode.schema import DecodedScene
+    from strop.runs import read_programs
+
+    programs = read_programs(Path(run) / "programs.parquet" if Path(run).is_dir() else run)
+    return {
+        " ".join(map(str, c.tolist())): json.loads(
+            DecodedScene.from_scene_json(s).model_dump_json()
+        )
+        for c, s in zip(programs.codes, programs.scene, strict=True)
+    }
