@@ -90,4 +90,5 @@ def true_answers(run: Path) -> dict[str, dict]:
             DecodedScene.from_scene_json(s).model_dump_json()
         )
         for c, s in zip(programs.codes, programs.scene, strict=True)
+        if s is not None  # make_run writes a scene for every program
     }
