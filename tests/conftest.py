@@ -122,3 +122,25 @@ def exp(tmp_path: Path) -> tuple[Path, dict[str, dict]]:
 
     path = make_run(tmp_path / "exp" / "k64", k=64, n_train=60, n_val=20)
     return tmp_path / "exp", true_answers(path)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared CPU they only contend.
+    Training test modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def clevr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 synthetic scenes at 32 px (seed 0), rendered once for the training tests; read-only."""
+    from strop.data.renderer import generate_dataset
+
+    root = tmp_path_factory.mktemp("clevr")
+    generate_dataset(root, n=40, size=32, seed=0, progress=False)
+    return root

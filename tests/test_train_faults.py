@@ -28,6 +28,8 @@ from strop.training import checkpoint as ckpt
 from strop.training.config import ConfigError, make_run_config
 from strop.training.trainer import train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TIMING_KEYS = {"images_per_s", "model_tflops"}
 SETS = [
     "model.image_size=32",
@@ -46,23 +48,6 @@ SETS = [
 ]
 STEPS = 16
 TORN = '{"step": 3, "phase": 1, "align_loss": 0.4'  # a row cut short by a kill or a full disk
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def clevr(tmp_path_factory) -> Path:
-    from strop.data.renderer import generate_dataset
-
-    root = tmp_path_factory.mktemp("clevr")
-    generate_dataset(root, n=40, size=32, seed=0, progress=False)
-    return root
 
 
 @pytest.fixture(scope="module")

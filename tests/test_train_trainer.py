@@ -23,6 +23,8 @@ from strop.training import checkpoint as ckpt
 from strop.training.config import ConfigError, RunConfig
 from strop.training.trainer import TrainingDiverged, lr_factor, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TIMING_KEYS = {"images_per_s", "model_tflops"}
 BASE_SETS = [
     "model.image_size=32",
@@ -39,24 +41,6 @@ BASE_SETS = [
     "train.hold_steps=4",
     "train.lr=1e-3",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared CPU they only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def clevr(tmp_path_factory) -> Path:
-    from strop.data.renderer import generate_dataset
-
-    root = tmp_path_factory.mktemp("clevr")
-    generate_dataset(root, n=40, size=32, seed=0, progress=False)
-    return root
 
 
 def config(data: Path, steps: int = 16, *sets: str) -> RunConfig:
