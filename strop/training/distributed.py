@@ -66,7 +66,11 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
 
 
 def cleanup() -> None:
+    """Leave the process group together: every rank reaches the barrier before any destroys it,
+    so none exits while a peer still talks to it (a gloo teardown hang seen in CI)."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -617,10 +617,14 @@ def train(
     lock = RunLock(out_dir) if int(os.environ.get("RANK", "0")) == 0 else None
     if lock is not None:
         lock.acquire()
+    trainer: Trainer | None = None
     try:
         trainer = Trainer(cfg, out_dir, progress=progress)
         return trainer.fit(stop_at=stop_at)
     finally:
+        # DDP's reducer holds the process group: drop it first, so that no gloo object is
+        # torn down after the group (a rank could then wait forever on a peer that exited).
+        del trainer
         distr.cleanup()
         if lock is not None:
             lock.release()
