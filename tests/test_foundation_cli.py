@@ -83,8 +83,8 @@ def command_rows(help_text: str) -> dict[str, str]:
     return rows
 
 
-@pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
-def test_each_command_is_listed_with_its_own_help_line(path, console_script) -> None:
+def run_help(console_script, path) -> subprocess.CompletedProcess:
+    """`<tool> [group] [command] --help` on a wide terminal; it must succeed."""
     out = subprocess.run(
         [console_script(path[0]), *path[1:], "--help"],
         capture_output=True,
@@ -93,6 +93,12 @@ def test_each_command_is_listed_with_its_own_help_line(path, console_script) -> 
         env=WIDE,
     )
     assert out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
+def test_each_command_is_listed_with_its_own_help_line(path, console_script) -> None:
+    out = run_help(console_script, path)
     rows = command_rows(out.stdout)
     assert set(rows) == set(COMMANDS[path]), out.stdout
     for name, summary in COMMANDS[path].items():
@@ -116,14 +122,7 @@ HELP_PATHS = [
 def test_help_shows_no_value_type_beside_flags(path, console_script) -> None:
     """Boolean flags (`--help`, `--version`, `--json`, `--progress/--no-progress`) take no
     value, so their help row must not show one (typer 0.29 prints `<bool>`)."""
-    out = subprocess.run(
-        [console_script(path[0]), *path[1:], "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=WIDE,
-    )
-    assert out.returncode == 0, out.stderr
+    out = run_help(console_script, path)
     assert "--help" in out.stdout
     assert "<bool>" not in out.stdout
 
