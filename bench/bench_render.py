@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from strop.data import camera, placement, raycast, shading
 from strop.data import renderer as R
 
 SIZE = 128
@@ -49,8 +50,8 @@ def _flat_disc_render(scene, size: int, path: Path) -> None:
     draw = ImageDraw.Draw(img)
     for obj in sorted(scene.objects, key=lambda o: -o.pixel_coords[2]):
         u, v, depth = obj.pixel_coords
-        r = obj.coords_3d[2] / (depth * R.CAMERA.tan_x) * size / 2 * 1.2
-        draw.ellipse((u - r, v - r, u + r, v + r), fill=R.COLOR_RGB[obj.color])
+        r = obj.coords_3d[2] / (depth * camera.CAMERA.tan_x) * size / 2 * 1.2
+        draw.ellipse((u - r, v - r, u + r, v + r), fill=raycast.COLOR_RGB[obj.color])
     img.save(path, format="PNG", compress_level=1)
 
 
@@ -64,9 +65,11 @@ def run(n: int = 200) -> list[dict]:
 
         ours = _best_rate(generate, n)
         ours_cpu = _best_cpu_rate(generate, n)
-        scenes = [R.sample_scene(np.random.default_rng([0, 0, i]), i, "train") for i in range(n)]
+        scenes = [
+            placement.sample_scene(np.random.default_rng([0, 0, i]), i, "train") for i in range(n)
+        ]
         for s in scenes:
-            R.set_pixel_coords(s, SIZE)
+            camera.set_pixel_coords(s, SIZE)
         (out / "flat").mkdir()
 
         def flat() -> None:
@@ -85,8 +88,8 @@ def run(n: int = 200) -> list[dict]:
                 "img_per_cpu_s": round(ours_cpu, 1),
             }
         )
-    render = _best_rate(lambda: [R.render_scene(s, SIZE) for s in scenes], n)
-    no_aa = _best_rate(lambda: [R.render_layers(s, SIZE, supersample=1) for s in scenes], n)
+    render = _best_rate(lambda: [shading.render_scene(s, SIZE) for s in scenes], n)
+    no_aa = _best_rate(lambda: [shading.render_layers(s, SIZE, supersample=1) for s in scenes], n)
     rows.append(
         {
             "name": f"render only {SIZE}px (2x2 supersampled)",

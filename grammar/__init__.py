@@ -1,10 +1,11 @@
 """Mining of program corpora: n-grams, pair reuse, null models, Re-Pair grammars. Torch-free.
 
-The STROP paper ("Structure over Pixels", /work/shared/paper) reads code reuse from usage
-statistics (active codes, effective vocabulary, purity) and names grammar inference over the
-learned code sequences as a direction it leaves open (Sec. 7). This package is that
-analysis: it treats each image's program as a sentence over the codebook and asks whether
-its structure exceeds what null corpora with the same lengths and code frequencies show.
+The STROP paper ("Structure over Pixels: Learning Variable-Length Visual Programs") reads
+code reuse from usage statistics (active codes, effective vocabulary, purity) and names
+grammar inference over the learned code sequences as a direction it leaves open (Sec. 7).
+This package is that analysis: it treats each image's program as a sentence over the
+codebook and asks whether its structure exceeds what null corpora with the same lengths
+and code frequencies show.
 
 Modules, in the order `mine` uses them: `corpus` (loading, validation), `ngrams`, `zipf`,
 `pairs`, `nulls`, `perplexity`, `repair`, `pcfg`, `output`, `mine`, `compare`, `cli`.

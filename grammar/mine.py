@@ -340,8 +340,8 @@ def _pair_summary(table: PairTable, cfg: MineConfig) -> dict[str, Any]:
 def write_outputs(result: MineResult, out_dir: Path, cfg: MineConfig) -> None:
     """summary.json, ngrams.tsv, pairs.tsv, rules.txt, grammar.pcfg (and a spot-check parse)."""
     from grammar.output import write_ngrams_tsv, write_pairs_tsv
+    from strop.atomic import atomic_write_text
     from strop.runs import write_json
-    from strop.scenes import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_ngrams_tsv(out_dir / "ngrams.tsv", result.ngrams, cfg.ngram_min_count)
@@ -392,7 +392,7 @@ def mine_path(
     folder (or OUT); for a single corpus the figure goes beside its summary.
     """
     from grammar.compare import comparison_markdown, plot_rank_frequency, print_comparison
-    from strop.scenes import atomic_write_text
+    from strop.atomic import atomic_write_text
 
     cfg = MineConfig(max_n=max_n, seed=seed, null_replicates=null_replicates, **overrides)
     sources, experiment = discover(path, out, k)

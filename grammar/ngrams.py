@@ -93,11 +93,6 @@ def check_packable(k: int, n: int) -> None:
         )
 
 
-def ngram_starts(corpus: Corpus, n: int) -> np.ndarray:
-    """Token indices where an n-gram fits inside its program."""
-    return np.flatnonzero(_start_mask(corpus, n))
-
-
 def _start_mask(corpus: Corpus, n: int) -> np.ndarray:
     """True at tokens that start an n-gram inside their program: all but each program's
     last n-1 tokens (a mask and a small scatter, no per-token index arithmetic)."""

@@ -1,7 +1,7 @@
 """Tab-separated outputs (`ngrams.tsv`, `pairs.tsv`) written through pyarrow's CSV writer.
 
 Design decisions
-- Column names and order are the contract in DESIGN.md "Commands": `n ngram count doc_freq`
+- Column names and order are the contract in `docs/FORMATS.md`: `n ngram count doc_freq`
   and `pair kind count pmi llr q_value`, then the extra columns `npmi expected_null q_null`
   (expected count and q-value under the null that fits the kind: within-program shuffle for
   adjacent pairs, unigram resampling for `any` pairs; see `grammar.pairs`).

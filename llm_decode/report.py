@@ -21,8 +21,8 @@ from typing import Any
 from rich.table import Table
 
 from llm_decode.results import SUMMARY_FILE
+from strop.atomic import atomic_write_text
 from strop.runs import RunFolderError, discover_runs
-from strop.scenes import atomic_write_text
 
 REPORT_FILE = "llm_report.md"
 COLUMNS = (

@@ -6,7 +6,7 @@ Design decisions
   Keys stay readable (`color`, `shape`, `size`, `material`, `x`, `y`): they cost a few tokens
   per object but make the schema self-describing for a model that has never seen it.
 - Positions are (x, y) rounded to two decimals: CLEVR's `z` is fixed by size and shape and
-  `rotation` carries no information (DESIGN.md "Data"), so neither is asked for.
+  `rotation` carries no information (`docs/METHOD.md`, "Scenes"), so neither is asked for.
 - Parsing is lenient where leniency does not hide a decoding failure: a `<think>` block, a
   Markdown code fence or prose around the JSON object is stripped, a bare list of objects is
   accepted, and a full attribute name (`"red"`) is read as its abbreviation. An unknown value,

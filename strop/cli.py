@@ -10,7 +10,8 @@ from strop import __version__
 from strop.cli_app import make_app
 from strop.commands import data, evaluation, model, quickstart, train
 
-#: In the order of `strop --help`: data -> model -> training -> evaluation -> pipeline.
+#: `strop --help` lists the commands in this order: model -> training -> evaluation ->
+#: pipeline, then the `data` group (its subcommands under `strop data --help`).
 COMMAND_LISTS = (
     model.commands,
     train.commands,

@@ -1,6 +1,6 @@
 """The run folder: the only contract between `strop`, `grammar` and `llm_decode`.
 
-Torch-free on purpose. Layout (DESIGN.md "The run folder")::
+Torch-free on purpose. Layout (`docs/FORMATS.md`)::
 
     EXPERIMENT/            e.g. runs/clevr
       k128/                one run
@@ -31,14 +31,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from strop.scenes import atomic_write, atomic_write_text
+from strop.atomic import atomic_write, atomic_write_text
 
 PROGRAMS_FILE = "programs.parquet"
 CONFIG_FILE = "config.json"
@@ -312,7 +311,9 @@ class RunFolder:
 
     @property
     def codebook_size(self) -> int | None:
-        """K from config.json (`model.k` or `k`), else from the programs file, else the name."""
+        """K from config.json (`model.k` or `k`), else from the programs file's metadata.
+
+        Only the run's own files say what K is: a folder named `k128` may hold anything."""
         k = self.config_codebook_size
         if k is not None:
             return k
@@ -324,8 +325,7 @@ class RunFolder:
                 k = json.loads(meta[_META_KEY]).get("codebook_size")
                 if k is not None:
                     return int(k)
-        match = re.fullmatch(r"k(\d+)", self.name)
-        return int(match.group(1)) if match else None
+        return None
 
 
 class RunLockedError(RunFolderError):
@@ -478,8 +478,3 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 break
             raise RunFolderError(f"{path}: line {i + 1} is not valid JSON") from None
     return rows
-
-
-def iter_runs(paths: list[str | os.PathLike[str]]) -> Iterator[RunFolder]:
-    for p in paths:
-        yield from discover_runs(p)

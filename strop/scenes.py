@@ -12,19 +12,19 @@ Design decisions
   would otherwise pass every loader and exporter and surface only in scoring; it is refused
   here, naming the scene index and field.
 - An unreadable file (permissions, a folder in its place) is a `SceneFileError` too.
-- `save_scenes` writes to a temporary name and renames, so a crash leaves no half file.
+- `save_scenes` writes through `strop.atomic`, so a crash leaves no half file.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from strop.atomic import atomic_write_text
 
 COLORS: tuple[str, ...] = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
 SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder")
@@ -140,37 +140,6 @@ def load_scenes(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Scen
     info = raw.get("info") or {}
     scenes = [parse_scene(s, source=str(path), index=i) for i, s in enumerate(raw["scenes"])]
     return info, scenes
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
-    """Call `write(tmp)` on a temporary name beside `path`, then rename it over `path`.
-
-    A crash leaves the old file (or none), never half a file; the result gets the permissions
-    a plain `open()` would give (mkstemp's are 0600).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write text to a temporary file beside `path`, then rename over it."""
-
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text, encoding="utf-8")
-
-    atomic_write(path, write)
 
 
 def save_scenes(

@@ -12,13 +12,16 @@ import pytest
 from PIL import Image
 from scipy.optimize import nnls
 
+from strop.data import camera, placement, raycast, shading
 from strop.data import renderer as R
 from strop.scenes import COLORS, MATERIALS, SHAPES, SIZES, Scene, SceneObject, load_scenes
 
 
 @pytest.fixture(scope="module")
 def scenes() -> list[Scene]:
-    return [R.sample_scene(np.random.default_rng([3, 0, i]), i, "train") for i in range(150)]
+    return [
+        placement.sample_scene(np.random.default_rng([3, 0, i]), i, "train") for i in range(150)
+    ]
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -116,15 +119,15 @@ def test_worker_processes_write_the_same_bytes(tmp_path: Path) -> None:
 
 
 def test_scene_does_not_depend_on_output_size() -> None:
-    s1 = R.sample_scene(np.random.default_rng(5), 0, "val")
-    s2 = R.sample_scene(np.random.default_rng(5), 0, "val")
+    s1 = placement.sample_scene(np.random.default_rng(5), 0, "val")
+    s2 = placement.sample_scene(np.random.default_rng(5), 0, "val")
     # Before rendering, pixel_coords are in real CLEVR's 480 x 320 frame.
     assert all(0 <= o.pixel_coords[0] < 480 and 0 <= o.pixel_coords[1] < 320 for o in s1.objects)
     u480, v320, _ = s1.objects[0].pixel_coords
-    R.render_scene(s1, 64)
+    shading.render_scene(s1, 64)
     assert s1.objects[0].pixel_coords[:2] == pytest.approx((u480 * 64 / 480, v320 / 5), abs=0.6)
-    R.render_scene(s1, 32)
-    R.render_scene(s2, 96)
+    shading.render_scene(s1, 32)
+    shading.render_scene(s2, 96)
     assert [o.coords_3d for o in s1.objects] == [o.coords_3d for o in s2.objects]
     assert s1.objects[0].pixel_coords != s2.objects[0].pixel_coords  # per size
 
@@ -137,7 +140,7 @@ def test_counts_bounds_and_vocabularies(scenes: list[Scene]) -> None:
         for o in s.objects:
             x, y, z = o.coords_3d
             assert -3 <= x <= 3 and -3 <= y <= 3
-            want_z = R.SIZE_RADIUS[o.size] / (math.sqrt(2) if o.shape == "cube" else 1)
+            want_z = placement.SIZE_RADIUS[o.size] / (math.sqrt(2) if o.shape == "cube" else 1)
             assert z == pytest.approx(want_z)
             assert 0 <= o.rotation < 360
             for k in seen:
@@ -151,31 +154,35 @@ def test_counts_bounds_and_vocabularies(scenes: list[Scene]) -> None:
 
 
 def test_min_distance_and_directional_margins(scenes: list[Scene]) -> None:
-    left = np.array(R.DIRECTIONS["left"][:2])
-    behind = np.array(R.DIRECTIONS["behind"][:2])
+    left = np.array(camera.DIRECTIONS["left"][:2])
+    behind = np.array(camera.DIRECTIONS["behind"][:2])
     pairs = 0
     for s in scenes:
         objs = s.objects
         for i in range(len(objs)):
             for j in range(i):
                 d = np.subtract(objs[i].xy, objs[j].xy)
-                gap = np.linalg.norm(d) - R.SIZE_RADIUS[objs[i].size] - R.SIZE_RADIUS[objs[j].size]
-                assert gap >= R.MIN_DIST
-                assert abs(d @ left) >= R.MARGIN and abs(d @ behind) >= R.MARGIN
+                gap = (
+                    np.linalg.norm(d)
+                    - placement.SIZE_RADIUS[objs[i].size]
+                    - placement.SIZE_RADIUS[objs[j].size]
+                )
+                assert gap >= placement.MIN_DIST
+                assert abs(d @ left) >= placement.MARGIN and abs(d @ behind) >= placement.MARGIN
                 pairs += 1
     assert pairs > 500
 
 
 def test_directions_match_camera_and_relationships_follow_clevr(scenes: list[Scene]) -> None:
-    d = {k: np.array(v) for k, v in R.DIRECTIONS.items()}
+    d = {k: np.array(v) for k, v in camera.DIRECTIONS.items()}
     for k in ("left", "behind"):
         assert np.linalg.norm(d[k]) == pytest.approx(1) and d[k][2] == 0
     assert d["left"] @ d["behind"] == pytest.approx(0, abs=1e-9)
-    assert d["behind"] @ R.CAMERA.forward > 0  # behind = away from the camera
-    assert d["right"] @ R.CAMERA.right > 0
+    assert d["behind"] @ camera.CAMERA.forward > 0  # behind = away from the camera
+    assert d["right"] @ camera.CAMERA.right > 0
     for s in scenes[:40]:
         xyz = [o.coords_3d for o in s.objects]
-        assert s.directions == R.DIRECTIONS
+        assert s.directions == camera.DIRECTIONS
         for rel in ("right", "behind", "front", "left"):
             for i in range(len(xyz)):
                 want = [
@@ -193,16 +200,16 @@ def test_directions_match_camera_and_relationships_follow_clevr(scenes: list[Sce
 
 def test_every_object_visible_in_its_scene(scenes: list[Scene]) -> None:
     for s in scenes[:30]:
-        layers = R.render_layers(s, 64, supersample=1)
+        layers = shading.render_layers(s, 64, supersample=1)
         counts = np.bincount(layers.object_ids[layers.object_ids >= 0], minlength=s.n_objects)
-        assert counts.min() >= R.MIN_VISIBLE_FRACTION * 64 * 64
+        assert counts.min() >= placement.MIN_VISIBLE_FRACTION * 64 * 64
 
 
 def _nearest_palette(rgb: np.ndarray) -> str:
     """The CLEVR colour that best explains `rgb` as shading * colour + grey (light, reflection)."""
 
     def residual(name: str) -> float:
-        basis = np.stack([np.asarray(R.COLOR_RGB[name], float), np.ones(3)], axis=1)
+        basis = np.stack([np.asarray(raycast.COLOR_RGB[name], float), np.ones(3)], axis=1)
         return float(nnls(basis, rgb)[1])  # non-negative shading and grey
 
     return min((c for c in COLORS if c != "gray"), key=residual)
@@ -211,7 +218,7 @@ def _nearest_palette(rgb: np.ndarray) -> str:
 def test_pixel_coords_point_at_the_object_drawn_in_its_colour(scenes: list[Scene]) -> None:
     size, checked = 128, 0
     for s in scenes[:25]:
-        layers = R.render_layers(s, size)
+        layers = shading.render_layers(s, size)
         for i, o in enumerate(s.objects):
             u, v, depth = o.pixel_coords
             assert 0 <= u < size and 0 <= v < size and depth > 0
@@ -235,7 +242,7 @@ def test_pixel_coords_point_at_the_object_drawn_in_its_colour(scenes: list[Scene
 def _two_spheres_in_line() -> Scene:
     """A small red sphere hidden behind a large blue one on the same camera ray."""
     target = np.array([0.0, 0.0, 0.7])
-    ray = target - R.CAMERA.pos
+    ray = target - camera.CAMERA.pos
     ray /= np.linalg.norm(ray)
     far = target + ray * 3.0
     far[2] = 0.35
@@ -252,11 +259,11 @@ def _two_spheres_in_line() -> Scene:
 
 def test_nearer_object_occludes_whatever_the_order() -> None:
     scene = _two_spheres_in_line()
-    layers = R.render_layers(scene, 96)
+    layers = shading.render_layers(scene, 96)
     u, v, _ = scene.objects[0].pixel_coords
     assert layers.object_ids[int(v), int(u)] == 1  # the far red sphere's centre shows blue
     flipped = scene.model_copy(update={"objects": scene.objects[::-1]})
-    assert np.array_equal(R.render_layers(flipped, 96).image, layers.image)
+    assert np.array_equal(shading.render_layers(flipped, 96).image, layers.image)
 
 
 def test_metal_has_more_contrast_than_rubber() -> None:
@@ -267,7 +274,7 @@ def test_metal_has_more_contrast_than_rubber() -> None:
     for material in ("rubber", "metal"):
         obj = base.model_copy(update={"material": material})
         scene = Scene(image_index=0, image_filename="x.png", split="val", objects=[obj])
-        layers = R.render_layers(scene, 96)
+        layers = shading.render_layers(scene, 96)
         lum = layers.image[layers.object_ids == 0].astype(float).mean(-1)
         out[material] = (lum.std(), lum.max())
     assert out["metal"][0] > 1.3 * out["rubber"][0]
@@ -284,7 +291,7 @@ def test_cube_rotation_changes_the_silhouette() -> None:
             coords_3d=(0, 0, 0.495),
             rotation=rot,
         )
-        return R.render_layers(
+        return shading.render_layers(
             Scene(image_index=0, image_filename="x.png", split="val", objects=[obj]), 64
         ).object_ids
 

@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_model_config
 
 from strop.data.renderer import generate_dataset
-from strop.evaluation.analyze import erasure_maps, erasure_order, object_label_map
+from strop.evaluation.erasure import erasure_maps, erasure_order
 from strop.evaluation.evaluate import evaluate_run
 from strop.evaluation.export import (
     LengthModeError,
@@ -19,6 +19,7 @@ from strop.evaluation.export import (
     parse_length_mode,
     search_lengths,
 )
+from strop.evaluation.object_masks import object_label_map
 from strop.model import build_model
 from strop.model.losses import align_error
 from strop.runs import RunFolder, read_programs
@@ -314,7 +315,8 @@ def test_cli_commands_end_to_end(run_dir):
 
 
 def test_attributionrecord_agreement_and_contingency():
-    from strop.evaluation.analyze import Accumulator, best_iou, record_agreement, summarise
+    from strop.evaluation.analyze import Accumulator, record_agreement, summarise
+    from strop.evaluation.object_masks import best_iou
 
     labels = np.array([-1, 0, 0, -1, 1, 1, 1, -1])
     perfect = np.array([2, 0, 0, 2, 1, 1, 1, 2])  # token j owns exactly object j's patches
@@ -357,7 +359,7 @@ def test_attributionrecord_agreement_and_contingency():
 
 def test_pixel_frame_synthetic_and_real_clevr(dataset, tmp_path):
     from strop.data.datasets import ClevrDataset
-    from strop.evaluation.analyze import CLEVR_FRAME, pixel_frame
+    from strop.evaluation.object_masks import CLEVR_FRAME, pixel_frame
 
     scene = ClevrDataset(dataset, "val", 32).scenes[0]
     assert pixel_frame(dataset, "val", scene) == (64, 64)  # synthetic: info.image_size

@@ -31,7 +31,7 @@ def test_console_script_help_and_version(script: str, console_script) -> None:
     [
         "grammar, grammar.cli",
         "llm_decode, llm_decode.cli",
-        "strop, strop.scenes, strop.runs",
+        "strop, strop.atomic, strop.scenes, strop.runs",
     ],
 )
 def test_light_packages_do_not_import_torch(modules: str) -> None:
@@ -41,7 +41,7 @@ def test_light_packages_do_not_import_torch(modules: str) -> None:
     assert out.stdout.strip() == "False"
 
 
-#: Every public command (DESIGN.md "Commands") with the start of its own help line.
+#: Every public command (docs/FORMATS.md) with the start of its own help line.
 COMMANDS = {
     ("strop",): {
         "model-info": "Parameter counts, FLOPs per image",

@@ -119,6 +119,7 @@ def test_strop_top_level_reads_like_the_method():
     assert modules <= {
         "cli.py",
         "cli_app.py",
+        "atomic.py",
         "scenes.py",
         "runs.py",
         "metrics.py",

@@ -112,6 +112,16 @@ def test_length_column_must_match_codes(tmp_path: Path) -> None:
         read_programs(path)
 
 
+def test_k_comes_from_the_run_files_never_from_the_folder_name(tmp_path: Path) -> None:
+    run = RunFolder(tmp_path / "k128")
+    write_programs(run.programs_path, Programs(codes=[[1, 2]]))  # no K recorded anywhere
+    assert run.codebook_size is None
+    run.write_config({"model": {"k": 64}})
+    assert run.codebook_size == 64
+    with pytest.raises(RunFolderError, match="no run with K=128"):
+        find_run(tmp_path, 128)
+
+
 def test_discovery_in_natural_order_and_find_run(tmp_path: Path) -> None:
     for k in (128, 32, 64):
         RunFolder(tmp_path / f"k{k}").write_config({"model": {"k": k}})

@@ -170,8 +170,18 @@ def test_paper_scale_configs_say_where_every_value_comes_from():
         fields = {f for section, v in data.items() if not section.startswith("_") for f in v}
         assert fields - documented == set(), f"{path.name}: fields missing from PROVENANCE.md"
     rows = [line for line in doc.splitlines() if line.startswith("| `")]
-    sources = [line.rstrip(" |").rsplit("|", 1)[-1] for line in rows]
-    assert rows and all(re.search(r"\b(paper|ours)\b", source) for source in sources)
+    sources = [line.rstrip(" |").rsplit("|", 1)[-1].strip() for line in rows]
+    assert rows and all(re.match(r"(paper|inferred|ours)\b", source) for source in sources)
+    for source in sources:
+        if source.startswith("paper"):
+            assert re.search(r'Table \d+|"', source), f"a paper value without its place: {source}"
+    # The quoted words must be the paper's own (the copy beside the repository, when present).
+    paper = sorted((Path(__file__).resolve().parents[2] / "shared" / "paper").glob("*.txt"))
+    if not paper:
+        pytest.skip("the paper's text is not beside the repository; quotes not checked")
+    text = " ".join(paper[0].read_text(encoding="utf-8").split())
+    quotes = [q for source in sources for q in re.findall(r'"([^"]+)"', source)]
+    assert quotes and [q for q in quotes if " ".join(q.split()) not in text] == []
 
 
 def test_config_file_errors_name_file_and_field(tmp_path):

@@ -7,7 +7,7 @@ Design decisions
   forever. A separate total deadline, `timeout + max_tokens / min_tokens_per_s`, catches a
   runaway request on a server slower than any plausible rate.
 - What a retry costs decides whether it is made. A failure before the first chunk (refused,
-  5xx, no response) wastes nothing and is retried up to `max_attempts` as DESIGN.md says
+  5xx, no response) wastes nothing and is retried up to `max_attempts`
   (timeouts, dropped connections, 408, 409, 429, 5xx; never another 4xx). A failure after
   output had started (a stall, a dropped stream; any timeout when not streaming) throws away
   a long generation, so it is retried at most `long_retries` times, counted in the stats the

@@ -1,7 +1,7 @@
 """`strop model-info` and `strop cache-features`.
 
 `model-info` needs no weights: the model is built on the meta device and the teacher is
-counted from its architecture config (DESIGN.md "Commands"). `cache-features` runs the frozen
+counted from its architecture config (`docs/FORMATS.md`). `cache-features` runs the frozen
 teacher over a dataset split once and stores fp16 features (strop.model.feature_cache). Torch is
 imported inside the command bodies so `strop --help` stays fast.
 """

@@ -9,8 +9,8 @@ The renderer, one idea per module (each docstring carries its design decisions):
 - `strop.data.placement`: CLEVR's sampling rules (placement, visibility), relationships.
 - `strop.data.raycast`: analytic ray/solid intersection, bevelled normals, the z-buffer.
 - `strop.data.shading`: lights, materials, ground, soft shadows, antialiasing; `render_layers`.
-- this module: splits, chunks, processes and files; `generate_dataset`. It re-exports the
-  public names of the others, so `from strop.data.renderer import ...` keeps working.
+- this module: splits, chunks, processes and files; `generate_dataset`. Import the other
+  names from the module that owns them.
 
 Design decisions
 - Determinism: image `i` of split `s` uses `np.random.default_rng([seed, split_id, i])`, so
@@ -44,65 +44,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from strop.data.camera import (
-    ASPECT,
-    CAM_EULER_DEG,
-    CAM_POS,
-    CAMERA,
-    CLEVR_FRAME,
-    DIRECTIONS,
-    LENS_MM,
-    SENSOR_MM,
-    Camera,
-    set_pixel_coords,
-)
-from strop.data.placement import (
-    MARGIN,
-    MAX_RETRIES,
-    MIN_DIST,
-    MIN_VISIBLE_FRACTION,
-    SIZE_RADIUS,
-    VISIBILITY_RES,
-    compute_relationships,
-    sample_scene,
-)
-from strop.data.raycast import BEVEL, COLOR_RGB
-from strop.data.shading import FILL_LIGHT, KEY_LIGHT, RenderLayers, render_layers, render_scene
+from strop.data.placement import sample_scene
+from strop.data.shading import render_scene
 from strop.scenes import Scene, save_scenes
-
-__all__ = [
-    "ASPECT",
-    "BEVEL",
-    "CAMERA",
-    "CAM_EULER_DEG",
-    "CAM_POS",
-    "CLEVR_FRAME",
-    "COLOR_RGB",
-    "DIRECTIONS",
-    "FILL_LIGHT",
-    "KEY_LIGHT",
-    "LENS_MM",
-    "MARGIN",
-    "MARKER",
-    "MAX_RETRIES",
-    "MIN_DIST",
-    "MIN_VISIBLE_FRACTION",
-    "SENSOR_MM",
-    "SIZE_RADIUS",
-    "SPLIT_NAMES",
-    "VISIBILITY_RES",
-    "Camera",
-    "OutputFolderError",
-    "RenderLayers",
-    "compute_relationships",
-    "generate_dataset",
-    "render_layers",
-    "render_scene",
-    "sample_scene",
-    "set_pixel_coords",
-    "split_counts",
-    "write_png",
-]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -259,7 +203,7 @@ def _describe(params: dict) -> str:
 
 
 def _write_marker(out: Path, params: dict, written: dict[str, int], complete: bool) -> None:
-    from strop.scenes import atomic_write_text
+    from strop.atomic import atomic_write_text
 
     payload = {"generator": "strop clevr-synth", "params": params, "written": written}
     atomic_write_text(out / MARKER, json.dumps({**payload, "complete": complete}, indent=1))

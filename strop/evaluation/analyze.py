@@ -34,9 +34,7 @@ import numpy as np
 from strop import metrics
 from strop.evaluation.erasure import (
     choose_pairs,
-    erased_fields,
     erasure_maps,
-    erasure_order,
     pair_synergy,
 )
 from strop.evaluation.export import (
@@ -49,10 +47,8 @@ from strop.evaluation.export import (
 )
 from strop.evaluation.object_masks import (
     ATTRIBUTES,
-    CLEVR_FRAME,
     best_iou,
     object_label_map,
-    object_radius_px,
     pixel_frame,
 )
 from strop.runs import RunFolder, RunFolderError, write_json
@@ -62,27 +58,6 @@ if TYPE_CHECKING:
     import torch
 
     from strop.model import Strop
-
-# Re-exported: callers and tests import these from `strop.evaluation.analyze`.
-__all__ = [
-    "ATTRIBUTES",
-    "CLEVR_FRAME",
-    "Accumulator",
-    "analyse_image",
-    "analyze_run",
-    "record_agreement",
-    "best_iou",
-    "choose_pairs",
-    "contingency_table",
-    "erased_fields",
-    "erasure_maps",
-    "erasure_order",
-    "object_label_map",
-    "object_radius_px",
-    "pair_synergy",
-    "pixel_frame",
-    "summarise",
-]
 
 
 @dataclass

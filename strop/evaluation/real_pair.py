@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from strop.data.datasets import find_clevr_root, load_image
-from strop.data.renderer import render_scene, write_png
+from strop.data.renderer import write_png
+from strop.data.shading import render_scene
 from strop.evaluation.object_masks import pixel_frame
 from strop.scenes import Scene, load_scenes
 

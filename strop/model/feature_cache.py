@@ -1,4 +1,4 @@
-"""Frozen teacher features written once to disk and read back (DESIGN.md "Model", stage 1).
+"""Frozen teacher features written once to disk and read back (paper Sec. 2.1 "Encoder").
 
 Layout of a cache folder::
 
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from strop.scenes import atomic_write_text
+from strop.atomic import atomic_write_text
 
 INDEX_FILE = "index.json"
 

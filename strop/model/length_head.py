@@ -5,7 +5,7 @@
 
 Design decisions
 - Input: the generator's LayerNorm+Linear projection of the teacher tokens, mean-pooled over
-  patches and detached (DESIGN.md), so the length loss never moves the generator.
+  patches and detached (`docs/METHOD.md`), so the length loss never moves the generator.
 - A two-layer MLP of width d (GELU): the paper calls it lightweight; at d = 256 it is 66k
   parameters, about 0.5% of STROP-S.
 - The final bias starts at 0, so an untrained head predicts L_max / 2: a neutral start for

@@ -1,4 +1,4 @@
-"""The loss terms of the training objective (paper Sec. 2.2; DESIGN.md "Training objective").
+"""The loss terms of the training objective (paper Sec. 2.2; `docs/METHOD.md`).
 
     loss = align + w_commit * commit + w_div(t) * diversity (+ w_len * length from phase 3)
 

@@ -353,7 +353,7 @@ def keep_schedule(cfg: RunConfig, run: RunConfig, steps: int) -> RunConfig:
     return cfg.model_copy(update={"model": model, "train": train, "curriculum": curriculum})
 
 
-#: The paper's schedule as shares of its 500k steps (Table 4, "Optimiser" in DESIGN.md).
+#: The paper's schedule as shares of its 500k steps (Table 4; Sec. 5.1 for the warm-up and hold).
 PAPER_STEPS = 500_000
 _PAPER_PHASES = (100_000, 150_000, 200_000, 250_000)
 

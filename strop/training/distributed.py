@@ -90,15 +90,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_mean(value: float, device: torch.device) -> float:
-    """Mean of a Python number over ranks."""
-    if not _active():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t) / dist.get_world_size()
-
-
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate equally shaped tensors from every rank along dim 0, in rank order."""
     if not _active():
@@ -106,14 +97,6 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
-
-
-def broadcast_object(obj: object, src: int = 0) -> object:
-    if not _active():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 class ResumableSampler(Sampler[int]):

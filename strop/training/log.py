@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from strop.atomic import atomic_write_text
 from strop.runs import RunFolder
-from strop.scenes import atomic_write_text
 from strop.training import curriculum as cur
 from strop.training.config import ConfigError
 from strop.training.curriculum import OracleStats

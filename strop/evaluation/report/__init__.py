@@ -32,6 +32,7 @@ import os
 from pathlib import Path
 
 from strop import __version__
+from strop.atomic import atomic_write_text
 from strop.evaluation.report import downstream, results
 from strop.evaluation.report.collect import RunData, load_run
 from strop.evaluation.report.document import Figure, Section, Table
@@ -39,7 +40,6 @@ from strop.evaluation.report.downstream import BASELINES
 from strop.evaluation.report.formatting import DASH, flatten_stats, fmt, fmt_ci
 from strop.evaluation.report.render import inline_code, render_html, render_markdown
 from strop.runs import RunFolderError, discover_runs
-from strop.scenes import atomic_write_text
 
 __all__ = [
     "BASELINES",
