@@ -23,32 +23,83 @@ def tiny():
     return build_model(tiny_model_config()).eval()
 
 
-#: Largest accepted relative gap to the paper's Table 6 trainable-parameter counts. The paper
-#: does not itemise its counts, so the gap cannot be attributed to one component; the widest
-#: gap measured is S on ViT-B (-7.0%), and 8% keeps every preset/teacher pair honest.
-TABLE_6_TOLERANCE = 0.08
+#: The paper's Table 6, trainable parameters (rounded to 0.1M), with the count we measure.
+TABLE_6 = [
+    ("S", "dinov3-s", 13.5e6, 13_009_041),
+    ("S", "dinov3-b", 14.2e6, 13_206_801),
+    ("M", "dinov3-s", 64.3e6, 63_923_345),
+    ("M", "dinov3-b", 65.1e6, 64_317_713),
+    ("M", "dinov3-l", 65.6e6, 64_580_625),
+]
+#: Half of Table 6's last digit: a printed 13.5 is anything in [13.45, 13.55).
+ROUNDING = 0.05e6
 
 
-@pytest.mark.parametrize(
-    ("preset", "teacher", "paper", "measured"),
-    [
-        ("S", "dinov3-s", 13.5e6, 13_009_041),  # 13.01M, -3.6%
-        ("M", "dinov3-b", 65.1e6, 64_317_713),  # 64.32M, -1.2%
-        ("S", "dinov3-b", 14.2e6, 13_206_801),  # 13.21M, -7.0%
-        ("M", "dinov3-s", 64.3e6, 63_923_345),  # 63.92M, -0.6%
-    ],
-)
-def test_trainable_parameters_match_paper_table_6(preset, teacher, paper, measured):
-    """Trainable parameters (generator, interpreter, quantizer projections, length head) are
-    within TABLE_6_TOLERANCE of the paper's Table 6, and exactly the count measured when this
-    test was written: a changed count changes every checkpoint, so update it knowingly."""
+@pytest.mark.parametrize(("preset", "teacher", "paper", "measured"), TABLE_6)
+def test_trainable_parameters_are_the_ones_measured(preset, teacher, paper, measured):
+    """Trainable parameters (generator, interpreter, quantizer projections, length head), the
+    teacher and the pixel probe excluded, as measured: a changed count changes every checkpoint,
+    so update it knowingly (and `test_table_6_gap_is_teacher_width_only` with it)."""
     info = describe(ModelConfig.from_preset(preset, teacher=teacher))
-    ours = info["trainable_params"]
-    gap = (ours - paper) / paper
-    where = f"STROP-{preset} on {teacher}: {ours / 1e6:.2f}M trainable vs paper {paper / 1e6}M ({gap:+.1%})"
-    assert abs(gap) <= TABLE_6_TOLERANCE, f"{where}, beyond the {TABLE_6_TOLERANCE:.0%} tolerance"
-    assert ours == measured, f"{where}; the count measured for this test was {measured}"
-    assert info["total_params"] == ours + info["teacher_params"]
+    assert info["trainable_params"] == measured
+    assert info["total_params"] == measured + info["teacher_params"]
+
+
+def _teacher_width_params(preset: str, teacher: str) -> int:
+    """Our parameters that read or write the teacher's width D: the generator's input
+    LayerNorm + Linear (D -> d) and the interpreter's output projection (d -> D)."""
+    from strop.model.network import Strop
+    from strop.model.teachers import PixelTeacher
+
+    cfg = ModelConfig.from_preset(preset, teacher=teacher)
+    shape_only = PixelTeacher(cfg.patch_size)  # a weightless stand-in of the teacher's width
+    shape_only.dim = cfg.teacher_dim
+    with torch.device("meta"):
+        model = Strop(cfg, teacher=shape_only)
+    parts = (model.generator.norm_in, model.generator.proj_in, model.interpreter.proj_out)
+    return sum(p.numel() for part in parts for p in part.parameters())
+
+
+def test_table_6_gap_is_teacher_width_only():
+    """Where our counts and Table 6 part: the whole gap grows with the teacher's width D.
+
+    Ours: D (2d + 3) + d parameters touch D (below); everything else matches the paper. From a
+    ViT-S to a ViT-B teacher (D 384 -> 768) that adds 0.20M to STROP-S and 0.39M to STROP-M,
+    where Table 6 adds 0.7M and 0.8M. Per teacher channel, the gap (paper - ours) / D is the
+    same for every teacher of a preset, within the table's rounding: about 1,290 for S and
+    1,000 for M, i.e. about 1,540 - d. So the paper's counts hold one d x D matrix (the input
+    projection, Sec. 2.1 "Encoder") plus some 1,540 parameters per teacher channel that do
+    not grow with d, where ours hold two d x D matrices. The paper's text does not say what
+    that part is: Table 6 counts "generator, interpreter, quantizer projections, and length
+    head" (Sec. 5.1), its interpreter output is "projected with a convolution" of unstated
+    size, and its length head reads "pooled DINOv3 encoder features" of unstated width. A part
+    of one fixed size per channel added to ours (a pixel-decoder stem, a length head on the
+    raw features) cannot fit both presets (checked below), so we keep our architecture and
+    state the gap here instead of hiding it in a tolerance.
+    """
+    dim = {"dinov3-s": 384, "dinov3-b": 768, "dinov3-l": 1024}
+    per_channel: dict[str, list[tuple[float, float]]] = {"S": [], "M": []}
+    for preset, teacher, paper, measured in TABLE_6:
+        d, width = ModelConfig.from_preset(preset).d, dim[teacher]
+        assert _teacher_width_params(preset, teacher) == width * (2 * d + 3) + d
+        # (paper - ours) / D, as an interval: the paper's figure is rounded
+        per_channel[preset].append(
+            ((paper - ROUNDING - measured) / width, (paper + ROUNDING - measured) / width)
+        )
+    bounds = {}
+    for preset, expected in (("S", 1_290), ("M", 1_000)):
+        low = max(lo for lo, _ in per_channel[preset])
+        high = min(hi for _, hi in per_channel[preset])
+        # one value per channel explains every row of the preset, and it is the one stated
+        assert low <= expected <= high, (preset, per_channel[preset])
+        bounds[preset] = (low, high)
+    # ...and the two presets need different values: no part of one fixed size per teacher
+    # channel (a decoder stem, a length head of fixed width on the raw features) added to
+    # ours explains the table; the paper's extra part shrinks as d grows.
+    assert bounds["M"][1] < bounds["S"][0], bounds
+    ours_s = _teacher_width_params("S", "dinov3-b") - _teacher_width_params("S", "dinov3-s")
+    ours_m = _teacher_width_params("M", "dinov3-b") - _teacher_width_params("M", "dinov3-s")
+    assert (round(ours_s / 1e6, 2), round(ours_m / 1e6, 2)) == (0.20, 0.39)
 
 
 def test_meta_count_equals_a_real_model(tiny):
