@@ -69,6 +69,7 @@ def write_features(
 ) -> Path:
     """Run `teacher` over `dataset` once and store its patch tokens under `out`; returns the memmap."""
     from strop.data.datasets import collate
+    from strop.data.workers import parent_watch
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,13 @@ def write_features(
             f"feature cache: split {split!r} of {source or 'the dataset'} has no images"
         )
     teacher = teacher.to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate,
+        worker_init_fn=parent_watch() if num_workers > 0 else None,
+    )
     final = out / f"{split}.f16"
     tmp = out / f".{split}.f16.tmp"
     memmap: np.memmap | None = None
