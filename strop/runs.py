@@ -399,7 +399,7 @@ class RunLock:
 
     def _refusal(self, recorded: str, holder: int | None) -> str:
         advice = "wait for it to finish, or train into another --out folder"
-        if not recorded.isdigit() or _pid_running(int(recorded)):
+        if not recorded.isdigit() or pid_running(int(recorded)):
             return f"{self.path}: in use by another training (pid {recorded}); {advice}"
         held_by = f"pid {holder}" if holder else "another process"
         return (
@@ -430,7 +430,7 @@ class RunLock:
         self.release()
 
 
-def _pid_running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
     """Whether a process `pid` exists here (a zombie counts as gone)."""
     try:
         os.kill(pid, 0)
