@@ -58,7 +58,39 @@ def require_complete(folder: str | os.PathLike[str], name: str) -> None:
 
 def writable_error(folder: Path, exc: OSError) -> OutputUnitError:
     """One line for an output folder that cannot be written."""
-    return OutputUnitError(f"{folder}: cannot write the output here ({exc.strerror or exc})")
+    return OutputUnitError(f"{shown(folder)}: cannot write the output here ({_why(exc)})")
+
+
+#: Why a folder cannot be made where a regular file already stands (mkdir says "File exists").
+IN_THE_WAY = "a file stands where a folder is needed"
+
+
+def _why(exc: OSError) -> str:
+    return IN_THE_WAY if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Fail now, in one line, when the single file `path` could not be written later (a
+    read-only or immutable folder, a file in a parent's place, an immutable file): a file is
+    created and removed beside it, and an existing `path` is opened for writing."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".{path.name}.probe-{os.getpid()}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+        if path.exists():
+            os.close(os.open(path, os.O_WRONLY))
+    except OSError as exc:
+        raise OutputUnitError(
+            f"{shown(path)}: cannot write the output here ({_why(exc)})"
+        ) from None
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """A path as printable text: bytes that are not UTF-8 (kept by Python as surrogates)
+    appear as `\\xNN` escapes instead of breaking whatever prints or writes the message."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 class OutputUnit:

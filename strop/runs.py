@@ -180,7 +180,12 @@ def write_programs(path: str | os.PathLike[str], programs: Programs) -> Path:
         }
     )
     table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # pyarrow refuses paths that are not UTF-8
+            pq.write_table(table, handle)
+
+    atomic_write(path, write)
     return path
 
 
@@ -192,7 +197,8 @@ def read_programs(path: str | os.PathLike[str], codebook_size: int | None = None
     if not path.is_file():
         raise RunFolderError(f"{path}: programs file not found")
     try:
-        table = pq.read_table(path)
+        with open(path, "rb") as handle:  # pyarrow refuses paths that are not UTF-8
+            table = pq.read_table(handle)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise RunFolderError(f"{path}: not a readable Parquet file ({exc})") from None
     if "codes" not in table.column_names:
@@ -319,7 +325,8 @@ class RunFolder:
         if self.programs_path.is_file():
             import pyarrow.parquet as pq
 
-            meta = pq.read_schema(self.programs_path).metadata or {}
+            with open(self.programs_path, "rb") as handle:  # pyarrow wants UTF-8 paths
+                meta = pq.read_schema(handle).metadata or {}
             if _META_KEY in meta:
                 k = json.loads(meta[_META_KEY]).get("codebook_size")
                 if k is not None:
