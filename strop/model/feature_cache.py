@@ -14,7 +14,10 @@ Design decisions
   teacher features are LayerNorm outputs of moderate range, well inside fp16.
 - One folder holds several splits; `index.json` is rewritten atomically after each split's
   memmap is complete (written under a temporary name, then renamed), so an interrupted run
-  never leaves an index pointing at half a file.
+  never leaves an index pointing at half a file. A split's files are one unit: before its
+  `.f16` and `.scenes.jsonl` are replaced, the index is rewritten without the split, and
+  only after both are in place with it, so a kill in between leaves a split that readers
+  refuse ("no split"), never new features beside the old image ids.
 - A cache records the teacher and image size it was made with; `FeatureCacheDataset.check`
   refuses a model config that disagrees, naming both values.
 - Items mirror the image datasets' (`index`, `image_id`, `n_objects`, `scene`) plus `feats`
@@ -115,6 +118,12 @@ def write_features(
     memmap.flush()
     shape = list(memmap.shape)
     del memmap
+    # The split's files are replaced while the index does not list the split, so a kill
+    # between the two replacements leaves a split readers refuse, never one whose features
+    # and image ids come from two writes (module docstring).
+    if split in index.get("splits", {}):
+        del index["splits"][split]
+        atomic_write_text(out / INDEX_FILE, json.dumps(index, indent=1))
     os.replace(tmp, final)
     atomic_write_text(out / f"{split}.scenes.jsonl", "".join(json.dumps(s) + "\n" for s in scenes))
     index.update(
