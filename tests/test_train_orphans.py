@@ -68,6 +68,8 @@ def test_kill9_with_loader_workers_resumes_at_once_and_leaves_no_process(clevr, 
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         killed = time.monotonic()
+        RunLock(out).acquire().release()  # free at once: it went with the trainer
+        assert time.monotonic() - killed < 2
         done = ckpt.load_resumable(out).state["step"]
         # The resume starts at once: the lock went with the trainer, not with its workers.
         train(config(clevr, 100_000, "train.num_workers=0"), out, progress=False, stop_at=done + 1)

@@ -113,7 +113,12 @@ def load_run(folder: RunFolder) -> RunData:
         sorted((analysis_dir / "figures").glob("*.png")) if analysis_whole else []
     )
     grammar_pngs = (
-        sorted(folder.grammar_dir.rglob("*.png"))
+        sorted(
+            p
+            for p in folder.grammar_dir.rglob("*.png")
+            # not what a cut-off writer left in its hidden staging folder
+            if not any(part.startswith(".") for part in p.relative_to(folder.grammar_dir).parts)
+        )
         if grammar_whole and folder.grammar_dir.is_dir()
         else []
     )
