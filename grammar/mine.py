@@ -28,6 +28,10 @@ Design decisions
   a run of 70,000 programs has millions of 4-grams seen once, which would dominate both the
   file and the time to write it); `summary.json` keeps the full type counts. Set it to 1 for
   every n-gram.
+- A corpus' files (and an experiment's comparison) are one unit (`strop.output_unit`):
+  written aside and moved in together once all are written, so a mine killed midway leaves
+  the previous results whole, never files of two corpora side by side; every output folder
+  is checked writable before the first corpus is mined.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from grammar.pcfg import parse_program, pcfg_text, production_probs
 from grammar.perplexity import heldout_perplexity
 from grammar.repair import Grammar, repair
 from grammar.zipf import zipf_fit
+from strop.output_unit import OutputUnit
 
 if TYPE_CHECKING:
     from rich.progress import Progress as RichProgress
@@ -336,6 +341,21 @@ def _pair_summary(table: PairTable, cfg: MineConfig) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- files
 
+#: One corpus' results, written and replaced as one unit (`strop.output_unit`).
+UNIT = "mine"
+RUN_FILES = (
+    "summary.json",
+    "ngrams.tsv",
+    "pairs.tsv",
+    "rules.txt",
+    "grammar.pcfg",
+    "rank_frequency.png",
+)
+#: An experiment's comparison over its corpora, one unit of its own.
+COMPARISON_UNIT = "mine-comparison"
+COMPARISON_FILES = ("grammar_comparison.md", "figures/rank_frequency.png")
+COMMAND = "strop-grammar mine"
+
 
 def write_outputs(result: MineResult, out_dir: Path, cfg: MineConfig) -> None:
     """summary.json, ngrams.tsv, pairs.tsv, rules.txt, grammar.pcfg (and a spot-check parse)."""
@@ -396,23 +416,37 @@ def mine_path(
 
     cfg = MineConfig(max_n=max_n, seed=seed, null_replicates=null_replicates, **overrides)
     sources, experiment = discover(path, out, k)
-    summaries, curves = [], {}
-    with _progress(progress, len(sources)) as report:
-        for source in sources:
-            report.start(source.name)
-            corpus = source.load()
-            result = mine_corpus(corpus, cfg, report.step)
-            result.summary["output_dir"] = str(source.out_dir)
-            write_outputs(result, source.out_dir, cfg)
-            summaries.append(result.summary)
-            curves[source.name] = result.curves
-            report.done()
+    units = [OutputUnit(s.out_dir, UNIT, RUN_FILES, COMMAND) for s in sources]
+    base = Path(out) if out is not None else Path(path)
     if experiment:
-        base = Path(out) if out is not None else Path(path)
-        atomic_write_text(base / "grammar_comparison.md", comparison_markdown(summaries))
-        plot_rank_frequency(curves, base / "figures" / "rank_frequency.png")
-    else:
-        plot_rank_frequency(curves, sources[0].out_dir / "rank_frequency.png")
+        units.append(OutputUnit(base, COMPARISON_UNIT, COMPARISON_FILES, COMMAND))
+    summaries, curves = [], {}
+    try:
+        for unit in units:  # every output folder is writable, before any work
+            unit.open()
+        with _progress(progress, len(sources)) as report:
+            for source, unit in zip(sources, units, strict=False):
+                report.start(source.name)
+                corpus = source.load()
+                result = mine_corpus(corpus, cfg, report.step)
+                result.summary["output_dir"] = str(source.out_dir)
+                write_outputs(result, unit.staging, cfg)
+                if not experiment:
+                    plot_rank_frequency(
+                        {source.name: result.curves}, unit.staging / "rank_frequency.png"
+                    )
+                unit.commit()
+                summaries.append(result.summary)
+                curves[source.name] = result.curves
+                report.done()
+        if experiment:
+            staging = units[-1].staging
+            atomic_write_text(staging / "grammar_comparison.md", comparison_markdown(summaries))
+            plot_rank_frequency(curves, staging / "figures" / "rank_frequency.png")
+            units[-1].commit()
+    finally:
+        for unit in units:
+            unit.abort()  # a committed unit has nothing left to remove
     if progress:
         print_comparison(summaries)
     return summaries

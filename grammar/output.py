@@ -8,13 +8,12 @@ Design decisions
 - A value that is not defined (no null tests on a tiny corpus) is an empty field.
 - n-gram strings are joined in Arrow (`binary_join_element_wise`), not in Python: a run has
   millions of distinct 4-grams and a Python loop would dominate the whole `mine`.
-- Files are written to a temporary name and renamed, like every file of the run folder.
+- Files are written to a temporary name and renamed, like every file of the run folder, and
+  get the umask's ordinary permissions (`atomic_write`; a bare temporary file is 0600).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import pyarrow.csv as pacsv
 
 from grammar.ngrams import NgramCounts
 from grammar.pairs import PairTable
+from strop.scenes import atomic_write
 
 NGRAM_COLUMNS = ("n", "ngram", "count", "doc_freq")
 PAIR_COLUMNS = ("pair", "kind", "count", "pmi", "llr", "q_value", "npmi", "expected_null", "q_null")
@@ -39,10 +39,8 @@ def _join_codes(matrix: np.ndarray) -> pa.Array:
 
 def _write_tsv(path: Path, table: pa.Table) -> None:
     """Header line written by hand: Arrow's writer quotes header names even with quoting off."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
             handle.write(("\t".join(table.column_names) + "\n").encode())
             if table.num_rows:
@@ -50,10 +48,8 @@ def _write_tsv(path: Path, table: pa.Table) -> None:
                     include_header=False, delimiter="\t", quoting_style="none"
                 )
                 pacsv.write_csv(table, handle, write_options=options)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def _floats(values: np.ndarray | None, n: int) -> pa.Array:

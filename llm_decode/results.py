@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
+from strop.output_unit import check_writable
 from strop.runs import RunFolderError, read_json, read_jsonl, write_json
 
 RESULTS_FILE = "results.jsonl"
@@ -129,6 +130,8 @@ def claim_folder(parent: Path, name: str, identity: dict[str, Any]) -> Path:
         folder = parent / candidate
         found = stored_identity(folder)
         if found is None or found == wanted:
+            # A run folder that cannot be written fails here, before any request is sent.
+            check_writable(folder / RESULTS_FILE)
             if not (folder / IDENTITY_FILE).is_file():
                 write_json(folder / IDENTITY_FILE, wanted)
             return folder

@@ -98,3 +98,45 @@ class _Renamed(PixelTeacher):
     def __init__(self) -> None:
         super().__init__(8)
         self.teacher_name = "random-vit"
+
+
+def test_a_split_rewritten_halfway_is_never_read_as_a_mix(synth_clevr_ro, tmp_path):
+    """Rewriting a split replaces its .f16, its scenes and the index: a write cut off between
+    them used to leave new features beside the old image ids. A real OS error (an immutable
+    file, `chattr +i`, which stops root too) cuts the write at each point."""
+    import subprocess
+
+    from strop.model.feature_cache import write_features
+
+    out = tmp_path / "cache"
+    val = build_dataset(synth_clevr_ro, "val", 32)
+    write_features(val, PixelTeacher(8), out, "val", 32, progress=False)
+    before = FeatureCacheDataset(out, "val")
+    old = [(before[i]["image_id"], before[i]["feats"]) for i in range(len(before))]
+    train = build_dataset(synth_clevr_ro, "train", 32)
+    other = torch.utils.data.Subset(train, range(len(val)))  # same size, other images
+
+    def chattr(flag: str, path) -> bool:
+        return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+    if not chattr("+i", out / "index.json"):
+        pytest.skip("chattr +i is not available here")
+    try:  # the index cannot be rewritten: the split must stay the old one, whole
+        with pytest.raises(OSError):
+            write_features(other, PixelTeacher(8), out, "val", 32, progress=False)
+    finally:
+        chattr("-i", out / "index.json")
+    after = FeatureCacheDataset(out, "val")
+    for i, (image_id, feats) in enumerate(old):
+        assert after[i]["image_id"] == image_id and torch.equal(after[i]["feats"], feats)
+
+    chattr("+i", out / "val.f16")
+    try:  # the features cannot be replaced: the split is refused, not read as a mix
+        with pytest.raises(OSError):
+            write_features(other, PixelTeacher(8), out, "val", 32, progress=False)
+    finally:
+        chattr("-i", out / "val.f16")
+    with pytest.raises(FeatureCacheError, match=r"no split 'val'"):
+        FeatureCacheDataset(out, "val")
+    write_features(other, PixelTeacher(8), out, "val", 32, progress=False)
+    assert FeatureCacheDataset(out, "val")[0]["image_id"] == train[0]["image_id"]

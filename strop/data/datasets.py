@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,8 @@ def load_image(source: str | os.PathLike[str] | bytes, size: int, *, where: str)
     `where` names the item in errors, e.g. "data/x.png: index 3".
     """
     try:
-        handle = io.BytesIO(source) if isinstance(source, bytes) else source
-        with Image.open(handle) as opened:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else open_regular(source, where)
+        with handle, Image.open(handle) as opened:
             rgb = to_rgb(opened, where)
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
@@ -82,6 +83,35 @@ def load_image(source: str | os.PathLike[str] | bytes, size: int, *, where: str)
             raise
         raise DataError(f"{where} field image: cannot decode image ({exc})") from None
     return torch.from_numpy(arr / 255.0).permute(2, 0, 1).contiguous()
+
+
+def open_regular(path: str | os.PathLike[str], where: str) -> io.BufferedReader:
+    """Open `path` for reading only if it is a regular file: opening a named pipe blocks
+    until a writer comes (forever, in `inspect --check-all` or a training loader), and a
+    device never ends. The open itself does not block (`O_NONBLOCK`); the check is on the
+    opened file, so nothing can be swapped in between."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DataError(f"{where} field image: not a regular file ({file_kind(mode)})")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words, from its `st_mode`."""
+    kinds = (
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
 
 
 #: PIL modes whose pixels are 16-bit integers (PNG, TIFF), scaled to 8 bits by 257.
@@ -112,15 +142,26 @@ def to_rgb(im: Image.Image, where: str) -> Image.Image:
 
 
 def _list_images(folder: Path, recursive: bool) -> list[Path]:
+    """Image files under `folder`, sorted; an image name that is not a regular file (a named
+    pipe, a device) is an error naming it, not an image to skip or to block on."""
     try:
         pattern = folder.rglob("*") if recursive else folder.iterdir()
-        return sorted(
-            p
-            for p in pattern
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-        )
+        named = [
+            p for p in pattern if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        ]
+        odd = [p for p in named if not p.is_file() and not p.is_dir()]
     except OSError as exc:
         raise DataError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
+    if odd:
+        raise DataError(f"{odd[0]}: field image: not a regular file ({_kind_of(odd[0])})")
+    return sorted(p for p in named if p.is_file())
+
+
+def _kind_of(path: Path) -> str:
+    try:
+        return file_kind(path.stat().st_mode)
+    except OSError as exc:
+        return exc.strerror or "unreadable"
 
 
 # --------------------------------------------------------------------------- CLEVR folders
@@ -176,12 +217,24 @@ class ClevrDataset(Dataset):
         self.n_objects_list = [s.n_objects for s in self.scenes] or [-1] * len(self.files)
 
     def _check_present(self) -> None:
+        """Every image a scene names is in the folder and is a regular file. `scandir` knows
+        each entry's type from the listing itself, so this costs no stat per image."""
         try:
-            present = set(os.listdir(self.image_dir))
+            with os.scandir(self.image_dir) as entries:
+                kinds = {e.name: e.is_file() for e in entries}
         except OSError as exc:
             raise DataError(
                 f"{self.image_dir}: cannot list the split folder ({exc.strerror or exc})"
             ) from None
+        odd = [i for i, f in enumerate(self.files) if kinds.get(f.name) is False]
+        if odd:
+            path = self.files[odd[0]]
+            kind = _kind_of(path)
+            raise DataError(
+                f"{path}: index {odd[0]} field image: not a regular file ({kind}); "
+                f"{len(odd)} of {len(self.files)} images are not"
+            )
+        present = set(kinds)
         missing = [i for i, f in enumerate(self.files) if f.name not in present]
         if missing:
             first = missing[0]

@@ -66,12 +66,24 @@ def split_counts(n: int, splits: Sequence[float]) -> dict[str, int]:
     return dict(zip(SPLIT_NAMES, counts, strict=True))
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Read once at import: `os.umask` can only be read by setting it, which is not thread-safe
+#: (render workers are processes, but a caller may be threaded).
+_UMASK = _current_umask()
+
+
 def write_png(path: Path, image: np.ndarray, compress_level: int = 1) -> None:
     """Write a PNG through a temporary name, so an interrupted run leaves no torn file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             Image.fromarray(image).save(handle, format="PNG", compress_level=compress_level)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # what a plain open() gives (mkstemp's is 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

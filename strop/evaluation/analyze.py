@@ -19,6 +19,9 @@ Design decisions
   for a run trained with `curriculum.length_mode=fixed`.
 - Code-reuse statistics use the exported `programs.parquet` when it exists (the whole split),
   else the analysed images' programs; `source` says which.
+- `RUN/analysis/` is one unit (`strop.output_unit`): written aside and moved in whole, so a
+  kill midway never leaves a new analysis.json beside an older run's figures, and figures of
+  an older analysis (erasure panels of other images) do not stay beside a newer one.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from strop.evaluation.object_masks import (
     object_label_map,
     pixel_frame,
 )
+from strop.output_unit import OutputUnit
 from strop.runs import RunFolder, RunFolderError, write_json
 from strop.scenes import SHAPES, Scene, parse_scene
 
@@ -228,6 +232,11 @@ def _vocab_order(attr: str):
 # --------------------------------------------------------------------------- driver
 
 
+#: `RUN/analysis/` is one unit (`strop.output_unit`): analysis.json and every figure beside it.
+UNIT = "analyze"
+ANALYSIS_FILES = ("analysis.json", "figures/")
+
+
 def analyze_run(
     run_dir: str | os.PathLike[str],
     split: str = "val",
@@ -242,13 +251,47 @@ def analyze_run(
 ) -> dict[str, Any]:
     """Analyse the first `n_images` of `split`; writes RUN/analysis/ and returns analysis.json's dict."""
     run = RunFolder(Path(run_dir))
+    unit = OutputUnit(run.path / "analysis", UNIT, ANALYSIS_FILES, f"strop analyze {run.path}")
+    unit.open()  # a folder that cannot be written fails here, before the model loads
+    try:
+        result = _analyze(
+            run,
+            unit.staging,
+            split,
+            n_images,
+            data,
+            n_random_pairs,
+            seed,
+            device,
+            checkpoint,
+            n_panels,
+            progress,
+        )
+        unit.commit()
+    finally:
+        unit.abort()
+    return result
+
+
+def _analyze(
+    run: RunFolder,
+    out_dir: Path,
+    split: str,
+    n_images: int,
+    data: str | os.PathLike[str] | None,
+    n_random_pairs: int,
+    seed: int,
+    device: str,
+    checkpoint: str,
+    n_panels: int,
+    progress: bool,
+) -> dict[str, Any]:
     model, cfg, dev = load_run_model(run.path, checkpoint, device)
     root = dataset_path(run.path, cfg, data)
     mc = cfg.model
     gh, gw = model.grid
     grid = (int(gh), int(gw))
     loader = make_loader(root, split, mc.image_size, batch_size=min(16, n_images), limit=n_images)
-    out_dir = run.path / "analysis"
     fig_dir = out_dir / "figures"
     rng = np.random.default_rng(seed)
     acc = Accumulator()

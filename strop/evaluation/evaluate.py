@@ -46,6 +46,7 @@ from strop.evaluation.export import (
     parse_length_mode,
     progress_batches,
 )
+from strop.output_unit import check_writable
 from strop.runs import RunFolder
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ def evaluate_run(
     parse_length_mode(length_mode)  # a bad value fails before the model loads
     run = RunFolder(Path(run_dir))
     model, cfg, dev = load_run_model(run.path, checkpoint, device)
+    if write:
+        check_writable(run.eval_path)  # before the encode, not after it
     mode = parse_length_mode(length_mode, cfg.curriculum.length_mode)
     mc = cfg.model
     loader = make_loader(dataset_path(run.path, cfg, data), split, mc.image_size, batch_size, limit)

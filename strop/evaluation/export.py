@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from strop.output_unit import check_writable, shown
 from strop.runs import Programs, RunFolder, write_programs
 
 if TYPE_CHECKING:
@@ -274,15 +275,19 @@ def export_programs(
         raise ValueError(f"export: --split {split!r} names no split")
     run = RunFolder(Path(run_dir))
     model, cfg, dev = load_run_model(run.path, checkpoint, device)
+    target = Path(out) if out else run.programs_path
+    check_writable(target)  # before the encode, not after it
     mode = parse_length_mode(length_mode, cfg.curriculum.length_mode)
     root = dataset_path(run.path, cfg, data)
+    loaders = [make_loader(root, name, cfg.model.image_size, batch_size, limit) for name in splits]
+    for loader in loaders:
+        check_image_names(loader.dataset)
     codes: list[np.ndarray] = []
     image_id: list[str] = []
     split_of: list[str] = []
     n_objects: list[int] = []
     scenes: list[str | None] = []
-    for name in splits:
-        loader = make_loader(root, name, cfg.model.image_size, batch_size, limit)
+    for name, loader in zip(splits, loaders, strict=True):
         for batch in progress_batches(loader, f"export {run.name} {name} [{mode}]", progress):
             enc = encode_batch(
                 model, batch["image"].to(dev), mode, cfg.model.w_mse, cfg.model.l_min
@@ -311,4 +316,18 @@ def export_programs(
             "split": split,
         },
     )
-    return write_programs(Path(out) if out else run.programs_path, programs)
+    return write_programs(target, programs)
+
+
+def check_image_names(dataset: Any) -> None:
+    """Image ids are the file names' stems, stored as text: a name that is not UTF-8 is
+    refused before the encode, naming the file (its odd bytes escaped)."""
+    files = getattr(getattr(dataset, "dataset", dataset), "files", [])
+    for path in files:
+        try:
+            path.stem.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{shown(path)}: file name is not valid UTF-8 (image ids are stored as text); "
+                "rename the file"
+            ) from None

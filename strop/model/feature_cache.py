@@ -14,7 +14,10 @@ Design decisions
   teacher features are LayerNorm outputs of moderate range, well inside fp16.
 - One folder holds several splits; `index.json` is rewritten atomically after each split's
   memmap is complete (written under a temporary name, then renamed), so an interrupted run
-  never leaves an index pointing at half a file.
+  never leaves an index pointing at half a file. A split's files are one unit: before its
+  `.f16` and `.scenes.jsonl` are replaced, the index is rewritten without the split, and
+  only after both are in place with it, so a kill in between leaves a split that readers
+  refuse ("no split"), never new features beside the old image ids.
 - A cache records the teacher and image size it was made with; `FeatureCacheDataset.check`
   refuses a model config that disagrees, naming both values.
 - Items mirror the image datasets' (`index`, `image_id`, `n_objects`, `scene`) plus `feats`
@@ -69,6 +72,7 @@ def write_features(
 ) -> Path:
     """Run `teacher` over `dataset` once and store its patch tokens under `out`; returns the memmap."""
     from strop.data.datasets import collate
+    from strop.data.workers import parent_watch
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +89,13 @@ def write_features(
             f"feature cache: split {split!r} of {source or 'the dataset'} has no images"
         )
     teacher = teacher.to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate,
+        worker_init_fn=parent_watch() if num_workers > 0 else None,
+    )
     final = out / f"{split}.f16"
     tmp = out / f".{split}.f16.tmp"
     memmap: np.memmap | None = None
@@ -108,6 +118,12 @@ def write_features(
     memmap.flush()
     shape = list(memmap.shape)
     del memmap
+    # The split's files are replaced while the index does not list the split, so a kill
+    # between the two replacements leaves a split readers refuse, never one whose features
+    # and image ids come from two writes (module docstring).
+    if split in index.get("splits", {}):
+        del index["splits"][split]
+        atomic_write_text(out / INDEX_FILE, json.dumps(index, indent=1))
     os.replace(tmp, final)
     atomic_write_text(out / f"{split}.scenes.jsonl", "".join(json.dumps(s) + "\n" for s in scenes))
     index.update(

@@ -16,10 +16,12 @@ Design decisions
   file over it is honoured. Resuming (`load_resumable`) reads `last.pt`, and when it is
   missing or unloadable falls back through the step files, newest first, saying which files
   it skipped and why; nothing loadable left is an error naming every file, never a silent
-  fresh start. Run folders written before this change (hard-linked names, or `last.pt`
-  alone) read the same way.
-- A failed write (disk full) is a `CheckpointError` naming the folder and the step; the
-  previous checkpoint stays as it was.
+  fresh start. A checkpoint whose weights do not fit the run's model (another K's `last.pt`
+  copied in) is skipped the same way, saying why in one line, never a state_dict dump. Run
+  folders written before this change (hard-linked names, or `last.pt` alone) read the same
+  way.
+- A failed write (disk full) is a `CheckpointError` naming the folder and the step, and
+  saying which previous checkpoint stays as it was, or that there is none yet.
 - Load errors name the file and say what is wrong in our words: torch's own message for a
   refused pickle advises `weights_only=False`, which would run the file's code; it is never
   quoted.
@@ -37,6 +39,7 @@ import random
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,6 +85,7 @@ def save_checkpoint(
     """Write `state` as `step-NNNNNNN.pt` and `last.pt` (two files, each atomic); prune to
     `keep` step files. A failed write raises `CheckpointError`; the previous files stay."""
     folder = checkpoints_dir(run_dir)
+    previous = candidates(run_dir)  # what a failed write leaves the run with
     tmp = step_tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -108,9 +112,14 @@ def save_checkpoint(
         cause = _os_error(exc)  # torch.save reports a failed write as a RuntimeError
         if cause is None:
             raise
+        kept = (
+            f"the previous checkpoint ({previous[0].name}) is intact"
+            if previous
+            else "no checkpoint was written yet"
+        )
         raise CheckpointError(
             f"{folder}: cannot write the checkpoint of step {step} "
-            f"({cause.strerror or type(cause).__name__}); the previous checkpoint is intact"
+            f"({cause.strerror or type(cause).__name__}); {kept}"
         ) from None
     _fsync_dir(folder)
     for _, old in list_steps(run_dir)[: -keep if keep > 0 else None]:
@@ -231,16 +240,28 @@ class Resumable:
         return text
 
 
-def load_resumable(run_dir: str | os.PathLike[str], map_location: Any = "cpu") -> Resumable:
-    """The first loadable of `candidates(run_dir)`; `CheckpointError` naming every file when
-    none loads (a damaged run is never silently restarted)."""
+def load_resumable(
+    run_dir: str | os.PathLike[str],
+    map_location: Any = "cpu",
+    fits: Callable[[dict[str, Any]], None] | None = None,
+) -> Resumable:
+    """The first loadable of `candidates(run_dir)` that `fits` accepts (it raises ValueError
+    saying why a state does not fit the run's model, e.g. another K's `last.pt` copied in);
+    `CheckpointError` naming every file when none does (a damaged run is never silently
+    restarted)."""
     skipped: list[str] = []
     files = candidates(run_dir)
     for path in files:
         try:
             state = load_checkpoint(path, map_location)
+            if fits is not None:
+                fits(state)
         except CheckpointError as exc:
             skipped.append(str(exc).replace(f"{path}: ", f"{path.name}: ", 1))
+            continue
+        except ValueError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            skipped.append(f"{path.name}: weights do not fit this run's model ({first})")
             continue
         step = int(state["step"])
         newer = [p.name for s, p in list_steps(run_dir) if s > step and path.name == LAST]

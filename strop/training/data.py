@@ -14,6 +14,8 @@ Design decisions
   cannot be loaded (missing, unreadable or empty) turns validation off loudly, never
   silently: `val_loader` returns the reason, which the trainer logs as a warning and writes
   to `metrics.jsonl` as a `{"event": "validation_off", "reason": ...}` row.
+- Workers die with the trainer (`strop.data.workers.parent_watch`): a worker orphaned by a
+  `kill -9` of the trainer used to live on.
 - A dataset error inside a DataLoader worker (a corrupt image) reaches the caller as the
   worker's own one-line `DataError`, naming the file, not torch's wrapped traceback.
 """
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from strop.data.workers import parent_watch
 from strop.training import distributed as distr
 from strop.training.config import ConfigError, RunConfig
 
@@ -120,6 +123,7 @@ class TrainData:
             persistent_workers=t.num_workers > 0,
             collate_fn=collate,
             generator=self.generator,
+            worker_init_fn=parent_watch() if t.num_workers > 0 else None,
         )
         self.epoch = 0
         self.batch_in_epoch = 0

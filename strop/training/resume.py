@@ -7,7 +7,8 @@ Design decisions
   logging, validation and checkpoint cadence, workers, device, compilation, data locations);
   any other difference fails with one sentence naming the first field and its two values.
 - An accepted difference rewrites `config.json` (rank 0), so the folder describes the run as
-  it now continues.
+  it now continues, but only after the resume succeeded (`record_config`): a resume that
+  fails (no checkpoint fits) leaves the folder as it was.
 """
 
 from __future__ import annotations
@@ -51,9 +52,17 @@ def resolve_config(run: RunFolder, cfg: RunConfig, is_main: bool) -> RunConfig:
             f"{run.config_path}: cannot resume with {key}={new!r}, the run was started "
             f"with {old!r} ({len(fixed)} such difference(s)); use a new --out folder"
         )
-    if diffs and is_main:
-        run.write_config(cfg.model_dump(mode="json"))
     return cfg
+
+
+def record_config(run: RunFolder, cfg: RunConfig, is_main: bool) -> None:
+    """Write `cfg` to config.json (rank 0) when it differs from what is there: call it once
+    the run has resumed (or started), so a failed resume rewrites nothing."""
+    if not is_main:
+        return
+    wanted = cfg.model_dump(mode="json")
+    if not run.config_path.is_file() or load_run_config(run.path).model_dump(mode="json") != wanted:
+        run.write_config(wanted)
 
 
 def config_diff(

@@ -66,7 +66,7 @@ from torch import nn
 from strop.model import losses
 from strop.model.interpreter import prefix_mask
 from strop.model.network import GenOut, Strop
-from strop.runs import RunFolder, RunLock
+from strop.runs import RunFolder, RunFolderError, RunLock, discover_runs, is_run_folder
 from strop.training import checkpoint as ckpt
 from strop.training import curriculum as cur
 from strop.training import data as train_data
@@ -75,7 +75,7 @@ from strop.training.config import RunConfig
 from strop.training.curriculum import OracleState, TargetBank
 from strop.training.log import MetricLog, ProgressBar, StepResult
 from strop.training.optim import build_optimizer, build_scheduler, lr_factor
-from strop.training.resume import resolve_config
+from strop.training.resume import record_config, resolve_config
 
 __all__ = [
     "ForwardResult",
@@ -252,6 +252,7 @@ class Trainer:
         self.step = 0  # steps completed
         self.metrics = MetricLog(self.run, write=self.dist.is_main)
         self._resume()
+        record_config(self.run, self.cfg, self.dist.is_main)  # only once the resume worked
         if val_off:
             logger.warning("validation off: %s", val_off)
             self.metrics.event(self.step, "validation_off", reason=val_off)
@@ -298,9 +299,12 @@ class Trainer:
             if self.dist.is_main:
                 self._note(self.metrics.start_afresh())
             return
-        found = ckpt.load_resumable(self.run.path, "cpu")
+        # The weights are checked (and loaded) as each candidate is tried, so a checkpoint of
+        # another model is skipped, naming why, for the newest one that fits.
+        found = ckpt.load_resumable(
+            self.run.path, "cpu", fits=lambda st: self.model.load_state_dict_checked(st["model"])
+        )
         state = found.state
-        self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.oracle = OracleState.from_dict(state["curriculum"]["oracle"])
@@ -612,7 +616,9 @@ def train(
     `stop_at` ends this call at that step with a checkpoint, as an interruption would, without
     changing the schedule (which follows `cfg.train.steps`). The run folder is locked for the
     call (`strop.runs.RunLock`): a second training into it fails at once, naming this pid.
+    A folder that holds runs (an experiment) is refused: a run inside it would hide them.
     """
+    refuse_experiment_folder(Path(out_dir))
     # One training per run folder: rank 0 holds the lock (the other ranks only read).
     lock = RunLock(out_dir) if int(os.environ.get("RANK", "0")) == 0 else None
     if lock is not None:
@@ -628,3 +634,17 @@ def train(
         distr.cleanup()
         if lock is not None:
             lock.release()
+
+
+def refuse_experiment_folder(path: Path) -> None:
+    """`RunFolderError` when `path` is not a run but holds runs (an experiment folder):
+    training into it would make it one run, and `report` would then see that run alone."""
+    if not path.is_dir() or is_run_folder(path):
+        return
+    runs = discover_runs(path)
+    if runs:
+        names = ", ".join(r.name for r in runs)
+        raise RunFolderError(
+            f"{path}: holds runs ({names}), so it is an experiment folder, not a run; "
+            f"train into a folder of its own, e.g. --out {path / 'k<K>'}"
+        )

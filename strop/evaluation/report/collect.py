@@ -8,17 +8,21 @@ Design decisions
 - An unreadable file is recorded in `RunData.problems` (shown as notes under "Runs"), never
   raised; a missing one simply leaves its field empty, and the section that needs it says
   which command produces it.
+- A tool's output folder left incomplete (`strop.output_unit`: `analysis/`, `grammar/`) is
+  a problem, and none of its files is shown: they may mix two results.
 - Grammar figures are ordered with the rank-frequency plot first: it is the one the report
   is meant to show.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from strop.evaluation.report.document import DASH
+from strop.output_unit import require_complete
 from strop.runs import Programs, RunFolder, RunFolderError, read_json
 
 
@@ -59,6 +63,16 @@ class RunData:
         )
 
 
+def complete(folder: Path, unit: str, attempt: Callable[[str, Callable[[], Any]], Any]) -> bool:
+    """Whether `folder`'s output unit is whole; an incomplete one is recorded as a problem."""
+
+    def check() -> bool:
+        require_complete(folder, unit)
+        return True
+
+    return attempt(f"{folder.name}/", check) is True
+
+
 def load_run(folder: RunFolder) -> RunData:
     """Read what exists; an unreadable file is recorded in `problems`, not raised."""
     data = RunData(folder)
@@ -77,10 +91,14 @@ def load_run(folder: RunFolder) -> RunData:
     if folder.programs_path.is_file():
         data.programs = attempt("programs.parquet", folder.read_programs)
     data.metrics = attempt("metrics.jsonl", folder.read_metrics) or []
-    analysis = folder.path / "analysis" / "analysis.json"
-    if analysis.is_file():
-        data.analysis = attempt("analysis/analysis.json", lambda: read_json(analysis))
-    if (folder.grammar_dir / "summary.json").is_file():
+    analysis_dir = folder.path / "analysis"
+    analysis_whole = complete(analysis_dir, "analyze", attempt)
+    if analysis_whole and (analysis_dir / "analysis.json").is_file():
+        data.analysis = attempt(
+            "analysis/analysis.json", lambda: read_json(analysis_dir / "analysis.json")
+        )
+    grammar_whole = complete(folder.grammar_dir, "mine", attempt)
+    if grammar_whole and (folder.grammar_dir / "summary.json").is_file():
         data.grammar = attempt(
             "grammar/summary.json", lambda: read_json(folder.grammar_dir / "summary.json")
         )
@@ -91,8 +109,19 @@ def load_run(folder: RunFolder) -> RunData:
             )
             if summary is not None:
                 data.llm[sub.name] = summary
-    data.figures["analysis"] = sorted((folder.path / "analysis" / "figures").glob("*.png"))
-    grammar_pngs = sorted(folder.grammar_dir.rglob("*.png")) if folder.grammar_dir.is_dir() else []
+    data.figures["analysis"] = (
+        sorted((analysis_dir / "figures").glob("*.png")) if analysis_whole else []
+    )
+    grammar_pngs = (
+        sorted(
+            p
+            for p in folder.grammar_dir.rglob("*.png")
+            # not what a cut-off writer left in its hidden staging folder
+            if not any(part.startswith(".") for part in p.relative_to(folder.grammar_dir).parts)
+        )
+        if grammar_whole and folder.grammar_dir.is_dir()
+        else []
+    )
     # the rank-frequency plot first: it is the one the report is meant to show
     data.figures["grammar"] = sorted(grammar_pngs, key=lambda p: ("rank" not in p.name, p.name))
     return data
