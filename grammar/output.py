@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 
 from grammar.ngrams import NgramCounts
 from grammar.pairs import PairTable
-from strop.scenes import atomic_write
+from strop.atomic import atomic_write
 
 NGRAM_COLUMNS = ("n", "ngram", "count", "doc_freq")
 PAIR_COLUMNS = ("pair", "kind", "count", "pmi", "llr", "q_value", "npmi", "expected_null", "q_null")
