@@ -120,6 +120,7 @@ def test_strop_top_level_reads_like_the_method():
         "cli.py",
         "cli_app.py",
         "atomic.py",
+        "devices.py",
         "scenes.py",
         "runs.py",
         "metrics.py",
