@@ -51,9 +51,10 @@ def mine(
 
     from grammar.corpus import CorpusError
     from grammar.mine import mine_path
+    from grammar.ngrams import MaxNError
     from strop.runs import RunFolderError
 
-    with exit_on(usage=(ValidationError,), failed=(CorpusError, RunFolderError)):
+    with exit_on(usage=(ValidationError, MaxNError), failed=(CorpusError, RunFolderError)):
         summaries = mine_path(
             path,
             out=out,

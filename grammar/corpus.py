@@ -36,6 +36,9 @@ from strop.runs import (
     read_programs,
 )
 
+#: Largest code (and K) a corpus may hold: codes are int32 in `programs.parquet`.
+MAX_CODE = 2**31 - 1
+
 
 class CorpusError(ValueError):
     """A corpus that cannot be mined; the message is one line naming file, row and field."""
@@ -252,6 +255,11 @@ def _parse_int(token: str, path: Path, lineno: int, field: str) -> int:
         ) from None
     if value < 0:
         raise CorpusError(f"{path}: line {lineno} field {field}: negative code {value}")
+    if value > MAX_CODE:
+        raise CorpusError(
+            f"{path}: line {lineno} field {field}: {value} is larger than {MAX_CODE} "
+            "(codes are 32-bit, as in programs.parquet)"
+        )
     return value
 
 

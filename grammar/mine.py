@@ -46,9 +46,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from grammar import __version__
-from grammar.corpus import Corpus, discover
+from grammar.corpus import Corpus, CorpusError, discover
 from grammar.ngrams import (
     NgramCounts,
+    check_packable,
     code_position_mi,
     codebook_stats,
     count_all,
@@ -415,6 +416,9 @@ def mine_path(
     from strop.atomic import atomic_write_text
 
     cfg = MineConfig(max_n=max_n, seed=seed, null_replicates=null_replicates, **overrides)
+    packed = max(cfg.max_n, 2)  # pairs are counted as packed bigrams whatever max_n says
+    if k is not None:
+        check_packable(k, packed)  # a --k and --max-n that cannot work: refused before reading
     sources, experiment = discover(path, out, k)
     units = [OutputUnit(s.out_dir, UNIT, RUN_FILES, COMMAND) for s in sources]
     base = Path(out) if out is not None else Path(path)
@@ -428,9 +432,16 @@ def mine_path(
             for source, unit in zip(sources, units, strict=False):
                 report.start(source.name)
                 corpus = source.load()
+                check_packable(corpus.k, packed)
                 result = mine_corpus(corpus, cfg, report.step)
                 result.summary["output_dir"] = str(source.out_dir)
-                write_outputs(result, unit.staging, cfg)
+                try:
+                    write_outputs(result, unit.staging, cfg)
+                except OSError as exc:  # a full disk, a file-size limit: one line naming it
+                    why = exc.strerror or str(exc).split("] ")[-1]
+                    raise CorpusError(
+                        f"{source.out_dir}: cannot write the results ({why})"
+                    ) from None
                 if not experiment:
                     plot_rank_frequency(
                         {source.name: result.curves}, unit.staging / "rank_frequency.png"

@@ -86,10 +86,15 @@ def unique_counts(keys: np.ndarray, presorted: bool = False) -> tuple[np.ndarray
     return keys[first], np.diff(np.append(first, keys.size))
 
 
+class MaxNError(CorpusError):
+    """`--max-n` too large for the corpus' K: a wrong command line, not failed work."""
+
+
 def check_packable(k: int, n: int) -> None:
+    """n-grams over K codes are packed into one int64 key; K^n must fit."""
     if k**n > _INT64_MAX:
-        raise CorpusError(
-            f"cannot pack {n}-grams over K={k} into int64 (K^n > 2^63); lower --max-n"
+        raise MaxNError(
+            f"--max-n {n} over K={k}: {n}-grams do not fit an int64 key (K^n > 2^63); lower --max-n"
         )
 
 

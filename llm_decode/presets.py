@@ -20,6 +20,7 @@ Design decisions
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -153,7 +154,16 @@ def resolve_model(name: str, served_id: str | None = None) -> ModelPreset:
     return replace(preset, served_id=served_id) if served_id else preset
 
 
+#: Longest folder name `folder_name` returns: file systems stop at 255 bytes, and the
+#: results folder may still get a `-<backend>` and a `-<8 hex>` suffix.
+MAX_FOLDER_NAME = 100
+
+
 def folder_name(name: str) -> str:
-    """A filesystem-safe folder name for a model (`org/model` -> `org--model`)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("/", "--")).strip("-.")
-    return safe or "model"
+    """A filesystem-safe folder name for a model (`org/model` -> `org--model`); a longer name
+    is cut and given 8 hex of its hash, so two long names stay apart."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("/", "--")).strip("-.") or "model"
+    if len(safe) > MAX_FOLDER_NAME:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        safe = f"{safe[: MAX_FOLDER_NAME - 9].rstrip('-.')}-{digest}"
+    return safe

@@ -279,7 +279,7 @@ def _print_summary(experiment: Path) -> None:
     ):
         table.add_column(col)
     for run in discover_runs(experiment):
-        ev = read_json(run.eval_path) if run.eval_path.is_file() else {}
+        ev = run.read_eval() if run.eval_path.is_file() else {}
         lvo = ev.get("length_vs_objects") or {}
 
         def mae(backend: str, run: RunFolder = run) -> str:

@@ -44,6 +44,8 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 LOCK_FILE = ".lock"
+#: `eval.json` fields that hold an object (or null); `RunFolder.read_eval` checks them.
+EVAL_OBJECT_FIELDS = ("length_vs_objects", "lpips_weights")
 _META_KEY = b"strop"
 
 
@@ -188,8 +190,35 @@ def write_programs(path: str | os.PathLike[str], programs: Programs) -> Path:
     return path
 
 
+def _read_meta(schema: Any, path: Path) -> dict[str, Any]:
+    """The run facts a programs file carries in its schema metadata (`strop`: a JSON object)."""
+    raw = (schema.metadata or {}).get(_META_KEY)
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise RunFolderError(f"{path}: schema metadata 'strop' is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise RunFolderError(
+            f"{path}: schema metadata 'strop': expected a JSON object, got {_kind(meta)}"
+        )
+    return meta
+
+
+def _codebook_size(meta: dict[str, Any], path: Path) -> int | None:
+    k = meta.get("codebook_size")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise RunFolderError(
+            f"{path}: schema metadata 'strop' field codebook_size: expected a positive "
+            f"integer, got {k!r}"[:200]
+        )
+    return k
+
+
 def read_programs(path: str | os.PathLike[str], codebook_size: int | None = None) -> Programs:
     """Read and validate a `programs.parquet`. `codebook_size` overrides the stored K."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -202,14 +231,28 @@ def read_programs(path: str | os.PathLike[str], codebook_size: int | None = None
         raise RunFolderError(f"{path}: not a readable Parquet file ({exc})") from None
     if "codes" not in table.column_names:
         raise RunFolderError(f"{path}: missing column 'codes'")
-    meta_raw = (table.schema.metadata or {}).get(_META_KEY)
-    meta: dict[str, Any] = json.loads(meta_raw) if meta_raw else {}
+    meta = _read_meta(table.schema, path)
     n = table.num_rows
+    codes_type = table.schema.field("codes").type
+    if not (
+        (pa.types.is_list(codes_type) or pa.types.is_large_list(codes_type))
+        and pa.types.is_integer(codes_type.value_type)
+    ):
+        # a float code would be truncated to an integer without a word: refuse it
+        raise RunFolderError(f"{path}: column codes is {codes_type}, expected lists of integers")
     codes_col = table.column("codes").combine_chunks()
     if codes_col.null_count:
         row = next(i for i, v in enumerate(codes_col.is_null().to_pylist()) if v)
         raise RunFolderError(f"{path}: row {row} field codes: missing")
     offsets = np.asarray(codes_col.offsets)
+    if codes_col.values.null_count:
+        at = int(np.flatnonzero(codes_col.values.is_null().to_numpy(zero_copy_only=False))[0])
+        row = int(np.searchsorted(offsets, at, side="right") - 1)
+        ids = table.column("image_id").to_pylist() if "image_id" in table.column_names else None
+        named = f" ({ids[row]})" if ids else ""
+        raise RunFolderError(
+            f"{path}: row {row}{named} field codes: null at position {at - int(offsets[row])}"
+        )
     flat = np.asarray(codes_col.values, dtype=np.int64)
     codes = [flat[offsets[i] : offsets[i + 1]] for i in range(n)]
 
@@ -225,7 +268,7 @@ def read_programs(path: str | os.PathLike[str], codebook_size: int | None = None
                 f"{path}: row {i} field length: {int(lengths[i])} but codes has {len(codes[i])} entries"
             )
     n_obj = np.array([-1 if v is None else v for v in column("n_objects", None)], dtype=np.int64)
-    k = codebook_size if codebook_size is not None else meta.get("codebook_size")
+    k = codebook_size if codebook_size is not None else _codebook_size(meta, path)
     programs = Programs(
         codes=codes,
         image_id=[str(v) for v in column("image_id", None)]
@@ -283,7 +326,14 @@ class RunFolder:
         write_json(self.config_path, config)
 
     def read_eval(self) -> dict[str, Any]:
-        return read_json(self.eval_path)
+        """`eval.json`; its nested blocks are objects (or null), as every reader expects."""
+        data = read_json(self.eval_path)
+        for key in EVAL_OBJECT_FIELDS:
+            if data.get(key) is not None and not isinstance(data[key], dict):
+                raise RunFolderError(
+                    f"{self.eval_path}: field {key}: expected an object, got {_kind(data[key])}"
+                )
+        return data
 
     def write_eval(self, metrics: dict[str, Any]) -> None:
         write_json(self.eval_path, metrics)
@@ -304,7 +354,16 @@ class RunFolder:
         append_jsonl(self.metrics_path, row)
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.metrics_path)
+        """`metrics.jsonl` rows; every row's `step` is a non-negative integer."""
+        rows = read_jsonl(self.metrics_path)
+        for i, row in enumerate(rows):
+            step = row.get("step")
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise RunFolderError(
+                    f"{self.metrics_path}: line {i + 1} field step: expected an integer, "
+                    f"got {step!r}"[:200]
+                )
+        return rows
 
     @property
     def config_codebook_size(self) -> int | None:
@@ -312,8 +371,19 @@ class RunFolder:
         if not self.config_path.is_file():
             return None
         cfg = self.read_config()
-        k = (cfg.get("model") or {}).get("k", cfg.get("k"))
-        return int(k) if k is not None else None
+        model = cfg.get("model") or {}
+        if not isinstance(model, dict):
+            raise RunFolderError(
+                f"{self.config_path}: field model: expected an object, got {_kind(model)}"
+            )
+        k = model.get("k", cfg.get("k"))
+        if k is None:
+            return None
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise RunFolderError(
+                f"{self.config_path}: field model.k: expected a positive integer, got {k!r}"
+            )
+        return k
 
     @property
     def codebook_size(self) -> int | None:
@@ -326,12 +396,14 @@ class RunFolder:
         if self.programs_path.is_file():
             import pyarrow.parquet as pq
 
-            with open(self.programs_path, "rb") as handle:  # pyarrow wants UTF-8 paths
-                meta = pq.read_schema(handle).metadata or {}
-            if _META_KEY in meta:
-                k = json.loads(meta[_META_KEY]).get("codebook_size")
-                if k is not None:
-                    return int(k)
+            try:
+                with open(self.programs_path, "rb") as handle:  # pyarrow wants UTF-8 paths
+                    schema = pq.read_schema(handle)
+            except Exception as exc:  # pyarrow raises several types for a damaged file
+                raise RunFolderError(
+                    f"{self.programs_path}: not a readable Parquet file ({exc})"
+                ) from None
+            return _codebook_size(_read_meta(schema, self.programs_path), self.programs_path)
         return None
 
 
@@ -504,13 +576,29 @@ def find_run(experiment: str | os.PathLike[str], k: int) -> RunFolder:
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON file that holds one object (every JSON file of a run folder does)."""
     path = Path(path)
     if not path.is_file():
         raise RunFolderError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise RunFolderError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError as exc:
+        raise RunFolderError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
+    except RecursionError:
+        raise RunFolderError(f"{path}: JSON nested too deeply") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path}: expected a JSON object, got {_kind(data)}")
+    return data
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, for messages: 'a list', 'a string', 'null'."""
+    if value is None:
+        return "null"
+    name = {list: "list", str: "string", bool: "boolean", dict: "object"}.get(type(value))
+    return f"a {name}" if name else f"a {type(value).__name__}"
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
@@ -554,9 +642,12 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
             if i == len(lines) - 1:
                 break
             raise RunFolderError(f"{path}: line {i + 1} is not valid JSON") from None
+        if not isinstance(row, dict):
+            raise RunFolderError(f"{path}: line {i + 1}: expected a JSON object, got {_kind(row)}")
+        rows.append(row)
     return rows

@@ -11,13 +11,19 @@ Design decisions
 - Numbers are finite: Python's JSON reader accepts `NaN` and `Infinity`, so a NaN coordinate
   would otherwise pass every loader and exporter and surface only in scoring; it is refused
   here, naming the scene index and field.
-- An unreadable file (permissions, a folder in its place) is a `SceneFileError` too.
+- Numbers are also bounded (`MAX_COORD_3D`, `MAX_PIXEL`): 1e300 is finite, but no scene
+  holds it, and it would overflow a squared error or a mask index far from the file.
+- `info.pixel_frame` (the frame `pixel_coords` refer to) is two positive whole numbers
+  (`check_pixel_frame`); [0, 0] would divide by zero, a negative frame mirror every mask.
+- An unreadable file (permissions, a folder in its place, JSON nested past the reader's
+  recursion limit) is a `SceneFileError` too.
 - `save_scenes` writes through `strop.atomic`, so a crash leaves no half file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +41,11 @@ DIRECTIONS: tuple[str, ...] = ("right", "behind", "above", "below", "left", "fro
 MIN_OBJECTS, MAX_OBJECTS = 3, 10
 #: CLEVR's half extent of the ground region objects are placed in (x, y in [-3, 3]).
 COORD_LIMIT = 3.0
+#: Largest |value| accepted in `3d_coords`: far beyond CLEVR's [-3, 3] (so a variant with a
+#: wider floor loads), far below what overflows a squared error or a pixel index.
+MAX_COORD_3D = 100.0
+#: Largest |value| accepted in `pixel_coords` (u, v, depth), and the largest `pixel_frame` side.
+MAX_PIXEL = 100_000.0
 
 Color = Literal["gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow"]
 Shape = Literal["cube", "sphere", "cylinder"]
@@ -59,9 +70,30 @@ class SceneObject(BaseModel):
     pixel_coords: tuple[float, float, float] | None = None
     rotation: float = 0.0
 
+    @field_validator("coords_3d")
+    @classmethod
+    def _coords_in_range(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        return _bounded(value, MAX_COORD_3D)
+
+    @field_validator("pixel_coords")
+    @classmethod
+    def _pixels_in_range(
+        cls, value: tuple[float, float, float] | None
+    ) -> tuple[float, float, float] | None:
+        return None if value is None else _bounded(value, MAX_PIXEL)
+
     @property
     def xy(self) -> tuple[float, float]:
         return (self.coords_3d[0], self.coords_3d[1])
+
+
+def _bounded(value: tuple[float, ...], limit: float) -> Any:
+    """`value` when every entry is within [-limit, limit]: a finite but huge number (1e300)
+    is a broken file, and would overflow a squared error or a pixel index downstream."""
+    for entry in value:
+        if abs(entry) > limit:
+            raise ValueError(f"{entry:g} is outside [-{limit:g}, {limit:g}]")
+    return value
 
 
 class Scene(BaseModel):
@@ -131,6 +163,8 @@ def load_scenes(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Scen
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise SceneFileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise SceneFileError(f"{path}: JSON nested too deeply to be a scenes file") from None
     except UnicodeDecodeError as exc:
         raise SceneFileError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
     except OSError as exc:
@@ -138,8 +172,30 @@ def load_scenes(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Scen
     if not isinstance(raw, dict) or not isinstance(raw.get("scenes"), list):
         raise SceneFileError(f"{path}: expected an object with a 'scenes' list")
     info = raw.get("info") or {}
+    if not isinstance(info, dict):
+        raise SceneFileError(f"{path}: field info: expected an object, got {type(info).__name__}")
+    if "pixel_frame" in info:
+        check_pixel_frame(info["pixel_frame"], f"{path}: field info.pixel_frame")
     scenes = [parse_scene(s, source=str(path), index=i) for i, s in enumerate(raw["scenes"])]
     return info, scenes
+
+
+def check_pixel_frame(value: Any, where: str) -> tuple[int, int]:
+    """`info.pixel_frame` as (width, height): two positive whole numbers up to `MAX_PIXEL`.
+
+    A zero or negative frame would divide by zero or silently mirror every object mask."""
+    ok = (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        and all(math.isfinite(v) and v == int(v) and 0 < v <= MAX_PIXEL for v in value)
+    )
+    if not ok:
+        raise SceneFileError(
+            f"{where}: expected [width, height], two whole numbers in [1, {MAX_PIXEL:g}], "
+            f"got {json.dumps(value)[:60]}"
+        )
+    return int(value[0]), int(value[1])
 
 
 def save_scenes(

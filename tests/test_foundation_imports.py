@@ -121,6 +121,7 @@ def test_strop_top_level_reads_like_the_method():
         "cli_app.py",
         "atomic.py",
         "output_unit.py",
+        "devices.py",
         "scenes.py",
         "runs.py",
         "metrics.py",

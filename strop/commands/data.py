@@ -8,6 +8,7 @@ Torch is imported only inside `inspect`, so `strop --help` stays fast.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -15,6 +16,10 @@ from pathlib import Path
 import typer
 
 from strop.cli_app import Commands, exit_on
+
+#: Largest `--size`: a render holds several float images of (2 x size)^2 pixels (the
+#: supersampled z-buffer and shading layers); CLEVR's own images are 480 x 320.
+MAX_SIZE = 2048
 
 commands = Commands("data", help="Scene data: render CLEVR-like scenes, check dataset folders.")
 
@@ -24,11 +29,11 @@ def _parse_splits(text: str) -> tuple[float, float, float]:
         parts = tuple(float(p) for p in text.split(","))
     except ValueError:
         raise typer.BadParameter(
-            f"expected three comma-separated fractions, got {text!r}"
+            f"--splits: expected three comma-separated fractions, got {text!r}"
         ) from None
-    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+    if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or sum(parts) <= 0:
         raise typer.BadParameter(
-            f"expected three non-negative fractions (train,val,test), got {text!r}"
+            f"--splits: expected three finite, non-negative fractions (train,val,test), got {text!r}"
         )
     return parts[0], parts[1], parts[2]
 
@@ -36,7 +41,9 @@ def _parse_splits(text: str) -> tuple[float, float, float]:
 @commands.command("clevr-synth")
 def clevr_synth(
     n: int = typer.Option(1000, "--n", min=1, help="Number of scenes over all splits."),
-    size: int = typer.Option(128, "--size", min=8, help="Image side in pixels (square)."),
+    size: int = typer.Option(
+        128, "--size", min=8, max=MAX_SIZE, help="Image side in pixels (square)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
     out: Path = typer.Option(Path("data/clevr-synth"), "--out", help="Output folder."),
     splits: str = typer.Option(

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from strop.cli_app import Commands, exit_on, fail
+from strop.devices import check_device
 
 commands = Commands()
 
@@ -58,7 +59,21 @@ BATCH_OPT = typer.Option(64, "--batch-size", min=1, help="Images per forward pas
 LIMIT_OPT = typer.Option(
     None, "--limit", min=1, help="Only the first N images of the split (quick looks)."
 )
-DEVICE_OPT = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda.")
+
+
+def _device(name: str) -> str:
+    try:
+        return check_device(name)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+DEVICE_OPT = typer.Option(
+    "auto",
+    "--device",
+    callback=_device,
+    help="auto (CUDA when available), cpu, cuda, cuda:N or mps.",
+)
 CKPT_OPT = typer.Option("last", "--checkpoint", help="last, a step number, or a .pt path.")
 
 

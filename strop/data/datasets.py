@@ -350,8 +350,15 @@ class HFImageDataset(Dataset):
         if isinstance(row.get("objects"), list):
             return len(row["objects"])
         for key in ("n_objects", "num_objects"):
-            if row.get(key) is not None:
-                return int(row[key])
+            value = row.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+                raise DataError(
+                    f"{self.source}: index {index} field {key}: expected a non-negative "
+                    f"integer, got {value!r}"[:200]
+                )
+            return int(value)
         return -1
 
     def __len__(self) -> int:

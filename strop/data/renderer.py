@@ -32,14 +32,16 @@ Design decisions
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -53,7 +55,7 @@ SPLIT_NAMES = ("train", "val", "test")
 
 def split_counts(n: int, splits: Sequence[float]) -> dict[str, int]:
     """Images per split (train/val/test) by largest remainder, so the counts sum to n."""
-    if len(splits) != 3 or any(f < 0 for f in splits) or sum(splits) <= 0:
+    if len(splits) != 3 or not all(math.isfinite(f) and f >= 0 for f in splits) or sum(splits) <= 0:
         raise ValueError(f"splits must be three non-negative fractions, got {tuple(splits)}")
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -103,14 +105,36 @@ class _Chunk:
     size: int
 
 
-def _render_chunk(chunk: _Chunk) -> list[Scene]:
+#: Images per chunk (the unit a worker process renders).
+CHUNK_LEN = 25
+
+
+def _plan(out: Path, counts: dict[str, int], seed: int, size: int) -> Iterator[_Chunk]:
+    """The chunks to render, made as they are consumed: a plan of `n` images is never held
+    in memory, so the first image of a huge `n` appears at once."""
+    for split_id, split in enumerate(SPLIT_NAMES):
+        for start in range(0, counts[split], CHUNK_LEN):
+            stop = min(start + CHUNK_LEN, counts[split])
+            yield _Chunk(str(out), split, split_id, start, stop, seed, size)
+
+
+def _windowed(
+    pool: Any, chunks: Iterator[_Chunk], window: int
+) -> Iterator[tuple[str, list[Scene]]]:
+    """`pool.imap(_render_chunk, chunks)` in order, fed `window` chunks at a time: a pool's
+    feeder thread would otherwise read the whole plan into its task queue."""
+    while batch := list(itertools.islice(chunks, window)):
+        yield from pool.imap(_render_chunk, batch)
+
+
+def _render_chunk(chunk: _Chunk) -> tuple[str, list[Scene]]:
     img_dir = Path(chunk.out) / "images" / chunk.split
     scenes = []
     for i in range(chunk.start, chunk.stop):
         scene = sample_scene(np.random.default_rng([chunk.seed, chunk.split_id, i]), i, chunk.split)
         write_png(img_dir / scene.image_filename, render_scene(scene, chunk.size))
         scenes.append(scene)
-    return scenes
+    return chunk.split, scenes
 
 
 def generate_dataset(
@@ -144,20 +168,16 @@ def generate_dataset(
         # The frame `pixel_coords` are in (width, height): consumers read it from here.
         "pixel_frame": [size, size],
     }
-    chunk_len = 25
-    chunks = []
-    for split_id, split in enumerate(SPLIT_NAMES):
+    for split in SPLIT_NAMES:
         if counts[split]:
             (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        for start in range(0, counts[split], chunk_len):
-            stop = min(start + chunk_len, counts[split])
-            chunks.append(_Chunk(str(out), split, split_id, start, stop, seed, size))
+    chunks = _plan(out, counts, seed, size)
     scenes: dict[str, list[Scene]] = {split: [] for split in SPLIT_NAMES}
     with _progress(progress) as bar, _pool(workers) as pool:
         task = bar.add_task(f"rendering {n} scenes at {size}px", total=n)
-        results = pool.imap(_render_chunk, chunks) if pool else map(_render_chunk, chunks)
-        for chunk, done in zip(chunks, results, strict=True):
-            scenes[chunk.split].extend(done)
+        results = _windowed(pool, chunks, 4 * workers) if pool else map(_render_chunk, chunks)
+        for split, done in results:
+            scenes[split].extend(done)
             bar.advance(task, len(done))
     for split in SPLIT_NAMES:
         path = out / "scenes" / f"CLEVR_{split}_scenes.json"

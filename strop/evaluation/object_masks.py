@@ -39,7 +39,7 @@ import numpy as np
 
 from strop.data.camera import CAMERA, CLEVR_FRAME
 from strop.data.placement import SIZE_RADIUS
-from strop.scenes import Scene
+from strop.scenes import Scene, check_pixel_frame
 
 ATTRIBUTES = ("color", "shape", "material", "size")
 
@@ -120,10 +120,13 @@ def _info_frame(scenes_file: Path) -> tuple[int, int] | None:
     head: the writers put `info` first, and files can hold 70k scenes."""
     with open(scenes_file, encoding="utf-8") as handle:
         head = handle.read(4096).split('"scenes"')[0]
-    match = re.search(r'"pixel_frame"\s*:\s*(\[[^\]]*\])', head)
+    match = re.search(r'"pixel_frame"\s*:\s*(\[[^\]]*\]|"[^"]*"|[^,}\s]+)', head)
     if match:
-        w, h = json.loads(match.group(1))
-        return int(w), int(h)
+        try:
+            value = json.loads(match.group(1))
+        except ValueError:
+            value = match.group(1)
+        return check_pixel_frame(value, f"{scenes_file}: field info.pixel_frame")
     match = re.search(r'"image_size"\s*:\s*(\d+)', head)
     if match:
         size = int(match.group(1))

@@ -51,6 +51,10 @@ class Preset:
 
 PresetName = Literal["tiny", "S", "M"]
 
+#: Largest codebook: the codebook and its EMA statistics live in memory and every image's
+#: codes are compared with all of them; the paper's largest K is 1024 (Sec. 5.2).
+MAX_K = 2**20
+
 #: Paper Table 6 for S and M; `tiny` for CPU demos and tests.
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
@@ -104,7 +108,7 @@ class ModelConfig(BaseModel):
     dead-code threshold unstated, so their defaults here are our choices.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     preset: PresetName = Field("S", description="architecture preset")
     d: int = Field(_S.d, gt=0, description="generator/interpreter width (preset)")
@@ -126,7 +130,7 @@ class ModelConfig(BaseModel):
     )
     l_max: int = Field(_S.l_max, gt=0, description="longest program L_max (preset)")
     l_min: int = Field(1, gt=0, description="shortest program L_min")
-    k: int = Field(_S.k, ge=2, description="codebook size K (preset)")
+    k: int = Field(_S.k, ge=2, le=MAX_K, description="codebook size K (preset)")
     code_dim: int = Field(_S.code_dim, gt=0, description="code dimension d_c (preset)")
     ema_decay: float = Field(0.99, gt=0, lt=1, description="codebook EMA decay")
     ema_eps: float = Field(1e-5, gt=0, description="Laplace smoothing of cluster sizes")

@@ -34,8 +34,17 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from strop.devices import check_device
 from strop.model import ModelConfig
 from strop.runs import RunFolder
 from strop.training.curriculum import CurriculumConfig
@@ -48,7 +57,7 @@ class ConfigError(ValueError):
 class TrainConfig(BaseModel):
     """Optimiser, schedule, precision, logging and checkpointing of the trainer."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     steps: int = Field(500_000, ge=1, description="Total optimisation steps.")
     batch_size: int = Field(32, ge=1, description="Images per step on each process.")
@@ -77,7 +86,7 @@ class TrainConfig(BaseModel):
         "depends on the probe, so a slice trades only probe quality for speed.",
     )
     seed: int = Field(0, description="Seed of model init, data order and length sampling.")
-    device: str = Field("auto", description="auto | cpu | cuda.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
     )
@@ -92,6 +101,11 @@ class TrainConfig(BaseModel):
     )
     tensorboard: bool = Field(False, description="Also log to RUN/tensorboard (lazy import).")
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return check_device(value)
+
     @model_validator(mode="after")
     def _check_schedule(self) -> TrainConfig:
         if self.hold_steps and self.hold_steps < self.warmup_steps:
@@ -104,7 +118,7 @@ class TrainConfig(BaseModel):
 class DataConfig(BaseModel):
     """Where training images (or cached teacher features) come from."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     path: str = Field("", description="Dataset folder (CLEVR layout, synthetic, or images).")
     train_split: str = Field("train", description="Split trained on.")
@@ -120,7 +134,7 @@ class DataConfig(BaseModel):
 class RunConfig(BaseModel):
     """Everything needed to reproduce a run; `config.json` is its JSON dump."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     model: ModelConfig
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
@@ -250,6 +264,10 @@ def load_config_file(path: str | os.PathLike[str]) -> RunConfig:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: JSON nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got a {type(data).__name__}")
     data = {key: value for key, value in data.items() if not key.startswith("_")}  # comments
     try:
         return RunConfig.model_validate(data)

@@ -70,7 +70,7 @@ PHASE_NAMES = {
 class CurriculumConfig(BaseModel):
     """Constants of the length curriculum (paper Table 4); defaults follow STROP-S."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     length_mode: Literal["adaptive", "fixed"] = Field(
         "adaptive",
