@@ -16,12 +16,12 @@ import resource
 import shutil
 import signal
 
+from test_train_faults import cli_args, config, start
 from typer.testing import CliRunner
 
 from strop.cli import app
 from strop.training import checkpoint as ckpt
 from strop.training.trainer import train
-from tests.test_train_faults import cli_args, config, start
 
 
 def test_another_ks_last_pt_is_skipped_for_the_step_checkpoint_that_fits(clevr, tmp_path, capfd):
