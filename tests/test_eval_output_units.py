@@ -165,3 +165,8 @@ def test_a_run_folder_name_that_is_not_utf8_does_not_break_the_report(run, tmp_p
     assert result.exit_code == 0, result.output
     text = (run.parent / "report.md").read_text(encoding="utf-8")
     assert "k\\xff" in text and "k16" in text
+
+
+def test_analyze_of_a_folder_that_is_no_run_creates_nothing(tmp_path):
+    line = one_line(CliRunner().invoke(app, ["analyze", str(tmp_path / "nope")]))
+    assert "config not found" in line and not (tmp_path / "nope").exists(), line

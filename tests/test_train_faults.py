@@ -323,6 +323,8 @@ def test_disk_full_while_writing_a_checkpoint_is_one_line(clevr, tmp_path):
         in (lines[0])
     )
     assert not list((out / "checkpoints").glob(".*.tmp"))  # nothing half-written left
+    # The first checkpoint failed: there is no previous one to call intact (issue 18).
+    assert "no checkpoint was written yet" in lines[0] and "is intact" not in lines[0]
 
 
 # --------------------------------------------------------------------------- one writer

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_train_faults import cli_args, config, start, wait_for
 
 from strop.runs import RunLock, RunLockedError
 from strop.training import checkpoint as ckpt
 from strop.training.trainer import train
-from tests.test_train_faults import cli_args, config, start, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,23 +5,20 @@
   checkpoint that fits.
 - Training into an experiment folder (one that holds runs) was accepted, and `report` then
   saw one run instead of three.
-- A disk full at the first checkpoint said "the previous checkpoint is intact": there was
-  none.
+(A disk full at the first checkpoint, which claimed a previous one: `test_train_faults`.)
 Real trainings of the tiny model on CPU.
 """
 
 from __future__ import annotations
 
-import resource
 import shutil
-import signal
 
+from test_train_faults import cli_args, config
 from typer.testing import CliRunner
 
 from strop.cli import app
 from strop.training import checkpoint as ckpt
 from strop.training.trainer import train
-from tests.test_train_faults import cli_args, config, start
 
 
 def test_another_ks_last_pt_is_skipped_for_the_step_checkpoint_that_fits(clevr, tmp_path, capfd):
@@ -66,18 +63,3 @@ def test_training_into_an_experiment_folder_is_refused(clevr, tmp_path):
     line = result.output.strip()
     assert "\n" not in line and f"{experiment}: holds runs (k16, k32)" in line, line
     assert sorted(p.name for p in experiment.iterdir()) == before
-
-
-def test_disk_full_at_the_first_checkpoint_does_not_claim_a_previous_one(clevr, tmp_path):
-    out = tmp_path / "run"
-
-    def small_files() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
-
-    proc = start(cli_args(clevr, out, 4), preexec_fn=small_files)
-    output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 1, output
-    assert "cannot write the checkpoint of step 3 (File too large)" in output, output
-    assert "previous checkpoint is intact" not in output, output
-    assert "no checkpoint was written yet" in output, output
