@@ -23,6 +23,11 @@ choice is an explicit option, `ScoringOptions`, recorded in `summary.json`)
     MSE >= MAE^2 for the other two.
   The default is the combination that comes closest to Table 16's naive row on real CLEVR
   annotations (`llm_decode.calibration`, docs/TABLE16_CALIBRATION.md).
+- Positions outside the ground are clipped to it before scoring: x and y to [-3, 3]
+  (`COORD_LIMIT`). A model's `"x": 1e308` is finite JSON but makes every distance infinite,
+  which used to crash the matching ("cost matrix is infeasible") on every rerun; clipped, it
+  scores as an object at the ground's edge: matched or not like any other, with a large (but
+  bounded) position error, and no AP hit at a finite threshold unless the truth is there.
 - Per image: count error |n_pred - n_true|; attribute accuracy = share of (matched object,
   attribute) pairs over color, shape, size, material that agree. Run scores average the
   per-image values, so each test image weighs the same whatever its object count. Parse
@@ -48,10 +53,20 @@ from typing import Literal, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from llm_decode.schema import ATTRIBUTES, DecodedScene
+from llm_decode.schema import ATTRIBUTES, DecodedObject, DecodedScene
 
 AP_THRESHOLDS: tuple[float, ...] = (math.inf, 1.0, 0.5, 0.25, 0.125)
 COORD_SPAN = 6.0  # CLEVR's x, y lie in [-3, 3]
+COORD_LIMIT = COORD_SPAN / 2
+
+
+def ground_xy(obj: DecodedObject) -> tuple[float, float]:
+    """An object's (x, y) clipped to the ground, the only positions scoring sees."""
+    return (
+        min(max(obj.x, -COORD_LIMIT), COORD_LIMIT),
+        min(max(obj.y, -COORD_LIMIT), COORD_LIMIT),
+    )
+
 
 Matching = Literal["position", "attributes", "joint", "index"]
 PositionError = Literal["coordinate", "euclidean", "mixed"]
@@ -87,8 +102,8 @@ def match_objects(
         return []
     if matching == "index":
         return [(i, i) for i in range(min(len(pred.objects), len(true.objects)))]
-    p = np.array([o.xy for o in pred.objects])
-    t = np.array([o.xy for o in true.objects])
+    p = np.array([ground_xy(o) for o in pred.objects])
+    t = np.array([ground_xy(o) for o in true.objects])
     dist = np.linalg.norm(p[:, None, :] - t[None, :, :], axis=-1)
     if matching == "position":
         cost = dist
@@ -149,7 +164,9 @@ def score_scene(
         )
         for attr in ATTRIBUTES
     }
-    diff = np.array([np.subtract(pred.objects[i].xy, true.objects[j].xy) for i, j in pairs])
+    diff = np.array(
+        [np.subtract(ground_xy(pred.objects[i]), ground_xy(true.objects[j])) for i, j in pairs]
+    )
     mse, mae = position_errors(diff, options.position_error)
     return SceneScore(
         count_err=count_err,
@@ -187,7 +204,7 @@ def average_precision(
         best, best_dist = None, math.inf
         for j, t in enumerate(trues[img].objects):
             if p.attributes() == t.attributes():
-                dist = math.dist(p.xy, t.xy)
+                dist = math.dist(ground_xy(p), ground_xy(t))
                 if dist < best_dist:
                     best, best_dist = j, dist
         hit = best is not None and (math.isinf(threshold) or best_dist < threshold)
