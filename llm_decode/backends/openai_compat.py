@@ -60,6 +60,9 @@ RETRY_STATUS = frozenset({408, 409, 429})
 #: spaces or punctuation well below this; a server that ignores `max_tokens` and streams
 #: megabytes is cut here instead of filling memory and the results file.
 MAX_CHARS_PER_TOKEN = 64
+#: ... but never below this (64 KiB): a small budget must not cut odd but small output, e.g.
+#: `transformers serve` streaming the rendered prompt back before the answer.
+MIN_ANSWER_CHARS = 65536
 
 
 class _Malformed(ValueError):
@@ -95,7 +98,7 @@ class OpenAIConfig(TransportOptions):
     @property
     def max_chars(self) -> int:
         """Characters one answer may hold before it is cut (`MAX_CHARS_PER_TOKEN`)."""
-        return self.max_tokens * MAX_CHARS_PER_TOKEN
+        return max(self.max_tokens * MAX_CHARS_PER_TOKEN, MIN_ANSWER_CHARS)
 
     @property
     def deadline(self) -> float:
@@ -128,10 +131,6 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
-class _Capped(Exception):
-    """The answer outgrew what `max_tokens` allows: stop reading, keep what arrived."""
-
-
 class _Answer:
     """What one attempt has received so far: text, reasoning, usage, finish reason."""
 
@@ -145,6 +144,7 @@ class _Answer:
         "stats",
         "chars",
         "max_chars",
+        "capped",
     )
 
     def __init__(self, stats: TransportStats, max_chars: int) -> None:
@@ -152,6 +152,7 @@ class _Answer:
         self.tokens = 0
         self.chars = 0
         self.max_chars = max_chars
+        self.capped = False  # more arrived than max_chars: the rest was read but not kept
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.usage: dict[str, Any] = {}
@@ -159,16 +160,16 @@ class _Answer:
         self.stats = stats
 
     def _take(self, content: str | None, thought: str | None) -> None:
-        """Add text and reasoning, up to `max_chars` together; beyond it, `_Capped`."""
+        """Add text and reasoning, up to `max_chars` together; the rest is counted, not kept
+        (reading on keeps the usage and finish reason that come last)."""
         for piece, into in ((thought, self.reasoning), (content, self.text)):
             if not piece:
                 continue
             room = self.max_chars - self.chars
-            into.append(piece[:room])
-            self.chars += min(len(piece), room)
-            if len(piece) > room:
-                self.finish_reason = "length"
-                raise _Capped
+            if room > 0:
+                into.append(piece[:room])
+                self.chars += min(len(piece), room)
+            self.capped = self.capped or len(piece) > room
         if content or thought:
             self.tokens += 1
             self.stats.tokens += 1
@@ -205,10 +206,7 @@ class _Answer:
             self.usage = completion.usage.counts()
         choice = completion.choices[0]
         self.finish_reason = choice.finish_reason
-        try:
-            self._take(choice.message.content, choice.message.thought)
-        except _Capped:
-            pass
+        self._take(choice.message.content, choice.message.thought)
         self.tokens = int(self.usage.get("completion_tokens", self.tokens))
 
     def completion(self, harmony: bool, latency: float, attempts: int) -> Completion:
@@ -221,7 +219,8 @@ class _Answer:
             usage=usage,
             latency_s=latency,
             attempts=attempts,
-            finish_reason=self.finish_reason,
+            # an answer cut here stopped for length, whatever the server said
+            finish_reason="length" if self.capped else self.finish_reason,
         )
 
 
@@ -297,11 +296,8 @@ class OpenAIBackend:
             if "text/event-stream" not in stream.response.headers.get("content-type", ""):
                 answer.set_body(await stream.response.aread())
                 return
-            try:
-                async for chunk in stream:
-                    answer.add_chunk(chunk)
-            except _Capped:
-                return
+            async for chunk in stream:
+                answer.add_chunk(chunk)
         if answer.chunks and answer.finish_reason is None:
             # a server, proxy or connection that ended the stream before the answer did:
             # no finish_reason (and no [DONE], which the SDK swallows) means unfinished
