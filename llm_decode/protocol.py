@@ -50,7 +50,9 @@ class ProtocolConfig(BaseModel):
         description="Seeds sampling (the request's seed, the baselines' draws); default: --seed. "
         "Vary it alone to repeat a sampled run on the same test set.",
     )
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    temperature: float = Field(
+        0.0, ge=0.0, le=2.0, description="Sampling temperature (the paper's: 0, greedy)."
+    )
     parse_retries: int = Field(1, ge=0, description="Extra requests after a parse failure.")
     permute_codes: bool = Field(False, description="Permutation control on the query codes.")
 
