@@ -118,6 +118,7 @@ def scoring_label(summary: dict[str, Any]) -> str:
     """`matching / position error`, plus `naive=<definition>` for the naive baseline."""
     scoring = summary.get("scoring") or _LEGACY_SCORING
     label = f"{scoring.get('matching', '?')} / {scoring.get('position_error', '?')}"
+    label += f" / {scoring.get('attr_accuracy', 'matched')}"  # before the option: matched
     if "scoring" not in summary:
         label += " (before options)"
     if summary.get("backend") == "naive":
@@ -137,7 +138,8 @@ def render_markdown(rows: list[list[str]], experiment: Path) -> str:
         "Hungarian-matched objects; AP: CLEVR set prediction at the given (x, y) distance. "
         "Scoring: how objects were matched (attributes, joint, position or index) and how "
         "position errors were taken (mixed: MSE per coordinate, MAE Euclidean; coordinate; "
-        "euclidean); naive: the baseline's average scene (sampled, proportional or modal). "
+        "euclidean) and attribute accuracy (over true objects, matched pairs, or histograms); "
+        "naive: the baseline's average scene (sampled, proportional or modal). "
         "See llm_decode/scoring.py and docs/TABLE16_CALIBRATION.md.",
         "",
     ]
