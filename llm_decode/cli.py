@@ -43,7 +43,7 @@ from llm_decode.backends.base import (
     split_url_secrets,
 )
 from llm_decode.backends.vllm_offline import VLLMEngineOptions
-from llm_decode.presets import describe_presets
+from llm_decode.presets import Hardware, describe_presets
 from llm_decode.prompting import PromptError
 from llm_decode.protocol import ProtocolConfig
 from llm_decode.report import build_report
@@ -409,9 +409,21 @@ def report_command(
 
 
 @commands.command("presets")
-def presets_command() -> None:
+def presets_command(
+    gpus: str | None = typer.Option(
+        None,
+        "--gpus",
+        help="The node's GPUs, e.g. 8xH100 or 1xH200: print the serve lines for it "
+        "(default: every node the recipes cover).",
+    ),
+) -> None:
     """Print every model preset: served id, thinking switch, sampling, and its `vllm serve` line."""
-    Console(soft_wrap=True).print(describe_presets(), highlight=False, markup=False)
+    try:
+        hardware = Hardware.parse(gpus) if gpus is not None else None
+    except ValueError as exc:
+        _fail(str(exc), [], usage=True)
+        return
+    Console(soft_wrap=True).print(describe_presets(hardware), highlight=False, markup=False)
 
 
 app = make_app(

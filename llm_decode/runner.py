@@ -198,6 +198,7 @@ def _build_backend(cfg: DecodeConfig, p: Plan, stats: TransportStats) -> Any:
             response_schema=schema,
             extra_body=p.extra_body,
             harmony=p.preset.harmony,
+            reasoning_api=p.preset.reasoning_api,
         ),
         read_api_key(cfg.api_key_env),
         rng_seed=p.sampling_seed,
@@ -279,8 +280,8 @@ def plan(cfg: DecodeConfig) -> Plan:
     ]
     preset = resolve_model(cfg.model, cfg.served_id)
     think = preset.think if cfg.think is None else cfg.think
-    max_tokens = cfg.max_tokens or preset.max_tokens
-    temperature, card_extras = _sampling(cfg, preset)
+    max_tokens = cfg.max_tokens or preset.budget(think)
+    temperature, card_extras = _sampling(cfg, preset, think)
     builder = PromptBuilder(codebook_size=k, shots=shots, think=think, template=cfg.template)
     llm = cfg.backend in ("openai", "vllm")
     endpoint, secrets = split_url_secrets(cfg.base_url.rstrip("/"))
@@ -363,17 +364,21 @@ def plan(cfg: DecodeConfig) -> Plan:
     )
 
 
-def _sampling(cfg: DecodeConfig, preset: ModelPreset) -> tuple[float, dict[str, float]]:
-    """(temperature, other sampling fields): the protocol's, or the card's on request."""
+def _sampling(
+    cfg: DecodeConfig, preset: ModelPreset, think: bool
+) -> tuple[float, dict[str, float]]:
+    """(temperature, other sampling fields): the protocol's, or on request the card's for the
+    thinking mode in use."""
     if not cfg.card_sampling:
         return cfg.protocol.temperature, {}
-    if not preset.card_sampling:
+    if not preset.card(think):
+        mode = "thinking" if think else "non-thinking"
         raise BackendError(
-            f"--card-sampling: {cfg.model} has no card sampling (presets with one: "
+            f"--card-sampling: {cfg.model} has no card sampling for {mode} (presets with one: "
             + ", ".join(n for n, p in PRESETS.items() if p.card_sampling)
             + ")"
         )
-    card = dict(preset.card_sampling)
+    card = preset.card(think)
     return float(card.pop("temperature", cfg.protocol.temperature)), card
 
 
@@ -668,7 +673,9 @@ def _summary(rows: list[dict[str, Any] | None], cfg: DecodeConfig, p: Plan) -> d
             **cfg.protocol.model_dump(),
             "temperature": p.temperature,
             "sampling": {"temperature": p.temperature, **p.card_extras},
-            "sampling_source": "model card (--card-sampling)"
+            "sampling_source": "the model's default (its API accepts no temperature)"
+            if p.preset.reasoning_api and cfg.backend == "openai"
+            else "model card (--card-sampling)"
             if cfg.card_sampling
             else "protocol (paper: temperature 0)",
             "extra_body": p.extra_body,
