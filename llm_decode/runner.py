@@ -6,10 +6,20 @@ Design decisions
   flight while work remains, however uneven the latencies. A worker keeps its slot through
   the parse retry, so the retry does not jump the queue.
 - The parse retry (one by default, as in the paper) sends the template's `repair` message
-  after the failed answer; a template without that block resends the original request.
-- Every answer is written the moment it arrives (`ResultsFile.append`); transport failures
-  are recorded as `error` rows (with whatever output had arrived, `partial: true`) and retried
-  by the next run; the summary is recomputed from the rows of this protocol's keys.
+  after the failed answer (echoed back cut to 2,000 characters); a template without that
+  block resends the original request. A repair turn the server refuses as it is (a 4xx:
+  the echo overflowed the context) ends the row as the parse failure it already was, with
+  the server's reason: no rerun could change it.
+- Every answer is written the moment it arrives (`ResultsFile.append`), with every turn's
+  answer (`answers`) and the prompt's hash (the prompt itself once in `prompts.jsonl`);
+  transport failures are recorded as `error` rows (with whatever output had arrived,
+  `partial: true`, and `retryable`) and retried by the next run; an exception a worker did
+  not expect is one such row, never the end of the run. The summary is recomputed from the
+  rows of this protocol's keys.
+- Each protocol (shots, test set, seeds, sampling, thinking, template, scoring) has its own
+  results folder (`output_folder`), so a run under another protocol never overwrites a
+  summary or mixes rows. `--limit N` decodes the first N drawn images under the same keys,
+  so a full run later reuses them.
 - The offline engine gets `batch_size` requests at a time and each batch's rows are written
   before the next batch starts; an engine error stops the run with one line, after them.
 - The server is `--base-url`, else `OPENAI_BASE_URL`, else vLLM's default local address, as

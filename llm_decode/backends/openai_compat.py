@@ -18,13 +18,26 @@ Design decisions
   capped at `max_retry_after`, and pauses every worker of this backend, since a rate limit is
   shared by all of them.
 - An HTTP 200 that is no answer (a proxy's HTML page, cut-off JSON, an event stream without
-  events or with a malformed one) is a failed attempt, retried like a 5xx, never an empty
-  answer. A server that ignores `stream` and sends one JSON completion is read as such.
+  events or with a malformed one, JSON whose fields have the wrong types: `wire.py`
+  validates every body and event) is a failed attempt, retried like a 5xx, never an empty
+  answer and never an exception out of the run. A server that ignores `stream` and sends one
+  JSON completion is read as such; both paths read the server's JSON, not the SDK's objects.
+- A stream that ends without a `finish_reason` (closed early, or cut mid-event) is an
+  unfinished answer: a transport failure (retried like any failure after output had
+  started), never a final answer that a rerun would skip.
+- An answer is kept up to `max(max_tokens * 64, 64 KiB)` characters; a server that ignores
+  `max_tokens` is read to its end (so usage and finish reason arrive) but the rest is not
+  kept, and the answer's finish reason is `length`.
+- A 4xx other than 408/409/429 is final for this request (`retryable=False`); the message
+  carries the server's own detail (OpenAI's `error.message`, FastAPI's `detail`).
+- OpenAI's reasoning models (`reasoning_api`) get `max_completion_tokens` and no
+  temperature or seed, which they refuse with a 400.
 - Reasoning is read from `reasoning` or `reasoning_content` (vLLM renamed the field); text
   that arrives unsplit (`<think>` blocks, Harmony channels) is split by `reasoning.py`.
 - `extra_body` carries what the OpenAI schema lacks: the thinking switch
   (`chat_template_kwargs`, `reasoning_effort`), `top_k`, anything from `--extra-body`.
-- The API key is given to the client and nowhere else; every error message is redacted.
+- The API key is given to the client and nowhere else; every error message is redacted, and
+  the endpoint it reports has secret query parameters masked.
 """
 
 from __future__ import annotations
