@@ -14,13 +14,13 @@ Design decisions
 
 from __future__ import annotations
 
-import os
+import json
 import time
 from pathlib import Path
 from typing import Any, cast
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -35,19 +35,30 @@ from rich.progress import (
 from rich.text import Text
 
 from llm_decode import __version__
-from llm_decode.backends.base import BackendError, TransportStats, redact
+from llm_decode.backends.base import (
+    BackendError,
+    TransportStats,
+    read_api_key,
+    redact,
+    split_url_secrets,
+)
 from llm_decode.backends.vllm_offline import VLLMEngineOptions
-from llm_decode.presets import describe_presets
+from llm_decode.presets import Hardware, describe_presets
 from llm_decode.prompting import PromptError
 from llm_decode.protocol import ProtocolConfig
 from llm_decode.report import build_report
+from llm_decode.results import RESULTS_FILE, repair_jsonl
 from llm_decode.runner import (
+    DEFAULT_BASE_URL,
     DecodeConfig,
     DecodeInterrupted,
+    UsageError,
     check_config,
     decode,
     parse_json_object,
+    plan,
 )
+from llm_decode.scoring import ScoringOptions
 from strop.cli_app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Commands, make_app
 from strop.runs import RunFolderError
 from strop.scenes import SceneFileError
@@ -67,96 +78,102 @@ def _fail(message: str, secrets: list[str | None], *, usage: bool = False) -> No
     raise typer.Exit(EXIT_USAGE if usage else EXIT_FAILED)
 
 
+def _opt(model: type[BaseModel], name: str, *decls: str, help: str | None = None) -> Any:
+    """A typer option whose default and help are `model`'s declaration of field `name`."""
+    info = model.model_fields[name]
+    default = None if info.default_factory is not None else info.default
+    return typer.Option(default, *decls, help=help or info.description)
+
+
+_E = VLLMEngineOptions  # engine options: the preset decides unless given, so default None
+
+
+def _engine_opt(name: str, *decls: str) -> Any:
+    info = _E.model_fields[name]
+    return typer.Option(None, *decls, help=f"vllm backend: {info.description}")
+
+
 @commands.command("decode")
 def decode_command(
     model: str | None = typer.Option(
         None,
         "--model",
-        help="Preset (qwen3.5, deepseek-v3.1, gpt-oss-120b) or a served model id; naive/knn default to the backend name.",
+        help="Preset (qwen3.5, deepseek-v3.1, gpt-oss-120b, gpt-5) or a served model id; "
+        "naive/knn default to the backend name.",
     ),
-    k: int = typer.Option(..., "--k", help="Codebook size: picks the sub-run of --runs."),
-    runs: Path = typer.Option(Path("runs/clevr"), "--runs", help="Experiment folder (or one run)."),
-    backend: str = typer.Option("openai", "--backend", help="openai | vllm | naive | knn."),
-    base_url: str | None = typer.Option(
-        None,
+    k: int = _opt(DecodeConfig, "k", "--k"),
+    runs: Path = _opt(DecodeConfig, "runs", "--runs"),
+    backend: str = _opt(DecodeConfig, "backend", "--backend", help="openai | vllm | naive | knn."),
+    base_url: str | None = _opt(
+        DecodeConfig,
+        "base_url",
         "--base-url",
-        help="OpenAI-compatible server root; default $OPENAI_BASE_URL, else http://127.0.0.1:8000/v1.",
+        help=f"OpenAI-compatible server root; default $OPENAI_BASE_URL, else {DEFAULT_BASE_URL}.",
     ),
-    api_key_env: str = typer.Option(
-        "OPENAI_API_KEY", "--api-key-env", help="Environment variable with the API key."
-    ),
-    served_id: str | None = typer.Option(
-        None, "--served-id", help="Override the preset's served model id."
-    ),
-    shots: int = typer.Option(50, "--shots", help="In-context examples."),
-    test: int = typer.Option(15, "--test", help="Held-out images to decode."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the draw, sampling and baselines."),
-    temperature: float = typer.Option(0.0, "--temperature"),
-    concurrency: int = typer.Option(8, "--concurrency", help="Requests in flight."),
-    timeout: float = typer.Option(
-        120.0, "--timeout", help="Idle limit: seconds without a byte of the answer."
-    ),
-    stream: bool = typer.Option(True, "--stream/--no-stream", help="Stream answers."),
-    max_attempts: int = typer.Option(5, "--max-attempts", help="Transport attempts per request."),
-    long_retries: int = typer.Option(
-        1, "--long-retries", help="Retries of a request that failed after output had started."
-    ),
-    parse_retries: int = typer.Option(
-        1, "--parse-retries", help="Retries after an unparseable answer."
-    ),
-    structured: bool = typer.Option(
-        False, "--structured", help="Constrain output with the scene JSON schema."
-    ),
-    template: Path | None = typer.Option(
-        None,
+    api_key_env: str = _opt(DecodeConfig, "api_key_env", "--api-key-env"),
+    served_id: str | None = _opt(DecodeConfig, "served_id", "--served-id"),
+    shots: int = _opt(ProtocolConfig, "shots", "--shots"),
+    test: int = _opt(ProtocolConfig, "test", "--test"),
+    seed: int = _opt(ProtocolConfig, "seed", "--seed"),
+    sampling_seed: int | None = _opt(ProtocolConfig, "sampling_seed", "--sampling-seed"),
+    temperature: float = _opt(ProtocolConfig, "temperature", "--temperature"),
+    limit: int | None = _opt(DecodeConfig, "limit", "--limit"),
+    concurrency: int = _opt(DecodeConfig, "concurrency", "--concurrency"),
+    timeout: float = _opt(DecodeConfig, "timeout", "--timeout"),
+    stream: bool = _opt(DecodeConfig, "stream", "--stream/--no-stream"),
+    max_attempts: int = _opt(DecodeConfig, "max_attempts", "--max-attempts"),
+    long_retries: int = _opt(DecodeConfig, "long_retries", "--long-retries"),
+    parse_retries: int = _opt(ProtocolConfig, "parse_retries", "--parse-retries"),
+    structured: bool = _opt(DecodeConfig, "structured", "--structured"),
+    template: Path | None = _opt(
+        DecodeConfig,
+        "template",
         "--template",
         help="Jinja template replacing prompts/decode.j2. It is rendered with full Jinja, "
         "which can run code: use only your own templates.",
     ),
-    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Default: the preset's."),
-    think: bool | None = typer.Option(
-        None, "--think/--no-think", help="Reasoning suffix and thinking switch; default: preset's."
-    ),
-    card_sampling: bool = typer.Option(
-        False, "--card-sampling", help="Sample as the model card recommends (not temperature 0)."
-    ),
+    max_tokens: int | None = _opt(DecodeConfig, "max_tokens", "--max-tokens"),
+    think: bool | None = _opt(DecodeConfig, "think", "--think/--no-think"),
+    card_sampling: bool = _opt(DecodeConfig, "card_sampling", "--card-sampling"),
     extra_body: str | None = typer.Option(
         None, "--extra-body", help="JSON object merged into every request body."
     ),
-    tensor_parallel_size: int | None = typer.Option(
-        None, "--tensor-parallel-size", help="vllm backend: GPUs; default: the preset's."
+    tensor_parallel_size: int | None = _engine_opt(
+        "tensor_parallel_size", "--tensor-parallel-size"
     ),
-    max_model_len: int | None = typer.Option(None, "--max-model-len", help="vllm backend."),
-    gpu_memory_utilization: float | None = typer.Option(
-        None, "--gpu-memory-utilization", help="vllm backend: GPU memory fraction (0.9)."
+    max_model_len: int | None = _engine_opt("max_model_len", "--max-model-len"),
+    gpu_memory_utilization: float | None = _engine_opt(
+        "gpu_memory_utilization", "--gpu-memory-utilization"
     ),
-    reasoning_parser: str | None = typer.Option(
-        None, "--reasoning-parser", help="vllm backend; default: the preset's."
-    ),
+    reasoning_parser: str | None = _engine_opt("reasoning_parser", "--reasoning-parser"),
     trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="vllm backend: run the model repository's code."
+        False,
+        "--trust-remote-code",
+        help=f"vllm backend: {_E.model_fields['trust_remote_code'].description}",
     ),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", help="vllm backend: requests per engine call (64)."
-    ),
-    permute_codes: bool = typer.Option(
-        False, "--permute-codes", help="Control: permute the query codes."
-    ),
-    matching: str = typer.Option(
-        "attributes", "--matching", help="Object matching: attributes | joint | position | index."
-    ),
-    position_error: str = typer.Option(
-        "mixed", "--position-error", help="Position MSE/MAE: mixed | coordinate | euclidean."
-    ),
-    naive: str = typer.Option(
-        "sampled", "--naive", help="Naive baseline's scene: sampled | proportional | modal."
+    batch_size: int | None = _engine_opt("batch_size", "--batch-size"),
+    permute_codes: bool = _opt(ProtocolConfig, "permute_codes", "--permute-codes"),
+    matching: str = _opt(ScoringOptions, "matching", "--matching"),
+    position_error: str = _opt(ScoringOptions, "position_error", "--position-error"),
+    naive: str = _opt(DecodeConfig, "naive", "--naive"),
+    show_prompt: bool = typer.Option(
+        False,
+        "--show-prompt",
+        help="Print the exact messages of the first test image as JSON and exit (no request).",
     ),
 ) -> None:
-    """Decode --test held-out scenes of run K with --shots examples each, score, and save."""
-    secret = os.environ.get(api_key_env)
+    """Decode --test held-out scenes of run K with --shots examples each, score, and save.
+
+    The programs file needs scenes: shots come from its train rows and test images from its
+    val/test rows (strop export RUN --split train,val); a file with one split is divided by
+    the seed.
+    """
+    secrets: list[str | None] = [read_api_key(api_key_env)]
+    if base_url is not None:
+        secrets += split_url_secrets(base_url)[1]
     if model is None:
         if backend not in ("naive", "knn"):
-            _fail("--model is required for the openai and vllm backends", [secret], usage=True)
+            _fail("--model is required for the openai and vllm backends", secrets, usage=True)
         model = backend
     # unset: the environment's URL (OPENAI_BASE_URL), the preset's engine options
     given: dict[str, Any] = {"base_url": base_url} if base_url is not None else {}
@@ -171,7 +188,7 @@ def decode_command(
     try:
         extra = parse_json_object("--extra-body", extra_body)
     except BackendError as exc:
-        _fail(str(exc), [secret], usage=True)
+        _fail(str(exc), secrets, usage=True)
         return
     try:
         cfg = DecodeConfig(
@@ -186,6 +203,7 @@ def decode_command(
                 shots=shots,
                 test=test,
                 seed=seed,
+                sampling_seed=sampling_seed,
                 temperature=temperature,
                 parse_retries=parse_retries,
                 permute_codes=permute_codes,
@@ -199,6 +217,7 @@ def decode_command(
             template=template,
             max_tokens=max_tokens,
             think=think,
+            limit=limit,
             scoring={"matching": matching, "position_error": position_error},
             naive=cast(Any, naive),  # a plain str here; pydantic validates the Literal
             card_sampling=card_sampling,
@@ -207,26 +226,43 @@ def decode_command(
                 {n: v for n, v in engine.items() if v is not None}
             ),
         )
+        secrets += split_url_secrets(cfg.base_url)[1]
         check_config(cfg)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
-        _fail(f"option {field}: {err['msg']} (got {err.get('input')!r})", [secret], usage=True)
+        _fail(f"option {field}: {err['msg']} (got {err.get('input')!r})", secrets, usage=True)
+        return
+    except (PromptError, UsageError) as exc:  # a --template that is missing
+        _fail(str(exc), secrets, usage=True)
         return
     except (RunFolderError, BackendError) as exc:
-        _fail(str(exc), [secret])
+        _fail(str(exc), secrets)
         return
 
-    with _DecodeProgress(f"{model} K={k}") as progress:
+    if show_prompt:
+        try:
+            messages = plan(cfg).jobs[0].messages
+        except PromptError as exc:
+            _fail(str(exc), secrets, usage=True)
+            return
+        except (RunFolderError, SceneFileError, BackendError) as exc:
+            _fail(str(exc), secrets)
+            return
+        typer.echo(json.dumps(messages, indent=2, ensure_ascii=False))
+        return
+
+    llm = cfg.backend in ("openai", "vllm")
+    with _DecodeProgress(f"{model} K={k}", llm=llm) as progress:
         try:
             result = decode(cfg, on_row=progress.row, on_start=progress.start, stats=progress.stats)
         except PromptError as exc:  # the template given on the command line
             progress.stop()
-            _fail(str(exc), [secret], usage=True)
+            _fail(str(exc), secrets, usage=True)
             return
         except (RunFolderError, SceneFileError, BackendError) as exc:
             progress.stop()
-            _fail(str(exc), [secret])
+            _fail(str(exc), secrets)
             return
         except DecodeInterrupted as exc:
             progress.stop()
@@ -234,7 +270,9 @@ def decode_command(
             raise typer.Exit(EXIT_INTERRUPTED) from None
     for warning in result.warnings:
         console.print(
-            f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True
+            f"[yellow]warning:[/yellow] {escape(redact(warning, secrets))}",
+            highlight=False,
+            soft_wrap=True,
         )
     s = result.summary
     console.print(
@@ -245,11 +283,30 @@ def decode_command(
         soft_wrap=True,
     )
     if s["missing"]:
-        first = f" (last error: {progress.last_error})" if progress.last_error else ""
-        _fail(
-            f"{s['missing']} requests failed{first}; rerun the same command to finish them",
-            [secret],
+        _fail(missing_message(result.folder, s["missing"]), secrets)
+
+
+def missing_message(folder: Path, missing: int) -> str:
+    """Why answers are missing, and whether a rerun can finish them."""
+    latest: dict[str, dict[str, Any]] = {}
+    for row in repair_jsonl(folder / RESULTS_FILE)[0]:
+        latest[row.get("key", "")] = row
+    errors = [r for r in latest.values() if r.get("status") == "error"]
+    refused = [r for r in errors if r.get("retryable") is False]
+    transient = [r for r in errors if r.get("retryable") is not False]
+    parts = []
+    if transient:
+        parts.append(
+            f"{len(transient)} requests failed in transport (last: {transient[-1]['error']}); "
+            "rerun the same command to finish them"
         )
+    if refused:
+        parts.append(
+            f"{len(refused)} requests were refused by the server (last: {refused[-1]['error']}); "
+            "a rerun sends them unchanged and will be refused again: change what is sent "
+            "(--max-tokens, --template, --extra-body, the model) or the server"
+        )
+    return "; ".join(parts) or f"{missing} answers missing; rerun the same command to finish them"
 
 
 def _fmt(value: float | None) -> str:
@@ -270,7 +327,8 @@ class _LiveColumn(ProgressColumn):
 class _DecodeProgress:
     """Rich progress: done / failed counts and the backend's live transport stats."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, llm: bool = True) -> None:
+        self.llm = llm  # baselines have no tokens: no tokens/s to show
         self.stats = TransportStats()
         self.progress = Progress(
             TextColumn("{task.description}"),
@@ -310,8 +368,10 @@ class _DecodeProgress:
         s = self.stats
         # backends without streaming stats (offline engine, baselines): tokens of finished rows
         tokens = s.tokens or self.row_tokens
-        text = f"{tokens / max(time.perf_counter() - self.t0, 1e-9):.1f} tok/s"
-        text += f" | in flight {s.in_flight}"
+        text = f"in flight {s.in_flight}"
+        if self.llm:
+            rate = tokens / max(time.perf_counter() - self.t0, 1e-9)
+            text = f"{rate:.1f} tok/s | {text}"
         if s.retries or s.long_timeouts:
             text += f" | retries {s.retries} long timeouts {s.long_timeouts}"
         idle = time.monotonic() - s.last_token_at if s.last_token_at else None
@@ -349,9 +409,21 @@ def report_command(
 
 
 @commands.command("presets")
-def presets_command() -> None:
+def presets_command(
+    gpus: str | None = typer.Option(
+        None,
+        "--gpus",
+        help="The node's GPUs, e.g. 8xH100 or 1xH200: print the serve lines for it "
+        "(default: every node the recipes cover).",
+    ),
+) -> None:
     """Print every model preset: served id, thinking switch, sampling, and its `vllm serve` line."""
-    Console(soft_wrap=True).print(describe_presets(), highlight=False, markup=False)
+    try:
+        hardware = Hardware.parse(gpus) if gpus is not None else None
+    except ValueError as exc:
+        _fail(str(exc), [], usage=True)
+        return
+    Console(soft_wrap=True).print(describe_presets(hardware), highlight=False, markup=False)
 
 
 app = make_app(

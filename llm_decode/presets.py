@@ -6,16 +6,44 @@ Design decisions
   enough to finish thinking before the JSON) and what the serving stack needs to honour it:
   the thinking switch as the request's `extra_body` (Qwen3.5 `chat_template_kwargs.
   enable_thinking`, DeepSeek-V3.1 `chat_template_kwargs.thinking`, gpt-oss
-  `reasoning_effort`), and the `vllm serve` line that hosts it, with the reasoning parser
-  that keeps structured output from starting the grammar at the first (thinking) token.
+  `reasoning_effort`), and the `vllm serve` line that hosts it on the user's hardware, with
+  the reasoning parser that keeps structured output from starting the grammar at the first
+  (thinking) token.
 - The thinking switch is sent both ways (on and off), so a server default never decides.
   gpt-oss cannot stop reasoning: "off" is `reasoning_effort: low`, "on" its default `medium`.
-- Sampling: the paper used temperature 0 and so does every preset by default; where a card
-  warns against greedy decoding in thinking mode, its recommended sampling is kept in
-  `card_sampling` and used only on request (`--card-sampling`); the summary records which.
+- Sampling: the paper used temperature 0 and so does every preset by default; a card's
+  recommended sampling is kept per thinking mode and used only on request
+  (`--card-sampling`), for the mode the run uses; the summary records which.
+- Every serve line enables prefix caching explicitly: all queries of a run share the 50-shot
+  context (~15k tokens), which a server with the cache computes once.
+- Serve lines depend on the hardware (`strop-llm presets --gpus 8xH100`): a line is only
+  printed where the recipe says it fits, else what to do instead.
+- OpenAI-hosted reasoning models (GPT-5 family, o1/o3/o4) reject `max_tokens` and any
+  temperature but the default: their requests carry `max_completion_tokens` and no
+  temperature or seed (`reasoning_api`).
 - Unknown names pass through unchanged as the served id, so any model a server hosts works;
   `--served-id` overrides the id of a preset (a local checkpoint path, a quantised variant).
 - The results folder is named after the name the user typed, made filesystem-safe.
+
+Facts checked (December 2026) against:
+- Qwen3.5 model cards (the Qwen3.5 family's "Best Practices", e.g. Qwen/Qwen3.5-35B-A3B as
+  quoted verbatim by fakoli.github.io/anvil-serving): thinking, general: temperature 1.0,
+  top_p 0.95, top_k 20, presence_penalty 1.5; non-thinking, general: 0.7, 0.8, 20, 1.5;
+  output length 32,768 tokens for most queries.
+- vLLM recipe for Qwen/Qwen3.5-397B-A17B (recipes.vllm.ai): `--tensor-parallel-size 8
+  --reasoning-parser qwen3 --enable-prefix-caching`, verified on 8x H200; the official FP8
+  checkpoint Qwen/Qwen3.5-397B-A17B-FP8 recommended. SGLang's Qwen3.5 cookbook: BF16
+  weights need ~800 GB; H100 (80 GB) needs TP 16 (two nodes), H200 runs TP 8.
+- vLLM recipe for DeepSeek-V3.1 (vllm-project/recipes DeepSeek/DeepSeek-V3_1.md): served on
+  8x H200 (141 GB each) with `--enable-expert-parallel --tensor-parallel-size 8`; its FP8
+  weights (~685 GB) exceed one 8x H100 node (640 GB).
+- vLLM recipe for gpt-oss (vllm-project/recipes OpenAI/GPT-OSS.md, "Known Limitations"): on
+  H100 at tensor parallel size 1 the defaults run out of memory;
+  `--gpu-memory-utilization 0.95 --max-num-batched-tokens 1024` is the recipe's line.
+- OpenAI API 400s for GPT-5 reasoning models (as reported verbatim in public issues, e.g.
+  griptape-ai/ComfyUI-Griptape#312): "Unsupported parameter: 'max_tokens' is not supported
+  with this model. Use 'max_completion_tokens' instead." and "Unsupported value:
+  'temperature' does not support ... Only the default (1) value is supported."
 """
 
 from __future__ import annotations
@@ -31,8 +59,52 @@ from typing import Any
 DEFAULT_MAX_TOKENS = 2048
 #: Reasoning models think before answering; too small a budget cuts the answer off.
 REASONING_MAX_TOKENS = 16384
+#: Qwen3.5's card: 32,768 output tokens for most queries (thinking).
+QWEN_THINKING_MAX_TOKENS = 32768
 #: Context for `vllm serve`: 50 shots (~15k tokens) plus a full reasoning budget, with room.
 SERVE_MAX_MODEL_LEN = 65536
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One node's GPUs, as `strop-llm presets --gpus` names them (`8xH100`)."""
+
+    count: int
+    gpu: str  # H100 | H200
+
+    @property
+    def name(self) -> str:
+        return f"{self.count}x{self.gpu}"
+
+    @classmethod
+    def parse(cls, text: str) -> Hardware:
+        match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(H100|H200)\s*", text, re.IGNORECASE)
+        if not match or int(match.group(1)) < 1:
+            raise ValueError(f"--gpus {text!r}: expected NxH100 or NxH200, e.g. 8xH100")
+        return cls(int(match.group(1)), match.group(2).upper())
+
+
+#: The hardware `strop-llm presets` describes when not told (the recipes' own).
+DEFAULT_HARDWARE = Hardware(8, "H200")
+KNOWN_HARDWARE = (
+    Hardware(8, "H200"),
+    Hardware(8, "H100"),
+    Hardware(1, "H100"),
+    Hardware(1, "H200"),
+)
+
+
+@dataclass(frozen=True)
+class ServeLine:
+    """How one preset is hosted on one node: a command (argv), or why it does not fit."""
+
+    argv: tuple[str, ...] = ()
+    note: str = ""  # what to do instead, or a caveat
+    served_id: str = ""  # when the line serves another checkpoint (FP8): --served-id this
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv) if self.argv else ""
 
 
 @dataclass(frozen=True)
@@ -43,17 +115,36 @@ class ModelPreset:
     served_id: str
     think: bool = False  # paper default: reasoning suffix (and thinking switch) on
     max_tokens: int = DEFAULT_MAX_TOKENS
+    max_tokens_think: int | None = None  # the card's budget with thinking on, when it differs
     #: extra_body for thinking on / off; empty for models without a switch
     think_on: dict[str, Any] = field(default_factory=dict)
     think_off: dict[str, Any] = field(default_factory=dict)
-    #: the card's sampling for thinking mode where it warns against greedy decoding
-    card_sampling: dict[str, float] = field(default_factory=dict)
+    #: the card's sampling with thinking on / off (`--card-sampling`)
+    card_think: dict[str, float] = field(default_factory=dict)
+    card_no_think: dict[str, float] = field(default_factory=dict)
     #: output in OpenAI's Harmony format (gpt-oss): "analysis...assistantfinal..."
     harmony: bool = False
+    #: OpenAI-hosted reasoning model: max_completion_tokens, no temperature or seed
+    reasoning_api: bool = False
     #: `vllm serve` options beyond the model id
     tensor_parallel_size: int = 1
     reasoning_parser: str | None = None
     serve_extra: tuple[str, ...] = ()
+    #: GPU memory one replica needs (weights as served), to tell what fits (GB)
+    weights_gb: int = 0
+    #: the official smaller checkpoint (FP8) for nodes the full one does not fit
+    fp8_id: str | None = None
+
+    @property
+    def card_sampling(self) -> bool:
+        return bool(self.card_think or self.card_no_think)
+
+    def card(self, think: bool) -> dict[str, float]:
+        """The card's sampling for the thinking mode in use (empty: the card has none)."""
+        return dict(self.card_think if think else self.card_no_think)
+
+    def budget(self, think: bool) -> int:
+        return self.max_tokens_think if think and self.max_tokens_think else self.max_tokens
 
     def extra_body(self, think: bool) -> dict[str, Any]:
         """The request fields that switch thinking on or off for this model."""
@@ -67,18 +158,46 @@ class ModelPreset:
             kwargs["reasoning_effort"] = body["reasoning_effort"]
         return kwargs
 
-    def serve_args(self) -> list[str]:
-        """The `vllm serve` command line (argv) that hosts this preset."""
-        args = ["vllm", "serve", self.served_id]
-        if self.tensor_parallel_size > 1:
-            args += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
+    def serve_args(self, model: str | None = None, tp: int | None = None) -> list[str]:
+        """The `vllm serve` command line (argv) that hosts this preset (the recipe's node)."""
+        args = ["vllm", "serve", model or self.served_id]
+        tp = tp or self.tensor_parallel_size
+        if tp > 1:
+            args += ["--tensor-parallel-size", str(tp)]
         args += ["--max-model-len", str(SERVE_MAX_MODEL_LEN)]
         if self.reasoning_parser:
             args += ["--reasoning-parser", self.reasoning_parser]
-        return args + list(self.serve_extra)
+        return args + ["--enable-prefix-caching", *self.serve_extra]
 
     def serve_command(self) -> str:
+        """The line for `DEFAULT_HARDWARE` (the recipes' 8x H200)."""
         return shlex.join(self.serve_args())
+
+    def serve_line(self, hardware: Hardware) -> ServeLine:
+        """The line for `hardware`, or why it does not fit (module docstring: the sources)."""
+        per_gpu = {"H100": 80, "H200": 141}[hardware.gpu]
+        need = self.weights_gb
+        if self.name == "gpt-oss-120b" and hardware.gpu == "H100":
+            args = self.serve_args(tp=1)
+            args += ["--gpu-memory-utilization", "0.95", "--max-num-batched-tokens", "1024"]
+            return ServeLine(tuple(args), "the recipe's flags for one H100 (defaults run OOM)")
+        if not need or need <= 0.9 * per_gpu * min(hardware.count, self.tensor_parallel_size):
+            if hardware.count >= self.tensor_parallel_size:
+                return ServeLine(tuple(self.serve_args()))
+        if self.fp8_id and hardware.count >= self.tensor_parallel_size:
+            return ServeLine(
+                tuple(self.serve_args(self.fp8_id)),
+                f"BF16 weights (~{need} GB) do not fit {hardware.name}: the official FP8 "
+                f"checkpoint, or BF16 at --tensor-parallel-size {2 * self.tensor_parallel_size}"
+                " over two nodes",
+                served_id=self.fp8_id,
+            )
+        return ServeLine(
+            (),
+            f"does not fit {hardware.name} (~{need} GB of weights at tensor parallel size "
+            f"{self.tensor_parallel_size}): use 8xH200, or two nodes "
+            "(--pipeline-parallel-size 2)",
+        )
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -89,12 +208,20 @@ PRESETS: dict[str, ModelPreset] = {
             "Qwen/Qwen3.5-397B-A17B",
             think=False,
             max_tokens=REASONING_MAX_TOKENS,
+            max_tokens_think=QWEN_THINKING_MAX_TOKENS,
             think_on={"chat_template_kwargs": {"enable_thinking": True}},
             think_off={"chat_template_kwargs": {"enable_thinking": False}},
-            # Qwen cards: "DO NOT use greedy decoding" in thinking mode
-            card_sampling={"temperature": 0.6, "top_p": 0.95, "top_k": 20},
+            card_think={"temperature": 1.0, "top_p": 0.95, "top_k": 20, "presence_penalty": 1.5},
+            card_no_think={
+                "temperature": 0.7,
+                "top_p": 0.8,
+                "top_k": 20,
+                "presence_penalty": 1.5,
+            },
             tensor_parallel_size=8,
             reasoning_parser="qwen3",
+            weights_gb=800,
+            fp8_id="Qwen/Qwen3.5-397B-A17B-FP8",
         ),
         ModelPreset(
             "deepseek-v3.1",
@@ -106,6 +233,7 @@ PRESETS: dict[str, ModelPreset] = {
             tensor_parallel_size=8,
             reasoning_parser="deepseek_v3",
             serve_extra=("--enable-expert-parallel",),
+            weights_gb=685,
         ),
         ModelPreset(
             "gpt-oss-120b",
@@ -114,43 +242,85 @@ PRESETS: dict[str, ModelPreset] = {
             max_tokens=REASONING_MAX_TOKENS,
             think_on={"reasoning_effort": "medium"},
             think_off={"reasoning_effort": "low"},
-            # gpt-oss card: temperature 1.0, top_p 1.0
-            card_sampling={"temperature": 1.0, "top_p": 1.0},
+            # gpt-oss card: temperature 1.0, top_p 1.0 (either mode)
+            card_think={"temperature": 1.0, "top_p": 1.0},
+            card_no_think={"temperature": 1.0, "top_p": 1.0},
             harmony=True,
             tensor_parallel_size=1,
             reasoning_parser="openai_gptoss",
+            weights_gb=65,
+        ),
+        ModelPreset(
+            "gpt-5",
+            "gpt-5",
+            think=True,
+            max_tokens=REASONING_MAX_TOKENS,
+            think_on={"reasoning_effort": "medium"},
+            think_off={"reasoning_effort": "minimal"},
+            reasoning_api=True,
         ),
     )
 }
+#: OpenAI-hosted reasoning models by name: they reject max_tokens and temperature.
+_OPENAI_REASONING = re.compile(r"^(openai/)?(gpt-5(?!-chat)|o[134])([-.].*)?$", re.IGNORECASE)
 
 
-def describe_presets() -> str:
-    """Every preset as text: what is sent, how it samples, and the two-step recipe."""
+def describe_presets(hardware: Hardware | None = None) -> str:
+    """Every preset as text: what is sent, how it samples, and the two-step recipe for
+    `hardware` (every known node when None)."""
+    nodes = [hardware] if hardware else list(KNOWN_HARDWARE)
     blocks = []
     for p in PRESETS.values():
-        card = ", ".join(f"{k} {v:g}" for k, v in p.card_sampling.items())
-        blocks.append(
-            "\n".join(
-                [
-                    f"{p.name}: {p.served_id}",
-                    f"  thinking: {'on' if p.think else 'off'} by default (paper); "
-                    f"on sends {json.dumps(p.think_on)}, off sends {json.dumps(p.think_off)}",
-                    "  sampling: temperature 0 (paper); "
-                    + (f"the card's ({card}) with --card-sampling" if card else "no card advice"),
-                    f"  max_tokens: {p.max_tokens}"
-                    + ("; output in Harmony format (parsed)" if p.harmony else ""),
-                    f"  serve:  {p.serve_command()}",
-                    f"  decode: strop-llm decode --model {p.name} --k 128 "
-                    "--base-url http://HOST:8000/v1",
-                ]
-            )
+        card = "; ".join(
+            f"{mode} ({', '.join(f'{k} {v:g}' for k, v in c.items())})"
+            for mode, c in (("thinking", p.card_think), ("non-thinking", p.card_no_think))
+            if c
         )
+        lines = [
+            f"{p.name}: {p.served_id}",
+            f"  thinking: {'on' if p.think else 'off'} by default (paper); "
+            f"on sends {json.dumps(p.think_on)}, off sends {json.dumps(p.think_off)}",
+            "  sampling: "
+            + (
+                "the model's default (it accepts no other temperature)"
+                if p.reasoning_api
+                else "temperature 0 (paper); "
+                + (f"the card's with --card-sampling: {card}" if card else "no card advice")
+            ),
+            f"  max_tokens: {p.max_tokens}"
+            + (f", {p.max_tokens_think} with thinking on" if p.max_tokens_think else "")
+            + ("; output in Harmony format (parsed)" if p.harmony else "")
+            + ("; sent as max_completion_tokens" if p.reasoning_api else ""),
+        ]
+        if p.reasoning_api:
+            lines.append("  serve:  hosted by OpenAI (OPENAI_API_KEY, OPENAI_BASE_URL)")
+            lines.append(f"  decode: strop-llm decode --model {p.name} --k 128")
+        else:
+            for node in nodes:
+                line = p.serve_line(node)
+                label = f"  serve on {node.name}: "
+                if line.command:
+                    lines.append(label + line.command)
+                    if line.note:
+                        lines.append(f"    ({line.note})")
+                else:
+                    lines.append(label + line.note)
+            served = ""
+            if hardware is not None and p.serve_line(hardware).served_id:
+                served = f" --served-id {p.serve_line(hardware).served_id}"
+            lines.append(
+                f"  decode: strop-llm decode --model {p.name} --k 128 "
+                f"--base-url http://HOST:8000/v1{served}"
+            )
+        blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
 def resolve_model(name: str, served_id: str | None = None) -> ModelPreset:
     """The preset for `name` (or a pass-through preset), with `served_id` overriding its id."""
-    preset = PRESETS.get(name.lower(), ModelPreset(name, name))
+    preset = PRESETS.get(name.lower())
+    if preset is None:
+        preset = ModelPreset(name, name, reasoning_api=bool(_OPENAI_REASONING.match(name)))
     return replace(preset, served_id=served_id) if served_id else preset
 
 

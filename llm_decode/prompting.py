@@ -13,6 +13,10 @@ Design decisions
   template can run code. `--template` is the user's own file, which is their call (and the
   CLI help says so); a template from anyone else (none today: the package's are ours) must be
   rendered with `jinja2.sandbox.SandboxedEnvironment` instead.
+- The repair turn echoes the failed answer back, cut to `REPAIR_ECHO_CHARS` (its head and
+  tail, with the number of characters left out): a model that wrote thousands of tokens of
+  garbage would otherwise send them back and overflow the context. The runner ends a repair
+  turn the server still refuses as the parse failure it was.
 - `think_suffix` (the reasoning instruction the paper gives DeepSeek-V3.1 and GPT-OSS-120B)
   is itself a template, `prompts/think_suffix.j2`, so it can be reworded without code.
 """
@@ -33,6 +37,17 @@ from llm_decode.schema import DecodedScene, abbreviation_legend
 PACKAGE_TEMPLATE = "decode.j2"
 THINK_TEMPLATE = "think_suffix.j2"
 REQUIRED_BLOCKS = ("context", "query")
+#: The most characters of a failed answer echoed back in the repair turn (~500 tokens): enough
+#: for the model to see what it wrote (a scene is ~600 characters), never a context's worth.
+REPAIR_ECHO_CHARS = 2000
+
+
+def echo_excerpt(answer: str, limit: int = REPAIR_ECHO_CHARS) -> str:
+    """`answer` when short, else its head and tail with how much was left out."""
+    if len(answer) <= limit:
+        return answer
+    head, tail = answer[: limit * 3 // 4], answer[-(limit // 4) :]
+    return f"{head}\n[... {len(answer) - len(head) - len(tail)} characters cut ...]\n{tail}"
 
 
 class PromptError(ValueError):
@@ -130,6 +145,6 @@ class PromptBuilder:
         repair = self._render("repair", {**self.run_vars, "error": error})
         return [
             *messages,
-            {"role": "assistant", "content": answer},
+            {"role": "assistant", "content": echo_excerpt(answer)},
             {"role": "user", "content": repair},
         ]

@@ -1,6 +1,9 @@
 """The evaluation protocol: which images are shots, which are tested, all from one seed.
 
 Design decisions
+- An image listed twice is refused, naming it: its copies could be a shot and a test image.
+- `seed` draws the images, `sampling_seed` (default: `seed`) seeds sampling, so a sampled run
+  can be repeated on a fixed test set.
 - Only rows with a scene can serve (a shot needs its answer, a test image its truth).
 - When the programs file has a `train` split and a `val` or `test` split, shots come from
   train and test images from val/test (held out from the tokenizer's training as well). A
@@ -19,6 +22,8 @@ Design decisions
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,10 +43,22 @@ class ProtocolConfig(BaseModel):
 
     shots: int = Field(50, ge=1, description="In-context examples per prompt.")
     test: int = Field(15, ge=1, description="Held-out images decoded and scored.")
-    seed: int = Field(0, ge=0, description="Seeds the shot/test draw, sampling and k-means.")
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    seed: int = Field(0, ge=0, description="Seeds which images are shots and tests.")
+    sampling_seed: int | None = Field(
+        None,
+        ge=0,
+        description="Seeds sampling (the request's seed, the baselines' draws); default: --seed. "
+        "Vary it alone to repeat a sampled run on the same test set.",
+    )
+    temperature: float = Field(
+        0.0, ge=0.0, le=2.0, description="Sampling temperature (the paper's: 0, greedy)."
+    )
     parse_retries: int = Field(1, ge=0, description="Extra requests after a parse failure.")
     permute_codes: bool = Field(False, description="Permutation control on the query codes.")
+
+    @property
+    def sampling_seed_or_seed(self) -> int:
+        return self.seed if self.sampling_seed is None else self.sampling_seed
 
 
 @dataclass(frozen=True)
@@ -55,11 +72,31 @@ def scene_rows(programs: Programs) -> list[int]:
     return [i for i, s in enumerate(programs.scene) if s]
 
 
+def duplicated_ids(image_ids: Sequence[str]) -> list[str]:
+    """Image ids listed more than once, in first-seen order."""
+    counts = Counter(image_ids)
+    return [i for i in dict.fromkeys(image_ids) if counts[i] > 1]
+
+
+def check_unique_images(image_ids: Sequence[str], source: str) -> None:
+    """Refuse a table that lists an image twice: one copy could be a shot and the other a
+    test image, and the model would be scored on an answer it was shown."""
+    dup = duplicated_ids(image_ids)
+    if dup:
+        shown = ", ".join(dup[:5]) + (f" and {len(dup) - 5} more" if len(dup) > 5 else "")
+        raise RunFolderError(
+            f"{source}: {len(dup)} image ids are listed more than once ({shown}); a "
+            "duplicated image can be both a shot and a test image. Export each split once "
+            "(strop export --split train,val)"
+        )
+
+
 def select(programs: Programs, config: ProtocolConfig, source: str = "programs") -> Selection:
     """Draw the test and shot rows deterministically from `config.seed`."""
     rows = scene_rows(programs)
     if not rows:
         raise RunFolderError(f"{source}: no row has a scene; decoding needs CLEVR scenes")
+    check_unique_images([programs.image_id[i] for i in rows], source)
     rng = np.random.default_rng(config.seed)
     shot_pool = [i for i in rows if programs.split[i] in SHOT_SPLITS]
     test_pool = [i for i in rows if programs.split[i] in TEST_SPLITS]

@@ -4,6 +4,8 @@ Design decisions
 - The table is rebuilt from every `RUN/llm/<model>/summary.json` under the experiment, so it
   never drifts from the results; rows sort by model, then K, baselines first.
 - Parse failures print as `fails / n` like the paper; a run with missing answers says so.
+- Each protocol has its own folder (`llm_decode.results.claim_folder`), so one model can have
+  several rows; the `n`, `Shots`, `Thinking` and `Temperature` columns tell them apart.
 - Markdown goes to `EXPERIMENT/llm_report.md` (atomic write); the same rows print as a rich
   table.
 - Every row says how it was scored (`Scoring`: matching / position error, and the naive
@@ -28,6 +30,10 @@ REPORT_FILE = "llm_report.md"
 COLUMNS = (
     "Model",
     "K",
+    "n",
+    "Shots",
+    "Thinking",
+    "Temperature",
     "Parse fails",
     "Count err",
     "Attr acc",
@@ -74,10 +80,17 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
         if s.get("missing"):
             fails += f" ({s['missing']} missing)"
         ap = s.get("ap") or {}
+        protocol = s.get("protocol") or {}
+        think = protocol.get("think")
+        llm = s.get("backend") not in _BASELINES
         rows.append(
             [
                 s["folder"],
                 str(s.get("k", "?")),
+                str(s.get("n", "?")),
+                str(protocol.get("shots", "?")),
+                ("on" if think else "off") if llm and think is not None else "-",
+                _temperature(protocol) if llm else "-",
                 fails,
                 _num(s.get("count_err"), 2),
                 _num(s.get("attr_acc"), 3),
@@ -91,10 +104,21 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def _temperature(protocol: dict[str, Any]) -> str:
+    """`0` or the card's sampling, e.g. `0.7 (top_p 0.8, top_k 20)`."""
+    sampling = dict(protocol.get("sampling") or {})
+    temperature = sampling.pop("temperature", protocol.get("temperature"))
+    if temperature is None:
+        return "?"
+    extra = ", ".join(f"{k} {v:g}" for k, v in sampling.items() if isinstance(v, int | float))
+    return f"{temperature:g}" + (f" ({extra})" if extra else "")
+
+
 def scoring_label(summary: dict[str, Any]) -> str:
     """`matching / position error`, plus `naive=<definition>` for the naive baseline."""
     scoring = summary.get("scoring") or _LEGACY_SCORING
     label = f"{scoring.get('matching', '?')} / {scoring.get('position_error', '?')}"
+    label += f" / {scoring.get('attr_accuracy', 'matched')}"  # before the option: matched
     if "scoring" not in summary:
         label += " (before options)"
     if summary.get("backend") == "naive":
@@ -114,7 +138,8 @@ def render_markdown(rows: list[list[str]], experiment: Path) -> str:
         "Hungarian-matched objects; AP: CLEVR set prediction at the given (x, y) distance. "
         "Scoring: how objects were matched (attributes, joint, position or index) and how "
         "position errors were taken (mixed: MSE per coordinate, MAE Euclidean; coordinate; "
-        "euclidean); naive: the baseline's average scene (sampled, proportional or modal). "
+        "euclidean) and attribute accuracy (over true objects, matched pairs, or histograms); "
+        "naive: the baseline's average scene (sampled, proportional or modal). "
         "See llm_decode/scoring.py and docs/TABLE16_CALIBRATION.md.",
         "",
     ]

@@ -6,10 +6,20 @@ Design decisions
   flight while work remains, however uneven the latencies. A worker keeps its slot through
   the parse retry, so the retry does not jump the queue.
 - The parse retry (one by default, as in the paper) sends the template's `repair` message
-  after the failed answer; a template without that block resends the original request.
-- Every answer is written the moment it arrives (`ResultsFile.append`); transport failures
-  are recorded as `error` rows (with whatever output had arrived, `partial: true`) and retried
-  by the next run; the summary is recomputed from the rows of this protocol's keys.
+  after the failed answer (echoed back cut to 2,000 characters); a template without that
+  block resends the original request. A repair turn the server refuses as it is (a 4xx:
+  the echo overflowed the context) ends the row as the parse failure it already was, with
+  the server's reason: no rerun could change it.
+- Every answer is written the moment it arrives (`ResultsFile.append`), with every turn's
+  answer (`answers`) and the prompt's hash (the prompt itself once in `prompts.jsonl`);
+  transport failures are recorded as `error` rows (with whatever output had arrived,
+  `partial: true`, and `retryable`) and retried by the next run; an exception a worker did
+  not expect is one such row, never the end of the run. The summary is recomputed from the
+  rows of this protocol's keys.
+- Each protocol (shots, test set, seeds, sampling, thinking, template, scoring) has its own
+  results folder (`output_folder`), so a run under another protocol never overwrites a
+  summary or mixes rows. `--limit N` decodes the first N drawn images under the same keys,
+  so a full run later reuses them.
 - The offline engine gets `batch_size` requests at a time and each batch's rows are written
   before the next batch starts; an engine error stops the run with one line, after them.
 - The server is `--base-url`, else `OPENAI_BASE_URL`, else vLLM's default local address, as
@@ -40,17 +50,26 @@ from llm_decode.backends.base import (
     TransportError,
     TransportStats,
     one_line,
+    read_api_key,
     redact,
+    split_url_secrets,
 )
 from llm_decode.backends.baselines import DEFAULT_NAIVE, NaiveDefinition
+from llm_decode.backends.transport import TransportOptions, same_field
 from llm_decode.backends.vllm_offline import VLLMEngineOptions
 from llm_decode.presets import PRESETS, ModelPreset, folder_name, resolve_model
 from llm_decode.prompting import PromptBuilder, Shot
 from llm_decode.protocol import ProtocolConfig, Selection, code_permutation, load_scene, select
-from llm_decode.results import ResultsFile, claim_folder, messages_sha256, request_key
+from llm_decode.results import (
+    IDENTITY_KEYS,
+    ResultsFile,
+    claim_folder,
+    messages_sha256,
+    request_key,
+)
 from llm_decode.schema import DecodedScene, SceneParseError, parse_answer, scene_json_schema
 from llm_decode.scoring import ScoringOptions, score_scene, summarize_scores
-from strop.runs import RunFolder, RunFolderError, find_run
+from strop.runs import RunFolder, find_run
 
 BackendName = Literal["openai", "vllm", "naive", "knn"]
 #: vLLM's OpenAI-compatible server on this machine, when neither flag nor environment says
@@ -80,19 +99,16 @@ class DecodeConfig(BaseModel):
     served_id: str | None = Field(None, description="Overrides the preset's served id.")
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
-    timeout: float = Field(
-        120.0, gt=0, description="Idle limit: seconds without a byte of the answer."
+    timeout: float = same_field(TransportOptions, "timeout")
+    stream: bool = same_field(TransportOptions, "stream")
+    min_tokens_per_s: float = same_field(TransportOptions, "min_tokens_per_s")
+    max_attempts: int = same_field(TransportOptions, "max_attempts")
+    long_retries: int = same_field(TransportOptions, "long_retries")
+    backoff_base: float = same_field(TransportOptions, "backoff_base")
+    backoff_cap: float = same_field(TransportOptions, "backoff_cap")
+    limit: int | None = Field(
+        None, ge=1, description="Decode only the first N drawn test images (a quick look)."
     )
-    stream: bool = Field(True, description="Stream answers (the idle limit needs it).")
-    min_tokens_per_s: float = Field(
-        10.0, gt=0, description="Sets the deadline per attempt: timeout + max_tokens / this."
-    )
-    max_attempts: int = Field(5, ge=1, description="Transport attempts per request.")
-    long_retries: int = Field(
-        1, ge=0, description="Retries of an attempt that failed after output had started."
-    )
-    backoff_base: float = Field(1.0, ge=0)
-    backoff_cap: float = Field(30.0, ge=0)
     structured: bool = Field(False, description="Send the scene JSON schema as response_format.")
     template: Path | None = Field(None, description="A Jinja template replacing prompts/decode.j2.")
     max_tokens: int | None = Field(None, ge=1, description="Default: the preset's.")
@@ -154,9 +170,7 @@ def _build_backend(cfg: DecodeConfig, p: Plan, stats: TransportStats) -> Any:
     if cfg.backend == "naive":
         from llm_decode.backends.baselines import NaiveBackend
 
-        return NaiveBackend(
-            [s.scene for s in p.shots], seed=cfg.protocol.seed, definition=cfg.naive
-        )
+        return NaiveBackend([s.scene for s in p.shots], seed=p.sampling_seed, definition=cfg.naive)
     if cfg.backend == "knn":
         from llm_decode.backends.baselines import KnnBackend
 
@@ -170,7 +184,7 @@ def _build_backend(cfg: DecodeConfig, p: Plan, stats: TransportStats) -> Any:
             options=engine_options(cfg.engine, p.preset),
             sampling=sampling,
             max_tokens=p.max_tokens,
-            seed=cfg.protocol.seed,
+            seed=p.sampling_seed,
             response_schema=schema,
             chat_template_kwargs=p.preset.chat_template_kwargs(p.think),
             harmony=p.preset.harmony,
@@ -183,7 +197,7 @@ def _build_backend(cfg: DecodeConfig, p: Plan, stats: TransportStats) -> Any:
             model=p.preset.served_id,
             temperature=p.temperature,
             max_tokens=p.max_tokens,
-            seed=cfg.protocol.seed,
+            seed=p.sampling_seed,
             stream=cfg.stream,
             timeout=cfg.timeout,
             min_tokens_per_s=cfg.min_tokens_per_s,
@@ -194,9 +208,10 @@ def _build_backend(cfg: DecodeConfig, p: Plan, stats: TransportStats) -> Any:
             response_schema=schema,
             extra_body=p.extra_body,
             harmony=p.preset.harmony,
+            reasoning_api=p.preset.reasoning_api,
         ),
-        os.environ.get(cfg.api_key_env) or None,
-        rng_seed=cfg.protocol.seed,
+        read_api_key(cfg.api_key_env),
+        rng_seed=p.sampling_seed,
         stats=stats,
     )
 
@@ -224,9 +239,10 @@ def parse_json_object(option: str, text: str | None) -> dict[str, Any]:
     return value
 
 
-def output_folder(run: RunFolder, cfg: DecodeConfig, identity: dict[str, Any]) -> Path:
-    """`RUN/llm/<model>`, unique per (model, served id, backend, endpoint): see `claim_folder`."""
+def output_folder(run: RunFolder, cfg: DecodeConfig, p: Plan) -> Path:
+    """`RUN/llm/<model>`, unique per model identity and protocol: see `claim_folder`."""
     suffix = "-permuted" if cfg.protocol.permute_codes else ""
+    identity = {k: p.identity[k] for k in IDENTITY_KEYS} | {"protocol": p.protocol}
     return claim_folder(run.llm_dir, folder_name(cfg.model) + suffix, identity)
 
 
@@ -247,6 +263,14 @@ class Plan:
     builder: PromptBuilder
     identity: dict[str, Any]  # model, backend, endpoint, K: copied into every row
     jobs: list[Job]
+    #: what decides the answers and their scores besides the model: its own results folder
+    protocol: dict[str, Any] = field(default_factory=dict)
+    sampling_seed: int = 0
+    secrets: list[str] = field(default_factory=list)  # the key and URL credentials
+
+    @property
+    def jobs_by_key(self) -> dict[str, Job]:
+        return {j.key: j for j in self.jobs}
 
 
 def plan(cfg: DecodeConfig) -> Plan:
@@ -266,11 +290,13 @@ def plan(cfg: DecodeConfig) -> Plan:
     ]
     preset = resolve_model(cfg.model, cfg.served_id)
     think = preset.think if cfg.think is None else cfg.think
-    max_tokens = cfg.max_tokens or preset.max_tokens
-    temperature, card_extras = _sampling(cfg, preset)
+    max_tokens = cfg.max_tokens or preset.budget(think)
+    temperature, card_extras = _sampling(cfg, preset, think)
     builder = PromptBuilder(codebook_size=k, shots=shots, think=think, template=cfg.template)
     llm = cfg.backend in ("openai", "vllm")
-    endpoint = redact(cfg.base_url.rstrip("/")) if cfg.backend == "openai" else cfg.backend
+    endpoint, secrets = split_url_secrets(cfg.base_url.rstrip("/"))
+    if cfg.backend != "openai":
+        endpoint, secrets = cfg.backend, []
     if cfg.backend == "naive":  # a different average scene is a different answer
         endpoint = f"naive:{cfg.naive}"
     sampling: dict[str, Any] = {
@@ -286,6 +312,7 @@ def plan(cfg: DecodeConfig) -> Plan:
             sampling["extra_body"] = extra_body
     schema = scene_json_schema() if cfg.structured and llm else None
     perm = code_permutation(k, cfg.protocol.seed) if cfg.protocol.permute_codes else None
+    sampling_seed = cfg.protocol.sampling_seed_or_seed
     jobs = []
     for index, row in enumerate(selection.test):
         codes = programs.codes[row]
@@ -297,10 +324,12 @@ def plan(cfg: DecodeConfig) -> Plan:
             messages=messages,
             sampling=sampling,
             schema=schema,
-            seed=cfg.protocol.seed,
+            seed=sampling_seed,
         )
         truth = load_scene(programs, row, source)
         jobs.append(Job(index, row, programs.image_id[row], codes, truth, messages, key))
+    if cfg.limit is not None:  # the first N drawn: their keys are those of the full run
+        jobs = jobs[: cfg.limit]
     identity = {
         "model": cfg.model,
         "served_id": preset.served_id if llm else None,
@@ -308,6 +337,21 @@ def plan(cfg: DecodeConfig) -> Plan:
         "endpoint": endpoint,
         "k": k,
         "permuted": cfg.protocol.permute_codes,
+        "naive_definition": cfg.naive if cfg.backend == "naive" else None,
+    }
+    protocol = {
+        "shots": cfg.protocol.shots,
+        "test": cfg.protocol.test,
+        "seed": cfg.protocol.seed,
+        "sampling_seed": sampling_seed,
+        "parse_retries": cfg.protocol.parse_retries,
+        "sampling": {"temperature": temperature, **card_extras},
+        "extra_body": extra_body,
+        "max_tokens": max_tokens if llm else None,
+        "structured": cfg.structured and llm,
+        "think": think if llm else None,
+        "template_sha256": builder.template_sha256 if llm else None,
+        "scoring": cfg.scoring.model_dump(),
         "naive_definition": cfg.naive if cfg.backend == "naive" else None,
     }
     return Plan(
@@ -324,20 +368,27 @@ def plan(cfg: DecodeConfig) -> Plan:
         builder,
         identity,
         jobs,
+        protocol,
+        sampling_seed,
+        secrets,
     )
 
 
-def _sampling(cfg: DecodeConfig, preset: ModelPreset) -> tuple[float, dict[str, float]]:
-    """(temperature, other sampling fields): the protocol's, or the card's on request."""
+def _sampling(
+    cfg: DecodeConfig, preset: ModelPreset, think: bool
+) -> tuple[float, dict[str, float]]:
+    """(temperature, other sampling fields): the protocol's, or on request the card's for the
+    thinking mode in use."""
     if not cfg.card_sampling:
         return cfg.protocol.temperature, {}
-    if not preset.card_sampling:
+    if not preset.card(think):
+        mode = "thinking" if think else "non-thinking"
         raise BackendError(
-            f"--card-sampling: {cfg.model} has no card sampling (presets with one: "
+            f"--card-sampling: {cfg.model} has no card sampling for {mode} (presets with one: "
             + ", ".join(n for n, p in PRESETS.items() if p.card_sampling)
             + ")"
         )
-    card = dict(preset.card_sampling)
+    card = preset.card(think)
     return float(card.pop("temperature", cfg.protocol.temperature)), card
 
 
@@ -357,12 +408,13 @@ def decode(
     stand-in in tests).
     """
     p = plan(cfg)
-    results = ResultsFile(output_folder(p.run, cfg, p.identity))
+    results = ResultsFile(output_folder(p.run, cfg, p))
     todo = [j for j in p.jobs if j.key not in results.done]
     if on_start is not None:
         on_start(len(p.jobs), len(p.jobs) - len(todo))
 
     def record(row: dict[str, Any]) -> None:
+        results.prompts.add(p.jobs_by_key[row["key"]].messages)
         results.append(row)
         if on_row is not None:
             on_row(row)
@@ -381,7 +433,7 @@ def decode(
     rows = [results.done.get(j.key) for j in p.jobs]
     summary = _summary(rows, cfg, p)
     results.write_summary(summary)
-    warnings = [w for w in (thinking_suppressed(cfg, p, rows),) if w]
+    warnings = [*results.warnings, *[w for w in (thinking_suppressed(cfg, p, rows),) if w]]
     return DecodeResult(folder=results.folder, summary=summary, sent=len(todo), warnings=warnings)
 
 
@@ -406,17 +458,28 @@ def thinking_suppressed(
     )
 
 
-async def _answer(
-    backend: Backend, builder: PromptBuilder, job: Job, retries: int
-) -> tuple[Completion | None, list[Completion], str | None, DecodedScene | None]:
-    """Query with up to `retries` parse retries: (last completion, all, error, scene).
+@dataclass
+class Outcome:
+    """One request's end: every attempt's completion, the parse error or transport error."""
 
-    On a transport failure the last completion is None and the list ends with the partial
-    output that had arrived, if any.
+    completions: list[Completion]
+    error: str | None = None
+    scene: DecodedScene | None = None
+    transport_failed: bool = False
+    retryable: bool = True  # for a transport failure: can sending it again help?
+
+
+async def _answer(backend: Backend, builder: PromptBuilder, job: Job, retries: int) -> Outcome:
+    """Query with up to `retries` parse retries.
+
+    On a transport failure the completions end with the partial output that had arrived, if
+    any. A repair turn the server refuses as it is (a 4xx: the echoed answer overflowed the
+    context, typically) ends the row as the parse failure it already was, with the server's
+    reason: sending it again cannot help.
     """
     messages = job.messages
     completions: list[Completion] = []
-    error = None
+    error: str | None = None
     for _ in range(retries + 1):
         try:
             completion = await backend.complete(messages, job.codes)
@@ -426,26 +489,27 @@ async def _answer(
                 completions.append(exc.partial)
             else:  # nothing arrived: count the attempts all the same
                 completions.append(Completion(text="", attempts=exc.attempts, partial=True))
-            return None, completions, str(exc), None
+            if error is not None and not exc.retryable:
+                return Outcome(completions, f"{error}; repair turn refused: {exc}")
+            return Outcome(completions, str(exc), transport_failed=True, retryable=exc.retryable)
         completions.append(completion)
         try:
-            return completion, completions, None, parse_answer(completion.text)
+            return Outcome(completions, None, parse_answer(completion.text))
         except SceneParseError as exc:
             error = str(exc)
             messages = builder.repair_messages(job.messages, completion.text, error) or job.messages
-    return completions[-1], completions, error, None
+    return Outcome(completions, error)
 
 
 def _row(
     job: Job,
     identity: dict[str, Any],
-    completions: list[Completion],
-    error: str | None,
-    scene: DecodedScene | None,
-    transport_failed: bool,
+    outcome: Outcome,
     started: float,
     scoring: ScoringOptions | None = None,
 ) -> dict[str, Any]:
+    completions, error, scene = outcome.completions, outcome.error, outcome.scene
+    transport_failed = outcome.transport_failed
     answers = [c for c in completions if c.text or c.reasoning or not c.partial]
     last = answers[-1] if answers else None  # a failure before any output adds attempts only
     usage: dict[str, int] = {}
@@ -463,6 +527,7 @@ def _row(
         "prompt_sha256": messages_sha256(job.messages),
         "status": status,
         "error": error,
+        "retryable": outcome.retryable if transport_failed else None,
         "response": last.text if last else None,
         "reasoning": last.reasoning if last else None,
         "partial": bool(last and last.partial),  # output cut off by a transport failure
@@ -471,6 +536,16 @@ def _row(
         "latency_s": round(time.perf_counter() - started, 4),
         "attempts": sum(c.attempts for c in completions),
         "parse_attempts": sum(not c.partial for c in completions),
+        # every request's answer in order (the last is `response`): what each turn said
+        "answers": [
+            {
+                "text": c.text,
+                "reasoning": c.reasoning or None,
+                "finish_reason": c.finish_reason,
+                "partial": c.partial,
+            }
+            for c in answers
+        ],
         "codes": job.codes,
         "parsed": scene.model_dump() if scene is not None else None,
         "truth": job.truth.model_dump(),
@@ -498,11 +573,12 @@ async def _run_async(
             except asyncio.QueueEmpty:
                 return
             started = time.perf_counter()
-            last, completions, error, scene = await _answer(
-                backend, builder, job, cfg.protocol.parse_retries
-            )
-            failed = last is None
-            record(_row(job, identity, completions, error, scene, failed, started, cfg.scoring))
+            try:
+                outcome = await _answer(backend, builder, job, cfg.protocol.parse_retries)
+            except Exception as exc:  # a bug or a backend surprise: one bad row, never the run
+                message = one_line(f"internal error: {type(exc).__name__}: {exc}")
+                outcome = Outcome([], message, transport_failed=True)
+            record(_row(job, identity, outcome, started, cfg.scoring))
 
     try:
         await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(todo)))))
@@ -575,10 +651,11 @@ async def _answer_batch(
         _row(
             job,
             identity,
-            history[job.key],
-            None if job.key in scenes else errors.get(job.key),
-            scenes.get(job.key),
-            False,
+            Outcome(
+                history[job.key],
+                None if job.key in scenes else errors.get(job.key),
+                scenes.get(job.key),
+            ),
             started,
             cfg.scoring,
         )
@@ -606,7 +683,9 @@ def _summary(rows: list[dict[str, Any] | None], cfg: DecodeConfig, p: Plan) -> d
             **cfg.protocol.model_dump(),
             "temperature": p.temperature,
             "sampling": {"temperature": p.temperature, **p.card_extras},
-            "sampling_source": "model card (--card-sampling)"
+            "sampling_source": "the model's default (its API accepts no temperature)"
+            if p.preset.reasoning_api and cfg.backend == "openai"
+            else "model card (--card-sampling)"
             if cfg.card_sampling
             else "protocol (paper: temperature 0)",
             "extra_body": p.extra_body,
@@ -614,7 +693,9 @@ def _summary(rows: list[dict[str, Any] | None], cfg: DecodeConfig, p: Plan) -> d
             "structured": cfg.structured,
             "think": p.think,
             "selection": p.selection.source,
-            "test_rows": p.selection.test,
+            "test_rows": [j.row for j in p.jobs],
+            "limit": cfg.limit,
+            "sampling_seed": p.sampling_seed,
             "shot_rows": p.selection.shots,
             "template": p.builder.source_name,
             "template_sha256": p.builder.template_sha256,
@@ -622,9 +703,13 @@ def _summary(rows: list[dict[str, Any] | None], cfg: DecodeConfig, p: Plan) -> d
     }
 
 
+class UsageError(ValueError):
+    """A command line that cannot work (a missing --template file): exit 2, one line."""
+
+
 def check_config(cfg: DecodeConfig) -> None:
     """Fail at the edge, before any request, on what can be checked without the run."""
     if cfg.template is not None and not Path(cfg.template).is_file():
-        raise RunFolderError(f"{cfg.template}: template file not found")
+        raise UsageError(f"--template {cfg.template}: template file not found")
     if cfg.backend == "openai" and not cfg.base_url.startswith(("http://", "https://")):
         raise BackendError(f"--base-url {redact(cfg.base_url)!r}: expected http(s)://HOST:PORT/v1")

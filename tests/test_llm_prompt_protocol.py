@@ -227,9 +227,13 @@ def test_baselines_end_to_end_and_report(tmp_path):
     assert text.count("| naive |") == 2 and text.count("| knn |") == 2 and "knn-permuted" in text
     assert knn["k"] == 64
     # The definitions are recorded and printed beside the numbers.
-    assert knn["scoring"] == {"matching": "attributes", "position_error": "mixed"}
-    assert "| attributes / mixed; naive=sampled |" in text
-    assert "| attributes / mixed |" in text  # knn rows: no naive definition
+    assert knn["scoring"] == {
+        "matching": "attributes",
+        "position_error": "mixed",
+        "attr_accuracy": "true",
+    }
+    assert "| attributes / mixed / true; naive=proportional |" in text
+    assert "| attributes / mixed / true |" in text  # knn rows: no naive definition
     modal = decode(
         DecodeConfig(
             model="naive",
@@ -237,13 +241,21 @@ def test_baselines_end_to_end_and_report(tmp_path):
             runs=tmp_path / "exp",
             backend="naive",
             naive="modal",
-            scoring={"matching": "position", "position_error": "coordinate"},
+            scoring={
+                "matching": "position",
+                "position_error": "coordinate",
+                "attr_accuracy": "matched",
+            },
         )
     ).summary
     assert modal["naive_definition"] == "modal" and modal["endpoint"] == "naive:modal"
-    assert modal["scoring"] == {"matching": "position", "position_error": "coordinate"}
+    assert modal["scoring"] == {
+        "matching": "position",
+        "position_error": "coordinate",
+        "attr_accuracy": "matched",
+    }
     _, _ = build_report(tmp_path / "exp")
-    assert "| position / coordinate; naive=modal |" in path.read_text()
+    assert "| position / coordinate / matched; naive=modal |" in path.read_text()
 
 
 def test_knn_recovers_shot_scenes(tmp_path):

@@ -138,8 +138,12 @@ def test_swapped_objects_still_match():
 
 def test_missing_object():
     pred = DecodedScene(objects=TRUE.objects[:2])
-    score = score_scene(pred, TRUE)
+    score = score_scene(pred, TRUE, ScoringOptions(attr_accuracy="matched"))
     assert score.count_err == 1 and score.n_matched == 2 and score.attr_acc == 1.0
+    # the default counts the missing true object as wrong on all four attributes
+    assert score_scene(pred, TRUE).attr_acc == pytest.approx(2 / 3)
+    histogram = score_scene(pred, TRUE, ScoringOptions(attr_accuracy="histogram"))
+    assert histogram.attr_acc == pytest.approx(2 / 3)
     # two true positives out of three true objects: precision 1 up to recall 2/3
     assert average_precision([pred], [TRUE], math.inf) == pytest.approx(2 / 3)
 
@@ -188,14 +192,17 @@ def test_summary_excludes_parse_failures_from_means_but_not_recall():
     summary = summarize_scores([TRUE, None, half], [TRUE, TRUE, TRUE])
     assert summary["n"] == 3 and summary["parse_fails"] == 1
     assert summary["count_err"] == pytest.approx(1.0)  # mean of 0 and 2
-    assert summary["attr_acc"] == 1.0
+    assert summary["attr_acc"] == pytest.approx((1 + 1 / 3) / 2)  # over true objects
     assert summary["ap"]["inf"] == pytest.approx(4 / 9)  # 4 true positives of 9 objects
     assert set(summary["ap"]) == {"inf", "1", "0.5", "0.25", "0.125"}
 
 
 def test_empty_prediction_has_no_matched_scores():
-    score = score_scene(DecodedScene(objects=[]), TRUE)
+    empty = DecodedScene(objects=[])
+    score = score_scene(empty, TRUE, ScoringOptions(attr_accuracy="matched"))
     assert score.count_err == 3 and score.attr_acc is None and score.pos_mse is None
+    score = score_scene(empty, TRUE)  # over true objects: all three wrong
+    assert score.attr_acc == 0.0 and score.pos_mse is None
 
 
 def test_matching_options_pair_objects_by_what_they_say():
@@ -224,5 +231,9 @@ def test_matching_options_pair_objects_by_what_they_say():
 def test_summary_records_the_scoring_options():
     options = ScoringOptions(matching="joint", position_error="euclidean")
     summary = summarize_scores([TRUE], [TRUE], options)
-    assert summary["scoring"] == {"matching": "joint", "position_error": "euclidean"}
+    assert summary["scoring"] == {
+        "matching": "joint",
+        "position_error": "euclidean",
+        "attr_accuracy": "true",
+    }
     assert summarize_scores([TRUE], [TRUE])["scoring"] == ScoringOptions().model_dump()

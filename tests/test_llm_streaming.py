@@ -132,15 +132,24 @@ def test_thinking_switch_and_extra_body_reach_the_server(exp):
             config(runs, server.base_url, model="qwen3.5", card_sampling=True, protocol={"test": 1})
         )
         sent = server.stats()["last_request"]
-        assert (sent["temperature"], sent["top_p"], sent["top_k"]) == (0.6, 0.95, 20)
+        # the card's non-thinking row (qwen3.5 runs with thinking off, as in the paper)
+        assert (sent["temperature"], sent["top_p"], sent["top_k"]) == (0.7, 0.8, 20)
+        assert sent["presence_penalty"] == 1.5
     assert off.summary["protocol"]["extra_body"] == {
         "chat_template_kwargs": {"enable_thinking": False}
     }
     assert off.summary["protocol"]["sampling_source"].startswith("protocol")
-    assert card.summary["protocol"]["sampling"] == {"temperature": 0.6, "top_p": 0.95, "top_k": 20}
+    assert card.summary["protocol"]["sampling"] == {
+        "temperature": 0.7,
+        "top_p": 0.8,
+        "top_k": 20,
+        "presence_penalty": 1.5,
+    }
     assert card.summary["protocol"]["sampling_source"].startswith("model card")
-    # the switch changes answers, so it is part of the key: nothing was reused between them
-    assert on.sent == 1 and len({r["key"] for r in rows_of(on)}) == 3  # off, on, card
+    # the switch changes answers, so it is part of the key and of the protocol: nothing was
+    # reused between them, and each keeps its own results folder
+    assert on.sent == 1 and len({r["key"] for x in (off, on, card) for r in rows_of(x)}) == 3
+    assert len({off.folder, on.folder, card.folder}) == 3
 
 
 def test_base_url_and_key_come_from_the_environment_unless_overridden(exp):

@@ -9,6 +9,7 @@ Needs `transformers[serving]` (in the `test` extra); skipped with the reason whe
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ pytest.importorskip("uvicorn", reason="transformers serve needs transformers[ser
 
 from llm_decode.backends.base import TransportStats  # noqa: E402
 from llm_decode.protocol import ProtocolConfig  # noqa: E402
-from llm_decode.runner import DecodeConfig, decode  # noqa: E402
+from llm_decode.runner import DecodeConfig, decode, plan  # noqa: E402
 from llm_decode.testing.synthetic import make_run  # noqa: E402
 from llm_decode.testing.tiny_chat_model import build_tiny_chat_model  # noqa: E402
 from llm_decode.testing.transformers_server import TransformersServe  # noqa: E402
@@ -31,9 +32,14 @@ FINAL = ("ok", "parse_fail")
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def tiny_model(tmp_path_factory):
+    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("tserve")
-    model_dir = build_tiny_chat_model(root / "tiny-qwen2")
+    model_dir = tiny_model
     server = TransformersServe(model_dir, root / "server.log")
     with server:
         yield server, model_dir
@@ -78,6 +84,41 @@ def test_garbage_answers_are_parse_failures_after_one_retry_and_resumable(served
     assert again.returncode == 0, again.stderr[-2000:]
     assert read_jsonl(folder / "results.jsonl") == rows  # nothing sent, nothing rewritten
     assert (folder / "summary.json").read_text() == summary
+
+
+def test_a_garbage_answer_overflowing_the_repair_turn_ends_as_a_parse_failure(
+    tiny_model, runs, tmp_path
+):
+    """Issue 17: the server's 400 on the repair turn ("The prompt has N tokens, but the model
+    takes at most L") used to be a transport error, and every rerun ended the same way."""
+    from transformers import AutoTokenizer
+
+    model_dir = tiny_model
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    cfg = DecodeConfig(model=str(model_dir), k=64, runs=runs, protocol=ProtocolConfig(shots=3))
+    longest = max(
+        len(tokenizer.apply_chat_template(j.messages, add_generation_prompt=True)["input_ids"])
+        for j in plan(cfg).jobs
+    )
+    # every first turn fits; a first answer echoed back in the repair turn does not
+    small = TransformersServe(model_dir, tmp_path / "small.log", max_model_len=longest + 40)
+    args = ("--test", "4", "--max-tokens", "64", "--concurrency", "2")
+    with small:
+        first = cli(runs, small, model_dir, *args)
+        assert first.returncode == 0, first.stderr[-2000:]
+        (folder,) = (runs / "k64" / "llm").iterdir()
+        rows = read_jsonl(folder / "results.jsonl")
+        assert [r["status"] for r in rows] == ["parse_fail"] * 4
+        for row in rows:
+            assert "answer is not JSON" in row["error"] and "repair turn refused" in row["error"]
+            assert f"takes at most {longest + 40}" in row["error"]  # the server's detail
+            assert row["parse_attempts"] == 1 and row["attempts"] == 2
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["complete"] and summary["parse_fails"] == 4
+        again = cli(runs, small, model_dir, *args)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert read_jsonl(folder / "results.jsonl") == rows  # nothing sent again
+    assert small.log().count("POST /v1/chat/completions") == 8  # 4 answers, 4 refused repairs
 
 
 def test_streaming_and_extra_body_reach_the_server(served, runs):

@@ -18,13 +18,26 @@ Design decisions
   capped at `max_retry_after`, and pauses every worker of this backend, since a rate limit is
   shared by all of them.
 - An HTTP 200 that is no answer (a proxy's HTML page, cut-off JSON, an event stream without
-  events or with a malformed one) is a failed attempt, retried like a 5xx, never an empty
-  answer. A server that ignores `stream` and sends one JSON completion is read as such.
+  events or with a malformed one, JSON whose fields have the wrong types: `wire.py`
+  validates every body and event) is a failed attempt, retried like a 5xx, never an empty
+  answer and never an exception out of the run. A server that ignores `stream` and sends one
+  JSON completion is read as such; both paths read the server's JSON, not the SDK's objects.
+- A stream that ends without a `finish_reason` (closed early, or cut mid-event) is an
+  unfinished answer: a transport failure (retried like any failure after output had
+  started), never a final answer that a rerun would skip.
+- An answer is kept up to `max(max_tokens * 64, 64 KiB)` characters; a server that ignores
+  `max_tokens` is read to its end (so usage and finish reason arrive) but the rest is not
+  kept, and the answer's finish reason is `length`.
+- A 4xx other than 408/409/429 is final for this request (`retryable=False`); the message
+  carries the server's own detail (OpenAI's `error.message`, FastAPI's `detail`).
+- OpenAI's reasoning models (`reasoning_api`) get `max_completion_tokens` and no
+  temperature or seed, which they refuse with a 400.
 - Reasoning is read from `reasoning` or `reasoning_content` (vLLM renamed the field); text
   that arrives unsplit (`<think>` blocks, Harmony channels) is split by `reasoning.py`.
 - `extra_body` carries what the OpenAI schema lacks: the thinking switch
   (`chat_template_kwargs`, `reasoning_effort`), `top_k`, anything from `--extra-body`.
-- The API key is given to the client and nowhere else; every error message is redacted.
+- The API key is given to the client and nowhere else; every error message is redacted, and
+  the endpoint it reports has secret query parameters masked.
 """
 
 from __future__ import annotations
@@ -37,8 +50,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import httpx
 import openai
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from llm_decode.backends.base import (
     Completion,
@@ -47,39 +61,39 @@ from llm_decode.backends.base import (
     TransportStats,
     one_line,
     redact,
+    split_url_secrets,
 )
+from llm_decode.backends.transport import TransportOptions
+from llm_decode.backends.wire import WireError, error_detail, parse_chunk, parse_completion
 from llm_decode.reasoning import split_output
 
 RETRY_STATUS = frozenset({408, 409, 429})
+#: The most characters one answer (text and reasoning) may hold per token of `max_tokens`.
+#: Real tokens average 3-4 characters and the longest in common vocabularies are runs of
+#: spaces or punctuation well below this; a server that ignores `max_tokens` and streams
+#: megabytes is cut here instead of filling memory and the results file.
+MAX_CHARS_PER_TOKEN = 64
+#: ... but never below this (64 KiB): a small budget must not cut odd but small output, e.g.
+#: `transformers serve` streaming the rendered prompt back before the answer.
+MIN_ANSWER_CHARS = 65536
 
 
 class _Malformed(ValueError):
     """An HTTP 200 whose body is not a usable chat completion (retried like a 5xx)."""
 
 
-class OpenAIConfig(BaseModel):
-    """Transport and sampling settings for one OpenAI-compatible endpoint."""
+class _Unfinished(ValueError):
+    """A stream that ended before its answer did (a transport failure, never an answer)."""
 
-    model_config = ConfigDict(extra="forbid")
+
+class OpenAIConfig(TransportOptions):
+    """Transport and sampling settings for one OpenAI-compatible endpoint."""
 
     base_url: str = Field(description="Server root including /v1, e.g. http://127.0.0.1:8000/v1.")
     model: str = Field(description="The served model id sent as `model`.")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(2048, ge=1)
     seed: int | None = Field(0, description="Sent as `seed` (vLLM and OpenAI honour it).")
-    stream: bool = Field(True, description="Stream the answer (server-sent events).")
-    timeout: float = Field(
-        120.0, gt=0, description="Idle limit: seconds without a byte (streaming) or an answer."
-    )
-    min_tokens_per_s: float = Field(
-        10.0, gt=0, description="Slowest plausible rate; sets the total deadline per attempt."
-    )
-    max_attempts: int = Field(5, ge=1, description="Attempts per request, the first included.")
-    long_retries: int = Field(
-        1, ge=0, description="Retries of an attempt that failed after output had started."
-    )
-    backoff_base: float = Field(1.0, ge=0, description="Delay before the 2nd attempt, seconds.")
-    backoff_cap: float = Field(30.0, ge=0, description="Largest computed delay, seconds.")
     max_retry_after: float = Field(120.0, ge=0, description="Cap on a server's retry-after.")
     response_schema: dict[str, Any] | None = Field(
         None, description="JSON schema sent as response_format (structured output) when set."
@@ -88,6 +102,16 @@ class OpenAIConfig(BaseModel):
         default_factory=dict, description="Fields merged into the request body as they are."
     )
     harmony: bool = Field(False, description="Unsplit output may be Harmony (gpt-oss).")
+    reasoning_api: bool = Field(
+        False,
+        description="OpenAI reasoning models (GPT-5 family): send max_completion_tokens, and "
+        "no temperature or seed, which they reject.",
+    )
+
+    @property
+    def max_chars(self) -> int:
+        """Characters one answer may hold before it is cut (`MAX_CHARS_PER_TOKEN`)."""
+        return max(self.max_tokens * MAX_CHARS_PER_TOKEN, MIN_ANSWER_CHARS)
 
     @property
     def deadline(self) -> float:
@@ -123,84 +147,80 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
 class _Answer:
     """What one attempt has received so far: text, reasoning, usage, finish reason."""
 
-    __slots__ = ("chunks", "text", "reasoning", "usage", "finish_reason", "tokens", "stats")
+    __slots__ = (
+        "chunks",
+        "text",
+        "reasoning",
+        "usage",
+        "finish_reason",
+        "tokens",
+        "stats",
+        "chars",
+        "max_chars",
+        "capped",
+    )
 
-    def __init__(self, stats: TransportStats) -> None:
+    def __init__(self, stats: TransportStats, max_chars: int) -> None:
         self.chunks = 0
         self.tokens = 0
+        self.chars = 0
+        self.max_chars = max_chars
+        self.capped = False  # more arrived than max_chars: the rest was read but not kept
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.usage: dict[str, Any] = {}
         self.finish_reason: str | None = None
         self.stats = stats
 
-    def add_chunk(self, chunk: Any) -> None:
-        """One stream event, as the JSON object the server sent (see `_stream`)."""
-        if not isinstance(chunk, dict):
-            raise ValueError(f"a stream event is a {type(chunk).__name__}, not an object")
+    def _take(self, content: str | None, thought: str | None) -> None:
+        """Add text and reasoning, up to `max_chars` together; the rest is counted, not kept
+        (reading on keeps the usage and finish reason that come last)."""
+        for piece, into in ((thought, self.reasoning), (content, self.text)):
+            if not piece:
+                continue
+            room = self.max_chars - self.chars
+            if room > 0:
+                into.append(piece[:room])
+                self.chars += min(len(piece), room)
+            self.capped = self.capped or len(piece) > room
+        if content or thought:
+            self.tokens += 1
+            self.stats.tokens += 1
+            self.stats.last_token_at = time.monotonic()
+
+    def add_chunk(self, data: Any) -> None:
+        """One stream event, as the JSON the server sent (see `_stream`), validated here."""
+        chunk = parse_chunk(data)
         self.chunks += 1
         self.stats.chunks += 1
-        usage = chunk.get("usage")
-        if usage:
-            self.usage = {k: v for k, v in usage.items() if v is not None}
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            content = delta.get("content")
-            thought = delta.get("reasoning") or delta.get("reasoning_content")
-            if content:
-                self.text.append(content)
-            if thought:
-                self.reasoning.append(thought)
-            if content or thought:
-                self.tokens += 1
-                self.stats.tokens += 1
-                self.stats.last_token_at = time.monotonic()
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-
-    def set_response(self, response: Any) -> None:
-        """A whole (non-streamed) completion as the SDK parsed it."""
-        if isinstance(response, (str, bytes)) or not hasattr(response, "choices"):
-            text = response if isinstance(response, str) else type(response).__name__
-            raise _Malformed(f"HTTP 200 but the body is not a chat completion ({text[:80]!r})")
-        if not response.choices:
-            raise _Malformed("HTTP 200 but the response has no choices")
-        self.chunks = 1
-        self.stats.chunks += 1
-        if response.usage is not None:
-            self.usage = response.usage.model_dump(exclude_none=True)
-        choice = response.choices[0]
-        message = choice.message
-        self.text = [message.content or ""]
-        extra = message.model_extra or {}
-        self.reasoning = [extra.get("reasoning") or extra.get("reasoning_content") or ""]
-        self.finish_reason = choice.finish_reason
-        self.tokens = int(self.usage.get("completion_tokens", 0))
-        self.stats.tokens += self.tokens
-        self.stats.last_token_at = time.monotonic()
+        if chunk.usage is not None:
+            self.usage = chunk.usage.counts()
+        for choice in chunk.choices:
+            self._take(choice.delta.content, choice.delta.thought)
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
 
     def set_body(self, raw: bytes) -> None:
         """A 200 that is not an event stream: one JSON completion, or a failed attempt."""
         try:
             data = json.loads(raw)
         except ValueError as exc:
-            raise _Malformed(f"HTTP 200 but the body is not valid JSON ({exc})") from None
-        choices = data.get("choices") if isinstance(data, dict) else None
-        if not choices or not isinstance(choices[0], dict):
+            head = raw[:80].decode(errors="replace")
+            raise _Malformed(
+                f"HTTP 200 but the body is not valid JSON ({exc}; starts {head!r})"
+            ) from None
+        if not isinstance(data, dict) or "choices" not in data:
             head = raw[:80].decode(errors="replace")
             raise _Malformed(f"HTTP 200 but the body is not a chat completion ({head!r})")
-        message = choices[0].get("message") or {}
-        self.add_chunk(
-            {
-                "choices": [
-                    {
-                        "delta": message,
-                        "finish_reason": choices[0].get("finish_reason"),
-                    }
-                ],
-                "usage": data.get("usage"),
-            }
-        )
+        completion = parse_completion(data)
+        self.chunks = 1
+        self.stats.chunks += 1
+        if completion.usage is not None:
+            self.usage = completion.usage.counts()
+        choice = completion.choices[0]
+        self.finish_reason = choice.finish_reason
+        self._take(choice.message.content, choice.message.thought)
+        self.tokens = int(self.usage.get("completion_tokens", self.tokens))
 
     def completion(self, harmony: bool, latency: float, attempts: int) -> Completion:
         text, unsplit = split_output("".join(self.text), harmony=harmony)
@@ -212,7 +232,8 @@ class _Answer:
             usage=usage,
             latency_s=latency,
             attempts=attempts,
-            finish_reason=self.finish_reason,
+            # an answer cut here stopped for length, whatever the server said
+            finish_reason="length" if self.capped else self.finish_reason,
         )
 
 
@@ -230,7 +251,8 @@ class OpenAIBackend:
         self.config = config
         self.endpoint = config.base_url.rstrip("/")
         self.stats = stats if stats is not None else TransportStats()
-        self._secrets = [api_key]
+        self.endpoint, url_secrets = split_url_secrets(self.endpoint)
+        self._secrets = [api_key, *url_secrets]
         self._rng = random.Random(rng_seed)
         self._resume_at = 0.0  # monotonic time before which no worker sends (retry-after)
         self._client = openai.AsyncOpenAI(
@@ -244,14 +266,14 @@ class OpenAIBackend:
 
     def _request_args(self, messages: list[Message]) -> dict[str, Any]:
         cfg = self.config
-        args: dict[str, Any] = {
-            "model": cfg.model,
-            "messages": messages,
-            "temperature": cfg.temperature,
-            "max_tokens": cfg.max_tokens,
-        }
-        if cfg.seed is not None:
-            args["seed"] = cfg.seed
+        args: dict[str, Any] = {"model": cfg.model, "messages": messages}
+        if cfg.reasoning_api:  # OpenAI's reasoning models answer 400 to the older fields
+            args["max_completion_tokens"] = cfg.max_tokens
+        else:
+            args["temperature"] = cfg.temperature
+            args["max_tokens"] = cfg.max_tokens
+            if cfg.seed is not None:
+                args["seed"] = cfg.seed
         if cfg.response_schema is not None:
             args["response_format"] = {
                 "type": "json_schema",
@@ -265,13 +287,17 @@ class OpenAIBackend:
         return args
 
     async def _attempt(self, args: dict[str, Any], answer: _Answer) -> None:
-        if not self.config.stream:
-            answer.set_response(await self._client.chat.completions.create(**args))
-            return
-        # The SDK's own request path (auth, errors, timeouts, SSE decoding), but events stay
-        # the dicts the server sent: building a typed chunk per token costs ~0.1 ms of CPU,
-        # which at thousands of tokens/s across concurrent requests would be the bottleneck.
+        # The SDK's own request path (auth, errors, timeouts, SSE decoding), but bodies and
+        # events stay the JSON the server sent, validated by `wire`: building a typed chunk
+        # per token costs ~0.1 ms of CPU, which at thousands of tokens/s across concurrent
+        # requests would be the bottleneck.
         body = {k: v for k, v in args.items() if k != "extra_body"} | args.get("extra_body", {})
+        if not self.config.stream:
+            response = await self._client.post(
+                "/chat/completions", cast_to=httpx.Response, body=body
+            )
+            answer.set_body(response.content)
+            return
         stream = await self._client.post(
             "/chat/completions",
             cast_to=object,
@@ -285,6 +311,13 @@ class OpenAIBackend:
                 return
             async for chunk in stream:
                 answer.add_chunk(chunk)
+        if answer.chunks and answer.finish_reason is None:
+            # a server, proxy or connection that ended the stream before the answer did:
+            # no finish_reason (and no [DONE], which the SDK swallows) means unfinished
+            raise _Unfinished(
+                f"the stream ended after {answer.chunks} events without a finish_reason "
+                "(cut off before the answer was finished)"
+            )
 
     async def complete(self, messages: list[Message], codes: Sequence[int] = ()) -> Completion:
         self.stats.in_flight += 1
@@ -300,7 +333,7 @@ class OpenAIBackend:
         long_left = cfg.long_retries
         for attempt in range(1, cfg.max_attempts + 1):
             await self._wait_for_rate_limit()
-            answer = _Answer(self.stats)
+            answer = _Answer(self.stats, cfg.max_chars)
             status: int | None = None
             retry_after: float | None = None
             idle_no_stream = False
@@ -330,20 +363,28 @@ class OpenAIBackend:
                     error = f"no response within {cfg.timeout:g} s"
             except openai.APIStatusError as exc:
                 status = exc.status_code
-                error = f"HTTP {status}: {exc.message}"
+                error = f"HTTP {status}: {error_detail(exc.body) or exc.message}"
                 if status not in RETRY_STATUS and status < 500:
-                    raise self._error(error, status, attempt, answer, start) from None
+                    raise self._error(
+                        error, status, attempt, answer, start, retryable=False
+                    ) from None
                 retry_after = retry_after_seconds(exc.response.headers)
             except openai.APIConnectionError as exc:
                 error = f"connection failed ({exc.__cause__ or exc})"
             except openai.APIError as exc:  # an error event inside the stream
                 error = f"stream error: {exc.message}"
+            except _Unfinished as exc:
+                error = f"unfinished stream: {exc}"
             except (openai.OpenAIError, ValueError) as exc:
-                # an HTTP 200 that is no answer (`_Malformed`), a stream event that is not
-                # JSON, a body the SDK cannot read: a failed attempt like any other
-                detail = str(exc) if isinstance(exc, _Malformed) else f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, ValueError) and not isinstance(exc, _Malformed):
+                # an HTTP 200 that is no answer (`_Malformed`), JSON of the wrong shape
+                # (`WireError`), a stream event that is not JSON, a body the SDK cannot
+                # read: a failed attempt like any other
+                if isinstance(exc, _Malformed | WireError):
+                    detail = str(exc)
+                elif isinstance(exc, ValueError):
                     detail = f"a stream event is not valid JSON ({exc})"
+                else:
+                    detail = f"{type(exc).__name__}: {exc}"
                 error = f"malformed response: {detail}"
             else:
                 if answer.chunks == 0:
@@ -390,7 +431,14 @@ class OpenAIBackend:
             self.stats.waiting = ""
 
     def _error(
-        self, message: str, status: int | None, attempts: int, answer: _Answer, start: float
+        self,
+        message: str,
+        status: int | None,
+        attempts: int,
+        answer: _Answer,
+        start: float,
+        *,
+        retryable: bool = True,
     ) -> TransportError:
         partial = None
         if answer.text or answer.reasoning:
@@ -401,6 +449,7 @@ class OpenAIBackend:
             status=status,
             attempts=attempts,
             partial=partial,
+            retryable=retryable,
         )
 
     async def aclose(self) -> None:

@@ -22,6 +22,17 @@ Behaviours (all in `ServerConfig`):
   (`junk_body` as `junk_type`: an HTML page by default, or cut-off JSON);
 - `require_key`: answer 401 unless `Authorization: Bearer <key>` matches; `echo_auth` puts
   the received header into error bodies (a leaky proxy), to test that keys are redacted;
+- `cut_first`: the first N streams end early after `cut_after` chunks, without a
+  `finish_reason` or `[DONE]`: `cut_mode` "clean" closes the stream properly, "mid_event"
+  sends half an event first (a proxy or server that died mid-answer);
+- `bad_types_first`: the first N answers are HTTP 200 with a field of the wrong type
+  (`bad_types`: "usage_list", "content_int" or "choices_object"), streamed or not;
+- `pad_answer`: characters of padding (one long word) appended to every answer (a server that ignores
+  `max_tokens`);
+- `context_limit`: answer 400 with `transformers serve`'s message when the prompt's words
+  plus `max_tokens` exceed it;
+- `reject_legacy_sampling`: answer OpenAI's exact 400 to `max_tokens` and to a non-default
+  `temperature`, as its reasoning models (GPT-5 family) do;
 - GET /stats: requests, answered, max_in_flight, statuses, auth failures, the last request's
   sampling fields (without messages), response_format presence.
 HTTP/1.1 keep-alive is on, as in real servers, so the benchmark measures the client, not
@@ -71,6 +82,14 @@ class ServerConfig(BaseModel):
     junk_first: int = 0
     junk_type: str = "text/html"
     junk_body: str = "<html><body>502 Bad Gateway (from the proxy)</body></html>"
+    cut_first: int = 0
+    cut_after: int = 3
+    cut_mode: str = "clean"  # "clean" | "mid_event"
+    bad_types_first: int = 0
+    bad_types: str = "content_int"  # "usage_list" | "content_int" | "choices_object"
+    pad_answer: int = 0
+    context_limit: int | None = None
+    reject_legacy_sampling: bool = False
 
 
 def derived_scene(codes: list[int]) -> dict[str, Any]:
@@ -108,6 +127,9 @@ class _State:
         self.streams = 0
         self.stalls = 0
         self.disconnects = 0  # streams the client closed before the end
+        self.cuts = 0
+        self.bad_types = 0
+        self.bodies: list[dict[str, Any]] = []  # every request's fields except messages
 
 
 def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
@@ -170,7 +192,21 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                     return
             with state.lock:
                 state.last_request = {k: v for k, v in body.items() if k != "messages"}
+                chars = sum(len(str(m.get("content", ""))) for m in body.get("messages") or [])
+                state.bodies.append({**state.last_request, "chars": chars})
                 state.response_formats += "response_format" in body
+            if cfg.reject_legacy_sampling and self._reject_legacy(body):
+                return
+            if cfg.context_limit is not None:
+                words = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+                wanted = words + int(body.get("max_tokens") or 0)
+                if wanted > cfg.context_limit:
+                    detail = (
+                        f"The prompt has {words} tokens, but the model takes at most "
+                        f"{cfg.context_limit} tokens (max_tokens {body.get('max_tokens')})"
+                    )
+                    self._send(400, {"detail": detail})
+                    return
             if number <= len(cfg.status_script) and cfg.status_script[number - 1]:
                 status = cfg.status_script[number - 1]
                 headers = {}
@@ -208,6 +244,7 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
             else:
                 scene = cfg.answers.get(query) or derived_scene(codes)
                 content = json.dumps(scene)
+            content += " " + "~" * cfg.pad_answer if cfg.pad_answer else ""
             thought = (
                 " ".join(f"step{i}" for i in range(cfg.reasoning_tokens))
                 if cfg.reasoning_tokens
@@ -219,6 +256,12 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
             elif cfg.reasoning == "think":
                 message["content"] = f"<think>{thought}</think>\n{content}"
             prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+            with state.lock:
+                bad = number <= cfg.bad_types_first
+                state.bad_types += bad
+            if bad and not body.get("stream"):
+                self._send(200, _bad_completion(cfg.bad_types, body, number))
+                return
             if body.get("stream"):
                 self._stream(body, number, message, prompt_tokens)
                 return
@@ -245,6 +288,30 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 },
             )
 
+        def _reject_legacy(self, body: dict[str, Any]) -> bool:
+            """OpenAI's answer to its reasoning models' unsupported parameters (verbatim)."""
+            if "max_tokens" in body:
+                message = (
+                    "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                    "Use 'max_completion_tokens' instead."
+                )
+                param = "max_tokens"
+            elif "temperature" in body and body["temperature"] != 1:
+                message = (
+                    "Unsupported value: 'temperature' does not support "
+                    f"{body['temperature']} with this model. Only the default (1) value is "
+                    "supported."
+                )
+                param = "temperature"
+            else:
+                return False
+            error = {"message": message, "type": "invalid_request_error", "param": param}
+            error["code"] = (
+                "unsupported_parameter" if param == "max_tokens" else "unsupported_value"
+            )
+            self._send(400, {"error": error})
+            return True
+
         def _stream(
             self, body: dict[str, Any], number: int, message: dict[str, Any], prompt_tokens: int
         ) -> None:
@@ -263,6 +330,9 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
             with state.lock:
                 state.streams += 1
                 stall = state.streams <= cfg.stall_first
+                cut = state.streams <= cfg.cut_first
+                state.cuts += cut
+                bad = number <= cfg.bad_types_first
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
@@ -278,6 +348,14 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                         time.sleep(cfg.slow_delay)
                     if pause and i:
                         time.sleep(pause)
+                    if cut and i == cfg.cut_after:
+                        if cfg.cut_mode == "mid_event":
+                            self._chunk(b'data: {"id": "chatcmpl-cut", "choi')
+                        self._chunk(b"")
+                        return
+                    if bad:
+                        self._event(_bad_completion(cfg.bad_types, body, number))
+                        continue
                     self._event({**base, "choices": [{"index": 0, "delta": delta}]})
                 self._event(
                     {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
@@ -309,6 +387,22 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def _bad_completion(kind: str, body: dict[str, Any], number: int) -> dict[str, Any]:
+    """A completion (or stream chunk) with one field of the wrong type."""
+    key = "delta" if body.get("stream") else "message"
+    choice: dict[str, Any] = {"index": 0, key: {"role": "assistant", "content": "{}"}}
+    choice["finish_reason"] = "stop"
+    data: dict[str, Any] = {"id": f"chatcmpl-{number}", "model": body.get("model", "")}
+    if kind == "usage_list":
+        data |= {"choices": [choice], "usage": [1, 2]}
+    elif kind == "content_int":
+        choice[key]["content"] = 12345
+        data |= {"choices": [choice]}
+    else:  # choices_object
+        data |= {"choices": choice}
+    return data
+
+
 def _words(text: str) -> list[str]:
     """Text in word-sized pieces that concatenate back to it (one streamed "token" each)."""
     return re.findall(r"\s*\S+", text) or [text]
@@ -336,6 +430,9 @@ def _stats(state: _State) -> dict[str, Any]:
         "streams": state.streams,
         "stalls": state.stalls,
         "disconnects": state.disconnects,
+        "cuts": state.cuts,
+        "bad_types": state.bad_types,
+        "bodies": list(state.bodies),
     }
 
 

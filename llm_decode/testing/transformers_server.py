@@ -1,7 +1,7 @@
 """`transformers serve` as a child process on 127.0.0.1, for tests against a real server.
 
 `with TransformersServe(model_dir) as s: s.base_url` starts it offline (no Hub access, no
-update check), waits for `/health`, and kills the whole process group on exit. `kill()` is a
+update check), optionally with a small context (`max_model_len`), waits for `/health`, and kills the whole process group on exit. `kill()` is a
 crash (SIGKILL), `start()` again restarts it on the same port, so request keys (which include
 the URL) stay the same. The server's output goes to `log_path`.
 """
@@ -37,8 +37,16 @@ def free_port() -> int:
 class TransformersServe:
     """One `transformers serve MODEL_DIR` process (CPU), restartable on the same port."""
 
-    def __init__(self, model_dir: str | Path, log_path: str | Path, port: int | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        log_path: str | Path,
+        port: int | None = None,
+        *,
+        max_model_len: int | None = None,
+    ):
         self.model_dir = str(model_dir)
+        self.max_model_len = max_model_len  # `--max-model-len`: a small context on purpose
         self.log_path = Path(log_path)
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
@@ -48,6 +56,8 @@ class TransformersServe:
         argv = [sys.executable, "-m", "transformers.cli.transformers", "serve", self.model_dir]
         argv += ["--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"]
         argv += ["--log-level", "info"]
+        if self.max_model_len is not None:
+            argv += ["--max-model-len", str(self.max_model_len)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 argv,

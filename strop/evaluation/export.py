@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +274,9 @@ def export_programs(
     splits = [s.strip() for s in split.split(",") if s.strip()]
     if not splits:
         raise ValueError(f"export: --split {split!r} names no split")
+    twice = sorted({s for s in splits if splits.count(s) > 1})
+    if twice:  # the same images twice: shots and test images could overlap downstream
+        raise ValueError(f"export: --split {split!r} names {', '.join(twice)} twice")
     run = RunFolder(Path(run_dir))
     model, cfg, dev = load_run_model(run.path, checkpoint, device)
     target = Path(out) if out else run.programs_path
@@ -299,6 +303,12 @@ def export_programs(
             split_of += [name] * len(lengths)
             n_objects += [int(n) for n in batch["n_objects"]]
             scenes += [s or None for s in batch["scene"]]
+    repeated = [i for i, n in Counter(image_id).items() if n > 1]
+    if repeated:  # a scenes file listing an image twice
+        raise ValueError(
+            f"{root}: {len(repeated)} image ids appear more than once "
+            f"({', '.join(repeated[:5])}); a programs file lists each image once"
+        )
     programs = Programs(
         codes=codes,
         image_id=image_id,
