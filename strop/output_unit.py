@@ -51,7 +51,7 @@ def require_complete(folder: str | os.PathLike[str], name: str) -> None:
     if marker.is_file():
         command = marker.read_text(encoding="utf-8", errors="replace").strip() or "its writer"
         raise OutputUnitError(
-            f"{folder}: incomplete output ({command} was interrupted while replacing its "
+            f"{shown(folder)}: incomplete output ({command} was interrupted while replacing its "
             f"files, so they mix two results); rerun {command}"
         )
 
