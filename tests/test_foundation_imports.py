@@ -124,7 +124,6 @@ def test_strop_top_level_reads_like_the_method():
         "devices.py",
         "scenes.py",
         "runs.py",
-        "output_unit.py",
         "metrics.py",
         "quickstart.py",
     }
