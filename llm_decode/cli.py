@@ -81,7 +81,10 @@ def _fail(message: str, secrets: list[str | None], *, usage: bool = False) -> No
 def _opt(model: type[BaseModel], name: str, *decls: str, help: str | None = None) -> Any:
     """A typer option whose default and help are `model`'s declaration of field `name`."""
     info = model.model_fields[name]
-    default = None if info.default_factory is not None else info.default
+    if info.is_required():
+        default: Any = ...
+    else:
+        default = None if info.default_factory is not None else info.default
     return typer.Option(default, *decls, help=help or info.description)
 
 

@@ -367,3 +367,19 @@ def test_pixel_frame_synthetic_and_real_clevr(dataset, tmp_path):
     real.mkdir(parents=True)
     (real / "CLEVR_val_scenes.json").write_text('{"info": {"version": "1.0"}, "scenes": []}')
     assert pixel_frame(tmp_path, "val", scene) == CLEVR_FRAME
+
+
+def test_export_refuses_a_scenes_file_that_lists_an_image_twice(run_dir, dataset, tmp_path):
+    """Issue 17: duplicated rows put test images among the shots of a decode."""
+    import json
+    import shutil
+
+    copy = tmp_path / "dup"
+    shutil.copytree(dataset, copy)
+    scenes_path = copy / "scenes" / "CLEVR_val_scenes.json"
+    data = json.loads(scenes_path.read_text())
+    data["scenes"].append(data["scenes"][0])
+    scenes_path.write_text(json.dumps(data))
+    name = data["scenes"][0]["image_filename"].rsplit(".", 1)[0]
+    with pytest.raises(ValueError, match=f"1 image ids appear more than once \\({name}\\)"):
+        export_programs(run_dir, split="val", data=copy, progress=False, out=tmp_path / "p.parquet")

@@ -118,3 +118,10 @@ def test_baselines_show_no_tokens_per_second(exp):
     out = cli("decode", "--backend", "knn", "--k", "64", "--runs", str(exp))
     assert out.returncode == 0, out.stderr
     assert "tok/s" not in out.stderr
+
+
+def test_required_options_stay_required():
+    from llm_decode.cli import app
+
+    result = CliRunner().invoke(app, ["decode", "--backend", "knn"])
+    assert result.exit_code == 2 and "Missing option '--k'" in result.output
