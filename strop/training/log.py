@@ -250,6 +250,8 @@ class ProgressBar:
             f"phase {row['phase']} ({cur.PHASE_NAMES[row['phase']]}) {losses_text} "
             f"L={row['mean_length']:.1f} {row['images_per_s']:.0f} img/s"
         )
+        if row.get("mfu") is not None:
+            text += f" MFU {100 * row['mfu']:.0f}%"
         self.progress.update(self.task, completed=step, description=text)
 
     def __exit__(self, *exc: object) -> None:

@@ -74,6 +74,7 @@ from strop.training import distributed as distr
 from strop.training.config import RunConfig
 from strop.training.curriculum import OracleState, TargetBank
 from strop.training.log import MetricLog, ProgressBar, StepResult
+from strop.training.mfu import mfu, peak_bf16_flops, training_flops_per_image
 from strop.training.optim import build_optimizer, build_scheduler, lr_factor
 from strop.training.resume import resolve_config
 
@@ -231,6 +232,17 @@ class Trainer:
         self.flops_per_image = self.model.flops_per_image()
 
         self.train_set, self.cached = train_data.training_set(self.cfg)
+        # MFU (logged on CUDA in bf16, for devices in the peak table): the teacher's forward
+        # counts when it runs online (strop.training.mfu).
+        teacher_flops = (
+            0 if self.cached else self.model.flops_per_image(True) - self.flops_per_image
+        )
+        self.train_flops_per_image = training_flops_per_image(self.flops_per_image, teacher_flops)
+        self.peak_flops = (
+            peak_bf16_flops(torch.cuda.get_device_name(device))
+            if device.type == "cuda" and self.use_bf16
+            else None
+        )
         self.train_pixels = t.pixel_decoder and "image" in self.train_set[0]
         if not self.train_pixels:
             self.model.pixel_decoder.requires_grad_(False)
@@ -568,11 +580,17 @@ class Trainer:
             "w_div": cur.diversity_weight(self.step - 1, m.w_div, m.div_warmup_steps),
             "images_per_s": images_per_s,
             # Model FLOP rate: fwd + bwd ~ 3x the analytic forward at L_max, per image. It
-            # leaves out the teacher and the phase-2 probe rows, so it is a floor, not an MFU
-            # claim.
+            # leaves out the teacher and the phase-2 probe rows, so it is a floor; `mfu` (CUDA,
+            # bf16, a device in strop.training.mfu's table) adds the online teacher.
             "model_tflops": 3 * self.flops_per_image * images_per_s / 1e12,
             "bank_coverage": self.bank.coverage,
         }
+        # Per device: the rate of one rank against one device's peak (None: not logged).
+        share = mfu(
+            images_per_s / self.dist.world_size, self.train_flops_per_image, self.peak_flops
+        )
+        if share is not None:
+            extra["mfu"] = share
         return self.metrics.close_interval(self.step, phase, extra)
 
     def _log_validation(self) -> None:
