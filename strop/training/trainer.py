@@ -92,14 +92,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _clip_norm(params: Sequence[torch.Tensor], clip: float) -> float:
-    """Total gradient norm of `params`, clipped in place to `clip` when `clip > 0`."""
+def _clip_norm(params: Sequence[torch.Tensor], clip: float) -> torch.Tensor | float:
+    """Total gradient norm of `params` (a device tensor: reading it waits for the GPU),
+    clipped in place to `clip` when `clip > 0`."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
     if clip > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, clip))
-    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        return torch.nn.utils.clip_grad_norm_(params, clip).detach()
+    return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).detach()
 
 
 class TrainingDiverged(RuntimeError):
@@ -158,8 +159,9 @@ class LossTerms:
         return {k: v for k, v in named.items() if v is not None}
 
 
-def _item(value: torch.Tensor | None) -> float | None:
-    return None if value is None else float(value.detach())
+def _item(value: torch.Tensor | None) -> torch.Tensor | None:
+    """A step value left on the device (read on log steps, `strop.training.log`)."""
+    return None if value is None else value.detach()
 
 
 class TrainForward(nn.Module):
@@ -421,17 +423,17 @@ class Trainer:
         head = cur.head_active(phase)
         return StepResult(
             phase=phase,
-            loss=float(loss.detach()),
-            align_loss=float(terms.align.detach()),
-            commit_loss=float(terms.commit.detach()),
-            diversity_loss=float(terms.diversity.detach()),
+            loss=loss.detach(),
+            align_loss=terms.align.detach(),
+            commit_loss=terms.commit.detach(),
+            diversity_loss=terms.diversity.detach(),
             grad_norm=grad_norm,
             mean_length=float(lengths.float().mean()),
             head_share=float(from_head.float().mean()),
             length_loss=_item(terms.length),
             pixel_loss=_item(terms.pixel),
             pixel_grad_norm=probe_norm,
-            pred_length=float(out.l_hat.detach().float().mean()) if head else None,
+            pred_length=out.l_hat.detach().float().mean() if head else None,
             oracle=oracle_stats,
         )
 
@@ -459,7 +461,7 @@ class Trainer:
             pixel=out.pixel_loss,
         )
 
-    def _clip(self) -> tuple[float, float | None]:
+    def _clip(self) -> tuple[torch.Tensor | float, float | None]:
         """Clip the tokenizer's gradients and the pixel probe's, each by its own norm; return
         both norms (the probe's None when it has no gradients). A non-finite probe gradient
         drops the probe's step only."""
@@ -470,7 +472,8 @@ class Trainer:
         norm = _clip_norm(tokenizer, self.cfg.train.grad_clip)
         if not probe:
             return norm, None
-        probe_norm = _clip_norm(probe, self.cfg.train.grad_clip)
+        # Read now (one host sync): a non-finite probe step must be dropped before AdamW's.
+        probe_norm = float(_clip_norm(probe, self.cfg.train.grad_clip))
         if not math.isfinite(probe_norm):
             for p in probe:
                 p.grad = None
