@@ -9,7 +9,8 @@ layout, and the feature cache's read rate from disk. Columns: batch (the largest
 list that fits; each batch that ran out of memory is listed, a recorded result, not a
 crash), images/s, achieved TFLOP/s, MFU against the device's dense bf16 peak
 (`strop.training.mfu`; n/a for devices not in its table, and on CPU), peak memory, host syncs
-per step (`torch.cuda.set_sync_debug_mode`, CUDA only), and warm-up seconds (compilation).
+per step (`torch.cuda.set_sync_debug_mode`, CUDA only; the trainer's one read of the
+finite/stop flags per log interval is not in it), and warm-up seconds (compilation).
 
 Design decisions
 - The step timed is the trainer's own (`Trainer.train_step`: curriculum in phase 2, the
@@ -313,6 +314,7 @@ def measure(spec: RowSpec, setup: Setup, batch: int, row: Row) -> None:
         ):
             step()
             steps += 1
+        trainer._check_pending()  # the finite/stop flags, read once per log interval in training
         _sync(device)
         elapsed = time.perf_counter() - start
         row.batch = batch

@@ -64,3 +64,38 @@ def test_train_step_leaves_its_losses_on_the_device(clevr, tmp_path):
     ):
         value = getattr(result, name)
         assert isinstance(value, torch.Tensor) and value.ndim == 0, name
+
+
+def test_a_non_finite_loss_is_caught_at_the_next_check_naming_its_step(
+    clevr, tmp_path, monkeypatch
+):
+    """The finite check lags at most `train.log_every` steps, and runs before any save."""
+    from strop.model import losses
+    from strop.training import checkpoint as ckpt
+    from strop.training.trainer import TrainingDiverged, train
+
+    calls = {"n": 0}
+    real = losses.align_error
+
+    def poisoned(field, target, w_mse):
+        calls["n"] += 1
+        out = real(field, target, w_mse)
+        return out * float("nan") if calls["n"] > 5 else out
+
+    monkeypatch.setattr(losses, "align_error", poisoned)
+    cfg = tiny_run_config(
+        clevr,
+        "train.steps=12",
+        "model.image_size=32",
+        "model.l_max=8",
+        "train.val_every=0",
+        "train.num_workers=0",
+        "curriculum.phase_steps=20,21,22,23",
+        "train.log_every=4",
+        "train.checkpoint_every=8",
+    )  # phase 1 throughout: one align_error call per step, so step 5 is the first bad one
+    with pytest.raises(TrainingDiverged, match=r"step 5 \(phase 1\): non-finite loss"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints" / ckpt.LAST).exists()  # step 8's save never ran
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [__import__("json").loads(r)["step"] for r in rows] == [4]  # the row of step 8 neither

@@ -37,10 +37,17 @@ Design decisions
 - A checkpoint also holds the optimiser, schedule, curriculum state (oracle, target bank) and
   the open logging interval (`strop.training.log`), so a resumed run writes the same rows as a straight
   one (timings aside).
+- A step the GPU can run ahead of: the step's loss terms, grad norm and predicted length stay
+  on the device (`strop.training.log.MetricLog` reads them on log steps), and so do the
+  non-finite and stop flags (`_check_pending` reads them on log, validation and checkpoint
+  steps). The pixel probe's norm (its non-finite step is dropped before AdamW's) and the
+  curriculum's oracle, bank and dead-code bookkeeping still read values each step.
 - Faults: a non-finite loss (agreed over ranks by one all-reduce) raises `TrainingDiverged`
-  before `backward`, so the last checkpoint is never overwritten with bad weights. SIGINT sets
-  a flag (also all-reduced, so every rank stops at the same step); the step finishes, a
-  checkpoint is written, and `KeyboardInterrupt` propagates.
+  naming the step it happened at, at the next check: at most `train.log_every` steps later
+  and always before a checkpoint, a validation or a metrics row, so the last checkpoint is
+  never overwritten with bad weights. SIGINT sets a flag (also all-reduced, so every rank
+  stops at the same step); training stops at the next check, a checkpoint is written, and
+  `KeyboardInterrupt` propagates.
 """
 
 from __future__ import annotations
@@ -131,6 +138,16 @@ class ForwardResult:
     diversity_loss: torch.Tensor
     pixel_loss: torch.Tensor | None
     """None when no images reach the pixel probe."""
+
+
+@dataclass(frozen=True)
+class PendingCheck:
+    """A step's all-reduced (non-finite loss, stop requested) flags, still on the device, and
+    its loss terms for the message should the loss be the non-finite one."""
+
+    step: int
+    flags: torch.Tensor
+    terms: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -281,7 +298,8 @@ class Trainer:
         if t.tensorboard and self.dist.is_main:
             self.metrics.open_tensorboard()
         self._sigint = False  # set by the signal handler, local to this process
-        self._stop_requested = False  # agreed by all ranks after each step
+        self._stop_requested = False  # agreed by all ranks at a check (`_check_pending`)
+        self._pending_checks: list[PendingCheck] = []  # steps whose flags are not read yet
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -399,12 +417,15 @@ class Trainer:
         terms = self._loss(out, phase, batch)
         loss = terms.total
         probe_loss = None if terms.pixel is None else self.cfg.model.w_pixel * terms.pixel
-        finite_and_stop = torch.tensor(
-            [float(not torch.isfinite(loss)), float(self._sigint)], device=self.device
-        )
+        # The finite check and the stop flag stay on the device (all-reduced, so every rank
+        # reads the same values) and are read on the next check (`_check_pending`).
+        finite_and_stop = torch.stack(
+            [(~torch.isfinite(loss.detach())).float(), loss.new_tensor(float(self._sigint))]
+        ).float()
         distr.all_reduce_sum(finite_and_stop)
-        if finite_and_stop[0] > 0:
-            self._diverged(terms)
+        self._pending_checks.append(
+            PendingCheck(step, finite_and_stop, {k: v.detach() for k, v in terms.named().items()})
+        )
         self.optimizer.zero_grad(set_to_none=True)
         # The probe's input is detached: its loss adds gradients to the pixel decoder only.
         (loss if probe_loss is None else loss + probe_loss).backward()
@@ -417,8 +438,6 @@ class Trainer:
         with torch.no_grad():
             self.model.update_codebook(out.gen, out.active)
             self.model.restart_dead_codes(out.gen, out.active)
-        # Every rank sees the same all-reduced flag, so all of them stop after this step.
-        self._stop_requested = bool(finite_and_stop[1] > 0)
 
         head = cur.head_active(phase)
         return StepResult(
@@ -479,12 +498,29 @@ class Trainer:
                 p.grad = None
         return norm, probe_norm
 
-    def _diverged(self, terms: LossTerms) -> None:
-        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.named().items())
+    def _check_pending(self) -> None:
+        """Read the finite and stop flags of the steps since the last check (one host sync).
+
+        Raises `TrainingDiverged` for the first step whose loss was not finite; sets
+        `_stop_requested` when any rank was interrupted. `_loop` checks on every log,
+        validation and checkpoint step and at the end, so the check lags at most
+        `train.log_every` steps and no checkpoint is written after a non-finite step."""
+        pending, self._pending_checks = self._pending_checks, []
+        if not pending:
+            return
+        flags = torch.stack([p.flags for p in pending]).tolist()
+        for check, (bad, stop) in zip(pending, flags, strict=True):
+            if bad > 0:
+                self._diverged(check.step, check.terms)
+            if stop > 0:
+                self._stop_requested = True
+
+    def _diverged(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
         last = ckpt.checkpoints_dir(self.run.path) / ckpt.LAST
         kept = f"last good checkpoint {last}" if last.is_file() else "no checkpoint written yet"
         raise TrainingDiverged(
-            f"step {self.step} (phase {cur.phase_at(self.step, self.cfg.curriculum)}): "
+            f"step {step} (phase {cur.phase_at(step, self.cfg.curriculum)}): "
             f"non-finite loss ({values}); stopped without saving, {kept}"
         )
 
@@ -557,6 +593,13 @@ class Trainer:
             result = self.train_step(batch)
             self.step += 1
             self.metrics.add(result)
+            if (
+                self.step % t.log_every == 0
+                or self.step % t.checkpoint_every == 0
+                or (t.val_every and self.step % t.val_every == 0)
+                or self.step in (t.steps, end)
+            ):
+                self._check_pending()  # before anything is logged, validated or saved
             # A stop before train.steps leaves the open interval to the checkpoint.
             if self.step % t.log_every == 0 or self.step == t.steps:
                 elapsed = time.perf_counter() - tick
