@@ -1,5 +1,8 @@
 """Run every benchmark: `python -m bench [--only NAME ...] [--quick] [--json PATH]`.
 
+`python -m bench gpu [--dry-run] [--json PATH]` is the one-call GPU measurement
+(`bench/bench_gpu.py`, its own options); it is not one of the areas run by default.
+
 Each `bench/bench_<area>.py` exposes `run(quick: bool = False) -> list[dict]`, rows of
 `name`, `value`, `unit`, and, where one exists, `baseline` (the comparison measured in the same
 run) and `ratio` (value / baseline, or baseline / value for times: each module says which).
@@ -18,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-AREAS = ("render", "model", "train", "grammar", "decode")
+AREAS = ("render", "model", "train", "input", "grammar", "decode")
 
 
 def _fmt(value: object) -> str:
@@ -46,6 +49,11 @@ def _machine() -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gpu"]:
+        from bench import bench_gpu
+
+        return bench_gpu.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=AREAS, help="run only these areas")
     parser.add_argument("--quick", action="store_true", help="smaller workloads (smoke run)")

@@ -46,6 +46,7 @@ COMMANDS = {
     ("strop",): {
         "model-info": "Parameter counts, FLOPs per image",
         "cache-features": "Run the frozen teacher over dataset splits",
+        "export-model": "Write a shareable tokenizer",
         "train": "Train (or resume) a STROP run",
         "export": "Encode a dataset split into programs",
         "eval": "Alignment, codebook usage",

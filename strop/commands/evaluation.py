@@ -31,7 +31,7 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
 
 def _model_errors() -> tuple[type[BaseException], ...]:
     # Importing CheckpointError imports torch, which `strop report` does not need.
-    from strop.training.checkpoint import CheckpointError
+    from strop.model.weights import CheckpointError
 
     return (*_WORK_ERRORS, CheckpointError)
 

@@ -1,4 +1,4 @@
-"""`strop model-info` and `strop cache-features`.
+"""`strop model-info`, `strop cache-features` and `strop export-model`.
 
 `model-info` needs no weights: the model is built on the meta device and the teacher is
 counted from its architecture config (`docs/FORMATS.md`). `cache-features` runs the frozen
@@ -150,3 +150,39 @@ def cache_features(
                 source=str(data),
             )
             typer.echo(f"{name}: {len(dataset)} images -> {path} (teacher {model.teacher_name})")
+
+
+@commands.command("export-model")
+def export_model_cmd(
+    run: Path = typer.Argument(
+        ..., help="Run folder (holds config.json and checkpoints/).", show_default=False
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder to write the tokenizer into."),
+    checkpoint: str = typer.Option(
+        "last", "--checkpoint", help="last, a step number, or a .pt path."
+    ),
+    push_to_hub: str = typer.Option(
+        None,
+        "--push-to-hub",
+        help="Also upload the folder to this Hugging Face repo id (owner/name); needs "
+        "`huggingface-cli login` or HF_TOKEN.",
+    ),
+    private: bool = typer.Option(
+        None, "--private/--public", help="Visibility of a repo --push-to-hub creates."
+    ),
+) -> None:
+    """Write a shareable tokenizer: model.safetensors, config.json and a model card (README.md).
+
+    Load it with `strop.Strop.from_pretrained(DIR_or_hub_id)`; `strop export` and `strop eval`
+    take the folder where they take a run folder."""
+    from strop.model.sharing import export_model
+    from strop.model.weights import CheckpointError
+
+    # A run folder, checkpoint or output folder that cannot be used (CheckpointError,
+    # PretrainedError, a ValueError) or a failed upload (an OSError from huggingface_hub's
+    # client): the work failed (exit 1).
+    with exit_on(failed=(CheckpointError, ValueError, OSError)):
+        folder, url = export_model(run, out, checkpoint, push_to_hub, private=private)
+    typer.echo(f"wrote {folder} (model.safetensors, config.json, README.md)")
+    if url:
+        typer.echo(f"pushed to {push_to_hub}: {url}")

@@ -299,7 +299,7 @@ def _analyze(
     rng = np.random.default_rng(seed)
     acc = Accumulator()
     panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, int]] = []
-    mode = parse_length_mode(None, cfg.curriculum.length_mode)
+    mode = parse_length_mode(None, cfg.length_mode)
     for batch in progress_batches(loader, f"analyze {run.name}", progress):
         enc = encode_batch(model, batch["image"].to(dev), mode, mc.w_mse, mc.l_min)
         for b in range(len(batch["image"])):

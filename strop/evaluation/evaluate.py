@@ -80,10 +80,10 @@ def evaluate_run(
     model, cfg, dev = load_run_model(run.path, checkpoint, device)
     if write:
         check_writable(run.eval_path)  # before the encode, not after it
-    mode = parse_length_mode(length_mode, cfg.curriculum.length_mode)
+    mode = parse_length_mode(length_mode, cfg.length_mode)
     mc = cfg.model
     loader = make_loader(dataset_path(run.path, cfg, data), split, mc.image_size, batch_size, limit)
-    use_pixels = bool(getattr(cfg.train, "pixel_decoder", True))
+    use_pixels = cfg.pixel_decoder
     perceptual, lpips_info = _lpips_network(
         lpips, lpips_backbone, lpips_lin, use_pixels, mc.image_size, dev
     )

@@ -40,8 +40,8 @@ from strop.runs import Programs, RunFolder, write_programs
 if TYPE_CHECKING:
     import torch
 
-    from strop.model import Strop
-    from strop.training.config import RunConfig
+    from strop.model.network import Strop
+    from strop.model.pretrained import TokenizerInfo
 
 
 class LengthModeError(ValueError):
@@ -105,23 +105,25 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def load_run_model(
     run_dir: str | os.PathLike[str], checkpoint: str = "last", device: str = "auto"
-) -> tuple[Strop, RunConfig, Any]:
-    """(model in eval mode on its device, RunConfig, torch.device)."""
-    from strop.training.checkpoint import load_model
+) -> tuple[Strop, TokenizerInfo, Any]:
+    """(model in eval mode on its device, what it was trained as, torch.device) of a run folder
+    at `checkpoint`, or of a folder written by `strop export-model`."""
+    from strop.model.network import Strop
 
     dev = resolve_device(device)
-    model, cfg = load_model(run_dir, which=checkpoint, map_location=dev)
-    return model, cfg, dev
+    model, info = Strop.load_tokenizer(run_dir, checkpoint, map_location=dev)
+    return model, info, dev
 
 
 def dataset_path(
-    run_dir: str | os.PathLike[str], cfg: RunConfig, data: str | os.PathLike[str] | None
+    run_dir: str | os.PathLike[str], info: TokenizerInfo, data: str | os.PathLike[str] | None
 ) -> Path:
-    path = Path(data) if data else Path(cfg.data.path) if cfg.data.path else None
+    path = Path(data) if data else Path(info.data_path) if info.data_path else None
+    where = "training.data_path" if info.exported else "data.path"
     if path is None:
-        raise ValueError(f"{Path(run_dir) / 'config.json'}: data.path is empty; pass --data DIR")
+        raise ValueError(f"{Path(run_dir) / 'config.json'}: {where} is empty; pass --data DIR")
     if not path.exists():
-        hint = "" if data else " (data.path in config.json; pass --data DIR to point elsewhere)"
+        hint = "" if data else f" ({where} in config.json; pass --data DIR to point elsewhere)"
         raise FileNotFoundError(f"{path}: dataset folder not found{hint}")
     return path
 
@@ -281,7 +283,7 @@ def export_programs(
     model, cfg, dev = load_run_model(run.path, checkpoint, device)
     target = Path(out) if out else run.programs_path
     check_writable(target)  # before the encode, not after it
-    mode = parse_length_mode(length_mode, cfg.curriculum.length_mode)
+    mode = parse_length_mode(length_mode, cfg.length_mode)
     root = dataset_path(run.path, cfg, data)
     loaders = [make_loader(root, name, cfg.model.image_size, batch_size, limit) for name in splits]
     for loader in loaders:

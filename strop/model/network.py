@@ -22,6 +22,8 @@ Design decisions
   prefix alone (no padded positions are ever passed at inference, as the paper specifies).
 - `flops_per_image` reports the analytic FLOPs of `strop.model.cost` (the trainer logs MFU
   from it); parameter counts and FLOPs follow the paper's definitions described there.
+- `save_pretrained`/`from_pretrained`/`push_to_hub`/`from_run` come from
+  `strop.model.pretrained.PretrainedMixin` (model.safetensors + config.json + model card).
 - The model records its own config as `_extra_state` in the state_dict, so
   `load_state_dict_checked` can say "this checkpoint is preset M on dinov3-b" instead of
   printing a list of shape mismatches.
@@ -41,6 +43,7 @@ from strop.model.generator import Generator, init_weights
 from strop.model.interpreter import Interpreter, prefix_mask
 from strop.model.length_head import LengthHead, round_lengths
 from strop.model.pixel_decoder import PixelDecoder
+from strop.model.pretrained import PretrainedMixin
 from strop.model.quantizer import QuantizerOut, VectorQuantizer
 from strop.model.teachers import Teacher, build_teacher, teacher_flops
 
@@ -78,7 +81,7 @@ class ForwardOut:
     l_hat: torch.Tensor
 
 
-class Strop(nn.Module):
+class Strop(PretrainedMixin, nn.Module):
     """The STROP tokenizer. Build with `build_model(cfg)`; see the module docstring."""
 
     teacher: Teacher  # set with object.__setattr__, outside the module tree

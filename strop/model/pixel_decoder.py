@@ -13,6 +13,8 @@ Design decisions
   sizes agree. `ModelConfig` checks that S is divisible by 16.
 - Nearest upsampling then a 3x3 conv (not transposed convs) avoids checkerboard artefacts;
   the GLU halves the conv's doubled channels, as in FastGAN's upsampling blocks.
+- The 1x1 stem runs as a matmul over channels (`_stem`), so its weight's gradient always has
+  the parameter's layout (DDP buckets need no copy; see `_stem`).
 - Widths halve per block from `width` (the first conv's output), floored at 8. The last blocks
   run at full resolution and dominate the probe's cost (on a CPU, more than the whole
   transformer at the tiny preset), so keep them narrow; a trainer may also fit the probe on a
@@ -62,4 +64,15 @@ class PixelDecoder(nn.Module):
         x = field.detach().transpose(1, 2).reshape(b, d, rows, cols)
         if (rows, cols) != (self.start, self.start):
             x = F.interpolate(x, size=(self.start, self.start), mode="area")
-        return torch.sigmoid(self.head(self.blocks(self.stem(x))))
+        return torch.sigmoid(self.head(self.blocks(self._stem(x))))
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1x1 stem convolution, computed as the matmul over channels that it is.
+
+        `x` is a channels-last view of the field; a convolution's weight gradient then takes
+        the channels-last strides on some backends (oneDNN with several threads, cuDNN) and
+        the contiguous ones on others, and DDP, whose buckets follow the parameter's strides,
+        pays a copy per step and warns. Through `F.linear` on a view of the weight, the
+        gradient is always laid out like the parameter (same weights, same state_dict)."""
+        weight = self.stem.weight.flatten(1)
+        return F.linear(x.permute(0, 2, 3, 1), weight, self.stem.bias).permute(0, 3, 1, 2)

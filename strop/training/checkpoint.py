@@ -22,9 +22,11 @@ Design decisions
   way.
 - A failed write (disk full) is a `CheckpointError` naming the folder and the step, and
   saying which previous checkpoint stays as it was, or that there is none yet.
-- Load errors name the file and say what is wrong in our words: torch's own message for a
-  refused pickle advises `weights_only=False`, which would run the file's code; it is never
-  quoted.
+- Reading (which file `--checkpoint` names, the weights-only load and its one-line errors:
+  torch's own message for a refused pickle advises `weights_only=False`, which would run the
+  file's code, so it is never quoted) lives in `strop.model.weights`, so that using a trained
+  model needs nothing from training; this module re-exports those names and adds the writing
+  and resuming side.
 - RNG states are stored as tensors/tuples (NumPy's state array becomes a tensor) so the
   weights-only unpickler accepts them.
 - The teacher is not in the model's `state_dict`; `load_model` rebuilds it from `config.json`
@@ -34,9 +36,7 @@ Design decisions
 from __future__ import annotations
 
 import os
-import pickle
 import random
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -47,36 +47,44 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from strop.model.weights import (
+    LAST,
+    CheckpointError,
+    candidates,
+    checkpoints_dir,
+    list_steps,
+    load_checkpoint,
+    loadable_alternatives,
+    resolve_checkpoint,
+    step_name,
+)
 from strop.runs import RunFolder
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "LAST",
+    "CheckpointError",
+    "Resumable",
+    "candidates",
+    "checkpoints_dir",
+    "has_checkpoint",
+    "list_steps",
+    "load_checkpoint",
+    "load_model",
+    "load_resumable",
+    "loadable_alternatives",
+    "resolve_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "step_name",
+]
 
 if TYPE_CHECKING:
     from strop.model import Strop
     from strop.training.config import RunConfig
 
-LAST = "last.pt"
 CHECKPOINT_FORMAT = 1
-_STEP_RE = re.compile(r"step-(\d{7,})\.pt")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing or unusable; the message is one line naming the file."""
-
-
-def checkpoints_dir(run_dir: str | os.PathLike[str]) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:07d}.pt"
-
-
-def list_steps(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """Kept step checkpoints of a run, oldest first."""
-    folder = checkpoints_dir(run_dir)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_RE.fullmatch(p.name))]
-    return sorted(found)
 
 
 def save_checkpoint(
@@ -155,67 +163,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def resolve_checkpoint(run_dir: str | os.PathLike[str], which: str | int = "last") -> Path:
-    """`which`: "last", a step number, "step-NNNNNNN", or a path to a `.pt` file."""
-    if isinstance(which, int) or str(which).isdigit():
-        path = checkpoints_dir(run_dir) / step_name(int(which))
-    elif str(which) == "last":
-        path = checkpoints_dir(run_dir) / LAST
-    elif str(which).endswith(".pt") and Path(which).is_file():
-        path = Path(which)
-    else:
-        path = checkpoints_dir(run_dir) / f"{which}.pt"
-    if not path.is_file():
-        kept = ", ".join(p.name for _, p in list_steps(run_dir)) or "none"
-        raise CheckpointError(f"{path}: checkpoint not found (kept steps: {kept})")
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with the weights-only unpickler; one-line error when it is unusable."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint not found") from None
-    except Exception as exc:  # torch raises several types for a damaged or unsafe file
-        raise CheckpointError(f"{path}: not a loadable STROP checkpoint ({_why(exc)})") from None
-    if not isinstance(state, dict) or "model" not in state or "step" not in state:
-        raise CheckpointError(f"{path}: not a STROP checkpoint (no 'model' and 'step' entries)")
-    return state
-
-
-def _why(exc: BaseException) -> str:
-    """What is wrong with a file torch refused, in our words.
-
-    torch's message for a refused pickle advises re-running with `weights_only=False`, which
-    would execute whatever the file holds; only the unpickler's own finding is kept.
-    """
-    text = str(exc)
-    code = re.search(r"unsupported GLOBAL (\S+?)(?:\s|$)", text, re.IGNORECASE)
-    if code:
-        return f"refused: it holds Python code ({code.group(1)}), not only tensors and numbers"
-    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
-    if found:
-        return f"damaged or not a checkpoint ({found.group(1).strip().rstrip('.')})"
-    if isinstance(exc, EOFError) or "zip archive" in text or "central directory" in text:
-        return "damaged or truncated file"
-    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
-        return "damaged or not a checkpoint (unknown format)"
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 def has_checkpoint(run_dir: str | os.PathLike[str]) -> bool:
     """Whether the run has any checkpoint file (`last.pt` or a step file), loadable or not."""
     return RunFolder(Path(run_dir)).has_checkpoint
-
-
-def candidates(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """Checkpoint files in resume order: `last.pt`, then the step files newest first."""
-    last = checkpoints_dir(run_dir) / LAST
-    ordered = [last] if last.is_file() else []
-    return ordered + [p for _, p in reversed(list_steps(run_dir))]
 
 
 @dataclass
@@ -274,20 +224,6 @@ def load_resumable(
     )
 
 
-def loadable_alternatives(run_dir: str | os.PathLike[str], but: Path) -> list[str]:
-    """Names of the step files other than `but` that load (for an error message)."""
-    names = []
-    for path in candidates(run_dir):
-        if path == but or path.name == LAST:
-            continue
-        try:
-            load_checkpoint(path)
-        except CheckpointError:
-            continue
-        names.append(path.stem)
-    return names
-
-
 # --------------------------------------------------------------------------- RNG state
 
 
@@ -336,30 +272,10 @@ def load_model(
     run_dir: str | os.PathLike[str], which: str | int = "last", map_location: Any = "cpu"
 ) -> tuple[Strop, RunConfig]:
     """Rebuild the trained model (teacher included) from `config.json` and a checkpoint, in
-    eval mode, with its `RunConfig`."""
-    from strop.model import build_model
+    eval mode, with its `RunConfig` (the model itself comes from `Strop.from_run`)."""
+    from strop.model.network import Strop
     from strop.training.config import load_run_config
 
     cfg = load_run_config(run_dir)
-    path = resolve_checkpoint(run_dir, which)
-    try:
-        state = load_checkpoint(path, map_location=map_location)
-    except CheckpointError as exc:
-        others = loadable_alternatives(run_dir, path)
-        hint = (
-            f"; loadable: {', '.join(others)} (choose one with --checkpoint)"
-            if others
-            else "; no other checkpoint of this run loads"
-        )
-        raise CheckpointError(f"{exc}{hint}") from None
-    model = build_model(cfg.model)
-    try:
-        model.load_state_dict_checked(state["model"])
-    except (ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(
-            f"{path}: weights do not fit the model of {Path(run_dir) / 'config.json'} ({first})"
-        ) from None
-    model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
-    model.eval()
+    model, _ = Strop.from_run(run_dir, which, map_location)
     return model, cfg

@@ -49,6 +49,24 @@ from strop.model import ModelConfig
 from strop.runs import RunFolder
 from strop.training.curriculum import CurriculumConfig
 
+#: Loader workers wanted when the machine has the cores for them.
+MAX_DEFAULT_WORKERS = 4
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (what torch's DataLoader checks its worker count
+    against): the affinity mask where the OS has one, else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_num_workers(cores: int | None = None) -> int:
+    """`train.num_workers` by default: 4, but never more than the cores (torch warns, and the
+    workers would only contend)."""
+    return max(0, min(MAX_DEFAULT_WORKERS, usable_cores() if cores is None else cores))
+
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message is one line."""
@@ -91,7 +109,11 @@ class TrainConfig(BaseModel):
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
     )
     compile: bool = Field(False, description="torch.compile the differentiable forward.")
-    num_workers: int = Field(4, ge=0, description="DataLoader worker processes.")
+    num_workers: int = Field(
+        default_factory=default_num_workers,
+        ge=0,
+        description="DataLoader worker processes (default: 4, at most the usable cores).",
+    )
     log_every: int = Field(10, ge=1, description="Steps between metrics.jsonl rows.")
     val_every: int = Field(1000, ge=0, description="Steps between validations (0: never).")
     val_batches: int = Field(8, ge=1, description="Batches per validation.")

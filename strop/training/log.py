@@ -13,6 +13,10 @@ Design decisions
   checkpoint starts the log afresh, moving an earlier file aside (`metrics.jsonl.old`, never
   deleted). Otherwise a crash before the first checkpoint, or a torn row, would repeat steps
   or make every later resume fail.
+- A step's values may stay on the device (0-d tensors): `MetricLog.add` keeps them pending
+  and reads them back in one transfer when the interval closes or is checkpointed, so a step
+  does not wait for the GPU to report its losses. The values are summed on the host in step
+  order exactly as before (each read as the float it is), so the rows do not change.
 - Only rank 0 writes metrics, TensorBoard scalars and the progress bar. TensorBoard is optional
   (`train.tensorboard`) and needs its package only when asked for.
 """
@@ -25,16 +29,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from strop.atomic import atomic_write_text
 from strop.runs import RunFolder
 from strop.training import curriculum as cur
 from strop.training.config import ConfigError
 from strop.training.curriculum import OracleStats
 
+#: A step value: a host float, or a 0-d tensor still on the device (read at log time).
+Scalar = float | torch.Tensor
+
 
 @dataclass(frozen=True)
 class StepResult:
-    """What one training step (`Trainer.train_step`) reports, as host floats.
+    """What one training step (`Trainer.train_step`) reports: floats, or 0-d device tensors
+    that `MetricLog` reads back on log steps only.
 
     Optional fields are None in the phases that do not have them; `metrics()` leaves them out
     of the row, so an interval that mixes phases averages them over all its steps, as before.
@@ -42,34 +52,34 @@ class StepResult:
 
     phase: int
     """Curriculum phase of the step (1-5; 0 for fixed-length training)."""
-    loss: float
+    loss: Scalar
     """The tokenizer's total, weighted loss (the pixel probe's loss is stepped apart)."""
-    align_loss: float
+    align_loss: Scalar
     """Alignment error of the main rows, `1 - cos + w_mse * mse` (unweighted)."""
-    commit_loss: float
+    commit_loss: Scalar
     """Commitment loss over active positions (unweighted)."""
-    diversity_loss: float
+    diversity_loss: Scalar
     """Diversity loss over active positions (unweighted)."""
-    grad_norm: float
+    grad_norm: Scalar
     """The tokenizer's gradient norm before clipping (the pixel probe's is apart)."""
     mean_length: float
     """Mean program length the interpreter read."""
     head_share: float
     """Share of the batch truncated at the head's prediction (phase 4 on)."""
-    length_loss: float | None = None
+    length_loss: Scalar | None = None
     """Length-head regression loss (phase 3 on)."""
-    pixel_loss: float | None = None
+    pixel_loss: Scalar | None = None
     """Pixel probe loss (when the probe trains on images)."""
     pixel_grad_norm: float | None = None
     """The pixel probe's own gradient norm before its own clipping (when it trains)."""
-    pred_length: float | None = None
+    pred_length: Scalar | None = None
     """Mean predicted length L_hat (phase 3 on)."""
     oracle: OracleStats | None = None
     """Oracle statistics (phase 2 on)."""
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self) -> dict[str, Scalar]:
         """The step's values under their metrics.jsonl keys (`phase` is the row's own)."""
-        row = self.oracle.metrics() if self.oracle is not None else {}
+        row: dict[str, Scalar] = dict(self.oracle.metrics()) if self.oracle is not None else {}
         row.update(
             align_loss=self.align_loss,
             commit_loss=self.commit_loss,
@@ -98,6 +108,7 @@ class MetricLog:
     def __init__(self, run: RunFolder, write: bool) -> None:
         self.run, self.write = run, write
         self.interval: dict[str, float] = defaultdict(float)
+        self.pending: list[dict[str, Scalar]] = []  # steps whose values are not read yet
         self.tb: Any = None
 
     def open_tensorboard(self) -> None:
@@ -110,17 +121,27 @@ class MetricLog:
         self.tb = SummaryWriter(str(self.run.path / "tensorboard"))
 
     def add(self, result: StepResult) -> None:
-        """Add one step's values to the open interval."""
-        for key, value in result.metrics().items():
-            self.interval[key] += value
-        self.interval["_n"] += 1
+        """Add one step's values to the open interval (device values are read later)."""
+        self.pending.append(result.metrics())
+
+    def _read_pending(self) -> None:
+        """Read the pending steps' device values in one transfer and sum them in step order."""
+        tensors = [v for row in self.pending for v in row.values() if isinstance(v, torch.Tensor)]
+        # float64 holds every float32 exactly: the host sees the very floats `float(v)` gave.
+        values = iter(torch.stack([t.double() for t in tensors]).tolist() if tensors else [])
+        for row in self.pending:
+            for key, value in row.items():
+                self.interval[key] += next(values) if isinstance(value, torch.Tensor) else value
+            self.interval["_n"] += 1
+        self.pending = []
 
     @property
     def interval_steps(self) -> float:
-        return self.interval["_n"]
+        return self.interval["_n"] + len(self.pending)
 
     def close_interval(self, step: int, phase: int, extra: dict[str, Any]) -> dict[str, Any]:
         """Write the row of the interval ending at `step` (means, then `extra`); start anew."""
+        self._read_pending()
         n = self.interval.pop("_n")
         row: dict[str, Any] = {"step": step, "phase": phase}
         row.update({k: v / n for k, v in sorted(self.interval.items())})
@@ -147,10 +168,12 @@ class MetricLog:
             self.run.append_metrics({"step": step, "event": name, **fields})
 
     def state_dict(self) -> dict[str, float]:
+        self._read_pending()
         return dict(self.interval)
 
     def load_state_dict(self, interval: dict[str, float]) -> None:
         self.interval = defaultdict(float, interval)
+        self.pending = []
 
     def truncate(self, step: int) -> str | None:
         """Keep only the rows up to `step` (the checkpoint resumed from), dropping later rows
@@ -250,6 +273,8 @@ class ProgressBar:
             f"phase {row['phase']} ({cur.PHASE_NAMES[row['phase']]}) {losses_text} "
             f"L={row['mean_length']:.1f} {row['images_per_s']:.0f} img/s"
         )
+        if row.get("mfu") is not None:
+            text += f" MFU {100 * row['mfu']:.0f}%"
         self.progress.update(self.task, completed=step, description=text)
 
     def __exit__(self, *exc: object) -> None:

@@ -37,10 +37,17 @@ Design decisions
 - A checkpoint also holds the optimiser, schedule, curriculum state (oracle, target bank) and
   the open logging interval (`strop.training.log`), so a resumed run writes the same rows as a straight
   one (timings aside).
+- A step the GPU can run ahead of: the step's loss terms, grad norm and predicted length stay
+  on the device (`strop.training.log.MetricLog` reads them on log steps), and so do the
+  non-finite and stop flags (`_check_pending` reads them on log, validation and checkpoint
+  steps). The pixel probe's norm (its non-finite step is dropped before AdamW's) and the
+  curriculum's oracle, bank and dead-code bookkeeping still read values each step.
 - Faults: a non-finite loss (agreed over ranks by one all-reduce) raises `TrainingDiverged`
-  before `backward`, so the last checkpoint is never overwritten with bad weights. SIGINT sets
-  a flag (also all-reduced, so every rank stops at the same step); the step finishes, a
-  checkpoint is written, and `KeyboardInterrupt` propagates.
+  naming the step it happened at, at the next check: at most `train.log_every` steps later
+  and always before a checkpoint, a validation or a metrics row, so the last checkpoint is
+  never overwritten with bad weights. SIGINT sets a flag (also all-reduced, so every rank
+  stops at the same step); training stops at the next check, a checkpoint is written, and
+  `KeyboardInterrupt` propagates.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ from strop.training import distributed as distr
 from strop.training.config import RunConfig
 from strop.training.curriculum import OracleState, TargetBank
 from strop.training.log import MetricLog, ProgressBar, StepResult
+from strop.training.mfu import mfu, peak_bf16_flops, training_flops_per_image
 from strop.training.optim import build_optimizer, build_scheduler, lr_factor
 from strop.training.resume import record_config, resolve_config
 
@@ -91,14 +99,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _clip_norm(params: Sequence[torch.Tensor], clip: float) -> float:
-    """Total gradient norm of `params`, clipped in place to `clip` when `clip > 0`."""
+def _clip_norm(params: Sequence[torch.Tensor], clip: float) -> torch.Tensor | float:
+    """Total gradient norm of `params` (a device tensor: reading it waits for the GPU),
+    clipped in place to `clip` when `clip > 0`."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
     if clip > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, clip))
-    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        return torch.nn.utils.clip_grad_norm_(params, clip).detach()
+    return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).detach()
 
 
 class TrainingDiverged(RuntimeError):
@@ -131,6 +140,16 @@ class ForwardResult:
     """None when no images reach the pixel probe."""
 
 
+@dataclass(frozen=True)
+class PendingCheck:
+    """A step's all-reduced (non-finite loss, stop requested) flags, still on the device, and
+    its loss terms for the message should the loss be the non-finite one."""
+
+    step: int
+    flags: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+
 @dataclass
 class LossTerms:
     """The loss terms of one step (unweighted) and the tokenizer's weighted total (the pixel
@@ -157,8 +176,9 @@ class LossTerms:
         return {k: v for k, v in named.items() if v is not None}
 
 
-def _item(value: torch.Tensor | None) -> float | None:
-    return None if value is None else float(value.detach())
+def _item(value: torch.Tensor | None) -> torch.Tensor | None:
+    """A step value left on the device (read on log steps, `strop.training.log`)."""
+    return None if value is None else value.detach()
 
 
 class TrainForward(nn.Module):
@@ -231,6 +251,17 @@ class Trainer:
         self.flops_per_image = self.model.flops_per_image()
 
         self.train_set, self.cached = train_data.training_set(self.cfg)
+        # MFU (logged on CUDA in bf16, for devices in the peak table): the teacher's forward
+        # counts when it runs online (strop.training.mfu).
+        teacher_flops = (
+            0 if self.cached else self.model.flops_per_image(True) - self.flops_per_image
+        )
+        self.train_flops_per_image = training_flops_per_image(self.flops_per_image, teacher_flops)
+        self.peak_flops = (
+            peak_bf16_flops(torch.cuda.get_device_name(device))
+            if device.type == "cuda" and self.use_bf16
+            else None
+        )
         self.train_pixels = t.pixel_decoder and "image" in self.train_set[0]
         if not self.train_pixels:
             self.model.pixel_decoder.requires_grad_(False)
@@ -268,7 +299,8 @@ class Trainer:
         if t.tensorboard and self.dist.is_main:
             self.metrics.open_tensorboard()
         self._sigint = False  # set by the signal handler, local to this process
-        self._stop_requested = False  # agreed by all ranks after each step
+        self._stop_requested = False  # agreed by all ranks at a check (`_check_pending`)
+        self._pending_checks: list[PendingCheck] = []  # steps whose flags are not read yet
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -389,12 +421,15 @@ class Trainer:
         terms = self._loss(out, phase, batch)
         loss = terms.total
         probe_loss = None if terms.pixel is None else self.cfg.model.w_pixel * terms.pixel
-        finite_and_stop = torch.tensor(
-            [float(not torch.isfinite(loss)), float(self._sigint)], device=self.device
-        )
+        # The finite check and the stop flag stay on the device (all-reduced, so every rank
+        # reads the same values) and are read on the next check (`_check_pending`).
+        finite_and_stop = torch.stack(
+            [(~torch.isfinite(loss.detach())).float(), loss.new_tensor(float(self._sigint))]
+        ).float()
         distr.all_reduce_sum(finite_and_stop)
-        if finite_and_stop[0] > 0:
-            self._diverged(terms)
+        self._pending_checks.append(
+            PendingCheck(step, finite_and_stop, {k: v.detach() for k, v in terms.named().items()})
+        )
         self.optimizer.zero_grad(set_to_none=True)
         # The probe's input is detached: its loss adds gradients to the pixel decoder only.
         (loss if probe_loss is None else loss + probe_loss).backward()
@@ -407,23 +442,21 @@ class Trainer:
         with torch.no_grad():
             self.model.update_codebook(out.gen, out.active)
             self.model.restart_dead_codes(out.gen, out.active)
-        # Every rank sees the same all-reduced flag, so all of them stop after this step.
-        self._stop_requested = bool(finite_and_stop[1] > 0)
 
         head = cur.head_active(phase)
         return StepResult(
             phase=phase,
-            loss=float(loss.detach()),
-            align_loss=float(terms.align.detach()),
-            commit_loss=float(terms.commit.detach()),
-            diversity_loss=float(terms.diversity.detach()),
+            loss=loss.detach(),
+            align_loss=terms.align.detach(),
+            commit_loss=terms.commit.detach(),
+            diversity_loss=terms.diversity.detach(),
             grad_norm=grad_norm,
             mean_length=float(lengths.float().mean()),
             head_share=float(from_head.float().mean()),
             length_loss=_item(terms.length),
             pixel_loss=_item(terms.pixel),
             pixel_grad_norm=probe_norm,
-            pred_length=float(out.l_hat.detach().float().mean()) if head else None,
+            pred_length=out.l_hat.detach().float().mean() if head else None,
             oracle=oracle_stats,
         )
 
@@ -451,7 +484,7 @@ class Trainer:
             pixel=out.pixel_loss,
         )
 
-    def _clip(self) -> tuple[float, float | None]:
+    def _clip(self) -> tuple[torch.Tensor | float, float | None]:
         """Clip the tokenizer's gradients and the pixel probe's, each by its own norm; return
         both norms (the probe's None when it has no gradients). A non-finite probe gradient
         drops the probe's step only."""
@@ -462,18 +495,36 @@ class Trainer:
         norm = _clip_norm(tokenizer, self.cfg.train.grad_clip)
         if not probe:
             return norm, None
-        probe_norm = _clip_norm(probe, self.cfg.train.grad_clip)
+        # Read now (one host sync): a non-finite probe step must be dropped before AdamW's.
+        probe_norm = float(_clip_norm(probe, self.cfg.train.grad_clip))
         if not math.isfinite(probe_norm):
             for p in probe:
                 p.grad = None
         return norm, probe_norm
 
-    def _diverged(self, terms: LossTerms) -> None:
-        values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.named().items())
+    def _check_pending(self) -> None:
+        """Read the finite and stop flags of the steps since the last check (one host sync).
+
+        Raises `TrainingDiverged` for the first step whose loss was not finite; sets
+        `_stop_requested` when any rank was interrupted. `_loop` checks on every log,
+        validation and checkpoint step and at the end, so the check lags at most
+        `train.log_every` steps and no checkpoint is written after a non-finite step."""
+        pending, self._pending_checks = self._pending_checks, []
+        if not pending:
+            return
+        flags = torch.stack([p.flags for p in pending]).tolist()
+        for check, (bad, stop) in zip(pending, flags, strict=True):
+            if bad > 0:
+                self._diverged(check.step, check.terms)
+            if stop > 0:
+                self._stop_requested = True
+
+    def _diverged(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
         last = ckpt.checkpoints_dir(self.run.path) / ckpt.LAST
         kept = f"last good checkpoint {last}" if last.is_file() else "no checkpoint written yet"
         raise TrainingDiverged(
-            f"step {self.step} (phase {cur.phase_at(self.step, self.cfg.curriculum)}): "
+            f"step {step} (phase {cur.phase_at(step, self.cfg.curriculum)}): "
             f"non-finite loss ({values}); stopped without saving, {kept}"
         )
 
@@ -546,6 +597,13 @@ class Trainer:
             result = self.train_step(batch)
             self.step += 1
             self.metrics.add(result)
+            if (
+                self.step % t.log_every == 0
+                or self.step % t.checkpoint_every == 0
+                or (t.val_every and self.step % t.val_every == 0)
+                or self.step in (t.steps, end)
+            ):
+                self._check_pending()  # before anything is logged, validated or saved
             # A stop before train.steps leaves the open interval to the checkpoint.
             if self.step % t.log_every == 0 or self.step == t.steps:
                 elapsed = time.perf_counter() - tick
@@ -572,11 +630,17 @@ class Trainer:
             "w_div": cur.diversity_weight(self.step - 1, m.w_div, m.div_warmup_steps),
             "images_per_s": images_per_s,
             # Model FLOP rate: fwd + bwd ~ 3x the analytic forward at L_max, per image. It
-            # leaves out the teacher and the phase-2 probe rows, so it is a floor, not an MFU
-            # claim.
+            # leaves out the teacher and the phase-2 probe rows, so it is a floor; `mfu` (CUDA,
+            # bf16, a device in strop.training.mfu's table) adds the online teacher.
             "model_tflops": 3 * self.flops_per_image * images_per_s / 1e12,
             "bank_coverage": self.bank.coverage,
         }
+        # Per device: the rate of one rank against one device's peak (None: not logged).
+        share = mfu(
+            images_per_s / self.dist.world_size, self.train_flops_per_image, self.peak_flops
+        )
+        if share is not None:
+            extra["mfu"] = share
         return self.metrics.close_interval(self.step, phase, extra)
 
     def _log_validation(self) -> None:

@@ -1,0 +1,464 @@
+"""Shareable tokenizers: a self-contained folder in the Hugging Face convention.
+
+    DIR/model.safetensors   the tokenizer's weights (no pickle; the teacher is not included)
+    DIR/config.json         model config, teacher, K, L_max, training facts, provenance, eval
+    DIR/README.md           the model card (`strop.model.card`)
+
+`Strop.save_pretrained(DIR)` / `Strop.from_pretrained(DIR_or_hub_id)` come from
+`PretrainedMixin`, which `Strop` inherits; `load_tokenizer(path)` reads a run folder or an
+exported folder alike and returns the model with the `TokenizerInfo` an evaluation needs.
+
+Design decisions
+- The same method names and hub semantics as huggingface_hub's `PyTorchModelHubMixin`
+  (`from_pretrained(id, revision=, cache_dir=, local_files_only=)`, `save_pretrained`,
+  `push_to_hub`), but not the mixin itself: it serialises `__init__` arguments into
+  config.json, and ours are a pydantic config plus a frozen teacher that must stay out of the
+  file. Hub traffic goes through huggingface_hub's own client (`hf_hub_download`,
+  `HfApi.create_repo`/`upload_folder`); nothing here speaks HTTP.
+- The teacher is rebuilt from its name (the DINOv3 weights come from the local Hugging Face
+  cache, or `teacher_path=`); a machine-local `teacher_path` is never written into the shared
+  config (it is kept in `provenance` only).
+- The state dict's `_extra_state` (the model's own config) is not a tensor, so it is left out
+  of the safetensors file and restored from config.json before the checked load.
+- This module imports neither `strop.model.network` (which inherits the mixin) nor training:
+  it builds through `cls`, so the model layer has no cycle, and reading a run folder needs
+  only its `config.json` model section and a checkpoint (`strop.model.weights`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from strop.model.config import ModelConfig
+from strop.model.weights import (
+    CheckpointError,
+    load_checkpoint,
+    loadable_alternatives,
+    resolve_checkpoint,
+)
+
+__all__ = [
+    "CONFIG_NAME",
+    "EXPORT_FORMAT",
+    "WEIGHTS_NAME",
+    "PretrainedError",
+    "PretrainedMixin",
+    "TokenizerInfo",
+    "is_exported",
+    "read_info",
+]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+EXPORT_FORMAT = "strop-tokenizer"
+EXPORT_VERSION = 1
+
+T = TypeVar("T", bound="PretrainedMixin")
+
+
+class PretrainedError(ValueError):
+    """A tokenizer folder or hub id that cannot be loaded; one line naming the file."""
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What a user of a trained tokenizer needs beyond its weights.
+
+    `length_mode` is the curriculum's mode it was trained with (`adaptive` or `fixed`: a fixed
+    run's length head never trained); `step` the training step of the weights; `data_path`
+    the dataset it was trained on (a path on the machine that trained it)."""
+
+    model: ModelConfig
+    length_mode: str = "adaptive"
+    pixel_decoder: bool = True
+    data_path: str = ""
+    step: int | None = None
+    planned_steps: int | None = None
+    source: str = ""
+    exported: bool = False
+    provenance: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] | None = None
+
+
+def is_exported(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a folder written by `save_pretrained` (not a training run)."""
+    config = Path(path) / CONFIG_NAME
+    if not (Path(path) / WEIGHTS_NAME).is_file() or not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise PretrainedError(f"{path}: not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PretrainedError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise PretrainedError(f"{path}: expected a JSON object")
+    return data
+
+
+def _model_config(data: Any, path: Path) -> ModelConfig:
+    from pydantic import ValidationError
+
+    if not isinstance(data, dict):
+        raise PretrainedError(f"{path}: no 'model' section")
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise PretrainedError(f"{path}: field model.{loc}: {err['msg']}") from None
+
+
+def read_info(path: str | os.PathLike[str]) -> TokenizerInfo:
+    """The `TokenizerInfo` of an exported folder or a run folder (its `config.json` only)."""
+    folder = Path(path)
+    data = _read_json(folder / CONFIG_NAME)
+    config_path = folder / CONFIG_NAME
+    if data.get("format") == EXPORT_FORMAT:
+        version = data.get("format_version")
+        if version != EXPORT_VERSION:
+            raise PretrainedError(
+                f"{config_path}: format_version {version!r}; this STROP reads {EXPORT_VERSION}"
+            )
+        training = data.get("training") or {}
+        return TokenizerInfo(
+            model=_model_config(data.get("model"), config_path),
+            length_mode=str(training.get("length_mode", "adaptive")),
+            pixel_decoder=bool(training.get("pixel_decoder", True)),
+            data_path=str(training.get("data_path", "")),
+            step=training.get("steps"),
+            planned_steps=training.get("planned_steps"),
+            source=str(folder),
+            exported=True,
+            provenance=dict(data.get("provenance") or {}),
+            eval=data.get("eval"),
+        )
+    # A training run's config.json (a RunConfig dump): only the sections a user needs are read,
+    # so the model layer never depends on the trainer's configuration classes.
+    curriculum, train, run_data = (data.get(k) or {} for k in ("curriculum", "train", "data"))
+    if "model" not in data:
+        raise PretrainedError(
+            f"{config_path}: neither a training run nor an exported tokenizer (no 'model' section)"
+        )
+    return TokenizerInfo(
+        model=_model_config(data["model"], config_path),
+        length_mode=str(curriculum.get("length_mode", "adaptive")),
+        pixel_decoder=bool(train.get("pixel_decoder", True)),
+        data_path=str(run_data.get("path", "")),
+        planned_steps=train.get("steps"),
+        source=str(folder),
+    )
+
+
+class PretrainedMixin:
+    """`save_pretrained`, `from_pretrained`, `push_to_hub` and `from_run` for `Strop`."""
+
+    cfg: ModelConfig
+
+    # ------------------------------------------------------------------ save
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        *,
+        info: TokenizerInfo | None = None,
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        token: str | None = None,
+        private: bool | None = None,
+    ) -> Path:
+        """Write model.safetensors, config.json and README.md into `save_directory`; with
+        `push_to_hub`, upload the folder to `repo_id` too."""
+        from safetensors.torch import save_file
+
+        from strop.model.card import model_card
+
+        model = self._as_model()
+        info = info or TokenizerInfo(model=model.cfg)
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            name: value.detach().to("cpu").contiguous()
+            for name, value in model.state_dict().items()
+            if isinstance(value, torch.Tensor)
+        }
+        save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+        config = export_config(model, info)
+        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (out / CARD_NAME).write_text(model_card(config), encoding="utf-8")
+        if push_to_hub:
+            if not repo_id:
+                raise PretrainedError("push_to_hub: repo_id is required")
+            upload_folder(out, repo_id, token=token, private=private)
+        return out
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        info: TokenizerInfo | None = None,
+        token: str | None = None,
+        private: bool | None = None,
+    ) -> str:
+        """Save into a temporary folder and upload it to `repo_id`; returns the commit URL."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(tmp, info=info)
+            return upload_folder(folder, repo_id, token=token, private=private)
+
+    @torch.no_grad()
+    def tokenize(
+        self, images: Sequence[str | os.PathLike[str]], length_mode: str = "head"
+    ) -> list[list[int]]:
+        """The program (a list of codes) of each image file, decoded and resized exactly as
+        training data is (`strop.data.datasets.load_image`)."""
+        from strop.data.datasets import load_image
+
+        model = self._as_model()
+        size = model.cfg.image_size
+        batch = torch.stack([load_image(p, size, where=str(p)) for p in images])
+        codes, lengths = model.encode(batch.to(model.device), length_mode)
+        return [row[:n].tolist() for row, n in zip(codes.cpu(), lengths.tolist(), strict=True)]
+
+    def _as_model(self) -> Any:
+        """This object as the `Strop` it is mixed into (untyped: naming `Strop` here would make
+        an import cycle with `strop.model.network`)."""
+        return self
+
+    # ------------------------------------------------------------------ load
+
+    @classmethod
+    def from_pretrained(
+        cls: type[T],
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
+        token: str | None = None,
+        map_location: str | torch.device = "cpu",
+        teacher_path: str | os.PathLike[str] | None = None,
+    ) -> T:
+        """A tokenizer from an exported folder or a hub id, in eval mode. The teacher is
+        rebuilt from its name (`teacher_path=` points a DINOv3 teacher at a local folder)."""
+        folder = _resolve_folder(
+            pretrained_model_name_or_path, revision, cache_dir, local_files_only, token
+        )
+        return cls._load_exported(folder, map_location, teacher_path)[0]
+
+    @classmethod
+    def _load_exported(
+        cls: type[T],
+        folder: Path,
+        map_location: str | torch.device = "cpu",
+        teacher_path: str | os.PathLike[str] | None = None,
+    ) -> tuple[T, TokenizerInfo]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        info = read_info(folder)
+        if not info.exported:
+            raise PretrainedError(
+                f"{folder}: a training run, not an exported tokenizer "
+                "(`strop export-model RUN --out DIR` makes one; `load_tokenizer` reads both)"
+            )
+        cfg = info.model
+        if teacher_path is not None:
+            cfg = cfg.model_copy(update={"teacher_path": str(teacher_path)})
+        try:
+            state: dict[str, Any] = dict(load_file(str(folder / WEIGHTS_NAME), device="cpu"))
+        except (SafetensorError, OSError) as exc:
+            raise PretrainedError(f"{folder / WEIGHTS_NAME}: not loadable ({exc})") from None
+        model: Any = cls(cfg)  # type: ignore[call-arg]  # Strop(cfg)
+        state["_extra_state"] = model.get_extra_state()
+        try:
+            model.load_state_dict_checked(state)
+        except (ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise PretrainedError(
+                f"{folder / WEIGHTS_NAME}: weights do not fit config.json ({first})"
+            ) from None
+        model.to(map_location)
+        model.eval()
+        return model, info
+
+    @classmethod
+    def from_run(
+        cls: type[T],
+        run_dir: str | os.PathLike[str],
+        which: str | int = "last",
+        map_location: Any = "cpu",
+    ) -> tuple[T, TokenizerInfo]:
+        """The trained model of a run folder (teacher rebuilt from config.json), in eval mode."""
+        info = read_info(run_dir)
+        path = resolve_checkpoint(run_dir, which)
+        try:
+            state = load_checkpoint(path, map_location=map_location)
+        except CheckpointError as exc:
+            others = loadable_alternatives(run_dir, path)
+            hint = (
+                f"; loadable: {', '.join(others)} (choose one with --checkpoint)"
+                if others
+                else "; no other checkpoint of this run loads"
+            )
+            raise CheckpointError(f"{exc}{hint}") from None
+        model: Any = cls(info.model)  # type: ignore[call-arg]  # Strop(cfg)
+        try:
+            model.load_state_dict_checked(state["model"])
+        except (ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{path}: weights do not fit the model of {Path(run_dir) / CONFIG_NAME} ({first})"
+            ) from None
+        model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
+        model.eval()
+        step = int(state["step"])
+        return model, replace(info, step=step, provenance={"checkpoint": str(path)})
+
+    @classmethod
+    def load_tokenizer(
+        cls: type[T],
+        path: str | os.PathLike[str],
+        checkpoint: str | int = "last",
+        map_location: Any = "cpu",
+    ) -> tuple[T, TokenizerInfo]:
+        """A run folder (at `checkpoint`) or an exported folder (which has one set of weights)."""
+        folder = Path(path)
+        if is_exported(folder):
+            if str(checkpoint) != "last":
+                raise PretrainedError(
+                    f"{folder}: an exported tokenizer holds one set of weights; "
+                    f"--checkpoint {checkpoint} applies to run folders only"
+                )
+            return cls._load_exported(folder, map_location)
+        if not (folder / CONFIG_NAME).is_file():
+            raise PretrainedError(
+                f"{folder / CONFIG_NAME}: config not found ({folder} is neither a training run "
+                "nor an exported tokenizer)"
+            )
+        return cls.from_run(folder, checkpoint, map_location)
+
+
+def export_config(model: Any, info: TokenizerInfo) -> dict[str, Any]:
+    """The config.json of an exported tokenizer (see the module docstring)."""
+    from strop.model.teachers import DINOV3_IDS
+
+    cfg = model.cfg
+    provenance = dict(info.provenance)
+    if cfg.teacher_path:
+        provenance["teacher_path"] = cfg.teacher_path
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "model": cfg.model_copy(update={"teacher_path": None}).model_dump(mode="json"),
+        "teacher": teacher_facts(cfg.teacher),
+        "teacher_id": DINOV3_IDS.get(cfg.teacher, cfg.teacher),
+        "k": cfg.k,
+        "l_max": cfg.l_max,
+        "l_min": cfg.l_min,
+        "image_size": cfg.image_size,
+        "training": {
+            "steps": info.step,
+            "planned_steps": info.planned_steps,
+            "length_mode": info.length_mode,
+            "pixel_decoder": info.pixel_decoder,
+            "data_path": info.data_path,
+        },
+        "provenance": provenance,
+        "eval": info.eval,
+    }
+
+
+def teacher_facts(name: str) -> dict[str, Any]:
+    """What the teacher is, in plain terms: its hub id, whether it is DINO, whether random."""
+    from strop.model.teachers import DINOV3_IDS
+
+    return {
+        "name": name,
+        "id": DINOV3_IDS.get(name),
+        "dino": name in DINOV3_IDS,
+        "random_weights": name == "random-vit",
+    }
+
+
+def _resolve_folder(
+    name: str | os.PathLike[str],
+    revision: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    local_files_only: bool,
+    token: str | None,
+) -> Path:
+    """A local folder as is; otherwise a hub id, fetched with huggingface_hub's client."""
+    folder = Path(name)
+    if folder.is_dir():
+        missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / n).is_file()]
+        if missing:
+            raise PretrainedError(f"{folder}: not an exported tokenizer (no {', '.join(missing)})")
+        return folder
+    from huggingface_hub import hf_hub_download
+
+    files = []
+    for filename in (CONFIG_NAME, WEIGHTS_NAME):
+        try:
+            files.append(
+                hf_hub_download(
+                    str(name),
+                    filename,
+                    revision=revision,
+                    cache_dir=None if cache_dir is None else Path(cache_dir),
+                    local_files_only=local_files_only,
+                    token=token,
+                )
+            )
+        except (
+            Exception
+        ) as exc:  # hub errors come in many types (offline, 404, gated, HFValidation)
+            raise PretrainedError(
+                f"{name}: neither a local folder nor a loadable hub repo ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})"
+            ) from None
+    return Path(files[0]).parent
+
+
+def upload_folder(
+    folder: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    endpoint: str | None = None,
+) -> str:
+    """Create `repo_id` (if needed) and upload the exported folder; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    missing = [
+        n for n in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) if not (Path(folder) / n).is_file()
+    ]
+    if missing:
+        raise PretrainedError(f"{folder}: not an exported tokenizer (no {', '.join(missing)})")
+    api = HfApi(endpoint=endpoint, token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    commit = api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+        commit_message="Upload STROP tokenizer",
+    )
+    return str(getattr(commit, "commit_url", commit))

@@ -1,0 +1,78 @@
+"""`strop export-model`: a run folder -> a shareable tokenizer folder (and, optionally, the hub).
+
+Design decisions
+- The exported folder is written by `Strop.save_pretrained` (`strop.model.pretrained`); this
+  module only gathers what a stranger needs to trust it: the run's eval numbers
+  (`RUN/eval.json`, when `strop eval` ran) and provenance (run name and path, checkpoint file
+  and its SHA-256, STROP and torch versions, export time).
+- The output folder must not hold another run or a different tokenizer: exporting into a run
+  folder would overwrite its config.json.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from strop.model.network import Strop
+from strop.model.pretrained import CONFIG_NAME, PretrainedError, is_exported, upload_folder
+from strop.runs import RunFolder
+
+__all__ = ["export_model"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def export_model(
+    run_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    checkpoint: str | int = "last",
+    push_to_hub: str | None = None,
+    token: str | None = None,
+    private: bool | None = None,
+) -> tuple[Path, str | None]:
+    """Write the tokenizer of `run_dir` (at `checkpoint`) to `out`; with `push_to_hub`, upload
+    it to that repo id. Returns (folder, commit URL or None)."""
+    run = RunFolder(Path(run_dir))
+    target = Path(out)
+    if (target / CONFIG_NAME).is_file() and not is_exported(target):
+        raise PretrainedError(
+            f"{target}: holds a {CONFIG_NAME} that is not an exported tokenizer "
+            "(a run folder?); choose another --out"
+        )
+    model, info = Strop.from_run(run.path, checkpoint)
+    ckpt_path = Path(info.provenance["checkpoint"])
+    evaluation: dict[str, Any] | None = run.read_eval() if run.eval_path.is_file() else None
+    provenance = {
+        "run": run.name,
+        "run_path": str(run.path.resolve()),
+        "checkpoint": ckpt_path.name,
+        "checkpoint_sha256": _sha256(ckpt_path),
+        "strop_version": _version("strop"),
+        "torch_version": torch.__version__,
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    info = replace(info, provenance=provenance, eval=evaluation)
+    folder = model.save_pretrained(target, info=info)
+    url = upload_folder(folder, push_to_hub, token=token, private=private) if push_to_hub else None
+    return folder, url
