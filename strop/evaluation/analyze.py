@@ -250,10 +250,10 @@ def analyze_run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Analyse the first `n_images` of `split`; writes RUN/analysis/ and returns analysis.json's dict."""
-    from strop.training.config import load_run_config
+    from strop.model.pretrained import read_info
 
     run = RunFolder(Path(run_dir))
-    load_run_config(run.path)  # not a run: say so, and create no analysis/ folder in it
+    read_info(run.path)  # not a run: say so, and create no analysis/ folder in it
     unit = OutputUnit(run.path / "analysis", UNIT, ANALYSIS_FILES, f"strop analyze {run.path}")
     unit.open()  # a folder that cannot be written fails here, before the model loads
     try:
