@@ -75,6 +75,7 @@ from strop.training.config import RunConfig
 from strop.training.curriculum import OracleState, TargetBank
 from strop.training.log import MetricLog, ProgressBar, StepResult
 from strop.training.optim import build_optimizer, build_scheduler, lr_factor
+from strop.training.quality import ErrorCurveBank, quality_targets
 from strop.training.resume import resolve_config
 
 __all__ = [
@@ -105,6 +106,13 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; training stopped without saving."""
 
 
+def _gather_rows(rows: torch.Tensor, b: int) -> torch.Tensor:
+    """Main, down and up probe rows (3b,) of every rank, as (main of all ranks, down of all
+    ranks, up of all ranks) on CPU, to line up with the gathered bank indices repeated 3x."""
+    gathered = distr.all_gather_cat(rows).cpu()
+    return gathered.view(-1, 3, b).transpose(0, 1).reshape(-1)
+
+
 def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     entropy = np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
@@ -129,6 +137,8 @@ class ForwardResult:
     diversity_loss: torch.Tensor
     pixel_loss: torch.Tensor | None
     """None when no images reach the pixel probe."""
+    l_hat_quality: torch.Tensor | None = None
+    """(B,) lengths of the eps-conditioned head at the drawn eps (opt-in; None without it)."""
 
 
 @dataclass
@@ -143,6 +153,8 @@ class LossTerms:
     length: torch.Tensor | None
     """Phase 3 on."""
     pixel: torch.Tensor | None
+    quality: torch.Tensor | None = None
+    """The eps-conditioned head's loss (opt-in; phase 3 on)."""
 
     def named(self) -> dict[str, torch.Tensor]:
         """The present terms under their metric names (for messages)."""
@@ -152,6 +164,7 @@ class LossTerms:
             "diversity_loss": self.diversity,
             "length_loss": self.length,
             "pixel_loss": self.pixel,
+            "quality_length_loss": self.quality,
             "loss": self.total,
         }
         return {k: v for k, v in named.items() if v is not None}
@@ -174,7 +187,11 @@ class TrainForward(nn.Module):
         self.w_mse = w_mse
 
     def forward(
-        self, feats: torch.Tensor, lengths: torch.Tensor, images: torch.Tensor | None
+        self,
+        feats: torch.Tensor,
+        lengths: torch.Tensor,
+        images: torch.Tensor | None,
+        eps: torch.Tensor | None = None,
     ) -> ForwardResult:
         model, b = self.model, feats.shape[0]
         copies = lengths.shape[0] // b
@@ -201,6 +218,7 @@ class TrainForward(nn.Module):
             commit_loss=quantizer["commit_loss"],
             diversity_loss=quantizer["diversity_loss"],
             pixel_loss=pixel_loss,
+            l_hat_quality=None if eps is None else model.predict_quality_length(feats, eps),
         )
 
 
@@ -249,6 +267,13 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.cfg)
         self.oracle = OracleState()
         self.bank = TargetBank(len(self.train_set), self.cfg.curriculum.target_ema_decay)
+        self.curves = (
+            ErrorCurveBank(
+                len(self.train_set), m.l_min, m.l_max, cfg.curriculum.quality_curve_decay
+            )
+            if m.quality_head
+            else None
+        )
         self.step = 0  # steps completed
         self.metrics = MetricLog(self.run, write=self.dist.is_main)
         self._resume()
@@ -278,11 +303,17 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "curriculum": {"oracle": self.oracle.to_dict(), "bank": self.bank.state_dict()},
+            "curriculum": self._curriculum_state(),
             "data": self.data.state_dict(),
             "interval": self.metrics.state_dict(),
             "rng": ckpt.rng_state(),
         }
+
+    def _curriculum_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"oracle": self.oracle.to_dict(), "bank": self.bank.state_dict()}
+        if self.curves is not None:  # only conditioned runs carry the error curves
+            state["curves"] = self.curves.state_dict()
+        return state
 
     def save(self) -> Path | None:
         if not self.dist.is_main:
@@ -305,6 +336,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.oracle = OracleState.from_dict(state["curriculum"]["oracle"])
         self.bank.load_state_dict(state["curriculum"]["bank"])
+        if self.curves is not None and "curves" in state["curriculum"]:
+            self.curves.load_state_dict(state["curriculum"]["curves"])
         self.step = int(state["step"])
         self.data.load_state_dict(state["data"])
         self.metrics.load_state_dict(state.get("interval", {}))
@@ -367,8 +400,10 @@ class Trainer:
             )
             all_lengths = torch.cat([lengths, down, up])
 
+        quality = self._quality_draw(batch, gen)
+        eps = None if quality is None else quality[0].to(self.device)
         with self._autocast():
-            out = self.forward(feats, all_lengths.to(self.device), images)
+            out = self.forward(feats, all_lengths.to(self.device), images, eps)
         errors = out.errors.detach()
         oracle_stats = None
         if cur.oracle_active(phase):
@@ -381,8 +416,14 @@ class Trainer:
             gathered_idx = distr.all_gather_cat(index.to(self.device)).cpu()
             gathered_t = distr.all_gather_cat(targets.to(self.device)).cpu()
             self.bank.update(gathered_idx, gathered_t)
+            if self.curves is not None:
+                self.curves.update(
+                    gathered_idx.repeat(3),
+                    _gather_rows(all_lengths.to(self.device), b),
+                    _gather_rows(errors.float(), b),
+                )
 
-        terms = self._loss(out, phase, batch)
+        terms = self._loss(out, phase, batch, quality)
         loss = terms.total
         probe_loss = None if terms.pixel is None else self.cfg.model.w_pixel * terms.pixel
         finite_and_stop = torch.tensor(
@@ -395,7 +436,7 @@ class Trainer:
         # The probe's input is detached: its loss adds gradients to the pixel decoder only.
         (loss if probe_loss is None else loss + probe_loss).backward()
         if not cur.head_active(phase):
-            for p in self.model.length_head.parameters():
+            for p in self.model.length_head_parameters():
                 p.grad = None
         grad_norm, probe_norm = self._clip()
         self.optimizer.step()
@@ -418,12 +459,28 @@ class Trainer:
             head_share=float(from_head.float().mean()),
             length_loss=_item(terms.length),
             pixel_loss=_item(terms.pixel),
+            quality_length_loss=_item(terms.quality),
             pixel_grad_norm=probe_norm,
             pred_length=float(out.l_hat.detach().float().mean()) if head else None,
             oracle=oracle_stats,
         )
 
-    def _loss(self, out: ForwardResult, phase: int, batch: dict[str, Any]) -> LossTerms:
+    def _quality_draw(
+        self, batch: dict[str, Any], gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(eps, target lengths, has_target) of the eps-conditioned head; None without it."""
+        if self.curves is None:
+            return None
+        index = torch.as_tensor(batch["bank_index"], dtype=torch.long)
+        return quality_targets(self.curves, index, self.cfg.curriculum.quality_min_cells, gen)
+
+    def _loss(
+        self,
+        out: ForwardResult,
+        phase: int,
+        batch: dict[str, Any],
+        quality: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> LossTerms:
         m = self.cfg.model
         b = out.l_hat.shape[0]
         align = out.errors[:b].mean()
@@ -437,6 +494,16 @@ class Trainer:
         else:
             # Keeps the head in the graph (DDP needs every parameter used); no effect.
             loss = loss + 0.0 * out.l_hat.sum()
+        quality_loss = None
+        if out.l_hat_quality is not None and quality is not None:
+            _, q_target, has_target = (t.to(self.device) for t in quality)
+            if cur.head_active(phase) and bool(has_target.any()):
+                quality_loss = losses.length_loss(
+                    out.l_hat_quality[has_target], q_target[has_target], m.l_max
+                )
+                loss = loss + m.w_len * quality_loss
+            else:  # in the graph for DDP, no effect (as the unconditioned head above)
+                loss = loss + 0.0 * out.l_hat_quality.sum()
         # The pixel probe's loss stays out of `total`: it is stepped apart (module docstring).
         return LossTerms(
             total=loss,
@@ -445,6 +512,7 @@ class Trainer:
             diversity=out.diversity_loss,
             length=length_loss,
             pixel=out.pixel_loss,
+            quality=quality_loss,
         )
 
     def _clip(self) -> tuple[float, float | None]:
