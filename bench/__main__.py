@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-AREAS = ("render", "model", "train", "grammar", "decode")
+AREAS = ("render", "model", "train", "grammar", "decode", "length")
 
 
 def _fmt(value: object) -> str:
