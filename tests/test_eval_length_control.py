@@ -269,3 +269,39 @@ def test_conditioned_run_trains_the_head_and_eval_reports_quality_control(clevr,
     assert all(b <= a for a, b in zip(lengths, lengths[1:]))  # monotone by construction
     md, _ = build_report(run)
     assert "quality_calibration.png" in md.read_text()
+
+
+# --------------------------------------------------------------------------- calibration
+
+#: |mean length of quality:EPS - mean length of search:EPS| allowed, in tokens, at every EPS.
+SEARCH_AGREEMENT_TOKENS = 1.5
+CALIBRATION_SETS = [
+    "train.steps=300", "train.lr=2e-3", "train.warmup_steps=15", "train.hold_steps=150",
+    "train.num_workers=0", "train.val_every=0", "train.log_every=50",
+    "train.checkpoint_every=300", "train.pixel_decoder=false", "model.image_size=32",
+    "model.l_max=8", "model.div_warmup_steps=40", "model.quality_head=true",
+    "curriculum.phase_steps=120,180,300,300", "curriculum.probe_radius=1",
+    "data.max_train_images=16",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_quality_eps_is_calibrated_and_agrees_with_the_search(clevr, tmp_path):
+    """A conditioned run on 16 training images (small enough for its programs to carry each
+    image, so longer prefixes do lower the error), ending in phase 3 where lengths are still
+    random and the oracle probes every length. Calibration is measured on those 16 images:
+    the head is asked to reproduce the search's answer on the curves it was trained from."""
+    run = train(
+        tiny_run_config(clevr, *CALIBRATION_SETS, batch_size=16), tmp_path / "k16", progress=False
+    )
+    block = evaluate_run(run, "train", limit=16, write=False, progress=False, lpips=False)[
+        "quality_control"
+    ]
+    rows = block["rows"]
+    assert len(rows) >= 5
+    assert block["spearman_requested_vs_achieved"] >= 0.9, rows
+    lengths = [r["quality_length_mean"] for r in rows]
+    assert all(b <= a for a, b in zip(lengths, lengths[1:])) and lengths[-1] < lengths[0], rows
+    for r in rows:
+        assert abs(r["quality_length_mean"] - r["search_length_mean"]) <= SEARCH_AGREEMENT_TOKENS, r
+    assert block["quality_passes"] == 1 and block["search_passes"] == L_MAX

@@ -1,7 +1,7 @@
 """The eps-conditioned length head (opt-in, `model.quality_head=true`): how long must this
 image's program be to reach alignment error EPS?
 
-    L_hat(x, eps) = L_max * sigmoid(a(x) - softplus(s(x)) * log eps)
+    L_hat(x, eps) = L_max * sigmoid(a(x) - softplus(s(x)) * z),  z = (log eps - m) / s
     (a, s) = MLP(mean_p(S_p))          S: projected teacher tokens, detached
     L = clip(round(L_hat), L_min, L_max)         `--length-mode quality:EPS`, one forward pass
 
@@ -22,7 +22,12 @@ Design decisions (ours; the paper has only the unconditioned head)
 - A separate module beside the paper's `LengthHead`, built only when asked for: the default
   model has the same parameters, the same initialisation order and the same state_dict keys
   as before, and a conditioned run still answers `--length-mode head`.
-- Monotone by construction: for each image, L_hat is a logistic in log eps with a positive
+- The condition is standardised: z = (log eps - m) / s, with m, s running statistics
+  (buffers, BatchNorm-style momentum) of the log eps the trainer draws (`observe`). Reachable
+  errors span a narrow band of log eps (0.3 to 0.45 on a tiny pixels run), so a raw log eps
+  would need a slope the head takes thousands of steps to grow; standardised, a unit slope
+  already moves the length across its range. Before any draw m = 0, s = 1.
+- Monotone by construction: for each image, L_hat is a logistic in z with a positive
   slope (softplus), so a larger tolerated error can never ask for a longer program. The
   per-image inverse rate-distortion curve is thus a two-parameter family (offset a(x),
   steepness s(x)); power-law curves e(L) ~ c L^-alpha are logistic-like in log eps between
@@ -43,13 +48,37 @@ from torch import nn
 class QualityLengthHead(nn.Module):
     """Pooled projected teacher tokens (B, d) and target errors eps (B,) -> L_hat (B,)."""
 
-    def __init__(self, d: int, l_max: int, hidden: int | None = None) -> None:
+    log_eps_mean: torch.Tensor
+    log_eps_std: torch.Tensor
+    observed: torch.Tensor
+
+    def __init__(self, d: int, l_max: int, hidden: int | None = None, momentum: float = 0.1):
         super().__init__()
-        self.l_max = l_max
+        self.l_max, self.momentum = l_max, momentum
         hidden = hidden or d
         self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, 2))
+        self.register_buffer("log_eps_mean", torch.zeros(()))
+        self.register_buffer("log_eps_std", torch.ones(()))
+        self.register_buffer("observed", torch.zeros((), dtype=torch.long))
+
+    def standardise(self, eps: torch.Tensor) -> torch.Tensor:
+        """z = (log eps - m) / s, the head's view of a target error."""
+        log_eps = eps.float().clamp_min(1e-12).log()
+        return (log_eps - self.log_eps_mean) / self.log_eps_std
+
+    @torch.no_grad()
+    def observe(self, eps: torch.Tensor) -> None:
+        """Fold a batch of drawn target errors into the running log-eps statistics."""
+        log_eps = eps.detach().float().clamp_min(1e-12).log().to(self.log_eps_mean.device)
+        if log_eps.numel() < 2:
+            return
+        mean, std = log_eps.mean(), log_eps.std().clamp_min(1e-3)
+        keep = 0.0 if int(self.observed) == 0 else 1.0 - self.momentum
+        self.log_eps_mean.mul_(keep).add_((1.0 - keep) * mean)
+        self.log_eps_std.mul_(keep).add_((1.0 - keep) * std)
+        self.observed += 1
 
     def forward(self, pooled: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         offset, slope = self.mlp(pooled.detach()).float().unbind(-1)
-        log_eps = eps.to(offset).clamp_min(1e-12).log()
-        return torch.sigmoid(offset - F.softplus(slope) * log_eps) * self.l_max
+        z = self.standardise(eps.to(offset.device))
+        return torch.sigmoid(offset - F.softplus(slope) * z) * self.l_max

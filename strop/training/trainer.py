@@ -472,7 +472,14 @@ class Trainer:
         if self.curves is None:
             return None
         index = torch.as_tensor(batch["bank_index"], dtype=torch.long)
-        return quality_targets(self.curves, index, self.cfg.curriculum.quality_min_cells, gen)
+        draw = quality_targets(self.curves, index, self.cfg.curriculum.quality_min_cells, gen)
+        eps, _, has_target = draw
+        head = self.model.quality_head
+        if head is not None and cur.head_active(cur.phase_at(self.step, self.cfg.curriculum)):
+            # every rank folds in every rank's draws, so the statistics agree across ranks
+            drawn = distr.all_gather_cat(eps.to(self.device))
+            head.observe(drawn[distr.all_gather_cat(has_target.to(self.device))])
+        return draw
 
     def _loss(
         self,
