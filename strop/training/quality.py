@@ -14,12 +14,14 @@ Design decisions (ours; the paper has no conditioned head)
   L_max - L_min + 1. Lengths never probed are linearly interpolated between their measured
   neighbours (held constant beyond the first and last), since a target needs a whole curve
   and the oracle touches three cells per visit.
-- eps is drawn per sample, log-uniform between the smallest and the largest error the
-  image's curve holds: the range that image can actually reach, so every draw has an
-  informative target (outside it the answer is just L_min or L_max, which the logistic's
-  clamps give for free), and the range follows the teacher's error scale without a constant
-  to tune. An image with fewer than `quality_min_cells` measured lengths has no target yet
-  and is left out of the loss.
+- eps is drawn per sample, log-uniform between the smallest and the largest error held by
+  the curves of the batch's images: the range the model can reach on such images, which
+  follows the teacher's error scale without a constant to tune. The range is the batch's,
+  not each image's own, so the head also sees the search's answers outside an image's
+  reach: L_max for an eps below the image's best error (no prefix reaches it) and L_min for
+  one above its worst. (Drawn inside each image's own range, the head never learned the
+  former and answered short where the search answers L_max.) An image with fewer than
+  `quality_min_cells` measured lengths has no target yet and is left out of the loss.
 - Cells are exponential averages over visits (`curriculum.quality_curve_decay`), like the
   oracle's `TargetBank`, so each curve tracks the improving model.
 - The bank is updated from phase 2 on (when the probes exist) and checkpointed with the
@@ -103,15 +105,15 @@ def quality_targets(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw eps per sample and its target length: `(eps (n,), targets (n,), has_target (n,))`.
 
-    eps is log-uniform between the smallest and largest error of the image's curve; images
-    with fewer than `min_cells` measured lengths get eps 1 and no target (mask False).
+    eps is log-uniform between the smallest and largest error of the batch's curves (those
+    with at least `min_cells` measured lengths; the others get no target, mask False).
     """
     curves, measured = bank.curves(indices)
     u = torch.rand(len(curves), generator=generator, dtype=torch.float64).numpy()
     has_target = measured >= min_cells
-    lo = np.where(has_target, curves.min(axis=1, initial=np.inf), 1.0)
-    hi = np.where(has_target, curves.max(axis=1, initial=-np.inf), 1.0)
-    lo, hi = np.maximum(lo, 1e-8), np.maximum(hi, 1e-8)
+    usable = curves[has_target]
+    lo = max(float(usable.min()), 1e-8) if usable.size else 1.0
+    hi = max(float(usable.max()), lo) if usable.size else 1.0
     eps = np.exp(np.log(lo) + u * (np.log(hi) - np.log(lo)))
     targets = shortest_length(curves, eps, bank.l_min)
     return (
