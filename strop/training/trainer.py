@@ -37,6 +37,11 @@ Design decisions
 - A checkpoint also holds the optimiser, schedule, curriculum state (oracle, target bank) and
   the open logging interval (`strop.training.log`), so a resumed run writes the same rows as a straight
   one (timings aside).
+- The opt-in eps-conditioned length head (`model.quality_head`, `strop.training.quality`):
+  each step draws a target error per sample before the forward (from the step's generator,
+  after the length draw) and feeds the three probe rows to the error-curve bank after it;
+  its loss joins the length loss from phase 3. None of it runs for a default run, whose
+  metrics.jsonl stays byte-identical (`tests/test_eval_length_control.py`).
 - Faults: a non-finite loss (agreed over ranks by one all-reduce) raises `TrainingDiverged`
   before `backward`, so the last checkpoint is never overwritten with bad weights. SIGINT sets
   a flag (also all-reduced, so every rank stops at the same step); the step finishes, a
