@@ -6,8 +6,6 @@ and eval.json's `quality_control` block, on real tiny runs trained here.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +41,13 @@ COS_TOL = 0.01
 L_MAX = 8  # BASE_SETS
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "strop.cli", *args],
-        capture_output=True,
-        text=True,
-        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
-    )
+def _cli(*args: str):
+    """`strop ARGS` in process (the real app and its exit codes, without a fresh interpreter)."""
+    from typer.testing import CliRunner
+
+    from strop.cli import app
+
+    return CliRunner().invoke(app, list(args))
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +116,9 @@ def test_cap_never_exceeds_n_and_equals_the_head_where_it_is_shorter(trained: Pa
 @pytest.mark.parametrize("mode", ["prefix:99", "quality:0.1"])
 def test_cli_refuses_bad_budgets_in_one_line_with_exit_2(trained: Path, mode: str):
     done = _cli("export", str(trained), "--length-mode", mode)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --length-mode"), done.stderr
+    assert done.exit_code == 2, done.output
+    lines = done.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --length-mode"), done.output
 
 
 # --------------------------------------------------------------------------- sweep
@@ -180,10 +178,10 @@ def test_cli_sweep_with_a_grid(trained: Path, tmp_path: Path):
         "8",
         "--no-lpips",
     )
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.output
     assert [r["n"] for r in read_json(trained / "sweep.json")["rows"]] == [2, 4]
     bad = _cli("eval", str(trained), "--sweep", "--sweep-lengths", "0")
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --sweep-lengths")
+    assert bad.exit_code == 2 and bad.output.strip().startswith("error: --sweep-lengths")
 
 
 # --------------------------------------------------------------------------- quality head
