@@ -26,7 +26,7 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     run's own config.json, so it is a failure of the run folder (exit 1)."""
     from strop.evaluation.export import LengthModeError
 
-    return (LengthModeError,)
+    return (LengthModeError,)  # SweepLengthsError is one too
 
 
 def _model_errors() -> tuple[type[BaseException], ...]:
@@ -48,8 +48,10 @@ EXPORT_SPLIT_OPT = typer.Option(
 MODE_OPT = typer.Option(
     None,
     "--length-mode",
-    help="head (the length head), fixed (all L_max tokens) or search:EPS (shortest prefix "
-    "whose align error <= EPS). Default: fixed for runs trained fixed-length, else head.",
+    help="head (the length head), fixed (all L_max tokens), prefix:N (exactly N tokens), "
+    "cap:N (the head's length, at most N), search:EPS (shortest prefix whose align error "
+    "<= EPS) or quality:EPS (the eps-conditioned head, one pass; runs trained with "
+    "model.quality_head=true). Default: fixed for runs trained fixed-length, else head.",
     show_default=False,
 )
 DATA_OPT = typer.Option(
@@ -136,12 +138,42 @@ def eval_cmd(
         "--lpips-lin",
         help="LPIPS lin weights (the lpips package's weights/v0.1/alex.pth); implies --lpips.",
     ),
+    sweep: bool = typer.Option(
+        False,
+        "--sweep",
+        help="Length-quality curves instead: every prefix length N (prefix:N) scored, with "
+        "the head, fixed and search:EPS operating points -> RUN/sweep.json.",
+    ),
+    sweep_lengths: str | None = typer.Option(
+        None,
+        "--sweep-lengths",
+        help="With --sweep: the grid of N, e.g. 1,2,4,8-12 (default L_min..L_max).",
+    ),
+    sweep_eps: float | None = typer.Option(
+        None,
+        "--sweep-eps",
+        help="With --sweep: EPS of the search:EPS point (default: the head's mean align error).",
+    ),
+    quality_eps: str | None = typer.Option(
+        None,
+        "--quality-eps",
+        help="EPS values of the quality_control block, comma-separated (runs trained with "
+        "model.quality_head=true; default: 6 values inside the split's error range).",
+    ),
 ) -> None:
     """Alignment, codebook usage, pixel SSIM (and LPIPS), bits and length-vs-complexity: RUN/eval.json."""
     from strop.evaluation.evaluate import evaluate_run
 
     if lpips is False and (lpips_backbone or lpips_lin):
         fail("--no-lpips contradicts --lpips-backbone/--lpips-lin", usage=True)
+    if (sweep_lengths is not None or sweep_eps is not None) and not sweep:
+        fail("--sweep-lengths/--sweep-eps need --sweep", usage=True)
+    if sweep:
+        _sweep(
+            run, split, sweep_lengths, sweep_eps, data, batch_size, limit, device, checkpoint, lpips
+        )
+        return
+    eps_values = _eps_list(quality_eps)
     with exit_on(usage=_usage_errors(), failed=_model_errors()):
         result = evaluate_run(
             run,
@@ -155,6 +187,7 @@ def eval_cmd(
             lpips=lpips,
             lpips_backbone=lpips_backbone,
             lpips_lin=lpips_lin,
+            quality_eps=eps_values,
         )
     lv = result["length_vs_objects"]
     pixels = "  ".join(
@@ -165,6 +198,52 @@ def eval_cmd(
         f"CB% {result['cb_pct']:.1f}  Eff% {result['eff_pct']:.1f}  length {result['length_mean']:.2f}  "
         f"pearson {lv['pearson'] if lv['pearson'] is None else round(lv['pearson'], 3)}  -> {Path(run) / 'eval.json'}"
     )
+
+
+def _eps_list(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        fail(f"--quality-eps {text}: expected comma-separated positive numbers", usage=True)
+    if len(values) < 2 or any(not v > 0 for v in values):
+        fail(f"--quality-eps {text}: expected at least two positive numbers", usage=True)
+    return values
+
+
+def _sweep(
+    run: Path,
+    split: str,
+    lengths: str | None,
+    eps: float | None,
+    data: Path | None,
+    batch_size: int,
+    limit: int | None,
+    device: str,
+    checkpoint: str,
+    lpips: bool | None,
+) -> None:
+    from strop.evaluation.sweep import SWEEP_FILE, sweep_run
+
+    with exit_on(usage=_usage_errors(), failed=_model_errors()):
+        result = sweep_run(
+            run,
+            split=split,
+            lengths=lengths,
+            search_eps=eps,
+            data=data,
+            batch_size=batch_size,
+            limit=limit,
+            device=device,
+            checkpoint=checkpoint,
+            lpips=lpips,
+        )
+    for row in result["rows"]:
+        typer.echo(f"N {row['n']:>4}  cos {row['cos']:.4f}  align error {row['align_error']:.4f}")
+    for name, point in result["operating_points"].items():
+        typer.echo(f"{name:>6}: length {point['length_mean']:.2f}  cos {point['cos']:.4f}")
+    typer.echo(f"-> {Path(run) / SWEEP_FILE}")
 
 
 @commands.command("analyze")
@@ -179,6 +258,7 @@ def analyze_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the random pair draw."),
     device: str = DEVICE_OPT,
     checkpoint: str = CKPT_OPT,
+    length_mode: str | None = MODE_OPT,
 ) -> None:
     """Counterfactual erasure, attribution vs object masks, pair synergy, code reuse: RUN/analysis/."""
     from strop.evaluation.analyze import analyze_run
@@ -193,6 +273,7 @@ def analyze_cmd(
             seed=seed,
             device=device,
             checkpoint=checkpoint,
+            length_mode=length_mode,
         )
     typer.echo(f"analysed {result['n_images']} images -> {Path(run) / 'analysis'}")
 

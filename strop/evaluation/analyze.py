@@ -15,8 +15,9 @@ Outputs: `RUN/analysis/analysis.json` and `RUN/analysis/figures/*.png` (erasure 
 contingency heatmap, length vs object count).
 
 Design decisions
-- Programs are taken at the run's own length rule: the head's length, or all L_max tokens
-  for a run trained with `curriculum.length_mode=fixed`.
+- Programs are taken at the run's own length rule (the head's length, or all L_max tokens
+  for a run trained with `curriculum.length_mode=fixed`) unless `length_mode` names another
+  (`prefix:N`, `cap:N`, ...; see `strop.evaluation.export`).
 - Code-reuse statistics use the exported `programs.parquet` when it exists (the whole split),
   else the analysed images' programs; `source` says which.
 - `RUN/analysis/` is one unit (`strop.output_unit`): written aside and moved in whole, so a
@@ -41,6 +42,8 @@ from strop.evaluation.erasure import (
     pair_synergy,
 )
 from strop.evaluation.export import (
+    LengthMode,
+    check_length_mode,
     dataset_path,
     encode_batch,
     load_run_model,
@@ -248,10 +251,12 @@ def analyze_run(
     checkpoint: str = "last",
     n_panels: int = 2,
     progress: bool = True,
+    length_mode: str | LengthMode | None = None,
 ) -> dict[str, Any]:
     """Analyse the first `n_images` of `split`; writes RUN/analysis/ and returns analysis.json's dict."""
     from strop.model.pretrained import read_info
 
+    parse_length_mode(length_mode)  # a bad value fails before the model loads
     run = RunFolder(Path(run_dir))
     read_info(run.path)  # not a run: say so, and create no analysis/ folder in it
     unit = OutputUnit(run.path / "analysis", UNIT, ANALYSIS_FILES, f"strop analyze {run.path}")
@@ -269,6 +274,7 @@ def analyze_run(
             checkpoint,
             n_panels,
             progress,
+            length_mode,
         )
         unit.commit()
     finally:
@@ -288,8 +294,11 @@ def _analyze(
     checkpoint: str,
     n_panels: int,
     progress: bool,
+    length_mode: str | LengthMode | None,
 ) -> dict[str, Any]:
     model, cfg, dev = load_run_model(run.path, checkpoint, device)
+    mode = parse_length_mode(length_mode, cfg.length_mode)
+    check_length_mode(mode, cfg.model, run.name)
     root = dataset_path(run.path, cfg, data)
     mc = cfg.model
     gh, gw = model.grid
@@ -299,8 +308,7 @@ def _analyze(
     rng = np.random.default_rng(seed)
     acc = Accumulator()
     panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, int]] = []
-    mode = parse_length_mode(None, cfg.length_mode)
-    for batch in progress_batches(loader, f"analyze {run.name}", progress):
+    for batch in progress_batches(loader, f"analyze {run.name} [{mode}]", progress):
         enc = encode_batch(model, batch["image"].to(dev), mode, mc.w_mse, mc.l_min)
         for b in range(len(batch["image"])):
             length = int(enc.lengths[b])

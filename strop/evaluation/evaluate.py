@@ -6,7 +6,8 @@ Eff%), the pixel probe's SSIM and (when its weights are at hand) LPIPS, program 
 (mean/min/max), bits per image and the compression ratio, and the correlation of length with
 object count (Pearson and Spearman with 95% CIs). With `--length-mode search:EPS`, also how
 often the head picks the same length as the search (`head_matches_search`) and their mean
-absolute difference.
+absolute difference. Runs with the eps-conditioned head get a `quality_control` block
+(requested vs achieved EPS against `search:EPS`, `strop.evaluation.quality_control`).
 
 Design decisions
 - The metric definitions live in `strop.metrics`; this module only runs the model and
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,7 @@ import numpy as np
 from strop import metrics
 from strop.evaluation.export import (
     LengthMode,
+    check_length_mode,
     dataset_path,
     encode_batch,
     load_run_model,
@@ -50,6 +53,8 @@ from strop.output_unit import check_writable
 from strop.runs import RunFolder
 
 if TYPE_CHECKING:
+    import torch
+
     from strop.evaluation.lpips import LPIPS
 
 
@@ -67,13 +72,15 @@ def evaluate_run(
     lpips: bool | None = None,
     lpips_backbone: str | os.PathLike[str] | None = None,
     lpips_lin: str | os.PathLike[str] | None = None,
+    quality_eps: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Evaluate `split` and write RUN/eval.json (unless `write=False`); returns the dict.
 
     `lpips`: None scores LPIPS when its weights are found, True requires it (as does giving
-    `lpips_backbone` or `lpips_lin`), False skips it."""
+    `lpips_backbone` or `lpips_lin`), False skips it. A run with the eps-conditioned head
+    also gets the `quality_control` block (`strop.evaluation.quality_control`), at
+    `quality_eps` or its default EPS values."""
     import torch
-    import torch.nn.functional as F
 
     parse_length_mode(length_mode)  # a bad value fails before the model loads
     run = RunFolder(Path(run_dir))
@@ -81,10 +88,11 @@ def evaluate_run(
     if write:
         check_writable(run.eval_path)  # before the encode, not after it
     mode = parse_length_mode(length_mode, cfg.length_mode)
+    check_length_mode(mode, cfg.model, run.name)
     mc = cfg.model
     loader = make_loader(dataset_path(run.path, cfg, data), split, mc.image_size, batch_size, limit)
     use_pixels = cfg.pixel_decoder
-    perceptual, lpips_info = _lpips_network(
+    perceptual, lpips_info = lpips_network(
         lpips, lpips_backbone, lpips_lin, use_pixels, mc.image_size, dev
     )
 
@@ -95,6 +103,8 @@ def evaluate_run(
     ssims: list[np.ndarray] = []
     lpips_values: list[np.ndarray] = []
     head_lengths: list[np.ndarray] = []
+    # (features, tokens) kept for the quality_control block of conditioned runs
+    kept: list[tuple[Any, Any]] = []
     n_patches = width = 0
     for batch in progress_batches(loader, f"eval {run.name} [{mode}]", progress):
         images = batch["image"].to(dev)
@@ -104,20 +114,18 @@ def evaluate_run(
             field_stats.update(field.float().cpu().numpy(), enc.feats.float().cpu().numpy())
             if use_pixels:
                 recon = model.decode_pixels(field).float().clamp(0, 1)
-                target = (
-                    images
-                    if recon.shape[-2:] == images.shape[-2:]
-                    else F.interpolate(images, size=recon.shape[-2:], mode="area")
-                )
-                ssims.append(metrics.ssim(recon.cpu().numpy(), target.float().cpu().numpy()))
+                target = probe_target(images, recon)
+                ssims.append(metrics.ssim(recon.cpu().numpy(), target.cpu().numpy()))
                 if perceptual is not None:
-                    lpips_values.append(perceptual(recon, target.float()).cpu().numpy())
+                    lpips_values.append(perceptual(recon, target).cpu().numpy())
         n_patches, width = enc.feats.shape[1], enc.feats.shape[2]
         counts += metrics.code_counts(enc.codes.cpu().numpy(), mc.k)
         lengths.append(enc.lengths.cpu().numpy())
         if enc.head_lengths is not None:
             head_lengths.append(enc.head_lengths.cpu().numpy())
         n_objects += [int(n) for n in batch["n_objects"]]
+        if mc.quality_head:
+            kept.append((enc.feats, enc.tokens))
 
     length = np.concatenate(lengths)
     bits = metrics.program_bits(length, mc.k)
@@ -154,12 +162,25 @@ def evaluate_run(
         result["head_matches_search"] = float(np.mean(head == length))
         result["head_search_mean_abs_diff"] = float(np.mean(np.abs(head - length)))
         result["head_length_mean"] = float(head.mean())
+    if mc.quality_head:
+        from strop.evaluation.quality_control import quality_control
+
+        result["quality_control"] = quality_control(model, kept, mc.w_mse, quality_eps)
     if write:
         run.write_eval(result)
     return result
 
 
-def _lpips_network(
+def probe_target(images: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """The input images at the pixel probe's resolution (area resize when they differ), fp32."""
+    import torch.nn.functional as F
+
+    if recon.shape[-2:] != images.shape[-2:]:
+        images = F.interpolate(images, size=recon.shape[-2:], mode="area")
+    return images.float()
+
+
+def lpips_network(
     request: bool | None,
     backbone: str | os.PathLike[str] | None,
     lin: str | os.PathLike[str] | None,

@@ -10,6 +10,11 @@ Design decisions
   search that ALIT/ElasticTok-style tokenizers run at inference (paper Sec. 3): the shortest
   prefix, from L_min up, whose alignment error `strop.model.losses.align_error` (the training
   objective's per-sample error, with the run's w_mse) is <= EPS; L_max when none is.
+- Budgets (FlexTok/One-D-Piece-style): `prefix:N` keeps exactly N tokens for every image,
+  `cap:N` the head's length but at most N. N is checked against the run's [L_min, L_max]
+  once its config is read (`check_length_mode`), so a bad N exits 2 before any image is
+  encoded. `quality:EPS` asks the eps-conditioned length head (`strop.model.quality_head`)
+  for the length that meets EPS in one pass; a run trained without it is refused the same way.
 - The search interprets every (image, prefix length) pair in one batched call over
   `interpret_tokens` (masked prefixes, static shape), chunked to bound memory, instead of a
   loop over lengths.
@@ -40,6 +45,7 @@ from strop.runs import Programs, RunFolder, write_programs
 if TYPE_CHECKING:
     import torch
 
+    from strop.model.config import ModelConfig
     from strop.model.network import Strop
     from strop.model.pretrained import TokenizerInfo
 
@@ -48,21 +54,36 @@ class LengthModeError(ValueError):
     """A `--length-mode` value that cannot be used."""
 
 
+#: The modes that take an integer budget N and those that take a target error EPS.
+BUDGET_KINDS = ("prefix", "cap")
+EPS_KINDS = ("search", "quality")
+
+
 @dataclass(frozen=True)
 class LengthMode:
-    """How each program's length is chosen: `head`, `fixed` or `search` (with `eps`)."""
+    """How each program's length is chosen: `head`, `fixed`, `prefix`/`cap` (with `n`) or
+    `search`/`quality` (with `eps`)."""
 
     kind: str
     eps: float | None = None
+    n: int | None = None
 
     def __str__(self) -> str:
-        return f"search:{self.eps:g}" if self.kind == "search" else self.kind
+        if self.kind in EPS_KINDS:
+            return f"{self.kind}:{self.eps:g}"
+        if self.kind in BUDGET_KINDS:
+            return f"{self.kind}:{self.n}"
+        return self.kind
+
+
+_EXPECTED = "expected head, fixed, prefix:N, cap:N, search:EPS or quality:EPS (e.g. search:0.2)"
 
 
 def parse_length_mode(text: str | LengthMode | None, trained: str = "adaptive") -> LengthMode:
-    """`head` | `fixed` | `search:EPS` (EPS a positive number) -> LengthMode.
+    """`head` | `fixed` | `prefix:N` | `cap:N` | `search:EPS` | `quality:EPS` -> LengthMode.
 
-    None picks the run's own mode: `fixed` for a run trained with
+    N must be a positive integer (its range is the run's, see `check_length_mode`), EPS a
+    positive number. None picks the run's own mode: `fixed` for a run trained with
     `curriculum.length_mode=fixed` (its length head was never trained), else `head`.
     """
     if isinstance(text, LengthMode):
@@ -72,8 +93,18 @@ def parse_length_mode(text: str | LengthMode | None, trained: str = "adaptive") 
     value = str(text).strip().lower()
     if value in ("head", "fixed"):
         return LengthMode(value)
-    if value.startswith("search:"):
-        raw = value.split(":", 1)[1]
+    kind, sep, raw = value.partition(":")
+    if sep and kind in BUDGET_KINDS:
+        try:
+            n = int(raw)
+        except ValueError:
+            raise LengthModeError(
+                f"--length-mode {text}: N must be an integer, got {raw!r}"
+            ) from None
+        if n < 1:
+            raise LengthModeError(f"--length-mode {text}: N must be at least 1, got {n}")
+        return LengthMode(kind, n=n)
+    if sep and kind in EPS_KINDS:
         try:
             eps = float(raw)
         except ValueError:
@@ -84,10 +115,23 @@ def parse_length_mode(text: str | LengthMode | None, trained: str = "adaptive") 
             raise LengthModeError(
                 f"--length-mode {text}: EPS must be a positive number, got {raw!r}"
             )
-        return LengthMode("search", eps)
-    raise LengthModeError(
-        f"--length-mode {text!r}: expected head, fixed or search:EPS (e.g. search:0.2)"
-    )
+        return LengthMode(kind, eps)
+    raise LengthModeError(f"--length-mode {text!r}: {_EXPECTED}")
+
+
+def check_length_mode(mode: LengthMode, model_cfg: ModelConfig, run: str = "the run") -> None:
+    """Refuse a mode this run cannot honour: N outside [L_min, L_max], or `quality:EPS`
+    on a run trained without the eps-conditioned head (`LengthModeError`, exit 2)."""
+    lo, hi = model_cfg.l_min, model_cfg.l_max
+    if mode.n is not None and not lo <= mode.n <= hi:
+        raise LengthModeError(
+            f"--length-mode {mode}: N must be in [L_min, L_max] = [{lo}, {hi}] for {run}, got {mode.n}"
+        )
+    if mode.kind == "quality" and not model_cfg.quality_head:
+        raise LengthModeError(
+            f"--length-mode {mode}: {run} has no eps-conditioned length head "
+            "(train it with --set model.quality_head=true)"
+        )
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -231,6 +275,28 @@ def pad_codes(codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return torch.where(pos < lengths.unsqueeze(1), codes, torch.full_like(codes, -1))
 
 
+def mode_lengths(
+    model: Strop, feats: torch.Tensor, head: torch.Tensor, mode: LengthMode
+) -> torch.Tensor:
+    """Each image's length under a one-pass mode (all but `search`), from the head's lengths."""
+    import torch
+
+    if mode.kind == "head":
+        return head
+    if mode.kind == "fixed":
+        return torch.full_like(head, model.cfg.l_max)
+    if mode.kind == "prefix":
+        assert mode.n is not None  # parse_length_mode sets it
+        return torch.full_like(head, mode.n)
+    if mode.kind == "cap":
+        assert mode.n is not None
+        return head.clamp(max=mode.n)
+    if mode.kind == "quality":
+        assert mode.eps is not None
+        return model.quality_lengths(feats, mode.eps).long()
+    raise LengthModeError(f"--length-mode {mode}: not a one-pass mode")
+
+
 def encode_batch(
     model: Strop, images: torch.Tensor, mode: LengthMode, w_mse: float, l_min: int
 ) -> EncodedBatch:
@@ -248,8 +314,8 @@ def encode_batch(
             return EncodedBatch(
                 feats, gen.tokens, pad_codes(gen.codes, lengths), lengths, head, errors
             )
-        lengths = head if mode.kind == "head" else torch.full_like(head, gen.codes.shape[1])
-    return EncodedBatch(feats, gen.tokens, pad_codes(gen.codes, lengths), lengths)
+        lengths = mode_lengths(model, feats, head, mode)
+    return EncodedBatch(feats, gen.tokens, pad_codes(gen.codes, lengths), lengths, head)
 
 
 # --------------------------------------------------------------------------- export
@@ -284,6 +350,7 @@ def export_programs(
     target = Path(out) if out else run.programs_path
     check_writable(target)  # before the encode, not after it
     mode = parse_length_mode(length_mode, cfg.length_mode)
+    check_length_mode(mode, cfg.model, run.name)
     root = dataset_path(run.path, cfg, data)
     loaders = [make_loader(root, name, cfg.model.image_size, batch_size, limit) for name in splits]
     for loader in loaders:

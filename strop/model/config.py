@@ -155,6 +155,11 @@ class ModelConfig(BaseModel):
     attention: AttentionLayout = Field(
         "split", description="attention layout (see strop.model.generator)"
     )
+    quality_head: bool = Field(
+        False,
+        description="also train the eps-conditioned length head (strop.model.quality_head; "
+        "ours, not the paper's) for --length-mode quality:EPS",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -41,7 +41,7 @@ def model_flops(cfg: ModelConfig, dim: int | None = None) -> int:
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Parameter counts by the paper's definition (Table 6).
 
-    trainable: generator + interpreter + quantizer projections + length head;
+    trainable: generator + interpreter + quantizer projections + length head(s);
     pixel_probe: the pixel decoder; teacher: the frozen teacher; total: trainable + teacher.
     """
 
@@ -52,6 +52,9 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     trainable = sum(
         n(part(name)) for name in ("generator", "interpreter", "quantizer", "length_head")
     )
+    # The opt-in eps-conditioned head (`strop.model.quality_head`) is trainable too.
+    quality = getattr(model, "quality_head", None)
+    trainable += n(quality) if isinstance(quality, nn.Module) else 0
     # The teacher is held outside the module tree (see `strop.model.network`).
     held = model.teacher
     if not isinstance(held, nn.Module):

@@ -44,6 +44,7 @@ from strop.model.interpreter import Interpreter, prefix_mask
 from strop.model.length_head import LengthHead, round_lengths
 from strop.model.pixel_decoder import PixelDecoder
 from strop.model.pretrained import PretrainedMixin
+from strop.model.quality_head import QualityLengthHead
 from strop.model.quantizer import QuantizerOut, VectorQuantizer
 from strop.model.teachers import Teacher, build_teacher, teacher_flops
 
@@ -108,6 +109,11 @@ class Strop(PretrainedMixin, nn.Module):
         self.pixel_decoder = PixelDecoder(dim, grid, cfg.image_size, cfg.decoder_width)
         for part in (self.generator, self.quantizer, self.length_head, self.interpreter):
             part.apply(init_weights)
+        # Opt-in and built last: a default model draws its initial weights exactly as before.
+        self.quality_head: QualityLengthHead | None = None
+        if cfg.quality_head:
+            self.quality_head = QualityLengthHead(cfg.d, cfg.l_max)
+            self.quality_head.apply(init_weights)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -158,6 +164,28 @@ class Strop(PretrainedMixin, nn.Module):
         with torch.no_grad():
             pooled = self.generator.project(feats).mean(dim=1)
         return self.length_head(pooled)
+
+    def predict_quality_length(self, feats: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """L_hat (B,) of the eps-conditioned head for target errors eps (B,) (opt-in)."""
+        if self.quality_head is None:
+            raise ValueError(
+                f"{self.cfg.summary()} has no eps-conditioned length head (model.quality_head=false)"
+            )
+        with torch.no_grad():
+            pooled = self.generator.project(feats).mean(dim=1)
+        return self.quality_head(pooled, eps)
+
+    def quality_lengths(self, feats: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        """Integer lengths meant to reach alignment error `eps`, in one pass (B,) long."""
+        eps_t = torch.as_tensor(eps, dtype=torch.float32, device=feats.device)
+        eps_t = eps_t.expand(feats.shape[0]) if eps_t.ndim == 0 else eps_t
+        l_hat = self.predict_quality_length(feats, eps_t)
+        return round_lengths(l_hat, self.cfg.l_min, self.cfg.l_max)
+
+    def length_head_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the length head(s): trained from phase 3, on their own lr."""
+        heads = [self.length_head] + ([self.quality_head] if self.quality_head else [])
+        return [p for head in heads for p in head.parameters()]
 
     def head_lengths(self, feats: torch.Tensor) -> torch.Tensor:
         """Integer inference lengths `clip(round(L_hat), L_min, L_max)` (B,) long."""
@@ -282,6 +310,7 @@ class Strop(PretrainedMixin, nn.Module):
                 "l_max",
                 "k",
                 "code_dim",
+                "quality_head",
             )
             diff = [
                 f"{key} {getattr(theirs, key)} vs {getattr(self.cfg, key)}"

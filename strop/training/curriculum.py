@@ -107,6 +107,19 @@ class CurriculumConfig(BaseModel):
         lt=1.0,
         description="Per-image accumulation of targets across visits (0: keep the latest).",
     )
+    quality_curve_decay: float = Field(
+        0.5,
+        ge=0.0,
+        lt=1.0,
+        description="Per-image accumulation of probed errors across visits for the "
+        "eps-conditioned head (model.quality_head; ours, see strop.training.quality).",
+    )
+    quality_min_cells: int = Field(
+        3,
+        ge=1,
+        description="Measured lengths an image's error curve needs before the eps-conditioned "
+        "head trains on it (ours).",
+    )
 
     @field_validator("phase_steps", mode="before")
     @classmethod

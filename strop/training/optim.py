@@ -33,9 +33,10 @@ def lr_factor(step: int, warmup: int, hold: int, total: int, floor: float) -> fl
 
 
 def build_optimizer(model: Strop, cfg: RunConfig, fused: bool) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; the length head is the last group."""
+    """AdamW over the trainable parameters; the length head(s) are the last group."""
     t = cfg.train
-    head = {id(p) for p in model.length_head.parameters()}
+    head_params = model.length_head_parameters()
+    head = {id(p) for p in head_params}
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -43,7 +44,7 @@ def build_optimizer(model: Strop, cfg: RunConfig, fused: bool) -> torch.optim.Op
         {"params": decay, "weight_decay": t.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
         # Last group: the length head (see `lr_lambdas`).
-        {"params": list(model.length_head.parameters()), "weight_decay": 0.0,
+        {"params": head_params, "weight_decay": 0.0,
          "lr": t.lr * t.head_lr_mult},
     ]  # fmt: skip
     return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, fused=fused)

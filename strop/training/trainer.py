@@ -42,6 +42,11 @@ Design decisions
   non-finite and stop flags (`_check_pending` reads them on log, validation and checkpoint
   steps). The pixel probe's norm (its non-finite step is dropped before AdamW's) and the
   curriculum's oracle, bank and dead-code bookkeeping still read values each step.
+- The opt-in eps-conditioned length head (`model.quality_head`, `strop.training.quality`):
+  each step draws a target error per sample before the forward (from the step's generator,
+  after the length draw) and feeds the three probe rows to the error-curve bank after it;
+  its loss joins the length loss from phase 3. None of it runs for a default run, whose
+  metrics.jsonl stays byte-identical (`tests/test_eval_length_control.py`).
 - Faults: a non-finite loss (agreed over ranks by one all-reduce) raises `TrainingDiverged`
   naming the step it happened at, at the next check: at most `train.log_every` steps later
   and always before a checkpoint, a validation or a metrics row, so the last checkpoint is
@@ -83,6 +88,7 @@ from strop.training.curriculum import OracleState, TargetBank
 from strop.training.log import MetricLog, ProgressBar, StepResult
 from strop.training.mfu import mfu, peak_bf16_flops, training_flops_per_image
 from strop.training.optim import build_optimizer, build_scheduler, lr_factor
+from strop.training.quality import ErrorCurveBank, quality_targets
 from strop.training.resume import record_config, resolve_config
 
 __all__ = [
@@ -114,6 +120,13 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; training stopped without saving."""
 
 
+def _gather_rows(rows: torch.Tensor, b: int) -> torch.Tensor:
+    """Main, down and up probe rows (3b,) of every rank, as (main of all ranks, down of all
+    ranks, up of all ranks) on CPU, to line up with the gathered bank indices repeated 3x."""
+    gathered = distr.all_gather_cat(rows).cpu()
+    return gathered.view(-1, 3, b).transpose(0, 1).reshape(-1)
+
+
 def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     entropy = np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
@@ -138,6 +151,8 @@ class ForwardResult:
     diversity_loss: torch.Tensor
     pixel_loss: torch.Tensor | None
     """None when no images reach the pixel probe."""
+    l_hat_quality: torch.Tensor | None = None
+    """(B,) lengths of the eps-conditioned head at the drawn eps (opt-in; None without it)."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +177,8 @@ class LossTerms:
     length: torch.Tensor | None
     """Phase 3 on."""
     pixel: torch.Tensor | None
+    quality: torch.Tensor | None = None
+    """The eps-conditioned head's loss (opt-in; phase 3 on)."""
 
     def named(self) -> dict[str, torch.Tensor]:
         """The present terms under their metric names (for messages)."""
@@ -171,6 +188,7 @@ class LossTerms:
             "diversity_loss": self.diversity,
             "length_loss": self.length,
             "pixel_loss": self.pixel,
+            "quality_length_loss": self.quality,
             "loss": self.total,
         }
         return {k: v for k, v in named.items() if v is not None}
@@ -194,7 +212,11 @@ class TrainForward(nn.Module):
         self.w_mse = w_mse
 
     def forward(
-        self, feats: torch.Tensor, lengths: torch.Tensor, images: torch.Tensor | None
+        self,
+        feats: torch.Tensor,
+        lengths: torch.Tensor,
+        images: torch.Tensor | None,
+        eps: torch.Tensor | None = None,
     ) -> ForwardResult:
         model, b = self.model, feats.shape[0]
         copies = lengths.shape[0] // b
@@ -221,6 +243,7 @@ class TrainForward(nn.Module):
             commit_loss=quantizer["commit_loss"],
             diversity_loss=quantizer["diversity_loss"],
             pixel_loss=pixel_loss,
+            l_hat_quality=None if eps is None else model.predict_quality_length(feats, eps),
         )
 
 
@@ -280,6 +303,13 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.cfg)
         self.oracle = OracleState()
         self.bank = TargetBank(len(self.train_set), self.cfg.curriculum.target_ema_decay)
+        self.curves = (
+            ErrorCurveBank(
+                len(self.train_set), m.l_min, m.l_max, cfg.curriculum.quality_curve_decay
+            )
+            if m.quality_head
+            else None
+        )
         self.step = 0  # steps completed
         self.metrics = MetricLog(self.run, write=self.dist.is_main)
         self._resume()
@@ -311,11 +341,17 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "curriculum": {"oracle": self.oracle.to_dict(), "bank": self.bank.state_dict()},
+            "curriculum": self._curriculum_state(),
             "data": self.data.state_dict(),
             "interval": self.metrics.state_dict(),
             "rng": ckpt.rng_state(),
         }
+
+    def _curriculum_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"oracle": self.oracle.to_dict(), "bank": self.bank.state_dict()}
+        if self.curves is not None:  # only conditioned runs carry the error curves
+            state["curves"] = self.curves.state_dict()
+        return state
 
     def save(self) -> Path | None:
         if not self.dist.is_main:
@@ -341,6 +377,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.oracle = OracleState.from_dict(state["curriculum"]["oracle"])
         self.bank.load_state_dict(state["curriculum"]["bank"])
+        if self.curves is not None and "curves" in state["curriculum"]:
+            self.curves.load_state_dict(state["curriculum"]["curves"])
         self.step = int(state["step"])
         self.data.load_state_dict(state["data"])
         self.metrics.load_state_dict(state.get("interval", {}))
@@ -403,8 +441,10 @@ class Trainer:
             )
             all_lengths = torch.cat([lengths, down, up])
 
+        quality = self._quality_draw(batch, gen)
+        eps = None if quality is None else quality[0].to(self.device)
         with self._autocast():
-            out = self.forward(feats, all_lengths.to(self.device), images)
+            out = self.forward(feats, all_lengths.to(self.device), images, eps)
         errors = out.errors.detach()
         oracle_stats = None
         if cur.oracle_active(phase):
@@ -417,8 +457,14 @@ class Trainer:
             gathered_idx = distr.all_gather_cat(index.to(self.device)).cpu()
             gathered_t = distr.all_gather_cat(targets.to(self.device)).cpu()
             self.bank.update(gathered_idx, gathered_t)
+            if self.curves is not None:
+                self.curves.update(
+                    gathered_idx.repeat(3),
+                    _gather_rows(all_lengths.to(self.device), b),
+                    _gather_rows(errors.float(), b),
+                )
 
-        terms = self._loss(out, phase, batch)
+        terms = self._loss(out, phase, batch, quality)
         loss = terms.total
         probe_loss = None if terms.pixel is None else self.cfg.model.w_pixel * terms.pixel
         # The finite check and the stop flag stay on the device (all-reduced, so every rank
@@ -434,7 +480,7 @@ class Trainer:
         # The probe's input is detached: its loss adds gradients to the pixel decoder only.
         (loss if probe_loss is None else loss + probe_loss).backward()
         if not cur.head_active(phase):
-            for p in self.model.length_head.parameters():
+            for p in self.model.length_head_parameters():
                 p.grad = None
         grad_norm, probe_norm = self._clip()
         self.optimizer.step()
@@ -455,12 +501,35 @@ class Trainer:
             head_share=float(from_head.float().mean()),
             length_loss=_item(terms.length),
             pixel_loss=_item(terms.pixel),
+            quality_length_loss=_item(terms.quality),
             pixel_grad_norm=probe_norm,
             pred_length=out.l_hat.detach().float().mean() if head else None,
             oracle=oracle_stats,
         )
 
-    def _loss(self, out: ForwardResult, phase: int, batch: dict[str, Any]) -> LossTerms:
+    def _quality_draw(
+        self, batch: dict[str, Any], gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(eps, target lengths, has_target) of the eps-conditioned head; None without it."""
+        if self.curves is None:
+            return None
+        index = torch.as_tensor(batch["bank_index"], dtype=torch.long)
+        draw = quality_targets(self.curves, index, self.cfg.curriculum.quality_min_cells, gen)
+        eps, _, has_target = draw
+        head = self.model.quality_head
+        if head is not None and cur.head_active(cur.phase_at(self.step, self.cfg.curriculum)):
+            # every rank folds in every rank's draws, so the statistics agree across ranks
+            drawn = distr.all_gather_cat(eps.to(self.device))
+            head.observe(drawn[distr.all_gather_cat(has_target.to(self.device))])
+        return draw
+
+    def _loss(
+        self,
+        out: ForwardResult,
+        phase: int,
+        batch: dict[str, Any],
+        quality: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> LossTerms:
         m = self.cfg.model
         b = out.l_hat.shape[0]
         align = out.errors[:b].mean()
@@ -474,6 +543,16 @@ class Trainer:
         else:
             # Keeps the head in the graph (DDP needs every parameter used); no effect.
             loss = loss + 0.0 * out.l_hat.sum()
+        quality_loss = None
+        if out.l_hat_quality is not None and quality is not None:
+            _, q_target, has_target = (t.to(self.device) for t in quality)
+            if cur.head_active(phase) and bool(has_target.any()):
+                quality_loss = losses.length_loss(
+                    out.l_hat_quality[has_target], q_target[has_target], m.l_max
+                )
+                loss = loss + m.w_len * quality_loss
+            else:  # in the graph for DDP, no effect (as the unconditioned head above)
+                loss = loss + 0.0 * out.l_hat_quality.sum()
         # The pixel probe's loss stays out of `total`: it is stepped apart (module docstring).
         return LossTerms(
             total=loss,
@@ -482,6 +561,7 @@ class Trainer:
             diversity=out.diversity_loss,
             length=length_loss,
             pixel=out.pixel_loss,
+            quality=quality_loss,
         )
 
     def _clip(self) -> tuple[torch.Tensor | float, float | None]:

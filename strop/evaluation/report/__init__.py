@@ -13,6 +13,7 @@ The package, one idea per module:
 - `results`: sections over the runs' own results (overview, alignment, fixed vs curriculum,
   complexity, code usage, structure analysis, training curves).
 - `downstream`: sections over what other tools wrote (grammar, LLM decoding).
+- `length_control`: length-quality curves (sweep.json) and quality:EPS calibration.
 - `render`: Markdown and HTML from the sections.
 
 Design decisions
@@ -39,6 +40,7 @@ from strop.evaluation.report.collect import RunData, load_run
 from strop.evaluation.report.document import Figure, Section, Table
 from strop.evaluation.report.downstream import BASELINES
 from strop.evaluation.report.formatting import DASH, flatten_stats, fmt, fmt_ci
+from strop.evaluation.report.length_control import length_control
 from strop.evaluation.report.render import inline_code, render_html, render_markdown
 from strop.output_unit import OutputUnit
 from strop.runs import RunFolderError, discover_runs
@@ -99,6 +101,7 @@ def build_report(
             results.fixed_vs_curriculum(runs),
             results.complexity(runs, fig_dir),
             results.code_usage(runs),
+            length_control(runs, fig_dir),
             results.analysis(runs, experiment),
             results.training(runs, fig_dir),
             downstream.grammar(runs, experiment),

@@ -1,0 +1,113 @@
+"""Does `--length-mode quality:EPS` deliver EPS? eval.json's `quality_control` block.
+
+For each requested EPS (>= 5 of them), on the evaluated split: the mean alignment error the
+eps-conditioned head's lengths actually reach and their mean length, and the same for
+`search:EPS` (the shortest prefix with error <= EPS, found by interpreting every length),
+plus how long each takes per image. `strop eval` adds the block for every run trained with
+`model.quality_head=true`; `strop report` draws requested vs achieved EPS (calibration).
+
+Design decisions
+- One pass over the split computes each image's error at every prefix length (the search's
+  own work, `strop.evaluation.export.search_lengths`); achieved errors of both modes are read
+  from that matrix, so they are the same quantity the search thresholds.
+- Default EPS values: 6 points log-spaced strictly between the split's mean error at L_max
+  and at L_min (the range a length can move), so the defaults fit whatever teacher the run
+  uses; `quality_eps` overrides them.
+- Timing excludes the teacher and generator, which both modes share: `quality` is the head's
+  forward plus one interpreter pass at the chosen lengths; `search` is the interpreter at all
+  L_max - L_min + 1 lengths (its cost does not depend on EPS, so it is timed once per batch).
+  The ratio is search time / quality time; passes are interpreter passes per image.
+- `spearman_requested_vs_achieved` is Spearman's rho between requested EPS and the head's
+  achieved mean error over the EPS values (monotone calibration); `length_abs_diff_mean` is
+  the mean per-image |L_quality - L_search|.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from strop import metrics
+
+if TYPE_CHECKING:
+    import torch
+
+    from strop.model import Strop
+
+
+def default_eps(error_at_shortest: float, error_at_longest: float, n: int = 6) -> list[float]:
+    """`n` values log-spaced strictly inside (error at L_max, error at L_min)."""
+    lo, hi = sorted((max(error_at_longest, 1e-8), max(error_at_shortest, 1e-8)))
+    return [float(v) for v in np.geomspace(lo, hi, n + 2)[1:-1]]
+
+
+def quality_control(
+    model: Strop,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    w_mse: float,
+    eps_values: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """The block for `batches` of (teacher features, full-length tokens); see the module."""
+    import torch
+
+    from strop.evaluation.export import search_lengths
+
+    l_min, l_max = model.cfg.l_min, model.cfg.l_max
+    stored: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]] = []
+    search_seconds = 0.0
+    for feats, tokens in batches:
+        with torch.no_grad():
+            start = time.perf_counter()
+            _, errors = search_lengths(model, feats, tokens, float("inf"), w_mse, l_min)
+            search_seconds += time.perf_counter() - start
+        stored.append((feats, tokens, errors.cpu().numpy()))
+    matrix = np.concatenate([e for _, _, e in stored])  # (n, L_max - l_min + 1)
+    n_images = len(matrix)
+    mean_curve = matrix.mean(axis=0)
+    eps_list = (
+        [float(e) for e in eps_values]
+        if eps_values
+        else default_eps(float(mean_curve[0]), float(mean_curve[-1]))
+    )
+    rows, quality_seconds = [], 0.0
+    rows_idx = np.arange(n_images)
+    for eps in eps_list:
+        q_lengths = []
+        for feats, tokens, _ in stored:
+            with torch.no_grad():
+                start = time.perf_counter()
+                lengths = model.quality_lengths(feats, eps)
+                model.interpret_tokens(tokens, lengths)
+                quality_seconds += time.perf_counter() - start
+            q_lengths.append(lengths.cpu().numpy())
+        q = np.concatenate(q_lengths)
+        ok = matrix <= eps
+        s = np.where(ok.any(axis=1), ok.argmax(axis=1), matrix.shape[1] - 1) + l_min
+        rows.append(
+            {
+                "eps": eps,
+                "quality_length_mean": float(q.mean()),
+                "quality_error_mean": float(matrix[rows_idx, q - l_min].mean()),
+                "search_length_mean": float(s.mean()),
+                "search_error_mean": float(matrix[rows_idx, s - l_min].mean()),
+                "length_abs_diff_mean": float(np.abs(q - s).mean()),
+            }
+        )
+    quality_per_image = quality_seconds / max(1, n_images * len(eps_list))
+    search_per_image = search_seconds / max(1, n_images)
+    rho = metrics.spearman(eps_list, [r["quality_error_mean"] for r in rows]).r
+    return {
+        "n_images": n_images,
+        "eps_source": "given" if eps_values else "log-spaced inside the split's error range",
+        "rows": rows,
+        "spearman_requested_vs_achieved": float(rho) if np.isfinite(rho) else None,
+        "quality_passes": 1,
+        "search_passes": l_max - l_min + 1,
+        "quality_seconds_per_image": quality_per_image,
+        "search_seconds_per_image": search_per_image,
+        "search_over_quality_time": search_per_image / max(quality_per_image, 1e-12),
+        "timing": "teacher and generator excluded (shared by both modes)",
+    }

@@ -1,0 +1,133 @@
+"""The report's "Length control" section: length-quality curves and quality:EPS calibration.
+
+Reads `RUN/sweep.json` (`strop eval RUN --sweep`) and eval.json's `quality_control` block
+(runs trained with `model.quality_head=true`) straight from each run folder.
+
+Design decisions
+- Its own section and module (not a column of the alignment table): the curves are a view
+  of a whole run at every length, drawn on one figure with the runs side by side in K order
+  (K = 32 / 64 / 128), each with its head, fixed and search:EPS operating points.
+- Calibration: one plot of requested vs achieved EPS over every conditioned run, and a table
+  with the head's and the search's mean length and error per EPS and the time ratio.
+- Without either file the section says which command writes it, like the rest of the report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from strop.evaluation.length_plots import plot_calibration, plot_length_curves
+from strop.evaluation.report.collect import RunData
+from strop.evaluation.report.document import Figure, Section, Table
+from strop.evaluation.report.formatting import fmt, label
+from strop.runs import RunFolderError, read_json
+
+SWEEP_FILE = "sweep.json"  # strop.evaluation.sweep.SWEEP_FILE; that module imports torch
+
+
+def _sweep(run: RunData, sec: Section) -> dict[str, Any] | None:
+    path = run.folder.path / SWEEP_FILE
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except (RunFolderError, OSError, ValueError) as exc:
+        sec.notes.append(f"{run.name}/{SWEEP_FILE}: {exc}")
+        return None
+
+
+def length_control(runs: list[RunData], fig_dir: Path) -> Section:
+    sec = Section("Length control: length-quality curves and quality targets", "length-control")
+    ordered = sorted(runs, key=lambda r: (r.k is None, r.k or 0, r.name))
+    sweeps = [(run, s) for run in ordered if (s := _sweep(run, sec)) is not None]
+    if sweeps:
+        _curves(sec, sweeps, fig_dir)
+    else:
+        sec.notes.append(
+            "no length-quality curves: run `strop eval RUN --sweep` on each run (writes RUN/sweep.json)."
+        )
+    blocks = [(run, block) for run in ordered if (block := (run.eval or {}).get("quality_control"))]
+    if blocks:
+        _calibration(sec, blocks, fig_dir)
+    return sec
+
+
+def _curves(sec: Section, sweeps: list[tuple[RunData, dict[str, Any]]], fig_dir: Path) -> None:
+    first = sweeps[0][1]
+    sec.text.append(
+        "Every prefix length N is scored on the held-out split (`--length-mode prefix:N`): "
+        "cosine to the teacher, with the operating points of the length head (star), all "
+        "L_max tokens (square) and search:EPS (triangle, EPS = the head's mean alignment error "
+        "unless `--sweep-eps` set it) at their mean lengths. Count probe: "
+        f"{first.get('count_probe', 'see sweep.json')}."
+    )
+    figure = plot_length_curves(
+        [(label(run), s) for run, s in sweeps], fig_dir / "length_quality.png"
+    )
+    if figure is not None:
+        sec.figures.append(Figure(figure, "Length-quality curves per codebook size (cos vs N)."))
+    rows = []
+    for run, sweep in sweeps:
+        for point in (sweep.get("operating_points") or {}).values():
+            rows.append(
+                [
+                    run.name,
+                    fmt(sweep.get("k")),
+                    fmt(point.get("length_mode")),
+                    fmt(point.get("length_mean"), 2),
+                    fmt(point.get("bits_per_image"), 0),
+                    fmt(point.get("cos")),
+                    fmt(point.get("r2")),
+                    fmt(point.get("ssim")),
+                ]
+            )
+    sec.tables.append(
+        Table(
+            "operating-points",
+            ["run", "K", "length mode", "mean length", "bits/image", "Cos", "R^2", "SSIM"],
+            rows,
+            caption="Operating points on the curves (from sweep.json).",
+        )
+    )
+
+
+def _calibration(sec: Section, blocks: list[tuple[RunData, dict[str, Any]]], fig_dir: Path) -> None:
+    sec.text.append(
+        "quality:EPS asks the eps-conditioned length head for the length that reaches alignment "
+        "error EPS in one pass; search:EPS finds the shortest such prefix by interpreting every "
+        "length. Requested vs achieved mean error on the evaluated split:"
+    )
+    figure = plot_calibration(
+        [(label(run), b) for run, b in blocks], fig_dir / "quality_calibration.png"
+    )
+    if figure is not None:
+        sec.figures.append(
+            Figure(figure, "Calibration of quality:EPS (requested vs achieved EPS).")
+        )
+    rows = []
+    for run, block in blocks:
+        for r in block["rows"]:
+            rows.append(
+                [
+                    run.name,
+                    fmt(r["eps"], 4),
+                    fmt(r["quality_error_mean"], 4),
+                    fmt(r["quality_length_mean"], 2),
+                    fmt(r["search_error_mean"], 4),
+                    fmt(r["search_length_mean"], 2),
+                ]
+            )
+        sec.notes.append(
+            f"{run.name}: Spearman(requested, achieved) {fmt(block.get('spearman_requested_vs_achieved'))}; "
+            f"search:EPS takes {fmt(block.get('search_over_quality_time'), 1)}x the time of quality:EPS per image "
+            f"({block.get('search_passes')} interpreter passes vs {block.get('quality_passes')}; "
+            f"{block.get('timing', '')})."
+        )
+    sec.tables.append(
+        Table(
+            "quality-control",
+            ["run", "EPS", "quality: error", "quality: length", "search: error", "search: length"],
+            rows,
+        )
+    )

@@ -1,0 +1,220 @@
+"""Length-quality curves of a trained run: `strop eval RUN --sweep` -> `RUN/sweep.json`.
+
+For every prefix length N of the grid (default L_min..L_max, `--sweep-lengths` for a coarser
+one) the split is interpreted at exactly N tokens per image (`--length-mode prefix:N`) and
+scored: alignment with the teacher (cos, R^2, RMSE, the mean alignment error that the oracle
+and `search:EPS` use), the pixel probe's SSIM and LPIPS (when the run has the probe and, for
+LPIPS, its weights), bits per image, and how well length-N programs predict the object count.
+Three operating points are placed on the same axes: `head`, `fixed` and `search:EPS`.
+
+Design decisions
+- One pass over the split: the teacher and the generator run once per batch and every N
+  reads the same full-length tokens through the masked interpreter (`interpret_tokens`, the
+  same call the search makes; masked == truncated is a model invariant).
+- Count prediction (`count_probe_r2`): a linear probe, not the length-vs-objects statistics
+  (a fixed N has no length variation to correlate). Ridge regression of the object count from
+  the interpreted field mean-pooled over patches, features standardised on each training fold,
+  alpha = the number of features (our choice: a fixed, scale-free shrinkage, no tuning on the
+  test folds), 5-fold cross-validation in a seeded order; the value is R^2 of the out-of-fold
+  predictions. Null when fewer than 10 images carry an object count.
+- Operating points are full `evaluate_run` passes (nothing written) in those modes, so their
+  numbers are exactly what `strop eval --length-mode ...` reports. `search:EPS` defaults to
+  EPS = the mean alignment error the head's own lengths reach on the split: the search is
+  asked for the head's quality, so the two lengths compare at equal error.
+- Bits per image at N is N * ceil(log2 K) (`strop.metrics.program_bits`), as eval.json.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from strop import metrics
+from strop.evaluation.export import (
+    LengthMode,
+    LengthModeError,
+    dataset_path,
+    encode_batch,
+    load_run_model,
+    make_loader,
+    progress_batches,
+)
+from strop.runs import RunFolder, write_json
+
+SWEEP_FILE = "sweep.json"
+COUNT_PROBE = (
+    "5-fold cross-validated ridge regression (standardised features, alpha = feature count) "
+    "of the object count from the interpreted field mean-pooled over patches; R^2 of the "
+    "out-of-fold predictions"
+)
+
+
+class SweepLengthsError(LengthModeError):
+    """A `--sweep-lengths` value that cannot be used (exit 2)."""
+
+
+def parse_sweep_lengths(text: str | None, l_min: int, l_max: int) -> list[int]:
+    """`None` -> L_min..L_max; else comma-separated integers (`a-b` ranges allowed) in range."""
+    if text is None or not str(text).strip():
+        return list(range(l_min, l_max + 1))
+    values: set[int] = set()
+    for part in str(text).replace(" ", "").split(","):
+        lo, sep, hi = part.partition("-")
+        try:
+            span = range(int(lo), int(hi) + 1) if sep else [int(part)]
+        except ValueError:
+            raise SweepLengthsError(
+                f"--sweep-lengths {text}: expected integers or ranges like 1,2,4,8-12, got {part!r}"
+            ) from None
+        values.update(span)
+    bad = sorted(v for v in values if not l_min <= v <= l_max)
+    if not values or bad:
+        raise SweepLengthsError(
+            f"--sweep-lengths {text}: lengths must lie in [L_min, L_max] = [{l_min}, {l_max}]"
+            + (f", got {bad[0]}" if bad else "")
+        )
+    return sorted(values)
+
+
+def count_probe_r2(
+    features: np.ndarray, counts: np.ndarray, folds: int = 5, seed: int = 0
+) -> float | None:
+    """Out-of-fold R^2 of a ridge probe of `counts` (n,) from `features` (n, D); see module."""
+    known = counts >= 0
+    x, y = features[known].astype(np.float64), counts[known].astype(np.float64)
+    if len(y) < 10 or float(y.var()) == 0.0:
+        return None
+    order = np.random.default_rng(seed).permutation(len(y))
+    predicted = np.empty_like(y)
+    alpha = float(x.shape[1])
+    for fold in np.array_split(order, folds):
+        train = np.setdiff1d(order, fold)
+        mean, std = x[train].mean(axis=0), x[train].std(axis=0) + 1e-8
+        xt, xf = (x[train] - mean) / std, (x[fold] - mean) / std
+        y_mean = y[train].mean()
+        weights = np.linalg.solve(
+            xt.T @ xt + alpha * np.eye(xt.shape[1]), xt.T @ (y[train] - y_mean)
+        )
+        predicted[fold] = xf @ weights + y_mean
+    return float(1.0 - np.sum((y - predicted) ** 2) / np.sum((y - y.mean()) ** 2))
+
+
+def sweep_run(
+    run_dir: str | os.PathLike[str],
+    split: str = "val",
+    lengths: str | None = None,
+    search_eps: float | None = None,
+    data: str | os.PathLike[str] | None = None,
+    batch_size: int = 64,
+    limit: int | None = None,
+    device: str = "auto",
+    checkpoint: str = "last",
+    progress: bool = True,
+    lpips: bool | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Score every prefix length of the grid and the three operating points; writes
+    RUN/sweep.json (unless `write=False`) and returns its dict."""
+    import torch
+
+    from strop.evaluation.evaluate import evaluate_run, lpips_network, probe_target
+    from strop.model.losses import align_error
+
+    if search_eps is not None and not (search_eps > 0 and math.isfinite(search_eps)):
+        raise LengthModeError(f"--sweep-eps {search_eps}: EPS must be a positive number")
+    run = RunFolder(Path(run_dir))
+    model, cfg, dev = load_run_model(run.path, checkpoint, device)
+    mc = cfg.model
+    grid = parse_sweep_lengths(lengths, mc.l_min, mc.l_max)
+    loader = make_loader(dataset_path(run.path, cfg, data), split, mc.image_size, batch_size, limit)
+    use_pixels = cfg.pixel_decoder
+    perceptual, lpips_info = lpips_network(lpips, None, None, use_pixels, mc.image_size, dev)
+
+    stats = {n: metrics.FieldStats() for n in grid}
+    errors: dict[int, list[np.ndarray]] = {n: [] for n in grid}
+    pooled: dict[int, list[np.ndarray]] = {n: [] for n in grid}
+    ssims: dict[int, list[np.ndarray]] = {n: [] for n in grid}
+    lpips_values: dict[int, list[np.ndarray]] = {n: [] for n in grid}
+    head_errors: list[np.ndarray] = []
+    n_objects: list[int] = []
+    for batch in progress_batches(loader, f"sweep {run.name} [{len(grid)} lengths]", progress):
+        images = batch["image"].to(dev)
+        enc = encode_batch(model, images, LengthMode("head"), mc.w_mse, mc.l_min)
+        with torch.no_grad():
+            head_field = model.interpret_tokens(enc.tokens, enc.lengths)
+            head_errors.append(align_error(head_field, enc.feats, mc.w_mse).float().cpu().numpy())
+            for n in grid:
+                field = model.interpret_tokens(enc.tokens, torch.full_like(enc.lengths, n))
+                stats[n].update(field.float().cpu().numpy(), enc.feats.float().cpu().numpy())
+                errors[n].append(align_error(field, enc.feats, mc.w_mse).float().cpu().numpy())
+                pooled[n].append(field.float().mean(dim=1).cpu().numpy())
+                if use_pixels:
+                    recon = model.decode_pixels(field).float().clamp(0, 1)
+                    target = probe_target(images, recon)
+                    ssims[n].append(metrics.ssim(recon.cpu().numpy(), target.cpu().numpy()))
+                    if perceptual is not None:
+                        lpips_values[n].append(perceptual(recon, target).cpu().numpy())
+        n_objects += [int(v) for v in batch["n_objects"]]
+
+    counts = np.asarray(n_objects)
+    rows = []
+    for n in grid:
+        rows.append(
+            {
+                "n": n,
+                "cos": _finite(stats[n].cos),
+                "r2": _finite(stats[n].r2),
+                "rmse": _finite(stats[n].rmse),
+                "align_error": float(np.concatenate(errors[n]).mean()),
+                "ssim": _mean(ssims[n]),
+                "lpips": _mean(lpips_values[n]),
+                "bits_per_image": float(metrics.program_bits(np.array([n]), mc.k)[0]),
+                "count_probe_r2": count_probe_r2(np.concatenate(pooled[n]), counts),
+            }
+        )
+    eps = search_eps if search_eps is not None else float(np.concatenate(head_errors).mean())
+    points = {}
+    for mode in ("head", "fixed", f"search:{eps:g}"):
+        result = evaluate_run(
+            run.path, split, mode, data, batch_size, limit, device, checkpoint,
+            progress=False, write=False, lpips=lpips if perceptual is not None else False,
+        )  # fmt: skip
+        points[mode.split(":")[0]] = _operating_point(result)
+    points["search"]["eps"] = eps
+    points["head"]["align_error"] = float(np.concatenate(head_errors).mean())
+    sweep = {
+        "run": run.name,
+        "split": split,
+        "n_images": int(len(counts)),
+        "checkpoint": str(checkpoint),
+        "teacher": mc.teacher,
+        "k": mc.k,
+        "l_min": mc.l_min,
+        "l_max": mc.l_max,
+        "lengths": grid,
+        "count_probe": COUNT_PROBE,
+        "search_eps_source": "--sweep-eps" if search_eps is not None else "head mean align error",
+        **lpips_info,
+        "rows": rows,
+        "operating_points": points,
+    }
+    if write:
+        write_json(run.path / SWEEP_FILE, sweep)
+    return sweep
+
+
+def _operating_point(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("length_mode", "length_mean", "bits_per_image", "cos", "r2", "rmse", "ssim", "lpips")
+    return {key: result.get(key) for key in keys}
+
+
+def _mean(parts: list[np.ndarray]) -> float | None:
+    return float(np.concatenate(parts).mean()) if parts else None
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None

