@@ -20,6 +20,11 @@ Design decisions
   scene JSON when the dataset has scenes; run facts (K, length mode, teacher, checkpoint,
   image size) go into the Parquet metadata via `strop.runs.write_programs`. The file is a
   plain table, so `datasets.load_dataset("parquet", data_files=...)` reads it.
+- An export never silently drops programs another command wrote: when the output file holds
+  splits this export leaves out, or more rows of a split than `--limit` keeps, it refuses
+  (`ExportWouldDropPrograms`, before the model loads) and names the ways on: export every
+  split, `--out` another file, or `--replace`. Grammar mining and decoding read the file, so
+  a quiet 1,800 -> 200 rows would change their results without a word.
 """
 
 from __future__ import annotations
@@ -44,6 +49,44 @@ if TYPE_CHECKING:
 
 class LengthModeError(ValueError):
     """A `--length-mode` value that cannot be used."""
+
+
+class ExportWouldDropPrograms(ValueError):
+    """The output file holds programs this export would not write again."""
+
+
+def check_no_programs_dropped(
+    path: Path, splits: list[str], limit: int | None, split_arg: str
+) -> None:
+    """Raise `ExportWouldDropPrograms` when writing `splits` (at most `limit` rows each) over
+    `path` would lose rows it holds; an absent or unreadable file loses nothing."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return
+    try:
+        table = pq.read_table(path, columns=["split"])
+    except Exception:  # an unreadable file holds nothing to keep
+        return
+    held: dict[str, int] = {}
+    for name in table.column("split").to_pylist():
+        held[str(name)] = held.get(str(name), 0) + 1
+    dropped = {name: n for name, n in held.items() if name not in splits}
+    if limit is not None:
+        dropped.update(
+            {name: n - limit for name, n in held.items() if name in splits and n > limit}
+        )
+    if not dropped:
+        return
+    facts = ", ".join(f"{name} {n}" for name, n in held.items())
+    lost = ", ".join(f"{n} {name}" for name, n in dropped.items())
+    every = ",".join(dict.fromkeys([*held, *splits]))
+    raise ExportWouldDropPrograms(
+        f"{path} holds {sum(held.values())} programs ({facts}); --split {split_arg}"
+        + (f" --limit {limit}" if limit is not None else "")
+        + f" would drop {lost} of them, which grammar mining and decoding read: export "
+        f"--split {every}, write elsewhere with --out FILE, or pass --replace to overwrite"
+    )
 
 
 @dataclass(frozen=True)
@@ -262,17 +305,22 @@ def export_programs(
     checkpoint: str = "last",
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    replace: bool = False,
 ) -> Path:
     """Encode `split` of the run's dataset and write programs.parquet (default RUN/programs.parquet).
 
     `split` may list several splits, comma-separated (`train,val`): one file holds them all, each
     row tagged with its split, so the decoders can draw shots from train and queries from val.
+    An existing file is overwritten only when that keeps all its rows, or with `replace`.
     """
     parse_length_mode(length_mode)  # a bad value fails before the model loads
     splits = [s.strip() for s in split.split(",") if s.strip()]
     if not splits:
         raise ValueError(f"export: --split {split!r} names no split")
     run = RunFolder(Path(run_dir))
+    target = Path(out) if out else run.programs_path
+    if not replace:
+        check_no_programs_dropped(target, splits, limit, split)
     model, cfg, dev = load_run_model(run.path, checkpoint, device)
     mode = parse_length_mode(length_mode, cfg.curriculum.length_mode)
     root = dataset_path(run.path, cfg, data)
@@ -311,4 +359,4 @@ def export_programs(
             "split": split,
         },
     )
-    return write_programs(Path(out) if out else run.programs_path, programs)
+    return write_programs(target, programs)
