@@ -25,7 +25,7 @@ from typing import Any
 
 from strop.evaluation.report.collect import RunData
 from strop.evaluation.report.document import Figure, Section, Table
-from strop.evaluation.report.formatting import DASH, fmt, stats_table
+from strop.evaluation.report.formatting import DASH, fmt, n_of, stats_table
 
 BASELINES = ("naive", "knn")
 
@@ -44,12 +44,26 @@ def grammar(runs: list[RunData], experiment: Path) -> Section:
     )
     headline = [row for row in table.rows if any("(null" in cell for cell in row[1:])]
     facts = [row for row in table.rows if row not in headline]
+    n = n_of([(r.grammar or {}).get("n_programs") for r in runs if r.grammar], "programs")
     if headline:
         sec.tables.append(
-            Table("grammar", table.headers, headline, "Statistics against their nulls")
+            Table(
+                "grammar",
+                table.headers,
+                headline,
+                f"Statistics against their nulls: each cell is the statistic of one run's corpus "
+                f"({n}), then each null's mean ± sd over its replicates.",
+            )
         )
     if facts:
-        sec.tables.append(Table("grammar_facts", table.headers, facts, "Corpus facts"))
+        sec.tables.append(
+            Table(
+                "grammar_facts",
+                table.headers,
+                facts,
+                f"Corpus facts: each cell is one run's count or statistic ({n}).",
+            )
+        )
     for run in runs:
         if run.grammar is None:
             sec.notes.append(
@@ -111,14 +125,32 @@ def llm(runs: list[RunData], experiment: Path) -> Section:
             ]
             + [fmt(ap.get(t)) for t in thresholds]
         )
+    n = n_of([s.get("n") for _, _, s in entries], "images")
     sec.tables.append(
         Table(
             "llm",
             ["model", "K", "parse fails", "count err", "attr acc", "pos MSE", "pos MAE"]
             + [f"AP@{t}" for t in thresholds],
             rows,
+            f"Each row: one decode of the held-out images ({n}); each cell a mean over the "
+            "answered images (no interval: n is small, differences under ~0.5 in count error "
+            "are not resolved); parse fails: unparseable answers / answers.",
         )
     )
+    for model, run, s in entries:
+        missing = s.get("missing")
+        if missing:
+            expected = (s.get("protocol") or {}).get("test") or (missing + int(s.get("n") or 0))
+            how = (
+                f"`strop-llm decode --backend {model} --k {run.k} --runs {experiment}`"
+                if _is_baseline(model, s)
+                else f"`strop-llm decode --model {model} --k {run.k} --runs {experiment}` "
+                "with the --base-url (or --backend) it used"
+            )
+            sec.notes.append(
+                f"{model} K={run.k}: {missing} of {expected} answers missing (requests that "
+                f"failed are not scored); rerun {how} to finish them: answered images are kept."
+            )
     proto = next((_protocol(s) for m, _r, s in entries if not _is_baseline(m, s)), None)
     if proto:
         sec.text.append("Protocol: " + ", ".join(f"{k} {fmt(v)}" for k, v in proto.items()) + ".")
