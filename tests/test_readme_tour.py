@@ -1,6 +1,6 @@
 """The README read literally: every tour line parses (program, command, options, values)
 as written, its quickstart paths exist in a quickstart-shaped folder, and
-`python -m strop.readme_figures` prints the README's figures from such a folder."""
+`python -m strop.evaluation.readme_figures` prints the README's figures from such a folder."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_the_tour_reads_the_quickstart_and_writes_its_own_folder():
 
 
 def test_readme_figures_come_from_one_command(tmp_path, capsys):
-    from strop.readme_figures import main
+    from strop.evaluation.readme_figures import main
 
     exp = tmp_path / "quickstart" / "clevr"
     for name, k, cos, ci, length in (

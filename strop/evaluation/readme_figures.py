@@ -1,5 +1,5 @@
-"""The README's quickstart figures, from a quickstart folder: `python -m strop.readme_figures
-runs/quickstart`.
+"""The README's quickstart figures, from a quickstart folder:
+`python -m strop.evaluation.readme_figures runs/quickstart`.
 
 Prints the paragraph of numbers the README quotes (length vs object count per K, mean length
 at the fewest and most objects, fixed vs curriculum alignment at the baseline's K, decoding
@@ -93,7 +93,7 @@ def figures(quickstart_dir: str | Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m strop.readme_figures QUICKSTART_DIR", file=sys.stderr)
+        print("usage: python -m strop.evaluation.readme_figures QUICKSTART_DIR", file=sys.stderr)
         return 2
     try:
         print("\n".join(figures(args[0])))
