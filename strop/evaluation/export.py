@@ -79,12 +79,16 @@ def check_no_programs_dropped(
     if not dropped:
         return
     facts = ", ".join(f"{name} {n}" for name, n in held.items())
-    lost = ", ".join(f"{n} {name}" for name, n in dropped.items())
+    lost = (
+        f"{sum(dropped.values())} of them ("
+        + ", ".join(f"{k} {n}" for k, n in dropped.items())
+        + ")"
+    )
     every = ",".join(dict.fromkeys([*held, *splits]))
     raise ExportWouldDropPrograms(
         f"{path} holds {sum(held.values())} programs ({facts}); --split {split_arg}"
         + (f" --limit {limit}" if limit is not None else "")
-        + f" would drop {lost} of them, which grammar mining and decoding read: export "
+        + f" would drop {lost}, which grammar mining and decoding read: export "
         f"--split {every}, write elsewhere with --out FILE, or pass --replace to overwrite"
     )
 
