@@ -373,6 +373,8 @@ def test_report_reads_what_grammar_and_llm_decode_really_write(tmp_path):
     assert "vocab_used" in parsed.tables["grammar_facts"]
     llm = parsed.tables["llm"]
     assert "naive (baseline)" in llm and "qwen3.5" in llm and "AP@inf" in llm
+    # decoding means carry a bootstrap interval over the answered images (results.jsonl)
+    assert any(re.fullmatch(r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]", c) for c in llm), llm
     text = md.read_text()
     assert "Protocol: shots 8, test 4, seed 0" in text
     assert "](figures/rank_frequency.png)" in text  # grammar's experiment-level figure

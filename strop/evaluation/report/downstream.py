@@ -23,9 +23,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from strop.evaluation.report.collect import RunData
 from strop.evaluation.report.document import Figure, Section, Table
-from strop.evaluation.report.formatting import DASH, fmt, n_of, stats_table
+from strop.evaluation.report.formatting import DASH, fmt, fmt_ci, n_of, stats_table
+from strop.metrics import bootstrap_ci
 
 BASELINES = ("naive", "knn")
 
@@ -95,6 +98,17 @@ def _protocol(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _with_ci(summary: dict[str, Any], scores: list[dict[str, Any]], key: str, digits: int) -> str:
+    """The summary's mean of `key` with a 95% bootstrap interval over the answered images,
+    when the per-image scores reproduce that mean (else the mean alone)."""
+    value = summary.get(key)
+    per_image = np.array([s[key] for s in scores if s.get(key) is not None], dtype=float)
+    if value is None or per_image.size < 2 or not np.isclose(per_image.mean(), value):
+        return fmt(value, digits)
+    ci = bootstrap_ci(per_image.size, lambda idx: float(per_image[idx].mean()))
+    return fmt_ci(value, ci, digits)
+
+
 def llm(runs: list[RunData], experiment: Path) -> Section:
     sec = Section("LLM scene decoding from programs", "llm")
     entries = [(model, run, s) for run in runs for model, s in run.llm.items()]
@@ -118,10 +132,10 @@ def llm(runs: list[RunData], experiment: Path) -> Section:
                 name,
                 fmt(run.k),
                 fails,
-                fmt(s.get("count_err"), 2),
-                fmt(s.get("attr_acc")),
+                _with_ci(s, run.llm_scores.get(model, []), "count_err", 2),
+                _with_ci(s, run.llm_scores.get(model, []), "attr_acc", 3),
                 fmt(s.get("pos_mse"), 2),
-                fmt(s.get("pos_mae"), 2),
+                _with_ci(s, run.llm_scores.get(model, []), "pos_mae", 2),
             ]
             + [fmt(ap.get(t)) for t in thresholds]
         )
@@ -133,8 +147,8 @@ def llm(runs: list[RunData], experiment: Path) -> Section:
             + [f"AP@{t}" for t in thresholds],
             rows,
             f"Each row: one decode of the held-out images ({n}); each cell a mean over the "
-            "answered images (no interval: n is small, differences under ~0.5 in count error "
-            "are not resolved); parse fails: unparseable answers / answers.",
+            "answered images [95% bootstrap CI over them, from results.jsonl]; rows whose "
+            "intervals overlap are within noise; parse fails: unparseable answers / answers.",
         )
     )
     for model, run, s in entries:
