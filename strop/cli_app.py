@@ -24,11 +24,15 @@ Design decisions
   message (pydantic errors become "field: message (got value)"). A traceback means a bug.
 - Boolean flags show no value type in `--help`: typer 0.29 with click 8.2+ prints `<bool>`
   beside every flag (`--help` and `--version` included) as if it took a value. The command and
-  group classes here give flags an empty metavar before the help is drawn.
+  group classes here give flags an empty metavar before the help is drawn. For the same
+  reason a positional argument shows as `{run}` and a repeatable option as `<list[str]>`:
+  arguments get their name in capitals (`RUN`, also on the usage line, where typer writes
+  a required one as `{RUN}`), repeatable options `VALUE` unless they name their own metavar.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
@@ -84,8 +88,14 @@ def exit_on(
 def _hide_flag_types(params: Sequence[Any]) -> None:
     # Duck-typed: typer 0.29 has its own parameter classes, not click's.
     for param in params:
-        if getattr(param, "is_flag", False) and getattr(param, "metavar", "") is None:
+        if getattr(param, "metavar", "") is not None:
+            continue
+        if getattr(param, "is_flag", False):
             param.metavar = ""
+        elif getattr(param, "param_type_name", "") == "argument" and param.name:
+            param.metavar = param.name.upper()
+        elif getattr(param, "multiple", False):
+            param.metavar = "VALUE"
 
 
 class StropCommand(TyperCommand):
@@ -95,6 +105,10 @@ class StropCommand(TyperCommand):
         params = super().get_params(ctx)
         _hide_flag_types(params)
         return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        # `strop export [OPTIONS] RUN`, as click writes it, not typer's `{RUN}`.
+        return [re.sub(r"^\{(.*)\}", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
 
 
 class StropGroup(TyperGroup):

@@ -35,7 +35,7 @@ Design decisions (the paper names the metrics but leaves their exact definitions
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,6 +120,76 @@ class FieldStats:
 
     def as_dict(self) -> dict[str, float]:
         return {"cos": self.cos, "r2": self.r2, "rmse": self.rmse}
+
+
+class PerImageField:
+    """The sums `FieldStats` keeps, per image, so cosine, R^2 and RMSE can be recomputed on
+    any resample of the images (`over(idx)`): the bootstrap over images of `strop eval`."""
+
+    def __init__(self) -> None:
+        self.cos_sum: list[float] = []
+        self.n_vec: list[int] = []
+        self.sq_err: list[float] = []
+        self.sum_t: list[np.ndarray] = []
+        self.sum_t2: list[np.ndarray] = []
+        self._arrays: tuple[np.ndarray, ...] | None = None
+
+    def update(self, pred: np.ndarray, target: np.ndarray) -> None:
+        """Add a batch of (B, P, D) fields, one image per leading index."""
+        pred, target = _same_shape(pred, target)
+        d = target.shape[-1]
+        for p_img, t_img in zip(pred, target, strict=True):
+            p, t = p_img.reshape(-1, d).astype(np.float64), t_img.reshape(-1, d).astype(np.float64)
+            self.cos_sum.append(float(np.sum(cosine_per_patch(p, t))))
+            self.n_vec.append(p.shape[0])
+            self.sq_err.append(float(np.sum((p - t) ** 2)))
+            self.sum_t.append(t.sum(axis=0))
+            self.sum_t2.append((t * t).sum(axis=0))
+
+    def over(self, idx: np.ndarray) -> dict[str, float]:
+        """Cosine, R^2 and RMSE of the images `idx` (repeats count twice, as in a resample)."""
+        if self._arrays is None or len(self._arrays[0]) != len(self.n_vec):
+            self._arrays = tuple(
+                np.asarray(a, dtype=np.float64)
+                for a in (self.n_vec, self.sq_err, self.cos_sum, self.sum_t, self.sum_t2)
+            )
+        n_vecs, sq_errs, cos_sums, sums_t, sums_t2 = self._arrays
+        n_vec = float(n_vecs[idx].sum())
+        sq = float(sq_errs[idx].sum())
+        sum_t = sums_t[idx].sum(axis=0)
+        ss_tot = float(np.sum(sums_t2[idx].sum(axis=0) - sum_t**2 / n_vec))
+        return {
+            "cos": float(cos_sums[idx].sum()) / n_vec,
+            "r2": 1.0 - sq / ss_tot if ss_tot > 0 else math.nan,
+            "rmse": math.sqrt(sq / (n_vec * sum_t.shape[0])),
+        }
+
+
+def bootstrap_ci(
+    n: int,
+    statistic: Callable[[np.ndarray], float],
+    level: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[float | None, float | None]:
+    """Percentile-bootstrap interval of `statistic(idx)` over `n` items (images) resampled
+    with replacement; (None, None) when there are fewer than 2 items."""
+    if n < 2:
+        return (None, None)
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=float)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return (None, None)
+    lo, hi = np.quantile(values, [0.5 - level / 2, 0.5 + level / 2])
+    return (float(lo), float(hi))
+
+
+def ci_overlap(a: Sequence[float | None] | None, b: Sequence[float | None] | None) -> bool | None:
+    """Whether two intervals overlap (a difference "within noise"); None when one is missing."""
+    if not a or not b or None in a or None in b:
+        return None
+    return bool(a[0] <= b[1] and b[0] <= a[1])  # type: ignore[operator]
 
 
 # --------------------------------------------------------------------------- codebook usage

@@ -154,3 +154,22 @@ def test_length_vs_objects_skips_unknown_and_reports_constant():
     assert out["mean_length_by_objects"] == {"3": 5.0, "4": 6.0, "5": 7.0, "6": 8.0}
     const = metrics.length_vs_objects([8, 8, 8, 8], [3, 4, 5, 6])
     assert const["pearson"] is None and "constant length" in const["note"]
+
+
+def test_per_image_sums_give_fieldstats_and_a_bootstrap_interval_around_it():
+    from strop import metrics
+
+    rng = np.random.default_rng(0)
+    pred = rng.normal(size=(30, 8, 12))
+    target = pred + rng.normal(size=pred.shape)
+    whole, per_image = metrics.FieldStats(), metrics.PerImageField()
+    whole.update(pred, target)
+    per_image.update(pred[:10], target[:10])
+    per_image.update(pred[10:], target[10:])
+    assert per_image.over(np.arange(30)) == pytest.approx(whole.as_dict())
+    lo, hi = metrics.bootstrap_ci(30, lambda idx: per_image.over(idx)["r2"])
+    assert lo < whole.r2 < hi and hi - lo < 0.2
+    assert metrics.bootstrap_ci(1, lambda idx: 0.0) == (None, None)
+    assert metrics.ci_overlap([0.1, 0.3], [0.25, 0.4]) is True
+    assert metrics.ci_overlap([0.1, 0.2], [0.25, 0.4]) is False
+    assert metrics.ci_overlap(None, [0.25, 0.4]) is None

@@ -383,3 +383,33 @@ def test_export_refuses_a_scenes_file_that_lists_an_image_twice(run_dir, dataset
     name = data["scenes"][0]["image_filename"].rsplit(".", 1)[0]
     with pytest.raises(ValueError, match=f"1 image ids appear more than once \\({name}\\)"):
         export_programs(run_dir, split="val", data=copy, progress=False, out=tmp_path / "p.parquet")
+
+
+def test_export_never_silently_drops_programs_of_other_splits(run_dir, tmp_path):
+    """`strop export RUN --split val` over a train,val export refuses, naming the ways on."""
+    from typer.testing import CliRunner
+
+    from strop.cli import app
+
+    runner = CliRunner()
+    both = ["export", str(run_dir), "--split", "train,val", "--length-mode", "fixed"]
+    assert runner.invoke(app, both).exit_code == 0
+    programs = run_dir / "programs.parquet"
+    before = programs.read_bytes()
+    assert len(read_programs(programs)) == 2 * N_VAL
+
+    for extra in (["--split", "val"], ["--split", "train,val", "--limit", "2"]):
+        res = runner.invoke(app, ["export", str(run_dir), *extra])
+        assert res.exit_code == 1, res.output
+        line = res.output.strip()
+        assert line.count("\n") == 0 and line.startswith("error: "), line
+        assert "would drop" in line and "--replace" in line and "--out FILE" in line, line
+        assert programs.read_bytes() == before
+
+    other = tmp_path / "val.parquet"
+    res = runner.invoke(app, ["export", str(run_dir), "--split", "val", "--out", str(other)])
+    assert res.exit_code == 0 and len(read_programs(other)) == N_VAL, res.output
+    res = runner.invoke(app, ["export", str(run_dir), "--split", "val", "--replace"])
+    assert res.exit_code == 0 and len(read_programs(programs)) == N_VAL, res.output
+    # The same splits again lose nothing: no --replace needed.
+    assert runner.invoke(app, ["export", str(run_dir), "--split", "val"]).exit_code == 0

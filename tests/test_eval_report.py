@@ -259,7 +259,8 @@ def test_flatten_stats_formats_nested_values():
     flat = flatten_stats(
         {"a": 1, "b": {"c": 0.5, "d": [1, 2]}, "e": {"value": 2.0, "null": {"shuffle": 1.0}}}
     )
-    assert flat == {"a": "1", "b.c": "0.500", "e": "2.000 (null shuffle 1.000)"}
+    # Whole numbers stored as floats (counts) print as integers, not 2.000.
+    assert flat == {"a": "1", "b.c": "0.500", "e": "2 (null shuffle 1)"}
 
 
 def _chromium() -> str | None:
@@ -294,10 +295,11 @@ def test_report_renders_in_headless_chromium(experiment, png, tmp_path):
     assert 'data-images-loaded="false"' in _dump_dom(broken, tmp_path)
 
 
-def _dump_dom(html: Path, tmp_path: Path) -> str:
+def _dump_dom(html: Path, tmp_path: Path, width: int = 1400) -> str:
     cmd = [
         _chromium(),
         "--headless",
+        f"--window-size={width},1000",
         "--no-sandbox",
         "--disable-gpu",
         "--disable-quic",
@@ -311,6 +313,27 @@ def _dump_dom(html: Path, tmp_path: Path) -> str:
         html.resolve().as_uri(),
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+
+
+@pytest.mark.skipif(
+    _chromium() is None,
+    reason="no chromium on PATH (apt-get install chromium) for the browser test",
+)
+def test_nothing_in_the_report_is_wider_than_the_page(experiment, png, tmp_path):
+    """At a laptop's 1400 px and a narrow 700 px window, no element reaches past the page's
+    right edge (the page never scrolls sideways), long paths in corpus facts included."""
+    run = RunFolder(experiment / "k32")
+    add_grammar_and_llm(run, png)
+    summary = json.loads((run.grammar_dir / "summary.json").read_text())
+    summary["output_dir"] = "/home/someone/runs/quickstart/clevr/k3"  # 40 characters
+    write_json(run.grammar_dir / "summary.json", summary)
+    _, html = build_report(experiment)
+    for width in (1400, 700):
+        body = re.search(r"<body[^>]*>", _dump_dom(html, tmp_path, width))
+        assert body, "chromium returned no DOM"
+        assert 'data-too-wide="0"' in body.group(0), (width, body.group(0))
+        page = int(re.search(r'data-page-width="(\d+)"', body.group(0)).group(1))
+        assert int(re.search(r'data-scroll-width="(\d+)"', body.group(0)).group(1)) <= page
 
 
 def test_report_reads_what_grammar_and_llm_decode_really_write(tmp_path):
@@ -350,6 +373,50 @@ def test_report_reads_what_grammar_and_llm_decode_really_write(tmp_path):
     assert "vocab_used" in parsed.tables["grammar_facts"]
     llm = parsed.tables["llm"]
     assert "naive (baseline)" in llm and "qwen3.5" in llm and "AP@inf" in llm
+    # decoding means carry a bootstrap interval over the answered images (results.jsonl)
+    assert any(re.fullmatch(r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]", c) for c in llm), llm
     text = md.read_text()
     assert "Protocol: shots 8, test 4, seed 0" in text
     assert "](figures/rank_frequency.png)" in text  # grammar's experiment-level figure
+
+
+def test_every_table_says_what_a_cell_is_with_its_n_and_headline_intervals(experiment, png):
+    """Captions with n, intervals and 'within noise', one K per run in the header, the LPIPS
+    note, explained analysis keys, and a decode whose answers all failed says how to finish."""
+    for name, cos_ci in (("k64", [0.90, 0.93]), ("k64-fixed", [0.91, 0.95]), ("k32", None)):
+        run = RunFolder(experiment / name)
+        e = run.read_eval()
+        e.update(n_images=60, split="val", lpips=None, lpips_note="no AlexNet weights found")
+        if cos_ci:
+            e["ci95"] = {"cos": cos_ci, "cb_pct": [70.0, 80.0]}
+        run.write_eval(e)
+    k32 = RunFolder(experiment / "k32")
+    add_grammar_and_llm(k32, png)
+    write_json(
+        k32.path / "analysis" / "analysis.json",
+        {"n_images": 8, "synergy": {"adjacent_vs_random_p": 0.2, "n_adjacent": 12.0}},
+    )
+    write_json(
+        k32.llm_dir / "gpt-x" / "summary.json",
+        {"n": 0, "missing": 15, "complete": False, "parse_fails": 0, "protocol": {"test": 15}},
+    )
+    md, html = build_report(experiment)
+    text = md.read_text()
+    assert "codebook sizes K = 32, 64." in text
+    tables = re.findall(r"^\| .*", text, flags=re.M)
+    captions = re.findall(r"^\*(.+)\*$", text, flags=re.M)
+    n_tables = len(re.findall(r"^\|---", text, flags=re.M))
+    assert n_tables == len([c for c in captions if "n = " in c]) >= 9, captions
+    assert "n = 60 images" in text and "n = 8 images" in text and "n = 60 programs" in text
+    parsed = _Tables()
+    parsed.feed(html.read_text())
+    assert "0.930 [0.910, 0.950]" in parsed.tables["fixed_vs_curriculum"]
+    assert "cos within noise" in parsed.tables["fixed_vs_curriculum"]
+    assert "75.0 [70.0, 80.0]" in parsed.tables["alignment"]
+    assert "LPIPS is not in this report: no AlexNet weights found" in text
+    analysis = parsed.tables["analysis"]
+    assert any(c.startswith("p-value, adjacent vs random") for c in analysis), analysis
+    assert "12" in analysis and "12.000" not in analysis
+    assert "gpt-x K=32: 15 of 15 answers missing" in text
+    assert "strop-llm decode --model gpt-x --k 32 --runs" in text
+    assert tables

@@ -126,6 +126,11 @@ def test_help_shows_no_value_type_beside_flags(path, console_script) -> None:
     out = run_help(console_script, path)
     assert "--help" in out.stdout
     assert "<bool>" not in out.stdout
+    # Nor typer's other placeholders: `{run}` for an argument, `<list[str]>` for a
+    # repeatable option; and a progress switch is the same pair everywhere.
+    assert not re.search(r"\{\w+\}|<list\[", out.stdout), out.stdout
+    if "--no-progress" in out.stdout:
+        assert re.search(r"--progress\s+--no-progress", out.stdout), out.stdout
 
 
 #: (command line, expected exit code): 2 = the command line is wrong, 1 = the work failed.

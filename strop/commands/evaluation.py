@@ -92,8 +92,17 @@ def export_cmd(
     out: Path | None = typer.Option(
         None, "--out", help="Output file; default RUN/programs.parquet."
     ),
+    replace: bool = typer.Option(
+        False,
+        "--replace",
+        help="Overwrite an output file even when that drops programs of other splits.",
+    ),
 ) -> None:
-    """Encode a dataset split into programs: RUN/programs.parquet (one row per image)."""
+    """Encode a dataset split into programs: RUN/programs.parquet (one row per image).
+
+    An existing file that holds other splits (the quickstart exports train,val) is kept
+    unless --replace: export all its splits, or --out another file.
+    """
     from strop.evaluation.export import export_programs
 
     with exit_on(usage=_usage_errors(), failed=_model_errors()):
@@ -107,6 +116,7 @@ def export_cmd(
             device=device,
             checkpoint=checkpoint,
             out=out,
+            replace=replace,
         )
     typer.echo(f"wrote {path}")
 

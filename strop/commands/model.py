@@ -104,7 +104,10 @@ def cache_features(
     teacher: str = typer.Option("dinov3-s", "--teacher", help=TEACHER_HELP),
     out: Path = typer.Option(..., "--out", help="Cache folder (index.json + <split>.f16)."),
     split: list[str] = typer.Option(
-        ["train", "val"], "--split", help="Split(s) to cache; repeat the flag for several."
+        ["train", "val"],
+        "--split",
+        metavar="SPLIT",
+        help="Split(s) to cache; repeat the flag for several.",
     ),
     image_size: int = typer.Option(
         224, "--image-size", min=16, help="Input size in pixels (the model's image_size)."

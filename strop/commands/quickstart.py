@@ -21,6 +21,11 @@ def quickstart_command(
         "pixels", "--teacher", help="Offline teacher: pixels or random-vit."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of data, training and decoding."),
+    threads: int = typer.Option(
+        1,
+        "--threads",
+        help="torch threads; the figures depend on it (floating-point sums), so it is fixed.",
+    ),
     base_url: str | None = typer.Option(
         None, "--base-url", help="OpenAI-compatible endpoint: also decode with an LLM."
     ),
@@ -40,7 +45,7 @@ def quickstart_command(
         k_values = tuple(int(v) for v in ks.split(",") if v.strip())
         qc = QuickstartConfig(
             out=out, n_images=n_images, steps=steps, ks=k_values, teacher=teacher,
-            seed=seed, base_url=base_url, llm_model=llm_model, fixed_k=fixed_k or None,
+            seed=seed, threads=threads, base_url=base_url, llm_model=llm_model, fixed_k=fixed_k or None,
         )  # fmt: skip
     except ValueError as err:  # pydantic's ValidationError is a ValueError
         fail(f"strop quickstart: {one_line(err)}", usage=True)

@@ -43,13 +43,14 @@ def train_command(
     sets: list[str] = typer.Option(
         [],
         "--set",
+        metavar="KEY=VALUE",
         help="Override any config field, e.g. --set curriculum.phase_steps=30,60,80,100 "
         "--set train.lr=1e-4 (repeatable).",
     ),
     stop_at: int | None = typer.Option(
         None, "--stop-at", help="Stop (with a checkpoint) at this step; resume later."
     ),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train (or resume) a STROP run; writes config.json, metrics.jsonl and checkpoints/."""
     from pydantic import ValidationError
@@ -68,7 +69,7 @@ def train_command(
             usage=(ConfigError,),
             failed=(CheckpointError, TrainingDiverged, DataError, FileNotFoundError, ValueError),
         ):
-            run = train(cfg, out, progress=not no_progress, stop_at=stop_at)
+            run = train(cfg, out, progress=progress, stop_at=stop_at)
     except KeyboardInterrupt:
         typer.secho(
             f"interrupted; checkpoint saved in {out / 'checkpoints'}; rerun the same "

@@ -25,6 +25,11 @@ Design decisions
   scene JSON when the dataset has scenes; run facts (K, length mode, teacher, checkpoint,
   image size) go into the Parquet metadata via `strop.runs.write_programs`. The file is a
   plain table, so `datasets.load_dataset("parquet", data_files=...)` reads it.
+- An export never silently drops programs another command wrote: when the output file holds
+  splits this export leaves out, or more rows of a split than `--limit` keeps, it refuses
+  (`ExportWouldDropPrograms`, before the model loads) and names the ways on: export every
+  split, `--out` another file, or `--replace`. Grammar mining and decoding read the file, so
+  a quiet 1,800 -> 200 rows would change their results without a word.
 """
 
 from __future__ import annotations
@@ -57,6 +62,48 @@ class LengthModeError(ValueError):
 #: The modes that take an integer budget N and those that take a target error EPS.
 BUDGET_KINDS = ("prefix", "cap")
 EPS_KINDS = ("search", "quality")
+
+
+class ExportWouldDropPrograms(ValueError):
+    """The output file holds programs this export would not write again."""
+
+
+def check_no_programs_dropped(
+    path: Path, splits: list[str], limit: int | None, split_arg: str
+) -> None:
+    """Raise `ExportWouldDropPrograms` when writing `splits` (at most `limit` rows each) over
+    `path` would lose rows it holds; an absent or unreadable file loses nothing."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return
+    try:
+        table = pq.read_table(path, columns=["split"])
+    except Exception:  # an unreadable file holds nothing to keep
+        return
+    held: dict[str, int] = {}
+    for name in table.column("split").to_pylist():
+        held[str(name)] = held.get(str(name), 0) + 1
+    dropped = {name: n for name, n in held.items() if name not in splits}
+    if limit is not None:
+        dropped.update(
+            {name: n - limit for name, n in held.items() if name in splits and n > limit}
+        )
+    if not dropped:
+        return
+    facts = ", ".join(f"{name} {n}" for name, n in held.items())
+    lost = (
+        f"{sum(dropped.values())} of them ("
+        + ", ".join(f"{k} {n}" for k, n in dropped.items())
+        + ")"
+    )
+    every = ",".join(dict.fromkeys([*held, *splits]))
+    raise ExportWouldDropPrograms(
+        f"{path} holds {sum(held.values())} programs ({facts}); --split {split_arg}"
+        + (f" --limit {limit}" if limit is not None else "")
+        + f" would drop {lost}, which grammar mining and decoding read: export "
+        f"--split {every}, write elsewhere with --out FILE, or pass --replace to overwrite"
+    )
 
 
 @dataclass(frozen=True)
@@ -332,11 +379,13 @@ def export_programs(
     checkpoint: str = "last",
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    replace: bool = False,
 ) -> Path:
     """Encode `split` of the run's dataset and write programs.parquet (default RUN/programs.parquet).
 
     `split` may list several splits, comma-separated (`train,val`): one file holds them all, each
     row tagged with its split, so the decoders can draw shots from train and queries from val.
+    An existing file is overwritten only when that keeps all its rows, or with `replace`.
     """
     parse_length_mode(length_mode)  # a bad value fails before the model loads
     splits = [s.strip() for s in split.split(",") if s.strip()]
@@ -346,8 +395,10 @@ def export_programs(
     if twice:  # the same images twice: shots and test images could overlap downstream
         raise ValueError(f"export: --split {split!r} names {', '.join(twice)} twice")
     run = RunFolder(Path(run_dir))
-    model, cfg, dev = load_run_model(run.path, checkpoint, device)
     target = Path(out) if out else run.programs_path
+    if not replace:
+        check_no_programs_dropped(target, splits, limit, split)
+    model, cfg, dev = load_run_model(run.path, checkpoint, device)
     check_writable(target)  # before the encode, not after it
     mode = parse_length_mode(length_mode, cfg.length_mode)
     check_length_mode(mode, cfg.model, run.name)

@@ -159,10 +159,20 @@ def read_info(path: str | os.PathLike[str]) -> TokenizerInfo:
         model=_model_config(data["model"], config_path),
         length_mode=str(curriculum.get("length_mode", "adaptive")),
         pixel_decoder=bool(train.get("pixel_decoder", True)),
-        data_path=str(run_data.get("path", "")),
+        data_path=_from_run_folder(str(run_data.get("path", "")), folder),
         planned_steps=train.get("steps"),
         source=str(folder),
     )
+
+
+def _from_run_folder(value: str, folder: Path) -> str:
+    """A run's data folder as a path that works from here: `config.json` stores it relative
+    to the run folder (so the folder can be moved with its data); older runs stored it
+    relative to where training ran, which is kept when nothing is found beside the run."""
+    if not value or value.startswith("hf://") or Path(value).is_absolute():
+        return value
+    beside = folder / value
+    return os.path.normpath(beside) if beside.exists() else value
 
 
 class PretrainedMixin:

@@ -19,6 +19,12 @@ Design decisions
   written). On a run folder that has a checkpoint, `--steps N` only moves the end of the run
   (like `--set train.steps=N`) and keeps the run's schedule, so a finished run can be
   extended with the flag that started it.
+- Data locations (`data.path`, `data.feature_cache`) are stored in `config.json` relative to
+  the run folder (`stored_config`) and resolved against it when read (`load_run_config`), so
+  a run folder works from any directory and can be moved together with its data. A relative
+  path that does not exist from the run folder is left as written (a config.json from before
+  was relative to the directory training ran from; a missing folder's error names it as
+  stored); an absolute path or a hub id stays as it is.
 - `train.steps` defaults to the paper's 500k; the learning-rate schedule fields are absolute
   step numbers (warm-up end, hold end), like the curriculum's `phase_steps`.
 """
@@ -269,12 +275,39 @@ def _blame(exc: ValidationError, origins: dict[str, str]) -> str:
 # --------------------------------------------------------------------------- I/O
 
 
+#: `DataConfig` fields that name a folder on disk (stored relative to the run folder).
+DATA_PATH_FIELDS = ("path", "feature_cache")
+
+
+def stored_config(cfg: RunConfig, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """`cfg` as `config.json` stores it: data folders that exist, relative to `run_dir`."""
+    data = cfg.model_dump(mode="json")
+    for name in DATA_PATH_FIELDS:
+        value = data["data"].get(name)
+        if value and Path(value).exists():
+            data["data"][name] = os.path.relpath(Path(value).resolve(), Path(run_dir).resolve())
+    return data
+
+
+def _resolve_data_paths(cfg: RunConfig, run_dir: Path) -> RunConfig:
+    """Data folders of a stored config as paths that work from the current directory."""
+    for name in DATA_PATH_FIELDS:
+        value = getattr(cfg.data, name)
+        if not value or Path(value).is_absolute() or value.startswith("hf://"):
+            continue
+        from_run = run_dir / value
+        if from_run.exists():
+            setattr(cfg.data, name, os.path.normpath(from_run))
+    return cfg
+
+
 def load_run_config(run_dir: str | os.PathLike[str]) -> RunConfig:
-    """Read and validate `RUN/config.json`; one-line error naming the file and field."""
+    """Read and validate `RUN/config.json`, its data folders resolved against the run
+    folder; one-line error naming the file and field."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path}: config not found (is {run_dir} a training run?)")
-    return load_config_file(path)
+    return _resolve_data_paths(load_config_file(path), Path(run_dir))
 
 
 def load_config_file(path: str | os.PathLike[str]) -> RunConfig:

@@ -67,6 +67,16 @@ PHASE_NAMES = {
 }
 
 
+def phase_label(phase: int) -> str:
+    """The phase as a reader of the paper names it: one of the four phases, the steps after
+    the handoff, or the fixed-length baseline (metrics.jsonl keeps the integer)."""
+    if phase == FIXED_PHASE:
+        return "fixed length (baseline)"
+    if phase == PREDICTED_PHASE:
+        return "after phase 4: predicted lengths"
+    return f"phase {phase}/4 {PHASE_NAMES.get(phase, '?')}"
+
+
 class CurriculumConfig(BaseModel):
     """Constants of the length curriculum (paper Table 4); defaults follow STROP-S."""
 

@@ -24,6 +24,7 @@ Design decisions
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,11 +241,30 @@ def _free_name(path: Path) -> Path:
 
 
 class ProgressBar:
-    """A rich progress bar with step, phase, losses, mean length and img/s (rank 0 only)."""
+    """The training bar (rank 0 only), and one line per finished call.
 
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
+    The columns that say whether the run is moving (steps done / total, images/s, time left)
+    come first and keep their width at any terminal width; the bar and the metrics (phase as
+    the paper names it, loss terms, mean length) share what is left and are cut with an
+    ellipsis, so an 80-column terminal still shows progress. The bar is transient: when the
+    call ends it is replaced by one line with the final loss, the time taken and images/s.
+    """
+
+    def __init__(
+        self,
+        enabled: bool,
+        total: int,
+        done: int,
+        label: str = "train",
+        images_per_step: int = 0,
+        console: Any = None,
+    ) -> None:
         self.enabled, self.total, self.done = enabled, total, done
+        self.label, self.images_per_step, self.console = label, images_per_step, console
         self.progress: Any = None
+        self.last: dict[str, Any] = {}
+        self.step = done
+        self.started = 0.0
 
     def __enter__(self) -> ProgressBar:
         if self.enabled:
@@ -255,32 +275,73 @@ class ProgressBar:
                 TextColumn,
                 TimeRemainingColumn,
             )
+            from rich.table import Column
 
             self.progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
+                TextColumn(f"[bold]{self.label}"),
                 MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TextColumn("ETA"),
                 TimeRemainingColumn(),
-                TextColumn("{task.description}"),
+                BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=5, max_width=24)),
+                TextColumn(
+                    "{task.description}",
+                    table_column=Column(ratio=3, no_wrap=True, overflow="ellipsis"),
+                ),
+                console=self.console,
+                expand=True,
+                transient=True,
             )
             self.progress.start()
-            self.task = self.progress.add_task("", total=self.total, completed=self.done)
+            self.started = time.perf_counter()
+            self.task = self.progress.add_task(
+                "", total=self.total, completed=self.done, rate="- img/s"
+            )
         return self
 
     def update(self, step: int, row: dict[str, Any]) -> None:
+        self.step, self.last = step, row
         if self.progress is None:
             return
-        losses_text = " ".join(
-            f"{k.removesuffix('_loss')}={row[k]:.3f}" for k in row if k.endswith("loss")
+        # The total loss and the mean length first: the terms are for a reader with room.
+        terms = " ".join(
+            f"{k.removesuffix('_loss')}={row[k]:.3f}" for k in row if k.endswith("_loss")
         )
         text = (
-            f"phase {row['phase']} ({cur.PHASE_NAMES[row['phase']]}) {losses_text} "
-            f"L={row['mean_length']:.1f} {row['images_per_s']:.0f} img/s"
+            f"{cur.phase_label(row['phase'])} loss={row['loss']:.3f} "
+            f"L={row['mean_length']:.1f} {terms}"
         )
         if row.get("mfu") is not None:
             text += f" MFU {100 * row['mfu']:.0f}%"
-        self.progress.update(self.task, completed=step, description=text)
+        rate = f"{row['images_per_s']:.0f} img/s"
+        self.progress.update(self.task, completed=step, description=text, rate=rate)
+
+    def summary(self, elapsed: float) -> str:
+        """The line left on screen when the call ends."""
+        stopped = "stopped at " if self.step < self.total else ""
+        line = f"{self.label}: {stopped}{self.step}/{self.total} steps in {_duration(elapsed)}"
+        if self.images_per_step and elapsed > 0:
+            rate = (self.step - self.done) * self.images_per_step / elapsed
+            line += f", {rate:.0f} img/s"
+        if self.last:
+            line += (
+                f"; final loss {self.last['loss']:.3f}, mean length {self.last['mean_length']:.1f}"
+            )
+        return line
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.stop()
+            self.progress.console.print(
+                self.summary(time.perf_counter() - self.started), highlight=False, soft_wrap=True
+            )
+
+
+def _duration(seconds: float) -> str:
+    """`42 s`, `3 min 05 s`, `1 h 02 min`."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"

@@ -17,7 +17,7 @@ from typing import Any
 
 from strop.runs import RunFolder
 from strop.training import checkpoint as ckpt
-from strop.training.config import ConfigError, RunConfig, load_run_config
+from strop.training.config import ConfigError, RunConfig, load_run_config, stored_config
 
 # Fields that may change between a run and its resumption (they do not change the result).
 RESUMABLE_CHANGES = {
@@ -41,10 +41,10 @@ def resolve_config(run: RunFolder, cfg: RunConfig, is_main: bool) -> RunConfig:
     if not ckpt.has_checkpoint(run.path):
         if is_main:
             run.path.mkdir(parents=True, exist_ok=True)
-            run.write_config(cfg.model_dump(mode="json"))
+            run.write_config(stored_config(cfg, run.path))
         return cfg
     stored = load_run_config(run.path)
-    diffs = config_diff(stored.model_dump(mode="json"), cfg.model_dump(mode="json"))
+    diffs = config_diff(stored_config(stored, run.path), stored_config(cfg, run.path))
     fixed = [d for d in diffs if d[0] not in RESUMABLE_CHANGES]
     if fixed:
         key, old, new = fixed[0]
@@ -60,8 +60,11 @@ def record_config(run: RunFolder, cfg: RunConfig, is_main: bool) -> None:
     the run has resumed (or started), so a failed resume rewrites nothing."""
     if not is_main:
         return
-    wanted = cfg.model_dump(mode="json")
-    if not run.config_path.is_file() or load_run_config(run.path).model_dump(mode="json") != wanted:
+    wanted = stored_config(cfg, run.path)
+    if (
+        not run.config_path.is_file()
+        or stored_config(load_run_config(run.path), run.path) != wanted
+    ):
         run.write_config(wanted)
 
 

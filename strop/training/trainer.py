@@ -657,7 +657,14 @@ class Trainer:
         end = min(t.steps, stop_at) if stop_at is not None else t.steps
         previous = self._install_sigint()
         try:
-            with ProgressBar(self.progress, t.steps, self.step) as bar:
+            bar = ProgressBar(
+                self.progress,
+                t.steps,
+                self.step,
+                label=f"train {self.run.name}",
+                images_per_step=t.batch_size * self.dist.world_size,
+            )
+            with bar:
                 self._loop(end, bar)
             if self.step >= end and self.dist.is_main:
                 self.save()

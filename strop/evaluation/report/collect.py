@@ -23,7 +23,7 @@ from typing import Any
 
 from strop.evaluation.report.document import DASH
 from strop.output_unit import require_complete
-from strop.runs import Programs, RunFolder, RunFolderError, read_json
+from strop.runs import Programs, RunFolder, RunFolderError, read_json, read_jsonl
 
 
 @dataclass
@@ -38,6 +38,8 @@ class RunData:
     analysis: dict[str, Any] | None = None
     grammar: dict[str, Any] | None = None
     llm: dict[str, dict[str, Any]] = field(default_factory=dict)
+    llm_scores: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per-image `scores` of each decode's answered rows (llm/<model>/results.jsonl)."""
     figures: dict[str, list[Path]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -109,6 +111,13 @@ def load_run(folder: RunFolder) -> RunData:
             )
             if summary is not None:
                 data.llm[sub.name] = summary
+                rows = attempt(
+                    f"llm/{sub.name}/results.jsonl",
+                    lambda s=sub: read_jsonl(s / "results.jsonl"),
+                )
+                data.llm_scores[sub.name] = [
+                    r["scores"] for r in rows or [] if isinstance(r.get("scores"), dict)
+                ]
     data.figures["analysis"] = (
         sorted((analysis_dir / "figures").glob("*.png")) if analysis_whole else []
     )

@@ -23,9 +23,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from strop.evaluation.report.collect import RunData
 from strop.evaluation.report.document import Figure, Section, Table
-from strop.evaluation.report.formatting import DASH, fmt, stats_table
+from strop.evaluation.report.formatting import DASH, fmt, fmt_ci, n_of, stats_table
+from strop.metrics import bootstrap_ci
 
 BASELINES = ("naive", "knn")
 
@@ -44,12 +47,26 @@ def grammar(runs: list[RunData], experiment: Path) -> Section:
     )
     headline = [row for row in table.rows if any("(null" in cell for cell in row[1:])]
     facts = [row for row in table.rows if row not in headline]
+    n = n_of([(r.grammar or {}).get("n_programs") for r in runs if r.grammar], "programs")
     if headline:
         sec.tables.append(
-            Table("grammar", table.headers, headline, "Statistics against their nulls")
+            Table(
+                "grammar",
+                table.headers,
+                headline,
+                f"Statistics against their nulls: each cell is the statistic of one run's corpus "
+                f"({n}), then each null's mean ± sd over its replicates.",
+            )
         )
     if facts:
-        sec.tables.append(Table("grammar_facts", table.headers, facts, "Corpus facts"))
+        sec.tables.append(
+            Table(
+                "grammar_facts",
+                table.headers,
+                facts,
+                f"Corpus facts: each cell is one run's count or statistic ({n}).",
+            )
+        )
     for run in runs:
         if run.grammar is None:
             sec.notes.append(
@@ -81,6 +98,17 @@ def _protocol(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _with_ci(summary: dict[str, Any], scores: list[dict[str, Any]], key: str, digits: int) -> str:
+    """The summary's mean of `key` with a 95% bootstrap interval over the answered images,
+    when the per-image scores reproduce that mean (else the mean alone)."""
+    value = summary.get(key)
+    per_image = np.array([s[key] for s in scores if s.get(key) is not None], dtype=float)
+    if value is None or per_image.size < 2 or not np.isclose(per_image.mean(), value):
+        return fmt(value, digits)
+    ci = bootstrap_ci(per_image.size, lambda idx: float(per_image[idx].mean()))
+    return fmt_ci(value, ci, digits)
+
+
 def llm(runs: list[RunData], experiment: Path) -> Section:
     sec = Section("LLM scene decoding from programs", "llm")
     entries = [(model, run, s) for run in runs for model, s in run.llm.items()]
@@ -104,21 +132,39 @@ def llm(runs: list[RunData], experiment: Path) -> Section:
                 name,
                 fmt(run.k),
                 fails,
-                fmt(s.get("count_err"), 2),
-                fmt(s.get("attr_acc")),
+                _with_ci(s, run.llm_scores.get(model, []), "count_err", 2),
+                _with_ci(s, run.llm_scores.get(model, []), "attr_acc", 3),
                 fmt(s.get("pos_mse"), 2),
-                fmt(s.get("pos_mae"), 2),
+                _with_ci(s, run.llm_scores.get(model, []), "pos_mae", 2),
             ]
             + [fmt(ap.get(t)) for t in thresholds]
         )
+    n = n_of([s.get("n") for _, _, s in entries], "images")
     sec.tables.append(
         Table(
             "llm",
             ["model", "K", "parse fails", "count err", "attr acc", "pos MSE", "pos MAE"]
             + [f"AP@{t}" for t in thresholds],
             rows,
+            f"Each row: one decode of the held-out images ({n}); each cell a mean over the "
+            "answered images [95% bootstrap CI over them, from results.jsonl]; rows whose "
+            "intervals overlap are within noise; parse fails: unparseable answers / answers.",
         )
     )
+    for model, run, s in entries:
+        missing = s.get("missing")
+        if missing:
+            expected = (s.get("protocol") or {}).get("test") or (missing + int(s.get("n") or 0))
+            how = (
+                f"`strop-llm decode --backend {model} --k {run.k} --runs {experiment}`"
+                if _is_baseline(model, s)
+                else f"`strop-llm decode --model {model} --k {run.k} --runs {experiment}` "
+                "with the --base-url (or --backend) it used"
+            )
+            sec.notes.append(
+                f"{model} K={run.k}: {missing} of {expected} answers missing (requests that "
+                f"failed are not scored); rerun {how} to finish them: answered images are kept."
+            )
     proto = next((_protocol(s) for m, _r, s in entries if not _is_baseline(m, s)), None)
     if proto:
         sec.text.append("Protocol: " + ", ".join(f"{k} {fmt(v)}" for k, v in proto.items()) + ".")

@@ -14,6 +14,9 @@ Design decisions
 - Code usage is recounted from programs.parquet (active-prefix tokens), not read from eval.json,
   so it needs only an export.
 - Figures drawn here (`strop.evaluation.plots`) are written into the report's `figures/` folder.
+- One split per number, named: alignment, code usage, length vs objects and its figure all
+  read the split `strop eval` scored (eval.json's `split`, val by default), so CB% and
+  Pearson agree between tables and figures; programs.parquet may hold more splits.
 """
 
 from __future__ import annotations
@@ -26,8 +29,16 @@ import numpy as np
 from strop import metrics
 from strop.evaluation.plots import plot_length_vs_objects, plot_training_curves
 from strop.evaluation.report.collect import RunData
-from strop.evaluation.report.document import Figure, Section, Table
-from strop.evaluation.report.formatting import fmt, fmt_ci, label, stats_table
+from strop.evaluation.report.document import DASH, Figure, Section, Table
+from strop.evaluation.report.formatting import (
+    fmt,
+    fmt_ci,
+    fmt_est,
+    label,
+    n_of,
+    noise_word,
+    stats_table,
+)
 
 
 def overview(runs: list[RunData], experiment: Path) -> Section:
@@ -55,10 +66,16 @@ def overview(runs: list[RunData], experiment: Path) -> Section:
             "runs",
             ["run", "K", "teacher", "preset", "L_max", "training", "last step", "programs"],
             rows,
+            f"One row per run folder (n = {len(runs)} runs); programs: rows of programs.parquet "
+            "(every exported split).",
         )
     )
     sec.notes += [p for run in runs for p in run.problems]
     return sec
+
+
+def _eval_split(run: RunData) -> str:
+    return str((run.eval or {}).get("split") or "val")
 
 
 def alignment(runs: list[RunData]) -> Section:
@@ -77,18 +94,24 @@ def alignment(runs: list[RunData]) -> Section:
             [
                 run.name,
                 fmt(run.k),
-                fmt(e.get("cos")),
-                fmt(e.get("r2")),
-                fmt(e.get("rmse")),
+                _eval_split(run),
+                fmt(e.get("n_images")),
+                fmt_est(e, "cos"),
+                fmt_est(e, "r2"),
+                fmt_est(e, "rmse"),
                 *perceptual,
-                fmt(e.get("cb_pct"), 1),
+                fmt_est(e, "cb_pct", 1),
                 fmt(e.get("eff_pct"), 1),
-                fmt(e.get("length_mean"), 1),
+                fmt_est(e, "length_mean", 1),
                 fmt(e.get("bits_per_image"), 0),
                 fmt(e.get("compression_ratio"), 0),
                 fmt(e.get("length_mode")),
             ]
         )
+    if not with_lpips:
+        notes = {(r.eval or {}).get("lpips_note") for r in runs if r.eval}
+        why = "; ".join(sorted(str(n) for n in notes if n)) or "not scored"
+        sec.notes.append(f"LPIPS is not in this report: {why} (README, LPIPS).")
     if rows:
         probe = (
             "SSIM and LPIPS (v0.1, AlexNet; lower is closer) score the pixel probe"
@@ -100,25 +123,30 @@ def alignment(runs: list[RunData]) -> Section:
             f"held-out images; {probe}; CB% is the share of codes used in active prefixes and "
             "Eff% the effective vocabulary exp(H) over K; compression is teacher features at fp16 over program bits."
         )
+        n = n_of([(r.eval or {}).get("n_images") for r in runs], "images")
         sec.tables.append(
             Table(
                 "alignment",
                 [
                     "run",
                     "K",
-                    "Cos",
-                    "R^2",
-                    "RMSE",
+                    "split",
+                    "n",
+                    "Cos [95% CI]",
+                    "R^2 [95% CI]",
+                    "RMSE [95% CI]",
                     "SSIM",
                     *(["LPIPS"] if with_lpips else []),
-                    "CB%",
+                    "CB% [95% CI]",
                     "Eff%",
-                    "mean length",
+                    "mean length [95% CI]",
                     "bits/image",
                     "compression",
                     "length mode",
                 ],
                 rows,
+                f"Each cell: the metric over the eval split's images ({n}), with a 95% "
+                "percentile-bootstrap interval over images where eval.json has one.",
             )
         )
     return sec
@@ -134,40 +162,66 @@ def fixed_vs_curriculum(runs: list[RunData]) -> Section:
         )
         return sec
     rows = []
-    for run in sorted(
+    chosen = sorted(
         (r for r in runs if r.training_mode in ("fixed", "curriculum")),
         key=lambda r: (r.k or 0, r.training_mode),
-    ):
+    )
+    curriculum_at = {r.k: r for r in chosen if r.training_mode == "curriculum"}
+    for run in chosen:
         e = run.eval or {}
+        other = curriculum_at.get(run.k) if run.training_mode == "fixed" else None
+        versus = DASH
+        if other is not None and other.eval:
+            ci_a, ci_b = (e.get("ci95") or {}), (other.eval.get("ci95") or {})
+            versus = f"cos {noise_word(ci_a.get('cos'), ci_b.get('cos'))}"
         rows.append(
             [
                 fmt(run.k),
                 run.training_mode,
                 run.name,
-                fmt(e.get("cos")),
-                fmt(e.get("r2")),
-                fmt(e.get("cb_pct"), 1),
-                fmt(e.get("length_mean"), 1),
+                fmt(e.get("n_images")),
+                fmt_est(e, "cos"),
+                fmt_est(e, "r2"),
+                fmt_est(e, "cb_pct", 1),
+                fmt_est(e, "length_mean", 1),
+                versus,
             ]
         )
+    n = n_of([(r.eval or {}).get("n_images") for r in chosen], "images")
     sec.tables.append(
-        Table("fixed_vs_curriculum", ["K", "mode", "run", "Cos", "R^2", "CB%", "mean length"], rows)
+        Table(
+            "fixed_vs_curriculum",
+            ["K", "mode", "run", "n", "Cos", "R^2", "CB%", "mean length", "vs curriculum"],
+            rows,
+            f"Each cell: the metric on the eval split ({n}) [95% bootstrap CI over images]; "
+            "'within noise': the fixed run's interval overlaps the curriculum run's at the same K.",
+        )
     )
     return sec
+
+
+def _split_programs(run: RunData):
+    """The run's programs of its eval split (all of them when rows carry no such split)."""
+    programs = run.programs
+    if programs is None:
+        return None
+    keep = [i for i, name in enumerate(programs.split) if name == _eval_split(run)]
+    return programs.subset(np.asarray(keep)) if keep else programs
 
 
 def _length_stats(run: RunData) -> dict[str, Any] | None:
     block = (run.eval or {}).get("length_vs_objects")
     if block:
         return block
-    if run.programs is not None and np.any(run.programs.n_objects >= 0):
-        return metrics.length_vs_objects(run.programs.lengths, run.programs.n_objects)
+    programs = _split_programs(run)
+    if programs is not None and np.any(programs.n_objects >= 0):
+        return metrics.length_vs_objects(programs.lengths, programs.n_objects)
     return None
 
 
 def complexity(runs: list[RunData], fig_dir: Path) -> Section:
     sec = Section("Program length vs scene complexity", "length-vs-complexity")
-    rows, per_count = [], {}
+    rows, per_count, ns = [], {}, []
     for run in runs:
         stats = _length_stats(run)
         if stats is None:
@@ -175,7 +229,8 @@ def complexity(runs: list[RunData], fig_dir: Path) -> Section:
                 f"{run.name}: no object counts: export programs with scenes (`strop export {run.folder.path}`)."
             )
             continue
-        lengths = run.programs.lengths if run.programs is not None else None
+        split_programs = _split_programs(run)
+        lengths = split_programs.lengths if split_programs is not None else None
         e = run.eval or {}
         lo = e.get(
             "length_min", int(lengths.min()) if lengths is not None and lengths.size else None
@@ -190,6 +245,7 @@ def complexity(runs: list[RunData], fig_dir: Path) -> Section:
             [
                 run.name,
                 fmt(run.k),
+                _eval_split(run),
                 fmt(stats.get("n")),
                 fmt_ci(stats.get("pearson"), stats.get("pearson_ci")),
                 fmt_ci(stats.get("spearman"), stats.get("spearman_ci")),
@@ -199,6 +255,7 @@ def complexity(runs: list[RunData], fig_dir: Path) -> Section:
             ]
         )
         per_count[run.name] = stats.get("mean_length_by_objects") or {}
+        ns.append(stats.get("n"))
         if stats.get("note"):
             sec.notes.append(f"{run.name}: {stats['note']}")
     if rows:
@@ -212,6 +269,7 @@ def complexity(runs: list[RunData], fig_dir: Path) -> Section:
                 [
                     "run",
                     "K",
+                    "split",
                     "n",
                     "Pearson [95% CI]",
                     "Spearman [95% CI]",
@@ -220,6 +278,8 @@ def complexity(runs: list[RunData], fig_dir: Path) -> Section:
                     "max length",
                 ],
                 rows,
+                f"Each row: one run's programs of the eval split ({n_of(ns, 'images')} with a "
+                "known object count).",
             )
         )
         counts = sorted({int(c) for d in per_count.values() for c in d})
@@ -232,20 +292,19 @@ def complexity(runs: list[RunData], fig_dir: Path) -> Section:
                         [name] + [fmt(d.get(str(c)), 1) for c in counts]
                         for name, d in per_count.items()
                     ],
-                    caption="Mean program length per object count",
+                    caption="Each cell: mean program length of the eval split's images with that "
+                    f"many objects ({n_of(ns, 'images')} in all).",
                 )
             )
-    series = [
-        (label(r), r.programs.lengths, r.programs.n_objects) for r in runs if r.programs is not None
-    ]
+    split_sets = [(r, _split_programs(r)) for r in runs]
+    series = [(label(r), p.lengths, p.n_objects) for r, p in split_sets if p is not None]
     fig = plot_length_vs_objects(series, fig_dir / "length_vs_objects.png") if series else None
     if fig:
         sec.figures.append(
             Figure(
                 fig,
-                "Program length against object count over every exported program (all splits in "
-                "programs.parquet; the table above is the eval split), one panel per run "
-                "(jittered; red: mean).",
+                "Program length against object count on the eval split (the images of the table "
+                "above, so its Pearson r is the table's), one panel per run (jittered; red: mean).",
             )
         )
     return sec
@@ -253,20 +312,25 @@ def complexity(runs: list[RunData], fig_dir: Path) -> Section:
 
 def code_usage(runs: list[RunData]) -> Section:
     sec = Section("Code usage", "code-usage")
-    rows = []
+    rows, ns = [], []
     for run in runs:
         if run.programs is None or run.k is None:
             sec.notes.append(
                 f"{run.name}: no programs.parquet: run `strop export {run.folder.path}`."
             )
             continue
-        counts = metrics.code_counts(run.programs.codes, run.k)
+        programs = _split_programs(run)
+        assert programs is not None
+        ns.append(len(programs))
+        counts = metrics.code_counts(programs.codes, run.k)
         usage, reuse = metrics.codebook_usage(counts), metrics.code_reuse_stats(counts)
         purity = ((run.analysis or {}).get("code_reuse") or {}).get("purity_nmi")
         rows.append(
             [
                 run.name,
                 fmt(run.k),
+                _eval_split(run),
+                fmt(len(programs)),
                 fmt(reuse["active_codes"]),
                 fmt(usage["cb_pct"], 1),
                 fmt(reuse["effective_vocab"], 1),
@@ -279,7 +343,7 @@ def code_usage(runs: list[RunData]) -> Section:
         )
     if rows:
         sec.text.append(
-            "Counted over active-prefix tokens of the exported split. Concentration: share of tokens "
+            "Counted over active-prefix tokens of the eval split. Concentration: share of tokens "
             "taken by the top 10% of used codes, and the Herfindahl index; purity: NMI between a "
             "token's code and the attributes of the object it is attributed to (from `strop analyze`)."
         )
@@ -289,6 +353,8 @@ def code_usage(runs: list[RunData]) -> Section:
                 [
                     "run",
                     "K",
+                    "split",
+                    "n",
                     "active codes",
                     "CB%",
                     "eff. vocab",
@@ -299,6 +365,8 @@ def code_usage(runs: list[RunData]) -> Section:
                     "purity (NMI)",
                 ],
                 rows,
+                f"Each row: active-prefix tokens of the eval split's programs ({n_of(ns, 'images')}), "
+                "so CB% is eval.json's; purity from `strop analyze`.",
             )
         )
     return sec
@@ -306,10 +374,17 @@ def code_usage(runs: list[RunData]) -> Section:
 
 def analysis(runs: list[RunData], experiment: Path) -> Section:
     sec = Section("Structure analysis (counterfactual erasure)", "analysis")
+    n = n_of([(r.analysis or {}).get("n_images") for r in runs if r.analysis], "images")
     table = stats_table(
         "analysis",
         runs,
-        lambda r: {k: v for k, v in (r.analysis or {}).items() if k != "contingency"},
+        lambda r: {
+            k: v
+            for k, v in (r.analysis or {}).items()
+            if k not in ("contingency", "grid", "seed", "split", "length_mode")
+        },
+        f"Each cell: one run's statistic over the images `strop analyze` erased ({n}); "
+        "p-values and means from so few images are indicative only.",
     )
     if table:
         sec.tables.append(table)
