@@ -13,6 +13,7 @@ The package, one idea per module:
 - `results`: sections over the runs' own results (overview, alignment, fixed vs curriculum,
   complexity, code usage, structure analysis, training curves).
 - `downstream`: sections over what other tools wrote (grammar, LLM decoding).
+- `meaning`: what the programs mean (order probe, FG-ARI/mBO, questions over codes).
 - `render`: Markdown and HTML from the sections.
 
 Design decisions
@@ -32,7 +33,7 @@ import os
 from pathlib import Path
 
 from strop import __version__
-from strop.evaluation.report import downstream, results
+from strop.evaluation.report import downstream, meaning, results
 from strop.evaluation.report.collect import RunData, load_run
 from strop.evaluation.report.document import Figure, Section, Table
 from strop.evaluation.report.downstream import BASELINES
@@ -88,6 +89,9 @@ def build_report(
         results.training(runs, fig_dir),
         downstream.grammar(runs, experiment),
         downstream.llm(runs, experiment),
+        meaning.order(runs),
+        meaning.objects(runs),
+        meaning.qa(runs, experiment),
     ]
     title = f"STROP report: {experiment.name}"
     ks = ", ".join(str(r.k) for r in runs if r.k is not None) or "unknown"
