@@ -15,9 +15,11 @@ Design decisions
 from __future__ import annotations
 
 import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import typer
 from pydantic import ValidationError
@@ -40,10 +42,12 @@ from llm_decode.backends.vllm_offline import VLLMEngineOptions
 from llm_decode.presets import describe_presets
 from llm_decode.prompting import PromptError
 from llm_decode.protocol import ProtocolConfig
+from llm_decode.qa.cli import make_qa_command
 from llm_decode.report import build_report
 from llm_decode.runner import (
     DecodeConfig,
     DecodeInterrupted,
+    DecodeResult,
     check_config,
     decode,
     parse_json_object,
@@ -56,7 +60,7 @@ commands = Commands()
 console = Console(stderr=True)
 
 
-def _fail(message: str, secrets: list[str | None], *, usage: bool = False) -> None:
+def _fail(message: str, secrets: list[str | None], *, usage: bool = False) -> NoReturn:
     # soft_wrap: one line stays one line (greppable), whatever the terminal width
     console.print(
         f"[red]error:[/red] {escape(redact(message, secrets))}",
@@ -153,89 +157,8 @@ def decode_command(
     ),
 ) -> None:
     """Decode --test held-out scenes of run K with --shots examples each, score, and save."""
-    secret = os.environ.get(api_key_env)
-    if model is None:
-        if backend not in ("naive", "knn"):
-            _fail("--model is required for the openai and vllm backends", [secret], usage=True)
-        model = backend
-    # unset: the environment's URL (OPENAI_BASE_URL), the preset's engine options
-    given: dict[str, Any] = {"base_url": base_url} if base_url is not None else {}
-    engine: dict[str, Any] = {
-        "tensor_parallel_size": tensor_parallel_size,
-        "max_model_len": max_model_len,
-        "gpu_memory_utilization": gpu_memory_utilization,
-        "reasoning_parser": reasoning_parser,
-        "trust_remote_code": trust_remote_code or None,
-        "batch_size": batch_size,
-    }
-    try:
-        extra = parse_json_object("--extra-body", extra_body)
-    except BackendError as exc:
-        _fail(str(exc), [secret], usage=True)
-        return
-    try:
-        cfg = DecodeConfig(
-            model=model,
-            k=k,
-            runs=runs,
-            backend=cast(Any, backend),  # a plain str here; pydantic validates the Literal
-            **given,
-            api_key_env=api_key_env,
-            served_id=served_id,
-            protocol=ProtocolConfig(
-                shots=shots,
-                test=test,
-                seed=seed,
-                temperature=temperature,
-                parse_retries=parse_retries,
-                permute_codes=permute_codes,
-            ),
-            concurrency=concurrency,
-            timeout=timeout,
-            stream=stream,
-            max_attempts=max_attempts,
-            long_retries=long_retries,
-            structured=structured,
-            template=template,
-            max_tokens=max_tokens,
-            think=think,
-            scoring={"matching": matching, "position_error": position_error},
-            naive=cast(Any, naive),  # a plain str here; pydantic validates the Literal
-            card_sampling=card_sampling,
-            extra_body=extra,
-            engine=VLLMEngineOptions.model_validate(
-                {n: v for n, v in engine.items() if v is not None}
-            ),
-        )
-        check_config(cfg)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        _fail(f"option {field}: {err['msg']} (got {err.get('input')!r})", [secret], usage=True)
-        return
-    except (RunFolderError, BackendError) as exc:
-        _fail(str(exc), [secret])
-        return
-
-    with _DecodeProgress(f"{model} K={k}") as progress:
-        try:
-            result = decode(cfg, on_row=progress.row, on_start=progress.start, stats=progress.stats)
-        except PromptError as exc:  # the template given on the command line
-            progress.stop()
-            _fail(str(exc), [secret], usage=True)
-            return
-        except (RunFolderError, SceneFileError, BackendError) as exc:
-            progress.stop()
-            _fail(str(exc), [secret])
-            return
-        except DecodeInterrupted as exc:
-            progress.stop()
-            console.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-    for warning in result.warnings:
-        console.print(
-            f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True
-        )
+    cfg, secret = config_from_options(DecodeConfig, dict(locals()))
+    result, last_error = run_with_progress(decode, cfg, secret)
     s = result.summary
     console.print(
         f"{result.folder}: n={s['n']} parse fails={s['parse_fails']} missing={s['missing']} "
@@ -244,10 +167,114 @@ def decode_command(
         highlight=False,
         soft_wrap=True,
     )
-    if s["missing"]:
-        first = f" (last error: {progress.last_error})" if progress.last_error else ""
+    fail_if_missing(s, last_error, secret)
+
+
+def config_from_options(
+    config_class: type[DecodeConfig], options: dict[str, Any], **fields: Any
+) -> tuple[Any, str | None]:
+    """The validated config of a command's options (decode's, plus `fields` for another
+    task such as `qa`), and the API key to keep out of messages; a bad option exits here."""
+    o = options
+    api_key_env, backend = o["api_key_env"], o["backend"]
+    secret = os.environ.get(api_key_env)
+    model = o["model"]
+    if model is None:
+        if backend not in ("naive", "knn"):
+            _fail("--model is required for the openai and vllm backends", [secret], usage=True)
+        model = backend
+    # unset: the environment's URL (OPENAI_BASE_URL), the preset's engine options
+    given: dict[str, Any] = {"base_url": o["base_url"]} if o["base_url"] is not None else {}
+    engine: dict[str, Any] = {
+        "tensor_parallel_size": o["tensor_parallel_size"],
+        "max_model_len": o["max_model_len"],
+        "gpu_memory_utilization": o["gpu_memory_utilization"],
+        "reasoning_parser": o["reasoning_parser"],
+        "trust_remote_code": o["trust_remote_code"] or None,
+        "batch_size": o["batch_size"],
+    }
+    try:
+        extra = parse_json_object("--extra-body", o["extra_body"])
+    except BackendError as exc:
+        _fail(str(exc), [secret], usage=True)
+    try:
+        cfg = config_class(
+            model=model,
+            k=o["k"],
+            runs=o["runs"],
+            backend=cast(Any, backend),  # a plain str here; pydantic validates the Literal
+            **given,
+            api_key_env=api_key_env,
+            served_id=o["served_id"],
+            protocol=ProtocolConfig(
+                shots=o["shots"],
+                test=o["test"],
+                seed=o["seed"],
+                temperature=o["temperature"],
+                parse_retries=o["parse_retries"],
+                permute_codes=o.get("permute_codes", False),
+            ),
+            concurrency=o["concurrency"],
+            timeout=o["timeout"],
+            stream=o["stream"],
+            max_attempts=o["max_attempts"],
+            long_retries=o["long_retries"],
+            structured=o.get("structured", False),
+            template=o["template"],
+            max_tokens=o["max_tokens"],
+            think=o["think"],
+            scoring={
+                "matching": o.get("matching", "attributes"),
+                "position_error": o.get("position_error", "mixed"),
+            },
+            naive=cast(Any, o.get("naive", "sampled")),  # pydantic validates the Literal
+            card_sampling=o["card_sampling"],
+            extra_body=extra,
+            engine=VLLMEngineOptions.model_validate(
+                {n: v for n, v in engine.items() if v is not None}
+            ),
+            **fields,
+        )
+        check_config(cfg)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        _fail(f"option {field}: {err['msg']} (got {err.get('input')!r})", [secret], usage=True)
+    except (RunFolderError, BackendError) as exc:
+        _fail(str(exc), [secret])
+    return cfg, secret
+
+
+def run_with_progress(
+    run: Callable[..., DecodeResult], cfg: DecodeConfig, secret: str | None
+) -> tuple[DecodeResult, str | None]:
+    """`run(cfg, ...)` (decode, or another task through it) under the progress bar; every
+    failure is one line. Returns the result and the last transport error seen."""
+    with _DecodeProgress(f"{cfg.model} K={cfg.k}") as progress:
+        try:
+            result = run(cfg, on_row=progress.row, on_start=progress.start, stats=progress.stats)
+        except PromptError as exc:  # the template given on the command line
+            progress.stop()
+            _fail(str(exc), [secret], usage=True)
+        except (RunFolderError, SceneFileError, BackendError) as exc:
+            progress.stop()
+            _fail(str(exc), [secret])
+        except DecodeInterrupted as exc:
+            progress.stop()
+            console.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    for warning in result.warnings:
+        console.print(
+            f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True
+        )
+    return result, progress.last_error
+
+
+def fail_if_missing(summary: dict[str, Any], last_error: str | None, secret: str | None) -> None:
+    if summary["missing"]:
+        first = f" (last error: {last_error})" if last_error else ""
         _fail(
-            f"{s['missing']} requests failed{first}; rerun the same command to finish them",
+            f"{summary['missing']} requests failed{first}; rerun the same command to finish them",
             [secret],
         )
 
@@ -354,10 +381,14 @@ def presets_command() -> None:
     Console(soft_wrap=True).print(describe_presets(), highlight=False, markup=False)
 
 
+# `strop-llm qa`: decode's options and machinery over questions (llm_decode.qa)
+commands.command("qa")(make_qa_command(sys.modules[__name__]))
+
 app = make_app(
     "strop-llm",
     __version__,
-    "Few-shot decoding of CLEVR scenes from STROP programs with LLMs, and its scores.",
+    "Few-shot decoding of CLEVR scenes (and answering questions about them) from STROP "
+    "programs with LLMs, and the scores.",
     commands,
 )
 

@@ -18,8 +18,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 
+from llm_decode.qa.report import collect_qa, qa_markdown, qa_table
 from llm_decode.results import SUMMARY_FILE
 from strop.runs import RunFolderError, discover_runs
 from strop.scenes import atomic_write_text
@@ -121,20 +123,22 @@ def render_markdown(rows: list[list[str]], experiment: Path) -> str:
     return "\n".join(lines)
 
 
-def build_report(experiment: str | os.PathLike[str]) -> tuple[Path, Table]:
-    """Write `llm_report.md` into the experiment folder; return its path and a rich table."""
+def build_report(experiment: str | os.PathLike[str]) -> tuple[Path, Group]:
+    """Write `llm_report.md` into the experiment folder; return its path and the rich tables
+    (decoding, and questions over codes when `strop-llm qa` has run)."""
     experiment = Path(experiment)
     summaries = collect_summaries(experiment)
-    if not summaries:
+    qa = collect_qa(experiment)
+    if not summaries and not qa:
         raise RunFolderError(
             f"{experiment}: no llm/<model>/{SUMMARY_FILE} found; run strop-llm decode first"
         )
     rows = table_rows(summaries)
     path = experiment / REPORT_FILE
-    atomic_write_text(path, render_markdown(rows, experiment))
+    atomic_write_text(path, render_markdown(rows, experiment) + qa_markdown(qa))
     table = Table(title=f"LLM scene decoding ({experiment})")
     for column in COLUMNS:
         table.add_column(column, justify="left" if column == "Model" else "right", overflow="fold")
     for row in rows:
         table.add_row(*row)
-    return path, table
+    return path, Group(table, *([qa_table(qa, experiment)] if qa else []))
