@@ -170,6 +170,22 @@ def decode_command(
     fail_if_missing(s, last_error, secret)
 
 
+#: Options that are config fields of the same name (in the protocol, or at the top level).
+_PROTOCOL_OPTIONS = ("shots", "test", "seed", "temperature", "parse_retries")
+_PLAIN_OPTIONS = (
+    "served_id",
+    "concurrency",
+    "timeout",
+    "stream",
+    "max_attempts",
+    "long_retries",
+    "template",
+    "max_tokens",
+    "think",
+    "card_sampling",
+)
+
+
 def config_from_options(
     config_class: type[DecodeConfig], options: dict[str, Any], **fields: Any
 ) -> tuple[Any, str | None]:
@@ -205,30 +221,17 @@ def config_from_options(
             backend=cast(Any, backend),  # a plain str here; pydantic validates the Literal
             **given,
             api_key_env=api_key_env,
-            served_id=o["served_id"],
             protocol=ProtocolConfig(
-                shots=o["shots"],
-                test=o["test"],
-                seed=o["seed"],
-                temperature=o["temperature"],
-                parse_retries=o["parse_retries"],
+                **{n: o[n] for n in _PROTOCOL_OPTIONS},
                 permute_codes=o.get("permute_codes", False),
             ),
-            concurrency=o["concurrency"],
-            timeout=o["timeout"],
-            stream=o["stream"],
-            max_attempts=o["max_attempts"],
-            long_retries=o["long_retries"],
+            **{n: o[n] for n in _PLAIN_OPTIONS},
             structured=o.get("structured", False),
-            template=o["template"],
-            max_tokens=o["max_tokens"],
-            think=o["think"],
             scoring={
                 "matching": o.get("matching", "attributes"),
                 "position_error": o.get("position_error", "mixed"),
             },
             naive=cast(Any, o.get("naive", "sampled")),  # pydantic validates the Literal
-            card_sampling=o["card_sampling"],
             extra_body=extra,
             engine=VLLMEngineOptions.model_validate(
                 {n: v for n, v in engine.items() if v is not None}

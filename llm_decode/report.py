@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-from llm_decode.qa.report import collect_qa, qa_markdown, qa_table
+from llm_decode.qa.report import collect_qa, markdown_table, qa_markdown, qa_table
 from llm_decode.results import SUMMARY_FILE
 from strop.runs import RunFolderError, discover_runs
 from strop.scenes import atomic_write_text
@@ -108,9 +108,7 @@ def render_markdown(rows: list[list[str]], experiment: Path) -> str:
     lines = [
         f"# LLM scene decoding: {experiment}",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "| " + " | ".join("---" for _ in COLUMNS) + " |",
-        *("| " + " | ".join(r) + " |" for r in rows),
+        *markdown_table(list(COLUMNS), rows),
         "",
         "Count err: mean |predicted - true| objects; attribute accuracy and position errors over "
         "Hungarian-matched objects; AP: CLEVR set prediction at the given (x, y) distance. "

@@ -62,6 +62,15 @@ def qa_rows(summaries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
     return headers, rows
 
 
+def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines (shared with the decoding table)."""
+    return [
+        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join("---" for _ in headers) + " |",
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
 def qa_markdown(summaries: list[dict[str, Any]]) -> str:
     if not summaries:
         return ""
@@ -70,9 +79,7 @@ def qa_markdown(summaries: list[dict[str, Any]]) -> str:
         [
             "## Questions over codes (strop-llm qa)",
             "",
-            "| " + " | ".join(headers) + " |",
-            "| " + " | ".join("---" for _ in headers) + " |",
-            *("| " + " | ".join(r) + " |" for r in rows),
+            *markdown_table(headers, rows),
             "",
             "Accuracy per question family [Wilson 95% CI] (n). naive: each family's majority "
             "answer; knn: the question run on the nearest shot program's scene; input `scene`: "

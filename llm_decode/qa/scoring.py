@@ -98,7 +98,10 @@ def wilson_ci(correct: int, n: int, z: float = 1.96) -> list[float] | None:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    # exact at the ends (the formula gives 1 - 1e-16 for 10 of 10)
+    lo = 0.0 if correct == 0 else min(p, centre - half)
+    hi = 1.0 if correct == n else max(p, centre + half)
+    return [lo, hi]
 
 
 def accuracy(correct: int, n: int) -> dict[str, Any]:
