@@ -205,6 +205,30 @@ def test_naive_and_knn_baselines_from_the_command_line(runs):
     assert report.returncode == 0, report.stderr
     text = (runs / "llm_report.md").read_text()
     assert "## Questions over codes" in text and "| knn | 64 | codes |" in text
+    # and in `strop report`, one row per (model, K) with per-family accuracy [CI] (n)
+    from strop.evaluation.report import build_report
+
+    md, html = build_report(runs, out_dir=runs / "report")
+    knn = json.loads((runs / "k64" / "llm" / "qa" / "knn" / "summary.json").read_text())
+    count = knn["families"]["count"]
+    cell = f"{count['accuracy']:.3f} [{count['ci'][0]:.3f}, {count['ci'][1]:.3f}] (n={count['n']})"
+    row = next(line for line in md.read_text().splitlines() if line.startswith("| knn | 64"))
+    assert cell in row and 'data-table="qa"' in html.read_text()
+
+
+def test_qa_command_line_has_decode_options_less_scene_ones_plus_its_own():
+    done = subprocess.run(
+        [sys.executable, "-m", "llm_decode.cli", "qa", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0
+    for option in ("--oracle", "--questions", "--base-url", "--concurrency", "--max-attempts"):
+        assert option in done.stdout
+    for option in ("--structured", "--matching", "--permute-codes"):
+        assert option not in done.stdout
 
 
 def test_oracle_mode_sends_the_scene_and_refuses_baselines(runs):
