@@ -145,3 +145,16 @@ def test_report_shows_order_probe_and_object_metrics_per_k(run_dir, tmp_path):  
     assert 'data-table="order_probe"' in html.read_text()
     assert 'data-table="object_metrics"' in html.read_text()
     assert "no QA results: run `strop-llm qa" in text
+
+
+def test_eval_and_analyze_commands_print_the_verdict_and_fg_ari(run_dir):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from strop.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", str(run_dir), "--no-lpips", "--order-probe", "4"])
+    assert res.exit_code == 0 and "order " in res.output and "(n=" in res.output, res.output
+    res = runner.invoke(app, ["analyze", str(run_dir), "--n-images", "2", "--random-pairs", "2"])
+    assert res.exit_code == 0, res.output
+    assert "FG-ARI " in res.output and "mBO " in res.output and EXACT in res.output
