@@ -212,8 +212,12 @@ def verdict(block: dict[str, Any]) -> tuple[bool | None, str]:
     text = (
         f"order {'carries' if matters else 'shows no'} information: a random permutation "
         f"{'lowers' if rand['mean'] > 0 else 'changes'} cosine by {rand['mean']:.3f} "
-        f"[{lo:.3f}, {hi:.3f}] (n={block['n']})"
+        f"[{lo:.3f}, {hi:.3f}]"
     )
+    true = block.get("true_cos")
+    if true:  # the size of the effect beside its significance
+        text += f", {100 * rand['mean'] / true:.1f}% of the true order's {true:.3f}"
+    text += f" (n={block['n']})"
     bag = block.get("bag_of_codes") or {}
     if bag.get("drop"):
         d = bag["drop"]
