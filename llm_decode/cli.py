@@ -368,7 +368,7 @@ class _DecodeProgress:
 def report_command(
     runs: Path = typer.Option(Path("runs/clevr"), "--runs", help="Experiment folder (or one run)."),
 ) -> None:
-    """Tabulate every llm/<model>/summary.json under --runs; writes llm_report.md there."""
+    """Tabulate every llm/<model>/summary.json (and llm/qa/<model>/) under --runs; writes llm_report.md."""
     try:
         path, table = build_report(runs)
     except RunFolderError as exc:
