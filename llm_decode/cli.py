@@ -15,9 +15,11 @@ Design decisions
 from __future__ import annotations
 
 import json
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -46,12 +48,14 @@ from llm_decode.backends.vllm_offline import VLLMEngineOptions
 from llm_decode.presets import Hardware, describe_presets
 from llm_decode.prompting import PromptError
 from llm_decode.protocol import ProtocolConfig
+from llm_decode.qa.cli import make_qa_command
 from llm_decode.report import build_report
 from llm_decode.results import RESULTS_FILE, repair_jsonl
 from llm_decode.runner import (
     DEFAULT_BASE_URL,
     DecodeConfig,
     DecodeInterrupted,
+    DecodeResult,
     UsageError,
     check_config,
     decode,
@@ -67,7 +71,7 @@ commands = Commands()
 console = Console(stderr=True)
 
 
-def _fail(message: str, secrets: list[str | None], *, usage: bool = False) -> None:
+def _fail(message: str, secrets: list[str | None], *, usage: bool = False) -> NoReturn:
     # soft_wrap: one line stays one line (greppable), whatever the terminal width
     console.print(
         f"[red]error:[/red] {escape(redact(message, secrets))}",
@@ -171,9 +175,52 @@ def decode_command(
     val/test rows (strop export RUN --split train,val); a file with one split is divided by
     the seed.
     """
+    cfg, secrets = config_from_options(DecodeConfig, dict(locals()))
+    if show_prompt:
+        print_first_prompt(plan, cfg, secrets)
+        return
+    result = run_with_progress(decode, cfg, secrets)
+    s = result.summary
+    console.print(
+        f"{result.folder}: n={s['n']} parse fails={s['parse_fails']} missing={s['missing']} "
+        f"count err={_fmt(s['count_err'])} attr acc={_fmt(s['attr_acc'])} "
+        f"pos MSE={_fmt(s['pos_mse'])} pos MAE={_fmt(s['pos_mae'])} AP@inf={_fmt(s['ap']['inf'])}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    fail_if_missing(s, result.folder, secrets)
+
+
+#: Options that are config fields of the same name (in the protocol, or at the top level);
+#: `o.get` reads the ones another task's command (qa) does not have.
+_PROTOCOL_OPTIONS = ("shots", "test", "seed", "sampling_seed", "temperature", "parse_retries")
+_PLAIN_OPTIONS = (
+    "served_id",
+    "concurrency",
+    "timeout",
+    "stream",
+    "max_attempts",
+    "long_retries",
+    "template",
+    "max_tokens",
+    "think",
+    "limit",
+    "card_sampling",
+)
+
+
+def config_from_options(
+    config_class: type[DecodeConfig], options: dict[str, Any], **fields: Any
+) -> tuple[Any, list[str | None]]:
+    """The validated config of a command's options (decode's, plus `fields` for another task
+    such as `qa`), and the secrets to keep out of every message (the API key, credentials in
+    the URL); a bad option exits here, in one line."""
+    o = options
+    api_key_env, backend, base_url = o["api_key_env"], o["backend"], o["base_url"]
     secrets: list[str | None] = [read_api_key(api_key_env)]
     if base_url is not None:
         secrets += split_url_secrets(base_url)[1]
+    model = o["model"]
     if model is None:
         if backend not in ("naive", "knn"):
             _fail("--model is required for the openai and vllm backends", secrets, usage=True)
@@ -181,53 +228,41 @@ def decode_command(
     # unset: the environment's URL (OPENAI_BASE_URL), the preset's engine options
     given: dict[str, Any] = {"base_url": base_url} if base_url is not None else {}
     engine: dict[str, Any] = {
-        "tensor_parallel_size": tensor_parallel_size,
-        "max_model_len": max_model_len,
-        "gpu_memory_utilization": gpu_memory_utilization,
-        "reasoning_parser": reasoning_parser,
-        "trust_remote_code": trust_remote_code or None,
-        "batch_size": batch_size,
+        "tensor_parallel_size": o["tensor_parallel_size"],
+        "max_model_len": o["max_model_len"],
+        "gpu_memory_utilization": o["gpu_memory_utilization"],
+        "reasoning_parser": o["reasoning_parser"],
+        "trust_remote_code": o["trust_remote_code"] or None,
+        "batch_size": o["batch_size"],
     }
     try:
-        extra = parse_json_object("--extra-body", extra_body)
+        extra = parse_json_object("--extra-body", o["extra_body"])
     except BackendError as exc:
         _fail(str(exc), secrets, usage=True)
-        return
     try:
-        cfg = DecodeConfig(
+        cfg = config_class(
             model=model,
-            k=k,
-            runs=runs,
+            k=o["k"],
+            runs=o["runs"],
             backend=cast(Any, backend),  # a plain str here; pydantic validates the Literal
             **given,
             api_key_env=api_key_env,
-            served_id=served_id,
             protocol=ProtocolConfig(
-                shots=shots,
-                test=test,
-                seed=seed,
-                sampling_seed=sampling_seed,
-                temperature=temperature,
-                parse_retries=parse_retries,
-                permute_codes=permute_codes,
+                **{n: o[n] for n in _PROTOCOL_OPTIONS},
+                permute_codes=o.get("permute_codes", False),
             ),
-            concurrency=concurrency,
-            timeout=timeout,
-            stream=stream,
-            max_attempts=max_attempts,
-            long_retries=long_retries,
-            structured=structured,
-            template=template,
-            max_tokens=max_tokens,
-            think=think,
-            limit=limit,
-            scoring={"matching": matching, "position_error": position_error},
-            naive=cast(Any, naive),  # a plain str here; pydantic validates the Literal
-            card_sampling=card_sampling,
+            **{n: o[n] for n in _PLAIN_OPTIONS},
+            structured=o.get("structured", False),
+            scoring={
+                "matching": o.get("matching", "attributes"),
+                "position_error": o.get("position_error", "mixed"),
+            },
+            **({"naive": o["naive"]} if "naive" in o else {}),
             extra_body=extra,
             engine=VLLMEngineOptions.model_validate(
                 {n: v for n, v in engine.items() if v is not None}
             ),
+            **fields,
         )
         secrets += split_url_secrets(cfg.base_url)[1]
         check_config(cfg)
@@ -235,38 +270,41 @@ def decode_command(
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         _fail(f"option {field}: {err['msg']} (got {err.get('input')!r})", secrets, usage=True)
-        return
     except (PromptError, UsageError) as exc:  # a --template that is missing
         _fail(str(exc), secrets, usage=True)
-        return
     except (RunFolderError, BackendError) as exc:
         _fail(str(exc), secrets)
-        return
+    return cfg, secrets
 
-    if show_prompt:
-        try:
-            messages = plan(cfg).jobs[0].messages
-        except PromptError as exc:
-            _fail(str(exc), secrets, usage=True)
-            return
-        except (RunFolderError, SceneFileError, BackendError) as exc:
-            _fail(str(exc), secrets)
-            return
-        typer.echo(json.dumps(messages, indent=2, ensure_ascii=False))
-        return
 
+def print_first_prompt(
+    make_plan: Callable[[Any], Any], cfg: Any, secrets: list[str | None]
+) -> None:
+    """`--show-prompt`: the exact messages of the first test request, as JSON (no request)."""
+    try:
+        messages = make_plan(cfg).jobs[0].messages
+    except PromptError as exc:
+        _fail(str(exc), secrets, usage=True)
+    except (RunFolderError, SceneFileError, BackendError) as exc:
+        _fail(str(exc), secrets)
+    typer.echo(json.dumps(messages, indent=2, ensure_ascii=False))
+
+
+def run_with_progress(
+    run: Callable[..., DecodeResult], cfg: DecodeConfig, secrets: list[str | None]
+) -> DecodeResult:
+    """`run(cfg, ...)` (decode, or another task through it) under the progress bar; every
+    failure is one line, and warnings are printed with the secrets redacted."""
     llm = cfg.backend in ("openai", "vllm")
-    with _DecodeProgress(f"{model} K={k}", llm=llm) as progress:
+    with _DecodeProgress(f"{cfg.model} K={cfg.k}", llm=llm) as progress:
         try:
-            result = decode(cfg, on_row=progress.row, on_start=progress.start, stats=progress.stats)
+            result = run(cfg, on_row=progress.row, on_start=progress.start, stats=progress.stats)
         except PromptError as exc:  # the template given on the command line
             progress.stop()
             _fail(str(exc), secrets, usage=True)
-            return
         except (RunFolderError, SceneFileError, BackendError) as exc:
             progress.stop()
             _fail(str(exc), secrets)
-            return
         except DecodeInterrupted as exc:
             progress.stop()
             console.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
@@ -277,16 +315,13 @@ def decode_command(
             highlight=False,
             soft_wrap=True,
         )
-    s = result.summary
-    console.print(
-        f"{result.folder}: n={s['n']} parse fails={s['parse_fails']} missing={s['missing']} "
-        f"count err={_fmt(s['count_err'])} attr acc={_fmt(s['attr_acc'])} "
-        f"pos MSE={_fmt(s['pos_mse'])} pos MAE={_fmt(s['pos_mae'])} AP@inf={_fmt(s['ap']['inf'])}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    if s["missing"]:
-        _fail(missing_message(result.folder, s["missing"]), secrets)
+    return result
+
+
+def fail_if_missing(summary: dict[str, Any], folder: Path, secrets: list[str | None]) -> None:
+    """Exit 1 when answers are missing, saying why and whether a rerun can finish them."""
+    if summary["missing"]:
+        _fail(missing_message(folder, summary["missing"]), secrets)
 
 
 def missing_message(folder: Path, missing: int) -> str:
@@ -401,7 +436,7 @@ class _DecodeProgress:
 def report_command(
     runs: Path = typer.Option(Path("runs/clevr"), "--runs", help="Experiment folder (or one run)."),
 ) -> None:
-    """Tabulate every llm/<model>/summary.json under --runs; writes llm_report.md there."""
+    """Tabulate every llm/<model>/summary.json (and llm/qa/<model>/) under --runs; writes llm_report.md."""
     try:
         path, table = build_report(runs)
     except RunFolderError as exc:
@@ -429,10 +464,14 @@ def presets_command(
     Console(soft_wrap=True).print(describe_presets(hardware), highlight=False, markup=False)
 
 
+# `strop-llm qa`: decode's options and machinery over questions (llm_decode.qa)
+commands.command("qa")(make_qa_command(sys.modules[__name__]))
+
 app = make_app(
     "strop-llm",
     __version__,
-    "Few-shot decoding of CLEVR scenes from STROP programs with LLMs, and its scores.",
+    "Few-shot decoding of CLEVR scenes (and answering questions about them) from STROP "
+    "programs with LLMs, and the scores.",
     commands,
 )
 

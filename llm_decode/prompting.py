@@ -81,8 +81,13 @@ class PromptBuilder:
         shots: Sequence[Shot],
         think: bool = False,
         template: str | Path | None = None,
+        package: str = PACKAGE_TEMPLATE,
+        extra_vars: dict[str, Any] | None = None,
     ) -> None:
-        self.source_name = str(template) if template else f"prompts/{PACKAGE_TEMPLATE}"
+        # `package` and `extra_vars`: another task's template and run-level variables
+        # (`strop-llm qa`), rendered by the same machinery
+        self.package = package
+        self.source_name = str(template) if template else f"prompts/{package}"
         text = self._load(template)
         self.template_sha256 = hashlib.sha256(text.encode()).hexdigest()
         env = jinja2.Environment(
@@ -108,12 +113,13 @@ class PromptBuilder:
                 for s in shots
             ],
             "n_shots": len(shots),
+            **(extra_vars or {}),
         }
         self.context = self._render("context", self.run_vars)
 
     def _load(self, template: str | Path | None) -> str:
         if template is None:
-            return _package_text(PACKAGE_TEMPLATE)
+            return _package_text(self.package)
         path = Path(template)
         if not path.is_file():
             raise PromptError(f"{path}: template file not found")
@@ -131,9 +137,11 @@ class PromptBuilder:
         except jinja2.TemplateError as exc:
             raise PromptError(f"{self.source_name}: block {block!r}: {exc}") from None
 
-    def messages(self, codes: Sequence[int]) -> list[Message]:
-        """The chat messages for one image: the shared context, then its codes."""
-        query = self._render("query", {**self.run_vars, "codes": [int(c) for c in codes]})
+    def messages(self, codes: Sequence[int], **query_vars: Any) -> list[Message]:
+        """The chat messages for one image: the shared context, then its codes (and any
+        other per-query variables the template uses)."""
+        variables = {**self.run_vars, "codes": [int(c) for c in codes], **query_vars}
+        query = self._render("query", variables)
         return [{"role": "system", "content": self.context}, {"role": "user", "content": query}]
 
     def repair_messages(

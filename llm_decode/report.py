@@ -20,8 +20,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 
+from llm_decode.qa.report import collect_qa, markdown_table, qa_markdown, qa_table
 from llm_decode.results import SUMMARY_FILE
 from strop.atomic import atomic_write_text
 from strop.runs import RunFolderError, discover_runs
@@ -130,9 +132,7 @@ def render_markdown(rows: list[list[str]], experiment: Path) -> str:
     lines = [
         f"# LLM scene decoding: {experiment}",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "| " + " | ".join("---" for _ in COLUMNS) + " |",
-        *("| " + " | ".join(r) + " |" for r in rows),
+        *markdown_table(list(COLUMNS), rows),
         "",
         "Count err: mean |predicted - true| objects; attribute accuracy and position errors over "
         "Hungarian-matched objects; AP: CLEVR set prediction at the given (x, y) distance. "
@@ -146,20 +146,22 @@ def render_markdown(rows: list[list[str]], experiment: Path) -> str:
     return "\n".join(lines)
 
 
-def build_report(experiment: str | os.PathLike[str]) -> tuple[Path, Table]:
-    """Write `llm_report.md` into the experiment folder; return its path and a rich table."""
+def build_report(experiment: str | os.PathLike[str]) -> tuple[Path, Group]:
+    """Write `llm_report.md` into the experiment folder; return its path and the rich tables
+    (decoding, and questions over codes when `strop-llm qa` has run)."""
     experiment = Path(experiment)
     summaries = collect_summaries(experiment)
-    if not summaries:
+    qa = collect_qa(experiment)
+    if not summaries and not qa:
         raise RunFolderError(
             f"{experiment}: no llm/<model>/{SUMMARY_FILE} found; run strop-llm decode first"
         )
     rows = table_rows(summaries)
     path = experiment / REPORT_FILE
-    atomic_write_text(path, render_markdown(rows, experiment))
+    atomic_write_text(path, render_markdown(rows, experiment) + qa_markdown(qa))
     table = Table(title=f"LLM scene decoding ({experiment})")
     for column in COLUMNS:
         table.add_column(column, justify="left" if column == "Model" else "right", overflow="fold")
     for row in rows:
         table.add_row(*row)
-    return path, table
+    return path, Group(table, *([qa_table(qa, experiment)] if qa else []))

@@ -138,9 +138,12 @@ class Job:
     row: int  # row of programs.parquet
     image_id: str
     codes: list[int]  # as sent (permuted under the control)
-    truth: DecodedScene
+    truth: Any  # DecodedScene for decode; the task's own answer model otherwise
     messages: list[dict[str, str]]
     key: str
+    # How an answer is read and scored: the scene's by default; `strop-llm qa` gives its own.
+    parse: Callable[[str], Any] = parse_answer
+    score: Callable[[Any, Any, ScoringOptions | None], dict[str, Any]] | None = None
 
 
 class DecodeInterrupted(KeyboardInterrupt):
@@ -267,6 +270,7 @@ class Plan:
     protocol: dict[str, Any] = field(default_factory=dict)
     sampling_seed: int = 0
     secrets: list[str] = field(default_factory=list)  # the key and URL credentials
+    key_sampling: dict[str, Any] = field(default_factory=dict)  # the request key's sampling
 
     @property
     def jobs_by_key(self) -> dict[str, Job]:
@@ -371,6 +375,7 @@ def plan(cfg: DecodeConfig) -> Plan:
         protocol,
         sampling_seed,
         secrets,
+        sampling,
     )
 
 
@@ -399,16 +404,18 @@ def decode(
     *,
     stats: TransportStats | None = None,
     backend: Any = None,
+    task: Task | None = None,
 ) -> DecodeResult:
     """Run (or resume) one decoding experiment; returns the folder and the summary.
 
     `on_start(total, already_done)` is called once before any request, `on_row(row)` after
     each answer is written; `stats` is updated live by the HTTP backend (the progress bar
     reads it). `backend` replaces the one `cfg` would build (an engine built elsewhere, a
-    stand-in in tests).
+    stand-in in tests). `task` replaces what is run (`strop-llm qa`); default: scene decoding.
     """
-    p = plan(cfg)
-    results = ResultsFile(output_folder(p.run, cfg, p))
+    task = task or DECODE
+    p = task.plan(cfg)
+    results = ResultsFile(task.folder(p.run, cfg, p))
     todo = [j for j in p.jobs if j.key not in results.done]
     if on_start is not None:
         on_start(len(p.jobs), len(p.jobs) - len(todo))
@@ -421,6 +428,8 @@ def decode(
 
     try:
         if todo:
+            if backend is None and task.backend is not None:
+                backend = task.backend(cfg, p)
             if backend is None:
                 backend = _build_backend(cfg, p, stats or TransportStats())
             runner = _run_batch if hasattr(backend, "complete_batch") else _run_async
@@ -431,7 +440,7 @@ def decode(
     finally:
         results.close()
     rows = [results.done.get(j.key) for j in p.jobs]
-    summary = _summary(rows, cfg, p)
+    summary = task.summary(rows, cfg, p)
     results.write_summary(summary)
     warnings = [*results.warnings, *[w for w in (thinking_suppressed(cfg, p, rows),) if w]]
     return DecodeResult(folder=results.folder, summary=summary, sent=len(todo), warnings=warnings)
@@ -494,7 +503,7 @@ async def _answer(backend: Backend, builder: PromptBuilder, job: Job, retries: i
             return Outcome(completions, str(exc), transport_failed=True, retryable=exc.retryable)
         completions.append(completion)
         try:
-            return Outcome(completions, None, parse_answer(completion.text))
+            return Outcome(completions, None, job.parse(completion.text))
         except SceneParseError as exc:
             error = str(exc)
             messages = builder.repair_messages(job.messages, completion.text, error) or job.messages
@@ -549,9 +558,15 @@ def _row(
         "codes": job.codes,
         "parsed": scene.model_dump() if scene is not None else None,
         "truth": job.truth.model_dump(),
-        "scores": score_scene(scene, job.truth, scoring).to_dict() if scene is not None else None,
+        "scores": _score(job, scene, scoring) if scene is not None else None,
         "time": time.time(),
     }
+
+
+def _score(job: Job, answer: Any, scoring: ScoringOptions | None) -> dict[str, Any]:
+    if job.score is not None:
+        return job.score(answer, job.truth, scoring)
+    return score_scene(answer, job.truth, scoring).to_dict()
 
 
 async def _run_async(
@@ -640,7 +655,7 @@ async def _answer_batch(
         for key, completion in zip(keys, completions, strict=True):
             history[key].append(completion)
             try:
-                scenes[key] = parse_answer(completion.text)
+                scenes[key] = by_key[key].parse(completion.text)
             except SceneParseError as exc:
                 errors[key] = str(exc)
                 job = by_key[key]
@@ -663,10 +678,21 @@ async def _answer_batch(
     ]
 
 
-def _summary(rows: list[dict[str, Any] | None], cfg: DecodeConfig, p: Plan) -> dict[str, Any]:
+def _summary(
+    rows: list[dict[str, Any] | None],
+    cfg: DecodeConfig,
+    p: Plan,
+    score_rows: Callable[[list[tuple[dict[str, Any], Job]]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The summary of the answered rows; `score_rows` replaces the scene scores (qa)."""
     answered = [(r, j) for r, j in zip(rows, p.jobs, strict=True) if r is not None]
-    preds = [DecodedScene.model_validate(r["parsed"]) if r["parsed"] else None for r, _ in answered]
-    scores = summarize_scores(preds, [j.truth for _, j in answered], cfg.scoring)
+    if score_rows is not None:
+        scores = score_rows(answered)
+    else:
+        preds = [
+            DecodedScene.model_validate(r["parsed"]) if r["parsed"] else None for r, _ in answered
+        ]
+        scores = summarize_scores(preds, [j.truth for _, j in answered], cfg.scoring)
     tokens = {
         name: int(sum(r["usage"].get(name, 0) for r, _ in answered))
         for name in ("prompt_tokens", "completion_tokens")
@@ -705,6 +731,22 @@ def _summary(rows: list[dict[str, Any] | None], cfg: DecodeConfig, p: Plan) -> d
 
 class UsageError(ValueError):
     """A command line that cannot work (a missing --template file): exit 2, one line."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """What `decode` runs through its one machinery (queue, retries, resume, rows): how a
+    config becomes a plan, where the rows go, and how they are summarised."""
+
+    plan: Callable[[Any], Plan]
+    folder: Callable[[RunFolder, Any, Plan], Path]
+    summary: Callable[[list[dict[str, Any] | None], Any, Plan], dict[str, Any]]
+    #: The task's own backend for (cfg, plan), or None for the configured one.
+    backend: Callable[[Any, Plan], Any] | None = None
+
+
+#: Scene decoding, the paper's Appendix G task.
+DECODE = Task(plan, output_folder, _summary)
 
 
 def check_config(cfg: DecodeConfig) -> None:

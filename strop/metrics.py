@@ -502,3 +502,18 @@ def _same_shape(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if a.shape != b.shape:
         raise ValueError(f"shape mismatch: prediction {a.shape} vs target {b.shape}")
     return a, b
+
+
+def mean_ci(
+    values: ArrayLike, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float | None, list[float] | None]:
+    """Mean with a seeded percentile-bootstrap CI over the values; (None, None) when empty,
+    and a zero-width interval for a single value."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return None, None
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
+    return float(x.mean()), [float(lo), float(hi)]

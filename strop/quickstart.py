@@ -5,10 +5,12 @@ Stages (each skipped when its output already exists, so an interrupted quickstar
 2. train STROP for every codebook size (tiny preset, offline teacher, compressed curriculum),
    plus the fixed-length baseline at one K (paper Table 15) for the report's comparison;
 3. export programs of the train and val splits (`programs.parquet`);
-4. evaluate each run on val (`eval.json`) and analyse a few images (`analysis/`);
+4. evaluate each run on val (`eval.json`, with the token-order probe) and analyse a few
+   images (`analysis/`, with FG-ARI and mBO against the renderer's instance masks);
 5. mine the grammar of every run (`strop-grammar mine`);
 6. decode scenes with the naive and knn baselines, and an LLM when `--base-url` is given
-   (`strop-llm decode`), then the decoding table (`strop-llm report`);
+   (`strop-llm decode`), answer CLEVR-style questions with the naive and knn baselines
+   (`strop-llm qa`), then the decoding and QA tables (`strop-llm report`);
 7. write `report.md` and `report.html` over the experiment.
 
 Design decisions
@@ -210,9 +212,10 @@ def stage_decode(qc: QuickstartConfig, experiment: Path) -> None:
         str(qc.seed),
     ]
     for k in qc.ks:
-        _stage(f"6/7 decode scenes from codes: K={k}")
+        _stage(f"6/7 decode scenes and answer questions from codes: K={k}")
         for backend in ("naive", "knn"):
             _run_cli(["strop-llm", "decode", "--backend", backend, "--k", str(k), *common])
+            _run_cli(["strop-llm", "qa", "--backend", backend, "--k", str(k), *common])
         if qc.base_url:
             _run_cli(["strop-llm", "decode", "--backend", "openai", "--model", qc.llm_model,
                       "--base-url", qc.base_url, "--k", str(k), *common])  # fmt: skip

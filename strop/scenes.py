@@ -107,6 +107,9 @@ class Scene(BaseModel):
     objects: list[SceneObject]
     relationships: dict[str, list[list[int]]] = Field(default_factory=dict)
     directions: dict[str, tuple[float, float, float]] = Field(default_factory=dict)
+    #: Instance-mask label PNG under `masks/<split>/` (0 background, i = the i-th object),
+    #: written by `strop data clevr-synth`; None for datasets without masks (real CLEVR v1.0).
+    mask_filename: str | None = None
 
     @field_validator("relationships")
     @classmethod

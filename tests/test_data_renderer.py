@@ -39,7 +39,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     R.generate_dataset(tmp_path / "c", seed=2, **kwargs)
     a, b, c = (_digest(tmp_path / x) for x in "abc")
     # 6 images, 2 scenes files (the empty test split writes nothing), the folder's marker
-    assert len(a) == 6 + 2 + 1 and R.MARKER in a
+    assert len(a) == 6 + 6 + 2 + 1 and R.MARKER in a  # images, their instance masks
     assert a == b
     assert a.keys() == c.keys()
     assert all(a[k] != c[k] for k in a)
@@ -115,7 +115,7 @@ def test_worker_processes_write_the_same_bytes(tmp_path: Path) -> None:
     R.generate_dataset(tmp_path / "one", workers=1, **kwargs)
     R.generate_dataset(tmp_path / "two", workers=2, **kwargs)
     one, two = _digest(tmp_path / "one"), _digest(tmp_path / "two")
-    assert len(one) == 55 + 1 + 1 and one == two  # images, scenes file, marker
+    assert len(one) == 55 + 55 + 1 + 1 and one == two  # images, masks, scenes file, marker
 
 
 def test_scene_does_not_depend_on_output_size() -> None:
@@ -322,7 +322,7 @@ def test_interrupted_write_leaves_no_torn_png(tmp_path: Path, monkeypatch) -> No
 
     def dying_save(self, fp, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 5:  # image, mask, image, mask, then the third image dies
             fp.write(b"\x89PNG\r\n\x1a\n partial")
             raise KeyboardInterrupt
         return real_save(self, fp, *args, **kwargs)
@@ -332,6 +332,7 @@ def test_interrupted_write_leaves_no_torn_png(tmp_path: Path, monkeypatch) -> No
         R.generate_dataset(tmp_path, 5, size=24, progress=False, splits=(1, 0, 0))
     files = sorted(p.name for p in (tmp_path / "images" / "train").iterdir())
     assert files == ["CLEVR_train_000000.png", "CLEVR_train_000001.png"]
+    assert sorted(p.name for p in (tmp_path / "masks" / "train").iterdir()) == files
     for name in files:
         with Image.open(tmp_path / "images" / "train" / name) as im:
             im.load()

@@ -64,6 +64,7 @@ COMMANDS = {
         "decode": "Decode --test held-out scenes",
         "report": "Tabulate every llm/<model>/summary.json",
         "presets": "Print every model preset",
+        "qa": "Answer CLEVR-style questions",
     },
 }
 #: Wide enough that no help line wraps, so each command's row is one line.

@@ -192,3 +192,38 @@ def test_killing_the_server_mid_run_loses_no_answered_row(served, runs):
         assert after[key] == row
     statuses = [r["status"] for r in read_jsonl(results)]
     assert statuses.count("ok") + statuses.count("parse_fail") == 12
+
+
+def test_qa_over_transformers_serve_resumes_without_resending(served, runs):
+    """`strop-llm qa` goes through the same machinery: garbage answers are parse failures
+    after one retry, and a rerun sends only the questions without a final answer."""
+    from llm_decode.qa.runner import QAConfig, run_qa
+
+    server, model_dir = served
+    cfg = QAConfig(
+        model=str(model_dir),
+        k=64,
+        runs=runs,
+        base_url=server.base_url,
+        max_tokens=8,
+        timeout=60,
+        concurrency=2,
+        protocol=ProtocolConfig(shots=3, test=2),
+    )
+    first = run_qa(cfg)
+    rows = read_jsonl(first.folder / "results.jsonl")
+    assert first.sent == len(rows) == first.summary["n"] > 4 and first.summary["complete"]
+    for row in rows:
+        assert row["status"] in FINAL and row["usage"]["completion_tokens"] > 0
+        if row["status"] == "parse_fail":  # garbage: exactly one repair retry
+            assert row["parse_attempts"] == 2 and row["error"]
+    # drop the last two answers as if the run had been killed before them
+    lines = (first.folder / "results.jsonl").read_text().splitlines(keepends=True)
+    (first.folder / "results.jsonl").write_text("".join(lines[:-2]))
+    second = run_qa(cfg)
+    assert second.sent == 2
+    after = read_jsonl(second.folder / "results.jsonl")
+    assert after[: len(lines) - 2] == rows[:-2]  # the answered rows untouched, not re-sent
+    assert {r["key"] for r in after} == {r["key"] for r in rows}
+    assert second.summary["n"] == first.summary["n"] and second.summary["complete"]
+    assert run_qa(cfg).sent == 0

@@ -32,16 +32,20 @@ def test_every_stage_leaves_its_files(experiment):
         assert (run.checkpoints_dir / "last.pt").is_file()
         ev = json.loads(run.eval_path.read_text())
         assert 0 <= ev["cb_pct"] <= 100 and "length_vs_objects" in ev
-        assert (run.path / "analysis" / "analysis.json").is_file()
+        assert set(ev["order_probe"]["drop"]) == {"random", "reverse", "cyclic", "sorted"}
+        analysis = json.loads((run.path / "analysis" / "analysis.json").read_text())
+        assert analysis["object_metrics"]["masks"].startswith("exact")
         summary = json.loads((run.grammar_dir / "summary.json").read_text())
         assert summary["n_programs"] == len(programs)
         if run.name.endswith("-fixed"):
             continue  # the decoders run on the curriculum runs, one per K
         for backend in ("naive", "knn"):
             assert json.loads((run.llm_dir / backend / "summary.json").read_text())["n"] == 4
+            qa = json.loads((run.llm_dir / "qa" / backend / "summary.json").read_text())
+            assert qa["complete"] and qa["n"] == sum(f["n"] for f in qa["families"].values()) > 4
     html = (experiment / "report.html").read_text()
     md = (experiment / "report.md").read_text()
-    for needle in ("k16", "k32", "naive", "knn"):
+    for needle in ("k16", "k32", "naive", "knn", "order probe", "FG-ARI", "Questions over codes"):
         assert needle in md and needle in html
     assert "no fixed-vs-curriculum comparison" not in md  # the baseline run fills the table
 

@@ -170,6 +170,9 @@ def eval_cmd(
         help="EPS values of the quality_control block, comma-separated (runs trained with "
         "model.quality_head=true; default: 6 values inside the split's error range).",
     ),
+    order_probe: int = typer.Option(
+        256, "--order-probe", min=0, help="Images the token-order probe permutes (0: skip)."
+    ),
 ) -> None:
     """Alignment, codebook usage, pixel SSIM (and LPIPS), bits and length-vs-complexity: RUN/eval.json."""
     from strop.evaluation.evaluate import evaluate_run
@@ -198,6 +201,7 @@ def eval_cmd(
             lpips_backbone=lpips_backbone,
             lpips_lin=lpips_lin,
             quality_eps=eps_values,
+            order_probe_images=order_probe,
         )
     lv = result["length_vs_objects"]
     pixels = "  ".join(
@@ -208,6 +212,8 @@ def eval_cmd(
         f"CB% {result['cb_pct']:.1f}  Eff% {result['eff_pct']:.1f}  length {result['length_mean']:.2f}  "
         f"pearson {lv['pearson'] if lv['pearson'] is None else round(lv['pearson'], 3)}  -> {Path(run) / 'eval.json'}"
     )
+    if "order_probe" in result:
+        typer.echo(result["order_probe"]["verdict"])
 
 
 def _eps_list(text: str | None) -> list[float] | None:
@@ -286,6 +292,13 @@ def analyze_cmd(
             length_mode=length_mode,
         )
     typer.echo(f"analysed {result['n_images']} images -> {Path(run) / 'analysis'}")
+    om = result["object_metrics"]
+    if om["n_images"]:
+        typer.echo(
+            f"FG-ARI {om['fg_ari']:.3f} [{om['fg_ari_ci'][0]:.3f}, {om['fg_ari_ci'][1]:.3f}]  "
+            f"mBO {om['mbo']:.3f} [{om['mbo_ci'][0]:.3f}, {om['mbo_ci'][1]:.3f}]  "
+            f"(n={om['n_images']} images, {om['n_objects']} objects; masks {om['masks']})"
+        )
 
 
 @commands.command("report")

@@ -26,6 +26,11 @@ Design decisions
   counts), so a rewritten folder is byte-identical to a fresh one and nothing else is touched.
   The marker is written before the first image (as "incomplete", counting every file that
   may appear), so an interrupted run can be rerun.
+- Instance masks (CLEVR-with-masks style): beside each image, `masks/<split>/` holds a label
+  PNG of the same name and size, 0 for the ground and i for the i-th object of the scene
+  (`RenderLayers.object_ids` + 1, the object hit at each pixel's centre), so object-centric
+  metrics (FG-ARI, mBO) are exact on synthetic data. Each scene records its
+  `mask_filename`; scenes files without it (older datasets, real CLEVR) load as before.
 - Speed (one core, 128 px, PNG included): sampling ~1.5 ms (CLEVR's rejection loop restarts
   most 10-object scenes several times), ray casting ~3.5 ms, PNG ~0.8 ms; `bench/bench_render.py`.
 """
@@ -47,7 +52,7 @@ import numpy as np
 from PIL import Image
 
 from strop.data.placement import sample_scene
-from strop.data.shading import render_scene
+from strop.data.shading import render_layers
 from strop.scenes import Scene, save_scenes
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -127,12 +132,21 @@ def _windowed(
         yield from pool.imap(_render_chunk, batch)
 
 
+def instance_labels(object_ids: np.ndarray) -> np.ndarray:
+    """The mask PNG's labels from `RenderLayers.object_ids`: 0 background, i = object i-1."""
+    return (object_ids.astype(np.int16) + 1).astype(np.uint8)
+
+
 def _render_chunk(chunk: _Chunk) -> tuple[str, list[Scene]]:
     img_dir = Path(chunk.out) / "images" / chunk.split
+    mask_dir = Path(chunk.out) / MASKS_DIR / chunk.split
     scenes = []
     for i in range(chunk.start, chunk.stop):
         scene = sample_scene(np.random.default_rng([chunk.seed, chunk.split_id, i]), i, chunk.split)
-        write_png(img_dir / scene.image_filename, render_scene(scene, chunk.size))
+        layers = render_layers(scene, chunk.size)
+        write_png(img_dir / scene.image_filename, layers.image)
+        scene.mask_filename = scene.image_filename
+        write_png(mask_dir / scene.mask_filename, instance_labels(layers.object_ids))
         scenes.append(scene)
     return chunk.split, scenes
 
@@ -167,10 +181,13 @@ def generate_dataset(
         "image_size": size,
         # The frame `pixel_coords` are in (width, height): consumers read it from here.
         "pixel_frame": [size, size],
+        # Per-pixel instance masks (each scene's `mask_filename` under masks/<split>/).
+        "masks": MASKS_DIR,
     }
     for split in SPLIT_NAMES:
         if counts[split]:
             (out / "images" / split).mkdir(parents=True, exist_ok=True)
+            (out / MASKS_DIR / split).mkdir(parents=True, exist_ok=True)
     chunks = _plan(out, counts, seed, size)
     scenes: dict[str, list[Scene]] = {split: [] for split in SPLIT_NAMES}
     with _progress(progress) as bar, _pool(workers) as pool:
@@ -185,13 +202,16 @@ def generate_dataset(
             save_scenes(path, scenes[split], {**info, "split": split})
         elif written[split]:
             path.unlink(missing_ok=True)
-        _remove_stale_images(out / "images" / split, split, counts[split], written[split])
+        for folder in (out / "images" / split, out / MASKS_DIR / split):
+            _remove_stale_images(folder, split, counts[split], written[split])
     _write_marker(out, params, counts, complete=True)
     return counts
 
 
 #: Written into every folder `generate_dataset` renders: its parameters and per-split counts.
 MARKER = "strop-clevr-synth.json"
+#: Instance masks: `masks/<split>/<image name>.png`, uint8, 0 background, i = the i-th object.
+MASKS_DIR = "masks"
 
 
 class OutputFolderError(ValueError):

@@ -8,7 +8,10 @@ For each analysed image with program length L:
   scene's `pixel_coords`, against a spatially shuffled chance level (`strop.evaluation.object_masks`);
 - the attribute-token contingency table: every object patch counts once for (attribute value,
   code of the token attributed to that patch); purity is the NMI between code and attribute
-  over those patches.
+  over those patches;
+- object-centric metrics of the attribution map, FG-ARI and mBO, against the renderer's exact
+  instance masks (synthetic) or ellipse masks labelled approximate (real CLEVR)
+  (`strop.evaluation.object_metrics`).
 
 This module runs those per image, gathers them in an `Accumulator` and summarises the run.
 Outputs: `RUN/analysis/analysis.json` and `RUN/analysis/figures/*.png` (erasure panels,
@@ -57,6 +60,7 @@ from strop.evaluation.object_masks import (
     object_label_map,
     pixel_frame,
 )
+from strop.evaluation.object_metrics import ObjectMetrics, ground_truth
 from strop.output_unit import OutputUnit
 from strop.runs import RunFolder, RunFolderError, write_json
 from strop.scenes import SHAPES, Scene, parse_scene
@@ -307,6 +311,7 @@ def _analyze(
     fig_dir = out_dir / "figures"
     rng = np.random.default_rng(seed)
     acc = Accumulator()
+    objects = ObjectMetrics(seed=seed)
     panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, int]] = []
     for batch in progress_batches(loader, f"analyze {run.name} [{mode}]", progress):
         enc = encode_batch(model, batch["image"].to(dev), mode, mc.w_mse, mc.l_min)
@@ -322,6 +327,10 @@ def _analyze(
             maps = analyse_image(
                 model, enc.tokens[b], codes, length, labels, scene, n_random_pairs, rng, acc
             )
+            if scene is not None and length >= 1:
+                truth, source = ground_truth(root, split, scene)
+                if truth is not None:
+                    objects.add(maps[:length].argmax(axis=0), grid, truth, source)
             acc.codes.append(codes[:length])
             acc.lengths.append(length)
             acc.n_objects.append(int(batch["n_objects"][b]))
@@ -344,6 +353,7 @@ def _analyze(
         "grid": list(grid),
         "seed": seed,
         **summarise(acc, mc.k, programs),
+        "object_metrics": objects.summary(),
     }
     write_json(out_dir / "analysis.json", result)
     _figures(fig_dir, panels, grid, result["contingency"], run, acc)

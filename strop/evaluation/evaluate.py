@@ -1,7 +1,8 @@
 """Evaluation of a trained run on a held-out split: `RUN/eval.json`.
 
 What is measured (paper Sec. 5.2, Tables 1 and 14; Sec. 5.4): alignment of the interpreted
-field with the frozen teacher (cosine, R^2, RMSE), codebook use over active prefixes (CB%,
+field with the frozen teacher (cosine, R^2, RMSE), whether token order matters (`order_probe`, see
+`strop.evaluation.order_probe`), codebook use over active prefixes (CB%,
 Eff%), the pixel probe's SSIM and (when its weights are at hand) LPIPS, program length
 (mean/min/max), bits per image and the compression ratio, and the correlation of length with
 object count (Pearson and Spearman with 95% CIs). With `--length-mode search:EPS`, also how
@@ -52,6 +53,7 @@ from strop.evaluation.export import (
     parse_length_mode,
     progress_batches,
 )
+from strop.evaluation.order_probe import OrderProbe
 from strop.output_unit import check_writable
 from strop.runs import RunFolder
 
@@ -76,8 +78,12 @@ def evaluate_run(
     lpips_backbone: str | os.PathLike[str] | None = None,
     lpips_lin: str | os.PathLike[str] | None = None,
     quality_eps: Sequence[float] | None = None,
+    order_probe_images: int = 256,
 ) -> dict[str, Any]:
     """Evaluate `split` and write RUN/eval.json (unless `write=False`); returns the dict.
+
+    `order_probe_images`: how many images the order probe (`order_probe` block,
+    `strop.evaluation.order_probe`) reinterprets under permutations; 0 skips it.
 
     `lpips`: None scores LPIPS when its weights are found, True requires it (as does giving
     `lpips_backbone` or `lpips_lin`), False skips it. A run with the eps-conditioned head
@@ -110,6 +116,7 @@ def evaluate_run(
     head_lengths: list[np.ndarray] = []
     # (features, tokens) kept for the quality_control block of conditioned runs
     kept: list[tuple[Any, Any]] = []
+    probe = OrderProbe(k=mc.k, max_images=order_probe_images)
     n_patches = width = 0
     for batch in progress_batches(loader, f"eval {run.name} [{mode}]", progress):
         images = batch["image"].to(dev)
@@ -125,6 +132,7 @@ def evaluate_run(
                 ssims.append(metrics.ssim(recon.cpu().numpy(), target.cpu().numpy()))
                 if perceptual is not None:
                     lpips_values.append(perceptual(recon, target).cpu().numpy())
+        probe.update(model, enc.codes, enc.lengths, enc.feats)
         n_patches, width = enc.feats.shape[1], enc.feats.shape[2]
         codes_np = enc.codes.cpu().numpy()
         counts += metrics.code_counts(codes_np, mc.k)
@@ -167,6 +175,8 @@ def evaluate_run(
         "ci95": _bootstrap(per_image, np.stack(image_counts), length),
         "ci_method": "percentile bootstrap over images, 1000 resamples, seed 0",
     }
+    if order_probe_images > 0:
+        result["order_probe"] = probe.result()
     if mode.kind == "search":
         head = np.concatenate(head_lengths)
         result["search_eps"] = mode.eps

@@ -14,6 +14,7 @@ The package, one idea per module:
   complexity, code usage, structure analysis, training curves).
 - `downstream`: sections over what other tools wrote (grammar, LLM decoding).
 - `length_control`: length-quality curves (sweep.json) and quality:EPS calibration.
+- `meaning`: what the programs mean (order probe, FG-ARI/mBO, questions over codes).
 - `render`: Markdown and HTML from the sections.
 
 Design decisions
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from strop import __version__
 from strop.atomic import atomic_write_text
-from strop.evaluation.report import downstream, results
+from strop.evaluation.report import downstream, meaning, results
 from strop.evaluation.report.collect import RunData, load_run
 from strop.evaluation.report.document import Figure, Section, Table
 from strop.evaluation.report.downstream import BASELINES
@@ -106,6 +107,9 @@ def build_report(
             results.training(runs, fig_dir),
             downstream.grammar(runs, experiment),
             downstream.llm(runs, experiment),
+            meaning.order(runs),
+            meaning.objects(runs),
+            meaning.qa(runs, experiment),
         ]
         title = f"STROP report: {experiment.name}"
         ks = ", ".join(str(k) for k in sorted({r.k for r in runs if r.k is not None})) or "unknown"

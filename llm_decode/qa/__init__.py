@@ -1,0 +1,1 @@
+"""`strop-llm qa`: CLEVR-style questions answered from STROP programs (see `runner`)."""

@@ -1,0 +1,291 @@
+"""CLEVR-style questions: generated from a scene by templates, or read from CLEVR's files.
+
+Templates, one per family of `llm_decode.qa.programs.FAMILIES` (CLEVR's main families,
+reworded; each writes a CLEVR functional program, and the answer is that program executed
+on the scene, never written by hand):
+
+- count: "How many red cubes are there?"
+- exist: "Are there any large metal things?"
+- query_attribute: "What color is the small rubber sphere?"
+- compare_count: "Are there more cylinders than gray things?"
+- compare_attribute: "Does the large cube have the same material as the red sphere?"
+- spatial: "How many things are left of the brown cylinder?" (CLEVR's left/right/in
+  front of/behind, from the scene's relationships).
+
+Design decisions
+- Filters name one or two attributes; a referred object is described by the fewest
+  attributes that single it out (CLEVR's "unique"); a scene with no such object skips the
+  families that need one. Filter values come from an object of the scene for count and
+  query questions, and half the time from the vocabulary for exist and compare questions, so
+  "no" and 0 occur.
+- Everything is drawn from `np.random.default_rng([seed, image_index])`: an image's questions
+  do not depend on which other images are asked about.
+- Real CLEVR v1.0 question files (`CLEVR_v1.0/questions/CLEVR_<split>_questions.json`) are
+  read for their `question`, `answer`, `image_index` (and `program`, when present, for the
+  family and the knn baseline); `QuestionBank` indexes them by (split, image index).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llm_decode.qa.programs import ATTRIBUTES, FAMILIES, ProgramError, execute, family
+from strop.runs import RunFolderError
+from strop.scenes import COLORS, MATERIALS, SHAPES, SIZES, Scene
+
+VOCAB = {"color": COLORS, "shape": SHAPES, "material": MATERIALS, "size": SIZES}
+#: Words a referring phrase puts its attributes in, before the noun (the shape or "thing").
+PHRASE_ORDER = ("size", "color", "material")
+RELATION_WORDS = {
+    "left": "left of",
+    "right": "right of",
+    "front": "in front of",
+    "behind": "behind",
+}
+
+
+@dataclass(frozen=True)
+class Question:
+    family: str
+    text: str
+    answer: str
+    program: list[dict[str, Any]] = field(default_factory=list)
+    source: str = "generated"  # or "clevr" for a question read from a CLEVR file
+
+
+Filter = dict[str, str]
+
+
+def _phrase(filters: Filter, plural: bool) -> str:
+    words = [filters[a] for a in PHRASE_ORDER if a in filters]
+    noun = filters.get("shape", "thing")
+    return " ".join([*words, noun + ("s" if plural else "")])
+
+
+def _filter_nodes(filters: Filter, start: int) -> list[dict[str, Any]]:
+    """`scene` then one filter node per attribute, the first at index `start`."""
+    nodes: list[dict[str, Any]] = [{"function": "scene", "inputs": [], "value_inputs": []}]
+    for attr in ATTRIBUTES:
+        if attr in filters:
+            nodes.append(
+                {
+                    "function": f"filter_{attr}",
+                    "inputs": [start + len(nodes) - 1],
+                    "value_inputs": [filters[attr]],
+                }
+            )
+    return nodes
+
+
+def _offset(nodes: list[dict[str, Any]], by: int) -> list[dict[str, Any]]:
+    return [{**n, "inputs": [i + by for i in n["inputs"]]} for n in nodes]
+
+
+def _object_filter(scene: Scene, index: int, rng: np.random.Generator, n_attrs: int) -> Filter:
+    obj = scene.objects[index]
+    attrs = [str(a) for a in rng.choice(ATTRIBUTES, size=n_attrs, replace=False)]
+    return {a: getattr(obj, a) for a in attrs}
+
+
+def _random_filter(rng: np.random.Generator, n_attrs: int) -> Filter:
+    attrs = [str(a) for a in rng.choice(ATTRIBUTES, size=n_attrs, replace=False)]
+    return {a: str(rng.choice(VOCAB[a])) for a in attrs}
+
+
+def unique_filter(scene: Scene, index: int, rng: np.random.Generator) -> Filter | None:
+    """The fewest attributes of object `index` that no other object shares (None if none)."""
+    obj = scene.objects[index]
+    for size in range(1, len(ATTRIBUTES) + 1):
+        subsets = [
+            tuple(sorted(rng.choice(ATTRIBUTES, size=size, replace=False))) for _ in range(12)
+        ]
+        for attrs in dict.fromkeys(subsets):
+            matches = [
+                o for o in scene.objects if all(getattr(o, a) == getattr(obj, a) for a in attrs)
+            ]
+            if len(matches) == 1:
+                return {a: getattr(obj, a) for a in attrs}
+    return None
+
+
+def _unique_nodes(filters: Filter, start: int) -> list[dict[str, Any]]:
+    nodes = _filter_nodes(filters, start)
+    return [*nodes, {"function": "unique", "inputs": [start + len(nodes) - 1], "value_inputs": []}]
+
+
+def _referable(scene: Scene, rng: np.random.Generator) -> list[tuple[int, Filter]]:
+    out = []
+    for i in rng.permutation(len(scene.objects)):
+        f = unique_filter(scene, int(i), rng)
+        if f is not None:
+            out.append((int(i), f))
+    return out
+
+
+def _count(scene: Scene, rng: np.random.Generator) -> tuple[str, list] | None:
+    f = _object_filter(scene, int(rng.integers(len(scene.objects))), rng, int(rng.integers(1, 3)))
+    nodes = _filter_nodes(f, 0)
+    nodes.append({"function": "count", "inputs": [len(nodes) - 1], "value_inputs": []})
+    return f"How many {_phrase(f, True)} are there?", nodes
+
+
+def _exist(scene: Scene, rng: np.random.Generator) -> tuple[str, list] | None:
+    n_attrs = int(rng.integers(1, 3))
+    f = (
+        _object_filter(scene, int(rng.integers(len(scene.objects))), rng, n_attrs)
+        if rng.random() < 0.5
+        else _random_filter(rng, n_attrs)
+    )
+    nodes = _filter_nodes(f, 0)
+    nodes.append({"function": "exist", "inputs": [len(nodes) - 1], "value_inputs": []})
+    article = "an" if _phrase(f, False)[0] in "aeiou" else "a"
+    return f"Is there {article} {_phrase(f, False)}?", nodes
+
+
+def _query(scene: Scene, rng: np.random.Generator) -> tuple[str, list] | None:
+    for _index, f in _referable(scene, rng):
+        asked = [a for a in ATTRIBUTES if a not in f]
+        if not asked:
+            continue
+        attr = str(rng.choice(asked))
+        nodes = _unique_nodes(f, 0)
+        nodes.append({"function": f"query_{attr}", "inputs": [len(nodes) - 1], "value_inputs": []})
+        return f"What {attr} is the {_phrase(f, False)}?", nodes
+    return None
+
+
+def _compare_count(scene: Scene, rng: np.random.Generator) -> tuple[str, list] | None:
+    fa = _object_filter(scene, int(rng.integers(len(scene.objects))), rng, 1)
+    fb = (
+        _object_filter(scene, int(rng.integers(len(scene.objects))), rng, 1)
+        if rng.random() < 0.5
+        else _random_filter(rng, 1)
+    )
+    if fa == fb:
+        return None
+    a = _filter_nodes(fa, 0)
+    a.append({"function": "count", "inputs": [len(a) - 1], "value_inputs": []})
+    b = _filter_nodes(fb, len(a))
+    b.append({"function": "count", "inputs": [len(a) + len(b) - 1], "value_inputs": []})
+    nodes = [*a, *b]
+    nodes.append(
+        {"function": "greater_than", "inputs": [len(a) - 1, len(nodes) - 1], "value_inputs": []}
+    )
+    return f"Are there more {_phrase(fa, True)} than {_phrase(fb, True)}?", nodes
+
+
+def _compare_attribute(scene: Scene, rng: np.random.Generator) -> tuple[str, list] | None:
+    refs = _referable(scene, rng)
+    if len(refs) < 2:
+        return None
+    (_, fa), (_, fb) = refs[:2]
+    shared = [a for a in ATTRIBUTES if a not in fa and a not in fb] or list(ATTRIBUTES)
+    attr = str(rng.choice(shared))
+    a = _unique_nodes(fa, 0)
+    a.append({"function": f"query_{attr}", "inputs": [len(a) - 1], "value_inputs": []})
+    b = _unique_nodes(fb, len(a))
+    b.append({"function": f"query_{attr}", "inputs": [len(a) + len(b) - 1], "value_inputs": []})
+    nodes = [*a, *b]
+    nodes.append(
+        {"function": f"equal_{attr}", "inputs": [len(a) - 1, len(nodes) - 1], "value_inputs": []}
+    )
+    return (
+        f"Does the {_phrase(fa, False)} have the same {attr} as the {_phrase(fb, False)}?",
+        nodes,
+    )
+
+
+def _spatial(scene: Scene, rng: np.random.Generator) -> tuple[str, list] | None:
+    refs = _referable(scene, rng)
+    if not refs:
+        return None
+    _, f = refs[0]
+    relation = str(rng.choice(list(RELATION_WORDS)))
+    nodes = _unique_nodes(f, 0)
+    nodes.append({"function": "relate", "inputs": [len(nodes) - 1], "value_inputs": [relation]})
+    nodes.append({"function": "count", "inputs": [len(nodes) - 1], "value_inputs": []})
+    return f"How many things are {RELATION_WORDS[relation]} the {_phrase(f, False)}?", nodes
+
+
+TEMPLATES = {
+    "count": _count,
+    "exist": _exist,
+    "query_attribute": _query,
+    "compare_count": _compare_count,
+    "compare_attribute": _compare_attribute,
+    "spatial": _spatial,
+}
+assert tuple(TEMPLATES) == FAMILIES
+
+
+def generate(scene: Scene, seed: int, families: tuple[str, ...] = FAMILIES) -> list[Question]:
+    """One question per family the scene allows, answers executed on the scene."""
+    rng = np.random.default_rng([seed, scene.image_index])
+    out: list[Question] = []
+    if not scene.objects:
+        return out
+    for name in families:
+        made = TEMPLATES[name](scene, rng)
+        if made is None:
+            continue
+        text, program = made
+        out.append(Question(name, text, execute(program, scene), program))
+    return out
+
+
+# --------------------------------------------------------------------------- real CLEVR
+
+
+def questions_file(root: Path, split: str) -> Path | None:
+    """`CLEVR_<split>_questions.json` under a dataset root (or its CLEVR_v1.0/), if any."""
+    for base in (root, root / "CLEVR_v1.0"):
+        path = base / "questions" / f"CLEVR_{split}_questions.json"
+        if path.is_file():
+            return path
+    return None
+
+
+@dataclass
+class QuestionBank:
+    """Real CLEVR questions by (split, image index), from CLEVR's question files."""
+
+    by_image: dict[tuple[str, int], list[Question]] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+    def add_file(self, path: Path, split: str) -> None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            items = data["questions"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RunFolderError(f"{path}: not a CLEVR questions file ({exc})") from None
+        for n, item in enumerate(items):
+            try:
+                program = list(item.get("program") or [])
+                question = Question(
+                    family(program) if program else "clevr",
+                    str(item["question"]),
+                    str(item["answer"]).lower(),
+                    program,
+                    "clevr",
+                )
+                key = (str(item.get("split", split)), int(item["image_index"]))
+            except (KeyError, TypeError, ValueError, ProgramError) as exc:
+                raise RunFolderError(
+                    f"{path}: question {n}: missing or bad field ({exc})"
+                ) from None
+            self.by_image.setdefault(key, []).append(question)
+        self.files.append(str(path))
+
+    def get(self, split: str, image_index: int) -> list[Question]:
+        return self.by_image.get((split, image_index), [])
+
+
+def image_index(image_id: str) -> int | None:
+    """The number at the end of a CLEVR image id (`CLEVR_val_000012` -> 12)."""
+    tail = image_id.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else None

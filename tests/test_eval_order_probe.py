@@ -1,0 +1,103 @@
+"""The order probe (`strop.evaluation.order_probe`): permutations, the bag-of-codes control,
+and the `order_probe` block `strop eval` writes, recomputed by hand from the model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_eval_pipeline import dataset, run_dir  # noqa: F401  (module fixtures)
+
+from strop.evaluation.evaluate import evaluate_run
+from strop.evaluation.export import encode_batch, make_loader, parse_length_mode
+from strop.evaluation.order_probe import (
+    PERMUTATIONS,
+    bag_of_codes_cosine,
+    code_histograms,
+    permute_prefix,
+    verdict,
+)
+from strop.metrics import cosine_per_patch, mean_ci
+from strop.training.checkpoint import load_model
+
+
+@pytest.mark.parametrize("kind", PERMUTATIONS)
+def test_permute_prefix_reorders_only_the_prefix(kind):
+    codes = np.array([5, 3, 9, 1, 7, -1, -1])
+    out = permute_prefix(codes, 5, kind, np.random.default_rng(0))
+    assert sorted(out[:5]) == sorted(codes[:5]) and list(out[5:]) == [-1, -1]
+    expected = {"reverse": [7, 1, 9, 3, 5], "sorted": [1, 3, 5, 7, 9]}
+    if kind in expected:
+        assert list(out[:5]) == expected[kind]
+    if kind == "cyclic":  # a rotation by 1..L-1: never the identity, neighbours kept
+        shift = next(s for s in range(1, 5) if list(np.roll(codes[:5], -s)) == list(out[:5]))
+        assert 1 <= shift <= 4
+
+
+def test_bag_of_codes_reads_a_multiset_field_and_misses_an_ordered_one():
+    rng = np.random.default_rng(0)
+    k, n, length = 6, 200, 4
+    codes = rng.integers(0, k, size=(n, length))
+    hist = code_histograms(codes, np.full(n, length), k)
+    assert hist.sum(axis=1).tolist() == [length] * n
+    basis = rng.normal(size=(k, 3, 5))
+    linear = np.einsum("nk,kpd->npd", hist, basis) + 0.5  # a function of the multiset
+    assert np.nanmean(bag_of_codes_cosine(hist, linear)) > 0.99
+    ordered = basis[codes[:, 0]]  # only the first code matters: order information
+    assert np.nanmean(bag_of_codes_cosine(hist, ordered)) < 0.9
+
+
+def test_mean_ci_bootstrap():
+    mean, ci = mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and ci[0] < 2.5 < ci[1] and ci[0] >= 1.0 and ci[1] <= 4.0
+    assert mean_ci([]) == (None, None)
+    assert mean_ci([0.3]) == (0.3, [0.3, 0.3])
+
+
+def test_verdict_line():
+    block = {"n": 10, "drop": {"random": {"mean": 0.1, "ci": [0.05, 0.15]}}, "bag_of_codes": {}}
+    matters, line = verdict(block)
+    assert matters is True and "carries" in line and "n=10" in line
+    block["drop"]["random"] = {"mean": 0.01, "ci": [-0.02, 0.04]}
+    assert verdict(block)[0] is False
+
+
+def test_eval_writes_the_order_probe_block_recomputable_by_hand(run_dir, dataset):  # noqa: F811
+    result = evaluate_run(run_dir, batch_size=4, progress=False, lpips=False)
+    probe = json.loads((run_dir / "eval.json").read_text())["order_probe"]
+    assert probe == json.loads(json.dumps(result["order_probe"]))
+    assert set(probe["drop"]) == set(PERMUTATIONS)
+    for kind in PERMUTATIONS:
+        d = probe["drop"][kind]
+        assert d["n"] == probe["n"] and d["ci"][0] <= d["mean"] <= d["ci"][1]
+    assert probe["bag_of_codes"]["method"].startswith("ridge") and probe["verdict"]
+    # recompute the reverse drop from the model directly
+    model, cfg = load_model(run_dir)
+    mode = parse_length_mode(None, cfg.curriculum.length_mode)
+    drops = []
+    for batch in make_loader(dataset, "val", cfg.model.image_size, 8, None):
+        enc = encode_batch(model, batch["image"], mode, cfg.model.w_mse, cfg.model.l_min)
+        for b in range(len(enc.lengths)):
+            n = int(enc.lengths[b])
+            if n < 2:
+                continue
+            codes = enc.codes[b : b + 1].clone()
+            rev = codes.clone()
+            rev[0, :n] = codes[0, :n].flip(0)
+            with torch.no_grad():
+                f_true, f_rev = (model.interpret(c, enc.lengths[b : b + 1]) for c in (codes, rev))
+            target = enc.feats[b : b + 1].numpy()
+            drops.append(
+                cosine_per_patch(f_true.numpy(), target).mean()
+                - cosine_per_patch(f_rev.numpy(), target).mean()
+            )
+    assert probe["n"] == len(drops) > 0
+    assert probe["drop"]["reverse"]["mean"] == pytest.approx(np.mean(drops), abs=1e-5)
+
+
+def test_eval_order_probe_can_be_skipped(run_dir):  # noqa: F811
+    assert "order_probe" not in evaluate_run(
+        run_dir, progress=False, lpips=False, write=False, order_probe_images=0
+    )
