@@ -19,3 +19,13 @@ def check_device(name: str) -> str:
     if not _DEVICE.fullmatch(name):
         raise ValueError(f"unknown device {name!r}; expected {DEVICE_NAMES}")
     return name
+
+
+def device_option(name: str) -> str:
+    """A typer callback for `--device`: an unknown name is a usage error (exit 2)."""
+    import typer
+
+    try:
+        return check_device(name)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None

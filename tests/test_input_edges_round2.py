@@ -283,10 +283,12 @@ def test_hf_parquet_with_string_n_objects(synth_clevr: Path, tmp_path: Path) -> 
 # --------------------------------------------------------------------------- command lines
 
 
-@pytest.mark.parametrize("command", ["export", "eval", "analyze"])
+@pytest.mark.parametrize("command", ["export", "eval", "analyze", "cache-features"])
 def test_device_tpu_is_a_usage_error(run: Path, command: str) -> None:
-    text = usage_error(strop(command, run, "--device", "tpu"))
+    args = ["--data", run, "--out", run / "cache"] if command == "cache-features" else [run]
+    text = usage_error(strop(command, *args, "--device", "tpu"))
     assert "--device" in text and "tpu" in text
+    assert not (run / "cache").exists()
 
 
 def test_train_settings_that_cannot_work_fail_at_the_command_line(clevr: Path, tmp_path: Path):

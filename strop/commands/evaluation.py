@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from strop.cli_app import Commands, exit_on, fail
-from strop.devices import check_device
+from strop.devices import device_option
 
 commands = Commands()
 
@@ -63,17 +63,10 @@ LIMIT_OPT = typer.Option(
 )
 
 
-def _device(name: str) -> str:
-    try:
-        return check_device(name)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
-
-
 DEVICE_OPT = typer.Option(
     "auto",
     "--device",
-    callback=_device,
+    callback=device_option,
     help="auto (CUDA when available), cpu, cuda, cuda:N or mps.",
 )
 CKPT_OPT = typer.Option("last", "--checkpoint", help="last, a step number, or a .pt path.")

@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from strop.cli_app import Commands, exit_on, one_line
+from strop.devices import device_option
 
 commands = Commands()
 
@@ -120,7 +121,9 @@ def cache_features(
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per teacher forward."),
     workers: int = typer.Option(2, "--workers", min=0, help="DataLoader worker processes."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option(
+        "auto", "--device", callback=device_option, help="auto, cpu, cuda, cuda:N or mps."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Run the frozen teacher over dataset splits once and store fp16 features for training."""
