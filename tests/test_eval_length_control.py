@@ -334,3 +334,28 @@ def test_quality_eps_lengths_fall_with_eps_and_agree_with_the_search(calibration
 )
 def test_quality_eps_achieved_error_is_monotone_in_the_requested_eps(calibration: dict):
     assert calibration["spearman_requested_vs_achieved"] >= 0.9, calibration["rows"]
+
+
+@pytest.mark.slow
+def test_conditioned_ddp_run_gathers_every_ranks_probes(clevr, tmp_path):
+    """Two gloo processes: every rank's three probe rows reach the error-curve bank."""
+    import os
+    import subprocess
+    import sys
+
+    from test_train_trainer import cli_args
+
+    from strop.training import checkpoint as ckpt
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(29500 + (os.getpid() + 7) % 1000), "-m", "strop.cli"]
+    cmd += cli_args(clevr, out, 8, "model.quality_head=true")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    state = ckpt.load_checkpoint(out / "checkpoints" / "last.pt")
+    # oracle steps 3..7 (phase 2 on), 2 ranks x 4 images x 3 probe rows each; a probe clamped
+    # onto its main length (L - r < L_min) lands in the same cell in the same update, once
+    visits = int(state["curriculum"]["curves"]["visits"].sum())
+    assert 5 * 4 * 3 < visits <= 5 * 2 * 4 * 3
