@@ -396,9 +396,9 @@ def export_programs(
         raise ValueError(f"export: --split {split!r} names {', '.join(twice)} twice")
     run = RunFolder(Path(run_dir))
     target = Path(out) if out else run.programs_path
+    model, cfg, dev = load_run_model(run.path, checkpoint, device)  # not a run: says so first
     if not replace:
         check_no_programs_dropped(target, splits, limit, split)
-    model, cfg, dev = load_run_model(run.path, checkpoint, device)
     check_writable(target)  # before the encode, not after it
     mode = parse_length_mode(length_mode, cfg.length_mode)
     check_length_mode(mode, cfg.model, run.name)
