@@ -169,4 +169,4 @@ def test_a_run_folder_name_that_is_not_utf8_does_not_break_the_report(run, tmp_p
 
 def test_analyze_of_a_folder_that_is_no_run_creates_nothing(tmp_path):
     line = one_line(CliRunner().invoke(app, ["analyze", str(tmp_path / "nope")]))
-    assert "config.json: not found" in line and not (tmp_path / "nope").exists(), line
+    assert "config.json: file not found" in line and not (tmp_path / "nope").exists(), line

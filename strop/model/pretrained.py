@@ -43,6 +43,7 @@ from strop.model.weights import (
     loadable_alternatives,
     resolve_checkpoint,
 )
+from strop.runs import RunFolderError, read_json
 
 __all__ = [
     "CONFIG_NAME",
@@ -100,15 +101,11 @@ def is_exported(path: str | os.PathLike[str]) -> bool:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise PretrainedError(f"{path}: not found")
+    """A JSON object file, read by the one reader of run files (`strop.runs.read_json`)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PretrainedError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, dict):
-        raise PretrainedError(f"{path}: expected a JSON object")
-    return data
+        return read_json(path)
+    except RunFolderError as exc:
+        raise PretrainedError(str(exc)) from None
 
 
 def _model_config(data: Any, path: Path) -> ModelConfig:
