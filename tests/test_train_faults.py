@@ -96,10 +96,12 @@ def wait_for(proc: subprocess.Popen, ready, timeout: float = 180) -> bool:
 
 def logged_steps(run: Path) -> list[int]:
     path = run / "metrics.jsonl"
-    if not path.is_file():
+    try:  # a resume without a checkpoint moves the file aside: it can vanish between polls
+        text = path.read_text()
+    except FileNotFoundError:
         return []
     steps = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if line.endswith("}") and '"loss"' in line:
             steps.append(int(line.split('"step": ')[1].split(",")[0]))
     return steps
