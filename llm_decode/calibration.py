@@ -1,8 +1,10 @@
 """Which scoring definitions reproduce the paper's naive row (Table 16)? Measured on real CLEVR.
 
     python -m llm_decode.calibration \\
-        --pool ../shared/clevr-real/annotations/CLEVR_train_scenes_1000.json \\
-        --test ../shared/clevr-real/annotations/CLEVR_val_scenes_500.json --draws 200
+        --pool CLEVR_v1.0/scenes/CLEVR_train_scenes.json \\
+        --test CLEVR_v1.0/scenes/CLEVR_val_scenes.json --draws 200
+
+(`docs/TABLE16_CALIBRATION.md` records the run on the real-annotation sample and its result)
 
 For each draw: 50 shots from the pool file and 15 test scenes from the test file (the paper's
 protocol, Appendix G), the naive baseline under each `NaiveDefinition` and object placement

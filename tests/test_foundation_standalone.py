@@ -26,6 +26,21 @@ def test_no_pointer_to_a_design_document_outside_the_repository():
     assert found == []
 
 
+def test_code_points_at_no_folder_outside_the_repository():
+    """The packages stand alone: data they were checked on is described in docs/, never
+    reached through the workspace's ../shared folder."""
+    shipped = ("strop", "grammar", "llm_decode", "prompts")  # bench reads the sample on purpose
+    found = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for pkg in shipped
+        for p in sorted((ROOT / pkg).rglob("*"))
+        if p.suffix in (".py", ".j2", ".jinja")
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if "../shared" in line
+    ]
+    assert found == []
+
+
 def test_code_names_no_machine_path():
     machine = re.compile(r"(?<![\w.])/(work|home|Users|tmp)/")
     found = [

@@ -1,7 +1,7 @@
 """CLEVR's camera: projection to pixels, camera rays, and the ground directions.
 
-Design decisions (each number checked on the real CLEVR v1.0 files in `../shared/clevr-real`:
-the first 1,000 train and 500 val scenes of the official annotation files)
+Design decisions (each number checked on real CLEVR v1.0 annotation files, the first 1,000
+train and 500 val scenes of the official ones; `docs/REAL_CLEVR.md` describes the sample)
 - Real CLEVR v1.0 images are 480 x 320 and their `pixel_coords` are `[u, v, depth]` in that
   frame (`CLEVR_FRAME`). The lens is Blender's 35 mm on a 32 mm sensor fitted to the width,
   so the frustum is 3:2 (`ASPECT`), the shape of the image: pixels are square at 480 x 320.

@@ -1,6 +1,8 @@
 """How well our camera reproduces real CLEVR's `pixel_coords`: the check behind `camera.py`.
 
-    python -m strop.data.camera_check ../shared/clevr-real/annotations/CLEVR_train_scenes_1000.json
+    python -m strop.data.camera_check CLEVR_v1.0/scenes/CLEVR_train_scenes.json
+
+(`docs/REAL_CLEVR.md` gives the figures on the 1,000-scene sample we checked it on)
 
 prints, for a real CLEVR scenes file, the Euclidean distance (pixels of the 480 x 320 frame)
 between each object's `pixel_coords` and its `3d_coords` projected by
