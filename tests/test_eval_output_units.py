@@ -71,6 +71,7 @@ def test_read_only_run_fails_export_eval_analyze_and_report_first_in_one_line(ru
         for args in (
             ["export", str(run), "--data", missing],
             ["eval", str(run), "--data", missing],
+            ["eval", str(run), "--sweep", "--data", missing],
         ):
             line = one_line(runner.invoke(app, args))
             assert line.startswith(f"error: {run}") and "Operation not permitted" in line, line

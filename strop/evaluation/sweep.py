@@ -43,6 +43,7 @@ from strop.evaluation.export import (
     make_loader,
     progress_batches,
 )
+from strop.output_unit import check_writable
 from strop.runs import RunFolder, write_json
 
 SWEEP_FILE = "sweep.json"
@@ -128,6 +129,8 @@ def sweep_run(
         raise LengthModeError(f"--sweep-eps {search_eps}: EPS must be a positive number")
     run = RunFolder(Path(run_dir))
     model, cfg, dev = load_run_model(run.path, checkpoint, device)
+    if write:
+        check_writable(run.path / SWEEP_FILE)  # before the encode of every length, not after it
     mc = cfg.model
     grid = parse_sweep_lengths(lengths, mc.l_min, mc.l_max)
     loader = make_loader(dataset_path(run.path, cfg, data), split, mc.image_size, batch_size, limit)
