@@ -152,6 +152,18 @@ def test_server_dying_mid_run_keeps_answers_and_rerun_finishes(exp):
     assert second.summary["complete"] and second.summary["attr_acc"] == 1.0
 
 
+def test_die_after_never_lets_concurrent_requests_slip_past(exp):
+    """`die_after` is an exact bound under concurrency: the server checked the answers given
+    and counted a new one only when it was sent, so 8 requests that all cleared the check
+    together were all answered (6 of die_after=5 seen in CI)."""
+    runs, answers = exp
+    with FakeServer(answers=answers, die_after=3, delay=0.1) as server:
+        first = decode(config(runs, server.base_url, concurrency=8, max_attempts=1))
+        assert not server.alive
+    ok = [r for r in rows_of(first) if r["status"] == "ok"]
+    assert len(ok) <= 3
+
+
 def test_concurrency_is_bounded(exp):
     runs, answers = exp
     with FakeServer(answers=answers, delay=0.2) as server:

@@ -117,6 +117,9 @@ class _State:
         self.lock = threading.Lock()
         self.requests = 0
         self.answered = 0
+        # answers begun: checked and counted under one lock, so that `die_after` concurrent
+        # requests can never slip past the check together (two at answered = 4 both answering)
+        self.admitted = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.statuses: dict[str, int] = {}
@@ -232,8 +235,9 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
             if cfg.delay:
                 time.sleep(cfg.delay)
             with state.lock:
-                if cfg.die_after is not None and state.answered >= cfg.die_after:
+                if cfg.die_after is not None and state.admitted >= cfg.die_after:
                     os._exit(3)  # die mid-run: no answer, connections dropped
+                state.admitted += 1
             codes = _query_codes(body.get("messages") or [])
             query = " ".join(map(str, codes))
             with state.lock:
