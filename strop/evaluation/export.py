@@ -294,6 +294,7 @@ def search_lengths(
     import torch
 
     from strop.model.losses import align_error
+    from strop.model.quality_head import shortest_reaching
 
     b, l_max = tokens.shape[0], tokens.shape[1]
     candidates = torch.arange(l_min, l_max + 1, device=tokens.device)
@@ -305,13 +306,7 @@ def search_lengths(
         field = model.interpret_tokens(tokens[img_idx[sl]], len_idx[sl])
         errors[sl] = align_error(field, feats[img_idx[sl]], w_mse).float()
     errors = errors.view(b, len(candidates))
-    ok = errors <= eps
-    first = torch.where(
-        ok.any(dim=1),
-        ok.float().argmax(dim=1),
-        torch.full((b,), len(candidates) - 1, device=tokens.device),
-    )
-    return candidates[first].long(), errors
+    return shortest_reaching(errors, eps, l_min), errors
 
 
 def pad_codes(codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

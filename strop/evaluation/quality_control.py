@@ -54,6 +54,7 @@ def quality_control(
     import torch
 
     from strop.evaluation.export import search_lengths
+    from strop.model.quality_head import shortest_reaching
 
     l_min, l_max = model.cfg.l_min, model.cfg.l_max
     stored: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]] = []
@@ -84,8 +85,7 @@ def quality_control(
                 quality_seconds += time.perf_counter() - start
             q_lengths.append(lengths.cpu().numpy())
         q = np.concatenate(q_lengths)
-        ok = matrix <= eps
-        s = np.where(ok.any(axis=1), ok.argmax(axis=1), matrix.shape[1] - 1) + l_min
+        s = shortest_reaching(torch.from_numpy(matrix), eps, l_min).numpy()
         rows.append(
             {
                 "eps": eps,

@@ -112,7 +112,7 @@ class Strop(PretrainedMixin, nn.Module):
         # Opt-in and built last: a default model draws its initial weights exactly as before.
         self.quality_head: QualityLengthHead | None = None
         if cfg.quality_head:
-            self.quality_head = QualityLengthHead(cfg.d, cfg.l_max)
+            self.quality_head = QualityLengthHead(cfg.d, cfg.l_min, cfg.l_max)
             self.quality_head.apply(init_weights)
 
     # ------------------------------------------------------------------ plumbing
@@ -165,22 +165,23 @@ class Strop(PretrainedMixin, nn.Module):
             pooled = self.generator.project(feats).mean(dim=1)
         return self.length_head(pooled)
 
-    def predict_quality_length(self, feats: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """L_hat (B,) of the eps-conditioned head for target errors eps (B,) (opt-in)."""
+    def predict_error_curve(self, feats: torch.Tensor) -> torch.Tensor:
+        """The eps-conditioned head's predicted log alignment error at each prefix length
+        L_min..L_max (B, L_max - L_min + 1), from the detached pooled projection (opt-in)."""
         if self.quality_head is None:
             raise ValueError(
                 f"{self.cfg.summary()} has no eps-conditioned length head (model.quality_head=false)"
             )
         with torch.no_grad():
             pooled = self.generator.project(feats).mean(dim=1)
-        return self.quality_head(pooled, eps)
+        return self.quality_head(pooled)
 
     def quality_lengths(self, feats: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
-        """Integer lengths meant to reach alignment error `eps`, in one pass (B,) long."""
-        eps_t = torch.as_tensor(eps, dtype=torch.float32, device=feats.device)
-        eps_t = eps_t.expand(feats.shape[0]) if eps_t.ndim == 0 else eps_t
-        l_hat = self.predict_quality_length(feats, eps_t)
-        return round_lengths(l_hat, self.cfg.l_min, self.cfg.l_max)
+        """Integer lengths meant to reach alignment error `eps` (scalar or (B,)), in one pass:
+        the shortest whose predicted error is <= eps (B,) long."""
+        log_curve = self.predict_error_curve(feats)
+        assert self.quality_head is not None  # predict_error_curve refused otherwise
+        return self.quality_head.lengths(log_curve, torch.as_tensor(eps, device=feats.device))
 
     def length_head_parameters(self) -> list[nn.Parameter]:
         """The parameters of the length head(s): trained from phase 3, on their own lr."""
@@ -323,6 +324,12 @@ class Strop(PretrainedMixin, nn.Module):
                     + ", ".join(diff)
                 )
         own = self.state_dict()
+        if "quality_head.log_eps_mean" in state_dict:
+            raise ValueError(
+                "checkpoint holds the first version of the eps-conditioned length head (one "
+                "length per eps, before 2026-12-06); this version predicts the error curve: "
+                "train the run again with model.quality_head=true"
+            )
         for key, value in own.items():
             if key == "_extra_state":
                 continue

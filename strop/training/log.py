@@ -77,7 +77,7 @@ class StepResult:
     """Mean predicted length L_hat (phase 3 on)."""
     oracle: OracleStats | None = None
     """Oracle statistics (phase 2 on)."""
-    quality_length_loss: Scalar | None = None
+    quality_curve_loss: Scalar | None = None
     """The eps-conditioned length head's loss (`model.quality_head`, phase 3 on)."""
 
     def metrics(self) -> dict[str, Scalar]:
@@ -102,8 +102,8 @@ class StepResult:
             row["pixel_grad_norm"] = self.pixel_grad_norm
         if self.pred_length is not None:
             row["pred_length"] = self.pred_length
-        if self.quality_length_loss is not None:
-            row["quality_length_loss"] = self.quality_length_loss
+        if self.quality_curve_loss is not None:
+            row["quality_curve_loss"] = self.quality_curve_loss
         return row
 
 

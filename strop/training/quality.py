@@ -4,35 +4,29 @@ The phase-2 oracle (paper Appendix A, eq. 3) already measures, every step, each 
 alignment error at three prefix lengths (L, L - r, L + r). `ErrorCurveBank` keeps those
 measurements per training image, one cell per length, so that over its visits each image
 accumulates its own rate-distortion curve e_i(L). In the phases that train the length head
-(3 on) each sample then draws a target error eps and the head regresses, with eq. 6's loss,
-the length that curve says reaches it.
+(3 on) the head regresses each image's curve (`curve_targets`, `curve_loss`); at inference
+`quality:EPS` thresholds the predicted curve with the rule of `search:EPS`.
 
 Design decisions (ours; the paper has no conditioned head)
-- Target for (image i, eps): the shortest L whose stored error is <= eps, L_max when none
-  is: the rule of `--length-mode search:EPS`, applied to the curve the oracle probed instead
-  of a fresh search, so the head learns to answer in one pass what the search answers in
-  L_max - L_min + 1. Lengths never probed are linearly interpolated between their measured
-  neighbours (held constant beyond the first and last), since a target needs a whole curve
-  and the oracle touches three cells per visit.
-- eps is drawn per sample, log-uniform between the smallest and the largest error held by
-  the curves of the batch's images: the range the model can reach on such images, which
-  follows the teacher's error scale without a constant to tune. The range is the batch's,
-  not each image's own, so the head also sees the search's answers outside an image's
-  reach: L_max for an eps below the image's best error (no prefix reaches it) and L_min for
-  one above its worst. (Drawn inside each image's own range, the head never learned the
-  former and answered short where the search answers L_max.) An image with fewer than
-  `quality_min_cells` measured lengths has no target yet and is left out of the loss.
+- The target for any eps is the shortest L whose stored error is <= eps: the rule of
+  `--length-mode search:EPS`, applied to the curve the oracle probed instead of a fresh
+  search. Regressing the curve itself fits that target for every eps at once, where drawing
+  one eps per sample and regressing its length fitted one point of it (and averaged the
+  step at L_min away: `strop.model.quality_head` has the measurement).
+- Only measured cells enter the loss (no interpolation between probed lengths): a cell the
+  oracle never touched has no evidence, and the head's shared MLP fills it from the images
+  whose cell was measured. An image with fewer than `quality_min_cells` measured lengths is
+  left out (early in phase 2 a curve is one or two points of a still-moving model).
 - Cells are exponential averages over visits (`curriculum.quality_curve_decay`), like the
-  oracle's `TargetBank`, so each curve tracks the improving model.
+  oracle's `TargetBank`, so each curve tracks the improving model and the probe noise of
+  single visits averages out.
 - The bank is updated from phase 2 on (when the probes exist) and checkpointed with the
-  curriculum state, so a resumed run continues bit-for-bit. The draw uses the step's own
-  generator after the curriculum's length draw, so it needs no saved state either.
+  curriculum state, so a resumed run continues bit-for-bit. Nothing is drawn at random.
 - Nothing here runs for a default (unconditioned) run: its metrics stay bit-identical.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 
@@ -65,17 +59,11 @@ class ErrorCurveBank:
         self.errors[indices, cells] = blended
         self.visits[indices, cells] += 1
 
-    def curves(self, indices: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Interpolated curves (n, L_max - l_min + 1) and the count of measured cells (n,)."""
-        indices = indices.long().cpu()
-        errors = self.errors[indices].numpy().astype(np.float64)
-        measured = (self.visits[indices] > 0).numpy()
-        cells = np.arange(errors.shape[1])
-        filled = np.zeros_like(errors)
-        for row, (err, ok) in enumerate(zip(errors, measured, strict=True)):
-            if ok.any():
-                filled[row] = np.interp(cells, cells[ok], err[ok])
-        return filled, measured.sum(axis=1)
+    def measured(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stored errors (n, L_max - l_min + 1) of images `indices` and which cells hold a
+        measurement (bool, same shape)."""
+        indices = indices.long().to(self.errors.device)
+        return self.errors[indices], self.visits[indices] > 0
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"errors": self.errors.clone(), "visits": self.visits.clone()}
@@ -90,34 +78,20 @@ class ErrorCurveBank:
         self.visits = state["visits"].int().clone()
 
 
-def shortest_length(curves: np.ndarray, eps: np.ndarray, l_min: int) -> np.ndarray:
-    """Per row, the shortest length whose curve value is <= eps (the last length if none)."""
-    ok = curves <= eps[:, None]
-    first = np.where(ok.any(axis=1), ok.argmax(axis=1), curves.shape[1] - 1)
-    return (first + l_min).astype(np.float32)
+def curve_targets(
+    bank: ErrorCurveBank, indices: torch.Tensor, min_cells: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log errors, mask) of images `indices`, both (n, L_max - l_min + 1): the cells the head
+    regresses, masked to measured cells of images with at least `min_cells` of them."""
+    errors, measured = bank.measured(indices)
+    enough = measured.sum(dim=1, keepdim=True) >= min_cells
+    return errors.clamp_min(1e-8).log(), measured & enough
 
 
-def quality_targets(
-    bank: ErrorCurveBank,
-    indices: torch.Tensor,
-    min_cells: int,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw eps per sample and its target length: `(eps (n,), targets (n,), has_target (n,))`.
-
-    eps is log-uniform between the smallest and largest error of the batch's curves (those
-    with at least `min_cells` measured lengths; the others get no target, mask False).
-    """
-    curves, measured = bank.curves(indices)
-    u = torch.rand(len(curves), generator=generator, dtype=torch.float64).numpy()
-    has_target = measured >= min_cells
-    usable = curves[has_target]
-    lo = max(float(usable.min()), 1e-8) if usable.size else 1.0
-    hi = max(float(usable.max()), lo) if usable.size else 1.0
-    eps = np.exp(np.log(lo) + u * (np.log(hi) - np.log(lo)))
-    targets = shortest_length(curves, eps, bank.l_min)
-    return (
-        torch.as_tensor(eps, dtype=torch.float32),
-        torch.as_tensor(targets),
-        torch.as_tensor(has_target),
-    )
+def curve_loss(
+    log_curve: torch.Tensor, log_target: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared log error over the masked cells (0 when none is masked in)."""
+    weight = mask.to(log_curve.dtype)
+    squared = (log_curve - log_target.to(log_curve.dtype)) ** 2 * weight
+    return squared.sum() / weight.sum().clamp_min(1.0)

@@ -43,10 +43,10 @@ Design decisions
   steps). The pixel probe's norm (its non-finite step is dropped before AdamW's) and the
   curriculum's oracle, bank and dead-code bookkeeping still read values each step.
 - The opt-in eps-conditioned length head (`model.quality_head`, `strop.training.quality`):
-  each step draws a target error per sample before the forward (from the step's generator,
-  after the length draw) and feeds the three probe rows to the error-curve bank after it;
-  its loss joins the length loss from phase 3. None of it runs for a default run, whose
-  metrics.jsonl stays byte-identical (`tests/test_eval_length_control.py`).
+  each step feeds the three probe rows to the error-curve bank after the forward, and from
+  phase 3 the head regresses the batch's stored curves (its loss joins the total, its
+  gradients reach the head alone). None of it runs for a default run, whose metrics.jsonl
+  stays byte-identical (`tests/test_eval_length_control.py`).
 - Faults: a non-finite loss (agreed over ranks by one all-reduce) raises `TrainingDiverged`
   naming the step it happened at, at the next check: at most `train.log_every` steps later
   and always before a checkpoint, a validation or a metrics row, so the last checkpoint is
@@ -88,7 +88,7 @@ from strop.training.curriculum import OracleState, TargetBank
 from strop.training.log import MetricLog, ProgressBar, StepResult
 from strop.training.mfu import mfu, peak_bf16_flops, training_flops_per_image
 from strop.training.optim import build_optimizer, build_scheduler, lr_factor
-from strop.training.quality import ErrorCurveBank, quality_targets
+from strop.training.quality import ErrorCurveBank, curve_loss, curve_targets
 from strop.training.resume import record_config, resolve_config
 
 __all__ = [
@@ -151,8 +151,9 @@ class ForwardResult:
     diversity_loss: torch.Tensor
     pixel_loss: torch.Tensor | None
     """None when no images reach the pixel probe."""
-    l_hat_quality: torch.Tensor | None = None
-    """(B,) lengths of the eps-conditioned head at the drawn eps (opt-in; None without it)."""
+    quality_curve: torch.Tensor | None = None
+    """(B, L_max - L_min + 1) log errors predicted by the eps-conditioned head (opt-in; None
+    without it)."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ class LossTerms:
     """Phase 3 on."""
     pixel: torch.Tensor | None
     quality: torch.Tensor | None = None
-    """The eps-conditioned head's loss (opt-in; phase 3 on)."""
+    """The eps-conditioned head's curve loss (opt-in; phase 3 on)."""
 
     def named(self) -> dict[str, torch.Tensor]:
         """The present terms under their metric names (for messages)."""
@@ -188,7 +189,7 @@ class LossTerms:
             "diversity_loss": self.diversity,
             "length_loss": self.length,
             "pixel_loss": self.pixel,
-            "quality_length_loss": self.quality,
+            "quality_curve_loss": self.quality,
             "loss": self.total,
         }
         return {k: v for k, v in named.items() if v is not None}
@@ -216,7 +217,7 @@ class TrainForward(nn.Module):
         feats: torch.Tensor,
         lengths: torch.Tensor,
         images: torch.Tensor | None,
-        eps: torch.Tensor | None = None,
+        with_quality: bool = False,
     ) -> ForwardResult:
         model, b = self.model, feats.shape[0]
         copies = lengths.shape[0] // b
@@ -243,7 +244,7 @@ class TrainForward(nn.Module):
             commit_loss=quantizer["commit_loss"],
             diversity_loss=quantizer["diversity_loss"],
             pixel_loss=pixel_loss,
-            l_hat_quality=None if eps is None else model.predict_quality_length(feats, eps),
+            quality_curve=model.predict_error_curve(feats) if with_quality else None,
         )
 
 
@@ -441,10 +442,8 @@ class Trainer:
             )
             all_lengths = torch.cat([lengths, down, up])
 
-        quality = self._quality_draw(batch, gen)
-        eps = None if quality is None else quality[0].to(self.device)
         with self._autocast():
-            out = self.forward(feats, all_lengths.to(self.device), images, eps)
+            out = self.forward(feats, all_lengths.to(self.device), images, self.curves is not None)
         errors = out.errors.detach()
         oracle_stats = None
         if cur.oracle_active(phase):
@@ -464,7 +463,7 @@ class Trainer:
                     _gather_rows(errors.float(), b),
                 )
 
-        terms = self._loss(out, phase, batch, quality)
+        terms = self._loss(out, phase, batch)
         loss = terms.total
         probe_loss = None if terms.pixel is None else self.cfg.model.w_pixel * terms.pixel
         # The finite check and the stop flag stay on the device (all-reduced, so every rank
@@ -501,34 +500,17 @@ class Trainer:
             head_share=float(from_head.float().mean()),
             length_loss=_item(terms.length),
             pixel_loss=_item(terms.pixel),
-            quality_length_loss=_item(terms.quality),
+            quality_curve_loss=_item(terms.quality),
             pixel_grad_norm=probe_norm,
             pred_length=out.l_hat.detach().float().mean() if head else None,
             oracle=oracle_stats,
         )
-
-    def _quality_draw(
-        self, batch: dict[str, Any], gen: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """(eps, target lengths, has_target) of the eps-conditioned head; None without it."""
-        if self.curves is None:
-            return None
-        index = torch.as_tensor(batch["bank_index"], dtype=torch.long)
-        draw = quality_targets(self.curves, index, self.cfg.curriculum.quality_min_cells, gen)
-        eps, _, has_target = draw
-        head = self.model.quality_head
-        if head is not None and cur.head_active(cur.phase_at(self.step, self.cfg.curriculum)):
-            # every rank folds in every rank's draws, so the statistics agree across ranks
-            drawn = distr.all_gather_cat(eps.to(self.device))
-            head.observe(drawn[distr.all_gather_cat(has_target.to(self.device))])
-        return draw
 
     def _loss(
         self,
         out: ForwardResult,
         phase: int,
         batch: dict[str, Any],
-        quality: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> LossTerms:
         m = self.cfg.model
         b = out.l_hat.shape[0]
@@ -544,15 +526,18 @@ class Trainer:
             # Keeps the head in the graph (DDP needs every parameter used); no effect.
             loss = loss + 0.0 * out.l_hat.sum()
         quality_loss = None
-        if out.l_hat_quality is not None and quality is not None:
-            _, q_target, has_target = (t.to(self.device) for t in quality)
-            if cur.head_active(phase) and bool(has_target.any()):
-                quality_loss = losses.length_loss(
-                    out.l_hat_quality[has_target], q_target[has_target], m.l_max
+        if out.quality_curve is not None and self.curves is not None:
+            if cur.head_active(phase):
+                index = torch.as_tensor(batch["bank_index"], dtype=torch.long)
+                log_target, mask = curve_targets(
+                    self.curves, index, self.cfg.curriculum.quality_min_cells
                 )
-                loss = loss + m.w_len * quality_loss
+                quality_loss = curve_loss(
+                    out.quality_curve, log_target.to(self.device), mask.to(self.device)
+                )
+                loss = loss + quality_loss
             else:  # in the graph for DDP, no effect (as the unconditioned head above)
-                loss = loss + 0.0 * out.l_hat_quality.sum()
+                loss = loss + 0.0 * out.quality_curve.sum()
         # The pixel probe's loss stays out of `total`: it is stepped apart (module docstring).
         return LossTerms(
             total=loss,
