@@ -233,6 +233,23 @@ def test_quality_head_length_never_grows_with_eps():
     assert (lengths[:, 0] == 32).all() and (lengths[:, -1] == 1).all()  # none / every length
 
 
+def test_the_quality_head_has_its_own_optimiser_group_decaying_from_phase_3(clevr):
+    from strop.training.optim import build_optimizer, build_scheduler
+
+    cfg = tiny_run_config(clevr, *conditioned_sets(100), "curriculum.phase_steps=10,40,60,80")
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(model, cfg, fused=False)
+    assert len(optimizer.param_groups) == 4
+    assert {id(p) for p in optimizer.param_groups[3]["params"]} == {
+        id(p) for p in model.quality_head.parameters()
+    }
+    factors = [f(s) for f in build_scheduler(optimizer, cfg).lr_lambdas for s in (40, 99)]
+    assert factors[6] == 1.0 and factors[7] < 0.2  # peak at phase 3's start, decayed at the end
+    assert factors[4:6] == [1.0, 1.0] or cfg.train.head_constant_lr is False  # the length head
+    plain_cfg = tiny_run_config(clevr, *conditioned_sets(100)[:-1])
+    assert len(build_optimizer(build_model(plain_cfg.model), plain_cfg, False).param_groups) == 3
+
+
 def test_shortest_reaching_is_the_search_rule():
     errors = torch.tensor([[0.8, 0.5, 0.4, 0.45, 0.2], [0.3, 0.3, 0.3, 0.3, 0.3]])
     assert shortest_reaching(errors, 0.45, 1).tolist() == [3, 1]
@@ -267,11 +284,18 @@ def conditioned_sets(steps: int) -> list[str]:
     return [f"train.steps={steps}", *BASE_SETS, "model.quality_head=true"]
 
 
-def test_conditioned_run_trains_the_head_and_eval_reports_quality_control(clevr, tmp_path):
+def test_conditioned_run_trains_the_head_and_eval_reports_quality_control(clevr, tmp_path, trained):
     run = train(tiny_run_config(clevr, *conditioned_sets(16)), tmp_path / "k16", progress=False)
     rows = [r for r in RunFolder(run).read_metrics() if "loss" in r]
     assert any("quality_curve_loss" in r for r in rows)
     assert all(("quality_curve_loss" in r) <= (r["phase"] >= 3) for r in rows)
+    # The head's gradients reach nothing else (own optimiser group, own clip): the tokenizer
+    # trains step for step as the same run without the head does.
+    plain = [r for r in RunFolder(trained).read_metrics() if "loss" in r]
+    tokenizer_keys = ("align_loss", "commit_loss", "diversity_loss", "length_loss", "grad_norm")
+    assert [[r.get(k) for k in tokenizer_keys] for r in rows] == [
+        [r.get(k) for k in tokenizer_keys] for r in plain
+    ]
     export_programs(run, "val", "quality:0.5", out=tmp_path / "q.parquet", progress=False)
     assert read_programs(tmp_path / "q.parquet").meta["length_mode"] == "quality:0.5"
     result = evaluate_run(run, "train", write=True, progress=False, lpips=False)

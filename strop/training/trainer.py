@@ -554,10 +554,15 @@ class Trainer:
         both norms (the probe's None when it has no gradients). A non-finite probe gradient
         drops the probe's step only."""
         probe_ids = {id(p) for p in self.model.pixel_decoder.parameters()}
+        # The opt-in eps-conditioned head is clipped apart too: inside the tokenizer's norm
+        # its gradient would change how much every other parameter is clipped.
+        head = self.model.quality_head
+        quality_ids = {id(p) for p in head.parameters()} if head is not None else set()
         params = [p for p in self.model.parameters() if p.grad is not None]
-        tokenizer = [p for p in params if id(p) not in probe_ids]
+        tokenizer = [p for p in params if id(p) not in probe_ids | quality_ids]
         probe = [p for p in params if id(p) in probe_ids]
         norm = _clip_norm(tokenizer, self.cfg.train.grad_clip)
+        _clip_norm([p for p in params if id(p) in quality_ids], self.cfg.train.grad_clip)
         if not probe:
             return norm, None
         # Read now (one host sync): a non-finite probe step must be dropped before AdamW's.

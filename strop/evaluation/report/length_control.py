@@ -95,7 +95,8 @@ def _curves(sec: Section, sweeps: list[tuple[RunData, dict[str, Any]]], fig_dir:
 def _calibration(sec: Section, blocks: list[tuple[RunData, dict[str, Any]]], fig_dir: Path) -> None:
     sec.text.append(
         "quality:EPS asks the eps-conditioned length head for the length that reaches alignment "
-        "error EPS in one pass; search:EPS finds the shortest such prefix by interpreting every "
+        "error EPS in one pass (the head predicts each image's error at every length and takes "
+        "the shortest under EPS); search:EPS finds the shortest such prefix by interpreting every "
         "length. Requested vs achieved mean error on the evaluated split:"
     )
     figure = plot_calibration(
