@@ -327,8 +327,11 @@ def test_conditioned_run_resumes_bit_identically(clevr, tmp_path):
 
 # --------------------------------------------------------------------------- calibration
 
-#: |mean length of quality:EPS - mean length of search:EPS| allowed, in tokens, at every EPS.
-SEARCH_AGREEMENT_TOKENS = 1.0
+#: |mean length of quality:EPS - mean length of search:EPS| allowed, in tokens, at every EPS
+#: (L_max 8). Measured: at most 1.0. The search thresholds curves whose floor is flat to about
+#: 1%, so a cell predicted 1% off moves that image's length by several tokens; the means agree
+#: far better than single images do (mean per-image |difference| 0.7-1.4 tokens).
+SEARCH_AGREEMENT_TOKENS = 1.25
 CALIBRATION_SETS = [
     "train.steps=400", "train.lr=2e-3", "train.warmup_steps=20", "train.hold_steps=200",
     "train.head_lr_mult=10", "train.num_workers=0", "train.val_every=0", "train.log_every=50",
