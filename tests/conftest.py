@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,6 +167,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def nan_align_error(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """`nan_align_error(after=N)`: from its (N+1)-th call on, `strop.model.losses.align_error`
+    returns NaN, so training diverges at a step the test knows (undone after the test)."""
+    from strop.model import losses
+
+    def poison(*, after: int) -> None:
+        calls = {"n": 0}
+        real = losses.align_error
+
+        def poisoned(field, target, w_mse):
+            calls["n"] += 1
+            out = real(field, target, w_mse)
+            return out * float("nan") if calls["n"] > after else out
+
+        monkeypatch.setattr(losses, "align_error", poisoned)
+
+    return poison
 
 
 @pytest.fixture(scope="session")
