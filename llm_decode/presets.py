@@ -53,7 +53,7 @@ import json
 import re
 import shlex
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict
 
 #: Tokens for non-reasoning models: 10 objects of JSON need about 400.
 DEFAULT_MAX_TOKENS = 2048
@@ -200,6 +200,17 @@ class ModelPreset:
         )
 
 
+class _Switch(TypedDict):
+    think_on: dict[str, Any]
+    think_off: dict[str, Any]
+
+
+def _effort_switch(off: str) -> _Switch:
+    """The thinking switch of OpenAI's reasoning models (gpt-oss, GPT-5), which cannot stop
+    reasoning: "on" is their default effort, `medium`; "off" the least effort each accepts."""
+    return {"think_on": {"reasoning_effort": "medium"}, "think_off": {"reasoning_effort": off}}
+
+
 PRESETS: dict[str, ModelPreset] = {
     p.name: p
     for p in (
@@ -240,8 +251,7 @@ PRESETS: dict[str, ModelPreset] = {
             "openai/gpt-oss-120b",
             think=True,
             max_tokens=REASONING_MAX_TOKENS,
-            think_on={"reasoning_effort": "medium"},
-            think_off={"reasoning_effort": "low"},
+            **_effort_switch(off="low"),
             # gpt-oss card: temperature 1.0, top_p 1.0 (either mode)
             card_think={"temperature": 1.0, "top_p": 1.0},
             card_no_think={"temperature": 1.0, "top_p": 1.0},
@@ -255,8 +265,7 @@ PRESETS: dict[str, ModelPreset] = {
             "gpt-5",
             think=True,
             max_tokens=REASONING_MAX_TOKENS,
-            think_on={"reasoning_effort": "medium"},
-            think_off={"reasoning_effort": "minimal"},
+            **_effort_switch(off="minimal"),
             reasoning_api=True,
         ),
     )

@@ -236,8 +236,14 @@ def parse_answer(text: str) -> DecodedScene:
     try:
         return DecodedScene.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        value = err.get("input")
-        shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
-        raise SceneParseError(f"field {loc}: {err['msg']} (got {shown[:40]})") from None
+        raise SceneParseError(first_error(exc)) from None
+
+
+def first_error(exc: ValidationError) -> str:
+    """`field LOC: MESSAGE (got VALUE)` of the first error, for a one-line error about text a
+    model or a server sent: the value shortened to 40 characters, an object or list by kind."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+    got = err.get("input")
+    shown = type(got).__name__ if isinstance(got, dict | list) else repr(got)[:40]
+    return f"field {loc}: {err['msg']} (got {shown})"

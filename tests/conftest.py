@@ -12,12 +12,14 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
+    from llm_decode.runner import DecodeConfig
     from strop.model.config import ModelConfig
     from strop.training.config import RunConfig
 
@@ -115,13 +117,44 @@ def console_script():
 
 
 @pytest.fixture
-def exp(tmp_path: Path) -> tuple[Path, dict[str, dict]]:
-    """A decoding experiment with one synthetic K=64 run (60 train, 20 val programs), and the
-    true answer for every program's codes (what the fake server answers with)."""
-    from llm_decode.testing.synthetic import make_run, true_answers
+def exp_dir(tmp_path: Path) -> Path:
+    """A decoding experiment folder, tmp_path/exp, with one synthetic K=64 run (k64: 60
+    train, 20 val programs)."""
+    from llm_decode.testing.synthetic import make_run
 
-    path = make_run(tmp_path / "exp" / "k64", k=64, n_train=60, n_val=20)
-    return tmp_path / "exp", true_answers(path)
+    make_run(tmp_path / "exp" / "k64", k=64, n_train=60, n_val=20)
+    return tmp_path / "exp"
+
+
+@pytest.fixture
+def exp(exp_dir: Path) -> tuple[Path, dict[str, dict]]:
+    """`exp_dir`, and the true answer for every program's codes (what the fake server answers
+    with)."""
+    from llm_decode.testing.synthetic import true_answers
+
+    return exp_dir, true_answers(exp_dir / "k64")
+
+
+def decode_config(
+    runs: str | os.PathLike[str],
+    base_url: str,
+    *,
+    model: str = "m",
+    shots: int | None = 5,
+    **overrides: Any,
+) -> DecodeConfig:
+    """A K=64 decode of `runs` against a fake server at `base_url`, with short backoffs (retries
+    cost no time) and a 5 s timeout. Keyword overrides are `DecodeConfig` fields; `protocol=`
+    is a dict of `ProtocolConfig` fields, over `shots` (None: the protocol's own default)."""
+    from llm_decode.protocol import ProtocolConfig
+    from llm_decode.runner import DecodeConfig
+
+    fields: dict[str, Any] = {"model": model, "k": 64, "backoff_base": 0.01, "backoff_cap": 0.05}
+    fields["timeout"] = 5
+    fields.update(overrides, runs=runs, base_url=base_url)
+    protocol = {} if shots is None else {"shots": shots}
+    fields["protocol"] = ProtocolConfig(**{**protocol, **fields.get("protocol", {})})
+    return DecodeConfig(**fields)
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +167,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def nan_align_error(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """`nan_align_error(after=N)`: from its (N+1)-th call on, `strop.model.losses.align_error`
+    returns NaN, so training diverges at a step the test knows (undone after the test)."""
+    from strop.model import losses
+
+    def poison(*, after: int) -> None:
+        calls = {"n": 0}
+        real = losses.align_error
+
+        def poisoned(field, target, w_mse):
+            calls["n"] += 1
+            out = real(field, target, w_mse)
+            return out * float("nan") if calls["n"] > after else out
+
+        monkeypatch.setattr(losses, "align_error", poisoned)
+
+    return poison
 
 
 @pytest.fixture(scope="session")

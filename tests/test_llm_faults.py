@@ -9,44 +9,35 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import decode_config
 from typer.testing import CliRunner
 
-from llm_decode.protocol import ProtocolConfig
 from llm_decode.runner import DecodeConfig, decode
 from llm_decode.testing.fake_server import FakeServer
 from llm_decode.testing.synthetic import make_run
 from strop.runs import Programs, RunFolderError, read_jsonl, read_programs, write_json
 from strop.runs import write_programs as write_table
 
-
-@pytest.fixture
-def exp(tmp_path):
-    make_run(tmp_path / "exp" / "k64", k=64, n_train=60, n_val=20)
-    return tmp_path / "exp"
+#: qwen3.5: the model the Ctrl-C test's command line names, so a rerun resumes its folder
+config = partial(decode_config, model="qwen3.5", shots=None)
 
 
-def config(runs, base_url, **overrides) -> DecodeConfig:
-    fields = {"model": "qwen3.5", "k": 64, "backoff_base": 0.01, "backoff_cap": 0.05}
-    fields.update(overrides, runs=runs, base_url=base_url, timeout=5)
-    fields["protocol"] = ProtocolConfig(**fields.get("protocol", {}))
-    return DecodeConfig(**fields)
-
-
-def test_a_200_with_an_html_or_cut_json_body_is_a_failed_attempt(exp):
+def test_a_200_with_an_html_or_cut_json_body_is_a_failed_attempt(exp_dir):
     """It used to abort the whole decode with a traceback."""
     with FakeServer(junk_first=2) as server:  # a proxy's HTML page, twice
-        result = decode(config(exp, server.base_url, concurrency=1, protocol={"test": 3}))
+        result = decode(config(exp_dir, server.base_url, concurrency=1, protocol={"test": 3}))
         assert result.summary["missing"] == 0 and server.stats()["requests"] == 5
         rows = read_jsonl(result.folder / "results.jsonl")
         assert sorted(r["attempts"] for r in rows) == [1, 1, 3]
     cut = {"junk_first": 100, "junk_type": "application/json", "junk_body": '{"choices": ['}
     with FakeServer(**cut) as server:
         result = decode(
-            config(exp, server.base_url, model="m2", max_attempts=2, protocol={"test": 2})
+            config(exp_dir, server.base_url, model="m2", max_attempts=2, protocol={"test": 2})
         )
         assert result.summary["missing"] == 2 and server.stats()["requests"] == 4
         rows = read_jsonl(result.folder / "results.jsonl")
@@ -55,24 +46,24 @@ def test_a_200_with_an_html_or_cut_json_body_is_a_failed_attempt(exp):
         assert all("gave up after 2 attempts" in r["error"] for r in rows)
 
 
-def test_ap_is_null_when_nothing_was_answered(exp):
+def test_ap_is_null_when_nothing_was_answered(exp_dir):
     with FakeServer(status_script=[400, 400]) as server:
-        result = decode(config(exp, server.base_url, concurrency=1, protocol={"test": 2}))
+        result = decode(config(exp_dir, server.base_url, concurrency=1, protocol={"test": 2}))
     s = result.summary
     assert s["missing"] == 2 and s["ap"] == {k: None for k in ("inf", "1", "0.5", "0.25", "0.125")}
     assert json.loads((result.folder / "summary.json").read_text())["ap"]["inf"] is None
 
 
-def test_model_names_and_endpoints_get_their_own_folders(exp):
+def test_model_names_and_endpoints_get_their_own_folders(exp_dir):
     """`org/m` and `org--m` (and one model on two endpoints) used to share one folder and
     overwrite each other's summary.json."""
     with FakeServer() as one, FakeServer() as two:
         runs = [
-            decode(config(exp, one.base_url, model="org/m", protocol={"test": 2})),
-            decode(config(exp, one.base_url, model="org--m", protocol={"test": 2})),
-            decode(config(exp, two.base_url, model="org/m", protocol={"test": 2})),
+            decode(config(exp_dir, one.base_url, model="org/m", protocol={"test": 2})),
+            decode(config(exp_dir, one.base_url, model="org--m", protocol={"test": 2})),
+            decode(config(exp_dir, two.base_url, model="org/m", protocol={"test": 2})),
         ]
-        again = decode(config(exp, one.base_url, model="org/m", protocol={"test": 2}))
+        again = decode(config(exp_dir, one.base_url, model="org/m", protocol={"test": 2}))
     folders = [r.folder for r in runs]
     assert len(set(folders)) == 3 and folders[0].name == "org--m"
     assert all(f.name.startswith("org--m-") for f in folders[1:])
@@ -121,17 +112,17 @@ def test_codes_outside_the_codebook_are_refused_by_every_reader(tmp_path):
     )
 
 
-def test_ctrl_c_during_decode_says_what_is_saved_and_a_rerun_resumes(exp, console_script):
+def test_ctrl_c_during_decode_says_what_is_saved_and_a_rerun_resumes(exp_dir, console_script):
     # Two answers, then the third request is told to come back in 120 s: the signal arrives
     # in that state (two saved, the rest waiting), however slowly the machine runs.
     with FakeServer(status_script=[0, 0, 429], retry_after=120) as server:
         args = [console_script("strop-llm"), "decode", "--model", "qwen3.5", "--k", "64"]
-        args += ["--runs", str(exp), "--base-url", server.base_url, "--concurrency", "1"]
+        args += ["--runs", str(exp_dir), "--base-url", server.base_url, "--concurrency", "1"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
         proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
-        results = exp / "k64" / "llm" / "qwen3.5" / "results.jsonl"
+        results = exp_dir / "k64" / "llm" / "qwen3.5" / "results.jsonl"
         deadline = time.time() + 120
         while time.time() < deadline and not (
             len(read_jsonl(results)) >= 2 and server.stats()["statuses"].get("429")
@@ -146,7 +137,7 @@ def test_ctrl_c_during_decode_says_what_is_saved_and_a_rerun_resumes(exp, consol
         expected = f"interrupted: {saved} of 15 answers saved in {results}; rerun the same command"
         assert expected in " ".join(err.split()), err
         assert "Traceback" not in err
-        again = decode(config(exp, server.base_url))
+        again = decode(config(exp_dir, server.base_url))
         assert again.sent == 15 - saved and again.summary["complete"]
 
 

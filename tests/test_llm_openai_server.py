@@ -7,22 +7,19 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 
 import pytest
+from conftest import decode_config
 
-from llm_decode.protocol import ProtocolConfig
-from llm_decode.runner import DecodeConfig, decode
+from llm_decode.runner import decode
 from llm_decode.testing.fake_server import FakeServer
 from strop.runs import read_jsonl
 
 SECRET = "sk-test-0123456789abcdefSECRET"
 
 
-def config(runs, base_url, **overrides) -> DecodeConfig:
-    fields = {"model": "qwen3.5", "k": 64, "backoff_base": 0.05, "backoff_cap": 0.2, "timeout": 5}
-    fields.update(overrides, runs=runs, base_url=base_url)
-    fields["protocol"] = ProtocolConfig(**fields.get("protocol", {}))
-    return DecodeConfig(**fields)
+config = partial(decode_config, model="qwen3.5", shots=None, backoff_base=0.05, backoff_cap=0.2)
 
 
 def rows_of(result):

@@ -12,20 +12,13 @@ from llm_decode.presets import PRESETS, Hardware, resolve_model
 from llm_decode.protocol import ProtocolConfig
 from llm_decode.runner import DecodeConfig, decode
 from llm_decode.testing.fake_server import FakeServer
-from llm_decode.testing.synthetic import make_run
 from strop.runs import read_jsonl
 
 
-@pytest.fixture
-def exp(tmp_path):
-    make_run(tmp_path / "exp" / "k64", k=64, n_train=60, n_val=20)
-    return tmp_path / "exp"
-
-
-def run(exp, url, **overrides):
+def run(exp_dir, url, **overrides):
     cfg = DecodeConfig(
         k=64,
-        runs=exp,
+        runs=exp_dir,
         base_url=url,
         timeout=5,
         protocol=ProtocolConfig(shots=5, test=1),
@@ -34,11 +27,11 @@ def run(exp, url, **overrides):
     return decode(cfg)
 
 
-def test_qwen_card_sampling_follows_the_thinking_mode(exp):
+def test_qwen_card_sampling_follows_the_thinking_mode(exp_dir):
     with FakeServer() as server:
-        run(exp, server.base_url, card_sampling=True, think=False)
+        run(exp_dir, server.base_url, card_sampling=True, think=False)
         off = server.stats()["last_request"]
-        run(exp, server.base_url, card_sampling=True, think=True)
+        run(exp_dir, server.base_url, card_sampling=True, think=True)
         on = server.stats()["last_request"]
     fields = ("temperature", "top_p", "top_k", "presence_penalty")
     assert tuple(off[f] for f in fields) == (0.7, 0.8, 20, 1.5)
@@ -84,12 +77,12 @@ def test_every_served_preset_enables_prefix_caching():
 
 
 @pytest.mark.parametrize("model", ["gpt-5", "gpt-5-mini", "o3"])
-def test_openai_reasoning_models_get_max_completion_tokens_and_no_temperature(exp, model):
+def test_openai_reasoning_models_get_max_completion_tokens_and_no_temperature(exp_dir, model):
     assert (
         resolve_model(model).reasoning_api and not resolve_model("gpt-5-chat-latest").reasoning_api
     )
     with FakeServer(reject_legacy_sampling=True) as server:
-        result = run(exp, server.base_url, model=model, max_tokens=300)
+        result = run(exp_dir, server.base_url, model=model, max_tokens=300)
         sent = server.stats()["last_request"]
     assert result.summary["complete"] and result.summary["parse_fails"] == 0
     assert sent["max_completion_tokens"] == 300
@@ -97,9 +90,9 @@ def test_openai_reasoning_models_get_max_completion_tokens_and_no_temperature(ex
     assert result.summary["protocol"]["sampling_source"].startswith("the model's default")
 
 
-def test_the_fake_server_answers_openais_exact_400(exp):
+def test_the_fake_server_answers_openais_exact_400(exp_dir):
     with FakeServer(reject_legacy_sampling=True) as server:
-        result = run(exp, server.base_url, model="gpt-4.1", max_attempts=1)
+        result = run(exp_dir, server.base_url, model="gpt-4.1", max_attempts=1)
     (row,) = read_jsonl(result.folder / "results.jsonl")
     assert row["status"] == "error" and row["retryable"] is False
     assert (

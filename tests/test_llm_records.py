@@ -7,27 +7,13 @@ import os
 import subprocess
 import sys
 
-import pytest
+from conftest import decode_config as config
 from typer.testing import CliRunner
 
 from llm_decode.protocol import ProtocolConfig
 from llm_decode.runner import DecodeConfig, decode, plan
 from llm_decode.testing.fake_server import FakeServer
-from llm_decode.testing.synthetic import make_run
 from strop.runs import read_jsonl
-
-
-@pytest.fixture
-def exp(tmp_path):
-    make_run(tmp_path / "exp" / "k64", k=64, n_train=60, n_val=20)
-    return tmp_path / "exp"
-
-
-def config(runs, base_url, **overrides) -> DecodeConfig:
-    fields = {"model": "m", "k": 64, "backoff_base": 0.01, "backoff_cap": 0.05}
-    fields.update(overrides, runs=runs, base_url=base_url, timeout=5)
-    fields["protocol"] = ProtocolConfig(**{"shots": 5, **fields.get("protocol", {})})
-    return DecodeConfig(**fields)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -39,9 +25,9 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 # --------------------------------------------------------------------------- 9. records
 
 
-def test_rows_keep_every_answer_and_the_prompt_once_by_hash(exp):
+def test_rows_keep_every_answer_and_the_prompt_once_by_hash(exp_dir):
     with FakeServer(invalid_first=1) as server:
-        result = decode(config(exp, server.base_url, protocol={"test": 3}))
+        result = decode(config(exp_dir, server.base_url, protocol={"test": 3}))
     rows = read_jsonl(result.folder / "results.jsonl")
     for row in rows:
         assert [a["text"][:10] for a in row["answers"]] == ["Here is th", '{"objects"']
@@ -49,40 +35,44 @@ def test_rows_keep_every_answer_and_the_prompt_once_by_hash(exp):
     prompts = read_jsonl(result.folder / "prompts.jsonl")
     assert len(prompts) == 3  # one per distinct prompt, not per request
     by_hash = {p["sha256"]: p["messages"] for p in prompts}
-    jobs = {j.key: j for j in plan(config(exp, server.base_url, protocol={"test": 3})).jobs}
+    jobs = {j.key: j for j in plan(config(exp_dir, server.base_url, protocol={"test": 3})).jobs}
     for row in rows:
         assert by_hash[row["prompt_sha256"]] == jobs[row["key"]].messages
     with FakeServer() as server:  # a rerun with nothing to send stores nothing again
-        decode(config(exp, server.base_url, protocol={"test": 3}))
+        decode(config(exp_dir, server.base_url, protocol={"test": 3}))
     assert len(read_jsonl(result.folder / "prompts.jsonl")) == 3
 
 
-def test_show_prompt_prints_the_first_messages_and_sends_nothing(exp):
-    out = cli("decode", "--model", "m", "--k", "64", "--runs", str(exp), "--shots", "4",
+def test_show_prompt_prints_the_first_messages_and_sends_nothing(exp_dir):
+    out = cli("decode", "--model", "m", "--k", "64", "--runs", str(exp_dir), "--shots", "4",
               "--base-url", "http://127.0.0.1:9/v1", "--show-prompt")  # fmt: skip
     assert out.returncode == 0, out.stderr
     messages = json.loads(out.stdout)
-    expected = plan(config(exp, "http://127.0.0.1:9/v1", protocol={"shots": 4})).jobs[0].messages
+    expected = (
+        plan(config(exp_dir, "http://127.0.0.1:9/v1", protocol={"shots": 4})).jobs[0].messages
+    )
     assert messages == expected
-    assert not list(exp.rglob("results.jsonl"))
+    assert not list(exp_dir.rglob("results.jsonl"))
 
 
-def test_limit_decodes_the_first_images_and_a_full_run_reuses_them(exp):
+def test_limit_decodes_the_first_images_and_a_full_run_reuses_them(exp_dir):
     with FakeServer() as server:
-        limited = decode(config(exp, server.base_url, limit=2, protocol={"test": 6}))
+        limited = decode(config(exp_dir, server.base_url, limit=2, protocol={"test": 6}))
         assert limited.sent == 2 and limited.summary["n"] == 2
-        full = decode(config(exp, server.base_url, protocol={"test": 6}))
+        full = decode(config(exp_dir, server.base_url, protocol={"test": 6}))
         assert full.folder == limited.folder and full.sent == 4 and full.summary["n"] == 6
 
 
-def test_the_sampling_seed_varies_sampling_on_a_fixed_test_set(exp):
-    base = plan(config(exp, "http://127.0.0.1:1/v1", protocol={"seed": 3}))
-    other = plan(config(exp, "http://127.0.0.1:1/v1", protocol={"seed": 3, "sampling_seed": 9}))
+def test_the_sampling_seed_varies_sampling_on_a_fixed_test_set(exp_dir):
+    base = plan(config(exp_dir, "http://127.0.0.1:1/v1", protocol={"seed": 3}))
+    other = plan(config(exp_dir, "http://127.0.0.1:1/v1", protocol={"seed": 3, "sampling_seed": 9}))
     assert [j.row for j in base.jobs] == [j.row for j in other.jobs]  # the same images
     assert base.selection.shots == other.selection.shots
     assert all(a.key != b.key for a, b in zip(base.jobs, other.jobs, strict=True))
     with FakeServer() as server:
-        decode(config(exp, server.base_url, protocol={"seed": 3, "sampling_seed": 9, "test": 1}))
+        decode(
+            config(exp_dir, server.base_url, protocol={"seed": 3, "sampling_seed": 9, "test": 1})
+        )
         assert server.stats()["last_request"]["seed"] == 9
 
 
@@ -107,15 +97,15 @@ def test_every_transport_option_is_declared_once():
     assert "shots come from its train rows" in help_text
 
 
-def test_a_missing_template_is_a_usage_error(exp, tmp_path):
-    out = cli("decode", "--model", "m", "--k", "64", "--runs", str(exp),
+def test_a_missing_template_is_a_usage_error(exp_dir, tmp_path):
+    out = cli("decode", "--model", "m", "--k", "64", "--runs", str(exp_dir),
               "--template", str(tmp_path / "nope.j2"))  # fmt: skip
     assert out.returncode == 2 and "nope.j2: template file not found" in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_baselines_show_no_tokens_per_second(exp):
-    out = cli("decode", "--backend", "knn", "--k", "64", "--runs", str(exp))
+def test_baselines_show_no_tokens_per_second(exp_dir):
+    out = cli("decode", "--backend", "knn", "--k", "64", "--runs", str(exp_dir))
     assert out.returncode == 0, out.stderr
     assert "tok/s" not in out.stderr
 

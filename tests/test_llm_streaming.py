@@ -11,19 +11,17 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
+
+from conftest import decode_config
 
 from llm_decode.backends.base import TransportStats
-from llm_decode.protocol import ProtocolConfig
-from llm_decode.runner import DecodeConfig, decode
+from llm_decode.runner import decode
 from llm_decode.testing.fake_server import FakeServer
 from strop.runs import read_jsonl
 
-
-def config(runs, base_url, **overrides) -> DecodeConfig:
-    fields = {"model": "m", "k": 64, "backoff_base": 0.05, "backoff_cap": 0.2, "timeout": 0.5}
-    fields.update(overrides, runs=runs, base_url=base_url)
-    fields["protocol"] = ProtocolConfig(**fields.get("protocol", {}))
-    return DecodeConfig(**fields)
+#: an idle limit of 0.5 s (see the module docstring)
+config = partial(decode_config, shots=None, backoff_base=0.05, backoff_cap=0.2, timeout=0.5)
 
 
 def rows_of(result):

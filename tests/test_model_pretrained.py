@@ -175,6 +175,25 @@ def test_from_pretrained_errors_are_one_line(tmp_path, exported):
         Strop.from_pretrained(broken)
 
 
+def test_weights_that_do_not_fit_the_config_name_the_file(tmp_path, run, exported):
+    """An exported folder and a run folder whose config.json says K=32 over K=16 weights: one
+    line naming the weights (exported) or the checkpoint and the run's config (run)."""
+    for source, name in ((exported, "tok"), (run, "run")):
+        folder = Path(shutil.copytree(source, tmp_path / name))
+        config = json.loads((folder / "config.json").read_text())
+        config["model"]["k"] = 32
+        (folder / "config.json").write_text(json.dumps(config))
+        done = strop_cli("export", str(folder), "--limit", "2")
+        assert done.exit_code == 1, done.output
+        lines = done.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), done.output
+        if source == exported:
+            assert f"{folder / 'model.safetensors'}: weights do not fit config.json (" in lines[0]
+        else:
+            assert f"{folder}/checkpoints/" in lines[0] and lines[0].endswith("k 16 vs 32)")
+            assert f"weights do not fit the model of {folder / 'config.json'} (" in lines[0]
+
+
 class _HubStandIn(BaseHTTPRequestHandler):
     """Records what huggingface_hub's client asks of the hub, and refuses it (401)."""
 

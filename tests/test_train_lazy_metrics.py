@@ -67,22 +67,13 @@ def test_train_step_leaves_its_losses_on_the_device(clevr, tmp_path):
 
 
 def test_a_non_finite_loss_is_caught_at_the_next_check_naming_its_step(
-    clevr, tmp_path, monkeypatch
+    clevr, tmp_path, nan_align_error
 ):
     """The finite check lags at most `train.log_every` steps, and runs before any save."""
-    from strop.model import losses
     from strop.training import checkpoint as ckpt
     from strop.training.trainer import TrainingDiverged, train
 
-    calls = {"n": 0}
-    real = losses.align_error
-
-    def poisoned(field, target, w_mse):
-        calls["n"] += 1
-        out = real(field, target, w_mse)
-        return out * float("nan") if calls["n"] > 5 else out
-
-    monkeypatch.setattr(losses, "align_error", poisoned)
+    nan_align_error(after=5)
     cfg = tiny_run_config(
         clevr,
         "train.steps=12",

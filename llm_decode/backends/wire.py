@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from llm_decode.schema import first_error
+
 
 class WireError(ValueError):
     """A server's JSON that is not what the OpenAI schema says; the message is one line."""
@@ -86,11 +88,7 @@ def _validate(model: type[BaseModel], data: Any, what: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        got = err.get("input")
-        shown = type(got).__name__ if isinstance(got, dict | list) else repr(got)[:40]
-        raise WireError(f"{what}: field {loc}: {err['msg']} (got {shown})") from None
+        raise WireError(f"{what}: {first_error(exc)}") from None
 
 
 def parse_chunk(data: Any) -> Chunk:

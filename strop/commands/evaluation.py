@@ -8,6 +8,7 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 import typer
 
@@ -70,6 +71,20 @@ DEVICE_OPT = typer.Option(
     help="auto (CUDA when available), cpu, cuda, cuda:N or mps.",
 )
 CKPT_OPT = typer.Option("last", "--checkpoint", help="last, a step number, or a .pt path.")
+
+
+class _Encoding(TypedDict):
+    """The options `eval` and `eval --sweep` pass on unchanged (`evaluate_run`, `sweep_run`):
+    which images, which weights on which device, and whether LPIPS scores the pixel probe.
+    Gathered once, so the two paths cannot drift apart."""
+
+    split: str
+    data: Path | None
+    batch_size: int
+    limit: int | None
+    device: str
+    checkpoint: str
+    lpips: bool | None
 
 
 @commands.command("export")
@@ -174,23 +189,24 @@ def eval_cmd(
         fail("--no-lpips contradicts --lpips-backbone/--lpips-lin", usage=True)
     if (sweep_lengths is not None or sweep_eps is not None) and not sweep:
         fail("--sweep-lengths/--sweep-eps need --sweep", usage=True)
+    encoding = _Encoding(
+        split=split,
+        data=data,
+        batch_size=batch_size,
+        limit=limit,
+        device=device,
+        checkpoint=checkpoint,
+        lpips=lpips,
+    )
     if sweep:
-        _sweep(
-            run, split, sweep_lengths, sweep_eps, data, batch_size, limit, device, checkpoint, lpips
-        )
+        _sweep(run, encoding, sweep_lengths, sweep_eps)
         return
     eps_values = _eps_list(quality_eps)
     with exit_on(usage=_usage_errors(), failed=_model_errors()):
         result = evaluate_run(
             run,
-            split=split,
+            **encoding,
             length_mode=length_mode,
-            data=data,
-            batch_size=batch_size,
-            limit=limit,
-            device=device,
-            checkpoint=checkpoint,
-            lpips=lpips,
             lpips_backbone=lpips_backbone,
             lpips_lin=lpips_lin,
             quality_eps=eps_values,
@@ -221,33 +237,11 @@ def _eps_list(text: str | None) -> list[float] | None:
     return values
 
 
-def _sweep(
-    run: Path,
-    split: str,
-    lengths: str | None,
-    eps: float | None,
-    data: Path | None,
-    batch_size: int,
-    limit: int | None,
-    device: str,
-    checkpoint: str,
-    lpips: bool | None,
-) -> None:
+def _sweep(run: Path, encoding: _Encoding, lengths: str | None, eps: float | None) -> None:
     from strop.evaluation.sweep import SWEEP_FILE, sweep_run
 
     with exit_on(usage=_usage_errors(), failed=_model_errors()):
-        result = sweep_run(
-            run,
-            split=split,
-            lengths=lengths,
-            search_eps=eps,
-            data=data,
-            batch_size=batch_size,
-            limit=limit,
-            device=device,
-            checkpoint=checkpoint,
-            lpips=lpips,
-        )
+        result = sweep_run(run, **encoding, lengths=lengths, search_eps=eps)
     for row in result["rows"]:
         typer.echo(f"N {row['n']:>4}  cos {row['cos']:.4f}  align error {row['align_error']:.4f}")
     for name, point in result["operating_points"].items():

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -292,17 +292,16 @@ class PretrainedMixin:
             state: dict[str, Any] = dict(load_file(str(folder / WEIGHTS_NAME), device="cpu"))
         except (SafetensorError, OSError) as exc:
             raise PretrainedError(f"{folder / WEIGHTS_NAME}: not loadable ({exc})") from None
-        model: Any = cls(cfg)  # type: ignore[call-arg]  # Strop(cfg)
-        state["_extra_state"] = model.get_extra_state()
-        try:
-            model.load_state_dict_checked(state)
-        except (ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise PretrainedError(
+        model = _checked_model(
+            cls,
+            cfg,
+            state,
+            map_location,
+            lambda first: PretrainedError(
                 f"{folder / WEIGHTS_NAME}: weights do not fit config.json ({first})"
-            ) from None
-        model.to(map_location)
-        model.eval()
+            ),
+            fill_extra_state=True,
+        )
         return model, info
 
     @classmethod
@@ -325,16 +324,15 @@ class PretrainedMixin:
                 else "; no other checkpoint of this run loads"
             )
             raise CheckpointError(f"{exc}{hint}") from None
-        model: Any = cls(info.model)  # type: ignore[call-arg]  # Strop(cfg)
-        try:
-            model.load_state_dict_checked(state["model"])
-        except (ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise CheckpointError(
+        model = _checked_model(
+            cls,
+            info.model,
+            state["model"],
+            map_location if isinstance(map_location, (str, torch.device)) else "cpu",
+            lambda first: CheckpointError(
                 f"{path}: weights do not fit the model of {Path(run_dir) / CONFIG_NAME} ({first})"
-            ) from None
-        model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
-        model.eval()
+            ),
+        )
         step = int(state["step"])
         return model, replace(info, step=step, provenance={"checkpoint": str(path)})
 
@@ -360,6 +358,32 @@ class PretrainedMixin:
                 "nor an exported tokenizer)"
             )
         return cls.from_run(folder, checkpoint, map_location)
+
+
+def _checked_model(
+    cls: type[T],
+    cfg: ModelConfig,
+    state: dict[str, Any],
+    device: str | torch.device,
+    mismatch: Callable[[str], Exception],
+    *,
+    fill_extra_state: bool = False,
+) -> T:
+    """`cls(cfg)` with `state` loaded by `load_state_dict_checked`, on `device`, in eval mode:
+    the one load of an exported folder and of a run's checkpoint. Weights that do not fit
+    raise `mismatch(first line of the reason)`, each caller naming its own file.
+    `fill_extra_state`: the state has no `_extra_state` (safetensors holds tensors only), so
+    the new model's own is put in before the load."""
+    model: Any = cls(cfg)  # type: ignore[call-arg]  # Strop(cfg)
+    if fill_extra_state:
+        state["_extra_state"] = model.get_extra_state()
+    try:
+        model.load_state_dict_checked(state)
+    except (ValueError, RuntimeError) as exc:
+        raise mismatch(str(exc).strip().splitlines()[0]) from None
+    model.to(device)
+    model.eval()
+    return model
 
 
 def export_config(model: Any, info: TokenizerInfo) -> dict[str, Any]:

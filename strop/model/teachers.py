@@ -33,6 +33,7 @@ Design decisions
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,8 @@ class Teacher(nn.Module):
     teacher_name: str
     dim: int
     patch_size: int
+    mean: torch.Tensor  # (1, 3, 1, 1), set by `_normalise_with`
+    std: torch.Tensor
 
     def train(self, mode: bool = True) -> Teacher:
         return super().train(False)
@@ -109,6 +112,17 @@ class Teacher(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
+    def _normalise_with(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Keep the per-channel input normalisation as buffers that follow `.to(device)` and
+        stay out of state dicts (non-persistent): the one place both teachers set it."""
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def _normalised(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` (B, 3, H, W) in [0, 1], checked, then normalised with `mean` and `std`."""
+        self._check(images)
+        return (images - self.mean) / self.std
+
     def _check(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(
@@ -124,9 +138,6 @@ class Teacher(nn.Module):
 class ViTTeacher(Teacher):
     """A `transformers` DINOv3ViTModel with its normalisation; patch tokens only."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
-
     def __init__(self, model: nn.Module, name: str, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
         super().__init__()
         self.model = model
@@ -137,37 +148,29 @@ class ViTTeacher(Teacher):
         patch = config.patch_size
         self.patch_size = patch if isinstance(patch, int) else patch[0]
         self.n_prefix = 1 + int(config.num_register_tokens)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._normalise_with(mean, std)
         self._freeze()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self._check(images)
-        pixels = (images - self.mean) / self.std
-        hidden = self.model(pixel_values=pixels).last_hidden_state
+        hidden = self.model(pixel_values=self._normalised(images)).last_hidden_state
         return hidden[:, self.n_prefix :]
 
 
 class PixelTeacher(Teacher):
     """ImageNet-normalised patch pixels: (B, P, 3 * p * p), channel-major inside a patch."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
-
     def __init__(self, patch_size: int) -> None:
         super().__init__()
         self.teacher_name = "pixels"
         self.patch_size = patch_size
         self.dim = 3 * patch_size * patch_size
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._normalise_with(IMAGENET_MEAN, IMAGENET_STD)
         self._freeze()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self._check(images)
-        pixels = (images - self.mean) / self.std
+        pixels = self._normalised(images)
         # unfold: (B, 3*p*p, P) with patches in row-major order, like a ViT's patch grid.
         return F.unfold(pixels, kernel_size=self.patch_size, stride=self.patch_size).transpose(1, 2)
 
