@@ -258,6 +258,21 @@ def test_shortest_reaching_is_the_search_rule():
     assert shortest_reaching(errors, float("inf"), 1).tolist() == [1, 1]
 
 
+def test_default_eps_spread_the_searchs_mean_length_over_its_range():
+    from strop.evaluation.quality_control import default_eps
+
+    rng = np.random.default_rng(0)
+    # 300 images whose curves fall from a per-image level to a per-image floor, plus noise
+    level, floor = rng.uniform(0.5, 0.9, (300, 1)), rng.uniform(0.1, 0.4, (300, 1))
+    decay = np.exp(-np.arange(16)[None, :] / rng.uniform(1, 6, (300, 1)))
+    errors = floor + (level - floor) * decay + rng.normal(0, 0.005, (300, 16))
+    eps = default_eps(errors, l_min=1)
+    assert len(eps) == 6 and eps == sorted(eps) and len(set(eps)) == 6
+    means = [float(shortest_reaching(torch.from_numpy(errors), e, 1).double().mean()) for e in eps]
+    steps = -np.diff([16.0, *means, 1.0])  # from the longest answer down to the shortest
+    np.testing.assert_allclose(steps, np.full(7, 15 / 7), atol=0.3)
+
+
 def test_error_curve_targets_are_the_measured_cells():
     bank = ErrorCurveBank(size=3, l_min=1, l_max=5, decay=0.5)
     # Image 0 measured at 1, 3, 5; image 1 only once (too few cells); image 2 never.
