@@ -86,43 +86,42 @@ def plot_length_curves(series: list[tuple[str, dict[str, Any]]], path: Path) -> 
 
 
 def plot_calibration(series: list[tuple[str, dict[str, Any]]], path: Path) -> Path | None:
-    """Requested EPS vs achieved mean error, per (label, quality_control block)."""
+    """Per (label, quality_control block), against requested EPS: the achieved mean error, the
+    share of images that reach EPS, and the mean length, for quality:EPS and search:EPS."""
     series = [(label, block) for label, block in series if block.get("rows")]
     if not series:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(12.6, 4.0))
+    panels = [
+        ("error_mean", "achieved mean align error"),
+        ("reached", "share of images with error <= EPS"),
+        ("length_mean", "mean program length"),
+    ]
     lows, highs = [], []
     for i, (label, block) in enumerate(series):
         rows = block["rows"]
         eps = [r["eps"] for r in rows]
         color = plt.cm.tab10(i % 10)
-        ax.plot(
-            eps,
-            [r["quality_error_mean"] for r in rows],
-            "o-",
-            color=color,
-            label=f"{label} quality:EPS",
-        )
-        ax.plot(
-            eps,
-            [r["search_error_mean"] for r in rows],
-            "^:",
-            color=color,
-            alpha=0.7,
-            label=f"{label} search:EPS",
-        )
-        values = (
-            eps + [r["quality_error_mean"] for r in rows] + [r["search_error_mean"] for r in rows]
-        )
-        lows.append(min(values))
-        highs.append(max(values))
-    lo, hi = min(lows), max(highs)
-    ax.plot([lo, hi], [lo, hi], color="gray", lw=1, label="achieved = requested")
-    ax.set_xlabel("requested EPS (align error)")
-    ax.set_ylabel("achieved mean align error")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        for ax, (key, _) in zip(axes, panels, strict=True):
+            quality = [r.get(f"quality_{key}") for r in rows]
+            search = [r.get(f"search_{key}") for r in rows]
+            if any(v is None for v in quality + search):  # an eval.json from before the share
+                continue
+            ax.plot(eps, quality, "o-", color=color, label=f"{label} quality:EPS")
+            ax.plot(eps, search, "^:", color=color, alpha=0.7, label=f"{label} search:EPS")
+            if key == "error_mean":
+                lows.append(min(eps + quality + search))
+                highs.append(max(eps + quality + search))
+    if lows:
+        lo, hi = min(lows), max(highs)
+        axes[0].plot([lo, hi], [lo, hi], color="gray", lw=1, label="achieved = requested")
+    for ax, (_, ylabel) in zip(axes, panels, strict=True):
+        ax.set_xlabel("requested EPS (align error)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[1].set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

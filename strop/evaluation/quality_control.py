@@ -21,6 +21,10 @@ Design decisions
   forward plus one interpreter pass at the chosen lengths; `search` is the interpreter at all
   L_max - L_min + 1 lengths (its cost does not depend on EPS, so it is timed once per batch).
   The ratio is search time / quality time; passes are interpreter passes per image.
+- `*_reached` is the share of images whose error at the chosen length is <= EPS: the mean
+  error hides it (it is dominated by each image's floor), and for the search it is the most
+  any length could give, so the quality head's share against it says how often one pass
+  stops short.
 - `spearman_requested_vs_achieved` is Spearman's rho between requested EPS and the head's
   achieved mean error over the EPS values (monotone calibration); `length_abs_diff_mean` is
   the mean per-image |L_quality - L_search|.
@@ -101,8 +105,10 @@ def quality_control(
                 "eps": eps,
                 "quality_length_mean": float(q.mean()),
                 "quality_error_mean": float(matrix[rows_idx, q - l_min].mean()),
+                "quality_reached": float((matrix[rows_idx, q - l_min] <= eps).mean()),
                 "search_length_mean": float(s.mean()),
                 "search_error_mean": float(matrix[rows_idx, s - l_min].mean()),
+                "search_reached": float((matrix[rows_idx, s - l_min] <= eps).mean()),
                 "length_abs_diff_mean": float(np.abs(q - s).mean()),
             }
         )
