@@ -58,7 +58,6 @@ Design decisions
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import sys
@@ -85,6 +84,7 @@ from strop.training import data as train_data
 from strop.training import distributed as distr
 from strop.training.config import RunConfig
 from strop.training.curriculum import OracleState, TargetBank
+from strop.training.host_sync import to_device
 from strop.training.log import MetricLog, ProgressBar, StepResult
 from strop.training.mfu import mfu, peak_bf16_flops, training_flops_per_image
 from strop.training.optim import build_optimizer, build_scheduler, lr_factor
@@ -122,8 +122,8 @@ class TrainingDiverged(RuntimeError):
 
 def _gather_rows(rows: torch.Tensor, b: int) -> torch.Tensor:
     """Main, down and up probe rows (3b,) of every rank, as (main of all ranks, down of all
-    ranks, up of all ranks) on CPU, to line up with the gathered bank indices repeated 3x."""
-    gathered = distr.all_gather_cat(rows).cpu()
+    ranks, up of all ranks), to line up with the gathered bank indices repeated 3x."""
+    gathered = distr.all_gather_cat(rows)
     return gathered.view(-1, 3, b).transpose(0, 1).reshape(-1)
 
 
@@ -302,10 +302,16 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.cfg, fused=device.type == "cuda")
         self.scheduler = build_scheduler(self.optimizer, self.cfg)
         self.oracle = OracleState()
-        self.bank = TargetBank(len(self.train_set), self.cfg.curriculum.target_ema_decay)
+        self.bank = TargetBank(
+            len(self.train_set), self.cfg.curriculum.target_ema_decay, device=device
+        )
         self.curves = (
             ErrorCurveBank(
-                len(self.train_set), m.l_min, m.l_max, cfg.curriculum.quality_curve_decay
+                len(self.train_set),
+                m.l_min,
+                m.l_max,
+                cfg.curriculum.quality_curve_decay,
+                device=device,
             )
             if m.quality_head
             else None
@@ -434,6 +440,7 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 predicted = self.model.predict_length(feats).float()
         lengths, from_head = cur.choose_lengths(step, cfg, l_min, l_max, b, predicted, gen)
+        lengths, from_head = to_device(lengths, self.device), to_device(from_head, self.device)
         all_lengths = lengths
         if cur.oracle_active(phase):
             down, up, valid_down, valid_up = cur.probe_lengths(
@@ -442,9 +449,9 @@ class Trainer:
             all_lengths = torch.cat([lengths, down, up])
 
         quality = self._quality_draw(batch, gen)
-        eps = None if quality is None else quality[0].to(self.device)
+        eps = None if quality is None else quality[0]
         with self._autocast():
-            out = self.forward(feats, all_lengths.to(self.device), images, eps)
+            out = self.forward(feats, all_lengths, images, eps)
         errors = out.errors.detach()
         oracle_stats = None
         if cur.oracle_active(phase):
@@ -452,15 +459,12 @@ class Trainer:
             targets, self.oracle, oracle_stats = cur.oracle_targets(
                 lengths, e, e_down, e_up, valid_down, valid_up, self.oracle, cfg, l_min, l_max
             )
-            index = batch["bank_index"]
-            index = torch.as_tensor(index, dtype=torch.long)
-            gathered_idx = distr.all_gather_cat(index.to(self.device)).cpu()
-            gathered_t = distr.all_gather_cat(targets.to(self.device)).cpu()
-            self.bank.update(gathered_idx, gathered_t)
+            gathered_idx = distr.all_gather_cat(self._bank_index(batch))
+            self.bank.update(gathered_idx, distr.all_gather_cat(targets))
             if self.curves is not None:
                 self.curves.update(
                     gathered_idx.repeat(3),
-                    _gather_rows(all_lengths.to(self.device), b),
+                    _gather_rows(all_lengths, b),
                     _gather_rows(errors.float(), b),
                 )
 
@@ -470,7 +474,7 @@ class Trainer:
         # The finite check and the stop flag stay on the device (all-reduced, so every rank
         # reads the same values) and are read on the next check (`_check_pending`).
         finite_and_stop = torch.stack(
-            [(~torch.isfinite(loss.detach())).float(), loss.new_tensor(float(self._sigint))]
+            [(~torch.isfinite(loss.detach())).float(), loss.new_full((), float(self._sigint))]
         ).float()
         distr.all_reduce_sum(finite_and_stop)
         self._pending_checks.append(
@@ -497,8 +501,8 @@ class Trainer:
             commit_loss=terms.commit.detach(),
             diversity_loss=terms.diversity.detach(),
             grad_norm=grad_norm,
-            mean_length=float(lengths.float().mean()),
-            head_share=float(from_head.float().mean()),
+            mean_length=lengths.float().mean(),
+            head_share=from_head.float().mean(),
             length_loss=_item(terms.length),
             pixel_loss=_item(terms.pixel),
             quality_length_loss=_item(terms.quality),
@@ -513,15 +517,23 @@ class Trainer:
         """(eps, target lengths, has_target) of the eps-conditioned head; None without it."""
         if self.curves is None:
             return None
-        index = torch.as_tensor(batch["bank_index"], dtype=torch.long)
+        index = self._bank_index(batch)
         draw = quality_targets(self.curves, index, self.cfg.curriculum.quality_min_cells, gen)
-        eps, _, has_target = draw
+        # The draw is host data (quality_targets works in NumPy): eps and the targets are
+        # copied to the device without a wait; the mask stays on the host for `_loss`.
+        eps, targets, has_target = draw
+        eps, targets = to_device(eps, self.device), to_device(targets, self.device)
         head = self.model.quality_head
         if head is not None and cur.head_active(cur.phase_at(self.step, self.cfg.curriculum)):
             # every rank folds in every rank's draws, so the statistics agree across ranks
-            drawn = distr.all_gather_cat(eps.to(self.device))
-            head.observe(drawn[distr.all_gather_cat(has_target.to(self.device))])
-        return draw
+            # (indexing by the gathered mask reads its count: a host sync)
+            drawn = distr.all_gather_cat(eps)
+            head.observe(drawn[distr.all_gather_cat(to_device(has_target, self.device))])
+        return eps, targets, has_target
+
+    def _bank_index(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's dataset indices (the banks' keys) on the device."""
+        return to_device(torch.as_tensor(batch["bank_index"], dtype=torch.long), self.device)
 
     def _loss(
         self,
@@ -537,18 +549,19 @@ class Trainer:
         loss = align + m.w_commit * out.commit_loss + w_div * out.diversity_loss
         length_loss = None
         if cur.head_active(phase):
-            target, _ = self.bank.lookup(torch.as_tensor(batch["bank_index"]))
-            length_loss = losses.length_loss(out.l_hat, target.to(self.device), m.l_max)
+            target, _ = self.bank.lookup(self._bank_index(batch))
+            length_loss = losses.length_loss(out.l_hat, target, m.l_max)
             loss = loss + m.w_len * length_loss
         else:
             # Keeps the head in the graph (DDP needs every parameter used); no effect.
             loss = loss + 0.0 * out.l_hat.sum()
         quality_loss = None
         if out.l_hat_quality is not None and quality is not None:
-            _, q_target, has_target = (t.to(self.device) for t in quality)
+            _, q_target, has_target = quality  # the mask is host data: no device read
             if cur.head_active(phase) and bool(has_target.any()):
+                picked = to_device(has_target.nonzero().squeeze(1), self.device)
                 quality_loss = losses.length_loss(
-                    out.l_hat_quality[has_target], q_target[has_target], m.l_max
+                    out.l_hat_quality[picked], q_target[picked], m.l_max
                 )
                 loss = loss + m.w_len * quality_loss
             else:  # in the graph for DDP, no effect (as the unconditioned head above)
@@ -564,10 +577,11 @@ class Trainer:
             quality=quality_loss,
         )
 
-    def _clip(self) -> tuple[torch.Tensor | float, float | None]:
+    def _clip(self) -> tuple[torch.Tensor | float, torch.Tensor | float | None]:
         """Clip the tokenizer's gradients and the pixel probe's, each by its own norm; return
         both norms (the probe's None when it has no gradients). A non-finite probe gradient
-        drops the probe's step only."""
+        is zeroed on the device (no host read), so the probe's AdamW step moves it by its
+        moments only and no NaN reaches its weights; the tokenizer's step is untouched."""
         probe_ids = {id(p) for p in self.model.pixel_decoder.parameters()}
         params = [p for p in self.model.parameters() if p.grad is not None]
         tokenizer = [p for p in params if id(p) not in probe_ids]
@@ -575,11 +589,12 @@ class Trainer:
         norm = _clip_norm(tokenizer, self.cfg.train.grad_clip)
         if not probe:
             return norm, None
-        # Read now (one host sync): a non-finite probe step must be dropped before AdamW's.
-        probe_norm = float(_clip_norm(probe, self.cfg.train.grad_clip))
-        if not math.isfinite(probe_norm):
+        probe_norm = _clip_norm(probe, self.cfg.train.grad_clip)
+        if isinstance(probe_norm, torch.Tensor):
+            not_finite = ~probe_norm.isfinite()
             for p in probe:
-                p.grad = None
+                if p.grad is not None:
+                    p.grad.masked_fill_(not_finite, 0.0)
         return norm, probe_norm
 
     def _check_pending(self) -> None:
