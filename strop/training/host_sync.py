@@ -70,12 +70,18 @@ class HostReads:
 
 
 def _site(method: str) -> str:
-    frames = traceback.extract_stack()[:-3]  # drop _site, the wrapper and its caller's call
+    """`method at strop/path.py:line (function)`: the innermost frame of this package, then
+    `via path` of the innermost frame when that is in a library (torch.optim, say)."""
+    frames = traceback.extract_stack()[:-2]  # drop this function and the counting wrapper
     ours = [f for f in frames if f.filename.startswith(_PACKAGE)]
     frame = (ours or frames)[-1]
     path = Path(frame.filename)
-    short = path.relative_to(Path(_PACKAGE).parent) if ours else path.name
-    return f"{method} at {short}:{frame.lineno} ({frame.name})"
+    short = path.relative_to(Path(_PACKAGE).parent).as_posix() if ours else path.name
+    site = f"{method} at {short}:{frame.lineno} ({frame.name})"
+    if ours and frames[-1] is not frame:
+        inner = Path(frames[-1].filename)
+        site += f" via {'/'.join(inner.parts[-3:])}"
+    return site
 
 
 def _is_mask_index(index: Any) -> bool:
