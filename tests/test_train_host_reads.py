@@ -18,7 +18,7 @@ import torch
 from test_train_trainer import config
 
 from strop.training import curriculum as cur
-from strop.training.host_sync import HostReads, count_host_reads, to_device
+from strop.training.host_sync import OPTIMIZER_SITES, HostReads, count_host_reads, to_device
 from strop.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,7 +39,7 @@ DEAD_CHECK = "__int__ at strop/model/quantizer.py"
 RESTART = "strop/model/quantizer.py"
 #: AdamW on CPU keeps each parameter's step count as a CPU tensor and reads it (`.item()`);
 #: on CUDA the trainer builds the fused AdamW, whose step counts live on the device.
-OPTIMIZER = "via torch/optim/"
+OPTIMIZER = OPTIMIZER_SITES
 #: Reads of host data (no GPU wait on CUDA, counted on CPU): the quality head's draw works in
 #: NumPy on the host (`strop.training.quality.quality_targets`), and its mask decides on the
 #: host whether a batch has any target.

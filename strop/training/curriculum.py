@@ -37,7 +37,10 @@ Design decisions (the paper leaves these open; each constant is a documented con
   target tracks the improving model but one noisy random length does not dominate it. The
   oracle keeps running in phases 3-5 (probes around the random or predicted length), which
   refreshes the targets the head trains on. Under DDP the trainer gathers (index, target)
-  pairs from every rank so every rank holds the same bank; rank 0 checkpoints it.
+  pairs from every rank so every rank holds the same bank; rank 0 checkpoints it. The bank,
+  the oracle's arithmetic and its EMAs (0-d float64 tensors) stay on the training device, so
+  a step never waits for the GPU to hand them back; the checkpoint holds plain CPU tensors
+  and floats, as before.
 - The phase-3 loss itself (eq. 6) is `strop.model.losses.length_loss`, weighted by the model's `w_len`;
   its gradient reaches the head only because the model detaches the head's input.
 - Predicted lengths are `clip(round(L_hat), L_min, L_max)`, the inference rule of the paper,

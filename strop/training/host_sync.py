@@ -45,6 +45,9 @@ READS = (
     "__index__",
 )
 
+#: Sites of reads inside `torch.optim` (see `HostReads.count_excluding`).
+OPTIMIZER_SITES = "via torch/optim/"
+
 _PACKAGE = str(Path(__file__).resolve().parents[1])  # the `strop` package folder
 
 
@@ -65,8 +68,9 @@ class HostReads:
     sites: Counter[str] = field(default_factory=Counter)
     """`method at path:line (function)` of the innermost `strop` frame (or the caller's)."""
 
-    def since(self, start: int) -> int:
-        return self.count - start
+    def count_excluding(self, *parts: str) -> int:
+        """Reads whose site contains none of `parts` (e.g. `OPTIMIZER_SITES`)."""
+        return sum(n for site, n in self.sites.items() if not any(p in site for p in parts))
 
 
 def _site(method: str) -> str:

@@ -27,6 +27,9 @@ Design decisions (ours; the paper has no conditioned head)
 - The bank is updated from phase 2 on (when the probes exist) and checkpointed with the
   curriculum state, so a resumed run continues bit-for-bit. The draw uses the step's own
   generator after the curriculum's length draw, so it needs no saved state either.
+- The bank lives on the training device and is updated there (no host read); the draw
+  itself is NumPy on the host, so `curves` reads the batch's rows back in one transfer per
+  step (the one device read the conditioned head adds before phase 3).
 - Nothing here runs for a default (unconditioned) run: its metrics stay bit-identical.
 """
 

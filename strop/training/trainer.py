@@ -37,11 +37,21 @@ Design decisions
 - A checkpoint also holds the optimiser, schedule, curriculum state (oracle, target bank) and
   the open logging interval (`strop.training.log`), so a resumed run writes the same rows as a straight
   one (timings aside).
-- A step the GPU can run ahead of: the step's loss terms, grad norm and predicted length stay
-  on the device (`strop.training.log.MetricLog` reads them on log steps), and so do the
-  non-finite and stop flags (`_check_pending` reads them on log, validation and checkpoint
-  steps). The pixel probe's norm (its non-finite step is dropped before AdamW's) and the
-  curriculum's oracle, bank and dead-code bookkeeping still read values each step.
+- A step the GPU can run ahead of: the step's loss terms, grad norm, lengths, predicted
+  length, the pixel probe's norm and the oracle's statistics stay on the device
+  (`strop.training.log.MetricLog` reads them on log steps), and so do the non-finite and stop
+  flags (`_check_pending` reads them on log, validation and checkpoint steps: the finite check
+  lags at most `train.log_every` steps). The oracle, its target bank and the error-curve bank
+  live on the device and are indexed with device tensors; host data (the lengths drawn from
+  the step's generator, the dataset indices) goes in by pinned, non-blocking copies
+  (`strop.training.host_sync`). A non-finite probe gradient is zeroed by a mask, not dropped
+  by a branch. One read remains per step: the quantizer's dead-code check (re-seeding draws
+  from the global CPU generator only when a code is dead; deciding on the device would change
+  that stream and the bits of every run), plus a few on a step that re-seeds. With
+  `model.quality_head=true` the eps draw (NumPy, `strop.training.quality`) reads the batch's
+  error curves in one transfer, and from phase 3 the head's eps statistics (a boolean index
+  of the gathered draws, under DDP too, and the head's own count) read two more.
+  `tests/test_train_host_reads.py` counts them on CPU.
 - The opt-in eps-conditioned length head (`model.quality_head`, `strop.training.quality`):
   each step draws a target error per sample before the forward (from the step's generator,
   after the length draw) and feeds the three probe rows to the error-curve bank after it;
