@@ -164,3 +164,20 @@ def test_the_counter_counts_each_kind_of_read_and_restores_torch():
         pass
     float(t[0])
     assert after.count == 0 and "__float__" not in vars(torch.Tensor)
+
+
+def test_a_non_finite_probe_gradient_is_masked_on_the_device(clevr, tmp_path):
+    """The pixel probe's norm is no longer read each step: a non-finite probe gradient is
+    zeroed by a mask, so no NaN reaches the probe's weights and the tokenizer's update is the
+    one it has without the probe's overflow."""
+
+    def after_steps(w_pixel: str) -> dict[str, torch.Tensor]:
+        cfg = config(clevr, 3, f"model.w_pixel={w_pixel}", "train.log_every=1")
+        trainer = Trainer(cfg, tmp_path / f"w{w_pixel}", progress=False)
+        trainer.fit()
+        return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+
+    base, overflow = after_steps("1"), after_steps("1e39")  # inf in float32: inf/NaN grads
+    probe = [k for k in base if k.startswith("pixel_decoder.")]
+    assert probe and all(overflow[k].isfinite().all() for k in probe)
+    assert all(torch.equal(base[k], overflow[k]) for k in base if k not in probe)

@@ -23,8 +23,9 @@ Design decisions
 - The pixel decoder (inspection only, paper claim iii: pixels never shape the codebook) learns
   from its own loss on the detached field. One backward runs on the sum (DDP wants one), but
   the detached input leaves the tokenizer's gradients exactly those of its own objective;
-  the probe's gradients are then clipped by their own norm (`train.grad_clip`) and its
-  non-finite losses skip only its own step, so no probe value reaches the tokenizer's update:
+  the probe's gradients are then clipped by their own norm (`train.grad_clip`) and a
+  non-finite one is zeroed by a mask on the device (its weights stay finite; its AdamW step
+  then moves it by its moments alone), so no probe value reaches the tokenizer's update:
   with the probe loss scaled by 1000 the tokenizer's parameters after a step are
   bit-identical (`tests/test_train_trainer.py`). AdamW's update is per tensor, so one
   optimiser steps the two apart. `loss` in metrics.jsonl is the tokenizer's objective;
