@@ -10,7 +10,10 @@ list that fits; each batch that ran out of memory is listed, a recorded result, 
 crash), images/s, achieved TFLOP/s, MFU against the device's dense bf16 peak
 (`strop.training.mfu`; n/a for devices not in its table, and on CPU), peak memory, host syncs
 per step (`torch.cuda.set_sync_debug_mode`, CUDA only; the trainer's one read of the
-finite/stop flags per log interval is not in it), and warm-up seconds (compilation).
+finite/stop flags per log interval is not in it), host reads per step (`host_reads`: the
+Python-level reads of tensor values that `strop.training.host_sync.count_host_reads` counts,
+on any device, so `--dry-run` shows it on CPU; AdamW's own reads of its CPU step counts are
+left out), and warm-up seconds (compilation).
 
 Design decisions
 - The step timed is the trainer's own (`Trainer.train_step`: curriculum in phase 2, the
@@ -127,6 +130,7 @@ COLUMNS = (
     "mfu",
     "peak_mem_gib",
     "syncs_per_step",
+    "host_reads",
     "warmup_s",
     "oom_batches",
 )
@@ -144,6 +148,7 @@ class Row:
     mfu: float | None = None
     peak_mem_gib: float | None = None
     syncs_per_step: float | None = None
+    host_reads: float | None = None
     warmup_s: float | None = None
     oom_batches: list[int] = field(default_factory=list)
     note: str = ""
@@ -283,6 +288,18 @@ def _count_syncs(step: Any, steps: int) -> float:
     return len(syncs) / steps
 
 
+def _count_host_reads(step: Any, steps: int) -> float:
+    """Python-level reads of tensor values per step (`strop.training.host_sync`), AdamW's
+    own left out (the non-fused AdamW reads its CPU step counts; the fused one, which the
+    trainer builds on CUDA, keeps them on the device)."""
+    from strop.training.host_sync import OPTIMIZER_SITES, count_host_reads
+
+    with count_host_reads() as reads:
+        for _ in range(steps):
+            step()
+    return reads.count_excluding(OPTIMIZER_SITES) / steps
+
+
 def measure(spec: RowSpec, setup: Setup, batch: int, row: Row) -> None:
     """Fill `row` with the measurements of `spec` at `batch` (raises OutOfMemoryError)."""
     from strop.training.mfu import mfu, peak_bf16_flops, training_flops_per_image
@@ -328,6 +345,7 @@ def measure(spec: RowSpec, setup: Setup, batch: int, row: Row) -> None:
         if device.type == "cuda":
             row.peak_mem_gib = torch.cuda.max_memory_allocated(device) / 2**30
             row.syncs_per_step = _count_syncs(step, scale.sync_steps)
+        row.host_reads = _count_host_reads(step, scale.sync_steps)
     finally:
         trainer.metrics.close()  # the trainer itself goes with this frame; `run_row` frees
 

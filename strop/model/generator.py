@@ -106,14 +106,13 @@ def reference_mask(
     Shape (1, 1, n, n), or (B, 1, n, n) when a per-sample memory validity (B, n_mem) is given.
     """
     idx = torch.arange(n, device=device)
-    row_is_mem = idx < n_mem
     col_is_mem = idx < n_mem
     mask = col_is_mem.unsqueeze(0).expand(n, n).clone()  # every row sees memory
-    query_rows = ~row_is_mem
+    # Query rows are rows n_mem.. (a slice, not a boolean index: no host sync on CUDA).
     if causal_queries:
-        mask[query_rows] |= idx.unsqueeze(0) <= idx[query_rows].unsqueeze(1)
+        mask[n_mem:] |= idx.unsqueeze(0) <= idx[n_mem:].unsqueeze(1)
     else:
-        mask[query_rows] = True
+        mask[n_mem:] = True
     mask = mask.view(1, 1, n, n)
     if mem_valid is not None:
         key_ok = torch.cat(

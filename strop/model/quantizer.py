@@ -161,10 +161,16 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def update_codebook(self, out: QuantizerOut, active: torch.Tensor) -> None:
-        """One EMA step from the active positions: Laplace-smoothed, DDP-summed, re-normalised."""
-        z_e = out.z_e.detach().float()[active]  # (N, d_c)
-        codes = out.codes[active]
-        counts = torch.bincount(codes, minlength=self.k).to(torch.float32)
+        """One EMA step from the active positions: Laplace-smoothed, DDP-summed, re-normalised.
+
+        Inactive positions add exact zeros instead of being selected by a boolean index (and
+        counts are an `index_add_`, not `torch.bincount`): both would read a size back to the
+        host, a sync per step on CUDA; the sums and counts are the same numbers."""
+        keep = active.reshape(-1)
+        z_e = out.z_e.detach().float().reshape(keep.shape[0], -1)  # (B * L, d_c)
+        z_e = torch.where(keep.unsqueeze(1), z_e, torch.zeros_like(z_e))
+        codes = out.codes.reshape(-1)
+        counts = torch.zeros_like(self.cluster_size).index_add_(0, codes, keep.to(torch.float32))
         sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, z_e)
         if _distributed():
             dist.all_reduce(counts)

@@ -37,7 +37,10 @@ Design decisions (the paper leaves these open; each constant is a documented con
   target tracks the improving model but one noisy random length does not dominate it. The
   oracle keeps running in phases 3-5 (probes around the random or predicted length), which
   refreshes the targets the head trains on. Under DDP the trainer gathers (index, target)
-  pairs from every rank so every rank holds the same bank; rank 0 checkpoints it.
+  pairs from every rank so every rank holds the same bank; rank 0 checkpoints it. The bank,
+  the oracle's arithmetic and its EMAs (0-d float64 tensors) stay on the training device, so
+  a step never waits for the GPU to hand them back; the checkpoint holds plain CPU tensors
+  and floats, as before.
 - The phase-3 loss itself (eq. 6) is `strop.model.losses.length_loss`, weighted by the model's `w_len`;
   its gradient reaches the head only because the model detaches the head's input.
 - Predicted lengths are `clip(round(L_hat), L_min, L_max)`, the inference rule of the paper,
@@ -54,6 +57,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from strop.model.length_head import round_lengths
+from strop.training.host_sync import to_device
 
 FIXED_PHASE = 0
 PREDICTED_PHASE = 5
@@ -220,9 +224,10 @@ def choose_lengths(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The training prefix length of every sample (the one place that decides it).
 
-    Returns `(lengths, from_head)`, both (n,) on CPU: lengths as long, `from_head` a bool mask
-    of the samples truncated at the head's prediction. `predicted` (n,) float `L_hat` is needed
-    from phase 4 on.
+    Returns `(lengths, from_head)`, both (n,): lengths as long, `from_head` a bool mask of the
+    samples truncated at the head's prediction; on CPU, or on the device of `predicted` (n,)
+    float `L_hat`, which is needed from phase 4 on (the draws move there, so the predictions
+    are never read back to the host).
     """
     phase = phase_at(step, cfg)
     if phase == FIXED_PHASE:
@@ -234,7 +239,8 @@ def choose_lengths(
     if predicted is None:
         raise ValueError(f"step {step} (phase {phase}): predicted lengths are required")
     from_head = torch.rand(n, generator=generator, dtype=torch.float64) < p
-    head_lengths = round_lengths(predicted.cpu(), l_min, l_max)
+    lengths, from_head = (to_device(t, predicted.device) for t in (lengths, from_head))
+    head_lengths = round_lengths(predicted, l_min, l_max)
     return torch.where(from_head, head_lengths, lengths), from_head
 
 
@@ -249,19 +255,25 @@ def probe_lengths(
 # --------------------------------------------------------------------------- oracle
 
 
+#: A batch-level EMA: a float (a fresh or resumed state) or a 0-d float64 tensor on the device
+#: (after an oracle step: float64 does the EMA's arithmetic exactly as Python floats do).
+Ema = float | torch.Tensor
+
+
 @dataclass(frozen=True)
 class OracleState:
     """Batch-level EMAs of the oracle (NaN until the first oracle batch)."""
 
-    error_ema: float = math.nan
-    slope_down_ema: float = math.nan
-    slope_up_ema: float = math.nan
+    error_ema: Ema = math.nan
+    slope_down_ema: Ema = math.nan
+    slope_up_ema: Ema = math.nan
 
     def to_dict(self) -> dict[str, float]:
+        """Plain floats for the checkpoint (reads device values: checkpoint steps only)."""
         return {
-            "error_ema": self.error_ema,
-            "slope_down_ema": self.slope_down_ema,
-            "slope_up_ema": self.slope_up_ema,
+            "error_ema": float(self.error_ema),
+            "slope_down_ema": float(self.slope_down_ema),
+            "slope_up_ema": float(self.slope_up_ema),
         }
 
     @classmethod
@@ -269,8 +281,24 @@ class OracleState:
         return cls(**{k: float(v) for k, v in data.items()})
 
 
-def _ema(old: float, value: float, decay: float) -> float:
-    return value if math.isnan(old) else decay * old + (1.0 - decay) * value
+def _on(value: Ema, device: torch.device) -> torch.Tensor:
+    """An EMA as a 0-d float64 tensor on `device` (a fill, never a blocking copy)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.float64)
+    return torch.full((), value, dtype=torch.float64, device=device)
+
+
+def _ema(old: torch.Tensor, value: torch.Tensor, decay: float) -> torch.Tensor:
+    """`value` while `old` is NaN, else the decayed blend (0-d float64, on the device)."""
+    return torch.where(old.isnan(), value, decay * old + (1.0 - decay) * value)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of `values` where `mask` (float64, NaN when empty) and whether any is there,
+    without a boolean index (whose size the host would have to read)."""
+    count = mask.sum()
+    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+    return (total / count.to(values.dtype)).double(), count > 0
 
 
 def saturate(normalised_slope: torch.Tensor, tau: float) -> torch.Tensor:
@@ -280,22 +308,23 @@ def saturate(normalised_slope: torch.Tensor, tau: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class OracleStats:
-    """Batch means of one oracle step (eqs. 2-5), logged as the `oracle_*` metrics."""
+    """Batch means of one oracle step (eqs. 2-5), logged as the `oracle_*` metrics: 0-d
+    tensors on the device, read on log steps (`strop.training.log.MetricLog`)."""
 
-    target_mean: float
+    target_mean: float | torch.Tensor
     """Mean corrected target L* (eq. 5)."""
-    base_mean: float
+    base_mean: float | torch.Tensor
     """Mean base target L_base (eq. 2)."""
-    w_extend: float
+    w_extend: float | torch.Tensor
     """Mean extend weight (eq. 4)."""
-    w_keep: float
+    w_keep: float | torch.Tensor
     """Mean keep weight (eq. 4)."""
-    w_compress: float
+    w_compress: float | torch.Tensor
     """Mean compress weight (eq. 4)."""
-    error_ema: float
+    error_ema: float | torch.Tensor
     """The batch-level error EMA after this batch (eq. 2)."""
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self) -> dict[str, float | torch.Tensor]:
         """The metrics.jsonl keys of these values."""
         return {
             "oracle_target_mean": self.target_mean,
@@ -325,29 +354,34 @@ def oracle_targets(
     `error*` are per-sample alignment errors (n,) at `L`, `L - r` and `L + r`; `valid_*` mark
     the unclamped probes. Returns `(targets (n,) float in [L_min, L_max], new_state, stats)`.
     `lengths` only fixes the device; the base target does not depend on the drawn length.
+
+    Everything stays on the errors' device, the EMAs and the statistics included (0-d
+    tensors): nothing here waits for the GPU. The EMAs are float64, as the Python floats they
+    were; the mean over unclamped probes is a masked sum, which equals the mean of the
+    selected probes exactly while a batch holds fewer than 8 samples (the float32 sum then
+    adds them one by one) and otherwise up to the order of a float32 sum.
     """
-    error, error_down, error_up = (t.detach().float().cpu() for t in (error, error_down, error_up))
-    valid_down, valid_up = valid_down.cpu(), valid_up.cpu()
+    error, error_down, error_up = (t.detach().float() for t in (error, error_down, error_up))
+    device = error.device
+    valid_down, valid_up = valid_down.to(device), valid_up.to(device)
 
     # Eq. 2: base target from the error relative to the batch-level EMA.
-    error_ema = _ema(state.error_ema, float(error.mean()), cfg.error_ema_decay)
+    error_ema = _ema(_on(state.error_ema, device), error.mean().double(), cfg.error_ema_decay)
     l_bar = cfg.target_mean_frac * l_max
-    base = l_bar * (error / max(error_ema, eps)).pow(cfg.target_gamma)
+    base = l_bar * (error / error_ema.clamp(min=eps)).pow(cfg.target_gamma)
     base = base.clamp(l_min, l_max)
 
     # Eq. 3: one-sided relative slopes; clamped probes are dropped from the EMAs.
     denom = error.clamp(min=eps)
     s_down = (error_down - error) / denom
     s_up = (error - error_up) / denom
-    down_ema, up_ema = state.slope_down_ema, state.slope_up_ema
-    if bool(valid_down.any()):
-        down_ema = _ema(
-            down_ema, float(s_down[valid_down].clamp(min=0).mean()), cfg.slope_ema_decay
-        )
-    if bool(valid_up.any()):
-        up_ema = _ema(up_ema, float(s_up[valid_up].clamp(min=0).mean()), cfg.slope_ema_decay)
-    down_norm = s_down / max(_nan_to(down_ema, 1.0), cfg.slope_floor)
-    up_norm = s_up / max(_nan_to(up_ema, 1.0), cfg.slope_floor)
+    down_ema, up_ema = _on(state.slope_down_ema, device), _on(state.slope_up_ema, device)
+    mean_down, any_down = _masked_mean(s_down.clamp(min=0), valid_down)
+    down_ema = torch.where(any_down, _ema(down_ema, mean_down, cfg.slope_ema_decay), down_ema)
+    mean_up, any_up = _masked_mean(s_up.clamp(min=0), valid_up)
+    up_ema = torch.where(any_up, _ema(up_ema, mean_up, cfg.slope_ema_decay), up_ema)
+    down_norm = s_down / _nan_to(down_ema, 1.0).clamp(min=cfg.slope_floor)
+    up_norm = s_up / _nan_to(up_ema, 1.0).clamp(min=cfg.slope_floor)
     # A dropped probe is imputed as typical (normalised slope 1), see the module docstring.
     down_norm = torch.where(valid_down, down_norm, torch.ones_like(down_norm))
     up_norm = torch.where(valid_up, up_norm, torch.ones_like(up_norm))
@@ -362,18 +396,18 @@ def oracle_targets(
     targets = (base + cfg.delta * (w_extend - w_compress)).clamp(l_min, l_max)
     new_state = OracleState(error_ema, down_ema, up_ema)
     stats = OracleStats(
-        target_mean=float(targets.mean()),
-        base_mean=float(base.mean()),
-        w_extend=float(w_extend.mean()),
-        w_keep=float(w_keep.mean()),
-        w_compress=float(w_compress.mean()),
+        target_mean=targets.mean(),
+        base_mean=base.mean(),
+        w_extend=w_extend.mean(),
+        w_keep=w_keep.mean(),
+        w_compress=w_compress.mean(),
         error_ema=error_ema,
     )
     return targets.to(lengths.device), new_state, stats
 
 
-def _nan_to(value: float, default: float) -> float:
-    return default if math.isnan(value) else value
+def _nan_to(value: torch.Tensor, default: float) -> torch.Tensor:
+    return torch.where(value.isnan(), torch.full_like(value, default), value)
 
 
 # --------------------------------------------------------------------------- target bank
@@ -383,27 +417,25 @@ class TargetBank:
     """Accumulated oracle targets, one per training image (indexed by dataset index).
 
     Each visit blends the new target into the stored one with `decay` (the first visit stores
-    it as is). Checkpointed through `state_dict()`: plain tensors, loadable with
-    `torch.load(weights_only=True)`.
+    it as is). The bank lives on the training device and is indexed with device tensors, so a
+    step never reads it back to the host. Checkpointed through `state_dict()`: plain CPU
+    tensors, loadable with `torch.load(weights_only=True)` (the format of earlier versions).
     """
 
-    def __init__(self, size: int, decay: float) -> None:
+    def __init__(self, size: int, decay: float, device: torch.device | str = "cpu") -> None:
         self.decay = decay
-        self.targets = torch.zeros(size, dtype=torch.float32)
-        self.visits = torch.zeros(size, dtype=torch.int32)
+        self.device = torch.device(device)
+        self.targets = torch.zeros(size, dtype=torch.float32, device=self.device)
+        self.visits = torch.zeros(size, dtype=torch.int32, device=self.device)
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def update(self, indices: torch.Tensor, targets: torch.Tensor) -> None:
         """Blend `targets` (n,) into the bank at `indices` (n,); later duplicates win."""
-        indices = indices.long().cpu()
-        targets = targets.detach().float().cpu()
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(self)):
-            raise IndexError(
-                f"target bank: index {int(indices.max())} outside [0, {len(self)}); "
-                "the training set changed since the run started"
-            )
+        indices = to_device(indices.long(), self.device)
+        targets = to_device(targets.detach().float(), self.device)
+        check_indices(indices, len(self), "target bank")
         old = self.targets[indices]
         seen = self.visits[indices] > 0
         blended = torch.where(seen, self.decay * old + (1.0 - self.decay) * targets, targets)
@@ -411,17 +443,18 @@ class TargetBank:
         self.visits[indices] += 1
 
     def lookup(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stored targets at `indices` and a mask of the images that have one."""
-        indices = indices.long().cpu()
+        """Stored targets at `indices` and a mask of the images that have one (on the bank's
+        device)."""
+        indices = to_device(indices.long(), self.device)
         return self.targets[indices].clone(), self.visits[indices] > 0
 
     @property
     def coverage(self) -> float:
-        """Share of training images with a target."""
+        """Share of training images with a target (a read: log steps only)."""
         return float((self.visits > 0).float().mean()) if len(self) else 0.0
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"targets": self.targets.clone(), "visits": self.visits.clone()}
+        return {"targets": self.targets.cpu().clone(), "visits": self.visits.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state["targets"].shape != self.targets.shape:
@@ -429,5 +462,20 @@ class TargetBank:
                 f"target bank: checkpoint holds {state['targets'].numel()} targets, "
                 f"the training set has {len(self)} images"
             )
-        self.targets = state["targets"].float().clone()
-        self.visits = state["visits"].int().clone()
+        self.targets = state["targets"].float().to(self.device, copy=True)
+        self.visits = state["visits"].int().to(self.device, copy=True)
+
+
+def check_indices(indices: torch.Tensor, size: int, bank: str) -> None:
+    """`IndexError` for an index outside [0, size), checked without a host read on CUDA
+    (`torch._assert_async`: a failure there is a device-side assert at a later call)."""
+    if not indices.numel():
+        return
+    inside = ((indices >= 0) & (indices < size)).all()
+    try:
+        torch._assert_async(inside)
+    except RuntimeError:  # CPU tensors are checked at once
+        raise IndexError(
+            f"{bank}: index {int(indices.max())} outside [0, {size}); "
+            "the training set changed since the run started"
+        ) from None

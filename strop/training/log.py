@@ -63,15 +63,15 @@ class StepResult:
     """Diversity loss over active positions (unweighted)."""
     grad_norm: Scalar
     """The tokenizer's gradient norm before clipping (the pixel probe's is apart)."""
-    mean_length: float
+    mean_length: Scalar
     """Mean program length the interpreter read."""
-    head_share: float
+    head_share: Scalar
     """Share of the batch truncated at the head's prediction (phase 4 on)."""
     length_loss: Scalar | None = None
     """Length-head regression loss (phase 3 on)."""
     pixel_loss: Scalar | None = None
     """Pixel probe loss (when the probe trains on images)."""
-    pixel_grad_norm: float | None = None
+    pixel_grad_norm: Scalar | None = None
     """The pixel probe's own gradient norm before its own clipping (when it trains)."""
     pred_length: Scalar | None = None
     """Mean predicted length L_hat (phase 3 on)."""

@@ -22,6 +22,8 @@ Design decisions (ours; the paper has no conditioned head)
   single visits averages out.
 - The bank is updated from phase 2 on (when the probes exist) and checkpointed with the
   curriculum state, so a resumed run continues bit-for-bit. Nothing is drawn at random.
+- The bank lives on the training device and is updated and read there: the targets, the
+  mask and the loss are device tensors, so the conditioned head adds no host read per step.
 - Nothing here runs for a default (unconditioned) run: its metrics stay bit-identical.
 """
 
@@ -29,29 +31,34 @@ from __future__ import annotations
 
 import torch
 
+from strop.training.curriculum import check_indices
+from strop.training.host_sync import to_device
+
 
 class ErrorCurveBank:
     """Per-image alignment error at each prefix length in [l_min, l_max] (exponential
-    averages over visits); `state_dict()` is plain tensors for `torch.load(weights_only=True)`."""
+    averages over visits), on the training device and updated and read there.
+    `state_dict()` is plain CPU tensors for
+    `torch.load(weights_only=True)`."""
 
-    def __init__(self, size: int, l_min: int, l_max: int, decay: float) -> None:
+    def __init__(
+        self, size: int, l_min: int, l_max: int, decay: float, device: torch.device | str = "cpu"
+    ) -> None:
         self.l_min, self.l_max, self.decay = l_min, l_max, decay
+        self.device = torch.device(device)
         n_lengths = l_max - l_min + 1
-        self.errors = torch.zeros(size, n_lengths, dtype=torch.float32)
-        self.visits = torch.zeros(size, n_lengths, dtype=torch.int32)
+        self.errors = torch.zeros(size, n_lengths, dtype=torch.float32, device=self.device)
+        self.visits = torch.zeros(size, n_lengths, dtype=torch.int32, device=self.device)
 
     def __len__(self) -> int:
         return len(self.errors)
 
     def update(self, indices: torch.Tensor, lengths: torch.Tensor, errors: torch.Tensor) -> None:
         """Blend errors (n,) measured at prefix `lengths` (n,) of images `indices` (n,)."""
-        indices, lengths = indices.long().cpu(), lengths.long().cpu()
-        errors = errors.detach().float().cpu()
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(self)):
-            raise IndexError(
-                f"error-curve bank: index {int(indices.max())} outside [0, {len(self)}); "
-                "the training set changed since the run started"
-            )
+        indices = to_device(indices.long(), self.device)
+        lengths = to_device(lengths.long(), self.device)
+        errors = to_device(errors.detach().float(), self.device)
+        check_indices(indices, len(self), "error-curve bank")
         cells = lengths - self.l_min
         old = self.errors[indices, cells]
         seen = self.visits[indices, cells] > 0
@@ -61,12 +68,12 @@ class ErrorCurveBank:
 
     def measured(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored errors (n, L_max - l_min + 1) of images `indices` and which cells hold a
-        measurement (bool, same shape)."""
-        indices = indices.long().to(self.errors.device)
+        measurement (bool, same shape), on the bank's device."""
+        indices = to_device(indices.long(), self.device)
         return self.errors[indices], self.visits[indices] > 0
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"errors": self.errors.clone(), "visits": self.visits.clone()}
+        return {"errors": self.errors.cpu().clone(), "visits": self.visits.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state["errors"].shape != self.errors.shape:
@@ -74,8 +81,8 @@ class ErrorCurveBank:
                 f"error-curve bank: checkpoint holds {tuple(state['errors'].shape)} cells, "
                 f"this run expects {tuple(self.errors.shape)} (training images x lengths)"
             )
-        self.errors = state["errors"].float().clone()
-        self.visits = state["visits"].int().clone()
+        self.errors = state["errors"].float().to(self.device, copy=True)
+        self.visits = state["visits"].int().to(self.device, copy=True)
 
 
 def curve_targets(

@@ -23,8 +23,9 @@ Design decisions
 - The pixel decoder (inspection only, paper claim iii: pixels never shape the codebook) learns
   from its own loss on the detached field. One backward runs on the sum (DDP wants one), but
   the detached input leaves the tokenizer's gradients exactly those of its own objective;
-  the probe's gradients are then clipped by their own norm (`train.grad_clip`) and its
-  non-finite losses skip only its own step, so no probe value reaches the tokenizer's update:
+  the probe's gradients are then clipped by their own norm (`train.grad_clip`) and a
+  non-finite one is zeroed by a mask on the device (its weights stay finite; its AdamW step
+  then moves it by its moments alone), so no probe value reaches the tokenizer's update:
   with the probe loss scaled by 1000 the tokenizer's parameters after a step are
   bit-identical (`tests/test_train_trainer.py`). AdamW's update is per tensor, so one
   optimiser steps the two apart. `loss` in metrics.jsonl is the tokenizer's objective;
@@ -37,11 +38,21 @@ Design decisions
 - A checkpoint also holds the optimiser, schedule, curriculum state (oracle, target bank) and
   the open logging interval (`strop.training.log`), so a resumed run writes the same rows as a straight
   one (timings aside).
-- A step the GPU can run ahead of: the step's loss terms, grad norm and predicted length stay
-  on the device (`strop.training.log.MetricLog` reads them on log steps), and so do the
-  non-finite and stop flags (`_check_pending` reads them on log, validation and checkpoint
-  steps). The pixel probe's norm (its non-finite step is dropped before AdamW's) and the
-  curriculum's oracle, bank and dead-code bookkeeping still read values each step.
+- A step the GPU can run ahead of: the step's loss terms, grad norm, lengths, predicted
+  length, the pixel probe's norm and the oracle's statistics stay on the device
+  (`strop.training.log.MetricLog` reads them on log steps), and so do the non-finite and stop
+  flags (`_check_pending` reads them on log, validation and checkpoint steps: the finite check
+  lags at most `train.log_every` steps). The oracle, its target bank and the error-curve bank
+  live on the device and are indexed with device tensors; host data (the lengths drawn from
+  the step's generator, the dataset indices) goes in by pinned, non-blocking copies
+  (`strop.training.host_sync`). A non-finite probe gradient is zeroed by a mask, not dropped
+  by a branch. One read remains per step: the quantizer's dead-code check (re-seeding draws
+  from the global CPU generator only when a code is dead; deciding on the device would change
+  that stream and the bits of every run), plus a few on a step that re-seeds. With
+  `model.quality_head=true` the eps draw (NumPy, `strop.training.quality`) reads the batch's
+  error curves in one transfer, and from phase 3 the head's eps statistics (a boolean index
+  of the gathered draws, under DDP too, and the head's own count) read two more.
+  `tests/test_train_host_reads.py` counts them on CPU.
 - The opt-in eps-conditioned length head (`model.quality_head`, `strop.training.quality`):
   each step feeds the three probe rows to the error-curve bank after the forward, and from
   phase 3 the head regresses the batch's stored curves (its loss joins the total, its
@@ -58,7 +69,6 @@ Design decisions
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import sys
@@ -85,6 +95,7 @@ from strop.training import data as train_data
 from strop.training import distributed as distr
 from strop.training.config import RunConfig
 from strop.training.curriculum import OracleState, TargetBank
+from strop.training.host_sync import to_device
 from strop.training.log import MetricLog, ProgressBar, StepResult
 from strop.training.mfu import mfu, peak_bf16_flops, training_flops_per_image
 from strop.training.optim import build_optimizer, build_scheduler, lr_factor
@@ -122,8 +133,8 @@ class TrainingDiverged(RuntimeError):
 
 def _gather_rows(rows: torch.Tensor, b: int) -> torch.Tensor:
     """Main, down and up probe rows (3b,) of every rank, as (main of all ranks, down of all
-    ranks, up of all ranks) on CPU, to line up with the gathered bank indices repeated 3x."""
-    gathered = distr.all_gather_cat(rows).cpu()
+    ranks, up of all ranks), to line up with the gathered bank indices repeated 3x."""
+    gathered = distr.all_gather_cat(rows)
     return gathered.view(-1, 3, b).transpose(0, 1).reshape(-1)
 
 
@@ -303,10 +314,16 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.cfg, fused=device.type == "cuda")
         self.scheduler = build_scheduler(self.optimizer, self.cfg)
         self.oracle = OracleState()
-        self.bank = TargetBank(len(self.train_set), self.cfg.curriculum.target_ema_decay)
+        self.bank = TargetBank(
+            len(self.train_set), self.cfg.curriculum.target_ema_decay, device=device
+        )
         self.curves = (
             ErrorCurveBank(
-                len(self.train_set), m.l_min, m.l_max, cfg.curriculum.quality_curve_decay
+                len(self.train_set),
+                m.l_min,
+                m.l_max,
+                cfg.curriculum.quality_curve_decay,
+                device=device,
             )
             if m.quality_head
             else None
@@ -435,6 +452,7 @@ class Trainer:
             with torch.no_grad(), self._autocast():
                 predicted = self.model.predict_length(feats).float()
         lengths, from_head = cur.choose_lengths(step, cfg, l_min, l_max, b, predicted, gen)
+        lengths, from_head = to_device(lengths, self.device), to_device(from_head, self.device)
         all_lengths = lengths
         if cur.oracle_active(phase):
             down, up, valid_down, valid_up = cur.probe_lengths(
@@ -443,7 +461,7 @@ class Trainer:
             all_lengths = torch.cat([lengths, down, up])
 
         with self._autocast():
-            out = self.forward(feats, all_lengths.to(self.device), images, self.curves is not None)
+            out = self.forward(feats, all_lengths, images, self.curves is not None)
         errors = out.errors.detach()
         oracle_stats = None
         if cur.oracle_active(phase):
@@ -451,15 +469,12 @@ class Trainer:
             targets, self.oracle, oracle_stats = cur.oracle_targets(
                 lengths, e, e_down, e_up, valid_down, valid_up, self.oracle, cfg, l_min, l_max
             )
-            index = batch["bank_index"]
-            index = torch.as_tensor(index, dtype=torch.long)
-            gathered_idx = distr.all_gather_cat(index.to(self.device)).cpu()
-            gathered_t = distr.all_gather_cat(targets.to(self.device)).cpu()
-            self.bank.update(gathered_idx, gathered_t)
+            gathered_idx = distr.all_gather_cat(self._bank_index(batch))
+            self.bank.update(gathered_idx, distr.all_gather_cat(targets))
             if self.curves is not None:
                 self.curves.update(
                     gathered_idx.repeat(3),
-                    _gather_rows(all_lengths.to(self.device), b),
+                    _gather_rows(all_lengths, b),
                     _gather_rows(errors.float(), b),
                 )
 
@@ -469,7 +484,7 @@ class Trainer:
         # The finite check and the stop flag stay on the device (all-reduced, so every rank
         # reads the same values) and are read on the next check (`_check_pending`).
         finite_and_stop = torch.stack(
-            [(~torch.isfinite(loss.detach())).float(), loss.new_tensor(float(self._sigint))]
+            [(~torch.isfinite(loss.detach())).float(), loss.new_full((), float(self._sigint))]
         ).float()
         distr.all_reduce_sum(finite_and_stop)
         self._pending_checks.append(
@@ -496,8 +511,8 @@ class Trainer:
             commit_loss=terms.commit.detach(),
             diversity_loss=terms.diversity.detach(),
             grad_norm=grad_norm,
-            mean_length=float(lengths.float().mean()),
-            head_share=float(from_head.float().mean()),
+            mean_length=lengths.float().mean(),
+            head_share=from_head.float().mean(),
             length_loss=_item(terms.length),
             pixel_loss=_item(terms.pixel),
             quality_curve_loss=_item(terms.quality),
@@ -505,6 +520,10 @@ class Trainer:
             pred_length=out.l_hat.detach().float().mean() if head else None,
             oracle=oracle_stats,
         )
+
+    def _bank_index(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's dataset indices (the banks' keys) on the device."""
+        return to_device(torch.as_tensor(batch["bank_index"], dtype=torch.long), self.device)
 
     def _loss(
         self,
@@ -519,8 +538,8 @@ class Trainer:
         loss = align + m.w_commit * out.commit_loss + w_div * out.diversity_loss
         length_loss = None
         if cur.head_active(phase):
-            target, _ = self.bank.lookup(torch.as_tensor(batch["bank_index"]))
-            length_loss = losses.length_loss(out.l_hat, target.to(self.device), m.l_max)
+            target, _ = self.bank.lookup(self._bank_index(batch))
+            length_loss = losses.length_loss(out.l_hat, target, m.l_max)
             loss = loss + m.w_len * length_loss
         else:
             # Keeps the head in the graph (DDP needs every parameter used); no effect.
@@ -528,13 +547,10 @@ class Trainer:
         quality_loss = None
         if out.quality_curve is not None and self.curves is not None:
             if cur.head_active(phase):
-                index = torch.as_tensor(batch["bank_index"], dtype=torch.long)
                 log_target, mask = curve_targets(
-                    self.curves, index, self.cfg.curriculum.quality_min_cells
+                    self.curves, self._bank_index(batch), self.cfg.curriculum.quality_min_cells
                 )
-                quality_loss = curve_loss(
-                    out.quality_curve, log_target.to(self.device), mask.to(self.device)
-                )
+                quality_loss = curve_loss(out.quality_curve, log_target, mask)
                 loss = loss + quality_loss
             else:  # in the graph for DDP, no effect (as the unconditioned head above)
                 loss = loss + 0.0 * out.quality_curve.sum()
@@ -549,10 +565,11 @@ class Trainer:
             quality=quality_loss,
         )
 
-    def _clip(self) -> tuple[torch.Tensor | float, float | None]:
+    def _clip(self) -> tuple[torch.Tensor | float, torch.Tensor | float | None]:
         """Clip the tokenizer's gradients and the pixel probe's, each by its own norm; return
         both norms (the probe's None when it has no gradients). A non-finite probe gradient
-        drops the probe's step only."""
+        is zeroed on the device (no host read), so the probe's AdamW step moves it by its
+        moments only and no NaN reaches its weights; the tokenizer's step is untouched."""
         probe_ids = {id(p) for p in self.model.pixel_decoder.parameters()}
         # The opt-in eps-conditioned head is clipped apart too: inside the tokenizer's norm
         # its gradient would change how much every other parameter is clipped.
@@ -565,11 +582,12 @@ class Trainer:
         _clip_norm([p for p in params if id(p) in quality_ids], self.cfg.train.grad_clip)
         if not probe:
             return norm, None
-        # Read now (one host sync): a non-finite probe step must be dropped before AdamW's.
-        probe_norm = float(_clip_norm(probe, self.cfg.train.grad_clip))
-        if not math.isfinite(probe_norm):
+        probe_norm = _clip_norm(probe, self.cfg.train.grad_clip)
+        if isinstance(probe_norm, torch.Tensor):
+            not_finite = ~probe_norm.isfinite()
             for p in probe:
-                p.grad = None
+                if p.grad is not None:
+                    p.grad.masked_fill_(not_finite, 0.0)
         return norm, probe_norm
 
     def _check_pending(self) -> None:
