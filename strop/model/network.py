@@ -219,9 +219,12 @@ class Strop(PretrainedMixin, nn.Module):
         """EMA codebook step from active positions (no grad, fp32, DDP-summed)."""
         self.quantizer.update_codebook(gen.quantized, active)
 
-    def restart_dead_codes(self, gen: GenOut, active: torch.Tensor) -> int:
-        """Re-seed dead codes from active batch vectors (outside compiled regions)."""
-        return self.quantizer.restart_dead_codes(gen.quantized, active)
+    def restart_dead_codes(
+        self, gen: GenOut, active: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Re-seed dead codes from active batch vectors (outside compiled regions); how many,
+        as a 0-d device tensor."""
+        return self.quantizer.restart_dead_codes(gen.quantized, active, generator)
 
     # ------------------------------------------------------------------ inference API
 

@@ -184,32 +184,41 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def restart_dead_codes(
         self, out: QuantizerOut, active: torch.Tensor, generator: torch.Generator | None = None
-    ) -> int:
-        """Re-seed dead codes from active batch vectors; returns how many were re-seeded.
+    ) -> torch.Tensor:
+        """Re-seed dead codes from active batch vectors; returns how many were re-seeded (a 0-d
+        tensor on the codebook's device).
 
-        Data-dependent (boolean indexing, a host sync): call it outside compiled regions.
+        Decided on the device, without a host read (a training step need not wait for the
+        GPU): every batch vector gets a random key (from `generator`, on its device; inactive
+        positions sort last), and the dead codes, in index order, take the vectors of the
+        smallest keys, never the same vector twice and never an inactive one. Under DDP rank
+        0's choice is broadcast, so codebooks never diverge across ranks.
         """
         dead = self.cluster_size < self.dead_threshold
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return 0
-        candidates = out.z_e.detach().float()[active]
-        if candidates.shape[0] == 0:
-            return 0
-        dead_index = dead.nonzero().squeeze(1)
-        # Never duplicate a batch vector into two codes: at most as many restarts as candidates.
-        n_new = min(n_dead, candidates.shape[0])
-        picks = torch.randperm(candidates.shape[0], generator=generator, device="cpu")[:n_new]
-        new_codes = F.normalize(candidates[picks.to(candidates.device)], dim=-1)
+        z = out.z_e.detach().float().flatten(0, -2)  # (N, C)
+        act = active.reshape(-1).to(z.device)
+        if act.numel() == 0:
+            return torch.zeros((), dtype=torch.long, device=self.codebook.device)
+        keys = torch.rand(
+            act.numel(), generator=generator, device=generator.device if generator else "cpu"
+        )
+        if keys.device != z.device:  # pinned, so the copy does not wait for the device
+            keys = (keys.pin_memory() if z.device.type == "cuda" else keys).to(
+                z.device, non_blocking=True
+            )
+        order = torch.where(act, keys, 2.0).argsort()
+        rank = dead.long().cumsum(0) - 1  # each dead code's place among the dead ones
+        take = dead & (rank < act.sum())
+        new_codes = F.normalize(z[order[rank.clamp(0, act.numel() - 1)]], dim=-1)
         if _distributed():
             # Rank 0's draw wins everywhere, so codebooks never diverge across ranks.
-            n_all = torch.tensor([n_new], device=new_codes.device)
-            dist.all_reduce(n_all, op=dist.ReduceOp.MIN)
-            n_new = int(n_all)
-            new_codes = new_codes[:n_new].contiguous()
+            flags = take.to(torch.uint8)
+            dist.broadcast(flags, src=0)
             dist.broadcast(new_codes, src=0)
-        dead_index = dead_index[:n_new]
-        self.codebook[dead_index] = new_codes
-        self.cluster_size[dead_index] = self.reset_size
-        self.embed_sum[dead_index] = new_codes * self.reset_size
-        return n_new
+            take = flags.bool()
+        self.codebook.copy_(torch.where(take[:, None], new_codes, self.codebook))
+        self.cluster_size.copy_(torch.where(take, self.reset_size, self.cluster_size))
+        self.embed_sum.copy_(
+            torch.where(take[:, None], new_codes * self.reset_size, self.embed_sum)
+        )
+        return take.sum()

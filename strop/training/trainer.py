@@ -46,13 +46,10 @@ Design decisions
   live on the device and are indexed with device tensors; host data (the lengths drawn from
   the step's generator, the dataset indices) goes in by pinned, non-blocking copies
   (`strop.training.host_sync`). A non-finite probe gradient is zeroed by a mask, not dropped
-  by a branch. One read remains per step: the quantizer's dead-code check (re-seeding draws
-  from the global CPU generator only when a code is dead; deciding on the device would change
-  that stream and the bits of every run), plus a few on a step that re-seeds. With
-  `model.quality_head=true` the eps draw (NumPy, `strop.training.quality`) reads the batch's
-  error curves in one transfer, and from phase 3 the head's eps statistics (a boolean index
-  of the gathered draws, under DDP too, and the head's own count) read two more.
-  `tests/test_train_host_reads.py` counts them on CPU.
+  by a branch. Dead codes are found and re-seeded on the device too, from the step's own
+  generator (`VectorQuantizer.restart_dead_codes`), and the eps-conditioned head's targets,
+  mask and loss are device tensors: no step reads a value on the host outside log,
+  validation and checkpoint steps (`tests/test_train_host_reads.py` counts reads on CPU).
 - The opt-in eps-conditioned length head (`model.quality_head`, `strop.training.quality`):
   each step feeds the three probe rows to the error-curve bank after the forward, and from
   phase 3 the head regresses the batch's stored curves (its loss joins the total, its
@@ -501,7 +498,8 @@ class Trainer:
         self.scheduler.step()
         with torch.no_grad():
             self.model.update_codebook(out.gen, out.active)
-            self.model.restart_dead_codes(out.gen, out.active)
+            # the step's own generator: resumes bit for bit, and the global stream is untouched
+            self.model.restart_dead_codes(out.gen, out.active, gen)
 
         head = cur.head_active(phase)
         return StepResult(
