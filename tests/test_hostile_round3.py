@@ -1,0 +1,153 @@
+"""Hostile inputs, third pass: the options and commands of issues 20, 21 and 22.
+
+Length budgets and sweeps (`--length-mode prefix:N | cap:N | quality:EPS`, `--sweep-lengths`,
+`--quality-eps`), shareable tokenizers (`strop export-model`, `Strop.from_pretrained` on a
+tampered folder), `python -m bench gpu` flags, the object metrics' instance masks, and
+`strop-llm qa`'s question files. Each case: one `error: ...` line naming the file, field or
+value, exit 2 for a bad command line and 1 for failed work, no traceback, no silent loss,
+and no half-written output. One tiny run is trained for the module (real trainer, real
+files); everything else damages copies of it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tiny_run_config
+from test_train_trainer import BASE_SETS
+from typer.testing import CliRunner
+
+from strop.cli import app as strop_app
+from strop.evaluation import export
+from strop.evaluation.export import LengthModeError, parse_length_mode
+from strop.evaluation.sweep import SweepLengthsError, parse_sweep_lengths
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def strop(*args: object):
+    return CliRunner().invoke(strop_app, [str(a) for a in args])
+
+
+def one_error_line(result, code: int) -> str:
+    """The command failed with `code` and said so in one `error: ...` line, no traceback."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def run(clevr: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny unconditioned run (L_max = 8) trained through every phase, in `exp/k16`."""
+    import torch
+
+    from strop.training.trainer import train
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("exp") / "k16"
+    return train(tiny_run_config(clevr, "train.steps=12", *BASE_SETS), out, progress=False)
+
+
+# --------------------------------------------------------------------------- length modes
+
+
+@pytest.mark.parametrize("mode", ["prefix:4_0", "cap:1_0", "prefix:\uff13", "prefix:0x3"])
+def test_budgets_take_plain_integers_only(mode: str) -> None:
+    """int() reads "4_0" as 40 and full-width digits as digits; a budget is typed in ASCII."""
+    with pytest.raises(LengthModeError, match="N must be an integer"):
+        parse_length_mode(mode)
+
+
+@pytest.mark.parametrize("mode", ["quality:1_0", "search:nan", "quality:Infinity", "search:0x1"])
+def test_eps_takes_plain_decimal_numbers_only(mode: str) -> None:
+    with pytest.raises(LengthModeError, match="EPS must be a positive number"):
+        parse_length_mode(mode)
+
+
+def test_spelling_that_is_fine_still_parses() -> None:
+    assert str(parse_length_mode(" PREFIX:3 ")) == "prefix:3"
+    assert str(parse_length_mode("cap:+2")) == "cap:2"
+    assert str(parse_length_mode("quality:.5")) == "quality:0.5"
+    assert str(parse_length_mode("search:2E-1")) == "search:0.2"
+    with pytest.raises(LengthModeError, match="at least 1, got -3"):
+        parse_length_mode("prefix:-3")
+
+
+def test_quality_eps_values() -> None:
+    assert export.parse_eps_values("0.3, 0.1,0.3,0.2") == [0.1, 0.2, 0.3]
+    for bad in ("0.1,inf", "nan,0.1", "0.1,1_0", "0.1", "0.1,0.1", ",,", "-1,2"):
+        with pytest.raises(LengthModeError, match="--quality-eps"):
+            export.parse_eps_values(bad)
+
+
+def test_quality_eps_of_infinity_is_refused_not_written_as_json_infinity(run: Path) -> None:
+    line = one_error_line(strop("eval", run, "--quality-eps", "0.1,inf"), 2)
+    assert "--quality-eps 0.1,inf" in line and "'inf'" in line
+    assert not (run / "eval.json").exists()
+
+
+def test_quality_eps_on_a_run_without_the_head_is_refused_not_ignored(run: Path) -> None:
+    line = one_error_line(strop("eval", run, "--quality-eps", "0.1,0.2", "--no-lpips"), 2)
+    assert "--quality-eps" in line and "no eps-conditioned length head" in line
+    assert not (run / "eval.json").exists()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--length-mode", "prefix:3"],
+        ["--quality-eps", "0.1,0.2"],
+        ["--lpips-backbone", "alexnet.pth"],
+    ],
+)
+def test_sweep_refuses_options_it_would_ignore(run: Path, extra: list[str]) -> None:
+    line = one_error_line(strop("eval", run, "--sweep", *extra), 2)
+    assert extra[0] in line and "--sweep" in line
+    assert not (run / "sweep.json").exists()
+
+
+def test_a_huge_sweep_range_is_refused_at_once(run: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(SweepLengthsError, match="got 100000000000"):
+        parse_sweep_lengths("1-100000000000", 1, 8)
+    line = one_error_line(strop("eval", run, "--sweep", "--sweep-lengths", "2,1-100000000000"), 2)
+    assert "1-100000000000" in line and "[1, 8]" in line
+    assert time.monotonic() - start < 30  # the old parser built a set of 10^11 ints
+
+
+@pytest.mark.parametrize(
+    ("grid", "says"),
+    [
+        ("8-1", "range 8-1 is empty"),
+        ("1--3", "expected integers or ranges"),
+        ("", "--sweep-lengths '': expected integers"),
+        (" ", "--sweep-lengths ' ': expected integers"),
+        ("0,2", "got 0"),
+        ("9", "got 9"),
+        ("1_0", "expected integers"),
+    ],
+)
+def test_bad_sweep_grids(grid: str, says: str) -> None:
+    with pytest.raises(SweepLengthsError, match="--sweep-lengths") as err:
+        parse_sweep_lengths(grid, 1, 8)
+    assert says in str(err.value)
+
+
+def test_duplicate_and_unsorted_grids_are_read_as_a_set() -> None:
+    assert parse_sweep_lengths("8, 3,3,2-4", 1, 8) == [2, 3, 4, 8]
+    assert parse_sweep_lengths(None, 2, 5) == [2, 3, 4, 5]
+
+
+def test_analyze_refused_mode_leaves_no_output_folder(run: Path) -> None:
+    line = one_error_line(strop("analyze", run, "--length-mode", "prefix:99"), 2)
+    assert "[L_min, L_max] = [1, 8]" in line
+    assert not (run / "analysis").exists()
