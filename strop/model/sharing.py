@@ -6,7 +6,11 @@ Design decisions
   (`RUN/eval.json`, when `strop eval` ran) and provenance (run name and path, checkpoint file
   and its SHA-256, STROP and torch versions, export time).
 - The output folder must not hold another run or a different tokenizer: exporting into a run
-  folder would overwrite its config.json.
+  folder would overwrite its config.json, and into an experiment folder (one that holds runs)
+  would make `strop report` read the whole folder as one run.
+- The folder is one unit (`strop.output_unit`, written by `save_pretrained`): a kill or a
+  failed write leaves the previous export whole, or a marker that loaders refuse.
+- `training.data_path` is written absolute: the folder is read from other directories.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 
 from strop.model.network import Strop
 from strop.model.pretrained import CONFIG_NAME, PretrainedError, is_exported, upload_folder
-from strop.runs import RunFolder
+from strop.runs import RunFolder, discover_runs, is_run_folder
 
 __all__ = ["export_model"]
 
@@ -60,7 +64,22 @@ def export_model(
             f"{target}: holds a {CONFIG_NAME} that is not an exported tokenizer "
             "(a run folder?); choose another --out"
         )
+    runs = (
+        [r.name for r in discover_runs(target)]
+        if target.is_dir() and not is_run_folder(target)
+        else []
+    )
+    if runs:  # a config.json here would make `strop report` read the folder as one run
+        raise PretrainedError(
+            f"{target}: an experiment folder (holds the runs {', '.join(runs[:3])}"
+            f"{', ...' if len(runs) > 3 else ''}); export into a folder of its own, "
+            f"e.g. --out {target / (run.name + '-tokenizer')}"
+        )
     model, info = Strop.from_run(run.path, checkpoint)
+    if info.data_path and not info.data_path.startswith("hf://"):
+        # the exported folder is read from anywhere: a path relative to where this command
+        # ran would point nowhere (or at the wrong data) from another directory
+        info = replace(info, data_path=os.path.abspath(info.data_path))
     ckpt_path = Path(info.provenance["checkpoint"])
     evaluation: dict[str, Any] | None = run.read_eval() if run.eval_path.is_file() else None
     provenance = {
@@ -73,6 +92,8 @@ def export_model(
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     info = replace(info, provenance=provenance, eval=evaluation)
-    folder = model.save_pretrained(target, info=info)
+    folder = model.save_pretrained(
+        target, info=info, command=f"strop export-model {run.path} --out {target}"
+    )
     url = upload_folder(folder, push_to_hub, token=token, private=private) if push_to_hub else None
     return folder, url
