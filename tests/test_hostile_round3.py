@@ -703,3 +703,15 @@ def test_bench_gpu_json_that_cannot_be_written_fails_before_the_rows(capsys, tmp
             chattr("-i", tmp_path / "ro")
     assert code == 1 and err.startswith(f"error: bench gpu: --json {target}"), err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_other_weights_are_not_exported_beside_results_of_the_old(run, exported, tmp_path):
+    """eval.json of the tokenizer in a folder stayed beside the weights of a re-export, and
+    the report and the next model card showed them as the new tokenizer's numbers."""
+    folder = Path(shutil.copytree(exported, tmp_path / "tok"))
+    assert strop("eval", folder, "--no-lpips", "--limit", 2, "--order-probe", 0).exit_code == 0
+    before = (folder / "model.safetensors").read_bytes()
+    line = one_error_line(strop("export-model", run, "--out", folder, "--checkpoint", "8"), 1)
+    assert f"{folder}: holds eval.json of the tokenizer there now" in line
+    assert (folder / "model.safetensors").read_bytes() == before
+    assert strop("export-model", run, "--out", folder).exit_code == 0  # the same checkpoint

@@ -11,6 +11,9 @@ Design decisions
 - The folder is one unit (`strop.output_unit`, written by `save_pretrained`): a kill or a
   failed write leaves the previous export whole, or a marker that loaders refuse.
 - `training.data_path` is written absolute: the folder is read from other directories.
+- Other weights are not exported into a folder holding results (eval.json, sweep.json,
+  programs.parquet, analysis/) of the weights there: the model card and `strop report` would
+  show them as the new tokenizer's. The same checkpoint again is fine (same SHA-256).
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ from typing import Any
 import torch
 
 from strop.model.network import Strop
-from strop.model.pretrained import CONFIG_NAME, PretrainedError, is_exported, upload_folder
+from strop.model.pretrained import (
+    CONFIG_NAME,
+    PretrainedError,
+    is_exported,
+    read_info,
+    upload_folder,
+)
 from strop.runs import RunFolder, discover_runs, is_run_folder
 
 __all__ = ["export_model"]
@@ -45,6 +54,29 @@ def _version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+#: What `strop export`, `eval` and `analyze` write into a tokenizer folder: numbers about the
+#: weights that are there when they run.
+DERIVED = ("programs.parquet", "eval.json", "sweep.json", "analysis")
+
+
+def _refuse_stale_results(target: Path, new_sha: str) -> None:
+    """Refuse to put other weights into a folder that holds results of the weights it has:
+    eval.json or sweep.json of the old tokenizer beside the new one would be reported (the
+    model card, `strop report`) as the new one's. Re-exporting the same checkpoint is fine."""
+    derived = [name for name in DERIVED if (target / name).exists()]
+    if not derived or not is_exported(target):
+        return
+    try:
+        old = read_info(target).provenance.get("checkpoint_sha256")
+    except PretrainedError:
+        old = None
+    if old != new_sha:
+        raise PretrainedError(
+            f"{target}: holds {', '.join(derived)} of the tokenizer there now, which another "
+            "checkpoint would replace; export into another --out (or remove those results)"
+        )
 
 
 def export_model(
@@ -81,6 +113,7 @@ def export_model(
         # ran would point nowhere (or at the wrong data) from another directory
         info = replace(info, data_path=os.path.abspath(info.data_path))
     ckpt_path = Path(info.provenance["checkpoint"])
+    _refuse_stale_results(target, _sha256(ckpt_path))
     evaluation: dict[str, Any] | None = run.read_eval() if run.eval_path.is_file() else None
     provenance = {
         "run": run.name,
