@@ -764,3 +764,12 @@ def test_order_probe_counts_programs_a_reordering_changes(run: Path, tmp_path: P
         "order probe: untestable, no program changes when reordered (each of the 3 repeats "
         "a single code)",
     )
+
+
+def test_a_named_question_folder_without_question_files(qa_runs: Path, tmp_path: Path) -> None:
+    """Said "no questions in " and nothing after it."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    line = one_error_line(qa(qa_runs, "--backend", "naive", "--questions", folder), 1)
+    assert f"--questions {folder}: no questions/CLEVR_<split>_questions.json under it" in line
+    assert "(train, val)" in line

@@ -131,6 +131,11 @@ def _check_named_questions(
     """A questions file the user named must be about this run's images: one with no
     question, or none about any image of the run (another split, another dataset), would
     otherwise fall back to generated questions with nothing but a count in summary.json."""
+    if not bank.files:  # a folder with no CLEVR_<split>_questions.json for these splits
+        raise RunFolderError(
+            f"--questions {given}: no questions/CLEVR_<split>_questions.json under it "
+            f"(or its CLEVR_v1.0/) for the run's splits ({', '.join(sorted(set(programs.split)))})"
+        )
     if not bank.by_image:
         raise RunFolderError(f"--questions {given}: no questions in {', '.join(bank.files)}")
     images = {
