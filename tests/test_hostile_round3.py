@@ -773,3 +773,47 @@ def test_a_named_question_folder_without_question_files(qa_runs: Path, tmp_path:
     line = one_error_line(qa(qa_runs, "--backend", "naive", "--questions", folder), 1)
     assert f"--questions {folder}: no questions/CLEVR_<split>_questions.json under it" in line
     assert "(train, val)" in line
+
+
+# --------------------------------------------------------------------------- report
+
+
+GOOD_SWEEP = {
+    "k": 16,
+    "rows": [{"n": 1, "cos": 0.5, "count_probe_r2": None}, {"n": 2, "cos": 0.6}],
+    "operating_points": {"head": {"length_mode": "head", "length_mean": 1.5, "cos": 0.55}},
+}
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "says"),
+    [
+        ("sweep.json", lambda d: d.update(rows=[1, 2]), "k16/sweep.json: field rows.0:"),
+        ("sweep.json", lambda d: d["rows"][0].update(n="x"), "field rows.0.n:"),
+        (
+            "sweep.json",
+            lambda d: d["operating_points"].update(head=None),
+            "k16/sweep.json: field operating_points.head:",
+        ),
+        (
+            "eval.json",
+            lambda d: d.update(quality_control={"rows": [{"eps": "a"}]}),
+            "k16/eval.json quality_control: field rows.0.eps",
+        ),
+    ],
+)
+def test_report_names_a_damaged_sweep_or_quality_block(run, tmp_path, file, edit, says):
+    """A list of numbers for sweep.json's rows or a null operating point was an
+    AttributeError that lost the whole report."""
+    copy = Path(shutil.copytree(run, tmp_path / "exp" / "k16"))
+    sweep = json.loads(json.dumps(GOOD_SWEEP))
+    if file == "sweep.json":
+        edit(sweep)
+    (copy / "sweep.json").write_text(json.dumps(sweep))
+    if file == "eval.json":
+        evaluation = {"run": "k16", "cos": 0.5}
+        edit(evaluation)
+        (copy / "eval.json").write_text(json.dumps(evaluation))
+    done = strop("report", copy.parent)
+    assert done.exit_code == 0 and "Traceback" not in done.output, done.output
+    assert says in (copy.parent / "report.md").read_text()
