@@ -817,3 +817,45 @@ def test_report_names_a_damaged_sweep_or_quality_block(run, tmp_path, file, edit
     done = strop("report", copy.parent)
     assert done.exit_code == 0 and "Traceback" not in done.output, done.output
     assert says in (copy.parent / "report.md").read_text()
+
+
+def test_qa_killed_mid_run_resumes_without_resending(qa_runs: Path) -> None:
+    """SIGKILL of `strop-llm qa` after some answers: the rerun (same server URL) sends only
+    the unanswered questions and the results file holds each question once."""
+    import signal
+
+    from llm_decode.testing.fake_server import FakeServer
+    from strop.runs import read_jsonl
+
+    results = qa_runs / "k64" / "llm" / "qa" / "qwen3.5" / "results.jsonl"
+    argv = [sys.executable, "-m", "llm_decode.cli", "qa", "--model", "qwen3.5", "--k", "64"]
+    argv += ["--runs", str(qa_runs), "--shots", "10", "--test", "3", "--concurrency", "1"]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    with FakeServer(answers={}, delay=0.1) as server:
+        proc = subprocess.Popen(
+            [*argv, "--base-url", server.base_url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if results.is_file() and len(results.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        port = server.base_url
+    kept = len(read_jsonl(results))
+    assert proc.returncode == -signal.SIGKILL and kept >= 3
+    with FakeServer(answers={}, port=int(port.rsplit(":", 1)[1].split("/")[0])) as server:
+        done = subprocess.run(
+            [*argv, "--base-url", server.base_url], capture_output=True, text=True, env=env
+        )
+        sent = server.stats()["requests"]
+    assert done.returncode == 0, done.stderr
+    rows = read_jsonl(results)
+    summary = json.loads((results.parent / "summary.json").read_text())
+    assert summary["complete"] and summary["n"] == len(rows)
+    assert len({r["key"] for r in rows}) == len(rows)
+    assert sent == 2 * (len(rows) - kept)  # each unreadable reply gets one repair retry
