@@ -859,3 +859,10 @@ def test_qa_killed_mid_run_resumes_without_resending(qa_runs: Path) -> None:
     assert summary["complete"] and summary["n"] == len(rows)
     assert len({r["key"] for r in rows}) == len(rows)
     assert sent == 2 * (len(rows) - kept)  # each unreadable reply gets one repair retry
+
+
+def test_export_model_of_an_exported_folder_says_what_it_is(exported, tmp_path) -> None:
+    """Said "checkpoints/last.pt: checkpoint not found (kept steps: none)"."""
+    line = one_error_line(strop("export-model", exported, "--out", tmp_path / "again"), 1)
+    assert f"{exported}: already an exported tokenizer" in line
+    assert not (tmp_path / "again").exists()

@@ -91,6 +91,11 @@ def export_model(
     it to that repo id. Returns (folder, commit URL or None)."""
     run = RunFolder(Path(run_dir))
     target = Path(out)
+    if is_exported(run.path):  # it has no checkpoints/ to read: say what it is instead
+        raise PretrainedError(
+            f"{run.path}: already an exported tokenizer (export-model reads a training run); "
+            "copy the folder to share it as it is"
+        )
     if (target / CONFIG_NAME).is_file() and not is_exported(target):
         raise PretrainedError(
             f"{target}: holds a {CONFIG_NAME} that is not an exported tokenizer "
