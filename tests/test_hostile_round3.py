@@ -909,3 +909,12 @@ def test_two_writers_of_one_output_folder_commit_whole_units(tmp_path: Path) -> 
     contents = {(out / name).read_text() for name in ("a.txt", "b.txt", "c.txt")}
     assert len(contents) == 1 and not marker_path(out, "export-model").exists()
     assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt", "c.txt"]
+
+
+def test_export_model_of_a_run_without_checkpoints(run, tmp_path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(run / "config.json", bare / "config.json")
+    line = one_error_line(strop("export-model", bare, "--out", tmp_path / "tok"), 1)
+    assert f"{bare / 'checkpoints' / 'last.pt'}: checkpoint not found" in line
+    assert not (tmp_path / "tok").exists()
