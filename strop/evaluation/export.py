@@ -128,7 +128,7 @@ _EXPECTED = "expected head, fixed, prefix:N, cap:N, search:EPS or quality:EPS (e
 #: What an N or an EPS may be spelled as: plain ASCII decimals. Python's int() and float()
 #: also take "4_0" (40), "nan", "inf" and non-ASCII digits, none of which a user means.
 _INTEGER = re.compile(r"[+-]?[0-9]+")
-_NUMBER = re.compile(r"\+?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def parse_eps(raw: str, option: str) -> float:
@@ -136,7 +136,7 @@ def parse_eps(raw: str, option: str) -> float:
     decimal number, else `LengthModeError`."""
     text = raw.strip()
     if not _NUMBER.fullmatch(text):
-        raise LengthModeError(f"{option}: EPS must be a positive number, got {raw!r}")
+        raise LengthModeError(f"{option}: EPS must be a number, got {raw!r}")
     eps = float(text)
     if not (eps > 0 and math.isfinite(eps)):
         raise LengthModeError(f"{option}: EPS must be a positive number, got {raw!r}")
