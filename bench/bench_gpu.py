@@ -34,6 +34,10 @@ Design decisions
   they are only there to print the column.
 - Exit status 1 names every row that failed (an exception other than out-of-memory); 2 when
   there is no CUDA device and `--dry-run` was not given.
+- The command line is checked before the first row, in one `error:` line each: a flag
+  argparse refuses, `--only` text that names no row, a `--budget-s` that is not a positive
+  number (exit 2), a `--json` file that cannot be written (exit 1; it used to fail with a
+  traceback after the whole run). The JSON is written atomically.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import sys
 import tempfile
 import time
@@ -49,7 +54,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -476,10 +481,36 @@ def print_table(rows: list[Row], machine: dict[str, Any]) -> None:
     console.print(table)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one `error: ...` line (exit 2) instead of a usage block and a second line."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_options(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line, found before any row runs (a GPU is lent for
+    minutes: a typo must not spend them), or None."""
+    if not (args.budget_s > 0 and math.isfinite(args.budget_s)):
+        return f"--budget-s {args.budget_s}: expected a positive number of seconds"
+    if args.only is not None:
+        names = [spec.name for spec in ROWS]
+        if not args.only.strip() or (
+            not any(args.only.lower() in n.lower() for n in names)
+            and "cache" not in args.only.lower()
+        ):
+            return (
+                f"--only {args.only!r} matches no row; rows: {', '.join(names)}, feature cache read"
+            )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench gpu", description=__doc__.splitlines()[0]
-    )
+    from strop.atomic import atomic_write_text
+    from strop.output_unit import OutputUnitError, check_writable
+
+    parser = _Parser(prog="python -m bench gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="every row at toy size (CPU ok)")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     parser.add_argument("--only", help="run only the rows whose name contains this text")
@@ -487,18 +518,27 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s", type=float, default=420.0, help="time for all rows (default 420 s)"
     )
     args = parser.parse_args(argv)
+    problem = check_options(args)
+    if problem:
+        print(f"error: bench gpu: {problem}", file=sys.stderr)
+        return 2
     if not args.dry_run and not torch.cuda.is_available():
         print(
             "error: bench gpu: no CUDA device; use --dry-run to run every row at toy size",
             file=sys.stderr,
         )
         return 2
+    if args.json:
+        try:  # before the rows, not after minutes of them
+            check_writable(args.json)
+        except OutputUnitError as exc:
+            print(f"error: bench gpu: --json {exc}", file=sys.stderr)
+            return 1
     rows, machine = run(args.dry_run, args.only, args.budget_s)
     print_table(rows, machine)
     if args.json:
-        args.json.write_text(
-            json.dumps({"machine": machine, "rows": [asdict(r) for r in rows]}, indent=2)
-        )
+        report = {"machine": machine, "rows": [asdict(r) for r in rows]}
+        atomic_write_text(args.json, json.dumps(report, indent=2))
     errors = failures(rows)
     for line in errors:
         print(line, file=sys.stderr)

@@ -24,13 +24,17 @@ Design decisions
   cannot be written fails before the work, in one line (`OutputUnitError`), and not after
   every image was encoded.
 - Staging folders left by writers that are no longer running are removed on the next open.
+- Commits of one folder are serialised by an exclusive `flock` on the folder (`_folder_lock`):
+  two writers racing into one folder each move their whole unit in, the later one wins.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -126,17 +130,20 @@ class OutputUnit:
         """Move the staged files in and delete owned files this write did not produce."""
         new = sorted(p.relative_to(self.staging) for p in self.staging.rglob("*") if p.is_file())
         produced = set(new)
-        stale = [p for p in self._owned_files() if p.relative_to(self.folder) not in produced]
         marker = marker_path(self.folder, self.name)
         try:
-            _write_synced(marker, self.command + "\n")
-            for rel in new:
-                target = self.folder / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(self.staging / rel, target)
-            for path in stale:
-                path.unlink(missing_ok=True)
-            marker.unlink()
+            with _folder_lock(self.folder):
+                stale = [
+                    p for p in self._owned_files() if p.relative_to(self.folder) not in produced
+                ]
+                _write_synced(marker, self.command + "\n")
+                for rel in new:
+                    target = self.folder / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(self.staging / rel, target)
+                for path in stale:
+                    path.unlink(missing_ok=True)
+                marker.unlink()
         except OSError as exc:
             raise writable_error(self.folder, exc) from None
         shutil.rmtree(self.staging, ignore_errors=True)
@@ -174,6 +181,21 @@ class OutputUnit:
             pid = path.name[len(prefix) :]
             if pid.isdigit() and not pid_running(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive `flock` on the output folder itself for one commit: two writers of the
+    same unit (two exports into one folder) move their files in one after the other, so the
+    last commit wins whole. Unlocked, one writer's marker was removed by the other mid-move
+    (no marker while files of two results were side by side) and about half the commits of
+    two racing writers failed on a marker already gone. A lock on the folder leaves no file."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def _write_synced(path: Path, text: str) -> None:

@@ -295,7 +295,7 @@ def test_real_clevr_question_files_are_read(runs, tmp_path):
         "--questions",
         str(bad),
     )
-    assert done.returncode == 1 and "question 0: missing or bad field" in done.stderr
+    assert done.returncode == 1 and "question 0: missing field answer" in done.stderr
 
 
 def qa_config(runs, base_url, **overrides):

@@ -45,12 +45,21 @@ def relationships(scene: Scene) -> dict[str, list[list[int]]]:
     return compute_relationships(coords, directions)
 
 
-def _node(node: dict[str, Any]) -> tuple[str, list[int], list[str]]:
+def _node(node: Any) -> tuple[str, list[int], list[str]]:
+    if not isinstance(node, dict):
+        raise ProgramError(f"program node is not an object: {node!r:.60}")
     function = node.get("function", node.get("type"))
     if not isinstance(function, str):
-        raise ProgramError(f"program node without a function: {node!r}")
+        raise ProgramError(f"program node without a function: {node!r:.60}")
+    inputs = node.get("inputs") or []
     values = node.get("value_inputs", node.get("side_inputs")) or []
-    return function, list(node.get("inputs") or []), [str(v) for v in values]
+    if not isinstance(inputs, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in inputs
+    ):
+        raise ProgramError(f"{function}: inputs must be a list of node indices, got {inputs!r:.60}")
+    if not isinstance(values, list):
+        raise ProgramError(f"{function}: value_inputs must be a list, got {values!r:.60}")
+    return function, inputs, [str(v) for v in values]
 
 
 def _as_answer(value: Any) -> str:
@@ -67,8 +76,7 @@ def execute(program: Sequence[dict[str, Any]], scene: Scene) -> str:
     """The answer of `program` on `scene` (raises `ProgramError`)."""
     if not program:
         raise ProgramError("empty program")
-    objects = scene.objects
-    rels: dict[str, list[list[int]]] | None = None
+    rels: dict[str, list[list[int]]] = {}
     out: list[Any] = []
     for node in program:
         function, inputs, values = _node(node)
@@ -76,44 +84,57 @@ def execute(program: Sequence[dict[str, Any]], scene: Scene) -> str:
             args = [out[i] for i in inputs]
         except IndexError:
             raise ProgramError(f"{function}: input out of range {inputs}") from None
-        base, _, attr = function.partition("_")
-        if function == "scene":
-            result: Any = list(range(len(objects)))
-        elif base == "filter" and attr in ATTRIBUTES:
-            result = [i for i in args[0] if getattr(objects[i], attr) == values[0]]
-        elif function == "unique":
-            if len(args[0]) != 1:
-                raise ProgramError(f"unique: {len(args[0])} objects match")
-            result = args[0][0]
-        elif function == "relate":
-            if rels is None:
-                rels = relationships(scene)
-            result = sorted(rels.get(values[0], [[]] * len(objects))[args[0]])
-        elif function == "count":
-            result = len(args[0])
-        elif function == "exist":
-            result = len(args[0]) > 0
-        elif base == "query" and attr in ATTRIBUTES:
-            result = getattr(objects[args[0]], attr)
-        elif base == "same" and attr in ATTRIBUTES:
-            own = getattr(objects[args[0]], attr)
-            result = [i for i, o in enumerate(objects) if i != args[0] and getattr(o, attr) == own]
-        elif base == "equal" and attr in ATTRIBUTES:
-            result = args[0] == args[1]
-        elif function == "equal_integer":
-            result = args[0] == args[1]
-        elif function == "less_than":
-            result = args[0] < args[1]
-        elif function == "greater_than":
-            result = args[0] > args[1]
-        elif function == "union":
-            result = sorted(set(args[0]) | set(args[1]))
-        elif function == "intersect":
-            result = sorted(set(args[0]) & set(args[1]))
-        else:
-            raise ProgramError(f"unknown program function {function!r}")
-        out.append(result)
+        try:
+            out.append(_apply(function, args, values, scene, rels))
+        except (IndexError, KeyError, TypeError):
+            # a node whose inputs or values are not what its function takes (a program
+            # from a file, run on another scene by the knn baseline): no answer, one line
+            raise ProgramError(
+                f"{function}: cannot be evaluated on inputs {inputs} and values {values}"
+            ) from None
     return _as_answer(out[-1])
+
+
+def _apply(
+    function: str, args: list[Any], values: list[str], scene: Scene, rels: dict[str, Any]
+) -> Any:
+    """One node's value from its inputs' values (`rels` caches the scene's relationships)."""
+    objects = scene.objects
+    base, _, attr = function.partition("_")
+    if function == "scene":
+        return list(range(len(objects)))
+    if base == "filter" and attr in ATTRIBUTES:
+        return [i for i in args[0] if getattr(objects[i], attr) == values[0]]
+    if function == "unique":
+        if len(args[0]) != 1:
+            raise ProgramError(f"unique: {len(args[0])} objects match")
+        return args[0][0]
+    if function == "relate":
+        if not rels:
+            rels.update(relationships(scene))
+        return sorted(rels.get(values[0], [[]] * len(objects))[args[0]])
+    if function == "count":
+        return len(args[0])
+    if function == "exist":
+        return len(args[0]) > 0
+    if base == "query" and attr in ATTRIBUTES:
+        return getattr(objects[args[0]], attr)
+    if base == "same" and attr in ATTRIBUTES:
+        own = getattr(objects[args[0]], attr)
+        return [i for i, o in enumerate(objects) if i != args[0] and getattr(o, attr) == own]
+    if base == "equal" and attr in ATTRIBUTES:
+        return args[0] == args[1]
+    if function == "equal_integer":
+        return args[0] == args[1]
+    if function == "less_than":
+        return args[0] < args[1]
+    if function == "greater_than":
+        return args[0] > args[1]
+    if function == "union":
+        return sorted(set(args[0]) | set(args[1]))
+    if function == "intersect":
+        return sorted(set(args[0]) & set(args[1]))
+    raise ProgramError(f"unknown program function {function!r}")
 
 
 #: Question families, as the report lists them.

@@ -23,11 +23,14 @@ Design decisions
 - Real CLEVR v1.0 question files (`CLEVR_v1.0/questions/CLEVR_<split>_questions.json`) are
   read for their `question`, `answer`, `image_index` (and `program`, when present, for the
   family and the knn baseline); `QuestionBank` indexes them by (split, image index).
+- Every field of such a file is checked as it is read (`_read_question`): an answer outside
+  CLEVR's vocabulary, a null, an image index that is not a whole number >= 0, or a program
+  that is not a list of nodes is refused in one line naming the question, since a quietly
+  coerced value (null -> "none", 0.7 -> 0) would score replies against a question nobody asked.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from llm_decode.qa.programs import ATTRIBUTES, FAMILIES, ProgramError, execute, family
-from strop.runs import RunFolderError
+from strop.runs import RunFolderError, read_json
 from strop.scenes import COLORS, MATERIALS, SHAPES, SIZES, Scene
 
 VOCAB = {"color": COLORS, "shape": SHAPES, "material": MATERIALS, "size": SIZES}
@@ -258,26 +261,19 @@ class QuestionBank:
     files: list[str] = field(default_factory=list)
 
     def add_file(self, path: Path, split: str) -> None:
+        """Index every question of a CLEVR questions file; a file or a question that is not
+        CLEVR's shape is refused in one line naming the question and field (`RunFolderError`)."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            items = data["questions"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RunFolderError(f"{path}: not a CLEVR questions file ({exc})") from None
+            data = read_json(path)
+        except RunFolderError as exc:
+            raise RunFolderError(f"{exc} (not a CLEVR questions file)") from None
+        items = data.get("questions")
+        if not isinstance(items, list):
+            raise RunFolderError(
+                f"{path}: field questions: expected a list of questions, got {_kind(items)}"
+            )
         for n, item in enumerate(items):
-            try:
-                program = list(item.get("program") or [])
-                question = Question(
-                    family(program) if program else "clevr",
-                    str(item["question"]),
-                    str(item["answer"]).lower(),
-                    program,
-                    "clevr",
-                )
-                key = (str(item.get("split", split)), int(item["image_index"]))
-            except (KeyError, TypeError, ValueError, ProgramError) as exc:
-                raise RunFolderError(
-                    f"{path}: question {n}: missing or bad field ({exc})"
-                ) from None
+            question, key = _read_question(item, split, f"{path}: question {n}")
             self.by_image.setdefault(key, []).append(question)
         self.files.append(str(path))
 
@@ -289,3 +285,47 @@ def image_index(image_id: str) -> int | None:
     """The number at the end of a CLEVR image id (`CLEVR_val_000012` -> 12)."""
     tail = image_id.rsplit("_", 1)[-1]
     return int(tail) if tail.isdigit() else None
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def _read_question(item: Any, split: str, where: str) -> tuple[Question, tuple[str, int]]:
+    """One question of a CLEVR file, its fields checked: `question` a string, `answer` a word
+    of CLEVR's answer vocabulary, `image_index` a whole number >= 0, `split` a string,
+    `program` a list of nodes (objects). A null answer read as the word "none", or an image
+    index of 0.7 read as 0, would score every reply against something nobody asked."""
+    from llm_decode.qa.scoring import VOCABULARY, canonical
+
+    if not isinstance(item, dict):
+        raise RunFolderError(f"{where}: expected an object, got {_kind(item)}")
+
+    def field_error(name: str, why: str) -> RunFolderError:
+        return RunFolderError(f"{where} field {name}: {why} (got {item.get(name)!r:.60})")
+
+    for name in ("question", "answer", "image_index"):
+        if name not in item:
+            raise RunFolderError(f"{where}: missing field {name}")
+    if not isinstance(item["question"], str) or not item["question"].strip():
+        raise field_error("question", "expected a non-empty string")
+    answer = item["answer"]
+    if isinstance(answer, bool) or not isinstance(answer, (str, int)):
+        raise field_error("answer", "expected a string")
+    if canonical(str(answer)) not in VOCABULARY:
+        raise field_error("answer", "not a CLEVR answer (yes/no, 0-10 or an attribute value)")
+    index = item["image_index"]
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise field_error("image_index", "expected a whole number >= 0")
+    own_split = item.get("split", split)
+    if not isinstance(own_split, str):
+        raise field_error("split", "expected a string")
+    program = item.get("program") or []
+    if not isinstance(program, list) or not all(isinstance(node, dict) for node in program):
+        raise field_error("program", "expected a list of program nodes (objects)")
+    try:
+        kind = family(program) if program else "clevr"
+    except ProgramError as exc:
+        raise RunFolderError(f"{where} field program: {exc}") from None
+    question = Question(kind, item["question"], canonical(str(answer)), program, "clevr")
+    return question, (own_split, index)

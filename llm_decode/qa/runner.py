@@ -20,7 +20,8 @@ copy of any of it.
 - Questions: a CLEVR questions file given with `--questions` (file or dataset folder), else
   the one beside the run's dataset (`config.json` data.path) when it exists, else the
   templates. Images without real questions fall back to generated ones; the summary counts
-  both (`question_sources`).
+  both (`question_sources`). A file named with `--questions` that holds no question, or
+  none about any image of the run (another split, another dataset), is refused.
 - Results: `RUN/llm/qa/<model>[-oracle]/` (`results.jsonl`, `summary.json`,
   `identity.json`), beside decode's `RUN/llm/<model>/` and never mixed with it.
 """
@@ -41,7 +42,13 @@ from llm_decode.presets import folder_name
 from llm_decode.prompting import PromptBuilder
 from llm_decode.protocol import load_scene
 from llm_decode.qa.programs import FAMILIES, ProgramError, execute
-from llm_decode.qa.questions import Question, QuestionBank, generate, questions_file
+from llm_decode.qa.questions import (
+    Question,
+    QuestionBank,
+    generate,
+    image_index,
+    questions_file,
+)
 from llm_decode.qa.scoring import VOCABULARY, QAAnswer, parse_qa_answer, score_qa, summarize_qa
 from llm_decode.results import claim_folder, messages_sha256, request_key
 from llm_decode.runner import (
@@ -118,6 +125,32 @@ def _bank(cfg: QAConfig, run: RunFolder, splits: set[str]) -> QuestionBank:
     return bank
 
 
+def _check_named_questions(
+    bank: QuestionBank, programs: Programs, given: Path, source: str
+) -> None:
+    """A questions file the user named must be about this run's images: one with no
+    question, or none about any image of the run (another split, another dataset), would
+    otherwise fall back to generated questions with nothing but a count in summary.json."""
+    if not bank.files:  # a folder with no CLEVR_<split>_questions.json for these splits
+        raise RunFolderError(
+            f"--questions {given}: no questions/CLEVR_<split>_questions.json under it "
+            f"(or its CLEVR_v1.0/) for the run's splits ({', '.join(sorted(set(programs.split)))})"
+        )
+    if not bank.by_image:
+        raise RunFolderError(f"--questions {given}: no questions in {', '.join(bank.files)}")
+    images = {
+        (split, image_index(i)) for split, i in zip(programs.split, programs.image_id, strict=True)
+    }
+    if not images & set(bank.by_image):
+        splits = sorted({split for split, _ in bank.by_image})
+        indices = sorted(index for _, index in bank.by_image)
+        raise RunFolderError(
+            f"--questions {given}: none of its {sum(map(len, bank.by_image.values()))} "
+            f"questions (split {', '.join(splits)}, image_index {indices[0]}..{indices[-1]}) "
+            f"is about an image of {source}"
+        )
+
+
 def _scene(programs: Programs, row: int, source: str) -> Scene:
     try:
         return parse_scene(json.loads(programs.scene[row] or ""), source=f"{source} row {row}")
@@ -133,6 +166,8 @@ def plan_qa(cfg: QAConfig) -> QAPlan:
     rows = base.selection.test + base.selection.shots
     scenes = {r: _scene(programs, r, source) for r in rows}
     bank = _bank(cfg, base.run, {programs.split[r] for r in rows})
+    if cfg.questions is not None:
+        _check_named_questions(bank, programs, cfg.questions, source)
     sources: Counter[str] = Counter()
 
     def questions(row: int) -> list[Question]:

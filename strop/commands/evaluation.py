@@ -189,6 +189,22 @@ def eval_cmd(
         fail("--no-lpips contradicts --lpips-backbone/--lpips-lin", usage=True)
     if (sweep_lengths is not None or sweep_eps is not None) and not sweep:
         fail("--sweep-lengths/--sweep-eps need --sweep", usage=True)
+    ignored = [
+        name
+        for name, value in (
+            ("--length-mode", length_mode),
+            ("--quality-eps", quality_eps),
+            ("--lpips-backbone", lpips_backbone),
+            ("--lpips-lin", lpips_lin),
+        )
+        if value is not None
+    ]
+    if sweep and ignored:  # the sweep sets every length itself; say so rather than ignore them
+        fail(
+            f"{', '.join(ignored)} do not apply with --sweep (it scores every prefix:N and the "
+            "head, fixed and search:EPS points)",
+            usage=True,
+        )
     encoding = _Encoding(
         split=split,
         data=data,
@@ -226,15 +242,12 @@ def eval_cmd(
 
 
 def _eps_list(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
+    from strop.evaluation.export import LengthModeError, parse_eps_values
+
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        fail(f"--quality-eps {text}: expected comma-separated positive numbers", usage=True)
-    if len(values) < 2 or any(not v > 0 for v in values):
-        fail(f"--quality-eps {text}: expected at least two positive numbers", usage=True)
-    return values
+        return parse_eps_values(text)
+    except LengthModeError as exc:
+        fail(exc, usage=True)
 
 
 def _sweep(run: Path, encoding: _Encoding, lengths: str | None, eps: float | None) -> None:

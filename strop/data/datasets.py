@@ -85,7 +85,9 @@ def load_image(source: str | os.PathLike[str] | bytes, size: int, *, where: str)
     return torch.from_numpy(arr / 255.0).permute(2, 0, 1).contiguous()
 
 
-def open_regular(path: str | os.PathLike[str], where: str) -> io.BufferedReader:
+def open_regular(
+    path: str | os.PathLike[str], where: str, field: str = "image"
+) -> io.BufferedReader:
     """Open `path` for reading only if it is a regular file: opening a named pipe blocks
     until a writer comes (forever, in `inspect --check-all` or a training loader), and a
     device never ends. The open itself does not block (`O_NONBLOCK`); the check is on the
@@ -94,7 +96,7 @@ def open_regular(path: str | os.PathLike[str], where: str) -> io.BufferedReader:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise DataError(f"{where} field image: not a regular file ({file_kind(mode)})")
+            raise DataError(f"{where} field {field}: not a regular file ({file_kind(mode)})")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:

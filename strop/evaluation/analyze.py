@@ -262,7 +262,10 @@ def analyze_run(
 
     parse_length_mode(length_mode)  # a bad value fails before the model loads
     run = RunFolder(Path(run_dir))
-    read_info(run.path)  # not a run: say so, and create no analysis/ folder in it
+    info = read_info(run.path)  # not a run: say so, and create no analysis/ folder in it
+    # A mode this run cannot honour (N past L_max, quality without the head): refused before
+    # the output folder is made, so a usage error leaves no empty analysis/ behind.
+    check_length_mode(parse_length_mode(length_mode, info.length_mode), info.model, run.name)
     unit = OutputUnit(run.path / "analysis", UNIT, ANALYSIS_FILES, f"strop analyze {run.path}")
     unit.open()  # a folder that cannot be written fails here, before the model loads
     try:

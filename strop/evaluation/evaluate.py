@@ -46,6 +46,7 @@ from strop import metrics
 from strop.evaluation.export import (
     LengthMode,
     check_length_mode,
+    check_quality_eps,
     dataset_path,
     encode_batch,
     load_run_model,
@@ -98,6 +99,7 @@ def evaluate_run(
         check_writable(run.eval_path)  # before the encode, not after it
     mode = parse_length_mode(length_mode, cfg.length_mode)
     check_length_mode(mode, cfg.model, run.name)
+    check_quality_eps(None if quality_eps is None else list(quality_eps), cfg.model, run.name)
     mc = cfg.model
     loader = make_loader(dataset_path(run.path, cfg, data), split, mc.image_size, batch_size, limit)
     use_pixels = cfg.pixel_decoder

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -124,6 +125,36 @@ class LengthMode:
 
 
 _EXPECTED = "expected head, fixed, prefix:N, cap:N, search:EPS or quality:EPS (e.g. search:0.2)"
+#: What an N or an EPS may be spelled as: plain ASCII decimals. Python's int() and float()
+#: also take "4_0" (40), "nan", "inf" and non-ASCII digits, none of which a user means.
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def parse_eps(raw: str, option: str) -> float:
+    """One target error EPS as typed (`option` names it in errors): a positive, finite
+    decimal number, else `LengthModeError`."""
+    text = raw.strip()
+    if not _NUMBER.fullmatch(text):
+        raise LengthModeError(f"{option}: EPS must be a number, got {raw!r}")
+    eps = float(text)
+    if not (eps > 0 and math.isfinite(eps)):
+        raise LengthModeError(f"{option}: EPS must be a positive number, got {raw!r}")
+    return eps
+
+
+def parse_eps_values(text: str | None) -> list[float] | None:
+    """`--quality-eps` (comma-separated EPS values) -> at least two distinct values, sorted
+    (a calibration curve is read in EPS order; a repeated value adds nothing to it)."""
+    if text is None:
+        return None
+    parts = [part for part in text.split(",") if part.strip()]
+    values = sorted({parse_eps(part, f"--quality-eps {text}") for part in parts})
+    if len(values) < 2:
+        raise LengthModeError(
+            f"--quality-eps {text}: expected at least two distinct positive numbers"
+        )
+    return values
 
 
 def parse_length_mode(text: str | LengthMode | None, trained: str = "adaptive") -> LengthMode:
@@ -142,27 +173,14 @@ def parse_length_mode(text: str | LengthMode | None, trained: str = "adaptive") 
         return LengthMode(value)
     kind, sep, raw = value.partition(":")
     if sep and kind in BUDGET_KINDS:
-        try:
-            n = int(raw)
-        except ValueError:
-            raise LengthModeError(
-                f"--length-mode {text}: N must be an integer, got {raw!r}"
-            ) from None
+        if not _INTEGER.fullmatch(raw.strip()):
+            raise LengthModeError(f"--length-mode {text}: N must be an integer, got {raw!r}")
+        n = int(raw)
         if n < 1:
             raise LengthModeError(f"--length-mode {text}: N must be at least 1, got {n}")
         return LengthMode(kind, n=n)
     if sep and kind in EPS_KINDS:
-        try:
-            eps = float(raw)
-        except ValueError:
-            raise LengthModeError(
-                f"--length-mode {text}: EPS must be a number, got {raw!r}"
-            ) from None
-        if not (eps > 0 and math.isfinite(eps)):
-            raise LengthModeError(
-                f"--length-mode {text}: EPS must be a positive number, got {raw!r}"
-            )
-        return LengthMode(kind, eps)
+        return LengthMode(kind, parse_eps(raw, f"--length-mode {text}"))
     raise LengthModeError(f"--length-mode {text!r}: {_EXPECTED}")
 
 
@@ -178,6 +196,23 @@ def check_length_mode(mode: LengthMode, model_cfg: ModelConfig, run: str = "the 
         raise LengthModeError(
             f"--length-mode {mode}: {run} has no eps-conditioned length head "
             "(train it with --set model.quality_head=true)"
+        )
+
+
+def check_quality_eps(values: list[float] | None, model_cfg: ModelConfig, run: str) -> None:
+    """Refuse `--quality-eps` for a run without the eps-conditioned head (it would be
+    ignored without a word) and values that are not positive finite numbers."""
+    if values is None:
+        return
+    if not model_cfg.quality_head:
+        raise LengthModeError(
+            f"--quality-eps: {run} has no eps-conditioned length head, so eval.json gets no "
+            "quality_control block (train it with --set model.quality_head=true)"
+        )
+    bad = [v for v in values if not (v > 0 and math.isfinite(v))]
+    if bad or len(values) < 2:
+        raise LengthModeError(
+            f"--quality-eps: expected at least two positive finite numbers, got {list(values)}"
         )
 
 

@@ -26,6 +26,10 @@ Design decisions
   object-centric literature reports them; seeded bootstrap CIs over images (FG-ARI) and
   objects (mBO).
 - Labels here use -1 for background (the analysis convention); the PNG's 0 is mapped on read.
+- A mask the scene names is used or refused, never replaced: missing, not a regular file,
+  undecodable, not one channel, not the image's frame, or holding a label above the scene's
+  object count is a `DataError` naming the file (`read_mask`). Falling back to ellipses
+  would quietly turn an exact result into an approximate one.
 """
 
 from __future__ import annotations
@@ -104,19 +108,65 @@ def mask_path(root: Path, split: str, scene: Scene) -> Path | None:
         return None
     for base in (root, root / "CLEVR_v1.0"):
         path = base / MASKS_DIR / split / scene.mask_filename
-        if path.is_file():
+        if path.exists() or path.is_symlink():
             return path
     return None
 
 
+def read_mask(root: Path, split: str, scene: Scene) -> np.ndarray:
+    """The (H, W) object labels (-1 background) of the mask the scene names, checked against
+    the scene: a bare file name, present, a regular file, a one-channel PNG, of the image's
+    own frame, with no label above the scene's object count. A mask failing any of these is
+    a `DataError` naming the file; falling back to ellipses (or scoring a mask of another
+    size or scene) would change FG-ARI/mBO without a word."""
+    from PIL import Image, UnidentifiedImageError
+
+    from strop.data.datasets import DataError, open_regular
+
+    name = str(scene.mask_filename)
+    where = f"{root}: {split} scene {scene.image_index} ({scene.image_filename})"
+    if Path(name).name != name or name in (".", ".."):
+        raise DataError(f"{where} field mask_filename: not a bare file name ({name!r})")
+    path = mask_path(root, split, scene)
+    if path is None:
+        expected = root / MASKS_DIR / split / name
+        raise DataError(f"{where} field mask_filename: {expected} not found")
+    try:
+        with open_regular(path, str(path), "mask") as handle, Image.open(handle) as img:
+            mode, size = img.mode, img.size
+            labels = np.asarray(img, dtype=np.int64) if mode in LABEL_MODES else None
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        why = "not an image file" if isinstance(exc, UnidentifiedImageError) else exc
+        raise DataError(f"{path} field mask: cannot decode the mask ({why})") from None
+    if labels is None:
+        raise DataError(
+            f"{path} field mask: expected a one-channel label image (0 background, i = the "
+            f"i-th object), got mode {mode}"
+        )
+    frame = pixel_frame(root, split, scene)
+    if size != tuple(frame):
+        raise DataError(
+            f"{path} field mask: {size[0]}x{size[1]} pixels, but the scene's image frame is "
+            f"{frame[0]}x{frame[1]}"
+        )
+    top = int(labels.max(initial=0))
+    if top > len(scene.objects) or int(labels.min(initial=0)) < 0:
+        raise DataError(
+            f"{path} field mask: label {top} but the scene has {len(scene.objects)} objects"
+        )
+    return labels - 1
+
+
+#: PIL modes of a one-channel label image (8-bit, palette, 16- and 32-bit integer).
+LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+
+
 def ground_truth(root: Path, split: str, scene: Scene) -> tuple[np.ndarray | None, str]:
     """(H, W) object labels (-1 background) and how exact they are (`EXACT` / `APPROXIMATE`)."""
-    from PIL import Image
-
-    path = mask_path(root, split, scene)
-    if path is not None:
-        with Image.open(path) as img:
-            return np.asarray(img, dtype=np.int64) - 1, EXACT
+    if scene.mask_filename:
+        return read_mask(root, split, scene), EXACT
     if not any(o.pixel_coords for o in scene.objects):
         return None, APPROXIMATE
     frame = pixel_frame(root, split, scene)

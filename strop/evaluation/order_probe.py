@@ -12,7 +12,11 @@ is compared with the true order's, image by image:
 
 The drop (true minus permuted cosine) is reported per kind as a mean with a seeded
 percentile-bootstrap 95% CI over images, and `n`, the images with at least two tokens
-(shorter programs have only one order and are left out).
+(shorter programs have only one order and are left out). `changed` counts the images whose
+program the reordering actually changed: a prefix that repeats one code reads the same in
+every order, and when no program changes, the verdict says order is untestable rather than
+"shows no information". The random permutation is never the identity (at L = 2 half of all
+draws would be), so its drop is not diluted by programs left as they were.
 
 The bag-of-codes control (`bag_of_codes`) is a ridge regression from a program's code
 histogram (a multiset: order thrown away by construction) to the teacher's patch features,
@@ -58,7 +62,10 @@ def permute_prefix(codes: np.ndarray, length: int, kind: str, rng: np.random.Gen
     out = codes.copy()
     prefix = codes[:length]
     if kind == "random":
-        out[:length] = prefix[rng.permutation(length)]
+        order = rng.permutation(length)
+        if length > 1 and (order == np.arange(length)).all():
+            order = np.roll(order, 1)  # the identity is no reordering (half the draws at L=2)
+        out[:length] = prefix[order]
     elif kind == "reverse":
         out[:length] = prefix[::-1]
     elif kind == "cyclic":
@@ -111,6 +118,9 @@ class OrderProbe:
     seen: int = 0
     true_cos: list[float] = field(default_factory=list)
     permuted: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PERMUTATIONS})
+    #: images whose program the reordering actually changed (a prefix that repeats one code,
+    #: or is already sorted, reads the same in every order)
+    changed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PERMUTATIONS, 0))
     codes: list[np.ndarray] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     feats: list[np.ndarray] = field(default_factory=list)
@@ -148,6 +158,7 @@ class OrderProbe:
                     ]
                 )
             )
+            self.changed[kind] += int((variants[-1] != codes_np).any(axis=1).sum())
         dev_lengths = torch.as_tensor(np.tile(lengths_np, len(variants)))
         batch = torch.as_tensor(np.concatenate(variants), dtype=torch.long)
         with torch.no_grad():
@@ -176,7 +187,7 @@ class OrderProbe:
         for kind in PERMUTATIONS:
             drop = true - np.asarray(self.permuted[kind])
             mean, ci = mean_ci(drop, seed=self.seed)
-            block["drop"][kind] = {"mean": mean, "ci": ci, "n": n}
+            block["drop"][kind] = {"mean": mean, "ci": ci, "n": n, "changed": self.changed[kind]}
         block["bag_of_codes"] = self._bag()
         block["order_matters"], block["verdict"] = verdict(block)
         return block
@@ -207,6 +218,11 @@ def verdict(block: dict[str, Any]) -> tuple[bool | None, str]:
     rand = block["drop"].get("random") or {}
     if not block.get("n") or rand.get("ci") is None:
         return None, "order probe: no program with two or more tokens"
+    if rand.get("changed") == 0:  # absent in blocks written before the count existed
+        return None, (
+            f"order probe: untestable, no program changes when reordered (each of the "
+            f"{block['n']} repeats a single code)"
+        )
     lo, hi = rand["ci"]
     matters = bool(lo > 0)
     text = (

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -54,30 +55,36 @@ COUNT_PROBE = (
 )
 
 
+#: One length as typed: ASCII digits (int() would also take "1_0" and non-ASCII digits).
+_DIGITS = re.compile(r"[0-9]+")
+
+
 class SweepLengthsError(LengthModeError):
     """A `--sweep-lengths` value that cannot be used (exit 2)."""
 
 
 def parse_sweep_lengths(text: str | None, l_min: int, l_max: int) -> list[int]:
-    """`None` -> L_min..L_max; else comma-separated integers (`a-b` ranges allowed) in range."""
-    if text is None or not str(text).strip():
+    """`None` -> L_min..L_max; else comma-separated integers (`a-b` ranges allowed) in range,
+    each checked before it is expanded (a typo like 1-100000000000 must not build a set of
+    10^11 lengths), duplicates dropped, sorted."""
+    if text is None:
         return list(range(l_min, l_max + 1))
+    where = f"--sweep-lengths {text!r}" if not str(text).strip() else f"--sweep-lengths {text}"
+    expected = "expected integers or ranges like 1,2,4,8-12"
     values: set[int] = set()
     for part in str(text).replace(" ", "").split(","):
         lo, sep, hi = part.partition("-")
-        try:
-            span = range(int(lo), int(hi) + 1) if sep else [int(part)]
-        except ValueError:
+        if not _DIGITS.fullmatch(lo) or (sep and not _DIGITS.fullmatch(hi)):
+            raise SweepLengthsError(f"{where}: {expected}, got {part!r}")
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if first > last:
+            raise SweepLengthsError(f"{where}: range {part} is empty (write it low-high)")
+        bad = first if not l_min <= first <= l_max else last if not l_min <= last <= l_max else None
+        if bad is not None:
             raise SweepLengthsError(
-                f"--sweep-lengths {text}: expected integers or ranges like 1,2,4,8-12, got {part!r}"
-            ) from None
-        values.update(span)
-    bad = sorted(v for v in values if not l_min <= v <= l_max)
-    if not values or bad:
-        raise SweepLengthsError(
-            f"--sweep-lengths {text}: lengths must lie in [L_min, L_max] = [{l_min}, {l_max}]"
-            + (f", got {bad[0]}" if bad else "")
-        )
+                f"{where}: lengths must lie in [L_min, L_max] = [{l_min}, {l_max}], got {bad}"
+            )
+        values.update(range(first, last + 1))
     return sorted(values)
 
 

@@ -20,6 +20,13 @@ Design decisions
   config (it is kept in `provenance` only).
 - The state dict's `_extra_state` (the model's own config) is not a tensor, so it is left out
   of the safetensors file and restored from config.json before the checked load.
+- The folder is one unit (`strop.output_unit`, name `export-model`): written aside and moved
+  in together; loaders refuse a folder whose moves were cut off (`require_whole`), since the
+  weights of one export beside the config.json of another would load without a word.
+- Read with checks: config.json's sections are typed (`ExportedConfig`: a list where an
+  object belongs is one line, not an AttributeError), its top-level K/L_max/L_min/image size
+  must equal the model section's, and weights must hold floats where the model does and be
+  finite (`_check_tensors`). Only model.safetensors is ever read: a pickle beside it is not.
 - This module imports neither `strop.model.network` (which inherits the mixin) nor training:
   it builds through `cls`, so the model layer has no cycle, and reading a run folder needs
   only its `config.json` model section and a checkpoint (`strop.model.weights`).
@@ -32,9 +39,10 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from strop.model.config import ModelConfig
 from strop.model.weights import (
@@ -43,6 +51,7 @@ from strop.model.weights import (
     loadable_alternatives,
     resolve_checkpoint,
 )
+from strop.output_unit import OutputUnit, OutputUnitError, require_complete
 from strop.runs import RunFolderError, read_json
 
 __all__ = [
@@ -91,13 +100,56 @@ class TokenizerInfo:
 
 def is_exported(path: str | os.PathLike[str]) -> bool:
     """Whether `path` is a folder written by `save_pretrained` (not a training run)."""
-    config = Path(path) / CONFIG_NAME
-    if not (Path(path) / WEIGHTS_NAME).is_file() or not config.is_file():
-        return False
+    return (Path(path) / WEIGHTS_NAME).is_file() and _says_exported(Path(path))
+
+
+def _says_exported(folder: Path) -> bool:
+    """Whether `folder/config.json` is an exported tokenizer's (a config that cannot be read
+    says no; its reader then names what is wrong with it)."""
     try:
-        return json.loads(config.read_text(encoding="utf-8")).get("format") == EXPORT_FORMAT
-    except (json.JSONDecodeError, AttributeError):
+        return read_json(folder / CONFIG_NAME).get("format") == EXPORT_FORMAT
+    except RunFolderError:
         return False
+
+
+#: The unit `save_pretrained` writes (`strop.output_unit`): its files are moved in together.
+UNIT = "export-model"
+UNIT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
+
+
+def require_whole(folder: Path) -> None:
+    """Refuse a tokenizer folder whose export was cut off while its files were moved in
+    (weights of one export beside the config.json of another would load without a word)."""
+    try:
+        require_complete(folder, UNIT)
+    except OutputUnitError as exc:
+        raise PretrainedError(str(exc)) from None
+
+
+class ExportedTraining(BaseModel):
+    """config.json's `training` section, checked as it is read."""
+
+    model_config = ConfigDict(extra="allow")
+
+    steps: StrictInt | None = None
+    planned_steps: StrictInt | None = None
+    length_mode: Literal["adaptive", "fixed"] = "adaptive"
+    pixel_decoder: StrictBool = True
+    data_path: StrictStr = ""
+
+
+class ExportedConfig(BaseModel):
+    """The parts of an exported config.json beside `model` that loading relies on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    training: ExportedTraining = Field(default_factory=ExportedTraining)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    eval: dict[str, Any] | None = None
+    k: StrictInt | None = None
+    l_max: StrictInt | None = None
+    l_min: StrictInt | None = None
+    image_size: StrictInt | None = None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -121,6 +173,19 @@ def _model_config(data: Any, path: Path) -> ModelConfig:
         raise PretrainedError(f"{path}: field model.{loc}: {err['msg']}") from None
 
 
+def _exported_config(data: dict[str, Any], path: Path) -> ExportedConfig:
+    from pydantic import ValidationError
+
+    try:
+        return ExportedConfig.model_validate({k: v for k, v in data.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise PretrainedError(
+            f"{path}: field {loc}: {err['msg']} (got {err.get('input')!r:.60})"
+        ) from None
+
+
 def read_info(path: str | os.PathLike[str]) -> TokenizerInfo:
     """The `TokenizerInfo` of an exported folder or a run folder (its `config.json` only)."""
     folder = Path(path)
@@ -132,18 +197,27 @@ def read_info(path: str | os.PathLike[str]) -> TokenizerInfo:
             raise PretrainedError(
                 f"{config_path}: format_version {version!r}; this STROP reads {EXPORT_VERSION}"
             )
-        training = data.get("training") or {}
+        model = _model_config(data.get("model"), config_path)
+        facts = _exported_config(data, config_path)
+        for key in ("k", "l_max", "l_min", "image_size"):  # the card shows these copies
+            given = getattr(facts, key)
+            if given is not None and given != getattr(model, key):
+                raise PretrainedError(
+                    f"{config_path}: field {key} is {given} but model.{key} is "
+                    f"{getattr(model, key)}; the file was edited or mixed from two exports"
+                )
+        training = facts.training
         return TokenizerInfo(
-            model=_model_config(data.get("model"), config_path),
-            length_mode=str(training.get("length_mode", "adaptive")),
-            pixel_decoder=bool(training.get("pixel_decoder", True)),
-            data_path=str(training.get("data_path", "")),
-            step=training.get("steps"),
-            planned_steps=training.get("planned_steps"),
+            model=model,
+            length_mode=training.length_mode,
+            pixel_decoder=training.pixel_decoder,
+            data_path=training.data_path,
+            step=training.steps,
+            planned_steps=training.planned_steps,
             source=str(folder),
             exported=True,
-            provenance=dict(data.get("provenance") or {}),
-            eval=data.get("eval"),
+            provenance=dict(facts.provenance),
+            eval=facts.eval,
         )
     # A training run's config.json (a RunConfig dump): only the sections a user needs are read,
     # so the model layer never depends on the trainer's configuration classes.
@@ -188,9 +262,12 @@ class PretrainedMixin:
         repo_id: str | None = None,
         token: str | None = None,
         private: bool | None = None,
+        command: str | None = None,
     ) -> Path:
         """Write model.safetensors, config.json and README.md into `save_directory`; with
-        `push_to_hub`, upload the folder to `repo_id` too."""
+        `push_to_hub`, upload the folder to `repo_id` too. `command` is what a reader is told
+        to rerun if this write is cut off while its files are moved in."""
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         from strop.model.card import model_card
@@ -198,16 +275,31 @@ class PretrainedMixin:
         model = self._as_model()
         info = info or TokenizerInfo(model=model.cfg)
         out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            name: value.detach().to("cpu").contiguous()
-            for name, value in model.state_dict().items()
-            if isinstance(value, torch.Tensor)
-        }
-        save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-        config = export_config(model, info)
-        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        (out / CARD_NAME).write_text(model_card(config), encoding="utf-8")
+        # One unit (`strop.output_unit`): written aside, then moved in together, so a kill or
+        # a full disk midway never leaves the weights of one export beside the config of
+        # another; an output folder that cannot be written fails here, in one line.
+        unit = OutputUnit(out, UNIT, UNIT_FILES, command or f"save_pretrained({str(out)!r})")
+        staging = unit.open()
+        try:
+            tensors = {
+                name: value.detach().to("cpu").contiguous()
+                for name, value in model.state_dict().items()
+                if isinstance(value, torch.Tensor)
+            }
+            config = export_config(model, info)
+            try:
+                save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+                (staging / CONFIG_NAME).write_text(
+                    json.dumps(config, indent=2) + "\n", encoding="utf-8"
+                )
+                (staging / CARD_NAME).write_text(model_card(config), encoding="utf-8")
+            except (OSError, SafetensorError) as exc:
+                raise PretrainedError(
+                    f"{out}: cannot write the tokenizer here ({one_line_of(exc)})"
+                ) from None
+            unit.commit()
+        finally:
+            unit.abort()
         if push_to_hub:
             if not repo_id:
                 raise PretrainedError("push_to_hub: repo_id is required")
@@ -279,6 +371,7 @@ class PretrainedMixin:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        require_whole(folder)
         info = read_info(folder)
         if not info.exported:
             raise PretrainedError(
@@ -301,6 +394,7 @@ class PretrainedMixin:
                 f"{folder / WEIGHTS_NAME}: weights do not fit config.json ({first})"
             ),
             fill_extra_state=True,
+            tensors_from=folder / WEIGHTS_NAME,
         )
         return model, info
 
@@ -345,6 +439,11 @@ class PretrainedMixin:
     ) -> tuple[T, TokenizerInfo]:
         """A run folder (at `checkpoint`) or an exported folder (which has one set of weights)."""
         folder = Path(path)
+        if _says_exported(folder) and not (folder / WEIGHTS_NAME).is_file():
+            raise PretrainedError(
+                f"{folder / WEIGHTS_NAME}: not found ({folder} is an exported tokenizer "
+                "without its weights)"
+            )
         if is_exported(folder):
             if str(checkpoint) != "last":
                 raise PretrainedError(
@@ -368,13 +467,17 @@ def _checked_model(
     mismatch: Callable[[str], Exception],
     *,
     fill_extra_state: bool = False,
+    tensors_from: Path | None = None,
 ) -> T:
     """`cls(cfg)` with `state` loaded by `load_state_dict_checked`, on `device`, in eval mode:
     the one load of an exported folder and of a run's checkpoint. Weights that do not fit
     raise `mismatch(first line of the reason)`, each caller naming its own file.
     `fill_extra_state`: the state has no `_extra_state` (safetensors holds tensors only), so
-    the new model's own is put in before the load."""
+    the new model's own is put in before the load. `tensors_from`: the weights file `state`
+    was read from, whose tensors are checked first (`_check_tensors`)."""
     model: Any = cls(cfg)  # type: ignore[call-arg]  # Strop(cfg)
+    if tensors_from is not None:
+        _check_tensors(state, model.state_dict(), tensors_from)
     if fill_extra_state:
         state["_extra_state"] = model.get_extra_state()
     try:
@@ -384,6 +487,29 @@ def _checked_model(
     model.to(device)
     model.eval()
     return model
+
+
+def _check_tensors(state: dict[str, Any], own: dict[str, Any], path: Path) -> None:
+    """Refuse weights that would load but not mean what they say: an integer tensor where
+    the model holds floats (load_state_dict would cast it) or a float tensor with NaN or
+    infinite values (a trained tokenizer never saves one; every code would come out the
+    same). Shapes and key sets are `load_state_dict_checked`'s."""
+    for name, value in state.items():
+        mine = own.get(name)
+        if not isinstance(mine, torch.Tensor) or not isinstance(value, torch.Tensor):
+            continue
+        if value.is_floating_point() != mine.is_floating_point():
+            raise PretrainedError(
+                f"{path}: tensor {name} is {str(value.dtype).removeprefix('torch.')}, "
+                f"the model holds {str(mine.dtype).removeprefix('torch.')}"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise PretrainedError(f"{path}: tensor {name} holds NaN or infinite values")
+
+
+def one_line_of(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def export_config(model: Any, info: TokenizerInfo) -> dict[str, Any]:
@@ -438,6 +564,7 @@ def _resolve_folder(
     """A local folder as is; otherwise a hub id, fetched with huggingface_hub's client."""
     folder = Path(name)
     if folder.is_dir():
+        require_whole(folder)
         missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / n).is_file()]
         if missing:
             raise PretrainedError(f"{folder}: not an exported tokenizer (no {', '.join(missing)})")

@@ -6,7 +6,14 @@ Design decisions
   (`RUN/eval.json`, when `strop eval` ran) and provenance (run name and path, checkpoint file
   and its SHA-256, STROP and torch versions, export time).
 - The output folder must not hold another run or a different tokenizer: exporting into a run
-  folder would overwrite its config.json.
+  folder would overwrite its config.json, and into an experiment folder (one that holds runs)
+  would make `strop report` read the whole folder as one run.
+- The folder is one unit (`strop.output_unit`, written by `save_pretrained`): a kill or a
+  failed write leaves the previous export whole, or a marker that loaders refuse.
+- `training.data_path` is written absolute: the folder is read from other directories.
+- Other weights are not exported into a folder holding results (eval.json, sweep.json,
+  programs.parquet, analysis/) of the weights there: the model card and `strop report` would
+  show them as the new tokenizer's. The same checkpoint again is fine (same SHA-256).
 """
 
 from __future__ import annotations
@@ -22,8 +29,14 @@ from typing import Any
 import torch
 
 from strop.model.network import Strop
-from strop.model.pretrained import CONFIG_NAME, PretrainedError, is_exported, upload_folder
-from strop.runs import RunFolder
+from strop.model.pretrained import (
+    CONFIG_NAME,
+    PretrainedError,
+    is_exported,
+    read_info,
+    upload_folder,
+)
+from strop.runs import RunFolder, discover_runs, is_run_folder
 
 __all__ = ["export_model"]
 
@@ -43,6 +56,29 @@ def _version(name: str) -> str:
         return "unknown"
 
 
+#: What `strop export`, `eval` and `analyze` write into a tokenizer folder: numbers about the
+#: weights that are there when they run.
+DERIVED = ("programs.parquet", "eval.json", "sweep.json", "analysis")
+
+
+def _refuse_stale_results(target: Path, new_sha: str) -> None:
+    """Refuse to put other weights into a folder that holds results of the weights it has:
+    eval.json or sweep.json of the old tokenizer beside the new one would be reported (the
+    model card, `strop report`) as the new one's. Re-exporting the same checkpoint is fine."""
+    derived = [name for name in DERIVED if (target / name).exists()]
+    if not derived or not is_exported(target):
+        return
+    try:
+        old = read_info(target).provenance.get("checkpoint_sha256")
+    except PretrainedError:
+        old = None
+    if old != new_sha:
+        raise PretrainedError(
+            f"{target}: holds {', '.join(derived)} of the tokenizer there now, which another "
+            "checkpoint would replace; export into another --out (or remove those results)"
+        )
+
+
 def export_model(
     run_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -55,13 +91,34 @@ def export_model(
     it to that repo id. Returns (folder, commit URL or None)."""
     run = RunFolder(Path(run_dir))
     target = Path(out)
+    if is_exported(run.path):  # it has no checkpoints/ to read: say what it is instead
+        raise PretrainedError(
+            f"{run.path}: already an exported tokenizer (export-model reads a training run); "
+            "copy the folder to share it as it is"
+        )
     if (target / CONFIG_NAME).is_file() and not is_exported(target):
         raise PretrainedError(
             f"{target}: holds a {CONFIG_NAME} that is not an exported tokenizer "
             "(a run folder?); choose another --out"
         )
+    runs = (
+        [r.name for r in discover_runs(target)]
+        if target.is_dir() and not is_run_folder(target)
+        else []
+    )
+    if runs:  # a config.json here would make `strop report` read the folder as one run
+        raise PretrainedError(
+            f"{target}: an experiment folder (holds the runs {', '.join(runs[:3])}"
+            f"{', ...' if len(runs) > 3 else ''}); export into a folder of its own, "
+            f"e.g. --out {target / (run.name + '-tokenizer')}"
+        )
     model, info = Strop.from_run(run.path, checkpoint)
+    if info.data_path and not info.data_path.startswith("hf://"):
+        # the exported folder is read from anywhere: a path relative to where this command
+        # ran would point nowhere (or at the wrong data) from another directory
+        info = replace(info, data_path=os.path.abspath(info.data_path))
     ckpt_path = Path(info.provenance["checkpoint"])
+    _refuse_stale_results(target, _sha256(ckpt_path))
     evaluation: dict[str, Any] | None = run.read_eval() if run.eval_path.is_file() else None
     provenance = {
         "run": run.name,
@@ -73,6 +130,8 @@ def export_model(
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     info = replace(info, provenance=provenance, eval=evaluation)
-    folder = model.save_pretrained(target, info=info)
+    folder = model.save_pretrained(
+        target, info=info, command=f"strop export-model {run.path} --out {target}"
+    )
     url = upload_folder(folder, push_to_hub, token=token, private=private) if push_to_hub else None
     return folder, url

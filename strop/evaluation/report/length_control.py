@@ -10,12 +10,24 @@ Design decisions
 - Calibration: one plot of requested vs achieved EPS over every conditioned run, and a table
   with the head's and the search's mean length and error per EPS and the time ratio.
 - Without either file the section says which command writes it, like the rest of the report.
+- Both are checked before they are drawn (`SweepFile`, `QualityBlock`): a field of the wrong
+  type becomes a note naming the file and field, and the rest of the report is still written.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from strop.evaluation.length_plots import plot_calibration, plot_length_curves
 from strop.evaluation.report.collect import RunData
@@ -26,15 +38,70 @@ from strop.runs import RunFolderError, read_json
 SWEEP_FILE = "sweep.json"  # strop.evaluation.sweep.SWEEP_FILE; that module imports torch
 
 
+Number = StrictFloat | StrictInt | None
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class SweepRow(_Loose):
+    n: StrictInt
+    cos: Number = None
+    count_probe_r2: Number = None
+
+
+class OperatingPoint(_Loose):
+    length_mode: StrictStr | None = None
+    length_mean: Number = None
+    bits_per_image: Number = None
+    cos: Number = None
+    r2: Number = None
+    ssim: Number = None
+
+
+class SweepFile(_Loose):
+    """What the report reads of sweep.json (checked: a hand-edited or foreign file is a note
+    naming the field, not a traceback that loses the whole report)."""
+
+    k: StrictInt | None = None
+    rows: list[SweepRow] = Field(default_factory=list)
+    operating_points: dict[str, OperatingPoint] = Field(default_factory=dict)
+
+
+class QualityRow(_Loose):
+    eps: StrictFloat | StrictInt
+    quality_error_mean: StrictFloat | StrictInt
+    quality_length_mean: Number = None
+    search_error_mean: StrictFloat | StrictInt
+    search_length_mean: Number = None
+
+
+class QualityBlock(_Loose):
+    rows: list[QualityRow] = Field(default_factory=list)
+
+
+def _checked(model: type[_Loose], data: Any, where: str, sec: Section) -> dict[str, Any] | None:
+    """`data` as `model` validates it (back to plain JSON), or None with a note naming the field."""
+    try:
+        return model.model_validate(data).model_dump(mode="json")
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        sec.notes.append(f"{where}: field {loc}: {err['msg']} (got {err.get('input')!r:.60})")
+        return None
+
+
 def _sweep(run: RunData, sec: Section) -> dict[str, Any] | None:
     path = run.folder.path / SWEEP_FILE
     if not path.is_file():
         return None
     try:
-        return read_json(path)
+        data = read_json(path)
     except (RunFolderError, OSError, ValueError) as exc:
         sec.notes.append(f"{run.name}/{SWEEP_FILE}: {exc}")
         return None
+    return _checked(SweepFile, data, f"{run.name}/{SWEEP_FILE}", sec)
 
 
 def length_control(runs: list[RunData], fig_dir: Path) -> Section:
@@ -47,7 +114,12 @@ def length_control(runs: list[RunData], fig_dir: Path) -> Section:
         sec.notes.append(
             "no length-quality curves: run `strop eval RUN --sweep` on each run (writes RUN/sweep.json)."
         )
-    blocks = [(run, block) for run in ordered if (block := (run.eval or {}).get("quality_control"))]
+    blocks = [
+        (run, checked)
+        for run in ordered
+        if (block := (run.eval or {}).get("quality_control"))
+        and (checked := _checked(QualityBlock, block, f"{run.name}/eval.json quality_control", sec))
+    ]
     if blocks:
         _calibration(sec, blocks, fig_dir)
     return sec
