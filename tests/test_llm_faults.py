@@ -141,6 +141,42 @@ def test_ctrl_c_during_decode_says_what_is_saved_and_a_rerun_resumes(exp_dir, co
         assert again.sent == 15 - saved and again.summary["complete"]
 
 
+@pytest.mark.parametrize("guard", ["within", "wait_for"])
+def test_a_cancel_as_the_request_finishes_is_never_lost(guard):
+    """The race behind a Ctrl-C that hung in CI: the task is cancelled in the same loop turn
+    as the awaited call finishes. `within` keeps the cancellation; Python 3.11's
+    `asyncio.wait_for` (the old guard) returned the result and ran on."""
+    import asyncio
+    import sys
+
+    from llm_decode.backends.openai_compat import within
+
+    if guard == "wait_for" and sys.version_info >= (3, 12):
+        pytest.skip("asyncio.wait_for keeps the cancellation from Python 3.12 on")
+
+    async def scenario() -> str:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def request() -> str:
+            if guard == "within":
+                await within(done, 10)
+            else:
+                await asyncio.wait_for(done, 10)
+            await asyncio.sleep(0.5)  # what a lost cancel runs on into (a retry's wait)
+            return "ran on"
+
+        task = asyncio.create_task(request())
+        await asyncio.sleep(0)  # the task now waits on `done`
+        done.set_result(1)  # the answer arrives ...
+        task.cancel()  # ... and Ctrl-C in the same turn
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return "cancelled"
+
+    assert asyncio.run(scenario()) == ("cancelled" if guard == "within" else "ran on")
+
+
 def test_template_help_says_it_can_run_code():
     from llm_decode.cli import app
 

@@ -47,8 +47,8 @@ import email.utils
 import json
 import random
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import httpx
 import openai
@@ -66,6 +66,8 @@ from llm_decode.backends.base import (
 from llm_decode.backends.transport import TransportOptions
 from llm_decode.backends.wire import WireError, error_detail, parse_chunk, parse_completion
 from llm_decode.reasoning import split_output
+
+T = TypeVar("T")
 
 RETRY_STATUS = frozenset({408, 409, 429})
 #: The most characters one answer (text and reasoning) may hold per token of `max_tokens`.
@@ -123,6 +125,21 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
     """Delay after failed attempt `attempt` (1-based): capped exponential, equal jitter."""
     delay = min(cap, base * 2 ** (attempt - 1))
     return delay / 2 + rng.uniform(0, delay / 2)
+
+
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """`awaitable` under a deadline (TimeoutError past it) that never loses a cancellation.
+
+    `asyncio.wait_for` before Python 3.12 returns the inner result when the task is cancelled
+    in the same loop turn as the inner call finishes (CPython gh-86296): a Ctrl-C that came as
+    a 429 arrived was swallowed, and the run slept out the server's retry-after instead of
+    stopping (seen in CI). `asyncio.timeout` (3.11+) counts cancellations and keeps it.
+    """
+    timeout = getattr(asyncio, "timeout", None)
+    if timeout is None:  # Python 3.10
+        return await asyncio.wait_for(awaitable, seconds)
+    async with timeout(seconds):
+        return await awaitable
 
 
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
@@ -339,7 +356,7 @@ class OpenAIBackend:
             idle_no_stream = False
             began = time.monotonic()
             try:
-                await asyncio.wait_for(self._attempt(args, answer), timeout=cfg.deadline)
+                await within(self._attempt(args, answer), cfg.deadline)
             except TimeoutError:  # asyncio's (3.11+) and the builtin are one class
                 if time.monotonic() - began < cfg.deadline:  # not the deadline: an idle timeout
                     error = "timed out"
