@@ -244,3 +244,33 @@ def test_push_to_hub_goes_through_huggingface_hub_up_to_the_upload(run, tmp_path
     assert (out / "model.safetensors").is_file()
     creates = [s for s in _HubStandIn.seen if s[0] == "POST" and "repos/create" in s[1]]
     assert creates and json.loads(creates[0][2])["name"] == "strop-k16"
+
+
+def test_a_loaded_tokenizer_takes_every_length_mode(exported, dataset):
+    """`Strop.encode` / `tokenize` take what `--length-mode` takes, with the same lengths
+    as `strop export` (`strop.model.length_modes`, shared)."""
+    from strop.evaluation.export import encode_batch, parse_length_mode
+    from strop.model import Strop
+    from strop.model.length_modes import LengthModeError
+
+    model = Strop.from_pretrained(exported)
+    images = val_images(dataset)[:6]
+    head = model.encode(images)[1]
+    assert model.encode(images, "prefix:3")[1].tolist() == [3] * 6
+    codes, cap = model.encode(images, "cap:2")
+    assert torch.equal(cap, head.clamp(max=2))
+    assert ((codes >= 0).sum(1) == cap).all() and (codes[:, 2:] == -1).all()
+    search = model.encode(images, "search:0.5")[1]
+    by_export = encode_batch(model, images, parse_length_mode("search:0.5"), model.cfg.w_mse, 1)
+    assert torch.equal(search, by_export.lengths)
+    assert torch.equal(model.encode(images, "fixed")[1], torch.full((6,), model.cfg.l_max))
+    for bad, says in (
+        ("prefix:0", "at least 1"),
+        ("prefix:99", "N must be in [L_min, L_max]"),
+        ("quality:0.5", "no eps-conditioned length head"),
+        ("longest", "expected head, fixed"),
+    ):
+        with pytest.raises(LengthModeError, match=re.escape(says)):
+            model.encode(images, bad)
+    files = sorted((dataset / "images" / "val").glob("*.png"))[:2]
+    assert [len(p) for p in model.tokenize(files, "prefix:2")] == [2, 2]

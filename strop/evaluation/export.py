@@ -1,7 +1,7 @@
 """Export: encode a dataset split into programs and write `RUN/programs.parquet`.
 
-Also the shared plumbing of `strop eval` and `strop analyze`: the `--length-mode` parser,
-device choice, the model + data loader of a run, and `encode_batch`, which turns a batch of
+Also the shared plumbing of `strop eval` and `strop analyze`: the `--length-mode` parser
+(from `strop.model.length_modes`, where `Strop.encode` finds it too), device choice, the model + data loader of a run, and `encode_batch`, which turns a batch of
 images into teacher features, quantised tokens, codes and the program length of each image.
 
 Design decisions
@@ -34,9 +34,7 @@ Design decisions
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,24 +43,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from strop.model.length_modes import (  # noqa: F401 - also this module's public names
+    BUDGET_KINDS,
+    EPS_KINDS,
+    LengthMode,
+    LengthModeError,
+    check_length_mode,
+    check_quality_eps,
+    mode_lengths,
+    parse_eps,
+    parse_eps_values,
+    parse_length_mode,
+    search_lengths,
+)
 from strop.output_unit import check_writable, shown
 from strop.runs import Programs, RunFolder, write_programs
 
 if TYPE_CHECKING:
     import torch
 
-    from strop.model.config import ModelConfig
     from strop.model.network import Strop
     from strop.model.pretrained import TokenizerInfo
-
-
-class LengthModeError(ValueError):
-    """A `--length-mode` value that cannot be used."""
-
-
-#: The modes that take an integer budget N and those that take a target error EPS.
-BUDGET_KINDS = ("prefix", "cap")
-EPS_KINDS = ("search", "quality")
 
 
 class ExportWouldDropPrograms(ValueError):
@@ -105,115 +106,6 @@ def check_no_programs_dropped(
         + f" would drop {lost}, which grammar mining and decoding read: export "
         f"--split {every}, write elsewhere with --out FILE, or pass --replace to overwrite"
     )
-
-
-@dataclass(frozen=True)
-class LengthMode:
-    """How each program's length is chosen: `head`, `fixed`, `prefix`/`cap` (with `n`) or
-    `search`/`quality` (with `eps`)."""
-
-    kind: str
-    eps: float | None = None
-    n: int | None = None
-
-    def __str__(self) -> str:
-        if self.kind in EPS_KINDS:
-            return f"{self.kind}:{self.eps:g}"
-        if self.kind in BUDGET_KINDS:
-            return f"{self.kind}:{self.n}"
-        return self.kind
-
-
-_EXPECTED = "expected head, fixed, prefix:N, cap:N, search:EPS or quality:EPS (e.g. search:0.2)"
-#: What an N or an EPS may be spelled as: plain ASCII decimals. Python's int() and float()
-#: also take "4_0" (40), "nan", "inf" and non-ASCII digits, none of which a user means.
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
-
-
-def parse_eps(raw: str, option: str) -> float:
-    """One target error EPS as typed (`option` names it in errors): a positive, finite
-    decimal number, else `LengthModeError`."""
-    text = raw.strip()
-    if not _NUMBER.fullmatch(text):
-        raise LengthModeError(f"{option}: EPS must be a number, got {raw!r}")
-    eps = float(text)
-    if not (eps > 0 and math.isfinite(eps)):
-        raise LengthModeError(f"{option}: EPS must be a positive number, got {raw!r}")
-    return eps
-
-
-def parse_eps_values(text: str | None) -> list[float] | None:
-    """`--quality-eps` (comma-separated EPS values) -> at least two distinct values, sorted
-    (a calibration curve is read in EPS order; a repeated value adds nothing to it)."""
-    if text is None:
-        return None
-    parts = [part for part in text.split(",") if part.strip()]
-    values = sorted({parse_eps(part, f"--quality-eps {text}") for part in parts})
-    if len(values) < 2:
-        raise LengthModeError(
-            f"--quality-eps {text}: expected at least two distinct positive numbers"
-        )
-    return values
-
-
-def parse_length_mode(text: str | LengthMode | None, trained: str = "adaptive") -> LengthMode:
-    """`head` | `fixed` | `prefix:N` | `cap:N` | `search:EPS` | `quality:EPS` -> LengthMode.
-
-    N must be a positive integer (its range is the run's, see `check_length_mode`), EPS a
-    positive number. None picks the run's own mode: `fixed` for a run trained with
-    `curriculum.length_mode=fixed` (its length head was never trained), else `head`.
-    """
-    if isinstance(text, LengthMode):
-        return text
-    if text is None:
-        return LengthMode("fixed" if trained == "fixed" else "head")
-    value = str(text).strip().lower()
-    if value in ("head", "fixed"):
-        return LengthMode(value)
-    kind, sep, raw = value.partition(":")
-    if sep and kind in BUDGET_KINDS:
-        if not _INTEGER.fullmatch(raw.strip()):
-            raise LengthModeError(f"--length-mode {text}: N must be an integer, got {raw!r}")
-        n = int(raw)
-        if n < 1:
-            raise LengthModeError(f"--length-mode {text}: N must be at least 1, got {n}")
-        return LengthMode(kind, n=n)
-    if sep and kind in EPS_KINDS:
-        return LengthMode(kind, parse_eps(raw, f"--length-mode {text}"))
-    raise LengthModeError(f"--length-mode {text!r}: {_EXPECTED}")
-
-
-def check_length_mode(mode: LengthMode, model_cfg: ModelConfig, run: str = "the run") -> None:
-    """Refuse a mode this run cannot honour: N outside [L_min, L_max], or `quality:EPS`
-    on a run trained without the eps-conditioned head (`LengthModeError`, exit 2)."""
-    lo, hi = model_cfg.l_min, model_cfg.l_max
-    if mode.n is not None and not lo <= mode.n <= hi:
-        raise LengthModeError(
-            f"--length-mode {mode}: N must be in [L_min, L_max] = [{lo}, {hi}] for {run}, got {mode.n}"
-        )
-    if mode.kind == "quality" and not model_cfg.quality_head:
-        raise LengthModeError(
-            f"--length-mode {mode}: {run} has no eps-conditioned length head "
-            "(train it with --set model.quality_head=true)"
-        )
-
-
-def check_quality_eps(values: list[float] | None, model_cfg: ModelConfig, run: str) -> None:
-    """Refuse `--quality-eps` for a run without the eps-conditioned head (it would be
-    ignored without a word) and values that are not positive finite numbers."""
-    if values is None:
-        return
-    if not model_cfg.quality_head:
-        raise LengthModeError(
-            f"--quality-eps: {run} has no eps-conditioned length head, so eval.json gets no "
-            "quality_control block (train it with --set model.quality_head=true)"
-        )
-    bad = [v for v in values if not (v > 0 and math.isfinite(v))]
-    if bad or len(values) < 2:
-        raise LengthModeError(
-            f"--quality-eps: expected at least two positive finite numbers, got {list(values)}"
-        )
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -312,66 +204,12 @@ class EncodedBatch:
     search_errors: torch.Tensor | None = None
 
 
-def search_lengths(
-    model: Strop,
-    feats: torch.Tensor,
-    tokens: torch.Tensor,
-    eps: float,
-    w_mse: float,
-    l_min: int,
-    chunk: int = 256,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shortest prefix in [l_min, L_max] with align error <= eps (L_max if none).
-
-    Returns (lengths (B,) long, errors (B, L_max - l_min + 1)) where errors[:, i] is the
-    error at prefix length l_min + i.
-    """
-    import torch
-
-    from strop.model.losses import align_error
-    from strop.model.quality_head import shortest_reaching
-
-    b, l_max = tokens.shape[0], tokens.shape[1]
-    candidates = torch.arange(l_min, l_max + 1, device=tokens.device)
-    img_idx = torch.arange(b, device=tokens.device).repeat_interleave(len(candidates))
-    len_idx = candidates.repeat(b)
-    errors = torch.empty(b * len(candidates), device=tokens.device)
-    for start in range(0, len(img_idx), chunk):
-        sl = slice(start, start + chunk)
-        field = model.interpret_tokens(tokens[img_idx[sl]], len_idx[sl])
-        errors[sl] = align_error(field, feats[img_idx[sl]], w_mse).float()
-    errors = errors.view(b, len(candidates))
-    return shortest_reaching(errors, eps, l_min), errors
-
-
 def pad_codes(codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Codes with positions >= length set to -1."""
     import torch
 
     pos = torch.arange(codes.shape[1], device=codes.device).unsqueeze(0)
     return torch.where(pos < lengths.unsqueeze(1), codes, torch.full_like(codes, -1))
-
-
-def mode_lengths(
-    model: Strop, feats: torch.Tensor, head: torch.Tensor, mode: LengthMode
-) -> torch.Tensor:
-    """Each image's length under a one-pass mode (all but `search`), from the head's lengths."""
-    import torch
-
-    if mode.kind == "head":
-        return head
-    if mode.kind == "fixed":
-        return torch.full_like(head, model.cfg.l_max)
-    if mode.kind == "prefix":
-        assert mode.n is not None  # parse_length_mode sets it
-        return torch.full_like(head, mode.n)
-    if mode.kind == "cap":
-        assert mode.n is not None
-        return head.clamp(max=mode.n)
-    if mode.kind == "quality":
-        assert mode.eps is not None
-        return model.quality_lengths(feats, mode.eps).long()
-    raise LengthModeError(f"--length-mode {mode}: not a one-pass mode")
 
 
 def encode_batch(

@@ -239,16 +239,26 @@ class Strop(PretrainedMixin, nn.Module):
     def encode_features(
         self, feats: torch.Tensor, length_mode: str = "head"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`encode` from teacher features (e.g. a feature cache)."""
+        """`encode` from teacher features (e.g. a feature cache). `length_mode` is any
+        `--length-mode` value (`strop.model.length_modes`): head, fixed, prefix:N, cap:N,
+        search:EPS, quality:EPS; a bad or unusable one raises `LengthModeError` (a ValueError)."""
+        from strop.model.length_modes import (
+            check_length_mode,
+            mode_lengths,
+            parse_length_mode,
+            search_lengths,
+        )
+
+        mode = parse_length_mode(length_mode)
+        check_length_mode(mode, self.cfg, self.cfg.summary())
         gen = self.generate(feats)
-        if length_mode == "head":
-            lengths = self.head_lengths(feats)
-        elif length_mode == "fixed":
-            lengths = torch.full(
-                (feats.shape[0],), self.cfg.l_max, dtype=torch.long, device=feats.device
+        if mode.kind == "search":
+            assert mode.eps is not None  # parse_length_mode sets it
+            lengths, _ = search_lengths(
+                self, feats, gen.tokens, mode.eps, self.cfg.w_mse, self.cfg.l_min
             )
         else:
-            raise ValueError(f"length_mode must be 'head' or 'fixed', got {length_mode!r}")
+            lengths = mode_lengths(self, feats, self.head_lengths(feats), mode)
         codes = gen.codes.masked_fill(~prefix_mask(lengths, self.cfg.l_max), -1)
         return codes, lengths
 
