@@ -119,8 +119,16 @@ def test_ctrl_c_during_decode_says_what_is_saved_and_a_rerun_resumes(exp_dir, co
         args = [console_script("strop-llm"), "decode", "--model", "qwen3.5", "--k", "64"]
         args += ["--runs", str(exp_dir), "--base-url", server.base_url, "--concurrency", "1"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+        # A suite started in the background of a non-interactive shell (`... &`) runs with
+        # SIGINT ignored, and an ignored signal stays ignored across exec: the child then
+        # never sees the Ctrl-C. Give it the disposition a terminal would.
         proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         results = exp_dir / "k64" / "llm" / "qwen3.5" / "results.jsonl"
         deadline = time.time() + 120
@@ -130,7 +138,14 @@ def test_ctrl_c_during_decode_says_what_is_saved_and_a_rerun_resumes(exp_dir, co
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say why: the signal state of the process
+            state = Path(f"/proc/{proc.pid}/status").read_text()
+            proc.kill()
+            out, err = proc.communicate()
+            signals = [line for line in state.splitlines() if line.startswith("Sig")]
+            raise AssertionError(f"no exit 60 s after SIGINT; {signals}; {err[-2000:]}") from None
         assert proc.returncode == 130, (out, err)
         saved = len([r for r in read_jsonl(results) if r["status"] == "ok"])
         assert saved == 2
