@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
@@ -23,8 +23,18 @@ from strop.model.config import ModelConfig
 from strop.model.losses import align_error
 from strop.model.quality_head import shortest_reaching
 
-if TYPE_CHECKING:
-    from strop.model.network import Strop
+
+class LengthModel(Protocol):
+    """What the modes need of a model (`strop.model.network.Strop`; named by shape, since
+    `Strop.encode` imports this module)."""
+
+    @property
+    def cfg(self) -> ModelConfig: ...
+
+    def interpret_tokens(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor: ...
+
+    def quality_lengths(self, feats: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor: ...
+
 
 #: The modes that take an integer budget N and those that take a target error EPS.
 BUDGET_KINDS = ("prefix", "cap")
@@ -150,7 +160,7 @@ def check_quality_eps(values: list[float] | None, model_cfg: ModelConfig, run: s
 
 
 def search_lengths(
-    model: Strop,
+    model: LengthModel,
     feats: torch.Tensor,
     tokens: torch.Tensor,
     eps: float,
@@ -177,7 +187,7 @@ def search_lengths(
 
 
 def mode_lengths(
-    model: Strop, feats: torch.Tensor, head: torch.Tensor, mode: LengthMode
+    model: LengthModel, feats: torch.Tensor, head: torch.Tensor, mode: LengthMode
 ) -> torch.Tensor:
     """Each image's length under a one-pass mode (all but `search`), from the head's lengths."""
 
