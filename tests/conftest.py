@@ -197,3 +197,15 @@ def clevr(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("clevr")
     generate_dataset(root, n=40, size=32, seed=0, progress=False)
     return root
+
+
+def one_error_line(result, code: int) -> str:
+    """The command failed with `code` and said so in one `error: ...` line, no traceback."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]

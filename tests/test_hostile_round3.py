@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_run_config
+from conftest import one_error_line, tiny_run_config
 from test_train_trainer import BASE_SETS
 from typer.testing import CliRunner
 
@@ -35,18 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def strop(*args: object):
     return CliRunner().invoke(strop_app, [str(a) for a in args])
-
-
-def one_error_line(result, code: int) -> str:
-    """The command failed with `code` and said so in one `error: ...` line, no traceback."""
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
-        result.exception
-    )
-    assert result.exit_code == code, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in result.output, result.output
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

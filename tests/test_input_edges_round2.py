@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import script_path
+from conftest import one_error_line, script_path
 from typer.testing import CliRunner
 
 from grammar.cli import app as grammar_app
@@ -25,18 +25,6 @@ from llm_decode.testing.synthetic import make_run
 from strop.cli import app as strop_app
 from strop.runs import RunFolder, RunFolderError, read_programs
 from strop.scenes import SceneFileError, load_scenes
-
-
-def one_error_line(result, code: int) -> str:
-    """The command failed with `code` and said so in one `error: ...` line, no traceback."""
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
-        result.exception
-    )
-    assert result.exit_code == code, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in result.output, result.output
-    return errors[0]
 
 
 def usage_error(result) -> str:
