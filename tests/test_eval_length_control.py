@@ -187,14 +187,63 @@ def test_cli_sweep_with_a_grid(trained: Path, tmp_path: Path):
 # --------------------------------------------------------------------------- quality head
 
 
-def test_default_run_metrics_are_bit_identical_to_the_code_before_the_quality_head(trained):
-    """GOLDEN was written by the code before this change (same config, same data, timing
-    columns removed); a default run must reproduce it byte for byte."""
-    rows = [
+#: How far a default run's logged metrics may sit from GOLDEN and still be "the same run".
+#: GOLDEN was written on one x86 CPU; another CPU's kernels (AVX-512/AMX vs AVX2) round
+#: differently: on this project's AMD EPYC (AVX-512) the 16-step run drifts from it by at most
+#: 0.6% relative (pixel_grad_norm, step 14), as an Intel Xeon with AVX-512/AMX was reported to
+#: at its first step. A real change of the default run moves far more: the same run from
+#: another init seed has 94 of its ~150 logged numbers beyond this tolerance (measured
+#: 2026-12-07; test_golden_tolerance_catches_a_real_change asks for at least 20).
+GOLDEN_RTOL = 0.03
+GOLDEN_ATOL = 1e-3
+#: Logged values that no rounding can move: the schedule, not the numerics.
+GOLDEN_EXACT = ("step", "phase", "lr", "w_div")
+
+
+def golden_mismatches(rows: list[dict], golden: list[dict]) -> list[str]:
+    """Where `rows` (a run's metrics, timing columns removed) are not GOLDEN's run: a key or
+    row missing, a schedule value changed, a number beyond GOLDEN_RTOL/GOLDEN_ATOL."""
+    if len(rows) != len(golden):
+        return [f"{len(rows)} rows vs {len(golden)}"]
+    bad = []
+    for row, gold in zip(rows, golden):
+        if row.keys() != gold.keys():
+            bad.append(f"step {gold.get('step')}: keys {sorted(row.keys() ^ gold.keys())}")
+            continue
+        for key, want in gold.items():
+            got = row[key]
+            if key in GOLDEN_EXACT or not isinstance(want, float):
+                ok = got == want
+            else:
+                ok = isinstance(got, (int, float)) and abs(got - want) <= max(
+                    GOLDEN_ATOL, GOLDEN_RTOL * abs(want)
+                )
+            if not ok:
+                bad.append(f"step {gold['step']} {key}: {got} vs {want}")
+    return bad
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [
         {k: v for k, v in row.items() if k not in TIMING_KEYS}
-        for row in RunFolder(trained).read_metrics()
+        for row in RunFolder(run).read_metrics()
     ]
-    assert "".join(json.dumps(r) + "\n" for r in rows) == GOLDEN.read_text()
+
+
+def test_default_run_metrics_match_the_code_before_the_quality_head(trained):
+    """GOLDEN was written by the code before the quality head (same config, same data, timing
+    columns removed); a default run must reproduce it, up to the rounding of this CPU."""
+    golden = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
+    assert golden_mismatches(_metrics(trained), golden) == []
+
+
+def test_golden_tolerance_catches_a_real_change(clevr, tmp_path):
+    """The tolerance has teeth: the same run from another init seed is not GOLDEN's run."""
+    torch.set_num_threads(1)
+    cfg = tiny_run_config(clevr, "train.steps=16", *BASE_SETS, "train.seed=1")
+    other = train(cfg, tmp_path / "k16", progress=False)
+    golden = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
+    assert len(golden_mismatches(_metrics(other), golden)) >= 20
 
 
 def test_default_model_has_no_quality_head_and_the_same_weights():
