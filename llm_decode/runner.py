@@ -69,6 +69,7 @@ from llm_decode.results import (
 )
 from llm_decode.schema import DecodedScene, SceneParseError, parse_answer, scene_json_schema
 from llm_decode.scoring import ScoringOptions, score_scene, summarize_scores
+from strop.provenance import stale_reason
 from strop.runs import RunFolder, find_run
 
 BackendName = Literal["openai", "vllm", "naive", "knn"]
@@ -271,6 +272,8 @@ class Plan:
     sampling_seed: int = 0
     secrets: list[str] = field(default_factory=list)  # the key and URL credentials
     key_sampling: dict[str, Any] = field(default_factory=dict)  # the request key's sampling
+    #: the weights the programs came from (`strop.provenance`), copied into the summary
+    weights: dict[str, Any] | None = None
 
     @property
     def jobs_by_key(self) -> dict[str, Job]:
@@ -376,6 +379,7 @@ def plan(cfg: DecodeConfig) -> Plan:
         sampling_seed,
         secrets,
         sampling,
+        programs.meta.get("weights"),
     )
 
 
@@ -441,8 +445,13 @@ def decode(
         results.close()
     rows = [results.done.get(j.key) for j in p.jobs]
     summary = task.summary(rows, cfg, p)
+    # the programs may be of weights the run no longer holds (trained on since the export):
+    # said in the summary (the report marks it) and on the terminal, never silently
+    stale = stale_reason(p.weights, p.run.path, str(p.run.programs_path.name))
+    summary.update(weights=p.weights, stale=stale)
     results.write_summary(summary)
-    warnings = [*results.warnings, *[w for w in (thinking_suppressed(cfg, p, rows),) if w]]
+    notes = (thinking_suppressed(cfg, p, rows), stale and f"stale: {stale}")
+    warnings = [*results.warnings, *[w for w in notes if w]]
     return DecodeResult(folder=results.folder, summary=summary, sent=len(todo), warnings=warnings)
 
 

@@ -24,7 +24,7 @@ Design decisions
   cannot be written fails before the work, in one line (`OutputUnitError`), and not after
   every image was encoded.
 - Staging folders left by writers that are no longer running are removed on the next open.
-- Commits of one folder are serialised by an exclusive `flock` on the folder (`_folder_lock`):
+- Commits of one folder are serialised by an exclusive `flock` on the folder (`folder_lock`):
   two writers racing into one folder each move their whole unit in, the later one wins.
 """
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -126,13 +126,17 @@ class OutputUnit:
             raise writable_error(self.folder, exc) from None
         return self.staging
 
-    def commit(self) -> None:
-        """Move the staged files in and delete owned files this write did not produce."""
+    def commit(self, check: Callable[[], None] | None = None) -> None:
+        """Move the staged files in and delete owned files this write did not produce.
+        `check` runs under the folder's lock before anything moves: a refusal it raises
+        (files of other weights already there) cannot race a writer of the same folder."""
         new = sorted(p.relative_to(self.staging) for p in self.staging.rglob("*") if p.is_file())
         produced = set(new)
         marker = marker_path(self.folder, self.name)
         try:
-            with _folder_lock(self.folder):
+            with folder_lock(self.folder):
+                if check is not None:
+                    check()
                 stale = [
                     p for p in self._owned_files() if p.relative_to(self.folder) not in produced
                 ]
@@ -184,7 +188,7 @@ class OutputUnit:
 
 
 @contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
+def folder_lock(folder: Path) -> Iterator[None]:
     """An exclusive `flock` on the output folder itself for one commit: two writers of the
     same unit (two exports into one folder) move their files in one after the other, so the
     last commit wins whole. Unlocked, one writer's marker was removed by the other mid-move

@@ -123,6 +123,7 @@ def test_strop_top_level_reads_like_the_method():
         "cli_app.py",
         "atomic.py",
         "output_unit.py",
+        "provenance.py",
         "devices.py",
         "scenes.py",
         "runs.py",

@@ -62,6 +62,7 @@ from strop.evaluation.object_masks import (
 )
 from strop.evaluation.object_metrics import ObjectMetrics, ground_truth
 from strop.output_unit import OutputUnit
+from strop.provenance import require_same_weights
 from strop.runs import RunFolder, RunFolderError, write_json
 from strop.scenes import SHAPES, Scene, parse_scene
 
@@ -283,7 +284,11 @@ def analyze_run(
             progress,
             length_mode,
         )
-        unit.commit()
+        unit.commit(
+            lambda: require_same_weights(
+                run.path, result["weights"]["checkpoint_sha256"], "strop analyze", "analysis/"
+            )
+        )
     finally:
         unit.abort()
     return result
@@ -353,6 +358,7 @@ def _analyze(
         "split": split,
         "n_images": len(acc.lengths),
         "length_mode": str(mode),
+        "weights": cfg.weights,
         "grid": list(grid),
         "seed": seed,
         **summarise(acc, mc.k, programs),

@@ -56,6 +56,7 @@ from strop.evaluation.export import (
 )
 from strop.evaluation.order_probe import OrderProbe
 from strop.output_unit import check_writable
+from strop.provenance import write_json_of_weights
 from strop.runs import RunFolder
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ def evaluate_run(
         "split": split,
         "n_images": int(len(length)),
         "checkpoint": str(checkpoint),
+        "weights": cfg.weights,
         "teacher": mc.teacher,
         "k": mc.k,
         "l_max": mc.l_max,
@@ -190,7 +192,9 @@ def evaluate_run(
 
         result["quality_control"] = quality_control(model, kept, mc.w_mse, quality_eps)
     if write:
-        run.write_eval(result)
+        write_json_of_weights(
+            run.eval_path, result, run.path, cfg.weights["checkpoint_sha256"], "strop eval"
+        )
     return result
 
 

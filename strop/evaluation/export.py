@@ -309,6 +309,7 @@ def export_programs(
             "length_mode": str(mode),
             "teacher": cfg.model.teacher,
             "checkpoint": checkpoint,
+            "weights": cfg.weights,
             "image_size": cfg.model.image_size,
             "l_max": cfg.model.l_max,
             "split": split,

@@ -45,7 +45,8 @@ from strop.evaluation.export import (
     progress_batches,
 )
 from strop.output_unit import check_writable
-from strop.runs import RunFolder, write_json
+from strop.provenance import write_json_of_weights
+from strop.runs import RunFolder
 
 SWEEP_FILE = "sweep.json"
 COUNT_PROBE = (
@@ -201,6 +202,7 @@ def sweep_run(
         "split": split,
         "n_images": int(len(counts)),
         "checkpoint": str(checkpoint),
+        "weights": cfg.weights,
         "teacher": mc.teacher,
         "k": mc.k,
         "l_min": mc.l_min,
@@ -213,7 +215,9 @@ def sweep_run(
         "operating_points": points,
     }
     if write:
-        write_json(run.path / SWEEP_FILE, sweep)
+        write_json_of_weights(
+            run.path / SWEEP_FILE, sweep, run.path, cfg.weights["checkpoint_sha256"], "the sweep"
+        )
     return sweep
 
 

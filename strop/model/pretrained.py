@@ -47,11 +47,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from strop.model.config import ModelConfig
 from strop.model.weights import (
     CheckpointError,
-    load_checkpoint,
+    load_checkpoint_hashed,
     loadable_alternatives,
     resolve_checkpoint,
 )
 from strop.output_unit import OutputUnit, OutputUnitError, require_complete
+from strop.provenance import weights_record
 from strop.runs import RunFolderError, read_json
 
 __all__ = [
@@ -96,6 +97,11 @@ class TokenizerInfo:
     exported: bool = False
     provenance: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] | None = None
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        """The weights these are, as every derived file records them (`weights_record`)."""
+        return weights_record(self.step, self.provenance.get("checkpoint_sha256"))
 
 
 def is_exported(path: str | os.PathLike[str]) -> bool:
@@ -263,10 +269,12 @@ class PretrainedMixin:
         token: str | None = None,
         private: bool | None = None,
         command: str | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> Path:
         """Write model.safetensors, config.json and README.md into `save_directory`; with
         `push_to_hub`, upload the folder to `repo_id` too. `command` is what a reader is told
-        to rerun if this write is cut off while its files are moved in."""
+        to rerun if this write is cut off while its files are moved in; `before_commit` runs
+        under the folder's lock just before the files move in (it may refuse)."""
         from safetensors import SafetensorError
         from safetensors.torch import save_file
 
@@ -297,7 +305,7 @@ class PretrainedMixin:
                 raise PretrainedError(
                     f"{out}: cannot write the tokenizer here ({one_line_of(exc)})"
                 ) from None
-            unit.commit()
+            unit.commit(before_commit)
         finally:
             unit.abort()
         if push_to_hub:
@@ -409,7 +417,7 @@ class PretrainedMixin:
         info = read_info(run_dir)
         path = resolve_checkpoint(run_dir, which)
         try:
-            state = load_checkpoint(path, map_location=map_location)
+            state, sha = load_checkpoint_hashed(path, map_location=map_location)
         except CheckpointError as exc:
             others = loadable_alternatives(run_dir, path)
             hint = (
@@ -428,7 +436,8 @@ class PretrainedMixin:
             ),
         )
         step = int(state["step"])
-        return model, replace(info, step=step, provenance={"checkpoint": str(path)})
+        provenance = {"checkpoint": str(path), "checkpoint_sha256": sha}
+        return model, replace(info, step=step, provenance=provenance)
 
     @classmethod
     def load_tokenizer(

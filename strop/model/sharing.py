@@ -19,7 +19,6 @@ Design decisions
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 from dataclasses import replace
 from importlib import metadata
@@ -41,12 +40,18 @@ from strop.runs import RunFolder, discover_runs, is_run_folder
 __all__ = ["export_model"]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _eval_of(run: RunFolder, weights: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's eval.json when it describes the weights being exported, else None: the
+    card must not print one checkpoint's numbers beside another's step count."""
+    if not run.eval_path.is_file():
+        return None
+    evaluation = run.read_eval()
+    recorded = evaluation.get("weights")
+    if not isinstance(recorded, dict) or recorded.get("checkpoint_sha256") != weights.get(
+        "checkpoint_sha256"
+    ):
+        return None
+    return evaluation
 
 
 def _version(name: str) -> str:
@@ -118,20 +123,26 @@ def export_model(
         # ran would point nowhere (or at the wrong data) from another directory
         info = replace(info, data_path=os.path.abspath(info.data_path))
     ckpt_path = Path(info.provenance["checkpoint"])
-    _refuse_stale_results(target, _sha256(ckpt_path))
-    evaluation: dict[str, Any] | None = run.read_eval() if run.eval_path.is_file() else None
+    sha = info.provenance["checkpoint_sha256"]  # of the bytes the weights were loaded from
+    _refuse_stale_results(target, sha)
+    evaluation = _eval_of(run, info.weights)
     provenance = {
         "run": run.name,
         "run_path": str(run.path.resolve()),
         "checkpoint": ckpt_path.name,
-        "checkpoint_sha256": _sha256(ckpt_path),
+        "checkpoint_sha256": sha,
         "strop_version": _version("strop"),
         "torch_version": torch.__version__,
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     info = replace(info, provenance=provenance, eval=evaluation)
     folder = model.save_pretrained(
-        target, info=info, command=f"strop export-model {run.path} --out {target}"
+        target,
+        info=info,
+        command=f"strop export-model {run.path} --out {target}",
+        # again under the folder's lock: an eval of the old weights may have written its
+        # eval.json there since the check above
+        before_commit=lambda: _refuse_stale_results(target, sha),
     )
     url = upload_folder(folder, push_to_hub, token=token, private=private) if push_to_hub else None
     return folder, url

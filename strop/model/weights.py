@@ -14,6 +14,8 @@ Design decisions
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 import re
@@ -72,16 +74,30 @@ def resolve_checkpoint(run_dir: str | os.PathLike[str], which: str | int = "last
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint with the weights-only unpickler; one-line error when it is unusable."""
+    return load_checkpoint_hashed(path, map_location)[0]
+
+
+def load_checkpoint_hashed(
+    path: str | os.PathLike[str], map_location: Any = "cpu"
+) -> tuple[dict[str, Any], str]:
+    """(`load_checkpoint`, the sha256 of the bytes it loaded). One read of one open file:
+    a trainer replacing `last.pt` meanwhile (an `os.replace`) cannot make the hash describe
+    other weights than the ones loaded."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with open(path, "rb") as handle:
+            data = handle.read()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror})") from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged or unsafe file
         raise CheckpointError(f"{path}: not a loadable STROP checkpoint ({_why(exc)})") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise CheckpointError(f"{path}: not a STROP checkpoint (no 'model' and 'step' entries)")
-    return state
+    return state, hashlib.sha256(data).hexdigest()
 
 
 def _why(exc: BaseException) -> str:

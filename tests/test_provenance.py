@@ -1,0 +1,148 @@
+"""Every derived file names the weights it came from (`strop.provenance`): programs, eval,
+sweep, analysis, decode and QA summaries; results of weights the run no longer holds are
+flagged, the model card never prints them, and a write whose weights were replaced meanwhile
+is refused. A real tiny run is trained to step 6, every result made, then trained on to 8."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import tiny_run_config
+from typer.testing import CliRunner
+
+from strop.cli import app
+from strop.data.renderer import generate_dataset
+from strop.output_unit import OutputUnit
+from strop.provenance import (
+    WeightsChangedError,
+    current_weights_sha256,
+    file_sha256,
+    stale_reason,
+    write_json_of_weights,
+)
+from strop.runs import read_json, read_programs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SETS = (
+    "model.image_size=32",
+    "model.l_max=8",
+    "model.decoder_width=16",
+    "curriculum.phase_steps=1,2,3,4",
+    "curriculum.probe_radius=1",
+    "train.num_workers=0",
+    "train.val_every=0",
+    "train.log_every=2",
+)
+
+
+def strop(*args: str):
+    done = CliRunner().invoke(app, list(args))
+    assert done.exit_code == 0, done.output
+    return done
+
+
+def llm(*args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "llm_decode.cli", *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=os.environ)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def trained_on(tmp_path_factory) -> dict:
+    """Results of step 6, then the run trained on to step 8 (`results` keep step 6's)."""
+    from strop.training.trainer import train
+
+    data = tmp_path_factory.mktemp("data") / "clevr"
+    generate_dataset(data, n=40, size=32, seed=5, splits=(0.5, 0.5, 0.0), progress=False)
+    run = tmp_path_factory.mktemp("exp") / "k16"
+    train(tiny_run_config(data, "train.steps=6", *SETS), run, progress=False)
+    first = file_sha256(run / "checkpoints" / "last.pt")
+    strop("export", str(run), "--split", "train,val")
+    strop("eval", str(run), "--no-lpips", "--order-probe", "0")
+    strop("eval", str(run), "--sweep", "--sweep-lengths", "2,4", "--no-lpips")
+    strop("analyze", str(run), "--n-images", "4")
+    for backend in ("knn",):
+        llm("decode", "--backend", backend, "--k", "16", "--runs", str(run.parent),
+            "--shots", "10", "--test", "5")  # fmt: skip
+    early = {
+        "programs": read_programs(run / "programs.parquet").meta["weights"],
+        "eval": read_json(run / "eval.json")["weights"],
+        "sweep": read_json(run / "sweep.json")["weights"],
+        "analysis": read_json(run / "analysis" / "analysis.json")["weights"],
+        "decode": read_json(run / "llm" / "knn" / "summary.json"),
+    }
+    train(tiny_run_config(data, "train.steps=8", *SETS), run, progress=False)
+    return {"run": run, "first": first, "early": early}
+
+
+def test_every_derived_file_names_the_step_and_hash_of_its_weights(trained_on):
+    early, first = trained_on["early"], trained_on["first"]
+    for name in ("programs", "eval", "sweep", "analysis"):
+        assert early[name] == {"step": 6, "checkpoint_sha256": first}, name
+    decode = early["decode"]
+    assert decode["weights"] == {"step": 6, "checkpoint_sha256": first}
+    assert decode["stale"] is None  # made while the run held those weights
+
+
+def test_results_of_weights_the_run_no_longer_holds_are_stale(trained_on):
+    run, early = trained_on["run"], trained_on["early"]
+    assert current_weights_sha256(run) != trained_on["first"]
+    for name in ("programs", "eval", "sweep", "analysis"):
+        reason = stale_reason(early[name], run, name)
+        assert reason is not None and "step 6" in reason and "rerun" in reason, name
+    assert "records no weights" in stale_reason({"step": 3}, run, "eval.json")
+    # a data-only folder has nothing to be stale against
+    assert stale_reason(None, run.parent, "x") is None
+
+
+def test_decoding_stale_programs_says_so_in_the_summary_and_on_the_terminal(trained_on):
+    run = trained_on["run"]
+    done = llm("decode", "--backend", "naive", "--k", "16", "--runs", str(run.parent),
+               "--shots", "10", "--test", "5")  # fmt: skip
+    summary = read_json(run / "llm" / "naive" / "summary.json")
+    assert summary["weights"]["step"] == 6 and "describes other weights" in summary["stale"]
+    assert "stale:" in done.stderr + done.stdout
+
+
+def test_the_model_card_never_shows_an_eval_of_other_weights(trained_on, tmp_path):
+    run = trained_on["run"]
+    strop("export-model", str(run), "--out", str(tmp_path / "tok"))
+    config = json.loads((tmp_path / "tok" / "config.json").read_text())
+    card = (tmp_path / "tok" / "README.md").read_text()
+    eval_cos = read_json(run / "eval.json")["cos"]
+    assert f"{eval_cos:.4f}" not in card  # step 6's cos beside step 8's weights: left out
+    assert config.get("eval") in (None, {})
+    assert config["provenance"]["checkpoint_sha256"] == current_weights_sha256(run)
+
+
+def test_a_write_whose_weights_were_replaced_meanwhile_is_refused(trained_on, tmp_path):
+    run = trained_on["run"]
+    target = tmp_path / "eval.json"
+    with pytest.raises(WeightsChangedError, match=r"weights were replaced while strop eval ran"):
+        write_json_of_weights(target, {"cos": 1.0}, run, trained_on["first"], "strop eval")
+    assert not target.exists()
+    write_json_of_weights(target, {"cos": 1.0}, run, current_weights_sha256(run), "strop eval")
+    assert read_json(target) == {"cos": 1.0}
+
+
+def test_a_unit_commit_refused_under_the_lock_keeps_the_old_files(tmp_path):
+    folder = tmp_path / "out"
+    with OutputUnit(folder, "u", ("a.txt",), "cmd") as staging:
+        (staging / "a.txt").write_text("old")
+    unit = OutputUnit(folder, "u", ("a.txt",), "cmd")
+    (unit.open() / "a.txt").write_text("new")
+
+    def refuse() -> None:
+        raise WeightsChangedError("refused")
+
+    with pytest.raises(WeightsChangedError):
+        unit.commit(refuse)
+    unit.abort()
+    assert (folder / "a.txt").read_text() == "old"
+    assert not list(folder.glob(".u.*"))
