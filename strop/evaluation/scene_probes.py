@@ -92,6 +92,9 @@ class ProbeSplit:
     pooled: list[np.ndarray] = field(default_factory=list)
     field_sum: np.ndarray | None = None
     n_fields: int = 0
+    #: keep the full teacher fields (fp16) of the first this many images (`fields`)
+    keep_fields: int = 0
+    fields: list[np.ndarray] = field(default_factory=list)
 
     def update(self, enc: EncodedBatch, scenes: Sequence[str]) -> None:
         """One encoded batch (`strop.evaluation.export.encode_batch`) and its scenes' JSON."""
@@ -102,6 +105,9 @@ class ProbeSplit:
         self.pooled.append(feats.mean(axis=1))
         total = feats.sum(axis=0)
         self.field_sum = total if self.field_sum is None else self.field_sum + total
+        room = self.keep_fields - sum(len(f) for f in self.fields)
+        if room > 0:
+            self.fields.append(feats[:room].astype(np.float16))
         self.n_fields += len(feats)
         self.scenes += [s or "" for s in scenes]
 
@@ -320,13 +326,15 @@ def collect_split(
     batch_size: int,
     mode: Any,
     progress: bool = False,
+    keep_fields: int = 0,
 ) -> ProbeSplit:
-    """Encode the first `limit` images of `split` and gather a `ProbeSplit`."""
+    """Encode the first `limit` images of `split` and gather a `ProbeSplit` (keeping the
+    teacher fields of the first `keep_fields`)."""
     from strop.evaluation.export import encode_batch, make_loader, progress_batches
 
     mc = cfg.model
     loader = make_loader(root, split, mc.image_size, batch_size, limit)
-    out = ProbeSplit()
+    out = ProbeSplit(keep_fields=keep_fields)
     batches: Iterable[dict[str, Any]] = progress_batches(loader, f"probe {split}", progress)
     for batch in batches:
         enc = encode_batch(model, batch["image"].to(dev), mode, mc.w_mse, mc.l_min)
