@@ -107,7 +107,8 @@ def quality_control(
     matrix = np.concatenate([e for _, _, e in stored])  # (n, L_max - l_min + 1)
     n_images = len(matrix)
     eps_list = [float(e) for e in eps_values] if eps_values else default_eps(matrix, l_min)
-    rows, quality_seconds = [], 0.0
+    rows: list[dict[str, Any]] = []
+    quality_seconds = 0.0
     rows_idx = np.arange(n_images)
     for eps in eps_list:
         q_lengths = []
