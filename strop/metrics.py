@@ -480,6 +480,137 @@ def length_vs_objects(lengths: ArrayLike, n_objects: ArrayLike, seed: int = 0) -
     return out
 
 
+# --------------------------------------------------------------------------- ridge probes
+
+
+#: Penalties `fit_ridge_cv` chooses among, in units of the standardised features' n * var = n.
+RIDGE_ALPHAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3, 1e4)
+
+
+@dataclass
+class Ridge:
+    """A fitted ridge regression: features standardised with the training rows' mean and std
+    (a constant column gets std 1), targets centred, the intercept never penalised. `alpha`
+    has one penalty per target column (`fit_ridge_cv` picks each on the training rows).
+    The one ridge of the toolkit: the sweep's count probe, the order probe's bag-of-codes
+    control and the scene probes all fit through it. Checked against scikit-learn's
+    `StandardScaler` + `Ridge` (tests/test_eval_scene_probes.py)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    y_mean: np.ndarray
+    weights: np.ndarray  # (D, T)
+    alpha: np.ndarray  # (T,)
+    #: fitted on a 1-D target: `predict` returns (n,)
+    flat: bool = False
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(n, T) predictions (or (n,) when fitted on a 1-D target)."""
+        out = ((np.asarray(x, dtype=np.float64) - self.mean) / self.std) @ self.weights
+        out = out + self.y_mean
+        return out[:, 0] if self.flat else out
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std = np.where(std > 1e-12, std, 1.0)
+    return (x - mean) / std, mean, std
+
+
+def _ridge_paths(xs: np.ndarray, yc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(V, s, U^T y) of standardised `xs`: weights for penalty a are V diag(s/(s^2+a)) U^T y."""
+    u, s, vt = np.linalg.svd(xs, full_matrices=False)
+    return vt.T, s, u.T @ yc
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float | np.ndarray) -> Ridge:
+    """Ridge of `y` (n,) or (n, T) on `x` (n, D) at penalty `alpha` (one, or one per target)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    flat = y.ndim == 1
+    y2 = y[:, None] if flat else y
+    xs, mean, std = _standardise(x)
+    y_mean = y2.mean(axis=0)
+    v, s, uty = _ridge_paths(xs, y2 - y_mean)
+    a = np.broadcast_to(np.asarray(alpha, dtype=np.float64), (y2.shape[1],)).copy()
+    weights = v @ ((s[:, None] / (s[:, None] ** 2 + a[None, :])) * uty)
+    return Ridge(mean, std, y_mean, weights, a, flat)
+
+
+def ridge_cv_errors(
+    x: np.ndarray,
+    y: np.ndarray,
+    alphas: Sequence[float] = RIDGE_ALPHAS,
+    folds: int = 5,
+    seed: int = 0,
+) -> np.ndarray:
+    """(len(alphas), T) mean squared out-of-fold error of each penalty for each target column,
+    `folds`-fold cross-validation over the rows of `x` in a seeded order (the rows given: pass
+    the training split only)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    y2 = y[:, None] if y.ndim == 1 else y
+    a = np.asarray(alphas, dtype=np.float64)
+    n = len(x)
+    order = np.random.default_rng(seed).permutation(n)
+    sq = np.zeros((len(a), y2.shape[1]))
+    for fold in np.array_split(order, min(folds, n)):
+        train = np.setdiff1d(order, fold)
+        xs, mean, std = _standardise(x[train])
+        y_mean = y2[train].mean(axis=0)
+        v, s, uty = _ridge_paths(xs, y2[train] - y_mean)
+        xf = (x[fold] - mean) / std @ v  # (f, r)
+        for i, alpha in enumerate(a):
+            pred = xf @ ((s / (s**2 + alpha))[:, None] * uty) + y_mean
+            sq[i] += ((pred - y2[fold]) ** 2).sum(axis=0)
+    return sq / n
+
+
+def fit_ridge_cv(
+    x: np.ndarray,
+    y: np.ndarray,
+    alphas: Sequence[float] = RIDGE_ALPHAS,
+    folds: int = 5,
+    seed: int = 0,
+    per_target: bool = True,
+) -> Ridge:
+    """`fit_ridge` at the penalty with the lowest cross-validated error on these rows (one per
+    target column, or one for all when `per_target` is False); ties go to the larger penalty."""
+    errors = ridge_cv_errors(x, y, alphas, folds, seed)
+    a = np.asarray(alphas, dtype=np.float64)
+    rev = errors[::-1]  # argmin takes the first minimum: scan from the largest penalty
+    if per_target:
+        chosen = a[::-1][np.argmin(rev, axis=0)]
+    else:
+        chosen = np.full(errors.shape[1], a[::-1][int(np.argmin(rev.sum(axis=1)))])
+    return fit_ridge(x, y, chosen)
+
+
+def r2_columns(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """R^2 of each column (NaN where the target is constant on these rows)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    ss_tot = ((target - target.mean(axis=0)) ** 2).sum(axis=0)
+    ss_res = ((target - pred) ** 2).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ss_tot > 0, 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0), np.nan)
+
+
+def auc_columns(score: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Area under the ROC curve of each column of `score` (n, T) for the binary `label`
+    (n, T), ties counting half (the Mann-Whitney statistic); NaN where one class is absent."""
+    from scipy.stats import rankdata
+
+    label = np.asarray(label, dtype=bool)
+    n_pos = label.sum(axis=0).astype(np.float64)
+    n_neg = len(label) - n_pos
+    ranks = rankdata(np.asarray(score, dtype=np.float64), axis=0)
+    u = (ranks * label).sum(axis=0) - n_pos * (n_pos + 1) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
 # --------------------------------------------------------------------------- helpers
 
 

@@ -14,8 +14,10 @@ from strop.evaluation.evaluate import evaluate_run
 from strop.evaluation.export import encode_batch, make_loader, parse_length_mode
 from strop.evaluation.order_probe import (
     PERMUTATIONS,
+    OrderProbe,
     bag_of_codes_cosine,
     code_histograms,
+    fit_bag_of_codes,
     permute_prefix,
     verdict,
 )
@@ -38,15 +40,66 @@ def test_permute_prefix_reorders_only_the_prefix(kind):
 
 def test_bag_of_codes_reads_a_multiset_field_and_misses_an_ordered_one():
     rng = np.random.default_rng(0)
-    k, n, length = 6, 200, 4
+    k, n, length = 6, 400, 4
     codes = rng.integers(0, k, size=(n, length))
     hist = code_histograms(codes, np.full(n, length), k)
     assert hist.sum(axis=1).tolist() == [length] * n
     basis = rng.normal(size=(k, 3, 5))
     linear = np.einsum("nk,kpd->npd", hist, basis) + 0.5  # a function of the multiset
-    assert np.nanmean(bag_of_codes_cosine(hist, linear)) > 0.99
+    train, val = slice(0, 300), slice(300, None)  # fitted on train, scored on val
+    ridge = fit_bag_of_codes(hist[train], linear[train])
+    assert bag_of_codes_cosine(ridge, hist[val], linear[val]).mean() > 0.99
     ordered = basis[codes[:, 0]]  # only the first code matters: order information
-    assert np.nanmean(bag_of_codes_cosine(hist, ordered)) < 0.9
+    ridge = fit_bag_of_codes(hist[train], ordered[train])
+    assert bag_of_codes_cosine(ridge, hist[val], ordered[val]).mean() < 0.9
+
+
+def test_the_control_is_fitted_on_train_and_agrees_with_an_independent_ridge():
+    """The bag-of-codes record of the order probe, refitted on train programs with its
+    penalty chosen on them, lies within its interval of scikit-learn's RidgeCV fitted on the
+    same train programs (its own folds and solver)."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from strop.metrics import RIDGE_ALPHAS
+
+    rng = np.random.default_rng(1)
+    k, n_train, n_val = 12, 300, 80
+    basis = rng.normal(size=(k, 4, 6))
+
+    def programs(n):
+        lengths = rng.integers(2, 7, n)
+        codes = [rng.integers(0, k, int(m)) for m in lengths]
+        padded = np.full((n, 6), -1)
+        for i, c in enumerate(codes):
+            padded[i, : len(c)] = c
+        hist = code_histograms(padded, lengths, k)
+        field = np.einsum("nk,kpd->npd", hist, basis) + rng.normal(0, 2.0, (n, 4, 6)) + 1.0
+        return codes, padded, lengths, hist, field
+
+    tr_codes, _, _, tr_hist, tr_field = programs(n_train)
+    _, va_padded, va_lengths, va_hist, va_field = programs(n_val)
+    probe = OrderProbe(k=k)
+    probe.codes, probe.lengths = list(va_padded), va_lengths.tolist()
+    probe.feats = [va_field.astype(np.float16)]
+    probe.true_cos = rng.uniform(0.6, 0.9, n_val).tolist()
+    record = probe._bag((tr_codes, tr_field))
+    assert record["baseline"] == "bag_of_codes" and record["n_train"] == n_train
+    assert record["n"] == n_val and record["alpha"] in RIDGE_ALPHAS
+    theirs = make_pipeline(
+        StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS, cv=KFold(5, shuffle=True, random_state=3))
+    ).fit(tr_hist, tr_field.reshape(n_train, -1))
+    pred = theirs.predict(va_hist).reshape(va_field.shape)
+    bag = cosine_per_patch(pred, va_field.astype(np.float16).astype(np.float64)).mean(axis=1)
+    advantage = float(np.mean(np.asarray(probe.true_cos) - bag))
+    lo, hi = record["interval"]
+    assert lo <= advantage <= hi and abs(advantage - record["advantage"]) < (hi - lo) / 2
+    # without train programs there is no control, and the block says why
+    probe.permuted = {p: list(probe.true_cos) for p in PERMUTATIONS}
+    block = probe.result(None)
+    assert block["bag_of_codes"] is None and "no train programs" in block["bag_of_codes_note"]
 
 
 def test_mean_ci_bootstrap():
@@ -62,6 +115,13 @@ def test_verdict_line():
     assert matters is True and "carries" in line and "n=10" in line
     block["drop"]["random"] = {"mean": 0.01, "ci": [-0.02, 0.04]}
     assert verdict(block)[0] is False
+
+
+def test_one_image_gets_no_verdict():
+    """`strop eval --limit 1` wrote order_matters: true, "order carries information", on an
+    interval [3.2e-6, 3.2e-6]: below MIN_N images there is no verdict."""
+    one = {"n": 1, "drop": {"random": {"mean": 3.2e-6, "ci": [3.2e-6, 3.2e-6], "changed": 1}}}
+    assert verdict(one) == (None, "order probe: too few images for a verdict (n=1 < 10)")
 
 
 def test_eval_writes_the_order_probe_block_recomputable_by_hand(run_dir, dataset):  # noqa: F811

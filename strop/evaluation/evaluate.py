@@ -28,6 +28,18 @@ Design decisions
 - Headline numbers carry their n (`n_images`) and a 95% percentile-bootstrap interval over
   the images (`ci95`: cos, r2, rmse, cb_pct, length_mean; 1000 resamples, seed 0), so the
   report can say when two runs differ by less than the noise of the split.
+- Baselines (`strop.evaluation.baselines` records, beside the value they qualify):
+  `alignment` = {cos, r2, skill, mean_field, one_token, collapsed, ...}. `mean_field` is the
+  average teacher field over the first `baseline_train_images` (default 2000) images of the
+  TRAIN split (`mean_field_images` says how many), the same field for every val image;
+  `one_token` is each program's first token alone, interpreted. Both are per-image paired
+  comparisons of the mean patch cosine. `skill` = (cos - cos_mean_field) / (1 - cos_mean_field).
+  `collapsed` (with `collapse_banner`) when the program is not beyond the mean field or its
+  skill is below `SKILL_MIN` = 0.02 (our choice: 2% of the way from the average field to a
+  perfect one; the K=32 run of issue 26 that collapsed had skill ~0.005, healthy runs 0.15).
+  `scene_probes` (`strop.evaluation.scene_probes`) is fitted on the same train images.
+  The order probe's bag-of-codes control is fitted on the first `order_probe_images` of them.
+  Without a train split these are null, with the reason in `baselines_note`.
 - The teacher's name is recorded as configured (`pixels`, `random-vit` are named as such so
   no one mistakes a fallback for DINO).
 """
@@ -43,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from strop import metrics
+from strop.evaluation.baselines import COLLAPSED, NOT_BEYOND, compare, compare_means
 from strop.evaluation.export import (
     LengthMode,
     check_length_mode,
@@ -55,6 +68,7 @@ from strop.evaluation.export import (
     progress_batches,
 )
 from strop.evaluation.order_probe import OrderProbe
+from strop.evaluation.scene_probes import ProbeSplit, collect_split, scene_probes
 from strop.output_unit import check_writable
 from strop.provenance import write_json_of_weights
 from strop.runs import RunFolder
@@ -63,6 +77,9 @@ if TYPE_CHECKING:
     import torch
 
     from strop.evaluation.lpips import LPIPS
+
+#: Below this skill over the average teacher field a run is flagged collapsed (see module).
+SKILL_MIN = 0.02
 
 
 def evaluate_run(
@@ -81,6 +98,8 @@ def evaluate_run(
     lpips_lin: str | os.PathLike[str] | None = None,
     quality_eps: Sequence[float] | None = None,
     order_probe_images: int = 256,
+    baseline_train_images: int | None = 2000,
+    train_split: str = "train",
 ) -> dict[str, Any]:
     """Evaluate `split` and write RUN/eval.json (unless `write=False`); returns the dict.
 
@@ -90,7 +109,11 @@ def evaluate_run(
     `lpips`: None scores LPIPS when its weights are found, True requires it (as does giving
     `lpips_backbone` or `lpips_lin`), False skips it. A run with the eps-conditioned head
     also gets the `quality_control` block (`strop.evaluation.quality_control`), at
-    `quality_eps` or its default EPS values."""
+    `quality_eps` or its default EPS values.
+
+    `baseline_train_images`: how many images of `train_split` (the first; None = all) the
+    baselines are fitted on: the average teacher field, the scene probes, the order probe's
+    bag-of-codes control (its first `order_probe_images`)."""
     import torch
 
     parse_length_mode(length_mode)  # a bad value fails before the model loads
@@ -107,6 +130,13 @@ def evaluate_run(
     perceptual, lpips_info = lpips_network(
         lpips, lpips_backbone, lpips_lin, use_pixels, mc.image_size, dev
     )
+    train, train_note = _train_split(
+        model, cfg, dev, run.path, data, train_split, baseline_train_images, batch_size, mode,
+        progress, order_probe_images,
+    )  # fmt: skip
+    mean_field = None if train is None else train.mean_field
+    val = ProbeSplit()
+    baseline_fields = {"mean_field": metrics.PerImageField(), "one_token": metrics.PerImageField()}
 
     field_stats = metrics.FieldStats()
     per_image = metrics.PerImageField()
@@ -129,6 +159,11 @@ def evaluate_run(
             field_np, feats_np = field.float().cpu().numpy(), enc.feats.float().cpu().numpy()
             field_stats.update(field_np, feats_np)
             per_image.update(field_np, feats_np)
+            one = model.interpret(enc.codes[:, :1], torch.ones_like(enc.lengths))
+            baseline_fields["one_token"].update(one.float().cpu().numpy(), feats_np)
+            if mean_field is not None:
+                tiled = np.broadcast_to(mean_field, feats_np.shape)
+                baseline_fields["mean_field"].update(tiled, feats_np)
             if use_pixels:
                 recon = model.decode_pixels(field).float().clamp(0, 1)
                 target = probe_target(images, recon)
@@ -136,6 +171,7 @@ def evaluate_run(
                 if perceptual is not None:
                     lpips_values.append(perceptual(recon, target).cpu().numpy())
         probe.update(model, enc.codes, enc.lengths, enc.feats)
+        val.update(enc, batch["scene"])
         n_patches, width = enc.feats.shape[1], enc.feats.shape[2]
         codes_np = enc.codes.cpu().numpy()
         counts += metrics.code_counts(codes_np, mc.k)
@@ -179,8 +215,27 @@ def evaluate_run(
         "ci95": _bootstrap(per_image, np.stack(image_counts), length),
         "ci_method": "percentile bootstrap over images, 1000 resamples, seed 0",
     }
+    alignment = _alignment(result, per_image, baseline_fields, mean_field is not None)
+    if train is not None:
+        alignment["mean_field_images"] = train.n_fields
+        alignment["mean_field_split"] = train_split
+    result["alignment"] = alignment
+    result["collapsed"] = alignment["collapsed"]
+    if alignment["collapsed"]:
+        result["collapse_banner"] = COLLAPSED
+    probes, probes_note = (None, train_note) if train is None else scene_probes(train, val, mc.k)
+    result["scene_probes"] = probes
+    if probes_note:
+        result["scene_probes_note"] = probes_note
+    if train_note:
+        result["baselines_note"] = train_note
     if order_probe_images > 0:
-        result["order_probe"] = probe.result()
+        bag_train = (
+            None
+            if train is None or not train.fields
+            else (train.codes[: train.keep_fields], np.concatenate(train.fields))
+        )
+        result["order_probe"] = probe.result(bag_train)
     if mode.kind == "search":
         head = np.concatenate(head_lengths)
         result["search_eps"] = mode.eps
@@ -196,6 +251,73 @@ def evaluate_run(
             run.eval_path, result, run.path, cfg.weights["checkpoint_sha256"], "strop eval"
         )
     return result
+
+
+def _train_split(
+    model: Any,
+    cfg: Any,
+    dev: Any,
+    run_path: Path,
+    data: str | os.PathLike[str] | None,
+    split: str,
+    limit: int | None,
+    batch_size: int,
+    mode: LengthMode,
+    progress: bool,
+    keep_fields: int,
+) -> tuple[ProbeSplit | None, str | None]:
+    """The train split's programs, scenes and average teacher field, or (None, why not)."""
+    root = dataset_path(run_path, cfg, data)
+    try:
+        return collect_split(
+            model, cfg, dev, root, split, limit, batch_size, mode, progress, keep_fields
+        ), None
+    except (ValueError, FileNotFoundError) as exc:  # DataError is a ValueError
+        return None, f"no {split} split to fit the baselines on ({exc})"
+
+
+def _alignment(
+    result: dict[str, Any],
+    per_image: metrics.PerImageField,
+    baselines: dict[str, metrics.PerImageField],
+    have_mean_field: bool,
+) -> dict[str, Any]:
+    """The `alignment` block: the program's cos and R^2 beside the average teacher field and
+    the 1-token program (paired per image), skill over the field, and the collapse flag."""
+    n = len(per_image.n_vec)
+    block: dict[str, Any] = {"cos": result["cos"], "r2": result["r2"], "n_images": n}
+
+    def image_cos(stats: metrics.PerImageField) -> np.ndarray:
+        return np.asarray(stats.cos_sum) / np.asarray(stats.n_vec)
+
+    block["one_token"] = compare_means(
+        image_cos(per_image), image_cos(baselines["one_token"]), name="one_token", metric="cos"
+    )
+    if not have_mean_field:
+        block.update(
+            skill=None, mean_field=None, mean_field_r2=None, r2_baseline=None, collapsed=False
+        )
+        return block
+    field = baselines["mean_field"]
+    record = compare_means(image_cos(per_image), image_cos(field), name="mean_field", metric="cos")
+    block["mean_field"] = record
+    block["r2_baseline"] = {
+        "mean_field": compare(
+            n,
+            lambda idx: per_image.over(idx)["r2"],
+            lambda idx: field.over(idx)["r2"],
+            name="mean_field",
+            metric="r2",
+        )
+    }
+    block["mean_field_r2"] = _finite(field.over(np.arange(n))["r2"])
+    base = record["baseline_value"]
+    value = record["value"]
+    skill = None if value is None or base is None or base >= 1 else (value - base) / (1 - base)
+    block["skill"] = skill
+    block["skill_min"] = SKILL_MIN
+    block["collapsed"] = bool(skill is None or skill < SKILL_MIN or record["verdict"] == NOT_BEYOND)
+    return block
 
 
 def probe_target(images: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:

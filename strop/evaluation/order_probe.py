@@ -20,16 +20,25 @@ draws would be), so its drop is not diluted by programs left as they were.
 
 The bag-of-codes control (`bag_of_codes`) is a ridge regression from a program's code
 histogram (a multiset: order thrown away by construction) to the teacher's patch features,
-cross-fitted in two folds over the evaluated images (fit on one half, scored on the other).
-Why this control rather than only the sorted program: a permuted or sorted program is out of
-the interpreter's training distribution, so a drop could mean "order is information" or
-merely "the interpreter is brittle off-distribution". A model *trained* to read multisets
-answers the first question directly: if it reaches the true order's alignment, the codes'
-identities alone carry the field; if it falls well short while permutations also hurt, order
-carries information the multiset does not. It needs no training split and no second pass.
+fitted on TRAIN programs (the first `max_images` of the train split, encoded by `strop eval`)
+with its penalty chosen by 5-fold cross-validation on those train programs
+(`strop.metrics.fit_ridge_cv`, one penalty for the whole field, by mean squared error), and
+scored on the probed val images: never fitted on the images it scores. (The first control,
+cross-fitted in two folds over ~100 val images with a fixed penalty, scored below the
+average teacher field: too few images for K + 1 coefficients per feature.) It is a
+comparison record (`strop.evaluation.baselines`): the true order's per-image cosine against
+the control's, paired. Why this control rather than only the sorted program: a permuted or
+sorted program is out of the interpreter's training distribution, so a drop could mean
+"order is information" or merely "the interpreter is brittle off-distribution". A model
+*trained* to read multisets answers the first question directly: if it reaches the true
+order's alignment, the codes' identities alone carry the field; if it falls well short while
+permutations also hurt, order carries information the multiset does not. Without train
+programs the control is `null` with the reason.
 
 The one-line verdict says order carries information at this K when the random-permutation
-drop's CI lies above zero, and states the bag control's gap beside it.
+drop's CI lies above zero, and states the bag control's gap beside it; below
+`strop.evaluation.baselines.MIN_N` probed images there is no verdict (`order_matters` null,
+"too few images"): a CI from one image is [x, x] and proves nothing.
 
 Design decisions
 - Only the first `max_images` evaluated images enter the probe (their features are held
@@ -45,7 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from strop.metrics import cosine_per_patch, mean_ci
+from strop.evaluation.baselines import MIN_N, compare_means
+from strop.metrics import Ridge, cosine_per_patch, fit_ridge_cv, mean_ci
 
 if TYPE_CHECKING:
     import torch
@@ -53,8 +63,6 @@ if TYPE_CHECKING:
     from strop.model import Strop
 
 PERMUTATIONS = ("random", "reverse", "cyclic", "sorted")
-#: Ridge penalty of the bag-of-codes control, relative to the mean histogram energy.
-RIDGE = 1e-2
 
 
 def permute_prefix(codes: np.ndarray, length: int, kind: str, rng: np.random.Generator):
@@ -85,27 +93,18 @@ def code_histograms(codes: np.ndarray, lengths: np.ndarray, k: int) -> np.ndarra
     return hist
 
 
-def bag_of_codes_cosine(hist: np.ndarray, targets: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
-    """Per-image mean patch cosine of a two-fold cross-fitted ridge regression from code
-    histograms (N, K) to teacher features (N, P, D); NaN for images of a fold too small to fit."""
-    n = len(hist)
-    out = np.full(n, np.nan)
-    folds = [np.arange(n) % 2 == 0, np.arange(n) % 2 == 1]
-    flat = targets.reshape(n, -1).astype(np.float64)
-    x = np.concatenate([hist, np.ones((n, 1))], axis=1)  # with an intercept
-    for test in folds:
-        train = ~test
-        if train.sum() < 2 or not test.any():
-            continue
-        xt = x[train]
-        gram = xt.T @ xt
-        penalty = ridge * max(float(np.trace(gram)) / gram.shape[0], 1e-12)
-        reg = penalty * np.eye(gram.shape[0])
-        reg[-1, -1] = 0.0  # the intercept is not shrunk
-        weights = np.linalg.solve(gram + reg, xt.T @ flat[train])
-        pred = (x[test] @ weights).reshape(-1, *targets.shape[1:])
-        out[test] = cosine_per_patch(pred, targets[test].astype(np.float64)).mean(axis=1)
-    return out
+def fit_bag_of_codes(hist: np.ndarray, targets: np.ndarray, seed: int = 0) -> Ridge:
+    """The order-free control: ridge from code histograms (N, K) to teacher features
+    (N, P, D), its one penalty chosen by 5-fold CV on these (train) rows."""
+    flat = targets.reshape(len(targets), -1).astype(np.float64)
+    return fit_ridge_cv(hist, flat, seed=seed, per_target=False)
+
+
+def bag_of_codes_cosine(ridge: Ridge, hist: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-image mean patch cosine of the control's field for `hist` (N, K) with `targets`
+    (N, P, D)."""
+    pred = ridge.predict(hist).reshape(targets.shape)
+    return cosine_per_patch(pred, targets.astype(np.float64)).mean(axis=1)
 
 
 @dataclass
@@ -172,8 +171,9 @@ class OrderProbe:
         self.lengths += lengths_np.tolist()
         self.feats.append(target.astype(np.float16))
 
-    def result(self) -> dict[str, Any]:
-        """The `order_probe` block of eval.json."""
+    def result(self, train: tuple[list[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+        """The `order_probe` block of eval.json; `train` = (train programs' active prefixes,
+        their teacher features (N, P, D)) for the bag-of-codes control."""
         true = np.asarray(self.true_cos)
         n = len(true)
         block: dict[str, Any] = {
@@ -188,29 +188,47 @@ class OrderProbe:
             drop = true - np.asarray(self.permuted[kind])
             mean, ci = mean_ci(drop, seed=self.seed)
             block["drop"][kind] = {"mean": mean, "ci": ci, "n": n, "changed": self.changed[kind]}
-        block["bag_of_codes"] = self._bag()
+        block["bag_of_codes"] = self._bag(train)
+        if block["bag_of_codes"] is None:
+            block["bag_of_codes_note"] = (
+                "no train programs to fit it on"
+                if train is None or len(train[0]) < 5
+                else "no probed image"
+            )
         block["order_matters"], block["verdict"] = verdict(block)
         return block
 
-    def _bag(self) -> dict[str, Any]:
+    def _bag(self, train: tuple[list[np.ndarray], np.ndarray] | None) -> dict[str, Any] | None:
         method = (
-            "ridge regression from code histograms to teacher features, two-fold cross-fitted "
-            "over the probed images (order-free by construction)"
+            "ridge regression from code histograms to teacher features (order-free by "
+            "construction), fitted on train programs, penalty by 5-fold CV on them; scored on "
+            "the probed images"
         )
-        if len(self.true_cos) < 4:
-            return {"method": method, "cos": None, "drop": None, "n": 0}
+        if train is None or len(train[0]) < 5 or not self.true_cos:
+            return None
+        codes, feats = train
+        lengths = np.array([len(c) for c in codes])
+        width = int(lengths.max(initial=1))
+        padded = np.full((len(codes), width), -1, dtype=np.int64)
+        for i, c in enumerate(codes):
+            padded[i, : len(c)] = c
+        ridge = fit_bag_of_codes(code_histograms(padded, lengths, self.k), feats, self.seed)
         hist = code_histograms(np.stack(self.codes), np.asarray(self.lengths), self.k)
         targets = np.concatenate(self.feats).astype(np.float32)
-        bag = bag_of_codes_cosine(hist, targets)
-        ok = np.isfinite(bag)
-        drop = np.asarray(self.true_cos)[ok] - bag[ok]
-        mean, ci = mean_ci(drop, seed=self.seed)
-        return {
-            "method": method,
-            "cos": float(bag[ok].mean()),
-            "drop": {"mean": mean, "ci": ci, "n": int(ok.sum())},
-            "n": int(ok.sum()),
-        }
+        bag = bag_of_codes_cosine(ridge, hist, targets)
+        true = np.asarray(self.true_cos)
+        record = compare_means(true, bag, name="bag_of_codes", metric="cos", seed=self.seed)
+        mean, ci = mean_ci(true - bag, seed=self.seed)
+        record.update(
+            {
+                "method": method,
+                "cos": float(bag.mean()),
+                "drop": {"mean": mean, "ci": ci, "n": len(bag)},
+                "alpha": float(ridge.alpha[0]),
+                "n_train": len(codes),
+            }
+        )
+        return record
 
 
 def verdict(block: dict[str, Any]) -> tuple[bool | None, str]:
@@ -223,6 +241,8 @@ def verdict(block: dict[str, Any]) -> tuple[bool | None, str]:
             f"order probe: untestable, no program changes when reordered (each of the "
             f"{block['n']} repeats a single code)"
         )
+    if block["n"] < MIN_N:
+        return None, f"order probe: too few images for a verdict (n={block['n']} < {MIN_N})"
     lo, hi = rand["ci"]
     matters = bool(lo > 0)
     text = (

@@ -25,6 +25,13 @@ Design decisions
   error hides it (it is dominated by each image's floor), and for the search it is the most
   any length could give, so the quality head's share against it says how often one pass
   stops short.
+- `constant_length` (per EPS row; `strop.evaluation.baselines` records): the head's lengths
+  against one constant length for every image at the same mean length (floor and ceil of the
+  head's mean, mixed so the mean matches exactly; which images get the longer one is a
+  seeded draw, since a constant policy cannot look at the image), read from the same error
+  matrix: `reached` (share of images reaching EPS, paired per image) and `error` (mean
+  alignment error, lower is better). A head that ranks hard images but does not beat this
+  baseline has not shown that its per-image lengths help.
 - `spearman_requested_vs_achieved` is Spearman's rho between requested EPS and the head's
   achieved mean error over the EPS values (monotone calibration); `length_abs_diff_mean` is
   the mean per-image |L_quality - L_search|.
@@ -39,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from strop import metrics
+from strop.evaluation.baselines import compare_means
 
 if TYPE_CHECKING:
     import torch
@@ -61,6 +69,18 @@ def default_eps(errors: np.ndarray, l_min: int, n: int = 6) -> list[float]:
     # mean length is non-increasing in EPS: the first grid point at or under each target
     picks = [grid[min(int(np.argmax(means <= t)), len(grid) - 1)] for t in targets]
     return [float(v) for v in picks]
+
+
+def constant_lengths(lengths: np.ndarray, seed: int = 0) -> np.ndarray:
+    """One length for every image at the mean of `lengths`: floor and ceil of the mean, the
+    ceil given to a seeded random round(frac * n) images so the means match to 1/n."""
+    n = len(lengths)
+    mean = float(np.mean(lengths))
+    low = int(np.floor(mean))
+    out = np.full(n, low, dtype=np.int64)
+    longer = int(round((mean - low) * n))
+    out[np.random.default_rng(seed).permutation(n)[:longer]] += 1
+    return out
 
 
 def quality_control(
@@ -87,7 +107,8 @@ def quality_control(
     matrix = np.concatenate([e for _, _, e in stored])  # (n, L_max - l_min + 1)
     n_images = len(matrix)
     eps_list = [float(e) for e in eps_values] if eps_values else default_eps(matrix, l_min)
-    rows, quality_seconds = [], 0.0
+    rows: list[dict[str, Any]] = []
+    quality_seconds = 0.0
     rows_idx = np.arange(n_images)
     for eps in eps_list:
         q_lengths = []
@@ -100,6 +121,8 @@ def quality_control(
             q_lengths.append(lengths.cpu().numpy())
         q = np.concatenate(q_lengths)
         s = shortest_reaching(torch.from_numpy(matrix), eps, l_min).numpy()
+        c = constant_lengths(q, seed=0)
+        q_err, c_err = matrix[rows_idx, q - l_min], matrix[rows_idx, c - l_min]
         rows.append(
             {
                 "eps": eps,
@@ -110,6 +133,19 @@ def quality_control(
                 "search_error_mean": float(matrix[rows_idx, s - l_min].mean()),
                 "search_reached": float((matrix[rows_idx, s - l_min] <= eps).mean()),
                 "length_abs_diff_mean": float(np.abs(q - s).mean()),
+                "constant_length_mean": float(c.mean()),
+                "constant_length": {
+                    "reached": compare_means(
+                        q_err <= eps, c_err <= eps, name="constant_length", metric="reached"
+                    ),
+                    "error": compare_means(
+                        q_err,
+                        c_err,
+                        name="constant_length",
+                        metric="error",
+                        higher_is_better=False,
+                    ),
+                },
             }
         )
     quality_per_image = quality_seconds / max(1, n_images * len(eps_list))

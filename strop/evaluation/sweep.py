@@ -102,13 +102,7 @@ def count_probe_r2(
     alpha = float(x.shape[1])
     for fold in np.array_split(order, folds):
         train = np.setdiff1d(order, fold)
-        mean, std = x[train].mean(axis=0), x[train].std(axis=0) + 1e-8
-        xt, xf = (x[train] - mean) / std, (x[fold] - mean) / std
-        y_mean = y[train].mean()
-        weights = np.linalg.solve(
-            xt.T @ xt + alpha * np.eye(xt.shape[1]), xt.T @ (y[train] - y_mean)
-        )
-        predicted[fold] = xf @ weights + y_mean
+        predicted[fold] = metrics.fit_ridge(x[train], y[train], alpha).predict(x[fold])
     return float(1.0 - np.sum((y - predicted) ** 2) / np.sum((y - y.mean()) ** 2))
 
 
