@@ -47,7 +47,10 @@ def test_random_shots_are_seeded_and_in_range():
 def test_decode_knn_on_copied_programs_beats_the_random_shot(tmp_path):
     runs = copied_run(tmp_path / "k64")
     s = decode(DecodeConfig(model="knn", k=64, runs=runs, backend="knn")).summary
-    acc, count = s["baselines"]["attr_acc"]["random_shot"], s["baselines"]["count_err"]["random_shot"]
+    acc, count = (
+        s["baselines"]["attr_acc"]["random_shot"],
+        s["baselines"]["count_err"]["random_shot"],
+    )
     assert acc["value"] == 1.0 and acc["verdict"] == BEYOND and acc["n"] == 15
     assert count["value"] == 0.0 and count["verdict"] == BEYOND
     assert count["advantage"] == count["baseline_value"] > 0  # errors: baseline minus knn

@@ -162,3 +162,35 @@ def test_a_real_tiny_run_shows_its_analysis_baselines(run_dir, tmp_path):  # noq
         assert f"| {name} |" in section
     assert "| object_metrics.fg_ari | " in section  # the path names what the record qualifies
     assert "no verdict (too few items for a verdict (n = 4 &lt; 10))" in section
+
+
+def test_readme_figures_state_each_figure_with_its_baseline_and_verdict(tmp_path, capsys):
+    from strop.evaluation.readme_figures import main
+
+    exp = tmp_path / "quickstart" / "clevr"
+    lvo = {"pearson": 0.72, "length_only": record(0.0, "length_only", "pearson")}
+    make_run(
+        exp,
+        "k32",
+        32,
+        {"n_images": 50, "cos": 0.74, "collapsed": True, "length_vs_objects": lvo},
+        llm__knn__summary_json={
+            "n": 15,
+            "count_err": 1.2,
+            "baselines": {"count_err": {"random_shot": record(0.3, "random_shot", "count_err")}},
+        },
+    )
+    make_run(exp, "k128", 128, {"n_images": 50, "cos": 0.78})
+    assert main([str(tmp_path / "quickstart")]) == 0
+    out = capsys.readouterr().out
+    assert f"K = 32: {COLLAPSED}; its figures above say little." in out
+    assert "K = 32, beside their baselines (1 of 2 beyond): length_vs_objects (pearson)" in out
+    assert (
+        f"count_err 1.006 vs random_shot 0.706: advantage 0.300 [0.300, 0.300], n = 50, {BEYOND}"
+        in out
+    )
+    assert (
+        f"(pearson) 0.706 vs length_only 0.706: advantage 0.000 [0.000, 0.000], n = 50, {NOT_BEYOND}"
+        in out
+    )
+    assert "K = 128: no baseline recorded for any figure above" in out
