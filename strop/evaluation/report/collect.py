@@ -17,6 +17,7 @@ Design decisions
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,10 @@ def load_run(folder: RunFolder) -> RunData:
 
 
 def _qa_summaries(
-    folder: RunFolder, k: int | None, attempt: Callable[[str, Callable[[], Any]], Any], problems
+    folder: RunFolder,
+    k: int | None,
+    attempt: Callable[[str, Callable[[], Any]], Any],
+    problems: list[str],
 ) -> dict[str, dict[str, Any]]:
     """`strop-llm qa` summaries by model folder; one that cannot be read or shown is a
     problem naming the file and why (`checks.qa_problem`), never skipped silently."""
@@ -157,7 +161,8 @@ def _qa_summaries(
         return out
     for sub in sorted(p for p in qa_dir.iterdir() if (p / "summary.json").is_file()):
         where = f"llm/qa/{sub.name}/summary.json"
-        summary = attempt(where, lambda s=sub: read_json(s / "summary.json"))
+        path = sub / "summary.json"
+        summary = attempt(where, functools.partial(read_json, path))
         if summary is None:
             continue
         bad = qa_problem(summary, k)

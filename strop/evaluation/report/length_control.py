@@ -91,7 +91,7 @@ def _checked(model: type[_Loose], data: Any, where: str, sec: Section) -> dict[s
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         sec.notes.append(
-            f"{where}: skipped: field {loc}: {err['msg']} (got {err.get('input')!r:.60})"
+            f"{where}: field {loc}: {err['msg']} (got {err.get('input')!r:.60}); skipped"
         )
         return None
 

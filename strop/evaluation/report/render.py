@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from markupsafe import Markup, escape
@@ -46,7 +47,7 @@ def _md_table(t: Table) -> list[str]:
 
 
 def render_markdown(
-    title: str, subtitle: str, sections: list[Section], base: Path, banners: list[str] = ()
+    title: str, subtitle: str, sections: list[Section], base: Path, banners: Sequence[str] = ()
 ) -> str:
     out = [f"# {md_text(title)}", "", md_text(subtitle), ""]
     for banner in banners:  # above everything: a run whose numbers mean little
@@ -77,7 +78,9 @@ def inline_code(text: str) -> Markup:
     return Markup(_CODE_SPAN.sub(r"<code>\1</code>", str(escape(text))))
 
 
-def render_html(title: str, subtitle: str, sections: list[Section], banners: list[str] = ()) -> str:
+def render_html(
+    title: str, subtitle: str, sections: list[Section], banners: Sequence[str] = ()
+) -> str:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     env = Environment(
