@@ -702,6 +702,15 @@ def _summary(
             DecodedScene.model_validate(r["parsed"]) if r["parsed"] else None for r, _ in answered
         ]
         scores = summarize_scores(preds, [j.truth for _, j in answered], cfg.scoring)
+        if cfg.backend == "knn":  # beside the same queries answered from a random shot
+            from llm_decode.controls import decode_control, random_shots
+
+            draws = random_shots(len(p.selection.test), len(p.shots), p.sampling_seed)
+            control = [p.shots[draws[j.index]].scene for _, j in answered]
+            truths = [j.truth for _, j in answered]
+            scores["baselines"] = decode_control(
+                preds, control, truths, cfg.scoring, p.sampling_seed
+            )
     tokens = {
         name: int(sum(r["usage"].get(name, 0) for r, _ in answered))
         for name in ("prompt_tokens", "completion_tokens")

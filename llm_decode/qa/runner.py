@@ -16,7 +16,9 @@ copy of any of it.
   questions (ties by answer text); `knn` executes the question's program on the scene of
   the nearest shot program (`llm_decode.backends.baselines.KnnIndex`, as decode's knn), and
   falls back to the family's majority when the program cannot run there (e.g. the object it
-  refers to does not exist in that scene) or a real question has no program.
+  refers to does not exist in that scene) or a real question has no program. Beside knn,
+  its `random_shot` control (`llm_decode.controls`): the same questions run on a random
+  shot's scene, in summary.json's `baselines.accuracy.random_shot`.
 - Questions: a CLEVR questions file given with `--questions` (file or dataset folder), else
   the one beside the run's dataset (`config.json` data.path) when it exists, else the
   templates. Images without real questions fall back to generated ones; the summary counts
@@ -38,6 +40,7 @@ from pydantic import Field
 
 from llm_decode.backends.base import Completion, Message
 from llm_decode.backends.baselines import KnnIndex
+from llm_decode.controls import qa_control, random_shots
 from llm_decode.presets import folder_name
 from llm_decode.prompting import PromptBuilder
 from llm_decode.protocol import load_scene
@@ -49,7 +52,14 @@ from llm_decode.qa.questions import (
     image_index,
     questions_file,
 )
-from llm_decode.qa.scoring import VOCABULARY, QAAnswer, parse_qa_answer, score_qa, summarize_qa
+from llm_decode.qa.scoring import (
+    VOCABULARY,
+    QAAnswer,
+    canonical,
+    parse_qa_answer,
+    score_qa,
+    summarize_qa,
+)
 from llm_decode.results import claim_folder, messages_sha256, request_key
 from llm_decode.runner import (
     DecodeConfig,
@@ -84,6 +94,8 @@ class QAPlan(Plan):
     baseline_answers: dict[str, str] = field(default_factory=dict)  # prompt sha -> answer
     question_sources: dict[str, int] = field(default_factory=dict)
     question_files: list[str] = field(default_factory=list)
+    #: knn only: the `random_shot` control's answer per job index (`llm_decode.controls`)
+    control_answers: dict[int, str] = field(default_factory=dict)
 
 
 class QABaselineBackend:
@@ -222,10 +234,13 @@ def plan_qa(cfg: QAConfig) -> QAPlan:
     knn = KnnIndex([programs.codes[r].tolist() for r in base.selection.shots], base.k)
     jobs: list[Job] = []
     answers: dict[str, str] = {}
-    for row in base.selection.test:
+    control: dict[int, str] = {}
+    draws = random_shots(len(base.selection.test), len(base.selection.shots), base.sampling_seed)
+    for n_image, row in enumerate(base.selection.test):
         codes = programs.codes[row].tolist()
         scene_json = load_scene(programs, row, source).to_prompt_json()
         neighbour = scenes[base.selection.shots[knn.nearest(codes)]]
+        drawn = scenes[base.selection.shots[draws[n_image]]]
         for q in questions(row):
             sources[q.source] += 1
             messages = builder.messages(codes, question=q.text, scene=scene_json)
@@ -246,6 +261,7 @@ def plan_qa(cfg: QAConfig) -> QAPlan:
                 answers[messages_sha256(messages)] = fallback
             elif cfg.backend == "knn":
                 answers[messages_sha256(messages)] = _run_or(q, neighbour, fallback)
+                control[job.index] = _run_or(q, drawn, fallback)
     if not jobs:
         raise RunFolderError(f"{source}: no question could be asked of the test images")
     kept = {f.name: getattr(base, f.name) for f in fields(Plan)}
@@ -255,6 +271,7 @@ def plan_qa(cfg: QAConfig) -> QAPlan:
         baseline_answers=answers,
         question_sources=dict(sources),
         question_files=bank.files,
+        control_answers=control,
     )
 
 
@@ -289,7 +306,20 @@ def qa_summary(rows: list[dict[str, Any] | None], cfg: QAConfig, p: Plan) -> dic
     summary["question_sources"] = p.question_sources
     summary["question_files"] = p.question_files
     summary["oracle"] = cfg.oracle
+    if p.control_answers:
+        summary["baselines"] = _control(rows, p)
     return summary
+
+
+def _control(rows: list[dict[str, Any] | None], p: QAPlan) -> dict[str, Any]:
+    """knn's answered questions beside the random_shot control's answers to them, by image."""
+    by_image: dict[int, tuple[list[bool], list[bool]]] = {}
+    for row, job in zip(rows, p.jobs, strict=True):
+        if row is not None:
+            knn, ctl = by_image.setdefault(job.row, ([], []))
+            knn.append(bool(row.get("scores") and row["scores"]["correct"]))
+            ctl.append(canonical(p.control_answers[job.index]) == canonical(job.truth.answer))
+    return qa_control(list(by_image.values()), p.sampling_seed)
 
 
 def qa_backend(cfg: QAConfig, p: Plan) -> QABaselineBackend | None:

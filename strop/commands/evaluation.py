@@ -299,6 +299,14 @@ def analyze_cmd(
             f"mBO {om['mbo']:.3f} [{om['mbo_ci'][0]:.3f}, {om['mbo_ci'][1]:.3f}]  "
             f"(n={om['n_images']} images, {om['n_objects']} objects; masks {om['masks']})"
         )
+        for metric, records in om.get("baselines", {}).items():
+            for name, rec in records.items():
+                verdict = rec["verdict"] or rec.get("note", "no verdict")
+                base = rec["baseline_value"]
+                shown = "undefined" if base is None else f"{base:.3f}"
+                typer.echo(f"  {metric} vs {name} {shown}: {verdict}")
+    for note in om.get("warnings", []):
+        typer.echo(f"warning: {note}")
 
 
 @commands.command("report")

@@ -21,7 +21,8 @@ Design decisions
 - Programs are taken at the run's own length rule (the head's length, or all L_max tokens
   for a run trained with `curriculum.length_mode=fixed`) unless `length_mode` names another
   (`prefix:N`, `cap:N`, ...; see `strop.evaluation.export`).
-- Code-reuse statistics use the exported `programs.parquet` when it exists (the whole split),
+- Code-reuse statistics use the exported `programs.parquet` when it exists and was exported
+  at the same length mode (the whole split),
   else the analysed images' programs; `source` says which.
 - `RUN/analysis/` is one unit (`strop.output_unit`): written aside and moved in whole, so a
   kill midway never leaves a new analysis.json beside an older run's figures, and figures of
@@ -163,7 +164,12 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarise(acc: Accumulator, k: int, programs_codes: list[np.ndarray] | None) -> dict[str, Any]:
+def summarise(
+    acc: Accumulator,
+    k: int,
+    programs_codes: list[np.ndarray] | None,
+    reuse_source: str | None = None,
+) -> dict[str, Any]:
     from scipy.stats import mannwhitneyu
 
     syn = acc.synergy
@@ -202,7 +208,8 @@ def summarise(acc: Accumulator, k: int, programs_codes: list[np.ndarray] | None)
         },
         "code_reuse": {
             **reuse,
-            "source": "programs.parquet" if programs_codes is not None else "analysed images",
+            "source": reuse_source
+            or ("programs.parquet" if programs_codes is not None else "analysed images"),
             "purity_nmi": _mean([v for v in purity.values() if v is not None]),
             "purity_by_attribute": purity,
         },
@@ -338,7 +345,8 @@ def _analyze(
             if scene is not None and length >= 1:
                 truth, source = ground_truth(root, split, scene)
                 if truth is not None:
-                    objects.add(maps[:length].argmax(axis=0), grid, truth, source)
+                    attribution = maps[:length].argmax(axis=0)
+                    objects.add(attribution, grid, truth, source, len(scene.objects))
             acc.codes.append(codes[:length])
             acc.lengths.append(length)
             acc.n_objects.append(int(batch["n_objects"][b]))
@@ -352,7 +360,7 @@ def _analyze(
                         length,
                     )
                 )
-    programs = _programs_codes(run, mc.k)
+    programs, reuse_source = _programs_codes(run, mc.k, str(mode))
     result = {
         "run": run.name,
         "split": split,
@@ -361,7 +369,7 @@ def _analyze(
         "weights": cfg.weights,
         "grid": list(grid),
         "seed": seed,
-        **summarise(acc, mc.k, programs),
+        **summarise(acc, mc.k, programs, reuse_source),
         "object_metrics": objects.summary(),
     }
     write_json(out_dir / "analysis.json", result)
@@ -375,14 +383,25 @@ def _scene(raw: str | None) -> Scene | None:
     return parse_scene(json.loads(raw), source="dataset scene")
 
 
-def _programs_codes(run: RunFolder, k: int) -> list[np.ndarray] | None:
+def _programs_codes(run: RunFolder, k: int, mode: str) -> tuple[list[np.ndarray] | None, str]:
+    """The exported programs' codes for code reuse, and where reuse comes from. Programs of
+    another length mode (or of another K, or unreadable) are not this analysis's programs:
+    reuse is recomputed from the analysed images, and `source` says why."""
     if not run.programs_path.is_file():
-        return None
+        return None, "analysed images"
     try:
         programs = run.read_programs()
-    except RunFolderError:
-        return None
-    return programs.codes if programs.codebook_size in (None, k) else None
+    except RunFolderError as exc:
+        return None, f"analysed images (programs.parquet unreadable: {exc})"
+    if programs.codebook_size not in (None, k):
+        return None, f"analysed images (programs.parquet has K={programs.codebook_size}, not {k})"
+    exported = programs.meta.get("length_mode")
+    if exported != mode:
+        return None, (
+            f"analysed images (programs.parquet was exported with length mode {exported}, "
+            f"this analysis uses {mode})"
+        )
+    return programs.codes, "programs.parquet"
 
 
 # --------------------------------------------------------------------------- figures

@@ -42,6 +42,7 @@ import numpy as np
 
 from strop import metrics
 from strop.data.renderer import MASKS_DIR
+from strop.evaluation.baselines import compare
 from strop.evaluation.object_masks import best_iou, object_label_image, pixel_frame
 from strop.scenes import Scene
 
@@ -173,26 +174,127 @@ def ground_truth(root: Path, split: str, scene: Scene) -> tuple[np.ndarray | Non
     return object_label_image(scene, frame, frame), APPROXIMATE
 
 
+def fixed_grid(shape: tuple[int, int], blocks: int) -> np.ndarray:
+    """An (H, W) segmentation into `blocks` x `blocks` equal rectangles (the `fixed_grid_2x2`
+    and `fixed_grid_4x4` baselines): what a map that ignores the image scores."""
+    return upsample_attribution(np.arange(blocks * blocks), (blocks, blocks), shape)
+
+
+#: The fixed segmentations every attribution map is set beside (name: blocks per side).
+FIXED_GRIDS = {"fixed_grid_2x2": 2, "fixed_grid_4x4": 4}
+
+
+@dataclass
+class ImageScore:
+    """One analysed image: its attribution map, its mask, and the scores of each segmentation
+    of it (`"map"`: the attribution; a fixed grid's name) as (FG-ARI, best overlaps)."""
+
+    attribution: np.ndarray
+    grid: tuple[int, int]
+    truth: np.ndarray
+    scores: dict[str, tuple[float | None, list[float]]]
+
+
+def score(truth: np.ndarray, pred: np.ndarray) -> tuple[float | None, list[float]]:
+    """(FG-ARI, per-object best overlaps) of one segmentation against one mask."""
+    return fg_ari(truth, pred), best_overlaps(truth, pred)
+
+
 @dataclass
 class ObjectMetrics:
-    """Per-image FG-ARI and per-object best overlaps, gathered over the analysed images."""
+    """Per-image FG-ARI and per-object best overlaps, gathered over the analysed images, with
+    the same scores of the baselines (fixed grids; the maps paired with another image's mask).
+
+    Masks that cannot score are counted and named in `warnings`, never folded in silently:
+    a mask with no foreground pixel (FG-ARI and mBO undefined: the image is left out and its
+    masks do not label the result), and a mask with fewer segments than the scene has objects
+    (objects merged under one label, or hidden): with one true segment, FG-ARI is 0 for any
+    map that splits it, whatever the map's quality."""
 
     seed: int = 0
-    fg_ari: list[float] = field(default_factory=list)
-    overlaps: list[float] = field(default_factory=list)
+    images: list[ImageScore] = field(default_factory=list)
     sources: set[str] = field(default_factory=set)
+    empty_masks: int = 0
+    fewer_segments: int = 0
+    single_segment: int = 0
+
+    @property
+    def fg_ari(self) -> list[float]:
+        return [s for s in (im.scores["map"][0] for im in self.images) if s is not None]
+
+    @property
+    def overlaps(self) -> list[float]:
+        return [o for im in self.images for o in im.scores["map"][1]]
 
     def add(
-        self, attribution: np.ndarray, grid: tuple[int, int], truth: np.ndarray, source: str
+        self,
+        attribution: np.ndarray,
+        grid: tuple[int, int],
+        truth: np.ndarray,
+        source: str,
+        n_objects: int | None = None,
     ) -> None:
+        """Score one image's map; `n_objects`: how many objects its scene lists (None: unknown)."""
+        truth = np.asarray(truth)
+        segments = len(np.unique(truth[truth >= 0]))
+        if segments == 0:
+            self.empty_masks += 1
+            return
+        if n_objects is not None and segments < n_objects:
+            self.fewer_segments += 1
+            self.single_segment += segments == 1
         pred = upsample_attribution(attribution, grid, truth.shape)
-        ari = fg_ari(truth, pred)
-        if ari is not None:
-            self.fg_ari.append(ari)
-        overlaps = best_overlaps(truth, pred)
-        if overlaps:
-            self.overlaps += overlaps
+        scores = {"map": score(truth, pred)}
+        for name, blocks in FIXED_GRIDS.items():
+            scores[name] = score(truth, fixed_grid(truth.shape, blocks))
+        self.images.append(ImageScore(np.asarray(attribution), grid, truth, scores))
         self.sources.add(source)
+
+    def baselines(self) -> dict[str, dict[str, Any]]:
+        """`{metric: {baseline: record}}` for FG-ARI (over images) and mBO (over the objects of
+        the resampled images), paired: each image scores the map and every baseline."""
+        images = [im for im in self.images if im.scores["map"][0] is not None]
+        n = len(images)
+        shuffled = [
+            score(im.truth, upsample_attribution(other.attribution, other.grid, im.truth.shape))
+            for im, other in zip(images, images[1:] + images[:1], strict=True)
+        ]
+        per_image = {"map": [im.scores["map"] for im in images], "shuffled_maps": shuffled}
+        for name in FIXED_GRIDS:
+            per_image[name] = [im.scores[name] for im in images]
+
+        def ari(name: str):
+            values = np.array([s[0] for s in per_image[name]], dtype=np.float64)
+            return lambda idx: values[idx].mean()
+
+        def mean_overlap(name: str):
+            lists = [s[1] for s in per_image[name]]
+            return lambda idx: np.mean([o for i in idx for o in lists[i]])
+
+        out: dict[str, dict[str, Any]] = {"fg_ari": {}, "mbo": {}}
+        for name in (*FIXED_GRIDS, "shuffled_maps"):
+            if name == "shuffled_maps" and n < 2:
+                continue  # one image has no other image's mask to pair with
+            for metric, stat in (("fg_ari", ari), ("mbo", mean_overlap)):
+                out[metric][name] = compare(
+                    n, stat("map"), stat(name), name=name, metric=metric, seed=self.seed
+                )
+        return out
+
+    def warnings(self) -> list[str]:
+        notes = []
+        if self.empty_masks:
+            notes.append(
+                f"{self.empty_masks} mask(s) hold no object pixel: FG-ARI and mBO are undefined "
+                "there, those images are left out"
+            )
+        if self.fewer_segments:
+            notes.append(
+                f"{self.fewer_segments} mask(s) hold fewer segments than their scene has objects "
+                f"(merged or hidden), {self.single_segment} of them one segment: FG-ARI of one "
+                "true segment is 0 for any map that splits it"
+            )
+        return notes
 
     def summary(self) -> dict[str, Any]:
         ari, ari_ci = metrics.mean_ci(self.fg_ari, seed=self.seed)
@@ -207,6 +309,13 @@ class ObjectMetrics:
             "n_objects": len(self.overlaps),
             "masks": APPROXIMATE if approximate else (EXACT if self.sources else None),
             "approximate": approximate,
+            "baselines": self.baselines(),
+            "skipped": {"empty_masks": self.empty_masks},
+            "fewer_segments_than_objects": self.fewer_segments,
+            "warnings": self.warnings(),
             "definitions": "FG-ARI: adjusted Rand index over foreground pixels; mBO: mean over "
-            "objects of the best IoU with any token's attributed region; CIs: bootstrap over images / objects",
+            "objects of the best IoU with any token's attributed region; CIs: bootstrap over "
+            "images / objects; baselines: fixed_grid_BxB = the frame cut into B x B equal "
+            "blocks, shuffled_maps = each image's mask scored against the next analysed "
+            "image's map",
         }

@@ -9,6 +9,10 @@ Design decisions
 - Reads files only (eval.json, llm/<backend>/summary.json), like the report: no torch.
 - Every number names its split and n; the fixed-vs-curriculum comparison is made at the K of
   the fixed run (64 by default) and says whether the two 95% intervals overlap.
+- Every figure is stated with its baseline and verdict: the lines end with each run's
+  comparison records (`strop.evaluation.baselines`; found and checked as the report does,
+  `strop.evaluation.report.verdicts`), a headline with a figure above and no record says
+  so, and a run whose eval.json says `collapsed` is stated as collapsed first.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from strop.evaluation.report.formatting import fmt, fmt_ci
 from strop.metrics import ci_overlap
 from strop.runs import RunFolder, RunFolderError, discover_runs, read_json
 
@@ -87,6 +92,51 @@ def figures(quickstart_dir: str | Path) -> list[str]:
             f"Decoding baselines on {knn[0].get('n')} {split} scenes ({shots} shots): knn count "
             f"error {errors(knn)} vs naive {errors(naive)}."
         )
+    return lines + baseline_lines(curriculum)
+
+
+def _verdict_text(v: Any) -> str:
+    r = v.record
+    adv = fmt_ci(r.get("advantage"), r.get("interval"))
+    why = f" ({v.why})" if v.why else ""
+    return (
+        f"{v.headline} {fmt(r.get('value'))} vs {r['baseline']} {fmt(r.get('baseline_value'))}: "
+        f"advantage {adv}, n = {r.get('n')}, {v.verdict}{why}"
+    )
+
+
+def baseline_lines(runs: list[RunFolder]) -> list[str]:
+    """Per K: the collapse verdict, then every headline beside its baseline with its verdict;
+    the figures above without any record are named as such."""
+    from strop.evaluation.report.collect import load_run
+    from strop.evaluation.report.verdicts import BEYOND, collapsed, run_verdicts
+
+    lines = []
+    for folder in runs:
+        run = load_run(folder)
+        notes: list[str] = []
+        found = run_verdicts(run, notes)
+        banner = collapsed(run)
+        head = f"K = {run.k}"
+        if banner:
+            lines.append(f"{head}: {banner.split(': ', 1)[1]}; its figures above say little.")
+        if not found:
+            lines.append(
+                f"{head}: no baseline recorded for any figure above (rerun `strop eval`, "
+                "`strop analyze` and the knn decode/QA with this version)."
+            )
+            continue
+        beyond = sum(v.verdict == BEYOND for v in found)
+        lines.append(
+            f"{head}, beside their baselines ({beyond} of {len(found)} beyond): "
+            + "; ".join(_verdict_text(v) for v in found)
+            + "."
+        )
+        quoted = {"length_vs_objects": "Pearson(length, objects)", "count_err": "knn count error"}
+        for key, figure in quoted.items():
+            if not any(key in v.path for v in found):
+                lines.append(f"{head}: {figure} has no baseline recorded: not evidence alone.")
+        lines += [f"{head}: {note}" for note in notes]
     return lines
 
 

@@ -6,7 +6,8 @@ Design decisions
   llm/<model>/summary.json): no torch, no checkpoint, so a report can be rebuilt wherever
   the run folders are copied.
 - An unreadable file is recorded in `RunData.problems` (shown as notes under "Runs"), never
-  raised; a missing one simply leaves its field empty, and the section that needs it says
+  raised; a readable one is checked (`checks`): a value that cannot be what its field says
+  is left out with a problem naming it; a missing one simply leaves its field empty, and the section that needs it says
   which command produces it.
 - A tool's output folder left incomplete (`strop.output_unit`: `analysis/`, `grammar/`) is
   a problem, and none of its files is shown: they may mix two results.
@@ -16,11 +17,13 @@ Design decisions
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from strop.evaluation.report.checks import check_eval, check_k, qa_problem
 from strop.evaluation.report.document import DASH
 from strop.output_unit import require_complete
 from strop.runs import Programs, RunFolder, RunFolderError, read_json, read_jsonl
@@ -38,6 +41,8 @@ class RunData:
     analysis: dict[str, Any] | None = None
     grammar: dict[str, Any] | None = None
     llm: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: `strop-llm qa` summaries by model folder (llm/qa/<model>/summary.json), checked
+    qa: dict[str, dict[str, Any]] = field(default_factory=dict)
     llm_scores: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Per-image `scores` of each decode's answered rows (llm/<model>/results.jsonl)."""
     figures: dict[str, list[Path]] = field(default_factory=dict)
@@ -90,6 +95,8 @@ def load_run(folder: RunFolder) -> RunData:
         data.config = attempt("config.json", folder.read_config) or {}
     if folder.eval_path.is_file():
         data.eval = attempt("eval.json", folder.read_eval)
+        if data.eval is not None:
+            check_eval(data.eval, data.k, f"{folder.name}/eval.json", data.problems)
     if folder.programs_path.is_file():
         data.programs = attempt("programs.parquet", folder.read_programs)
     data.metrics = attempt("metrics.jsonl", folder.read_metrics) or []
@@ -110,6 +117,9 @@ def load_run(folder: RunFolder) -> RunData:
                 f"llm/{sub.name}/summary.json", lambda s=sub: read_json(s / "summary.json")
             )
             if summary is not None:
+                check_k(
+                    summary, data.k, f"{folder.name}/llm/{sub.name}/summary.json", data.problems
+                )
                 data.llm[sub.name] = summary
                 rows = attempt(
                     f"llm/{sub.name}/results.jsonl",
@@ -118,6 +128,7 @@ def load_run(folder: RunFolder) -> RunData:
                 data.llm_scores[sub.name] = [
                     r["scores"] for r in rows or [] if isinstance(r.get("scores"), dict)
                 ]
+    data.qa = _qa_summaries(folder, data.k, attempt, data.problems)
     data.figures["analysis"] = (
         sorted((analysis_dir / "figures").glob("*.png")) if analysis_whole else []
     )
@@ -134,3 +145,29 @@ def load_run(folder: RunFolder) -> RunData:
     # the rank-frequency plot first: it is the one the report is meant to show
     data.figures["grammar"] = sorted(grammar_pngs, key=lambda p: ("rank" not in p.name, p.name))
     return data
+
+
+def _qa_summaries(
+    folder: RunFolder,
+    k: int | None,
+    attempt: Callable[[str, Callable[[], Any]], Any],
+    problems: list[str],
+) -> dict[str, dict[str, Any]]:
+    """`strop-llm qa` summaries by model folder; one that cannot be read or shown is a
+    problem naming the file and why (`checks.qa_problem`), never skipped silently."""
+    qa_dir = folder.llm_dir / "qa"
+    out: dict[str, dict[str, Any]] = {}
+    if not qa_dir.is_dir():
+        return out
+    for sub in sorted(p for p in qa_dir.iterdir() if (p / "summary.json").is_file()):
+        where = f"llm/qa/{sub.name}/summary.json"
+        path = sub / "summary.json"
+        summary = attempt(where, functools.partial(read_json, path))
+        if summary is None:
+            continue
+        bad = qa_problem(summary, k)
+        if bad:
+            problems.append(f"{folder.name}/{where}: skipped: {bad}")
+            continue
+        out[sub.name] = summary
+    return out

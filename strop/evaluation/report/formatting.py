@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from strop.evaluation.baselines import is_record
 from strop.evaluation.report.collect import RunData
 from strop.evaluation.report.document import DASH, Table
 
@@ -121,7 +122,7 @@ def flatten_stats(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in d.items():
         key = f"{prefix}{name}"
-        if name in _SKIP_KEYS:
+        if name in _SKIP_KEYS or is_record(value):  # records: the baselines section's
             continue
         if isinstance(value, dict):
             pair = _observed_with_nulls(value)

@@ -17,7 +17,7 @@ Design decisions
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -39,6 +39,8 @@ SWEEP_FILE = "sweep.json"  # strop.evaluation.sweep.SWEEP_FILE; that module impo
 
 
 Number = StrictFloat | StrictInt | None
+#: a length, a bit count: never below 0 (a negative mean length is a broken file, not a value)
+NonNegative = Annotated[StrictFloat | StrictInt, Field(ge=0)] | None
 
 
 class _Loose(BaseModel):
@@ -53,8 +55,8 @@ class SweepRow(_Loose):
 
 class OperatingPoint(_Loose):
     length_mode: StrictStr | None = None
-    length_mean: Number = None
-    bits_per_image: Number = None
+    length_mean: NonNegative = None
+    bits_per_image: NonNegative = None
     cos: Number = None
     r2: Number = None
     ssim: Number = None
@@ -72,9 +74,9 @@ class SweepFile(_Loose):
 class QualityRow(_Loose):
     eps: StrictFloat | StrictInt
     quality_error_mean: StrictFloat | StrictInt
-    quality_length_mean: Number = None
+    quality_length_mean: NonNegative = None
     search_error_mean: StrictFloat | StrictInt
-    search_length_mean: Number = None
+    search_length_mean: NonNegative = None
 
 
 class QualityBlock(_Loose):
@@ -88,7 +90,9 @@ def _checked(model: type[_Loose], data: Any, where: str, sec: Section) -> dict[s
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        sec.notes.append(f"{where}: field {loc}: {err['msg']} (got {err.get('input')!r:.60})")
+        sec.notes.append(
+            f"{where}: field {loc}: {err['msg']} (got {err.get('input')!r:.60}); skipped"
+        )
         return None
 
 
@@ -101,7 +105,15 @@ def _sweep(run: RunData, sec: Section) -> dict[str, Any] | None:
     except (RunFolderError, OSError, ValueError) as exc:
         sec.notes.append(f"{run.name}/{SWEEP_FILE}: {exc}")
         return None
-    return _checked(SweepFile, data, f"{run.name}/{SWEEP_FILE}", sec)
+    checked = _checked(SweepFile, data, f"{run.name}/{SWEEP_FILE}", sec)
+    if checked is not None and checked.get("k") is not None and run.k is not None:
+        if checked["k"] != run.k:  # another run's curves: say so, print the run's own K
+            sec.notes.append(
+                f"{run.name}/{SWEEP_FILE}: field k: {checked['k']} but the run's K is {run.k}: "
+                "skipped (another run's sweep?)"
+            )
+            return None
+    return checked
 
 
 def length_control(runs: list[RunData], fig_dir: Path) -> Section:

@@ -22,7 +22,6 @@ from typing import Any
 from strop.evaluation.report.collect import RunData
 from strop.evaluation.report.document import DASH, Section, Table
 from strop.evaluation.report.formatting import fmt, fmt_ci
-from strop.runs import read_json
 
 KINDS = ("random", "reverse", "cyclic", "sorted")
 
@@ -87,6 +86,7 @@ def objects(runs: list[RunData]) -> Section:
                 )
             continue
         approx = " (approximate)" if om.get("approximate") else ""
+        sec.notes += [f"{run.name}: {w}" for w in om.get("warnings") or [] if isinstance(w, str)]
         rows.append(
             [
                 run.name,
@@ -122,17 +122,8 @@ QA_DIR = Path("llm") / "qa"
 
 
 def qa_summaries(run: RunData) -> dict[str, dict[str, Any]]:
-    """`strop-llm qa` summaries of one run by model folder; unreadable ones are skipped."""
-    folder = run.folder.path / QA_DIR
-    out: dict[str, dict[str, Any]] = {}
-    if not folder.is_dir():
-        return out
-    for sub in sorted(p for p in folder.iterdir() if (p / "summary.json").is_file()):
-        try:
-            out[sub.name] = read_json(sub / "summary.json")
-        except (OSError, ValueError) as exc:
-            run.problems.append(f"{run.name}/{QA_DIR}/{sub.name}/summary.json: {exc}")
-    return out
+    """`strop-llm qa` summaries of one run by model folder, as `collect` read and checked them."""
+    return run.qa
 
 
 def qa_table(entries: list[tuple[str, int | None, dict[str, Any]]]) -> Table | None:
@@ -163,6 +154,8 @@ def qa(runs: list[RunData], experiment: Path) -> Section:
     sec = Section("Questions over codes (strop-llm qa)", "qa")
     entries = [(model, run.k, s) for run in runs for model, s in qa_summaries(run).items()]
     table = qa_table(entries)
+    # a summary skipped on reading is said here too, where its row would have been
+    sec.notes += [p for run in runs for p in run.problems if f"/{QA_DIR.as_posix()}/" in p]
     if table is None:
         sec.notes.append(
             f"no QA results: run `strop-llm qa --backend naive --k K --runs {experiment}` "

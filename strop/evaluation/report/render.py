@@ -9,6 +9,8 @@ Design decisions
   `strop = ["evaluation/report/templates/*.j2"]` in pyproject.toml).
 - Notes and paragraphs name commands in Markdown `code` spans; the HTML escapes the text
   first, then turns those spans into `<code>`.
+- Banners (a collapsed run) go above every section in both formats. Text from the runs'
+  files is escaped in Markdown too (`md_text`): Markdown passes raw HTML through.
 - The HTML marks `<body data-images-loaded="true">` once every image has decoded, which the
   headless-browser test reads back.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from markupsafe import Markup, escape
@@ -27,9 +30,15 @@ from strop.evaluation.report.document import Section, Table
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
+def md_text(text: str) -> str:
+    """Text from the runs' files as Markdown shows it, not as HTML it runs: `<` and `>`
+    escaped (a run name or summary field holding `<script>` is shown, never executed)."""
+    return str(text).replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _md_table(t: Table) -> list[str]:
     def esc(cell: str) -> str:
-        return str(cell).replace("|", "\\|")
+        return md_text(cell).replace("|", "\\|")
 
     lines = [f"*{t.caption}*", ""] if t.caption else []
     lines += ["| " + " | ".join(esc(h) for h in t.headers) + " |", "|" + "---|" * len(t.headers)]
@@ -37,21 +46,25 @@ def _md_table(t: Table) -> list[str]:
     return lines + [""]
 
 
-def render_markdown(title: str, subtitle: str, sections: list[Section], base: Path) -> str:
-    out = [f"# {title}", "", subtitle, ""]
+def render_markdown(
+    title: str, subtitle: str, sections: list[Section], base: Path, banners: Sequence[str] = ()
+) -> str:
+    out = [f"# {md_text(title)}", "", md_text(subtitle), ""]
+    for banner in banners:  # above everything: a run whose numbers mean little
+        out += [f"> **{md_text(banner)}**", ""]
     for sec in sections:
         out += [f"## {sec.title}", ""]
         for p in sec.text:
-            out += [p, ""]
+            out += [md_text(p), ""]
         for n in sec.notes:
-            out += [f"> {n}", ""]
+            out += [f"> {md_text(n)}", ""]
         for t in sec.tables:
             out += _md_table(t)
         for f in sec.figures:
             out += [
-                f"![{f.caption}]({Path(os.path.relpath(f.path, base)).as_posix()})",
+                f"![{md_text(f.caption)}]({Path(os.path.relpath(f.path, base)).as_posix()})",
                 "",
-                f"*{f.caption}*",
+                f"*{md_text(f.caption)}*",
                 "",
             ]
     return "\n".join(out).rstrip() + "\n"
@@ -65,7 +78,9 @@ def inline_code(text: str) -> Markup:
     return Markup(_CODE_SPAN.sub(r"<code>\1</code>", str(escape(text))))
 
 
-def render_html(title: str, subtitle: str, sections: list[Section]) -> str:
+def render_html(
+    title: str, subtitle: str, sections: list[Section], banners: Sequence[str] = ()
+) -> str:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     env = Environment(
@@ -74,5 +89,10 @@ def render_html(title: str, subtitle: str, sections: list[Section]) -> str:
     env.filters["inline_code"] = inline_code
     n_images = sum(len(s.figures) for s in sections)
     return env.get_template("report.html.j2").render(
-        title=title, subtitle=subtitle, sections=sections, n_images=n_images, version=__version__
+        title=title,
+        subtitle=subtitle,
+        sections=sections,
+        banners=list(banners),
+        n_images=n_images,
+        version=__version__,
     )
