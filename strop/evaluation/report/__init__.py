@@ -102,6 +102,7 @@ def build_report(
         for run in runs:
             verdicts.check_collapsed(run)
         banners = [b for run in runs if (b := verdicts.collapsed(run))]
+        banners += [b for run in runs for b in verdicts.stale(run)]
         sections = [
             results.overview(runs, experiment),
             verdicts.verdicts(runs),

@@ -3,8 +3,9 @@
 Design decisions
 - Reads files only (config.json, eval.json, metrics.jsonl, programs.parquet,
   analysis/analysis.json and figures, grammar/summary.json and figures,
-  llm/<model>/summary.json): no torch, no checkpoint, so a report can be rebuilt wherever
-  the run folders are copied.
+  llm/<model>/summary.json): no torch, and no checkpoint is loaded (`checkpoints/last.pt`
+  is only hashed, to mark results of other weights "stale"), so a report can be rebuilt
+  wherever the run folders are copied.
 - An unreadable file is recorded in `RunData.problems` (shown as notes under "Runs"), never
   raised; a readable one is checked (`checks`): a value that cannot be what its field says
   is left out with a problem naming it; a missing one simply leaves its field empty, and the section that needs it says
@@ -26,6 +27,7 @@ from typing import Any
 from strop.evaluation.report.checks import check_eval, check_k, qa_problem
 from strop.evaluation.report.document import DASH
 from strop.output_unit import require_complete
+from strop.provenance import stale_reason
 from strop.runs import Programs, RunFolder, RunFolderError, read_json, read_jsonl
 
 
@@ -47,6 +49,8 @@ class RunData:
     """Per-image `scores` of each decode's answered rows (llm/<model>/results.jsonl)."""
     figures: dict[str, list[Path]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: derived files of weights the run no longer holds (`strop.provenance.stale_reason`)
+    stale: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -129,6 +133,7 @@ def load_run(folder: RunFolder) -> RunData:
                     r["scores"] for r in rows or [] if isinstance(r.get("scores"), dict)
                 ]
     data.qa = _qa_summaries(folder, data.k, attempt, data.problems)
+    data.stale = stale_files(data)
     data.figures["analysis"] = (
         sorted((analysis_dir / "figures").glob("*.png")) if analysis_whole else []
     )
@@ -145,6 +150,31 @@ def load_run(folder: RunFolder) -> RunData:
     # the rank-frequency plot first: it is the one the report is meant to show
     data.figures["grammar"] = sorted(grammar_pngs, key=lambda p: ("rank" not in p.name, p.name))
     return data
+
+
+def stale_files(data: RunData) -> list[str]:
+    """One line per derived file whose recorded weights are not the ones the run holds now
+    (trained on since, or written before weights were recorded): the report marks them."""
+    folder = data.folder
+    derived: list[tuple[str, Any]] = []
+    if data.eval is not None:
+        derived.append(("eval.json", data.eval.get("weights")))
+    sweep = folder.path / "sweep.json"
+    if sweep.is_file():
+        try:
+            derived.append(("sweep.json", read_json(sweep).get("weights")))
+        except RunFolderError:
+            pass  # the length-control section names what is wrong with it
+    if data.programs is not None:
+        derived.append(("programs.parquet", data.programs.meta.get("weights")))
+    if data.analysis is not None:
+        derived.append(("analysis/analysis.json", data.analysis.get("weights")))
+    derived += [(f"llm/{m}/summary.json", s.get("weights")) for m, s in data.llm.items()]
+    derived += [(f"llm/qa/{m}/summary.json", s.get("weights")) for m, s in data.qa.items()]
+    try:
+        return [r for what, w in derived if (r := stale_reason(w, folder.path, what))]
+    except OSError as exc:  # the checkpoint cannot be read: say so rather than guess
+        return [f"the run's checkpoint cannot be read to compare weights ({exc.strerror})"]
 
 
 def _qa_summaries(

@@ -130,6 +130,12 @@ def collapsed(run: RunData) -> str | None:
     return f"{run.name} (K={fmt(run.k)}): {COLLAPSED}"
 
 
+def stale(run: RunData) -> list[str]:
+    """A "stale" banner per derived file of weights the run no longer holds: its numbers
+    sit in this report beside the run's current step, and are not that step's."""
+    return [f"stale: {run.name} (K={fmt(run.k)}): {reason}" for reason in run.stale]
+
+
 def check_collapsed(run: RunData) -> None:
     """A `collapsed` field that is not true/false is a problem of the run (named, not read)."""
     flag = (run.eval or {}).get("collapsed", False)
