@@ -20,6 +20,9 @@ Design decisions
   results folder (`output_folder`), so a run under another protocol never overwrites a
   summary or mixes rows. `--limit N` decodes the first N drawn images under the same keys,
   so a full run later reuses them.
+- One writer per results folder: `decode` holds `strop.runs.RunLock` (the trainer's lock) on
+  it from before the first request until the summary is written, so a second run into the
+  same folder (decode or qa) is refused in one line naming the first one's pid.
 - The offline engine gets `batch_size` requests at a time and each batch's rows are written
   before the next batch starts; an engine error stops the run with one line, after them.
 - The server is `--base-url`, else `OPENAI_BASE_URL`, else vLLM's default local address, as
@@ -70,11 +73,13 @@ from llm_decode.results import (
 from llm_decode.schema import DecodedScene, SceneParseError, parse_answer, scene_json_schema
 from llm_decode.scoring import ScoringOptions, score_scene, summarize_scores
 from strop.provenance import stale_reason
-from strop.runs import RunFolder, find_run
+from strop.runs import RunFolder, RunLock, find_run
 
 BackendName = Literal["openai", "vllm", "naive", "knn"]
 #: vLLM's OpenAI-compatible server on this machine, when neither flag nor environment says
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+#: what to do instead of a second run into a results folder in use
+RERUN_ADVICE = "stop it and run again: a rerun resumes it, sending only the unanswered requests"
 
 
 def default_base_url() -> str:
@@ -419,7 +424,25 @@ def decode(
     """
     task = task or DECODE
     p = task.plan(cfg)
-    results = ResultsFile(task.folder(p.run, cfg, p))
+    folder = task.folder(p.run, cfg, p)
+    # One writer per results folder, with the lock the trainer takes on its run folder: two
+    # runs into one folder would each send every request and append conflicting rows, and
+    # the summary would be whichever wrote last. Held until the summary is written.
+    with RunLock(folder, user="strop-llm decode/qa run", instead=RERUN_ADVICE):
+        return _decode_locked(cfg, p, task, folder, on_row, on_start, stats, backend)
+
+
+def _decode_locked(
+    cfg: DecodeConfig,
+    p: Plan,
+    task: Task,
+    folder: Path,
+    on_row: RowHook | None,
+    on_start: Callable[[int, int], None] | None,
+    stats: TransportStats | None,
+    backend: Any,
+) -> DecodeResult:
+    results = ResultsFile(folder)
     todo = [j for j in p.jobs if j.key not in results.done]
     if on_start is not None:
         on_start(len(p.jobs), len(p.jobs) - len(todo))

@@ -435,9 +435,18 @@ class RunLock:
 
     _held: dict[tuple[int, int], int] = {}  # (st_dev, st_ino) of each held lock file -> pid
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        user: str = "training",
+        instead: str = "train into another --out folder",
+    ) -> None:
+        """`user` names what holds the lock in a refusal and `instead` the way around it
+        (a decode or QA results folder takes the same lock: `llm_decode.runner.decode`)."""
         self.path = Path(path)
         self.lock_path = self.path / LOCK_FILE
+        self.user, self.instead = user, instead
         self._fd: int | None = None
         self._key: tuple[int, int] | None = None
 
@@ -477,14 +486,16 @@ class RunLock:
         return RunLock._held.get((info.st_dev, info.st_ino)) == os.getpid()
 
     def _refusal(self, recorded: str, holder: int | None) -> str:
-        advice = "wait for it to finish, or train into another --out folder"
         if not recorded.isdigit() or pid_running(int(recorded)):
-            return f"{self.path}: in use by another training (pid {recorded}); {advice}"
+            return (
+                f"{self.path}: in use by another {self.user} (pid {recorded}); "
+                f"wait for it to finish, or {self.instead}"
+            )
         held_by = f"pid {holder}" if holder else "another process"
         return (
-            f"{self.path}: locked by {held_by}, but the training recorded in {self.lock_path} "
-            f"(pid {recorded}) is no longer running; stop {held_by}, or train into another "
-            "--out folder"
+            f"{self.path}: locked by {held_by}, but the {self.user} recorded in "
+            f"{self.lock_path} (pid {recorded}) is no longer running; stop {held_by}, "
+            f"or {self.instead}"
         )
 
     def release(self) -> None:

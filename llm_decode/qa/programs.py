@@ -54,9 +54,12 @@ def _node(node: Any) -> tuple[str, list[int], list[str]]:
     inputs = node.get("inputs") or []
     values = node.get("value_inputs", node.get("side_inputs")) or []
     if not isinstance(inputs, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in inputs
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in inputs
     ):
-        raise ProgramError(f"{function}: inputs must be a list of node indices, got {inputs!r:.60}")
+        # a negative index would read a node counted from the end (Python's out[-1])
+        raise ProgramError(
+            f"{function}: inputs must be a list of node indices >= 0, got {inputs!r:.60}"
+        )
     if not isinstance(values, list):
         raise ProgramError(f"{function}: value_inputs must be a list, got {values!r:.60}")
     return function, inputs, [str(v) for v in values]
@@ -70,6 +73,20 @@ def _as_answer(value: Any) -> str:
     if isinstance(value, str):
         return value
     raise ProgramError(f"program ends in a {type(value).__name__}, not an answer")
+
+
+def check_program(program: Sequence[Any]) -> None:
+    """Every node well formed and its inputs earlier nodes (`ProgramError` naming the node),
+    as CLEVR's programs are written: checked when a file is read, not when a baseline first
+    runs the program on some other scene."""
+    for position, node in enumerate(program):
+        function, inputs, _ = _node(node)
+        if any(i >= position for i in inputs):
+            earlier = f"0..{position - 1}" if position else "none before node 0"
+            raise ProgramError(
+                f"node {position} ({function}): inputs must be earlier nodes ({earlier}), "
+                f"got {inputs!r:.60}"
+            )
 
 
 def execute(program: Sequence[dict[str, Any]], scene: Scene) -> str:

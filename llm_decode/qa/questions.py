@@ -22,11 +22,14 @@ Design decisions
   do not depend on which other images are asked about.
 - Real CLEVR v1.0 question files (`CLEVR_v1.0/questions/CLEVR_<split>_questions.json`) are
   read for their `question`, `answer`, `image_index` (and `program`, when present, for the
-  family and the knn baseline); `QuestionBank` indexes them by (split, image index).
-- Every field of such a file is checked as it is read (`_read_question`): an answer outside
-  CLEVR's vocabulary, a null, an image index that is not a whole number >= 0, or a program
-  that is not a list of nodes is refused in one line naming the question, since a quietly
-  coerced value (null -> "none", 0.7 -> 0) would score replies against a question nobody asked.
+  family and the knn baseline); `QuestionBank` indexes them by (split, image index), the
+  split read from the file (`QuestionBank.add_file`), and counts an identical repeat of a
+  question about the same image once.
+- Every field of such a file is checked as it is read (`_read_question`): an answer not
+  written as CLEVR writes it ("True", "ball"), a null, an image index that is not a whole
+  number >= 0, or a program that is not a list of nodes reading earlier nodes is refused in
+  one line naming the question, since a quietly coerced value (null -> "none", 0.7 -> 0,
+  input -1 -> the last node) would score replies against a question nobody asked.
 """
 
 from __future__ import annotations
@@ -37,7 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from llm_decode.qa.programs import ATTRIBUTES, FAMILIES, ProgramError, execute, family
+from llm_decode.qa.programs import (
+    ATTRIBUTES,
+    FAMILIES,
+    ProgramError,
+    check_program,
+    execute,
+    family,
+)
 from strop.runs import RunFolderError, read_json
 from strop.scenes import COLORS, MATERIALS, SHAPES, SIZES, Scene
 
@@ -253,16 +263,44 @@ def questions_file(root: Path, split: str) -> Path | None:
     return None
 
 
+#: CLEVR v1.0's splits, the words a questions file's name may carry (`CLEVR_<split>_questions`)
+CLEVR_SPLITS = ("train", "val", "test")
+
+
+def splits_named(path: Path, known: tuple[str, ...] | set[str] = CLEVR_SPLITS) -> list[str]:
+    """The splits among `known` that the file's name carries as a `_`-separated word
+    (`CLEVR_val_questions.json` -> [val]; `CLEVR_train_val_questions.json` -> [train, val]),
+    sorted, so the answer never depends on the iteration order of a set."""
+    words = set(path.name.split(".", 1)[0].split("_"))
+    return sorted(words & set(known))
+
+
 @dataclass
 class QuestionBank:
-    """Real CLEVR questions by (split, image index), from CLEVR's question files."""
+    """Real CLEVR questions by (split, image index), from CLEVR's question files.
+
+    `duplicates` counts questions dropped because the same image already had the same
+    question with the same answer (50 copies of one question are one question, n=1)."""
 
     by_image: dict[tuple[str, int], list[Question]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    duplicates: int = 0
 
-    def add_file(self, path: Path, split: str) -> None:
+    def add_file(self, path: Path, named: list[str] | tuple[str, ...] = ()) -> None:
         """Index every question of a CLEVR questions file; a file or a question that is not
-        CLEVR's shape is refused in one line naming the question and field (`RunFolderError`)."""
+        CLEVR's shape is refused in one line naming the question and field (`RunFolderError`).
+
+        A question's split is its own `split`, else the file's `info.split`, else the one
+        split in `named` (the splits the file's name or its place in a dataset folder says);
+        a question with none of these, or with only a name that names several splits, is
+        refused: guessing would put it on another image with the same index (a val question
+        on a train image, i.e. on a shot example). Checked on: CLEVR v1.0's question files
+        as published (`{"info": {"split": ...}, "questions": [{"split", "image_index",
+        "image_filename", "question", "answer", "program", ...}]}`), from the dataset's
+        documentation and files seen in public repositories; the real CLEVR sample in this
+        project's shared data has scene files only, whose `info.split` and per-scene `split`
+        follow the same layout.
+        """
         try:
             data = read_json(path)
         except RunFolderError as exc:
@@ -272,9 +310,31 @@ class QuestionBank:
             raise RunFolderError(
                 f"{path}: field questions: expected a list of questions, got {_kind(items)}"
             )
+        info = data.get("info")
+        file_split = info.get("split") if isinstance(info, dict) else None
+        if file_split is not None and not isinstance(file_split, str):
+            raise RunFolderError(
+                f"{path}: field info.split: expected a string, got {_kind(file_split)}"
+            )
+        seen: dict[tuple[str, int, str], tuple[int, str]] = {}
         for n, item in enumerate(items):
-            question, key = _read_question(item, split, f"{path}: question {n}")
-            self.by_image.setdefault(key, []).append(question)
+            where = f"{path}: question {n}"
+            question, (split, index) = _read_question(item, where)
+            split = split or file_split or _split_from_name(path, named, where)
+            if file_split is not None and split != file_split:
+                raise RunFolderError(
+                    f"{where} field split: {split!r} in a file whose info.split is {file_split!r}"
+                )
+            first = seen.setdefault((split, index, question.text), (n, question.answer))
+            if first[0] != n:
+                if first[1] != question.answer:
+                    raise RunFolderError(
+                        f"{where}: asks question {first[0]}'s question about the same image "
+                        f"({split} {index}) with answer {question.answer!r}, not {first[1]!r}"
+                    )
+                self.duplicates += 1
+                continue
+            self.by_image.setdefault((split, index), []).append(question)
         self.files.append(str(path))
 
     def get(self, split: str, image_index: int) -> list[Question]:
@@ -291,11 +351,27 @@ def _kind(value: Any) -> str:
     return "null" if value is None else f"a {type(value).__name__}"
 
 
-def _read_question(item: Any, split: str, where: str) -> tuple[Question, tuple[str, int]]:
+def _split_from_name(path: Path, named: list[str] | tuple[str, ...], where: str) -> str:
+    if len(named) == 1:
+        return named[0]
+    says = f"several splits ({', '.join(named)})" if named else "no split"
+    raise RunFolderError(
+        f"{where}: no split: the question has no split field, the file no info.split, and "
+        f'its name names {says}; add "split" to each question, as CLEVR\'s files have, or '
+        "name the file CLEVR_<split>_questions.json"
+    )
+
+
+def _read_question(item: Any, where: str) -> tuple[Question, tuple[str | None, int]]:
     """One question of a CLEVR file, its fields checked: `question` a string, `answer` a word
-    of CLEVR's answer vocabulary, `image_index` a whole number >= 0, `split` a string,
-    `program` a list of nodes (objects). A null answer read as the word "none", or an image
-    index of 0.7 read as 0, would score every reply against something nobody asked."""
+    of CLEVR's answer vocabulary as CLEVR writes it, `image_index` a whole number >= 0,
+    `split` a string (None when absent: `QuestionBank.add_file` decides), `program` a list
+    of nodes whose inputs are earlier nodes. A null answer read as the word "none", an image
+    index of 0.7 read as 0, or a program input of -1 read as the last node would score every
+    reply against something nobody asked. An answer CLEVR would write otherwise ("True",
+    "ball", "Yes") is refused, naming the word it would have to mean: a file that spells
+    answers its own way may mean something else by them, and a reply is scored by exact
+    match against the file's word."""
     from llm_decode.qa.scoring import VOCABULARY, canonical
 
     if not isinstance(item, dict):
@@ -312,20 +388,28 @@ def _read_question(item: Any, split: str, where: str) -> tuple[Question, tuple[s
     answer = item["answer"]
     if isinstance(answer, bool) or not isinstance(answer, (str, int)):
         raise field_error("answer", "expected a string")
-    if canonical(str(answer)) not in VOCABULARY:
-        raise field_error("answer", "not a CLEVR answer (yes/no, 0-10 or an attribute value)")
+    answer = str(answer)  # a count written as a JSON number is the same count
+    if answer not in VOCABULARY:
+        meant = canonical(answer)
+        raise field_error(
+            "answer",
+            f"not written as CLEVR writes answers; did it mean {meant!r}?"
+            if meant in VOCABULARY
+            else "not a CLEVR answer (yes/no, 0-10 or an attribute value)",
+        )
     index = item["image_index"]
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise field_error("image_index", "expected a whole number >= 0")
-    own_split = item.get("split", split)
-    if not isinstance(own_split, str):
+    own_split = item.get("split")
+    if own_split is not None and not isinstance(own_split, str):
         raise field_error("split", "expected a string")
     program = item.get("program") or []
     if not isinstance(program, list) or not all(isinstance(node, dict) for node in program):
         raise field_error("program", "expected a list of program nodes (objects)")
     try:
+        check_program(program)
         kind = family(program) if program else "clevr"
     except ProgramError as exc:
         raise RunFolderError(f"{where} field program: {exc}") from None
-    question = Question(kind, item["question"], canonical(str(answer)), program, "clevr")
+    question = Question(kind, item["question"], answer, program, "clevr")
     return question, (own_split, index)

@@ -23,9 +23,13 @@ copy of any of it.
   the one beside the run's dataset (`config.json` data.path) when it exists, else the
   templates. Images without real questions fall back to generated ones; the summary counts
   both (`question_sources`). A file named with `--questions` that holds no question, or
-  none about any image of the run (another split, another dataset), is refused.
+  none about any image of the run (another split, another dataset), is refused. Each
+  question goes on the image of its own split as the file says it (`QuestionBank.add_file`):
+  the file's name speaks only for a file that says none, and only when it names one split,
+  so a question reaches a shot (train) image only when the file or its name says train.
 - Results: `RUN/llm/qa/<model>[-oracle]/` (`results.jsonl`, `summary.json`,
-  `identity.json`), beside decode's `RUN/llm/<model>/` and never mixed with it.
+  `identity.json`), beside decode's `RUN/llm/<model>/` and never mixed with it; one run at
+  a time (`decode`'s lock on the folder).
 """
 
 from __future__ import annotations
@@ -46,11 +50,13 @@ from llm_decode.prompting import PromptBuilder
 from llm_decode.protocol import load_scene
 from llm_decode.qa.programs import FAMILIES, ProgramError, execute
 from llm_decode.qa.questions import (
+    CLEVR_SPLITS,
     Question,
     QuestionBank,
     generate,
     image_index,
     questions_file,
+    splits_named,
 )
 from llm_decode.qa.scoring import (
     VOCABULARY,
@@ -96,6 +102,7 @@ class QAPlan(Plan):
     question_files: list[str] = field(default_factory=list)
     #: knn only: the `random_shot` control's answer per job index (`llm_decode.controls`)
     control_answers: dict[int, str] = field(default_factory=dict)
+    question_duplicates: int = 0  # identical questions in the files, counted once
 
 
 class QABaselineBackend:
@@ -117,14 +124,13 @@ def _bank(cfg: QAConfig, run: RunFolder, splits: set[str]) -> QuestionBank:
     root: Path | None = None
     if cfg.questions is not None:
         if cfg.questions.is_file():
-            for split in splits:
-                if f"_{split}_" in cfg.questions.name:
-                    bank.add_file(cfg.questions, split)
-                    return bank
-            bank.add_file(cfg.questions, sorted(splits)[0])
+            # each question's split is read from the file (QuestionBank.add_file); the name
+            # only speaks for a file that says none, and only when it names one split
+            bank.add_file(cfg.questions, splits_named(cfg.questions, {*CLEVR_SPLITS, *splits}))
             return bank
         if not cfg.questions.is_dir():
-            raise RunFolderError(f"--questions {cfg.questions}: no such file or folder")
+            why = "not a regular file" if cfg.questions.exists() else "no such file or folder"
+            raise RunFolderError(f"--questions {cfg.questions}: {why}")
         root = cfg.questions
     elif run.config_path.is_file():
         data = (run.read_config().get("data") or {}).get("path")
@@ -133,7 +139,7 @@ def _bank(cfg: QAConfig, run: RunFolder, splits: set[str]) -> QuestionBank:
         for split in sorted(splits):
             path = questions_file(root, split)
             if path is not None:
-                bank.add_file(path, split)
+                bank.add_file(path, [split])
     return bank
 
 
@@ -272,6 +278,7 @@ def plan_qa(cfg: QAConfig) -> QAPlan:
         question_sources=dict(sources),
         question_files=bank.files,
         control_answers=control,
+        question_duplicates=bank.duplicates,
     )
 
 
@@ -305,6 +312,7 @@ def qa_summary(rows: list[dict[str, Any] | None], cfg: QAConfig, p: Plan) -> dic
     assert isinstance(p, QAPlan)
     summary["question_sources"] = p.question_sources
     summary["question_files"] = p.question_files
+    summary["question_duplicates"] = p.question_duplicates
     summary["oracle"] = cfg.oracle
     if p.control_answers:
         summary["baselines"] = _control(rows, p)
