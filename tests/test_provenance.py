@@ -146,3 +146,14 @@ def test_a_unit_commit_refused_under_the_lock_keeps_the_old_files(tmp_path):
     unit.abort()
     assert (folder / "a.txt").read_text() == "old"
     assert not list(folder.glob(".u.*"))
+
+
+def test_the_report_marks_results_of_other_weights_stale(trained_on, tmp_path):
+    from strop.evaluation.report import build_report
+
+    run = trained_on["run"]
+    md, html = build_report(run.parent, tmp_path / "report")
+    text = md.read_text()
+    for name in ("eval.json", "sweep.json", "programs.parquet", "analysis/analysis.json"):
+        assert f"stale: {run.name} (K=16): {name} describes other weights (step 6" in text, name
+    assert "stale:" in html.read_text()
