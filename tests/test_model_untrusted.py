@@ -324,3 +324,20 @@ def test_images_tokenize_refuses_with_the_file_named(model, tmp_path) -> None:
         with pytest.raises(DataError, match=f"{size[0]}x{size[1]} pixels; an image needs"):
             model.tokenize([tiny])
     assert len(model.tokenize([_save(Image.new("RGB", (8, 8)), tmp_path / "ok.png")])) == 1
+
+
+def test_a_preset_name_that_does_not_match_the_dimensions_is_not_reported_as_that_preset(
+    exported, tmp_path
+) -> None:
+    """An edited `preset: "S"` over tiny dimensions loaded and the card read "preset `S`".
+    Overrides of a preset are legal at training, so the card names what differs."""
+    from strop.model.card import model_card
+
+    folder = _copy(exported, tmp_path)
+    _edit(folder, preset="S")
+    config = json.loads((folder / "config.json").read_text())
+    assert Strop.from_pretrained(folder).cfg.d == 64
+    card = model_card(config)
+    assert "preset `S` with other dimensions: d=64 (preset: 256), layers=2 (preset: 8)" in card
+    plain = model_card(json.loads((exported / "config.json").read_text()))
+    assert "preset `tiny` with other dimensions: decoder_width=16 (preset: 32)" in plain
