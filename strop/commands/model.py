@@ -158,6 +158,19 @@ def cache_features(
             typer.echo(f"{name}: {len(dataset)} images -> {path} (teacher {model.teacher_name})")
 
 
+def _repo_id_option(repo_id: str | None) -> str | None:
+    """A typer callback for `--push-to-hub`: an id the hub would refuse is a usage error
+    (exit 2), before the export is written."""
+    if repo_id is None:
+        return None
+    from strop.model.pretrained import PretrainedError, check_repo_id
+
+    try:
+        return check_repo_id(repo_id)
+    except PretrainedError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
 @commands.command("export-model")
 def export_model_cmd(
     run: Path = typer.Argument(
@@ -170,6 +183,7 @@ def export_model_cmd(
     push_to_hub: str = typer.Option(
         None,
         "--push-to-hub",
+        callback=_repo_id_option,
         help="Also upload the folder to this Hugging Face repo id (owner/name); needs "
         "`huggingface-cli login` or HF_TOKEN.",
     ),

@@ -13,6 +13,7 @@ Design decisions
   shrinks (antialiasing), so a real 480 x 320 CLEVR image becomes S x S without aliasing. The
   aspect ratio is not kept: cropping would cut off objects near the sides, and the synthetic
   renderer draws CLEVR's 3:2 frustum onto a square for the same result (`strop.data.camera`).
+  An image with a side under `MIN_SIDE` pixels is refused, not stretched.
 - Construction checks what is cheap to check (the folder exists, is not empty, every image a
   scenes file names is present) and names the first problem and a count. Decoding errors
   (a truncated PNG) surface when that item is loaded, naming the file and index.
@@ -36,12 +37,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from strop.scenes import Scene, SceneFileError, load_scenes, parse_scene
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+#: Smallest side an image may have: a 1x1 or 64x1 image stretched to S x S is not a picture
+#: of anything, so it is refused (naming the file) rather than encoded without a word.
+MIN_SIDE = 8
 #: A `--data` value naming a Hugging Face hub dataset; anything else is a local path.
 HUB_PREFIX = "hf://"
 Item = dict[str, Any]
@@ -74,10 +78,19 @@ def load_image(source: str | os.PathLike[str] | bytes, size: int, *, where: str)
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open_regular(source, where)
         with handle, Image.open(handle) as opened:
+            if min(opened.size) < MIN_SIDE:
+                raise DataError(
+                    f"{where} field image: {opened.size[0]}x{opened.size[1]} pixels; an image "
+                    f"needs at least {MIN_SIDE} pixels a side (it would be stretched to "
+                    f"{size}x{size})"
+                )
             rgb = to_rgb(opened, where)
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
             arr = np.asarray(rgb, dtype=np.float32)
+    except UnidentifiedImageError:
+        # PIL's own message names the opened handle (`<_io.BufferedReader name=3>`), not the file
+        raise DataError(f"{where} field image: not an image file (no format PIL reads)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, DataError):
             raise
@@ -126,7 +139,9 @@ def to_rgb(im: Image.Image, where: str) -> Image.Image:
     `Image.convert("RGB")` clips 16-bit and 32-bit integer pixels at 255 (a 16-bit PNG comes
     out almost white) and is undefined for float images, so those modes are scaled here:
     16-bit modes (and mode "I" from a PNG, whose depth is at most 16 bits) by 1/257. Palette,
-    grey+alpha and RGBA images drop their alpha, as real CLEVR's opaque RGBA frames need.
+    grey+alpha and RGBA images drop their alpha, as real CLEVR's opaque RGBA frames need; a
+    fully transparent image (alpha 0 everywhere) is refused: dropping its alpha would show
+    colours no viewer shows.
     """
     mode = im.mode
     if mode in _SIXTEEN_BIT or (mode == "I" and im.format == "PNG"):
@@ -136,6 +151,12 @@ def to_rgb(im: Image.Image, where: str) -> Image.Image:
     if mode in ("1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "RGBa", "La", "CMYK", "YCbCr"):
         if mode in ("P", "PA") and "transparency" in im.info:
             im = im.convert("RGBA")
+        alpha = next((band for band in ("A", "a") if band in im.getbands()), None)
+        if alpha is not None and im.getchannel(alpha).getextrema()[1] == 0:
+            raise DataError(
+                f"{where} field image: fully transparent (alpha 0 everywhere), so its colours "
+                "are undefined; flatten it onto a background first"
+            )
         return im.convert("RGB")
     raise DataError(
         f"{where} field image: unsupported pixel mode {mode!r} (its value range is unknown); "

@@ -7,6 +7,8 @@ Design decisions
 - The card says plainly when the teacher is not DINO (`pixels`, `random-vit`) and when its
   weights are random, and when no evaluation was run: a shared tokenizer must not be mistaken
   for one trained on DINOv3 features, nor its quality assumed.
+- The preset is named with what differs from it (`_preset_label`): a config saying `S` with
+  other dimensions is not STROP-S, and the card must not read as if it were.
 - The card carries Hugging Face front matter (`library_name`, `tags`) so the hub lists it.
 """
 
@@ -70,6 +72,27 @@ def _eval_lines(evaluation: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+#: Architecture fields a preset fixes; a config that sets one otherwise is not that preset.
+_PRESET_FIELDS = ("d", "layers", "heads", "ffn", "code_dim", "decoder_width")
+
+
+def _preset_label(model: dict[str, Any]) -> str:
+    """The preset's name, or the name and what differs from it: `preset: "S"` with tiny
+    dimensions (an override at training, or an edited file) is not STROP-S."""
+    from strop.model.config import PRESETS
+
+    name = str(model.get("preset"))
+    preset = PRESETS.get(name)
+    if preset is None:
+        return f"`{name}`"
+    differ = [
+        f"{key}={model.get(key)} (preset: {getattr(preset, key)})"
+        for key in _PRESET_FIELDS
+        if model.get(key) is not None and model.get(key) != getattr(preset, key)
+    ]
+    return f"`{name}` with other dimensions: {', '.join(differ)}" if differ else f"`{name}`"
+
+
 def model_card(config: dict[str, Any]) -> str:
     """README.md text for an exported tokenizer's config.json."""
     model, training = config["model"], config.get("training") or {}
@@ -93,7 +116,7 @@ def model_card(config: dict[str, Any]) -> str:
         "## Model",
         "",
         *_teacher_lines(teacher),
-        f"- Architecture: preset `{model.get('preset')}`, d={model.get('d')}, "
+        f"- Architecture: preset {_preset_label(model)}; d={model.get('d')}, "
         f"{model.get('layers')} layers, {model.get('heads')} heads, "
         f"{model.get('image_size')} px images in {model.get('patch_size')} px patches.",
         f"- Codebook K={config['k']}, program length {config.get('l_min', 1)}..{config['l_max']}.",

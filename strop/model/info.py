@@ -15,7 +15,7 @@ import torch
 from strop.model.config import ModelConfig
 from strop.model.cost import count_parameters, model_flops
 from strop.model.network import Strop
-from strop.model.teachers import PixelTeacher, count_teacher_parameters, teacher_flops
+from strop.model.teachers import ShapeOnlyTeacher, count_teacher_parameters, teacher_flops
 
 __all__ = ["describe"]
 
@@ -23,15 +23,8 @@ __all__ = ["describe"]
 def describe(cfg: ModelConfig) -> dict[str, Any]:
     """`strop model-info` numbers from the config alone: the model is built on the meta device
     with a weightless stand-in teacher and the teacher is counted from its architecture config."""
-
-    class _ShapeOnlyTeacher(PixelTeacher):
-        def __init__(self) -> None:
-            super().__init__(cfg.patch_size)
-            self.teacher_name = cfg.teacher
-            self.dim = cfg.teacher_dim
-
     with torch.device("meta"):
-        model = Strop(cfg, teacher=_ShapeOnlyTeacher())
+        model = Strop(cfg, teacher=ShapeOnlyTeacher(cfg.teacher, cfg.patch_size))
     counts = count_parameters(model)
     counts["teacher_params"] = count_teacher_parameters(cfg.teacher, cfg.image_size, cfg.patch_size)
     counts["total_params"] = counts["trainable_params"] + counts["teacher_params"]

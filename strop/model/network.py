@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from strop.model.boundary import check_finite_rows, check_images, check_programs
 from strop.model.config import ModelConfig
 from strop.model.cost import model_flops
 from strop.model.generator import Generator, init_weights
@@ -189,8 +190,15 @@ class Strop(PretrainedMixin, nn.Module):
         return [p for head in heads for p in head.parameters()]
 
     def head_lengths(self, feats: torch.Tensor) -> torch.Tensor:
-        """Integer inference lengths `clip(round(L_hat), L_min, L_max)` (B,) long."""
-        return round_lengths(self.predict_length(feats), self.cfg.l_min, self.cfg.l_max)
+        """Integer inference lengths `clip(round(L_hat), L_min, L_max)` (B,) long. A NaN
+        L_hat (weights that overflow float32) is a ValueError: rounded, it was -2^63."""
+        l_hat = self.predict_length(feats)
+        check_finite_rows(
+            l_hat,
+            "length head: the predicted length of image",
+            " (its weights overflow float32, which a trained tokenizer's never do)",
+        )
+        return round_lengths(l_hat, self.cfg.l_min, self.cfg.l_max)
 
     def interpret_tokens(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Field (B, P, D) from full-length tokens (B, L_max, d), positions >= lengths masked."""
@@ -232,7 +240,10 @@ class Strop(PretrainedMixin, nn.Module):
     def encode(
         self, images: torch.Tensor, length_mode: str = "head"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Programs of images: codes (B, L_max) long, -1 past each length, and lengths (B,)."""
+        """Programs of images (B, 3, S, S), floats in [0, 1]: codes (B, L_max) long, -1 past
+        each length, and lengths (B,). Integer images, values outside [0, 1] and NaN or
+        infinite pixels are a ValueError (`strop.model.boundary`)."""
+        check_images(images, self.cfg.image_size)
         return self.encode_features(self.teacher_features(images), length_mode)
 
     @torch.no_grad()
@@ -241,7 +252,10 @@ class Strop(PretrainedMixin, nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`encode` from teacher features (e.g. a feature cache). `length_mode` is any
         `--length-mode` value (`strop.model.length_modes`): head, fixed, prefix:N, cap:N,
-        search:EPS, quality:EPS; a bad or unusable one raises `LengthModeError` (a ValueError)."""
+        search:EPS, quality:EPS; a bad or unusable one raises `LengthModeError` (a ValueError).
+        Non-finite features, and programs no trained tokenizer makes (non-finite activations,
+        a length outside [L_min, L_max], a code outside [0, K)), are a ValueError: they never
+        leave the model (`strop.model.boundary`)."""
         from strop.model.length_modes import (
             check_length_mode,
             mode_lengths,
@@ -251,6 +265,7 @@ class Strop(PretrainedMixin, nn.Module):
 
         mode = parse_length_mode(length_mode)
         check_length_mode(mode, self.cfg, self.cfg.summary())
+        check_finite_rows(feats, "teacher features: image")
         gen = self.generate(feats)
         if mode.kind == "search":
             assert mode.eps is not None  # parse_length_mode sets it
@@ -260,6 +275,7 @@ class Strop(PretrainedMixin, nn.Module):
         else:
             lengths = mode_lengths(self, feats, self.head_lengths(feats), mode)
         codes = gen.codes.masked_fill(~prefix_mask(lengths, self.cfg.l_max), -1)
+        check_programs(codes, lengths, gen.z_e, self.cfg.l_min, self.cfg.l_max, self.cfg.k)
         return codes, lengths
 
     def _check_program(self, codes: torch.Tensor, lengths: torch.Tensor) -> None:
@@ -309,6 +325,13 @@ class Strop(PretrainedMixin, nn.Module):
 
     def load_state_dict_checked(self, state_dict: dict[str, Any]) -> None:
         """`load_state_dict` that names the preset/teacher or the shape that does not match."""
+        self.check_state_dict(state_dict)
+        self.load_state_dict(state_dict)
+
+    def check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Raise a ValueError naming the preset/teacher, key or shape of `state_dict` that
+        does not fit this model. Reads shapes only: a model built on the meta device checks a
+        safetensors header's shapes (as meta tensors) before any memory is allocated."""
         extra = state_dict.get("_extra_state")
         if isinstance(extra, dict) and "model_config" in extra:
             theirs = ModelConfig(**extra["model_config"])
@@ -360,7 +383,6 @@ class Strop(PretrainedMixin, nn.Module):
             raise ValueError(
                 f"checkpoint has keys this model lacks, e.g. {unexpected[0]} ({self.cfg.summary()})"
             )
-        self.load_state_dict(state_dict)
 
     # ------------------------------------------------------------------ accounting
 

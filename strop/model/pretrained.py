@@ -26,7 +26,12 @@ Design decisions
 - Read with checks: config.json's sections are typed (`ExportedConfig`: a list where an
   object belongs is one line, not an AttributeError), its top-level K/L_max/L_min/image size
   must equal the model section's, and weights must hold floats where the model does and be
-  finite (`_check_tensors`). Only model.safetensors is ever read: a pickle beside it is not.
+  finite (`_check_dtypes`, `_check_finite`). Only model.safetensors is ever read: a pickle
+  beside it is not, and a `model.teacher_path` in config.json (which an export never
+  writes) is refused rather than handed to transformers.
+- Sizes are checked before they are allocated: the safetensors header's shapes (read
+  without the tensors) are compared with the config on a model built on the meta device
+  (`_check_fits`), so a config.json edited to d=262144 is one line, not 824 GB.
 - This module imports neither `strop.model.network` (which inherits the mixin) nor training:
   it builds through `cls`, so the model layer has no cycle, and reading a run folder needs
   only its `config.json` model section and a checkpoint (`strop.model.weights`).
@@ -62,6 +67,7 @@ __all__ = [
     "PretrainedError",
     "PretrainedMixin",
     "TokenizerInfo",
+    "check_repo_id",
     "is_exported",
     "read_info",
 ]
@@ -204,6 +210,14 @@ def read_info(path: str | os.PathLike[str]) -> TokenizerInfo:
                 f"{config_path}: format_version {version!r}; this STROP reads {EXPORT_VERSION}"
             )
         model = _model_config(data.get("model"), config_path)
+        if model.teacher_path is not None:
+            # export_config never writes one: a folder named here would be handed to
+            # transformers (and its files read) because someone edited the file
+            raise PretrainedError(
+                f"{config_path}: field model.teacher_path: an exported config never names a "
+                f"teacher folder (got {model.teacher_path!r:.80}); pass teacher_path= to "
+                "from_pretrained to use a local teacher"
+            )
         facts = _exported_config(data, config_path)
         for key in ("k", "l_max", "l_min", "image_size"):  # the card shows these copies
             given = getattr(facts, key)
@@ -280,6 +294,10 @@ class PretrainedMixin:
 
         from strop.model.card import model_card
 
+        if push_to_hub:
+            if not repo_id:
+                raise PretrainedError("push_to_hub: repo_id is required")
+            check_repo_id(repo_id)  # before anything is written
         model = self._as_model()
         info = info or TokenizerInfo(model=model.cfg)
         out = Path(save_directory)
@@ -308,9 +326,7 @@ class PretrainedMixin:
             unit.commit(before_commit)
         finally:
             unit.abort()
-        if push_to_hub:
-            if not repo_id:
-                raise PretrainedError("push_to_hub: repo_id is required")
+        if push_to_hub and repo_id:
             upload_folder(out, repo_id, token=token, private=private)
         return out
 
@@ -325,6 +341,7 @@ class PretrainedMixin:
         """Save into a temporary folder and upload it to `repo_id`; returns the commit URL."""
         import tempfile
 
+        check_repo_id(repo_id)
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save_pretrained(tmp, info=info)
             return upload_folder(folder, repo_id, token=token, private=private)
@@ -333,13 +350,22 @@ class PretrainedMixin:
     def tokenize(
         self, images: Sequence[str | os.PathLike[str]], length_mode: str = "head"
     ) -> list[list[int]]:
-        """The program (a list of codes) of each image file, decoded and resized exactly as
-        training data is (`strop.data.datasets.load_image`)."""
+        """The program (a list of codes) of each image file in the list `images`, decoded and
+        resized exactly as training data is (`strop.data.datasets.load_image`). A single
+        path (a str is a sequence of characters) is a TypeError; an empty list gives []."""
         from strop.data.datasets import load_image
 
+        if isinstance(images, (str, bytes, os.PathLike)):
+            raise TypeError(
+                f"tokenize takes a list of image paths, got the single path {str(images)!r:.80} "
+                "(pass [path])"
+            )
+        paths = list(images)
+        if not paths:
+            return []
         model = self._as_model()
         size = model.cfg.image_size
-        batch = torch.stack([load_image(p, size, where=str(p)) for p in images])
+        batch = torch.stack([load_image(p, size, where=str(p)) for p in paths])
         codes, lengths = model.encode(batch.to(model.device), length_mode)
         return [row[:n].tolist() for row, n in zip(codes.cpu(), lengths.tolist(), strict=True)]
 
@@ -376,9 +402,6 @@ class PretrainedMixin:
         map_location: str | torch.device = "cpu",
         teacher_path: str | os.PathLike[str] | None = None,
     ) -> tuple[T, TokenizerInfo]:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         require_whole(folder)
         info = read_info(folder)
         if not info.exported:
@@ -389,14 +412,10 @@ class PretrainedMixin:
         cfg = info.model
         if teacher_path is not None:
             cfg = cfg.model_copy(update={"teacher_path": str(teacher_path)})
-        try:
-            state: dict[str, Any] = dict(load_file(str(folder / WEIGHTS_NAME), device="cpu"))
-        except (SafetensorError, OSError) as exc:
-            raise PretrainedError(f"{folder / WEIGHTS_NAME}: not loadable ({exc})") from None
         model = _checked_model(
             cls,
             cfg,
-            state,
+            _header_state(folder / WEIGHTS_NAME),
             map_location,
             lambda first: PretrainedError(
                 f"{folder / WEIGHTS_NAME}: weights do not fit config.json ({first})"
@@ -481,12 +500,18 @@ def _checked_model(
     """`cls(cfg)` with `state` loaded by `load_state_dict_checked`, on `device`, in eval mode:
     the one load of an exported folder and of a run's checkpoint. Weights that do not fit
     raise `mismatch(first line of the reason)`, each caller naming its own file.
-    `fill_extra_state`: the state has no `_extra_state` (safetensors holds tensors only), so
-    the new model's own is put in before the load. `tensors_from`: the weights file `state`
-    was read from, whose tensors are checked first (`_check_tensors`)."""
-    model: Any = cls(cfg)  # type: ignore[call-arg]  # Strop(cfg)
+
+    The shapes of `state` are checked against `cfg` on a model built on the meta device
+    first (`_check_fits`), so a config.json edited to d=262144 or l_max=10^9 is refused
+    before anything is allocated. `tensors_from`: the safetensors file whose header `state`
+    is (meta tensors, `_header_state`); its tensors are read only once the shapes fit, and
+    checked (`_check_finite`). `fill_extra_state`: the state has no `_extra_state`
+    (safetensors holds tensors only), so the model's own is put in before the load."""
+    _check_fits(cls, cfg, state, mismatch, fill_extra_state, tensors_from)
     if tensors_from is not None:
-        _check_tensors(state, model.state_dict(), tensors_from)
+        state = _read_tensors(tensors_from)
+        _check_finite(state, tensors_from)
+    model: Any = cls(cfg)  # type: ignore[call-arg]  # Strop(cfg)
     if fill_extra_state:
         state["_extra_state"] = model.get_extra_state()
     try:
@@ -498,11 +523,87 @@ def _checked_model(
     return model
 
 
-def _check_tensors(state: dict[str, Any], own: dict[str, Any], path: Path) -> None:
-    """Refuse weights that would load but not mean what they say: an integer tensor where
-    the model holds floats (load_state_dict would cast it) or a float tensor with NaN or
-    infinite values (a trained tokenizer never saves one; every code would come out the
-    same). Shapes and key sets are `load_state_dict_checked`'s."""
+def _check_fits(
+    cls: type[T],
+    cfg: ModelConfig,
+    state: dict[str, Any],
+    mismatch: Callable[[str], Exception],
+    fill_extra_state: bool,
+    tensors_from: Path | None,
+) -> None:
+    """Refuse `state` (tensors, or a header's meta tensors) that does not fit `cfg`, checked
+    on a skeleton of `cls(cfg)` built on the meta device with a weightless teacher: nothing
+    is allocated, whatever sizes the config names."""
+    from strop.model.teachers import ShapeOnlyTeacher
+
+    n_tensors = sum(isinstance(v, torch.Tensor) for v in state.values())
+    if cfg.layers > n_tensors:  # the skeleton's build time grows with its layers
+        raise mismatch(
+            f"config has layers={cfg.layers}, but the weights hold {n_tensors} tensors in all"
+        )
+    with torch.device("meta"):
+        skeleton: Any = cls(cfg, ShapeOnlyTeacher(cfg.teacher, cfg.patch_size))  # type: ignore[call-arg]
+    shapes = dict(state)
+    if fill_extra_state:
+        shapes["_extra_state"] = skeleton.get_extra_state()
+    try:
+        skeleton.check_state_dict(shapes)
+    except ValueError as exc:
+        raise mismatch(str(exc).strip().splitlines()[0]) from None
+    if tensors_from is not None:
+        _check_dtypes(state, skeleton.state_dict(), tensors_from)
+
+
+#: safetensors' dtype names (the header's spelling) -> torch dtypes.
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _header_state(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file as meta tensors (names, shapes and dtypes from its
+    header; no tensor data is read), to check against a config before anything is built."""
+    from safetensors import SafetensorError, safe_open
+
+    state: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            for name in handle.keys():
+                part = handle.get_slice(name)
+                dtype = _SAFETENSORS_DTYPES.get(part.get_dtype())
+                if dtype is None:
+                    raise PretrainedError(
+                        f"{path}: tensor {name} has dtype {part.get_dtype()}, which a STROP "
+                        "tokenizer never holds"
+                    )
+                state[name] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
+    except (SafetensorError, OSError) as exc:
+        raise PretrainedError(f"{path}: not loadable ({one_line_of(exc)})") from None
+    return state
+
+
+def _read_tensors(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except (SafetensorError, OSError) as exc:
+        raise PretrainedError(f"{path}: not loadable ({one_line_of(exc)})") from None
+
+
+def _check_dtypes(state: dict[str, Any], own: dict[str, Any], path: Path) -> None:
+    """Refuse an integer tensor where the model holds floats or the reverse
+    (`load_state_dict` would cast it without a word)."""
     for name, value in state.items():
         mine = own.get(name)
         if not isinstance(mine, torch.Tensor) or not isinstance(value, torch.Tensor):
@@ -512,8 +613,16 @@ def _check_tensors(state: dict[str, Any], own: dict[str, Any], path: Path) -> No
                 f"{path}: tensor {name} is {str(value.dtype).removeprefix('torch.')}, "
                 f"the model holds {str(mine.dtype).removeprefix('torch.')}"
             )
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise PretrainedError(f"{path}: tensor {name} holds NaN or infinite values")
+
+
+def _check_finite(state: dict[str, Any], path: Path) -> None:
+    """Refuse a float tensor with NaN or infinite values: a trained tokenizer never saves
+    one, and every code would come out the same. (Finite weights too large for float32
+    arithmetic are caught where programs leave the model, `Strop.encode`.)"""
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            if not bool(torch.isfinite(value).all()):
+                raise PretrainedError(f"{path}: tensor {name} holds NaN or infinite values")
 
 
 def one_line_of(exc: BaseException) -> str:
@@ -570,7 +679,14 @@ def _resolve_folder(
     local_files_only: bool,
     token: str | None,
 ) -> Path:
-    """A local folder as is; otherwise a hub id, fetched with huggingface_hub's client."""
+    """A local folder as is; otherwise a hub id, fetched with huggingface_hub's client.
+
+    "" is refused (Path("") is the current directory). A name that is no folder here is
+    asked of the hub once, without retries (`_hub_unreachable`): a mistyped local path spent
+    half a minute in the client's retries when the hub could not be reached. With no hub, a
+    cached copy still loads; without one, the error says both things in one line."""
+    if not str(name).strip():
+        raise PretrainedError("from_pretrained: empty path (name a tokenizer folder or a hub id)")
     folder = Path(name)
     if folder.is_dir():
         require_whole(folder)
@@ -579,7 +695,15 @@ def _resolve_folder(
             raise PretrainedError(f"{folder}: not an exported tokenizer (no {', '.join(missing)})")
         return folder
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    try:
+        validate_repo_id(str(name))
+    except HFValidationError:
+        raise PretrainedError(
+            f"{name}: no such folder, and not a hub repo id (owner/name)"
+        ) from None
+    unreachable = None if local_files_only else _hub_unreachable(str(name), revision, token)
     files = []
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
         try:
@@ -589,18 +713,59 @@ def _resolve_folder(
                     filename,
                     revision=revision,
                     cache_dir=None if cache_dir is None else Path(cache_dir),
-                    local_files_only=local_files_only,
+                    local_files_only=local_files_only or unreachable is not None,
                     token=token,
                 )
             )
-        except (
-            Exception
-        ) as exc:  # hub errors come in many types (offline, 404, gated, HFValidation)
+        except Exception as exc:  # hub errors come in many types (offline, 404, gated, ...)
+            if unreachable is not None:
+                raise PretrainedError(
+                    f"{name}: no such folder, and the hub cannot be reached ({unreachable}) "
+                    "nor holds a cached copy"
+                ) from None
             raise PretrainedError(
                 f"{name}: neither a local folder nor a loadable hub repo ({type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})"
+                f"{one_line_of(exc)})"
             ) from None
     return Path(files[0]).parent
+
+
+def _hub_unreachable(repo_id: str, revision: str | None, token: str | None) -> str | None:
+    """Why the hub cannot be reached (offline mode, a refused or timed-out connection), or
+    None when it answered (even "no such repo": the download then says so at once). One
+    request, no retries; huggingface_hub's own download retries a dead network for ~40 s."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, CONFIG_NAME, revision=revision), token=token)
+    except OfflineModeIsEnabled:
+        return "HF_HUB_OFFLINE is set"
+    except HfHubHTTPError:
+        return None
+    except Exception as exc:  # connection errors of the client's HTTP library
+        return f"{_endpoint()}: {type(exc).__name__}: {one_line_of(exc)}"
+    return None
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT)
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if the hub would take it as a repo id (`owner/name` or `name`); otherwise a
+    one-line PretrainedError, raised before any work is done."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise PretrainedError(
+            f"{repo_id!r:.80} is not a hub repo id owner/name ({one_line_of(exc).rstrip('.')})"
+        ) from None
+    return repo_id
 
 
 def upload_folder(
@@ -611,21 +776,30 @@ def upload_folder(
     private: bool | None = None,
     endpoint: str | None = None,
 ) -> str:
-    """Create `repo_id` (if needed) and upload the exported folder; returns the commit URL."""
+    """Create `repo_id` (if needed) and upload the exported folder; returns the commit URL.
+    A failed upload (no network, refused credentials, HF_HUB_OFFLINE) is one line."""
     from huggingface_hub import HfApi
 
+    check_repo_id(repo_id)
     missing = [
         n for n in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) if not (Path(folder) / n).is_file()
     ]
     if missing:
         raise PretrainedError(f"{folder}: not an exported tokenizer (no {', '.join(missing)})")
     api = HfApi(endpoint=endpoint, token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    commit = api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        repo_type="model",
-        allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
-        commit_message="Upload STROP tokenizer",
-    )
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+            commit_message="Upload STROP tokenizer",
+        )
+    except Exception as exc:  # the client raises its HTTP library's errors and its own
+        raise PretrainedError(
+            f"push to hub repo {repo_id} ({endpoint or _endpoint()}) failed: "
+            f"{type(exc).__name__}: {one_line_of(exc)}; {folder} was written and can be "
+            "uploaded later"
+        ) from None
     return str(getattr(commit, "commit_url", commit))

@@ -10,6 +10,8 @@ Design decisions
   would make `strop report` read the whole folder as one run.
 - The folder is one unit (`strop.output_unit`, written by `save_pretrained`): a kill or a
   failed write leaves the previous export whole, or a marker that loaders refuse.
+- A `--push-to-hub` repo id is checked before anything is read or written; a failed upload
+  (no network, refused credentials) is one line, after the folder was written.
 - `training.data_path` is written absolute: the folder is read from other directories.
 - Other weights are not exported into a folder holding results (eval.json, sweep.json,
   programs.parquet, analysis/) of the weights there: the model card and `strop report` would
@@ -31,6 +33,7 @@ from strop.model.network import Strop
 from strop.model.pretrained import (
     CONFIG_NAME,
     PretrainedError,
+    check_repo_id,
     is_exported,
     read_info,
     upload_folder,
@@ -94,6 +97,8 @@ def export_model(
 ) -> tuple[Path, str | None]:
     """Write the tokenizer of `run_dir` (at `checkpoint`) to `out`; with `push_to_hub`, upload
     it to that repo id. Returns (folder, commit URL or None)."""
+    if push_to_hub is not None:
+        check_repo_id(push_to_hub)  # a bad id is refused before anything is written
     run = RunFolder(Path(run_dir))
     target = Path(out)
     if is_exported(run.path):  # it has no checkpoints/ to read: say what it is instead

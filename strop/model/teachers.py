@@ -10,7 +10,8 @@
 
 Design decisions
 - DINOv3 weights are loaded with `local_files_only=True`: the hub repositories are gated and
-  nothing is downloaded at run time. A missing model raises `TeacherNotFoundError`, one
+  nothing is downloaded at run time; and with `use_safetensors=True`: a teacher folder's
+  `pytorch_model.bin` is a pickle (code), never read. A missing model raises `TeacherNotFoundError`, one
   sentence naming the id or folder and the two ways to provide it.
 - The processor's normalisation (mean/std from `preprocessor_config.json`, ImageNet's when the
   file is absent) is applied inside the teacher, so every caller passes plain [0, 1] images.
@@ -175,6 +176,17 @@ class PixelTeacher(Teacher):
         return F.unfold(pixels, kernel_size=self.patch_size, stride=self.patch_size).transpose(1, 2)
 
 
+class ShapeOnlyTeacher(PixelTeacher):
+    """A weightless stand-in with a teacher's name, width and patch size: what a model built
+    on the meta device needs to know of its teacher (`strop model-info`, and checking a
+    weights file's shapes against a config before anything is allocated)."""
+
+    def __init__(self, name: str, patch_size: int) -> None:
+        super().__init__(patch_size)
+        self.teacher_name = name
+        self.dim = teacher_dim(name, patch_size)
+
+
 def _normalisation(folder: Path | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if folder is not None and (folder / "preprocessor_config.json").is_file():
         cfg = json.loads((folder / "preprocessor_config.json").read_text())
@@ -212,7 +224,8 @@ def load_dinov3(name: str, path: str | Path | None = None) -> ViTTeacher:
     if path is not None and not Path(path).is_dir():
         raise TeacherNotFoundError(how)
     try:
-        model = DINOv3ViTModel.from_pretrained(source, local_files_only=True)
+        # safetensors only: a folder's pytorch_model.bin is a pickle, and unpickling runs code
+        model = DINOv3ViTModel.from_pretrained(source, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as err:
         raise TeacherNotFoundError(how) from err
     folder = Path(path) if path is not None else _snapshot_folder(source)
