@@ -268,10 +268,10 @@ def analyze_run(
     check_length_mode(parse_length_mode(length_mode, info.length_mode), info.model, run.name)
     unit = OutputUnit(run.path / "analysis", UNIT, ANALYSIS_FILES, f"strop analyze {run.path}")
     unit.open()  # a folder that cannot be written fails here, before the model loads
-    try:
+    with unit.writing() as staging:  # a failure removes the analysis/ this call created
         result = _analyze(
             run,
-            unit.staging,
+            staging,
             split,
             n_images,
             data,
@@ -283,9 +283,6 @@ def analyze_run(
             progress,
             length_mode,
         )
-        unit.commit()
-    finally:
-        unit.abort()
     return result
 
 
