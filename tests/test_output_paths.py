@@ -24,13 +24,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import one_error_line, tiny_run_config
+from conftest import fill, one_error_line, tiny_run_config
 from test_train_trainer import BASE_SETS
 from typer.testing import CliRunner
 
-from strop.atomic import OutputPathError, atomic_write_text, current_umask
 from strop.cli import app as strop_app
-from strop.runs import append_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,6 +78,9 @@ def assert_devices_untouched(*links: Path) -> None:
 
 
 def test_a_fifo_a_device_and_a_folder_are_refused_by_every_single_file_writer(tmp_path):
+    from strop.atomic import OutputPathError, atomic_write_text
+    from strop.runs import append_jsonl
+
     with fifo_with_reader(tmp_path / "pipe") as pipe:
         link = device_link(tmp_path, "null", "/dev/null")
         folder = tmp_path / "folder"
@@ -135,6 +136,7 @@ def test_export_model_over_a_device_link_is_refused(run, tmp_path):
 
 def test_the_decoders_results_file_as_a_fifo_is_refused_not_waited_on(tmp_path):
     from llm_decode.results import RESULTS_FILE, ResultsFile, claim_folder
+    from strop.atomic import OutputPathError
 
     folder = tmp_path / "llm" / "m"
     folder.mkdir(parents=True)
@@ -196,6 +198,8 @@ def test_bench_gpu_that_measured_nothing_is_a_failure() -> None:
 
 
 def test_the_umask_is_read_without_setting_it() -> None:
+    from strop.atomic import current_umask
+
     before = os.umask(0o027)
     try:
         assert current_umask() == 0o027
@@ -221,34 +225,6 @@ def test_exported_weights_get_the_umask_mode_and_a_second_export_says_it_replace
 
 
 # --------------------------------------------------------------------------- a full disk
-
-
-@pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 8 MiB tmpfs at tmp_path/disk; `fill(full_disk)` takes its last byte."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
-def fill(disk: Path) -> None:
-    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    assert shutil.disk_usage(disk).free == 0
 
 
 def copy_run(run: Path, disk: Path) -> Path:
