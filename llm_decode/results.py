@@ -10,9 +10,11 @@ Design decisions
   answers. A torn last line (kill -9 or a full disk mid-write) is cut off before anything is
   appended, so the next row never glues onto the fragment; a line that is not JSON anywhere
   else (left by an older version) is skipped with a warning naming it. Either way the request
-  has no final answer and is sent again. Rows for requests that failed in transport are
-  written too (status `error`) for the record, but do not count as done: the rerun retries
-  them.
+  has no final answer and is sent again. A write that fails (a full disk) stops the run
+  with one line naming the file and the space left (`strop.atomic.write_error`); the file
+  is opened only when it is a regular file (a FIFO blocked the open forever). Rows for
+  requests that failed in transport are written too (status `error`) for the record, but do
+  not count as done: the rerun retries them.
 - The prompts are kept beside the rows, once per distinct prompt (`prompts.jsonl`, keyed by
   the sha256 every row carries as `prompt_sha256`): a row can be read with the exact messages
   that produced it, without repeating 50 shots in every row.
@@ -37,7 +39,7 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
-from strop.atomic import open_for_append, write_error
+from strop.atomic import OutputPathError, open_for_append, write_error
 from strop.output_unit import check_writable
 from strop.runs import RunFolderError, read_json, write_json
 
@@ -205,7 +207,7 @@ def _append_line(path: Path, handle: TextIO | None, line: str) -> TextIO | None:
         raise _append_error(path, exc) from None
 
 
-def _append_error(path: Path, exc: OSError) -> RunFolderError:
+def _append_error(path: Path, exc: OSError) -> OutputPathError:
     return write_error(path, exc, kept="the rows written before are kept; rerun to send the rest")
 
 
