@@ -6,7 +6,9 @@
 Each `bench/bench_<area>.py` exposes `run(quick: bool = False) -> list[dict]`, rows of
 `name`, `value`, `unit`, and, where one exists, `baseline` (the comparison measured in the same
 run) and `ratio` (value / baseline, or baseline / value for times: each module says which).
-This runner only collects and prints; it measures nothing itself.
+This runner only collects and prints; it measures nothing itself. `--json` is checked
+before the first benchmark (an existing folder, a regular file or none: a FIFO would block
+the write forever) and written atomically.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+from strop.atomic import OutputPathError, atomic_write_text
+from strop.output_unit import check_writable
 
 AREAS = ("render", "model", "train", "input", "grammar", "decode", "length")
 
@@ -59,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller workloads (smoke run)")
     parser.add_argument("--json", type=Path, help="also write all rows to this JSON file")
     args = parser.parse_args(argv)
+    if args.json:
+        try:  # before the benchmarks, not after minutes of them
+            check_writable(args.json, make_parent=False)
+        except OutputPathError as exc:
+            print(f"error: bench: --json {exc}", file=sys.stderr)
+            return 1
 
     from rich.console import Console
     from rich.table import Table
@@ -95,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     console.print(table)
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+        try:
+            atomic_write_text(args.json, json.dumps({"machine": machine, "rows": rows}, indent=2))
+        except OutputPathError as exc:
+            print(f"error: bench: --json {exc}", file=sys.stderr)
+            return 1
     return 1 if failed else 0
 
 

@@ -37,7 +37,11 @@ Design decisions
 - The command line is checked before the first row, in one `error:` line each: a flag
   argparse refuses, `--only` text that names no row, a `--budget-s` that is not a positive
   number (exit 2), a `--json` file that cannot be written (exit 1; it used to fail with a
-  traceback after the whole run). The JSON is written atomically.
+  traceback after the whole run): in a folder that does not exist (it is not created), or
+  a path that is not a regular file (a FIFO hung the call; `/dev/null` was replaced). The
+  JSON is written atomically.
+- A budget spent before any training row ran is exit 1, after the table: nothing was
+  measured (`--budget-s 1e-300` exited 0 with every row skipped).
 """
 
 from __future__ import annotations
@@ -126,6 +130,8 @@ ROWS: tuple[RowSpec, ...] = (
     RowSpec("S", "cached", False, "masked"),
 )
 
+#: The name the feature-cache rows start with (they run whatever the time budget).
+CACHE_ROW = "feature cache read"
 COLUMNS = (
     "row",
     "status",
@@ -390,7 +396,7 @@ def cache_read_row(setup: Setup, teacher: str) -> Row:
     from strop.model.feature_cache import FeatureCacheDataset
     from strop.training.data import collate
 
-    row = Row(f"feature cache read {teacher} ({setup.scale.image_size}px, 1 process)")
+    row = Row(f"{CACHE_ROW} {teacher} ({setup.scale.image_size}px, 1 process)")
     dataset = FeatureCacheDataset(setup.caches[teacher], "train")
     loader = DataLoader(dataset, batch_size=64, num_workers=0, collate_fn=collate)
     start = time.perf_counter()
@@ -507,8 +513,8 @@ def check_options(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from strop.atomic import atomic_write_text
-    from strop.output_unit import OutputUnitError, check_writable
+    from strop.atomic import OutputPathError, atomic_write_text
+    from strop.output_unit import check_writable
 
     parser = _Parser(prog="python -m bench gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="every row at toy size (CPU ok)")
@@ -530,26 +536,40 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.json:
         try:  # before the rows, not after minutes of them
-            check_writable(args.json)
-        except OutputUnitError as exc:
+            check_writable(args.json, make_parent=False)
+        except OutputPathError as exc:
             print(f"error: bench gpu: --json {exc}", file=sys.stderr)
             return 1
     rows, machine = run(args.dry_run, args.only, args.budget_s)
     print_table(rows, machine)
     if args.json:
         report = {"machine": machine, "rows": [asdict(r) for r in rows]}
-        atomic_write_text(args.json, json.dumps(report, indent=2))
-    errors = failures(rows)
+        try:
+            atomic_write_text(args.json, json.dumps(report, indent=2))
+        except OutputPathError as exc:  # a full disk after the rows: say so, in one line
+            print(f"error: bench gpu: --json {exc}", file=sys.stderr)
+            return 1
+    errors = failures(rows, args.budget_s, machine.get("setup_s"))
     for line in errors:
         print(line, file=sys.stderr)
     return 1 if errors else 0
 
 
-def failures(rows: list[Row]) -> list[str]:
-    """One `error:` line per failed row, naming it (out of memory and skipped are results)."""
-    return [
+def failures(rows: list[Row], budget_s: float = 420.0, setup_s: Any = None) -> list[str]:
+    """One `error:` line per failed row, naming it (out of memory and skipped are results),
+    or one line when the time budget ran out before any training row was measured: a call
+    that measured nothing has failed (it exited 0 with `--budget-s 1e-300`)."""
+    lines = [
         f"error: bench gpu: row '{r.row}' failed ({r.note})" for r in rows if r.status == "failed"
     ]
+    steps = [r for r in rows if not r.row.startswith(CACHE_ROW)]
+    if steps and all(r.status == "skipped" for r in steps):
+        setup = f" (the setup alone took {setup_s} s)" if setup_s is not None else ""
+        lines.append(
+            f"error: bench gpu: --budget-s {budget_s:g} ran out before any row was measured"
+            f"{setup}; give it more time"
+        )
+    return lines
 
 
 if __name__ == "__main__":

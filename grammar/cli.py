@@ -52,9 +52,11 @@ def mine(
     from grammar.corpus import CorpusError
     from grammar.mine import mine_path
     from grammar.ngrams import MaxNError
+    from strop.atomic import OutputPathError
     from strop.runs import RunFolderError
 
-    with exit_on(usage=(ValidationError, MaxNError), failed=(CorpusError, RunFolderError)):
+    failed = (CorpusError, RunFolderError, OutputPathError)  # OutputPathError: a full disk
+    with exit_on(usage=(ValidationError, MaxNError), failed=failed):
         summaries = mine_path(
             path,
             out=out,

@@ -70,6 +70,7 @@ from grammar.pcfg import parse_program, pcfg_text, production_probs
 from grammar.perplexity import heldout_perplexity
 from grammar.repair import Grammar, repair
 from grammar.zipf import zipf_fit
+from strop.atomic import OutputPathError, is_disk_full, write_error
 from strop.output_unit import OutputUnit
 
 if TYPE_CHECKING:
@@ -437,8 +438,14 @@ def mine_path(
                 result.summary["output_dir"] = str(source.out_dir)
                 try:
                     write_outputs(result, unit.staging, cfg)
-                except OSError as exc:  # a full disk, a file-size limit: one line naming it
-                    why = exc.strerror or str(exc).split("] ")[-1]
+                except (OSError, OutputPathError) as exc:  # a full disk, a file-size limit
+                    if is_disk_full(exc):  # one line naming the space left
+                        raise write_error(source.out_dir, exc) from None
+                    why = (
+                        exc.reason
+                        if isinstance(exc, OutputPathError)
+                        else exc.strerror or str(exc).split("] ")[-1]
+                    )
                     raise CorpusError(
                         f"{source.out_dir}: cannot write the results ({why})"
                     ) from None

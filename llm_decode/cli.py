@@ -63,6 +63,7 @@ from llm_decode.runner import (
     plan,
 )
 from llm_decode.scoring import ScoringOptions
+from strop.atomic import OutputPathError
 from strop.cli_app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Commands, make_app
 from strop.runs import RunFolderError
 from strop.scenes import SceneFileError
@@ -272,7 +273,7 @@ def config_from_options(
         _fail(f"option {field}: {err['msg']} (got {err.get('input')!r})", secrets, usage=True)
     except (PromptError, UsageError) as exc:  # a --template that is missing
         _fail(str(exc), secrets, usage=True)
-    except (RunFolderError, BackendError) as exc:
+    except (RunFolderError, OutputPathError, BackendError) as exc:
         _fail(str(exc), secrets)
     return cfg, secrets
 
@@ -285,7 +286,7 @@ def print_first_prompt(
         messages = make_plan(cfg).jobs[0].messages
     except PromptError as exc:
         _fail(str(exc), secrets, usage=True)
-    except (RunFolderError, SceneFileError, BackendError) as exc:
+    except (RunFolderError, OutputPathError, SceneFileError, BackendError) as exc:
         _fail(str(exc), secrets)
     typer.echo(json.dumps(messages, indent=2, ensure_ascii=False))
 
@@ -302,7 +303,7 @@ def run_with_progress(
         except PromptError as exc:  # the template given on the command line
             progress.stop()
             _fail(str(exc), secrets, usage=True)
-        except (RunFolderError, SceneFileError, BackendError) as exc:
+        except (RunFolderError, OutputPathError, SceneFileError, BackendError) as exc:
             progress.stop()
             _fail(str(exc), secrets)
         except DecodeInterrupted as exc:
@@ -439,7 +440,7 @@ def report_command(
     """Tabulate every llm/<model>/summary.json (and llm/qa/<model>/) under --runs; writes llm_report.md."""
     try:
         path, table = build_report(runs)
-    except RunFolderError as exc:
+    except (RunFolderError, OutputPathError) as exc:
         _fail(str(exc), [])
         return
     Console().print(table)

@@ -10,9 +10,11 @@ Design decisions
   answers. A torn last line (kill -9 or a full disk mid-write) is cut off before anything is
   appended, so the next row never glues onto the fragment; a line that is not JSON anywhere
   else (left by an older version) is skipped with a warning naming it. Either way the request
-  has no final answer and is sent again. Rows for requests that failed in transport are
-  written too (status `error`) for the record, but do not count as done: the rerun retries
-  them.
+  has no final answer and is sent again. A write that fails (a full disk) stops the run
+  with one line naming the file and the space left (`strop.atomic.write_error`); the file
+  is opened only when it is a regular file (a FIFO blocked the open forever). Rows for
+  requests that failed in transport are written too (status `error`) for the record, but do
+  not count as done: the rerun retries them.
 - The prompts are kept beside the rows, once per distinct prompt (`prompts.jsonl`, keyed by
   the sha256 every row carries as `prompt_sha256`): a row can be read with the exact messages
   that produced it, without repeating 50 shots in every row.
@@ -37,6 +39,7 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
+from strop.atomic import OutputPathError, open_for_append, write_error
 from strop.output_unit import check_writable
 from strop.runs import RunFolderError, read_json, write_json
 
@@ -128,22 +131,23 @@ class ResultsFile:
         self.prompts = PromptStore(self.folder / PROMPTS_FILE)
 
     def append(self, row: dict[str, Any]) -> None:
-        if self._handle is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
         # flush, not fsync: the row survives the process being killed, which is the failure
         # resuming is for; an fsync per answer would stall the event loop on slow disks.
-        self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._handle.flush()
+        handle, self._handle = self._handle, None  # a failed append closes it
+        self._handle = _append_line(self.path, handle, json.dumps(row, ensure_ascii=False))
         if row.get("status") in DONE_STATUSES:
             self.done[row["key"]] = row
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            try:
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError as exc:
+                raise _append_error(self.path, exc) from None
+            finally:
+                _close_quietly(handle)
         self.prompts.close()
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
@@ -164,12 +168,9 @@ class PromptStore:
         """Store `messages` unless already stored; returns their sha256."""
         digest = messages_sha256(messages)
         if digest not in self.known:
-            if self._handle is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             row = {"sha256": digest, "messages": messages}
-            self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            self._handle.flush()
+            handle, self._handle = self._handle, None  # a failed append closes it
+            self._handle = _append_line(self.path, handle, json.dumps(row, ensure_ascii=False))
             self.known.add(digest)
         return digest
 
@@ -180,8 +181,43 @@ class PromptStore:
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            try:
+                handle.flush()
+            except OSError as exc:
+                raise _append_error(self.path, exc) from None
+            finally:
+                _close_quietly(handle)
+
+
+def _append_line(path: Path, handle: TextIO | None, line: str) -> TextIO | None:
+    """Append `line` to `path` and flush it, opening the file on first use (a regular file
+    only: a FIFO would block the open). Returns the handle to keep; a failed write (a full
+    disk) closes it and is one `RunFolderError` line naming the file and the space left."""
+    try:
+        if handle is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(open_for_append(path), "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+        handle.write(line + "\n")
+        handle.flush()
+        return handle
+    except OSError as exc:
+        if handle is not None:
+            _close_quietly(handle)
+        raise _append_error(path, exc) from None
+
+
+def _append_error(path: Path, exc: OSError) -> OutputPathError:
+    return write_error(path, exc, kept="the rows written before are kept; rerun to send the rest")
+
+
+def _close_quietly(handle: TextIO) -> None:
+    """Close a handle whose buffer could not be written: closing flushes it again, which
+    fails again on a full disk (the second traceback of a failed run)."""
+    try:
+        handle.close()
+    except OSError:
+        pass
 
 
 def identity_hash(identity: dict[str, Any]) -> str:

@@ -24,6 +24,14 @@ Design decisions
   cannot be written fails before the work, in one line (`OutputUnitError`), and not after
   every image was encoded.
 - Staging folders left by writers that are no longer running are removed on the next open.
+- A unit that is aborted removes the folders its `open` created, once empty: a failed
+  `strop analyze` or `export-model` (a full disk) left an empty `analysis/` or `--out`.
+- Only regular files are replaced: an owned name that is a FIFO, a device, a socket or a
+  folder is refused before anything is moved (`refuse_non_regular`); `os.replace` would have
+  put a regular file in its place. Files moved in get the mode a plain `open()` gives under
+  the umask (safetensors writes 0600).
+- A full disk while the unit is written or moved in is one line naming the output folder
+  and the space left (`writing`, `write_error`), and the previous unit stays whole.
 - Commits of one folder are serialised by an exclusive `flock` on the folder (`folder_lock`):
   two writers racing into one folder each move their whole unit in, the later one wins.
 """
@@ -38,10 +46,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
+from strop.atomic import IN_THE_WAY as IN_THE_WAY  # re-exported: the tests' word for it
+from strop.atomic import (
+    DiskFullError,
+    OutputPathError,
+    is_disk_full,
+    plain_file_mode,
+    refuse_non_regular,
+    shown,
+    write_error,
+)
 from strop.runs import RunFolderError, pid_running
 
 
-class OutputUnitError(RunFolderError):
+class OutputUnitError(RunFolderError, OutputPathError):
     """An output folder that cannot be written, or a unit left incomplete; one line."""
 
 
@@ -60,41 +78,31 @@ def require_complete(folder: str | os.PathLike[str], name: str) -> None:
         )
 
 
-def writable_error(folder: Path, exc: OSError) -> OutputUnitError:
-    """One line for an output folder that cannot be written."""
-    return OutputUnitError(f"{shown(folder)}: cannot write the output here ({_why(exc)})")
-
-
-#: Why a folder cannot be made where a regular file already stands (mkdir says "File exists").
-IN_THE_WAY = "a file stands where a folder is needed"
-
-
-def _why(exc: OSError) -> str:
-    return IN_THE_WAY if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
-
-
-def check_writable(path: str | os.PathLike[str]) -> None:
+def check_writable(path: str | os.PathLike[str], make_parent: bool = True) -> None:
     """Fail now, in one line, when the single file `path` could not be written later (a
-    read-only or immutable folder, a file in a parent's place, an immutable file): a file is
-    created and removed beside it, and an existing `path` is opened for writing."""
+    read-only or immutable folder, a file in a parent's place, an immutable file, a path
+    that is not a regular file): a file is created and removed beside it, and an existing
+    `path` is opened for writing. The parent folder is created, or with `make_parent=False`
+    a missing one is refused."""
     path = Path(path)
+    refuse_non_regular(path)
+    if not make_parent and not path.parent.is_dir():
+        what = "not a folder" if path.parent.exists() else "no such folder"
+        raise OutputUnitError(
+            f"{shown(path)}: cannot write the output here ({shown(path.parent)}: {what}; "
+            "create it first)"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = path.parent / f".{path.name}.probe-{os.getpid()}"
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         probe.unlink()
         if path.exists():
-            os.close(os.open(path, os.O_WRONLY))
+            # O_NONBLOCK: should a FIFO appear after the check above, opening it fails
+            # (ENXIO) instead of waiting for a reader
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
     except OSError as exc:
-        raise OutputUnitError(
-            f"{shown(path)}: cannot write the output here ({_why(exc)})"
-        ) from None
-
-
-def shown(path: str | os.PathLike[str]) -> str:
-    """A path as printable text: bytes that are not UTF-8 (kept by Python as surrogates)
-    appear as `\\xNN` escapes instead of breaking whatever prints or writes the message."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise write_error(path, exc, error=OutputUnitError) from None
 
 
 class OutputUnit:
@@ -114,46 +122,89 @@ class OutputUnit:
         self.owned = tuple(owned)
         self.command = command
         self.staging = self.folder / f".{name}.staging-{os.getpid()}"
+        #: The folders `open` created (the output folder and missing parents), innermost
+        #: first; an aborted unit removes those that are empty again.
+        self._created: list[Path] = []
+        self._committed = False
+        #: Set by `commit`: whether files of an earlier unit were there (replaced or deleted).
+        self.replaced = False
 
     def open(self) -> Path:
         """Create the folder and a fresh staging folder; returns the staging folder."""
+        missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            self._created = missing
             self._remove_dead_stagings()
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging.mkdir()
         except OSError as exc:
-            raise writable_error(self.folder, exc) from None
+            self._remove_created()
+            raise write_error(self.folder, exc, error=OutputUnitError) from None
         return self.staging
 
-    def commit(self, check: Callable[[], None] | None = None) -> None:
+    def commit(self, check: Callable[[], None] | None = None) -> bool:
         """Move the staged files in and delete owned files this write did not produce.
-        `check` runs under the folder's lock before anything moves: a refusal it raises
-        (files of other weights already there) cannot race a writer of the same folder."""
+        Returns whether files of an earlier unit were there (replaced or deleted). `check`
+        runs under the folder's lock before anything moves: a refusal it raises (files of
+        other weights already there) cannot race a writer of the same folder."""
         new = sorted(p.relative_to(self.staging) for p in self.staging.rglob("*") if p.is_file())
         produced = set(new)
         marker = marker_path(self.folder, self.name)
+        mode = plain_file_mode()
         try:
             with folder_lock(self.folder):
                 if check is not None:
                     check()
-                stale = [
-                    p for p in self._owned_files() if p.relative_to(self.folder) not in produced
-                ]
+                for rel in new:  # before anything is moved: all or nothing
+                    refuse_non_regular(self.folder / rel)
+                before = self._owned_files()
+                stale = [p for p in before if p.relative_to(self.folder) not in produced]
                 _write_synced(marker, self.command + "\n")
                 for rel in new:
                     target = self.folder / rel
                     target.parent.mkdir(parents=True, exist_ok=True)
+                    os.chmod(self.staging / rel, mode)
                     os.replace(self.staging / rel, target)
                 for path in stale:
                     path.unlink(missing_ok=True)
                 marker.unlink()
         except OSError as exc:
-            raise writable_error(self.folder, exc) from None
+            moved = marker.is_file()  # the marker tells readers, and the message says so
+            kept = (
+                f"{self.command} was interrupted while moving its files in; rerun it"
+                if moved
+                else "the files there before are unchanged"
+            )
+            raise write_error(self.folder, exc, kept, OutputUnitError) from None
+        self._committed = True
+        self.replaced = bool(before)
         shutil.rmtree(self.staging, ignore_errors=True)
+        return self.replaced
 
     def abort(self) -> None:
+        """Remove the staging folder, and (unless committed) the folders `open` created."""
         shutil.rmtree(self.staging, ignore_errors=True)
+        if not self._committed:
+            self._remove_created()
+
+    @contextmanager
+    def writing(self, check: Callable[[], None] | None = None) -> Iterator[Path]:
+        """The staging folder, to write the unit into inside the block: committed when the
+        block ends (`check` as in `commit`), aborted when it raises. Running out of space
+        (while writing or moving in) is one `DiskFullError` line naming the output folder,
+        not the staging file."""
+        try:
+            yield self.staging
+            self.commit(check)
+        except DiskFullError as exc:  # from `atomic_write` into the staging folder, or `commit`
+            raise write_error(self.folder, exc, exc.kept, OutputUnitError) from None
+        except Exception as exc:  # PIL, matplotlib, safetensors: the OS error, or its text
+            if not is_disk_full(exc):
+                raise
+            raise write_error(self.folder, exc, error=OutputUnitError) from None
+        finally:
+            self.abort()
 
     def __enter__(self) -> Path:
         return self.open()
@@ -168,6 +219,13 @@ class OutputUnit:
             self.commit()
         else:
             self.abort()
+
+    def _remove_created(self) -> None:
+        for folder in self._created:  # innermost first; rmdir keeps any folder not empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def _owned_files(self) -> list[Path]:
         found: list[Path] = []

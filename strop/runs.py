@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from strop.atomic import atomic_write, atomic_write_text
+from strop.atomic import atomic_write, atomic_write_text, free_space, is_disk_full, open_for_append
 
 PROGRAMS_FILE = "programs.parquet"
 CONFIG_FILE = "config.json"
@@ -629,17 +629,20 @@ def _json_default(value: Any) -> Any:
 def append_jsonl(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
     """Append one JSON line and flush it to disk, so a killed process keeps every row written.
 
-    A failed write (disk full) is a one-line `RunFolderError`; it may leave a torn last line,
-    which `read_jsonl` skips and a resumed training drops (`MetricLog.truncate`)."""
+    A failed write (disk full) is a one-line `RunFolderError` naming the space left; it may
+    leave a torn last line, which `read_jsonl` skips and a resumed training drops
+    (`MetricLog.truncate`). A path that is not a regular file (a FIFO would block the open
+    forever) is refused."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as handle:
+        with open(open_for_append(path), "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row, default=_json_default) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as exc:
-        raise RunFolderError(f"{path}: cannot append a row ({exc.strerror or exc})") from None
+        why = f"the disk is full: {free_space(path)}" if is_disk_full(exc) else exc.strerror
+        raise RunFolderError(f"{path}: cannot append a row ({why or exc})") from None
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -106,6 +106,7 @@ def test_a_split_rewritten_halfway_is_never_read_as_a_mix(synth_clevr_ro, tmp_pa
     file, `chattr +i`, which stops root too) cuts the write at each point."""
     import subprocess
 
+    from strop.atomic import OutputPathError
     from strop.model.feature_cache import write_features
 
     out = tmp_path / "cache"
@@ -122,7 +123,7 @@ def test_a_split_rewritten_halfway_is_never_read_as_a_mix(synth_clevr_ro, tmp_pa
     if not chattr("+i", out / "index.json"):
         pytest.skip("chattr +i is not available here")
     try:  # the index cannot be rewritten: the split must stay the old one, whole
-        with pytest.raises(OSError):
+        with pytest.raises(OutputPathError, match="index.json: cannot write the output here"):
             write_features(other, PixelTeacher(8), out, "val", 32, progress=False)
     finally:
         chattr("-i", out / "index.json")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fill
 
 from strop.runs import RunFolder, RunFolderError, RunLockedError
 from strop.training import checkpoint as ckpt
@@ -217,16 +218,23 @@ def test_rows_of_a_run_killed_before_its_first_checkpoint_are_not_repeated(
     assert (out / "metrics.jsonl.old").read_text() == old
 
 
-def test_disk_full_while_logging_is_one_line_and_the_run_resumes(clevr, straight, tmp_path):
+def test_disk_full_while_logging_is_one_line_and_the_run_resumes(
+    clevr, straight, tmp_path, full_disk
+):
     out = tmp_path / "run"
     train(config(clevr), out, progress=False, stop_at=3)
     metrics = out / "metrics.jsonl"
     kept = metrics.read_text()
     metrics.unlink()
-    metrics.symlink_to("/dev/full")  # every write: ENOSPC
+    # the log on a real full disk (a link to a device such as /dev/full is refused as an
+    # output that is not a regular file), empty: the slack of a file's last page would take
+    # a few rows more
+    (full_disk / "metrics.jsonl").touch()
+    metrics.symlink_to(full_disk / "metrics.jsonl")
+    fill(full_disk)
     with pytest.raises(RunFolderError) as err:
         train(config(clevr), out, progress=False)
-    assert str(err.value) == f"{metrics}: cannot append a row (No space left on device)"
+    assert str(err.value) == f"{metrics}: cannot append a row (the disk is full: 0 bytes free)"
     metrics.unlink()
     metrics.write_text(kept)
     train(config(clevr), out, progress=False)

@@ -65,6 +65,7 @@ def clevr_synth(
     The output depends only on --n, --size, --seed and --splits (not on --workers). --out must
     be new, empty, or a folder this command wrote (rerunning the same command is safe).
     """
+    from strop.atomic import OutputPathError
     from strop.data.renderer import OutputFolderError, generate_dataset
 
     fractions = _parse_splits(splits)
@@ -72,7 +73,7 @@ def clevr_synth(
         workers = min(os.cpu_count() or 1, 8, max(1, n // 100))
     start = time.perf_counter()
     # --out that holds someone else's files is a wrong command line; a full disk a failure
-    with exit_on(usage=(OutputFolderError,), failed=(OSError,)):
+    with exit_on(usage=(OutputFolderError,), failed=(OSError, OutputPathError)):
         counts = generate_dataset(
             out,
             n,

@@ -202,7 +202,9 @@ def export_model_cmd(
     # PretrainedError, a ValueError) or a failed upload (an OSError from huggingface_hub's
     # client): the work failed (exit 1).
     with exit_on(failed=(CheckpointError, ValueError, OSError)):
-        folder, url = export_model(run, out, checkpoint, push_to_hub, private=private)
-    typer.echo(f"wrote {folder} (model.safetensors, config.json, README.md)")
+        folder, url, replaced = export_model(run, out, checkpoint, push_to_hub, private=private)
+    # Two exports into one folder take turns (the unit's lock): the later one says so.
+    verb = "replaced the tokenizer in" if replaced else "wrote"
+    typer.echo(f"{verb} {folder} (model.safetensors, config.json, README.md)")
     if url:
         typer.echo(f"pushed to {push_to_hub}: {url}")

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from strop.atomic import plain_file_mode, refuse_non_regular
 from strop.data.placement import sample_scene
 from strop.data.shading import render_layers
 from strop.scenes import Scene, save_scenes
@@ -73,24 +74,14 @@ def split_counts(n: int, splits: Sequence[float]) -> dict[str, int]:
     return dict(zip(SPLIT_NAMES, counts, strict=True))
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-#: Read once at import: `os.umask` can only be read by setting it, which is not thread-safe
-#: (render workers are processes, but a caller may be threaded).
-_UMASK = _current_umask()
-
-
 def write_png(path: Path, image: np.ndarray, compress_level: int = 1) -> None:
     """Write a PNG through a temporary name, so an interrupted run leaves no torn file."""
+    refuse_non_regular(path)  # os.replace would put the PNG in a FIFO's or device's place
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             Image.fromarray(image).save(handle, format="PNG", compress_level=compress_level)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # what a plain open() gives (mkstemp's is 0600)
+        os.chmod(tmp, plain_file_mode())  # what a plain open() gives (mkstemp's is 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

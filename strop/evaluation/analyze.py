@@ -276,10 +276,16 @@ def analyze_run(
     check_length_mode(parse_length_mode(length_mode, info.length_mode), info.model, run.name)
     unit = OutputUnit(run.path / "analysis", UNIT, ANALYSIS_FILES, f"strop analyze {run.path}")
     unit.open()  # a folder that cannot be written fails here, before the model loads
-    try:
+    result: dict[str, Any] = {}
+
+    def same_weights() -> None:  # committed only while the run holds the weights analysed
+        loaded = result["weights"]["checkpoint_sha256"]
+        require_same_weights(run.path, loaded, "strop analyze", "analysis/")
+
+    with unit.writing(same_weights) as staging:  # a failure removes the analysis/ it created
         result = _analyze(
             run,
-            unit.staging,
+            staging,
             split,
             n_images,
             data,
@@ -291,13 +297,6 @@ def analyze_run(
             progress,
             length_mode,
         )
-        unit.commit(
-            lambda: require_same_weights(
-                run.path, result["weights"]["checkpoint_sha256"], "strop analyze", "analysis/"
-            )
-        )
-    finally:
-        unit.abort()
     return result
 
 

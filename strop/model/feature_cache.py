@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from strop.atomic import atomic_write_text
+from strop.atomic import atomic_write_text, refuse_non_regular
 
 INDEX_FILE = "index.json"
 
@@ -83,6 +83,8 @@ def write_features(
             raise FeatureCacheError(
                 f"{out / INDEX_FILE}: cache was made with {key}={index.get(key)!r}, now {value!r}; use another --out"
             )
+    for output in (f"{split}.f16", f"{split}.scenes.jsonl", INDEX_FILE):
+        refuse_non_regular(out / output)  # before the encode; os.replace would replace it
     n = len(dataset)  # type: ignore[arg-type]  # map-style: torch's stub lacks __len__
     if n == 0:
         raise FeatureCacheError(

@@ -49,6 +49,7 @@ from typing import Any, Literal, TypeVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from strop.atomic import is_disk_full
 from strop.model.config import ModelConfig
 from strop.model.weights import (
     CheckpointError,
@@ -289,24 +290,40 @@ class PretrainedMixin:
         `push_to_hub`, upload the folder to `repo_id` too. `command` is what a reader is told
         to rerun if this write is cut off while its files are moved in; `before_commit` runs
         under the folder's lock just before the files move in (it may refuse)."""
+        if push_to_hub:
+            if not repo_id:
+                raise PretrainedError("push_to_hub: repo_id is required")
+            check_repo_id(repo_id)  # before anything is written
+        out = Path(save_directory)
+        self.write_folder(out, info=info, command=command, before_commit=before_commit)
+        if push_to_hub and repo_id:
+            upload_folder(out, repo_id, token=token, private=private)
+        return out
+
+    def write_folder(
+        self,
+        out: Path,
+        *,
+        info: TokenizerInfo | None = None,
+        command: str | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> bool:
+        """`save_pretrained`'s write, without the upload; returns whether it replaced an
+        export that was there (told apart under the unit's lock, so of two exports racing
+        into one folder the later one knows)."""
         from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         from strop.model.card import model_card
 
-        if push_to_hub:
-            if not repo_id:
-                raise PretrainedError("push_to_hub: repo_id is required")
-            check_repo_id(repo_id)  # before anything is written
         model = self._as_model()
         info = info or TokenizerInfo(model=model.cfg)
-        out = Path(save_directory)
         # One unit (`strop.output_unit`): written aside, then moved in together, so a kill or
         # a full disk midway never leaves the weights of one export beside the config of
         # another; an output folder that cannot be written fails here, in one line.
         unit = OutputUnit(out, UNIT, UNIT_FILES, command or f"save_pretrained({str(out)!r})")
-        staging = unit.open()
-        try:
+        unit.open()
+        with unit.writing(before_commit) as staging:
             tensors = {
                 name: value.detach().to("cpu").contiguous()
                 for name, value in model.state_dict().items()
@@ -320,15 +337,12 @@ class PretrainedMixin:
                 )
                 (staging / CARD_NAME).write_text(model_card(config), encoding="utf-8")
             except (OSError, SafetensorError) as exc:
+                if is_disk_full(exc):  # one line naming the space left (`unit.writing`)
+                    raise
                 raise PretrainedError(
                     f"{out}: cannot write the tokenizer here ({one_line_of(exc)})"
                 ) from None
-            unit.commit(before_commit)
-        finally:
-            unit.abort()
-        if push_to_hub and repo_id:
-            upload_folder(out, repo_id, token=token, private=private)
-        return out
+        return unit.replaced
 
     def push_to_hub(
         self,

@@ -94,9 +94,10 @@ def export_model(
     push_to_hub: str | None = None,
     token: str | None = None,
     private: bool | None = None,
-) -> tuple[Path, str | None]:
+) -> tuple[Path, str | None, bool]:
     """Write the tokenizer of `run_dir` (at `checkpoint`) to `out`; with `push_to_hub`, upload
-    it to that repo id. Returns (folder, commit URL or None)."""
+    it to that repo id. Returns (folder, commit URL or None, whether it replaced an export
+    that was there)."""
     if push_to_hub is not None:
         check_repo_id(push_to_hub)  # a bad id is refused before anything is written
     run = RunFolder(Path(run_dir))
@@ -141,7 +142,7 @@ def export_model(
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     info = replace(info, provenance=provenance, eval=evaluation)
-    folder = model.save_pretrained(
+    replaced = model.write_folder(
         target,
         info=info,
         command=f"strop export-model {run.path} --out {target}",
@@ -149,5 +150,5 @@ def export_model(
         # eval.json there since the check above
         before_commit=lambda: _refuse_stale_results(target, sha),
     )
-    url = upload_folder(folder, push_to_hub, token=token, private=private) if push_to_hub else None
-    return folder, url
+    url = upload_folder(target, push_to_hub, token=token, private=private) if push_to_hub else None
+    return target, url, replaced

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from strop.atomic import plain_file_mode
 from strop.model.weights import (
     LAST,
     CheckpointError,
@@ -104,9 +105,7 @@ def save_checkpoint(
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # what a plain open() gives (mkstemp's is 0600)
+        os.chmod(tmp, plain_file_mode())  # what a plain open() gives (mkstemp's is 0600)
         if keep > 0:
             step_tmp = folder / f".{step_name(step)}.tmp"
             shutil.copyfile(tmp, step_tmp)  # a copy: its own inode, never a second name

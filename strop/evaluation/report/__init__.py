@@ -95,8 +95,8 @@ def build_report(
         )
     out = Path(out_dir) if out_dir is not None else experiment
     unit = OutputUnit(out, UNIT, REPORT_FILES, "strop report")
-    staging = unit.open()
-    try:
+    unit.open()
+    with unit.writing() as staging:
         fig_dir = staging / "figures"
         runs = [load_run(f) for f in folders]
         for run in runs:
@@ -129,7 +129,4 @@ def build_report(
                 figure.path = out / figure.path.relative_to(staging)
         md = render_markdown(title, subtitle, sections, out, banners)
         atomic_write_text(staging / "report.md", printable(md))
-        unit.commit()
-    finally:
-        unit.abort()
     return out / "report.md", out / "report.html"
