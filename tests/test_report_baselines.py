@@ -114,6 +114,19 @@ def test_a_verdict_is_recomputed_from_the_interval_and_bad_records_are_skipped_a
     assert len(rows) == 1 and NOT_BEYOND in rows[0]
 
 
+def test_a_ceiling_is_shown_with_its_gap_and_not_counted_as_a_baseline_missed(tmp_path):
+    ceiling = record(-0.1, "teacher_pooled", "r2")  # the teacher's own features: above the codes
+    ceiling["ceiling"] = True
+    beaten = record(0.05, "length_only", "r2")
+    probes = {"attribute_counts": {"teacher_pooled": ceiling, "length_only": beaten}}
+    make_run(tmp_path, "k64", 64, {"scene_probes": probes})
+    md, _ = build(tmp_path)
+    assert "K=64 (k64): 1 of 1 headlines beyond their baseline" in md
+    row = next(r for r in md.splitlines() if "teacher_pooled" in r and r.startswith("| 64"))
+    assert "ceiling (what the codes could keep at best" in row and NOT_BEYOND not in row
+    assert "the file says" not in md  # its stored 'not beyond' is not a disagreement
+
+
 def test_a_run_without_records_says_which_commands_write_them(tmp_path):
     make_run(tmp_path, "k16", 16, {"cos": 0.7})
     md, _ = build(tmp_path)
