@@ -178,8 +178,11 @@ def eval_cmd(
         help="EPS values of the quality_control block, comma-separated (runs trained with "
         "model.quality_head=true; default: 6 values inside the split's error range).",
     ),
-    order_probe: int = typer.Option(
-        256, "--order-probe", min=0, help="Images the token-order probe permutes (0: skip)."
+    order_probe: int | None = typer.Option(
+        None,
+        "--order-probe",
+        min=0,
+        help="Images the token-order probe permutes (0: skip) [default: 256].",
     ),
 ) -> None:
     """Alignment, codebook usage, pixel SSIM (and LPIPS), bits and length-vs-complexity: RUN/eval.json."""
@@ -196,6 +199,7 @@ def eval_cmd(
             ("--quality-eps", quality_eps),
             ("--lpips-backbone", lpips_backbone),
             ("--lpips-lin", lpips_lin),
+            ("--order-probe", order_probe),
         )
         if value is not None
     ]
@@ -226,7 +230,7 @@ def eval_cmd(
             lpips_backbone=lpips_backbone,
             lpips_lin=lpips_lin,
             quality_eps=eps_values,
-            order_probe_images=order_probe,
+            order_probe_images=256 if order_probe is None else order_probe,
         )
     lv = result["length_vs_objects"]
     pixels = "  ".join(
@@ -239,6 +243,31 @@ def eval_cmd(
     )
     if "order_probe" in result:
         typer.echo(result["order_probe"]["verdict"])
+    for line in baseline_lines(result):
+        typer.echo(line)
+
+
+def baseline_lines(result: dict) -> list[str]:
+    """What the terminal says of eval.json's baselines: the alignment's skill over the
+    average teacher field, each scene probe beside length alone, and the collapse banner."""
+    from strop.evaluation.baselines import find_records
+
+    lines = []
+    if result.get("collapsed"):
+        lines.append(f"warning: {result.get('collapse_banner') or 'collapsed'}")
+    alignment = result.get("alignment") or {}
+    if alignment.get("skill") is not None:
+        lines.append(f"skill over the average teacher field {alignment['skill']:.3f}")
+    for path, rec in find_records(result):
+        if rec.get("ceiling") or rec.get("advantage") is None:
+            continue
+        lo_hi = rec.get("interval")
+        ci = f" [{lo_hi[0]:+.3f}, {lo_hi[1]:+.3f}]" if lo_hi else ""
+        lines.append(
+            f"{path}: {rec['advantage']:+.3f}{ci} over {rec['baseline']} "
+            f"({rec.get('verdict') or rec.get('note') or 'no verdict'})"
+        )
+    return lines
 
 
 def _eps_list(text: str | None) -> list[float] | None:

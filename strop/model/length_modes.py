@@ -86,13 +86,22 @@ def parse_eps(raw: str, option: str) -> float:
     return eps
 
 
+#: The most EPS values one `--quality-eps` takes (a calibration curve needs a handful).
+MAX_QUALITY_EPS = 32
+
+
 def parse_eps_values(text: str | None) -> list[float] | None:
     """`--quality-eps` (comma-separated EPS values) -> at least two distinct values, sorted
     (a calibration curve is read in EPS order; a repeated value adds nothing to it)."""
     if text is None:
         return None
     parts = [part for part in text.split(",") if part.strip()]
-    values = sorted({parse_eps(part, f"--quality-eps {text}") for part in parts})
+    if len(parts) > MAX_QUALITY_EPS:  # each EPS is a pass over the split: refuse, don't grind
+        raise LengthModeError(
+            f"--quality-eps: {len(parts)} values; at most {MAX_QUALITY_EPS} (each one is a "
+            "search over every image)"
+        )
+    values = sorted({parse_eps(part, f"--quality-eps {text[:80]}") for part in parts})
     if len(values) < 2:
         raise LengthModeError(
             f"--quality-eps {text}: expected at least two distinct positive numbers"
