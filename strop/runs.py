@@ -8,6 +8,8 @@ Torch-free on purpose. Layout (`docs/FORMATS.md`)::
         checkpoints/       step-NNNNNNN.pt, last.pt
         metrics.jsonl      one JSON object per logged step
         programs.parquet   image_id, split, codes, length, n_objects, scene
+        programs/          or, for large exports, the same rows as parquet shards +
+                           manifest.json (`strop.programs_dataset`)
         eval.json          evaluation metrics
         grammar/           strop-grammar output
         llm/<model>/       strop-llm output
@@ -40,6 +42,9 @@ import numpy as np
 from strop.atomic import atomic_write, atomic_write_text
 
 PROGRAMS_FILE = "programs.parquet"
+#: the dataset form of a run's programs (`strop.programs_dataset`): RUN/programs/manifest.json
+PROGRAMS_DATASET_DIR = "programs"
+DATASET_MANIFEST = "manifest.json"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
@@ -158,13 +163,10 @@ def resolve_codebook_size(
     return None, ""
 
 
-def write_programs(path: str | os.PathLike[str], programs: Programs) -> Path:
-    """Write `programs.parquet` atomically (K and `meta` go into the schema metadata)."""
+def programs_table(programs: Programs) -> Any:
+    """The programs as a pyarrow table (K and `meta` in the schema metadata under `strop`)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    path = Path(path)
-    programs.validate(str(path))
     meta = dict(programs.meta)
     if programs.codebook_size is not None:
         meta["codebook_size"] = int(programs.codebook_size)
@@ -180,7 +182,16 @@ def write_programs(path: str | os.PathLike[str], programs: Programs) -> Path:
             "scene": pa.array(programs.scene, pa.string()),
         }
     )
-    table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+    return table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+
+
+def write_programs(path: str | os.PathLike[str], programs: Programs) -> Path:
+    """Write `programs.parquet` atomically (K and `meta` go into the schema metadata)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    programs.validate(str(path))
+    table = programs_table(programs)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:  # pyarrow refuses paths that are not UTF-8
@@ -217,11 +228,16 @@ def _codebook_size(meta: dict[str, Any], path: Path) -> int | None:
 
 
 def read_programs(path: str | os.PathLike[str], codebook_size: int | None = None) -> Programs:
-    """Read and validate a `programs.parquet`. `codebook_size` overrides the stored K."""
+    """Read and validate a `programs.parquet`, or a programs dataset (its folder or its
+    `manifest.json`, `strop.programs_dataset`). `codebook_size` overrides the stored K."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
+    if path.is_dir() or path.name == DATASET_MANIFEST:
+        from strop.programs_dataset import read_dataset
+
+        return read_dataset(path, codebook_size)
     if not path.is_file():
         raise RunFolderError(f"{path}: programs file not found")
     try:
@@ -303,7 +319,19 @@ class RunFolder:
 
     config_path = property(lambda self: self.path / CONFIG_FILE)
     metrics_path = property(lambda self: self.path / METRICS_FILE)
-    programs_path = property(lambda self: self.path / PROGRAMS_FILE)
+    programs_file = property(lambda self: self.path / PROGRAMS_FILE)
+    programs_dataset_dir = property(lambda self: self.path / PROGRAMS_DATASET_DIR)
+
+    @property
+    def programs_path(self) -> Path:
+        """`programs.parquet`, or the manifest of the dataset form (`RUN/programs/`) when only
+        that is there: every reader that checks `programs_path.is_file()` and then calls
+        `read_programs` takes either form."""
+        manifest = self.programs_dataset_dir / DATASET_MANIFEST
+        if not self.programs_file.is_file() and manifest.is_file():
+            return manifest
+        return self.programs_file
+
     eval_path = property(lambda self: self.path / EVAL_FILE)
     checkpoints_dir = property(lambda self: self.path / "checkpoints")
     grammar_dir = property(lambda self: self.path / "grammar")
@@ -339,7 +367,14 @@ class RunFolder:
         write_json(self.eval_path, metrics)
 
     def read_programs(self, codebook_size: int | None = None) -> Programs:
-        """The run's programs, every code checked against K (`resolve_codebook_size`)."""
+        """The run's programs (either form), every code checked against K
+        (`resolve_codebook_size`)."""
+        manifest = self.programs_dataset_dir / DATASET_MANIFEST
+        if self.programs_file.is_file() and manifest.is_file():
+            raise RunFolderError(
+                f"{self.path}: holds both {PROGRAMS_FILE} and {PROGRAMS_DATASET_DIR}/"
+                f"{DATASET_MANIFEST}; remove the one that is not current (or re-export)"
+            )
         programs = read_programs(self.programs_path, codebook_size)
         programs.codebook_size, programs.k_source = resolve_codebook_size(
             programs, self, codebook_size, str(self.programs_path)
@@ -393,6 +428,9 @@ class RunFolder:
         k = self.config_codebook_size
         if k is not None:
             return k
+        if self.programs_path.name == DATASET_MANIFEST:
+            k = read_json(self.programs_path).get("codebook_size")
+            return _codebook_size({"codebook_size": k}, self.programs_path)
         if self.programs_path.is_file():
             import pyarrow.parquet as pq
 
@@ -544,7 +582,11 @@ def _lock_holder(fd: int) -> int | None:
 
 
 def is_run_folder(path: Path) -> bool:
-    return (path / CONFIG_FILE).is_file() or (path / PROGRAMS_FILE).is_file()
+    return (
+        (path / CONFIG_FILE).is_file()
+        or (path / PROGRAMS_FILE).is_file()
+        or (path / PROGRAMS_DATASET_DIR / DATASET_MANIFEST).is_file()
+    )
 
 
 def discover_runs(path: str | os.PathLike[str]) -> list[RunFolder]:
