@@ -19,8 +19,8 @@ from conftest import tiny_model_config
 
 from strop.data.renderer import generate_dataset
 from strop.evaluation.export import ExportWouldDropPrograms, export_programs
+from strop.evaluation.programs_dataset import ProgramsDatasetError, dataset_dir_for
 from strop.model import build_model
-from strop.programs_dataset import ProgramsDatasetError, dataset_dir_for
 from strop.runs import Programs, RunFolder, RunFolderError, read_programs
 from strop.training.checkpoint import save_checkpoint
 from strop.training.config import RunConfig

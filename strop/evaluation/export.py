@@ -26,7 +26,7 @@ Design decisions
   image size) go into the Parquet metadata via `strop.runs.write_programs`. The file is a
   plain table, so `datasets.load_dataset("parquet", data_files=...)` reads it.
 - Large exports (more rows than `--shard-rows`, or any `torchrun` launch) write the dataset
-  form (`strop.programs_dataset`): shards encoded one at a time, each from its own loader so
+  form (`strop.evaluation.programs_dataset`): shards encoded one at a time, each from its own loader so
   batches never straddle a shard boundary (a resumed or multi-process export batches every
   image as a one-process run does, hence byte-identical shards); ranks take shards round-robin.
 - An export never silently drops programs another command wrote: when the output file holds
@@ -54,6 +54,19 @@ from strop.evaluation.distributed import (
     rank_device,
     start_group,
 )
+from strop.evaluation.programs_dataset import (
+    DEFAULT_SHARD_ROWS,
+    MANIFEST_FILE,
+    PLAN_FILE,
+    ShardWriter,
+    check_plan,
+    clear_shards,
+    dataset_dir_for,
+    plan_shards,
+    remove_dataset,
+    shards_of_rank,
+    write_manifest,
+)
 from strop.model.length_modes import (  # noqa: F401 - also this module's public names
     BUDGET_KINDS,
     EPS_KINDS,
@@ -68,23 +81,15 @@ from strop.model.length_modes import (  # noqa: F401 - also this module's public
     search_lengths,
 )
 from strop.output_unit import check_writable, shown
-from strop.programs_dataset import (
-    DEFAULT_SHARD_ROWS,
-    FORMAT,
-    MANIFEST_FILE,
-    PLAN_FILE,
-    ShardWriter,
-    check_plan,
-    clear_shards,
+from strop.runs import (
+    DATASET_FORMAT,
+    Programs,
+    RunFolder,
+    RunFolderError,
     concat_programs,
-    dataset_dir_for,
-    plan_shards,
-    remove_dataset,
-    shards_of_rank,
     split_counts,
-    write_manifest,
+    write_programs,
 )
-from strop.runs import Programs, RunFolder, RunFolderError, write_programs
 
 if TYPE_CHECKING:
     import torch
@@ -337,7 +342,7 @@ def export_programs(
     An existing file is overwritten only when that keeps all its rows, or with `replace`.
 
     More than `shard_rows` rows in all, or a `torchrun` launch, write the dataset form instead
-    (`strop.programs_dataset`: `X.parquet` -> folder `X/` of shards + manifest.json), one
+    (`strop.evaluation.programs_dataset`: `X.parquet` -> folder `X/` of shards + manifest.json), one
     shard in memory at a time, resumable after a kill; the path returned is its manifest (on
     ranks other than 0, which write no manifest, the folder).
     """
@@ -382,7 +387,7 @@ def export_programs(
     sizes = {name: len(d) for name, d in datasets.items()}
     if rank.distributed or sum(sizes.values()) > shard_rows or target.is_dir():
         plan = {
-            "format": FORMAT,
+            "format": DATASET_FORMAT,
             "run": run.name,
             "data": str(root.resolve()),
             "checkpoint": checkpoint,

@@ -1,6 +1,6 @@
-"""The programs dataset: a split's programs as parquet shards plus `manifest.json`.
+"""Writing the programs dataset: a split's programs as parquet shards plus `manifest.json`.
 
-Torch-free, like `strop.runs` (whose `read_programs` reads this form too). Layout
+Torch-free; its reader is `strop.runs` (`read_programs` takes this form too). Layout
 (`docs/FORMATS.md`)::
 
     RUN/programs/
@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,28 +43,28 @@ import numpy as np
 
 from strop.atomic import atomic_write_text
 from strop.runs import (
+    DATASET_FORMAT,
     DATASET_MANIFEST,
+    DATASET_PLAN,
+    DATASET_VERSION,
     Programs,
-    RunFolderError,
+    ProgramsDatasetError,
+    concat_programs,
+    is_programs_dataset,
     programs_table,
     read_json,
-    read_programs,
+    sha256_of,
 )
 
 MANIFEST_FILE = DATASET_MANIFEST
-PLAN_FILE = "plan.json"
-FORMAT = "strop-programs-dataset"
-VERSION = 1
+PLAN_FILE = DATASET_PLAN
+
 #: rows per shard when `--shard-rows` is not given: ~100k programs is 5-50 MB of parquet
 #: (codes alone; CLEVR scene JSON makes it ~200 MB), small enough to rewrite after a kill.
 DEFAULT_SHARD_ROWS = 100_000
 #: rows buffered before they go to the parquet writer as one row group
 ROW_GROUP_ROWS = 4096
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-
-class ProgramsDatasetError(RunFolderError):
-    """A programs dataset folder that cannot be used; the message is one line."""
 
 
 def dataset_dir_for(target: str | os.PathLike[str]) -> Path:
@@ -77,14 +76,6 @@ def dataset_dir_for(target: str | os.PathLike[str]) -> Path:
     if target.suffix == ".parquet":
         return target.with_suffix("")
     return target.with_name(target.name + ".shards")
-
-
-def is_programs_dataset(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` is a dataset folder or its manifest (finished or not)."""
-    path = Path(path)
-    if path.is_file():
-        return path.name == MANIFEST_FILE
-    return path.is_dir() and ((path / MANIFEST_FILE).is_file() or (path / PLAN_FILE).is_file())
 
 
 def check_split_name(split: str) -> str:
@@ -239,26 +230,6 @@ class ShardWriter:
         return self.path
 
 
-def concat_programs(parts: list[Programs], meta: dict[str, Any]) -> Programs:
-    return Programs(
-        codes=[c for p in parts for c in p.codes],
-        image_id=[i for p in parts for i in p.image_id],
-        split=[s for p in parts for s in p.split],
-        n_objects=np.concatenate([p.n_objects for p in parts]),
-        scene=[s for p in parts for s in p.scene],
-        codebook_size=parts[0].codebook_size,
-        meta=meta,
-    )
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _parquet_rows(path: Path) -> int:
     import pyarrow.parquet as pq
 
@@ -289,8 +260,8 @@ def write_manifest(folder: Path, shards: list[Shard], meta: dict[str, Any]) -> P
     for s in shards:
         splits[s.split] = splits.get(s.split, 0) + s.rows
     manifest = {
-        "format": FORMAT,
-        "version": VERSION,
+        "format": DATASET_FORMAT,
+        "version": DATASET_VERSION,
         "rows": sum(splits.values()),
         "splits": splits,
         "codebook_size": meta.get("codebook_size"),
@@ -334,85 +305,3 @@ def check_unique_ids(folder: Path, names: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
-    """(folder, manifest) of a dataset folder or its manifest.json, checked field by field."""
-    path = Path(path)
-    folder = path.parent if path.name == MANIFEST_FILE and not path.is_dir() else path
-    manifest_path = folder / MANIFEST_FILE
-    if not manifest_path.is_file():
-        if (folder / PLAN_FILE).is_file():
-            raise ProgramsDatasetError(
-                f"{folder}: programs dataset without {MANIFEST_FILE}: its export did not "
-                "finish; rerun the same `strop export` to resume it"
-            )
-        raise ProgramsDatasetError(f"{folder}: not a programs dataset (no {MANIFEST_FILE})")
-    manifest = read_json(manifest_path)
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ProgramsDatasetError(
-            f"{manifest_path}: format {manifest.get('format')!r} version "
-            f"{manifest.get('version')!r}; expected {FORMAT!r} version {VERSION}"
-        )
-    shards = manifest.get("shards")
-    if not isinstance(shards, list) or not shards:
-        raise ProgramsDatasetError(f"{manifest_path}: field shards: expected a non-empty list")
-    for i, s in enumerate(shards):
-        ok = (
-            isinstance(s, dict)
-            and isinstance(s.get("file"), str)
-            and "/" not in s["file"]
-            and not s["file"].startswith(".")
-            and isinstance(s.get("rows"), int)
-            and isinstance(s.get("sha256"), str)
-            and isinstance(s.get("split"), str)
-        )
-        if not ok:
-            raise ProgramsDatasetError(
-                f"{manifest_path}: field shards[{i}]: expected file, split, rows, sha256"
-            )
-    return folder, manifest
-
-
-def iter_shards(
-    path: str | os.PathLike[str], codebook_size: int | None = None
-) -> Iterator[tuple[dict[str, Any], Programs]]:
-    """Each shard's manifest record and its programs, one shard in memory at a time, each
-    checked against the manifest (sha256, rows, split) and K."""
-    folder, manifest = read_manifest(path)
-    k = codebook_size if codebook_size is not None else manifest.get("codebook_size")
-    for record in manifest["shards"]:
-        shard = folder / record["file"]
-        if not shard.is_file():
-            raise ProgramsDatasetError(f"{shard}: shard listed in {MANIFEST_FILE} is missing")
-        if sha256_of(shard) != record["sha256"]:
-            raise ProgramsDatasetError(
-                f"{shard}: sha256 differs from {MANIFEST_FILE}: the shard was changed after "
-                "the export; rerun it with --replace"
-            )
-        programs = read_programs(shard, k)
-        if len(programs) != record["rows"] or set(programs.split) - {record["split"]}:
-            raise ProgramsDatasetError(
-                f"{shard}: {len(programs)} rows of split(s) {sorted(set(programs.split))}; "
-                f"{MANIFEST_FILE} says {record['rows']} rows of {record['split']!r}"
-            )
-        yield record, programs
-
-
-def read_dataset(path: str | os.PathLike[str], codebook_size: int | None = None) -> Programs:
-    """Every shard of a programs dataset, in manifest order, as one `Programs`."""
-    _, manifest = read_manifest(path)
-    parts = [programs for _, programs in iter_shards(path, codebook_size)]
-    out = concat_programs(parts, dict(manifest.get("meta") or {}))
-    k = codebook_size if codebook_size is not None else manifest.get("codebook_size")
-    out.codebook_size = int(k) if k is not None else None
-    return out
-
-
-def split_counts(path: str | os.PathLike[str]) -> dict[str, int]:
-    """Rows per split of a finished dataset (from its manifest)."""
-    _, manifest = read_manifest(path)
-    splits = manifest.get("splits")
-    if not isinstance(splits, dict):
-        raise ProgramsDatasetError(f"{path}: field splits: expected an object")
-    return {str(k): int(v) for k, v in splits.items()}
