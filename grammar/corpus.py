@@ -358,7 +358,7 @@ def discover(
     PATH is an experiment folder (every sub-run), a run folder, a `programs.parquet`, or a text
     file. Outputs go to `RUN/grammar/` (or `OUT/<run>/` for an experiment, `OUT/` otherwise).
     """
-    from strop.programs_dataset import is_programs_dataset
+    from strop.runs import is_programs_dataset
 
     path = Path(path)
     out_path = Path(out) if out is not None else None
