@@ -21,7 +21,8 @@ commands = Commands()
 def mine(
     path: Path = typer.Argument(
         ...,
-        help="An experiment folder, a run folder, a programs.parquet, or a text file (one program per line).",
+        help="An experiment folder, a run folder, a programs.parquet, a programs dataset "
+        "folder (strop export's shards), or a text file (one program per line).",
     ),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: RUN/grammar/)."),
     max_n: int = typer.Option(4, "--max-n", min=1, max=8, help="Longest n-gram counted."),
@@ -43,6 +44,15 @@ def mine(
     ),
     ngram_min_count: int = typer.Option(
         2, "--ngram-min-count", min=1, help="Floor for rows of ngrams.tsv (1: every n-gram)."
+    ),
+    workers: int = typer.Option(
+        0, "--workers", min=0, help="Programs dataset: processes counting shards (0: this one)."
+    ),
+    sample_programs: int = typer.Option(
+        200_000,
+        "--sample-programs",
+        min=1,
+        help="Programs dataset: sample for nulls, Re-Pair and significance (counts are exact).",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or table."),
 ) -> None:
@@ -69,6 +79,8 @@ def mine(
             markov_null=markov_null,
             repair_max_tokens=repair_max_tokens,
             ngram_min_count=ngram_min_count,
+            workers=workers,
+            sample_programs=sample_programs,
         )
     for s in summaries:
         typer.echo(

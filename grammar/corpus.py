@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from strop.runs import (
+    DATASET_MANIFEST,
+    PROGRAMS_DATASET_DIR,
     PROGRAMS_FILE,
     Programs,
     RunFolder,
@@ -302,6 +304,8 @@ def _check_row_k(path: Path) -> None:
     """
     import pyarrow.parquet as pq
 
+    if path.is_dir() or not path.suffix == ".parquet":
+        return  # a programs dataset (its manifest): strop's own shards carry no per-row K
     names = pq.read_schema(path).names
     column = next((c for c in ("codebook_size", "k") if c in names), None)
     if column is None:
@@ -331,6 +335,10 @@ def read_run(run: RunFolder, k: int | None = None) -> Corpus:
     return from_programs(programs, run.name, str(run.programs_path), k)
 
 
+def _not_loaded() -> Corpus:
+    raise CorpusError("a programs dataset is mined shard by shard, not loaded whole")
+
+
 @dataclass(frozen=True)
 class Source:
     """One corpus to mine and where its results go."""
@@ -338,6 +346,8 @@ class Source:
     name: str
     out_dir: Path
     load: Callable[[], Corpus]  # deferred: one run in memory at a time
+    #: a programs dataset (folder or manifest): mined shard by shard instead of `load`ed
+    dataset: Path | None = None
 
 
 def discover(
@@ -348,8 +358,18 @@ def discover(
     PATH is an experiment folder (every sub-run), a run folder, a `programs.parquet`, or a text
     file. Outputs go to `RUN/grammar/` (or `OUT/<run>/` for an experiment, `OUT/` otherwise).
     """
+    from strop.runs import is_programs_dataset
+
     path = Path(path)
     out_path = Path(out) if out is not None else None
+    if is_programs_dataset(path):  # RUN/programs/ or its manifest.json
+        folder = path if path.is_dir() else path.parent
+        above = folder.parent
+        name = above.name if folder.name == PROGRAMS_DATASET_DIR else folder.name
+        default = (
+            above / "grammar" if folder.name == PROGRAMS_DATASET_DIR else above / f"{name}_grammar"
+        )
+        return [Source(name, out_path or default, _not_loaded, folder)], False
     if path.is_file():
         if path.suffix == ".parquet":
             loader = lambda: read_parquet(path, k)  # noqa: E731
@@ -380,5 +400,6 @@ def discover(
             target = run.grammar_dir
         else:
             target = out_path / run.name if experiment else out_path
-        sources.append(Source(run.name, target, functools.partial(read_run, run, k)))
+        dataset = run.programs_path if run.programs_path.name == DATASET_MANIFEST else None
+        sources.append(Source(run.name, target, functools.partial(read_run, run, k), dataset))
     return sources, experiment

@@ -28,6 +28,8 @@ Design decisions
   a run of 70,000 programs has millions of 4-grams seen once, which would dominate both the
   file and the time to write it); `summary.json` keeps the full type counts. Set it to 1 for
   every n-gram.
+- A programs dataset (`strop export`'s sharded form) is mined shard by shard
+  (`mine_dataset`, `grammar.stream`): exact merged n-gram counts, the rest on a sample.
 - A corpus' files (and an experiment's comparison) are one unit (`strop.output_unit`):
   written aside and moved in together once all are written, so a mine killed midway leaves
   the previous results whole, never files of two corpora side by side; every output folder
@@ -97,6 +99,10 @@ class MineConfig(BaseModel):
     min_programs_for_nulls: int = Field(20, ge=2)
     min_tokens_for_nulls: int = Field(200, ge=2)
     spot_check_parses: int = Field(3, ge=0, description="programs parsed with nltk's Viterbi")
+    sample_programs: int = Field(
+        200_000, ge=1, description="programs dataset: sample for nulls, Re-Pair, significance"
+    )
+    workers: int = Field(0, ge=0, description="programs dataset: processes counting shards")
 
 
 Progress = Callable[[str], None]
@@ -257,6 +263,57 @@ def mine_corpus(
     return MineResult(summary, extras["ngrams"], [adj, anyp], grammar, curves)
 
 
+def mine_dataset(
+    path: Path, name: str, cfg: MineConfig, k: int | None = None, progress: Progress | None = None
+) -> MineResult:
+    """Mine a programs dataset in bounded memory (`grammar.stream`): exact n-gram counts of
+    every shard merged, everything else on a seeded sample of `cfg.sample_programs`."""
+    from grammar.corpus import from_programs
+    from grammar.stream import exact_codebook_stats, read_sample, sample_rows, stream_counts
+
+    say = progress or (lambda _msg: None)
+    say("counting shards")
+    counts, manifest = stream_counts(path, max(cfg.max_n, 2), k, cfg.workers)
+    rows = sample_rows(int(manifest["rows"]), cfg.sample_programs, cfg.seed)
+    say(f"sample of {rows.size} programs")
+    sample = from_programs(read_sample(path, rows, k), name, str(path), k)
+    result = mine_corpus(sample, cfg, progress)
+    result.ngrams = {n: counts.ngrams[n] for n in range(1, cfg.max_n + 1)}
+    summary = result.summary
+    summary.update(
+        n_programs=counts.n_programs,
+        n_tokens=counts.n_tokens,
+        **exact_codebook_stats(counts.ngrams[1], counts.k),
+    )
+    summary["ngrams"] = _ngram_summary(result.ngrams, cfg)
+    summary["pairs_exact"] = {
+        "adjacent": {"types": counts.ngrams[2].n_types, "count": counts.ngrams[2].n_occurrences},
+        "any": {"types": int(counts.cooc_keys.size), "count": int(counts.cooc_counts.sum())},
+    }
+    summary["sample"] = {
+        "programs": int(sample.n_programs),
+        "tokens": int(sample.n_tokens),
+        "of_programs": counts.n_programs,
+        "seed": cfg.seed,
+        "covers": "headline statistics beside their nulls, perplexity, pairs (pairs.tsv), "
+        "distance MI, Re-Pair; n-gram counts (ngrams.tsv, ngrams), codebook statistics and "
+        "pairs_exact are of every program",
+    }
+    return result
+
+
+def _ngram_summary(ngrams: dict[int, NgramCounts], cfg: MineConfig) -> dict[str, Any]:
+    return {
+        str(n): {
+            "types": g.n_types,
+            "occurrences": g.n_occurrences,
+            "reuse_rate": _clean(g.reuse_rate()),
+            "top": g.top(cfg.top),
+        }
+        for n, g in ngrams.items()
+    }
+
+
 def _summary(
     corpus, cfg, observed, nulls, extras, null_status, null_mi, grammar, repair_index
 ) -> dict:
@@ -281,15 +338,7 @@ def _summary(
     }
     headline = _beside(observed, nulls)
     summary.update(headline)
-    summary["ngrams"] = {
-        str(n): {
-            "types": g.n_types,
-            "occurrences": g.n_occurrences,
-            "reuse_rate": _clean(g.reuse_rate()),
-            "top": g.top(cfg.top),
-        }
-        for n, g in extras["ngrams"].items()
-    }
+    summary["ngrams"] = _ngram_summary(extras["ngrams"], cfg)
     summary["pairs"] = {t.kind: _pair_summary(t, cfg) for t in (adj, anyp)}
     summary["distance_mi"] = {
         "distances": list(range(1, cfg.max_distance + 1)),
@@ -432,9 +481,12 @@ def mine_path(
         with _progress(progress, len(sources)) as report:
             for source, unit in zip(sources, units, strict=False):
                 report.start(source.name)
-                corpus = source.load()
-                check_packable(corpus.k, packed)
-                result = mine_corpus(corpus, cfg, report.step)
+                if source.dataset is not None:  # shard by shard, in bounded memory
+                    result = mine_dataset(source.dataset, source.name, cfg, k, report.step)
+                else:
+                    corpus = source.load()
+                    check_packable(corpus.k, packed)
+                    result = mine_corpus(corpus, cfg, report.step)
                 result.summary["output_dir"] = str(source.out_dir)
                 try:
                     write_outputs(result, unit.staging, cfg)

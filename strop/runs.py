@@ -8,6 +8,8 @@ Torch-free on purpose. Layout (`docs/FORMATS.md`)::
         checkpoints/       step-NNNNNNN.pt, last.pt
         metrics.jsonl      one JSON object per logged step
         programs.parquet   image_id, split, codes, length, n_objects, scene
+        programs/          or, for large exports, the same rows as parquet shards +
+                           manifest.json (`strop.evaluation.programs_dataset`)
         eval.json          evaluation metrics
         grammar/           strop-grammar output
         llm/<model>/       strop-llm output
@@ -28,9 +30,11 @@ Design decisions
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,12 @@ import numpy as np
 from strop.atomic import atomic_write, atomic_write_text, free_space, is_disk_full, open_for_append
 
 PROGRAMS_FILE = "programs.parquet"
+#: the dataset form of a run's programs (`strop.evaluation.programs_dataset`): RUN/programs/manifest.json
+PROGRAMS_DATASET_DIR = "programs"
+DATASET_MANIFEST = "manifest.json"
+DATASET_PLAN = "plan.json"
+DATASET_FORMAT = "strop-programs-dataset"
+DATASET_VERSION = 1
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
@@ -158,13 +168,10 @@ def resolve_codebook_size(
     return None, ""
 
 
-def write_programs(path: str | os.PathLike[str], programs: Programs) -> Path:
-    """Write `programs.parquet` atomically (K and `meta` go into the schema metadata)."""
+def programs_table(programs: Programs) -> Any:
+    """The programs as a pyarrow table (K and `meta` in the schema metadata under `strop`)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    path = Path(path)
-    programs.validate(str(path))
     meta = dict(programs.meta)
     if programs.codebook_size is not None:
         meta["codebook_size"] = int(programs.codebook_size)
@@ -180,7 +187,16 @@ def write_programs(path: str | os.PathLike[str], programs: Programs) -> Path:
             "scene": pa.array(programs.scene, pa.string()),
         }
     )
-    table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+    return table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+
+
+def write_programs(path: str | os.PathLike[str], programs: Programs) -> Path:
+    """Write `programs.parquet` atomically (K and `meta` go into the schema metadata)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    programs.validate(str(path))
+    table = programs_table(programs)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:  # pyarrow refuses paths that are not UTF-8
@@ -217,11 +233,14 @@ def _codebook_size(meta: dict[str, Any], path: Path) -> int | None:
 
 
 def read_programs(path: str | os.PathLike[str], codebook_size: int | None = None) -> Programs:
-    """Read and validate a `programs.parquet`. `codebook_size` overrides the stored K."""
+    """Read and validate a `programs.parquet`, or a programs dataset (its folder or its
+    `manifest.json`, `strop.evaluation.programs_dataset`). `codebook_size` overrides the stored K."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
+    if path.is_dir() or path.name == DATASET_MANIFEST:
+        return read_dataset(path, codebook_size)
     if not path.is_file():
         raise RunFolderError(f"{path}: programs file not found")
     try:
@@ -284,6 +303,129 @@ def read_programs(path: str | os.PathLike[str], codebook_size: int | None = None
     return programs
 
 
+# --------------------------------------------------------------------------- programs dataset
+#
+# The dataset form of a run's programs (`RUN/programs/`: parquet shards + manifest.json,
+# `docs/FORMATS.md`), read here so that `read_programs` takes either form; its writer is
+# `strop.evaluation.programs_dataset` (the export's).
+
+
+class ProgramsDatasetError(RunFolderError):
+    """A programs dataset folder that cannot be used; the message is one line."""
+
+
+def is_programs_dataset(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a dataset folder or its manifest (finished or not)."""
+    path = Path(path)
+    if path.is_file():
+        return path.name == DATASET_MANIFEST
+    return path.is_dir() and (
+        (path / DATASET_MANIFEST).is_file() or (path / DATASET_PLAN).is_file()
+    )
+
+
+def concat_programs(parts: list[Programs], meta: dict[str, Any]) -> Programs:
+    return Programs(
+        codes=[c for p in parts for c in p.codes],
+        image_id=[i for p in parts for i in p.image_id],
+        split=[s for p in parts for s in p.split],
+        n_objects=np.concatenate([p.n_objects for p in parts]),
+        scene=[s for p in parts for s in p.scene],
+        codebook_size=parts[0].codebook_size,
+        meta=meta,
+    )
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """(folder, manifest) of a dataset folder or its manifest.json, checked field by field."""
+    path = Path(path)
+    folder = path.parent if path.name == DATASET_MANIFEST and not path.is_dir() else path
+    manifest_path = folder / DATASET_MANIFEST
+    if not manifest_path.is_file():
+        if (folder / DATASET_PLAN).is_file():
+            raise ProgramsDatasetError(
+                f"{folder}: programs dataset without {DATASET_MANIFEST}: its export did not "
+                "finish; rerun the same `strop export` to resume it"
+            )
+        raise ProgramsDatasetError(f"{folder}: not a programs dataset (no {DATASET_MANIFEST})")
+    manifest = read_json(manifest_path)
+    if manifest.get("format") != DATASET_FORMAT or manifest.get("version") != DATASET_VERSION:
+        raise ProgramsDatasetError(
+            f"{manifest_path}: format {manifest.get('format')!r} version "
+            f"{manifest.get('version')!r}; expected {DATASET_FORMAT!r} version {DATASET_VERSION}"
+        )
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise ProgramsDatasetError(f"{manifest_path}: field shards: expected a non-empty list")
+    for i, s in enumerate(shards):
+        ok = (
+            isinstance(s, dict)
+            and isinstance(s.get("file"), str)
+            and "/" not in s["file"]
+            and not s["file"].startswith(".")
+            and isinstance(s.get("rows"), int)
+            and isinstance(s.get("sha256"), str)
+            and isinstance(s.get("split"), str)
+        )
+        if not ok:
+            raise ProgramsDatasetError(
+                f"{manifest_path}: field shards[{i}]: expected file, split, rows, sha256"
+            )
+    return folder, manifest
+
+
+def iter_shards(
+    path: str | os.PathLike[str], codebook_size: int | None = None
+) -> Iterator[tuple[dict[str, Any], Programs]]:
+    """Each shard's manifest record and its programs, one shard in memory at a time, each
+    checked against the manifest (sha256, rows, split) and K."""
+    folder, manifest = read_manifest(path)
+    k = codebook_size if codebook_size is not None else manifest.get("codebook_size")
+    for record in manifest["shards"]:
+        shard = folder / record["file"]
+        if not shard.is_file():
+            raise ProgramsDatasetError(f"{shard}: shard listed in {DATASET_MANIFEST} is missing")
+        if sha256_of(shard) != record["sha256"]:
+            raise ProgramsDatasetError(
+                f"{shard}: sha256 differs from {DATASET_MANIFEST}: the shard was changed after "
+                "the export; rerun it with --replace"
+            )
+        programs = read_programs(shard, k)
+        if len(programs) != record["rows"] or set(programs.split) - {record["split"]}:
+            raise ProgramsDatasetError(
+                f"{shard}: {len(programs)} rows of split(s) {sorted(set(programs.split))}; "
+                f"{DATASET_MANIFEST} says {record['rows']} rows of {record['split']!r}"
+            )
+        yield record, programs
+
+
+def read_dataset(path: str | os.PathLike[str], codebook_size: int | None = None) -> Programs:
+    """Every shard of a programs dataset, in manifest order, as one `Programs`."""
+    _, manifest = read_manifest(path)
+    parts = [programs for _, programs in iter_shards(path, codebook_size)]
+    out = concat_programs(parts, dict(manifest.get("meta") or {}))
+    k = codebook_size if codebook_size is not None else manifest.get("codebook_size")
+    out.codebook_size = int(k) if k is not None else None
+    return out
+
+
+def split_counts(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Rows per split of a finished dataset (from its manifest)."""
+    _, manifest = read_manifest(path)
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict):
+        raise ProgramsDatasetError(f"{path}: field splits: expected an object")
+    return {str(k): int(v) for k, v in splits.items()}
+
+
 # --------------------------------------------------------------------------- run folders
 
 
@@ -303,7 +445,19 @@ class RunFolder:
 
     config_path = property(lambda self: self.path / CONFIG_FILE)
     metrics_path = property(lambda self: self.path / METRICS_FILE)
-    programs_path = property(lambda self: self.path / PROGRAMS_FILE)
+    programs_file = property(lambda self: self.path / PROGRAMS_FILE)
+    programs_dataset_dir = property(lambda self: self.path / PROGRAMS_DATASET_DIR)
+
+    @property
+    def programs_path(self) -> Path:
+        """`programs.parquet`, or the manifest of the dataset form (`RUN/programs/`) when only
+        that is there: every reader that checks `programs_path.is_file()` and then calls
+        `read_programs` takes either form."""
+        manifest = self.programs_dataset_dir / DATASET_MANIFEST
+        if not self.programs_file.is_file() and manifest.is_file():
+            return manifest
+        return self.programs_file
+
     eval_path = property(lambda self: self.path / EVAL_FILE)
     checkpoints_dir = property(lambda self: self.path / "checkpoints")
     grammar_dir = property(lambda self: self.path / "grammar")
@@ -339,7 +493,14 @@ class RunFolder:
         write_json(self.eval_path, metrics)
 
     def read_programs(self, codebook_size: int | None = None) -> Programs:
-        """The run's programs, every code checked against K (`resolve_codebook_size`)."""
+        """The run's programs (either form), every code checked against K
+        (`resolve_codebook_size`)."""
+        manifest = self.programs_dataset_dir / DATASET_MANIFEST
+        if self.programs_file.is_file() and manifest.is_file():
+            raise RunFolderError(
+                f"{self.path}: holds both {PROGRAMS_FILE} and {PROGRAMS_DATASET_DIR}/"
+                f"{DATASET_MANIFEST}; remove the one that is not current (or re-export)"
+            )
         programs = read_programs(self.programs_path, codebook_size)
         programs.codebook_size, programs.k_source = resolve_codebook_size(
             programs, self, codebook_size, str(self.programs_path)
@@ -393,6 +554,9 @@ class RunFolder:
         k = self.config_codebook_size
         if k is not None:
             return k
+        if self.programs_path.name == DATASET_MANIFEST:
+            k = read_json(self.programs_path).get("codebook_size")
+            return _codebook_size({"codebook_size": k}, self.programs_path)
         if self.programs_path.is_file():
             import pyarrow.parquet as pq
 
@@ -555,7 +719,11 @@ def _lock_holder(fd: int) -> int | None:
 
 
 def is_run_folder(path: Path) -> bool:
-    return (path / CONFIG_FILE).is_file() or (path / PROGRAMS_FILE).is_file()
+    return (
+        (path / CONFIG_FILE).is_file()
+        or (path / PROGRAMS_FILE).is_file()
+        or (path / PROGRAMS_DATASET_DIR / DATASET_MANIFEST).is_file()
+    )
 
 
 def discover_runs(path: str | os.PathLike[str]) -> list[RunFolder]:

@@ -105,11 +105,20 @@ def export_cmd(
         "--replace",
         help="Overwrite an output file even when that drops programs of other splits.",
     ),
+    shard_rows: int = typer.Option(
+        100_000,
+        "--shard-rows",
+        min=1,
+        help="More rows than this (or a torchrun launch) write a programs dataset: "
+        "RUN/programs/ of parquet shards of this many rows + manifest.json, resumable.",
+    ),
 ) -> None:
     """Encode a dataset split into programs: RUN/programs.parquet (one row per image).
 
     An existing file that holds other splits (the quickstart exports train,val) is kept
-    unless --replace: export all its splits, or --out another file.
+    unless --replace: export all its splits, or --out another file. Large exports write
+    the sharded dataset form; rerun the same command after a kill to resume it. Under
+    `torchrun --nproc_per_node N -m strop.cli export ...` each process writes its share.
     """
     from strop.evaluation.export import export_programs
 
@@ -125,6 +134,7 @@ def export_cmd(
             checkpoint=checkpoint,
             out=out,
             replace=replace,
+            shard_rows=shard_rows,
         )
     typer.echo(f"wrote {path}")
 

@@ -25,6 +25,10 @@ Design decisions
   scene JSON when the dataset has scenes; run facts (K, length mode, teacher, checkpoint,
   image size) go into the Parquet metadata via `strop.runs.write_programs`. The file is a
   plain table, so `datasets.load_dataset("parquet", data_files=...)` reads it.
+- Large exports (more rows than `--shard-rows`, or any `torchrun` launch) write the dataset
+  form (`strop.evaluation.programs_dataset`): shards encoded one at a time, each from its own loader so
+  batches never straddle a shard boundary (a resumed or multi-process export batches every
+  image as a one-process run does, hence byte-identical shards); ranks take shards round-robin.
 - An export never silently drops programs another command wrote: when the output file holds
   splits this export leaves out, or more rows of a split than `--limit` keeps, it refuses
   (`ExportWouldDropPrograms`, before the model loads) and names the ways on: export every
@@ -43,6 +47,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from strop.evaluation.distributed import (
+    Rank,
+    barrier_and_leave,
+    current_rank,
+    rank_device,
+    start_group,
+)
+from strop.evaluation.programs_dataset import (
+    DEFAULT_SHARD_ROWS,
+    MANIFEST_FILE,
+    PLAN_FILE,
+    ShardWriter,
+    check_plan,
+    clear_shards,
+    dataset_dir_for,
+    plan_shards,
+    remove_dataset,
+    shards_of_rank,
+    write_manifest,
+)
 from strop.model.length_modes import (  # noqa: F401 - also this module's public names
     BUDGET_KINDS,
     EPS_KINDS,
@@ -57,7 +81,15 @@ from strop.model.length_modes import (  # noqa: F401 - also this module's public
     search_lengths,
 )
 from strop.output_unit import check_writable, shown
-from strop.runs import Programs, RunFolder, write_programs
+from strop.runs import (
+    DATASET_FORMAT,
+    Programs,
+    RunFolder,
+    RunFolderError,
+    concat_programs,
+    split_counts,
+    write_programs,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -70,22 +102,35 @@ class ExportWouldDropPrograms(ValueError):
     """The output file holds programs this export would not write again."""
 
 
+def held_programs(path: Path) -> dict[str, int]:
+    """Rows per split that output `path` holds in either form: the single file `path` and the
+    finished dataset beside it (`X.parquet` -> `X/`); unreadable files hold nothing to keep."""
+    import pyarrow.parquet as pq
+
+    held: dict[str, int] = {}
+    if path.is_file():
+        try:
+            table = pq.read_table(path, columns=["split"])
+        except Exception:  # an unreadable file holds nothing to keep
+            table = None
+        for name in table.column("split").to_pylist() if table is not None else []:
+            held[str(name)] = held.get(str(name), 0) + 1
+    folder = dataset_dir_for(path)
+    if (folder / MANIFEST_FILE).is_file():
+        try:
+            for name, n in split_counts(folder).items():
+                held[name] = held.get(name, 0) + n
+        except RunFolderError:
+            pass
+    return held
+
+
 def check_no_programs_dropped(
     path: Path, splits: list[str], limit: int | None, split_arg: str
 ) -> None:
     """Raise `ExportWouldDropPrograms` when writing `splits` (at most `limit` rows each) over
-    `path` would lose rows it holds; an absent or unreadable file loses nothing."""
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        return
-    try:
-        table = pq.read_table(path, columns=["split"])
-    except Exception:  # an unreadable file holds nothing to keep
-        return
-    held: dict[str, int] = {}
-    for name in table.column("split").to_pylist():
-        held[str(name)] = held.get(str(name), 0) + 1
+    `path` (either form) would lose rows it holds; an absent or unreadable file loses nothing."""
+    held = held_programs(path)
     dropped = {name: n for name, n in held.items() if name not in splits}
     if limit is not None:
         dropped.update(
@@ -146,11 +191,11 @@ def dataset_path(
     return path
 
 
-def make_loader(path: Path, split: str, image_size: int, batch_size: int, limit: int | None = None):
-    """A DataLoader over the first `limit` images of `split`, in dataset order."""
-    from torch.utils.data import DataLoader, Dataset, Subset
+def open_split(path: Path, split: str, image_size: int, limit: int | None = None) -> Any:
+    """The first `limit` images of `split`, in dataset order (a torch Dataset)."""
+    from torch.utils.data import Dataset, Subset
 
-    from strop.data.datasets import build_dataset, collate
+    from strop.data.datasets import build_dataset
 
     dataset: Dataset = build_dataset(path, split, image_size)
     n_images = len(dataset)  # type: ignore[arg-type]  # torch's Dataset stub has no __len__
@@ -158,9 +203,25 @@ def make_loader(path: Path, split: str, image_size: int, batch_size: int, limit:
         dataset, n_images = Subset(dataset, range(limit)), limit
     if n_images == 0:
         raise ValueError(f"{path}: split {split!r} has no images")
+    return dataset
+
+
+def loader_over(dataset: Any, batch_size: int, rows: range | None = None) -> Any:
+    """A DataLoader over `dataset` (or its `rows`), in order."""
+    from torch.utils.data import DataLoader, Subset
+
+    from strop.data.datasets import collate
+
+    if rows is not None:
+        dataset = Subset(dataset, rows)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate
     )
+
+
+def make_loader(path: Path, split: str, image_size: int, batch_size: int, limit: int | None = None):
+    """A DataLoader over the first `limit` images of `split`, in dataset order."""
+    return loader_over(open_split(path, split, image_size, limit), batch_size)
 
 
 def progress_batches(loader, description: str, enabled: bool = True) -> Iterator[dict[str, Any]]:
@@ -236,6 +297,30 @@ def encode_batch(
 # --------------------------------------------------------------------------- export
 
 
+def encode_programs(
+    model: Strop,
+    loader: Any,
+    mode: LengthMode,
+    cfg: Any,
+    dev: Any,
+    split: str,
+    description: str,
+    progress: bool,
+) -> Iterator[Programs]:
+    """The programs of `loader`'s images, one batch at a time, rows tagged with `split`."""
+    for batch in progress_batches(loader, description, progress):
+        enc = encode_batch(model, batch["image"].to(dev), mode, cfg.model.w_mse, cfg.model.l_min)
+        lengths = enc.lengths.cpu().tolist()
+        yield Programs(
+            codes=[row[:n] for row, n in zip(enc.codes.cpu().numpy(), lengths, strict=True)],
+            image_id=[str(i) for i in batch["image_id"]],
+            split=[split] * len(lengths),
+            n_objects=np.array([int(n) for n in batch["n_objects"]], dtype=np.int64),
+            scene=[s or None for s in batch["scene"]],
+            codebook_size=cfg.model.k,
+        )
+
+
 def export_programs(
     run_dir: str | os.PathLike[str],
     split: str = "val",
@@ -248,74 +333,126 @@ def export_programs(
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
     replace: bool = False,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
 ) -> Path:
     """Encode `split` of the run's dataset and write programs.parquet (default RUN/programs.parquet).
 
     `split` may list several splits, comma-separated (`train,val`): one file holds them all, each
     row tagged with its split, so the decoders can draw shots from train and queries from val.
     An existing file is overwritten only when that keeps all its rows, or with `replace`.
+
+    More than `shard_rows` rows in all, or a `torchrun` launch, write the dataset form instead
+    (`strop.evaluation.programs_dataset`: `X.parquet` -> folder `X/` of shards + manifest.json), one
+    shard in memory at a time, resumable after a kill; the path returned is its manifest (on
+    ranks other than 0, which write no manifest, the folder).
     """
     parse_length_mode(length_mode)  # a bad value fails before the model loads
+    if shard_rows < 1:
+        raise ValueError(f"export: --shard-rows {shard_rows}: expected a positive integer")
     splits = [s.strip() for s in split.split(",") if s.strip()]
     if not splits:
         raise ValueError(f"export: --split {split!r} names no split")
     twice = sorted({s for s in splits if splits.count(s) > 1})
     if twice:  # the same images twice: shots and test images could overlap downstream
         raise ValueError(f"export: --split {split!r} names {', '.join(twice)} twice")
+    rank = current_rank()
     run = RunFolder(Path(run_dir))
-    target = Path(out) if out else run.programs_path
-    model, cfg, dev = load_run_model(run.path, checkpoint, device)  # not a run: says so first
+    target = Path(out) if out else run.programs_file
+    model, cfg, dev = load_run_model(run.path, checkpoint, rank_device(device, rank))
     if not replace:
         check_no_programs_dropped(target, splits, limit, split)
-    check_writable(target)  # before the encode, not after it
+    check_writable(target / MANIFEST_FILE if target.is_dir() else target)  # before the encode
     mode = parse_length_mode(length_mode, cfg.length_mode)
     check_length_mode(mode, cfg.model, run.name)
     root = dataset_path(run.path, cfg, data)
-    loaders = [make_loader(root, name, cfg.model.image_size, batch_size, limit) for name in splits]
-    for loader in loaders:
-        check_image_names(loader.dataset)
-    codes: list[np.ndarray] = []
-    image_id: list[str] = []
-    split_of: list[str] = []
-    n_objects: list[int] = []
-    scenes: list[str | None] = []
-    for name, loader in zip(splits, loaders, strict=True):
-        for batch in progress_batches(loader, f"export {run.name} {name} [{mode}]", progress):
-            enc = encode_batch(
-                model, batch["image"].to(dev), mode, cfg.model.w_mse, cfg.model.l_min
-            )
-            lengths = enc.lengths.cpu().tolist()
-            for row, length in zip(enc.codes.cpu().numpy(), lengths, strict=True):
-                codes.append(row[:length])
-            image_id += [str(i) for i in batch["image_id"]]
-            split_of += [name] * len(lengths)
-            n_objects += [int(n) for n in batch["n_objects"]]
-            scenes += [s or None for s in batch["scene"]]
-    repeated = [i for i, n in Counter(image_id).items() if n > 1]
+    datasets = {name: open_split(root, name, cfg.model.image_size, limit) for name in splits}
+    for dataset in datasets.values():
+        check_image_names(dataset)
+    meta = {
+        "run": run.name,
+        "length_mode": str(mode),
+        "teacher": cfg.model.teacher,
+        "checkpoint": checkpoint,
+        "weights": cfg.weights,
+        "image_size": cfg.model.image_size,
+        "l_max": cfg.model.l_max,
+        "split": split,
+    }
+
+    def encode(name: str, rows: range | None, what: str) -> Iterator[Programs]:
+        loader = loader_over(datasets[name], batch_size, rows)
+        description = f"export {run.name} {what} [{mode}]"
+        return encode_programs(model, loader, mode, cfg, dev, name, description, progress)
+
+    sizes = {name: len(d) for name, d in datasets.items()}
+    if rank.distributed or sum(sizes.values()) > shard_rows or target.is_dir():
+        plan = {
+            "format": DATASET_FORMAT,
+            "run": run.name,
+            "data": str(root.resolve()),
+            "checkpoint": checkpoint,
+            "weights": cfg.weights,
+            "length_mode": str(mode),
+            "splits": list(sizes.items()),
+            "shard_rows": shard_rows,
+            "batch_size": batch_size,
+        }
+        return _export_dataset(target, plan, sizes, meta, cfg.model.k, rank, replace, encode)
+
+    parts = [part for name in splits for part in encode(name, None, name)]
+    programs = concat_programs(parts, meta)
+    repeated = [i for i, n in Counter(programs.image_id).items() if n > 1]
     if repeated:  # a scenes file listing an image twice
         raise ValueError(
             f"{root}: {len(repeated)} image ids appear more than once "
             f"({', '.join(repeated[:5])}); a programs file lists each image once"
         )
-    programs = Programs(
-        codes=codes,
-        image_id=image_id,
-        split=split_of,
-        n_objects=np.array(n_objects, dtype=np.int64),
-        scene=scenes,
-        codebook_size=cfg.model.k,
-        meta={
-            "run": run.name,
-            "length_mode": str(mode),
-            "teacher": cfg.model.teacher,
-            "checkpoint": checkpoint,
-            "weights": cfg.weights,
-            "image_size": cfg.model.image_size,
-            "l_max": cfg.model.l_max,
-            "split": split,
-        },
-    )
-    return write_programs(target, programs)
+    path = write_programs(target, programs)
+    remove_dataset(dataset_dir_for(target))  # the dataset form it replaces (checked above)
+    return path
+
+
+def _export_dataset(
+    target: Path,
+    plan: dict[str, Any],
+    sizes: dict[str, int],
+    meta: dict[str, Any],
+    k: int,
+    rank: Rank,
+    replace: bool,
+    encode: Any,
+) -> Path:
+    """This rank's shards of the dataset form (those not already finished), then, on rank 0
+    after every rank is done, the manifest."""
+    folder = dataset_dir_for(target)
+    shards = plan_shards(sizes, plan["shard_rows"])
+    mine = shards_of_rank(shards, rank.rank, rank.world_size)
+    check_writable(folder / PLAN_FILE)
+    start_group(rank)
+    if replace:  # each rank clears only the shards it writes: no rank deletes another's work
+        clear_shards(folder, [s.name for s in mine])
+        if rank.rank == 0:
+            planned = {s.name for s in shards}
+            strays = [p.name for p in folder.glob("*.parquet")] if folder.is_dir() else []
+            clear_shards(folder, [name for name in strays if name not in planned])
+    check_plan(folder, plan, replace)
+    shard_meta = {**meta, "codebook_size": k}
+    for shard in mine:
+        if (folder / shard.name).is_file():
+            continue  # finished before a kill: never rewritten
+        writer = ShardWriter(folder, shard.name, shard_meta)
+        of = sum(1 for s in shards if s.split == shard.split)
+        what = f"{shard.split} shard {shard.index + 1}/{of}"
+        for part in encode(shard.split, range(shard.start, shard.stop), what):
+            writer.append(part)
+        writer.close()
+    barrier_and_leave(rank)
+    if rank.rank != 0:
+        return folder
+    manifest = write_manifest(folder, shards, shard_meta)
+    if target != folder and target.is_file():
+        target.unlink()  # the single file this dataset replaces (checked before the encode)
+    return manifest
 
 
 def check_image_names(dataset: Any) -> None:

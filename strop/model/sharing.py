@@ -66,7 +66,7 @@ def _version(name: str) -> str:
 
 #: What `strop export`, `eval` and `analyze` write into a tokenizer folder: numbers about the
 #: weights that are there when they run.
-DERIVED = ("programs.parquet", "eval.json", "sweep.json", "analysis")
+DERIVED = ("programs.parquet", "programs", "eval.json", "sweep.json", "analysis")
 
 
 def _refuse_stale_results(target: Path, new_sha: str) -> None:

@@ -1,0 +1,178 @@
+"""Mining a programs dataset (`strop.evaluation.programs_dataset`) shard by shard, in bounded memory.
+
+Design decisions
+- Exact counts stream: n-gram counts and document frequencies (orders 1..max_n; the bigrams
+  are the adjacent-pair counts) and the "any" co-occurrence counts of each shard are
+  computed by the in-memory counters (`count_ngrams`, `cooccurrence_counts`) on that shard
+  alone, then merged by summing per packed key. Programs never span shards, so a document
+  frequency is the sum of the shards' document frequencies and the merge equals the counts
+  of the whole corpus in memory (tested). Memory holds one shard plus the merged tables,
+  which grow with the number of distinct n-grams, not with the corpus.
+- Shards may be counted in worker processes (`workers`): each returns its tables, merged in
+  manifest order, so the result does not depend on how many workers ran.
+- What cannot stream (the null corpora, held-out perplexity, pair significance, distance MI,
+  Re-Pair) runs on a seeded uniform sample of at most `sample_programs` programs, drawn by
+  row index from the manifest's row count before any shard is read; `summary.json` says so
+  under `sample`, and its headline statistics (observed beside null) are the sample's, so
+  observed and null stay one computation on one corpus. `ngrams.tsv` and the `ngrams` block
+  of the summary are the exact counts of the whole dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from grammar.corpus import Corpus, CorpusError, from_programs
+from grammar.ngrams import NgramCounts, check_packable, count_ngrams, unique_counts
+from grammar.pairs import cooccurrence_counts
+from strop.runs import Programs, RunFolderError
+
+#: programs the non-streaming statistics (nulls, Re-Pair, perplexity, significance) see
+SAMPLE_PROGRAMS = 200_000
+
+
+class ShardCounts:
+    """Exact counts of some shards: n-grams per order and distinct-code co-occurrences."""
+
+    def __init__(self, k: int, max_n: int) -> None:
+        empty = np.zeros(0, dtype=np.int64)
+        self.k, self.max_n = k, max_n
+        self.ngrams = {n: NgramCounts(n, k, empty, empty, empty) for n in range(1, max_n + 1)}
+        self.cooc_keys, self.cooc_counts = empty, empty
+        self.n_programs = self.n_tokens = 0
+
+    @classmethod
+    def of(cls, corpus: Corpus, max_n: int) -> ShardCounts:
+        out = cls(corpus.k, max_n)
+        out.ngrams = {n: count_ngrams(corpus, n) for n in range(1, max_n + 1)}
+        out.cooc_keys, out.cooc_counts = cooccurrence_counts(corpus)
+        out.n_programs, out.n_tokens = corpus.n_programs, corpus.n_tokens
+        return out
+
+    def add(self, other: ShardCounts) -> None:
+        for n, mine in self.ngrams.items():
+            theirs = other.ngrams[n]
+            keys, counts, docs = _sum_by_key(
+                (mine.keys, theirs.keys),
+                (mine.counts, theirs.counts),
+                (mine.doc_freq, theirs.doc_freq),
+            )
+            self.ngrams[n] = NgramCounts(n, self.k, keys, counts, docs)
+        self.cooc_keys, self.cooc_counts = _sum_by_key(
+            (self.cooc_keys, other.cooc_keys), (self.cooc_counts, other.cooc_counts)
+        )
+        self.n_programs += other.n_programs
+        self.n_tokens += other.n_tokens
+
+
+def _sum_by_key(keys: tuple[np.ndarray, ...], *values: tuple[np.ndarray, ...]) -> Any:
+    """Sorted distinct keys of the concatenated `keys` and each `values` summed per key."""
+    flat = np.concatenate(keys)
+    order = np.argsort(flat, kind="stable")
+    distinct, _ = unique_counts(flat[order], presorted=True)
+    slot = np.searchsorted(distinct, flat[order])
+    sums = [
+        np.bincount(slot, weights=np.concatenate(v)[order], minlength=distinct.size).astype(
+            np.int64
+        )
+        for v in values
+    ]
+    return (distinct, *sums)
+
+
+def _corpus(programs: Programs, name: str, k: int | None) -> Corpus:
+    return from_programs(programs, name, name, k)
+
+
+def _count_shard(args: tuple[str, str, int | None, int]) -> ShardCounts:
+    """Worker: one shard's counts (the shard is read and checked in the worker)."""
+    from strop.runs import read_programs
+
+    path, name, k, max_n = args
+    try:
+        programs = read_programs(path, k)
+    except RunFolderError as exc:
+        raise CorpusError(str(exc)) from None
+    return ShardCounts.of(_corpus(programs, name, k), max_n)
+
+
+def stream_counts(
+    path: str | Path, max_n: int, k: int | None = None, workers: int = 0
+) -> tuple[ShardCounts, dict[str, Any]]:
+    """Exact n-gram and co-occurrence counts of a programs dataset, one shard at a time (in
+    `workers` processes when > 0), and its manifest."""
+    from strop.runs import read_manifest, sha256_of
+
+    try:
+        folder, manifest = read_manifest(path)
+    except RunFolderError as exc:
+        raise CorpusError(str(exc)) from None
+    k = k if k is not None else manifest.get("codebook_size")
+    if k is None:
+        raise CorpusError(f"{folder}: manifest records no codebook_size; pass --k")
+    check_packable(int(k), max(max_n, 2))
+    for record in manifest["shards"]:  # the checksums first: counts of a changed shard are wrong
+        if sha256_of(folder / record["file"]) != record["sha256"]:
+            raise CorpusError(f"{folder / record['file']}: sha256 differs from manifest.json")
+    jobs = [(str(folder / r["file"]), r["file"], int(k), max_n) for r in manifest["shards"]]
+    total = ShardCounts(int(k), max_n)
+    if workers > 0:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for counts in pool.map(_count_shard, jobs):
+                total.add(counts)
+    else:
+        for job in jobs:
+            total.add(_count_shard(job))
+    return total, manifest
+
+
+def sample_rows(n_rows: int, size: int, seed: int) -> np.ndarray:
+    """Sorted row indices of a seeded uniform sample without replacement (all rows if fewer)."""
+    if n_rows <= size:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=size, replace=False))
+
+
+def read_sample(path: str | Path, rows: np.ndarray, k: int | None = None) -> Programs:
+    """The programs at global row indices `rows` (sorted), reading one shard at a time."""
+    from strop.runs import concat_programs
+
+    parts: list[Programs] = []
+    start = 0
+    meta: dict[str, Any] = {}
+    for record, programs in _shards(path, k):
+        stop = start + record["rows"]
+        lo, hi = np.searchsorted(rows, [start, stop])
+        if hi > lo:
+            parts.append(programs.subset(rows[lo:hi] - start))
+        meta = programs.meta
+        start = stop
+    return concat_programs(parts, meta)
+
+
+def exact_codebook_stats(unigrams: NgramCounts, k: int) -> dict[str, float]:
+    """`grammar.ngrams.codebook_stats` from merged unigram counts (the whole dataset)."""
+    counts = np.zeros(k, dtype=np.float64)
+    counts[unigrams.keys] = unigrams.counts
+    p = counts[counts > 0] / counts.sum()
+    entropy = float(-(p * np.log2(p)).sum())
+    return {
+        "vocab_used": int((counts > 0).sum()),
+        "utilisation": float((counts > 0).mean()),
+        "entropy_bits": entropy,
+        "effective_vocab": float(2.0**entropy),
+    }
+
+
+def _shards(path: str | Path, k: int | None) -> Iterator[tuple[dict[str, Any], Programs]]:
+    from strop.runs import iter_shards
+
+    try:
+        yield from iter_shards(path, k)
+    except RunFolderError as exc:
+        raise CorpusError(str(exc)) from None

@@ -1,0 +1,307 @@
+"""Writing the programs dataset: a split's programs as parquet shards plus `manifest.json`.
+
+Torch-free; its reader is `strop.runs` (`read_programs` takes this form too). Layout
+(`docs/FORMATS.md`)::
+
+    RUN/programs/
+      plan.json                  what the export writes (run, weights, length mode, splits,
+                                 rows per split, shard size); a resumed export must match it
+      train-00000.parquet        rows [0, N) of split train; each shard is a programs file
+      train-00001.parquet        (same columns and `strop` schema metadata as programs.parquet)
+      val-00000.parquet
+      manifest.json              written last: counts per split, K, length mode, weights,
+                                 every shard with its rows and sha256
+
+Design decisions
+- A shard is a pure function of (plan, split, index): shard i of a split holds that split's
+  rows [i*N, (i+1)*N) in dataset order, whoever writes it. So a resumed export, or one run
+  by another number of processes (`torchrun`), writes byte-identical shards, and the rows in
+  manifest order equal a one-process export's.
+- A shard is written under `.NAME.partial` and renamed to `NAME` after `close` + `fsync`: a
+  file under a shard's name is finished, and a resumed export never rewrites it. A kill
+  leaves at most one `.partial` per process, which the rerun overwrites.
+- The manifest appears only when every shard is there; readers refuse a folder without it
+  (an interrupted export) instead of reading part of a split. Readers check each shard's
+  sha256 and row count against it, so a replaced or truncated shard is an error, not data.
+- Rows go to the writer in row groups of at most `ROW_GROUP_ROWS`: memory holds one row group,
+  never a shard or a split.
+- Plain parquet files with one schema, so `datasets.load_dataset("parquet",
+  data_files={"train": "RUN/programs/train-*.parquet"})` reads them (tested on datasets 5.2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from strop.atomic import atomic_write_text
+from strop.runs import (
+    DATASET_FORMAT,
+    DATASET_MANIFEST,
+    DATASET_PLAN,
+    DATASET_VERSION,
+    Programs,
+    ProgramsDatasetError,
+    concat_programs,
+    is_programs_dataset,
+    programs_table,
+    read_json,
+    sha256_of,
+)
+
+MANIFEST_FILE = DATASET_MANIFEST
+PLAN_FILE = DATASET_PLAN
+
+#: rows per shard when `--shard-rows` is not given: ~100k programs is 5-50 MB of parquet
+#: (codes alone; CLEVR scene JSON makes it ~200 MB), small enough to rewrite after a kill.
+DEFAULT_SHARD_ROWS = 100_000
+#: rows buffered before they go to the parquet writer as one row group
+ROW_GROUP_ROWS = 4096
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def dataset_dir_for(target: str | os.PathLike[str]) -> Path:
+    """The folder of the dataset form of output `target`: a folder is itself, `X.parquet` ->
+    `X/`, any other file name `X` -> `X.shards/` (never a folder where a file may be)."""
+    target = Path(target)
+    if target.is_dir():
+        return target
+    if target.suffix == ".parquet":
+        return target.with_suffix("")
+    return target.with_name(target.name + ".shards")
+
+
+def check_split_name(split: str) -> str:
+    """Split names become file names: letters, digits, `_`, `.`, `-`."""
+    if not _SPLIT_NAME.fullmatch(split):
+        raise ProgramsDatasetError(
+            f"split {split!r}: a programs dataset names its shards after the split; use "
+            "letters, digits, '_', '.' and '-'"
+        )
+    return split
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.parquet"
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `split`: the split's rows [start, stop)."""
+
+    split: str
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index)
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+def plan_shards(split_rows: dict[str, int], shard_rows: int) -> list[Shard]:
+    """Every shard of an export, splits in the given order, each split cut every `shard_rows`."""
+    if shard_rows < 1:
+        raise ProgramsDatasetError(f"--shard-rows {shard_rows}: expected a positive integer")
+    shards = []
+    for split, n in split_rows.items():
+        check_split_name(split)
+        for index, start in enumerate(range(0, n, shard_rows)):
+            shards.append(Shard(split, index, start, min(start + shard_rows, n)))
+    return shards
+
+
+def shards_of_rank(shards: list[Shard], rank: int, world_size: int) -> list[Shard]:
+    """Round-robin: shard i goes to rank i % world_size (balanced to within one shard)."""
+    return [s for i, s in enumerate(shards) if i % world_size == rank]
+
+
+def check_plan(folder: Path, plan: dict[str, Any], replace: bool) -> None:
+    """Record `plan` in `folder`, or check it equals the plan of the export found there.
+
+    Finished shards are reused only under the same plan: other weights, length mode, splits
+    or shard size would mix two exports in one dataset."""
+    path = folder / PLAN_FILE
+    plan = json.loads(json.dumps(plan))  # as it reads back (tuples become lists)
+    if path.is_file() and not replace:
+        old = read_json(path)
+        if old != plan:
+            differ = sorted(k for k in {*old, *plan} if old.get(k) != plan.get(k))
+            first = f"{differ[0]} {old.get(differ[0])!r} here, {plan.get(differ[0])!r} now"
+            raise ProgramsDatasetError(
+                f"{path}: an export with other settings ({', '.join(differ)}; {first[:160]}) "
+                "wrote this "
+                "programs dataset; rerun it with those settings to resume, --out another "
+                "folder, or pass --replace to start over"
+            )
+    elif not path.is_file() and not replace:
+        strays = sorted(p.name for p in folder.glob("*.parquet")) if folder.is_dir() else []
+        if strays:  # shards nobody can vouch for: never mix them in
+            raise ProgramsDatasetError(
+                f"{folder}: holds {len(strays)} parquet files ({strays[0]}, ...) but no "
+                f"{PLAN_FILE}; --out another folder or pass --replace to start over"
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    if replace or not path.is_file():
+        atomic_write_text(path, json.dumps(plan, indent=2, sort_keys=True) + "\n")
+
+
+def clear_shards(folder: Path, names: list[str]) -> None:
+    """Remove the named shards (and their partial files) and the manifest: --replace."""
+    (folder / MANIFEST_FILE).unlink(missing_ok=True)
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+        (folder / f".{name}.partial").unlink(missing_ok=True)
+
+
+def remove_dataset(folder: Path) -> None:
+    """Delete a programs dataset folder's own files (shards, partials, plan, manifest) and the
+    folder when that empties it; anything else in it stays."""
+    if not is_programs_dataset(folder):
+        return
+    for path in folder.iterdir():
+        own = re.fullmatch(r"\.?[A-Za-z0-9_][A-Za-z0-9_.-]*-\d{5}\.parquet(\.partial)?", path.name)
+        if own or path.name in (MANIFEST_FILE, PLAN_FILE):
+            path.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class ShardWriter:
+    """Appends programs to one shard in row groups; `close` makes the shard appear at once."""
+
+    def __init__(self, folder: Path, name: str, meta: dict[str, Any]) -> None:
+        self.path = folder / name
+        self.partial = folder / f".{name}.partial"
+        self.meta = meta
+        self.rows = 0
+        self._buffer: list[Programs] = []
+        self._buffered = 0
+        self._handle: Any = None
+        self._writer: Any = None
+
+    def append(self, programs: Programs) -> None:
+        self._buffer.append(programs)
+        self._buffered += len(programs)
+        if self._buffered >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow.parquet as pq
+
+        if not self._buffer:
+            return
+        table = programs_table(concat_programs(self._buffer, self.meta))
+        if self._writer is None:
+            self._handle = open(self.partial, "wb")  # pyarrow refuses paths that are not UTF-8
+            self._writer = pq.ParquetWriter(self._handle, table.schema)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+        self._buffer, self._buffered = [], 0
+
+    def close(self) -> Path:
+        self._flush()
+        if self._writer is None:
+            raise ProgramsDatasetError(f"{self.path}: a shard with no rows")
+        self._writer.close()
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    with open(path, "rb") as handle:
+        return int(pq.ParquetFile(handle).metadata.num_rows)
+
+
+def write_manifest(folder: Path, shards: list[Shard], meta: dict[str, Any]) -> Path:
+    """Check every planned shard is there with its rows, that no image id repeats, and write
+    `manifest.json` (the dataset's commit point)."""
+    missing = [s.name for s in shards if not (folder / s.name).is_file()]
+    if missing:
+        raise ProgramsDatasetError(
+            f"{folder}: {len(missing)} shards not written ({missing[0]}, ...); rerun the export"
+        )
+    records = []
+    for s in shards:
+        rows = _parquet_rows(folder / s.name)
+        if rows != s.rows:
+            raise ProgramsDatasetError(
+                f"{folder / s.name}: {rows} rows, the plan says {s.rows}; pass --replace"
+            )
+        records.append(
+            {"file": s.name, "split": s.split, "rows": rows, "sha256": sha256_of(folder / s.name)}
+        )
+    check_unique_ids(folder, [s.name for s in shards])
+    splits: dict[str, int] = {}
+    for s in shards:
+        splits[s.split] = splits.get(s.split, 0) + s.rows
+    manifest = {
+        "format": DATASET_FORMAT,
+        "version": DATASET_VERSION,
+        "rows": sum(splits.values()),
+        "splits": splits,
+        "codebook_size": meta.get("codebook_size"),
+        "length_mode": meta.get("length_mode"),
+        "weights": meta.get("weights"),
+        "meta": meta,
+        "shards": records,
+    }
+    path = folder / MANIFEST_FILE
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def check_unique_ids(folder: Path, names: list[str]) -> None:
+    """Each image once in the dataset, checked in memory that grows by 8 bytes an image:
+    64-bit hashes of the ids are sorted, and only ids whose hash repeats are looked up again."""
+    import pyarrow.parquet as pq
+
+    def ids(name: str) -> list[str]:
+        with open(folder / name, "rb") as handle:
+            return [str(v) for v in pq.read_table(handle, columns=["image_id"])[0].to_pylist()]
+
+    def key(text: str) -> int:
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+    hashes = np.sort(np.fromiter((key(i) for n in names for i in ids(n)), dtype=np.uint64))
+    clashing = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
+    if not clashing:
+        return
+    seen: dict[str, int] = {}
+    for n in names:
+        for i in ids(n):
+            if key(i) in clashing:
+                seen[i] = seen.get(i, 0) + 1
+    repeated = [i for i, count in seen.items() if count > 1]
+    if repeated:
+        raise ProgramsDatasetError(
+            f"{folder}: {len(repeated)} image ids appear more than once "
+            f"({', '.join(repeated[:5])}); a programs dataset lists each image once"
+        )
+
+
+# --------------------------------------------------------------------------- reading

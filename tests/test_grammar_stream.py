@@ -1,0 +1,104 @@
+"""`strop-grammar mine` over a programs dataset: shard counts merged exactly (issue 28 item 4).
+
+The dataset is written with the exporter's own shard writer and manifest, from synthetic
+programs with structure (repeated motifs) so n-grams recur within and across shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from grammar.cli import app
+from grammar.corpus import from_programs
+from grammar.ngrams import count_ngrams
+from grammar.pairs import cooccurrence_counts
+from grammar.stream import read_sample, sample_rows, stream_counts
+from strop.evaluation.programs_dataset import ShardWriter, plan_shards, write_manifest
+from strop.runs import Programs
+
+K = 12
+SIZES = {"train": 230, "val": 70}
+
+
+def synthetic(n: int, split: str, rng: np.random.Generator) -> Programs:
+    motifs = [rng.integers(0, K, size=m) for m in (2, 3, 3, 4)]
+    codes = []
+    for _ in range(n):
+        parts = [motifs[i] for i in rng.integers(0, 4, size=rng.integers(1, 4))]
+        codes.append(np.concatenate([*parts, rng.integers(0, K, size=rng.integers(0, 3))]))
+    ids = [f"{split}_{i:05d}" for i in range(n)]
+    return Programs(codes=codes, image_id=ids, split=[split] * n, codebook_size=K)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, Programs]:
+    """A 300-program dataset in 50-row shards, and the same programs in memory."""
+    from strop.runs import concat_programs
+
+    rng = np.random.default_rng(0)
+    whole = concat_programs([synthetic(n, s, rng) for s, n in SIZES.items()], {})
+    whole.codebook_size = K
+    folder = tmp_path_factory.mktemp("ds") / "programs"
+    folder.mkdir()
+    shards = plan_shards(SIZES, 50)
+    meta = {"codebook_size": K, "length_mode": "head", "weights": None}
+    offset = {"train": 0, "val": SIZES["train"]}
+    for shard in shards:
+        writer = ShardWriter(folder, shard.name, meta)
+        first = offset[shard.split] + shard.start
+        writer.append(whole.subset(range(first, first + shard.rows)))
+        writer.close()
+    write_manifest(folder, shards, meta)
+    return folder, whole
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shard_counts_merge_to_the_in_memory_counts(dataset, workers):
+    folder, whole = dataset
+    counts, manifest = stream_counts(folder, max_n=4, workers=workers)
+    assert len(manifest["shards"]) == 7  # 230 train rows in 5 shards, 70 val rows in 2
+    corpus = from_programs(whole, "all", "memory", K)
+    assert (counts.n_programs, counts.n_tokens) == (corpus.n_programs, corpus.n_tokens)
+    for n in range(1, 5):
+        exact = count_ngrams(corpus, n)
+        merged = counts.ngrams[n]
+        assert exact.n_types > 5 and (exact.doc_freq > 1).any()  # recurs across shards
+        np.testing.assert_array_equal(merged.keys, exact.keys)
+        np.testing.assert_array_equal(merged.counts, exact.counts)
+        np.testing.assert_array_equal(merged.doc_freq, exact.doc_freq)
+    keys, cooc = cooccurrence_counts(corpus)
+    np.testing.assert_array_equal(counts.cooc_keys, keys)
+    np.testing.assert_array_equal(counts.cooc_counts, cooc)
+
+
+def test_the_sample_is_the_seeded_rows_read_shard_by_shard(dataset):
+    folder, whole = dataset
+    rows = sample_rows(len(whole), 40, seed=3)
+    assert rows.size == 40 and np.all(np.diff(rows) > 0)
+    sample = read_sample(folder, rows)
+    assert sample.image_id == [whole.image_id[i] for i in rows]
+    assert all(np.array_equal(a, whole.codes[i]) for a, i in zip(sample.codes, rows, strict=True))
+    assert sample_rows(10, 40, seed=3).tolist() == list(range(10))
+
+
+def test_mine_cli_on_a_dataset_writes_exact_counts_and_names_its_sample(dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    folder, whole = dataset
+    out = tmp_path / "g"
+    result = CliRunner().invoke(
+        app,
+        ["mine", str(folder), "--out", str(out), "--quiet", "--sample-programs", "120"]
+        + ["--null-replicates", "1", "--ngram-min-count", "1"],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    corpus = from_programs(whole, "all", "memory", K)
+    assert summary["n_programs"] == 300 and summary["n_tokens"] == corpus.n_tokens
+    assert summary["sample"]["programs"] == 120 and summary["sample"]["of_programs"] == 300
+    assert summary["ngrams"]["3"]["occurrences"] == count_ngrams(corpus, 3).n_occurrences
+    rows = [line.split("\t") for line in (out / "ngrams.tsv").read_text().splitlines()[1:]]
+    assert sum(int(r[2]) for r in rows if r[0] == "2") == count_ngrams(corpus, 2).n_occurrences
