@@ -460,3 +460,14 @@ def test_conditioned_ddp_run_gathers_every_ranks_probes(clevr, tmp_path):
     # onto its main length (L - r < L_min) lands in the same cell in the same update, once
     visits = int(state["curriculum"]["curves"]["visits"].sum())
     assert 5 * 4 * 3 < visits <= 5 * 2 * 4 * 3
+
+
+def test_sweep_refuses_an_order_probe_and_quality_eps_values_are_capped(trained):
+    from strop.model.length_modes import MAX_QUALITY_EPS, parse_eps_values
+
+    bad = _cli("eval", str(trained), "--sweep", "--order-probe", "5")
+    assert bad.exit_code == 2 and "--order-probe" in bad.output and "--sweep" in bad.output
+    many = ",".join(str(0.01 * (i + 1)) for i in range(MAX_QUALITY_EPS + 1))
+    with pytest.raises(LengthModeError, match=f"at most {MAX_QUALITY_EPS}"):
+        parse_eps_values(many)
+    assert len(parse_eps_values(",".join(many.split(",")[:MAX_QUALITY_EPS]))) == MAX_QUALITY_EPS
