@@ -21,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-AREAS = ("render", "model", "train", "input", "grammar", "decode", "length")
+AREAS = ("render", "model", "train", "input", "grammar", "decode", "length", "quickstart")
 
 
 def _fmt(value: object) -> str:
