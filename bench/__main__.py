@@ -26,7 +26,7 @@ from pathlib import Path
 from strop.atomic import OutputPathError, atomic_write_text
 from strop.output_unit import check_writable
 
-AREAS = ("render", "model", "train", "input", "grammar", "decode", "length")
+AREAS = ("render", "model", "train", "input", "grammar", "decode", "length", "quickstart")
 
 
 def _fmt(value: object) -> str:

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import signal
 import subprocess
+import time
 
 import pytest
+from rich.console import Console
 
-from strop.quickstart import QuickstartConfig, quickstart
+from strop.quickstart import QuickstartConfig, QuickstartError, quickstart
+from strop.quickstart.runs import stage_runs, trained_steps
 from strop.runs import discover_runs, read_programs
+
+SIZES = dict(n_images=60, image_size=32, ks=(16, 32), steps=12, batch_size=8, shots=10, test=4,
+             analyze_images=2, fixed_k=16)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
+    """The whole quickstart, its three runs trained by two worker processes side by side."""
     out = tmp_path_factory.mktemp("quickstart")
-    qc = QuickstartConfig(out=out, n_images=60, image_size=32, ks=(16, 32), steps=12, batch_size=8,
-                          shots=10, test=4, analyze_images=2, fixed_k=16)  # fmt: skip
-    return quickstart(qc)
+    return quickstart(QuickstartConfig(out=out, jobs=2, **SIZES))
 
 
 def test_every_stage_leaves_its_files(experiment):
@@ -50,11 +58,68 @@ def test_every_stage_leaves_its_files(experiment):
     assert "no fixed-vs-curriculum comparison" not in md  # the baseline run fills the table
 
 
+def test_runs_side_by_side_are_bit_identical_to_runs_one_after_the_other(experiment):
+    # The same runs trained, exported, evaluated and analysed in this process, one after the
+    # other, into a sibling folder (the same relative path to the data).
+    serial = experiment.parent / "clevr-jobs1"
+    qc = QuickstartConfig(out=experiment.parent, jobs=1, **SIZES)
+    stage_runs(qc, experiment.parent / "data", serial, Console(file=io.StringIO()))
+    for run in discover_runs(experiment):
+        # metrics.jsonl is left out: it logs images/s.
+        names = ["config.json", "programs.parquet", "eval.json", "analysis/analysis.json"]
+        names += [f"checkpoints/{p.name}" for p in run.checkpoints_dir.glob("*.pt")]
+        assert len(names) >= 6
+        for name in names:
+            side_by_side, one_by_one = run.path / name, serial / run.name / name
+            assert side_by_side.read_bytes() == one_by_one.read_bytes(), f"{run.name}/{name}"
+
+
+def test_a_failed_run_is_named_in_one_line_and_the_others_are_kept(experiment, tmp_path):
+    clevr = tmp_path / "clevr"
+    clevr.mkdir()
+    (clevr / "k16").write_text("not a folder")  # the run folder of k16 cannot be made
+    qc = QuickstartConfig(out=tmp_path, jobs=2, **{**SIZES, "fixed_k": None})
+    screen = io.StringIO()
+    with pytest.raises(QuickstartError) as failed:
+        stage_runs(qc, experiment.parent / "data", clevr, Console(file=screen, width=300))
+    assert "1 of 2 runs failed (k16: " in str(failed.value) and "k32" not in str(failed.value)
+    lines = screen.getvalue().splitlines()
+    assert any(line.startswith("k16 failed: ") and "k16" in line[12:] for line in lines), lines
+    assert any(line.startswith("k32 done: ") for line in lines), lines
+    assert json.loads((clevr / "k32" / "eval.json").read_text())["k"] == 32
+
+
+def test_ctrl_c_stops_every_worker_with_a_checkpoint(console_script, tmp_path):
+    out = tmp_path / "qs"
+    proc = subprocess.Popen(
+        [console_script("strop"), "quickstart", "--out", str(out), "--n-images", "60",
+         "--steps", "400", "--ks", "8,16", "--fixed-k", "0", "--jobs", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    runs = [out / "clevr" / "k8", out / "clevr" / "k16"]
+    try:
+        deadline = time.monotonic() + 180
+        while not all((r / "metrics.jsonl").is_file() for r in runs):  # both are training
+            assert proc.poll() is None and time.monotonic() < deadline, "no training started"
+            time.sleep(0.5)
+        workers = [int((r / ".lock").read_text()) for r in runs]
+        assert proc.pid not in workers and len(set(workers)) == 2
+        proc.send_signal(signal.SIGINT)  # to the parent alone, as `kill -INT` would
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err, err
+    for run in runs:
+        assert 0 < trained_steps(run) < 400  # the checkpoint written on the way out
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def test_rerun_resumes_without_redoing_finished_stages(experiment):
     before = {p: p.stat().st_mtime_ns for p in experiment.glob("k*/checkpoints/last.pt")}
-    qc = QuickstartConfig(out=experiment.parent, n_images=60, image_size=32, ks=(16, 32), steps=12,
-                          batch_size=8, shots=10, test=4, analyze_images=2, fixed_k=16)  # fmt: skip
-    quickstart(qc)
+    quickstart(QuickstartConfig(out=experiment.parent, **SIZES))
     after = {p: p.stat().st_mtime_ns for p in experiment.glob("k*/checkpoints/last.pt")}
     assert before == after, "a finished training run was trained again"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from strop.cli_app import Commands, fail, one_line
+from strop.cli_app import EXIT_INTERRUPTED, Commands, exit_on, fail, one_line
 
 commands = Commands()
 
@@ -26,6 +26,12 @@ def quickstart_command(
         "--threads",
         help="torch threads; the figures depend on it (floating-point sums), so it is fixed.",
     ),
+    jobs: int | None = typer.Option(
+        None,
+        "--jobs",
+        help="Runs trained side by side, one process each with --threads threads; the figures "
+        "do not depend on it. Default: one per usable core, at most one per run.",
+    ),
     base_url: str | None = typer.Option(
         None, "--base-url", help="OpenAI-compatible endpoint: also decode with an LLM."
     ),
@@ -39,16 +45,26 @@ def quickstart_command(
 
     Each stage is skipped when its output exists, so a rerun resumes where it stopped.
     """
-    from strop.quickstart import QuickstartConfig, clean, quickstart
+    from strop.quickstart import QuickstartConfig, QuickstartError, clean, quickstart
 
     try:
         k_values = tuple(int(v) for v in ks.split(",") if v.strip())
         qc = QuickstartConfig(
             out=out, n_images=n_images, steps=steps, ks=k_values, teacher=teacher,
-            seed=seed, threads=threads, base_url=base_url, llm_model=llm_model, fixed_k=fixed_k or None,
+            seed=seed, threads=threads, jobs=jobs, base_url=base_url, llm_model=llm_model, fixed_k=fixed_k or None,
         )  # fmt: skip
     except ValueError as err:  # pydantic's ValidationError is a ValueError
         fail(f"strop quickstart: {one_line(err)}", usage=True)
     if fresh:
         clean(qc.out)
-    quickstart(qc)
+    try:
+        with exit_on(failed=(QuickstartError,)):
+            quickstart(qc)
+    except KeyboardInterrupt:
+        typer.secho(
+            "interrupted; what finished is kept and trainings wrote a checkpoint; rerun the same "
+            "command to resume",
+            fg="yellow",
+            err=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -303,23 +303,15 @@ class ProgressBar:
         self.step, self.last = step, row
         if self.progress is None:
             return
-        # The total loss and the mean length first: the terms are for a reader with room.
-        terms = " ".join(
-            f"{k.removesuffix('_loss')}={row[k]:.3f}" for k in row if k.endswith("_loss")
-        )
-        text = (
-            f"{cur.phase_label(row['phase'])} loss={row['loss']:.3f} "
-            f"L={row['mean_length']:.1f} {terms}"
-        )
-        if row.get("mfu") is not None:
-            text += f" MFU {100 * row['mfu']:.0f}%"
         rate = f"{row['images_per_s']:.0f} img/s"
-        self.progress.update(self.task, completed=step, description=text, rate=rate)
+        self.progress.update(self.task, completed=step, description=describe_row(row), rate=rate)
 
     def summary(self, elapsed: float) -> str:
         """The line left on screen when the call ends."""
         stopped = "stopped at " if self.step < self.total else ""
-        line = f"{self.label}: {stopped}{self.step}/{self.total} steps in {_duration(elapsed)}"
+        line = (
+            f"{self.label}: {stopped}{self.step}/{self.total} steps in {format_duration(elapsed)}"
+        )
         if self.images_per_step and elapsed > 0:
             rate = (self.step - self.done) * self.images_per_step / elapsed
             line += f", {rate:.0f} img/s"
@@ -337,7 +329,19 @@ class ProgressBar:
             )
 
 
-def _duration(seconds: float) -> str:
+def describe_row(row: dict[str, Any]) -> str:
+    """One logged interval row as the progress bar's text: phase, loss, mean length, terms."""
+    # The total loss and the mean length first: the terms are for a reader with room.
+    terms = " ".join(f"{k.removesuffix('_loss')}={row[k]:.3f}" for k in row if k.endswith("_loss"))
+    text = (
+        f"{cur.phase_label(row['phase'])} loss={row['loss']:.3f} L={row['mean_length']:.1f} {terms}"
+    )
+    if row.get("mfu") is not None:
+        text += f" MFU {100 * row['mfu']:.0f}%"
+    return text
+
+
+def format_duration(seconds: float) -> str:
     """`42 s`, `3 min 05 s`, `1 h 02 min`."""
     s = round(seconds)
     if s < 60:

@@ -67,11 +67,12 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,13 +263,22 @@ class TrainForward(nn.Module):
 class Trainer:
     """Owns the modules, optimiser, data and curriculum state of one run."""
 
-    def __init__(self, cfg: RunConfig, out_dir: str | os.PathLike[str], progress: bool = True):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out_dir: str | os.PathLike[str],
+        progress: bool = True,
+        on_log: Callable[[int, dict[str, Any]], None] | None = None,
+    ):
         from strop.model import build_model
 
         self.dist = distr.init_distributed(cfg.train.device)
         self.run = RunFolder(Path(out_dir))
         self.cfg = resolve_config(self.run, cfg, self.dist.is_main)
         self.progress = progress and self.dist.is_main
+        # Called with (step, logged row) at every logging interval, on the main rank: how a
+        # caller that draws its own progress (the quickstart's worker processes) follows along.
+        self.on_log = on_log if self.dist.is_main else None
         t, m, device = self.cfg.train, self.cfg.model, self.dist.device
         self.device = device
         self.use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
@@ -278,6 +288,9 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         np.random.seed(t.seed)
+        # Unused by training, but its state goes into every checkpoint: seeded, two trainings
+        # of the same run write byte-identical checkpoint files.
+        random.seed(t.seed)
         self.model = build_model(m).to(device)
         self.model.train()
         self.flops_per_image = self.model.flops_per_image()
@@ -704,6 +717,8 @@ class Trainer:
                 images_per_s = world_batch * self.metrics.interval_steps / max(elapsed, 1e-9)
                 logged = self._log(images_per_s, result.phase)
                 bar.update(self.step, logged)
+                if self.on_log is not None:
+                    self.on_log(self.step, logged)
             if t.val_every and self.step % t.val_every == 0:
                 if self.val_loader is not None:
                     self._log_validation()
@@ -767,12 +782,14 @@ def train(
     out_dir: str | os.PathLike[str],
     progress: bool = True,
     stop_at: int | None = None,
+    on_log: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> Path:
     """Train (or resume) the run in `out_dir` with `cfg`; returns the run folder.
 
     `stop_at` ends this call at that step with a checkpoint, as an interruption would, without
     changing the schedule (which follows `cfg.train.steps`). The run folder is locked for the
     call (`strop.runs.RunLock`): a second training into it fails at once, naming this pid.
+    `on_log(step, row)` is called with every logged interval row (see `Trainer`).
     A folder that holds runs (an experiment) is refused: a run inside it would hide them.
     """
     refuse_experiment_folder(Path(out_dir))
@@ -782,7 +799,7 @@ def train(
         lock.acquire()
     trainer: Trainer | None = None
     try:
-        trainer = Trainer(cfg, out_dir, progress=progress)
+        trainer = Trainer(cfg, out_dir, progress=progress, on_log=on_log)
         return trainer.fit(stop_at=stop_at)
     finally:
         # DDP's reducer holds the process group: drop it first, so that no gloo object is
