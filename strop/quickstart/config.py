@@ -59,7 +59,11 @@ class QuickstartConfig(BaseModel):
     )
     shots: int = Field(50, ge=1, description="Few-shot pool of the decoders.")
     test: int = Field(15, ge=1, description="Held-out images decoded.")
-    analyze_images: int = Field(8, ge=0, description="Images in `strop analyze` (0 skips it).")
+    analyze_images: int = Field(
+        16,
+        ge=0,
+        description="Images in `strop analyze` (0 skips it; below 10 its baselines get no verdict).",
+    )
     fixed_k: int | None = Field(
         64,
         ge=2,
