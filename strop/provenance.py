@@ -46,6 +46,11 @@ def current_weights_sha256(folder: str | os.PathLike[str]) -> str | None:
     last = folder / "checkpoints" / "last.pt"  # strop.model.weights.LAST
     if last.is_file():
         return file_sha256(last)
+    # no last.pt (deleted, or a copy without it): the newest step file is what a load or a
+    # resume would use, so it is what the run holds
+    steps = sorted((folder / "checkpoints").glob("step-*.pt"))  # zero-padded: name order
+    if steps:
+        return file_sha256(steps[-1])
     config = folder / "config.json"
     if (folder / "model.safetensors").is_file() and config.is_file():
         try:
@@ -89,25 +94,38 @@ def write_json_of_weights(
     folder: str | os.PathLike[str],
     loaded_sha256: str | None,
     what: str,
+    source: str | os.PathLike[str] | None = None,
 ) -> None:
     """Write a derived JSON file (`eval.json`, `sweep.json`) of the weights whose checkpoint
     had `loaded_sha256`, under the folder's commit lock (`strop.output_unit.folder_lock`,
     which `strop export-model` holds to replace an exported folder's weights), and only if
-    the folder still holds those weights: a result must never sit beside other weights."""
+    the weights are still there (`require_same_weights`)."""
     folder = Path(folder)
     with folder_lock(folder):
-        require_same_weights(folder, loaded_sha256, what, Path(path).name)
+        require_same_weights(folder, loaded_sha256, what, Path(path).name, source)
         write_json(path, data)
 
 
 def require_same_weights(
-    folder: str | os.PathLike[str], loaded_sha256: str | None, what: str, output: str
+    folder: str | os.PathLike[str],
+    loaded_sha256: str | None,
+    what: str,
+    output: str,
+    source: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Refuse (`WeightsChangedError`) to write `output` when `folder` no longer holds the
-    weights `what` loaded; call it under the folder's commit lock."""
-    now = current_weights_sha256(folder)
-    if loaded_sha256 is not None and now is not None and now != loaded_sha256:
+    """Refuse (`WeightsChangedError`) to write `output` when the weights `what` loaded were
+    replaced meanwhile; call it under the folder's commit lock. `source` is the checkpoint
+    file a run's weights were loaded from (`--checkpoint 4` loads step-0000004.pt, which is
+    not last.pt and need not be); None for an exported tokenizer (its folder's weights)."""
+    if loaded_sha256 is None:
+        return
+    if source is not None:
+        now: str | None = file_sha256(source) if Path(source).is_file() else "(gone)"
+    else:
+        now = current_weights_sha256(folder)
+    if now is not None and now != loaded_sha256:
+        where = Path(source).name if source is not None else "its weights"
         raise WeightsChangedError(
-            f"{folder}: its weights were replaced while {what} ran (sha256 "
+            f"{folder}: {where} was replaced while {what} ran (sha256 "
             f"{loaded_sha256[:12]} -> {now[:12]}); {output} not written, rerun {what}"
         )

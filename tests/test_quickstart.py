@@ -92,7 +92,7 @@ def test_a_failed_run_is_named_in_one_line_and_the_others_are_kept(experiment, t
 def test_ctrl_c_stops_every_worker_with_a_checkpoint(console_script, tmp_path):
     out = tmp_path / "qs"
     proc = subprocess.Popen(
-        [console_script("strop"), "quickstart", "--out", str(out), "--n-images", "60",
+        [console_script("strop"), "quickstart", "--out", str(out), "--n-images", "150",
          "--steps", "400", "--ks", "8,16", "--fixed-k", "0", "--jobs", "2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -115,6 +115,49 @@ def test_ctrl_c_stops_every_worker_with_a_checkpoint(console_script, tmp_path):
     for pid in workers:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_kill_9_of_the_parent_ends_its_workers_even_with_sigint_ignored(console_script, tmp_path):
+    """A quickstart started as a script's background job (SIGINT ignored, inherited) and
+    killed with -9 left its workers training, holding their runs' locks against the rerun."""
+    out = tmp_path / "qs"
+    proc = subprocess.Popen(
+        [console_script("strop"), "quickstart", "--out", str(out), "--n-images", "150",
+         "--steps", "400", "--ks", "8,16", "--fixed-k", "0", "--jobs", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    runs = [out / "clevr" / "k8", out / "clevr" / "k16"]
+    try:
+        deadline = time.monotonic() + 180
+        while not all((r / "metrics.jsonl").is_file() for r in runs):
+            assert proc.poll() is None and time.monotonic() < deadline, "no training started"
+            time.sleep(0.5)
+        workers = [int((r / ".lock").read_text()) for r in runs]
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [pid for pid in workers if _running(pid)]
+    finally:
+        proc.kill()
+    assert alive == [], f"workers {alive} outlived their parent"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_too_few_scenes_for_the_decoders_are_refused_before_any_training(tmp_path):
+    with pytest.raises(ValueError, match=r"--n-images 60 renders 48 train and 6 val scenes"):
+        QuickstartConfig(out=tmp_path, n_images=60)
+    QuickstartConfig(out=tmp_path, n_images=150)  # 120 train >= 50 shots, 15 val >= 15 test
 
 
 def test_rerun_resumes_without_redoing_finished_stages(experiment):

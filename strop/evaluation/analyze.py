@@ -62,6 +62,7 @@ from strop.evaluation.object_masks import (
     pixel_frame,
 )
 from strop.evaluation.object_metrics import ObjectMetrics, ground_truth
+from strop.model.weights import resolve_checkpoint
 from strop.output_unit import OutputUnit
 from strop.provenance import require_same_weights
 from strop.runs import RunFolder, RunFolderError, write_json
@@ -280,7 +281,8 @@ def analyze_run(
 
     def same_weights() -> None:  # committed only while the run holds the weights analysed
         loaded = result["weights"]["checkpoint_sha256"]
-        require_same_weights(run.path, loaded, "strop analyze", "analysis/")
+        source = None if info.exported else resolve_checkpoint(run.path, checkpoint)
+        require_same_weights(run.path, loaded, "strop analyze", "analysis/", source)
 
     with unit.writing(same_weights) as staging:  # a failure removes the analysis/ it created
         result = _analyze(

@@ -132,7 +132,7 @@ def evaluate_run(
     )
     train, train_note = _train_split(
         model, cfg, dev, run.path, data, train_split, baseline_train_images, batch_size, mode,
-        progress, order_probe_images,
+        progress, order_probe_images, _files(loader.dataset),
     )  # fmt: skip
     mean_field = None if train is None else train.mean_field
     val = ProbeSplit()
@@ -248,7 +248,12 @@ def evaluate_run(
         result["quality_control"] = quality_control(model, kept, mc.w_mse, quality_eps)
     if write:
         write_json_of_weights(
-            run.eval_path, result, run.path, cfg.weights["checkpoint_sha256"], "strop eval"
+            run.eval_path,
+            result,
+            run.path,
+            cfg.weights["checkpoint_sha256"],
+            "strop eval",
+            cfg.weights_file,
         )
     return result
 
@@ -265,15 +270,35 @@ def _train_split(
     mode: LengthMode,
     progress: bool,
     keep_fields: int,
+    scored_files: set[Path],
 ) -> tuple[ProbeSplit | None, str | None]:
-    """The train split's programs, scenes and average teacher field, or (None, why not)."""
+    """The train split's programs, scenes and average teacher field, or (None, why not).
+    A train split that shares images with the scored one (an image folder has no splits:
+    every split is the whole folder) gives none: its baselines would be fitted in-sample."""
     root = dataset_path(run_path, cfg, data)
+    try:
+        from strop.data.datasets import build_dataset
+
+        shared = scored_files & _files(build_dataset(root, split, cfg.model.image_size))
+    except (ValueError, FileNotFoundError) as exc:
+        return None, f"no {split} split to fit the baselines on ({exc})"
+    if shared:
+        return None, (
+            f"the {split} split shares {len(shared)} images with the scored split (a folder "
+            "without splits?): baselines fitted on it would be in-sample, so none are given"
+        )
     try:
         return collect_split(
             model, cfg, dev, root, split, limit, batch_size, mode, progress, keep_fields
         ), None
     except (ValueError, FileNotFoundError) as exc:  # DataError is a ValueError
         return None, f"no {split} split to fit the baselines on ({exc})"
+
+
+def _files(dataset: Any) -> set[Path]:
+    """The image files of a dataset (through a `Subset`), resolved; empty when unknown."""
+    files = getattr(getattr(dataset, "dataset", dataset), "files", None) or []
+    return {Path(f).resolve() for f in files}
 
 
 def _alignment(

@@ -210,7 +210,12 @@ def sweep_run(
     }
     if write:
         write_json_of_weights(
-            run.path / SWEEP_FILE, sweep, run.path, cfg.weights["checkpoint_sha256"], "the sweep"
+            run.path / SWEEP_FILE,
+            sweep,
+            run.path,
+            cfg.weights["checkpoint_sha256"],
+            "the sweep",
+            cfg.weights_file,
         )
     return sweep
 

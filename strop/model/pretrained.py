@@ -110,6 +110,13 @@ class TokenizerInfo:
         """The weights these are, as every derived file records them (`weights_record`)."""
         return weights_record(self.step, self.provenance.get("checkpoint_sha256"))
 
+    @property
+    def weights_file(self) -> Path | None:
+        """The run checkpoint the weights were loaded from; None for an exported tokenizer
+        (its provenance names its source checkpoint's file name, not a path here)."""
+        path = self.provenance.get("checkpoint")
+        return None if self.exported or not path else Path(path)
+
 
 def is_exported(path: str | os.PathLike[str]) -> bool:
     """Whether `path` is a folder written by `save_pretrained` (not a training run)."""

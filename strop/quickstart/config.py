@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from strop.training.config import RunConfig
@@ -72,6 +72,22 @@ class QuickstartConfig(BaseModel):
     )
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint for LLM decoding.")
     llm_model: str = Field("qwen3.5", description="Model preset or served id for --base-url.")
+
+    @model_validator(mode="after")
+    def _enough_scenes(self) -> QuickstartConfig:
+        """The decoders draw `shots` from train and `test` from val: refused here, before any
+        training, rather than at stage 6 after all of it."""
+        from strop.data.renderer import split_counts
+
+        counts = split_counts(self.n_images, (0.8, 0.1, 0.1))
+        if counts["val"] < self.test or counts["train"] < self.shots:
+            raise ValueError(
+                f"--n-images {self.n_images} renders {counts['train']} train and "
+                f"{counts['val']} val scenes; the decoders need --shots {self.shots} from train "
+                f"and --test {self.test} from val (use at least "
+                f"{max(10 * self.test, -(-10 * self.shots // 8))} images, or fewer --shots/--test)"
+            )
+        return self
 
     def planned_runs(self) -> list[PlannedRun]:
         """The runs of the experiment: one curriculum run per K, then the fixed-length one."""
