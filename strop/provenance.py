@@ -124,8 +124,8 @@ def require_same_weights(
     else:
         now = current_weights_sha256(folder)
     if now is not None and now != loaded_sha256:
-        where = Path(source).name if source is not None else "its weights"
+        where = f"{Path(source).name} was" if source is not None else "its weights were"
         raise WeightsChangedError(
-            f"{folder}: {where} was replaced while {what} ran (sha256 "
+            f"{folder}: {where} replaced while {what} ran (sha256 "
             f"{loaded_sha256[:12]} -> {now[:12]}); {output} not written, rerun {what}"
         )

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import tiny_run_config
@@ -124,7 +125,7 @@ def test_the_model_card_never_shows_an_eval_of_other_weights(trained_on, tmp_pat
 def test_a_write_whose_weights_were_replaced_meanwhile_is_refused(trained_on, tmp_path):
     run = trained_on["run"]
     target = tmp_path / "eval.json"
-    with pytest.raises(WeightsChangedError, match=r"weights were replaced while strop eval ran"):
+    with pytest.raises(WeightsChangedError, match=r"its weights were replaced while strop eval ran"):
         write_json_of_weights(target, {"cos": 1.0}, run, trained_on["first"], "strop eval")
     assert not target.exists()
     write_json_of_weights(target, {"cos": 1.0}, run, current_weights_sha256(run), "strop eval")
@@ -157,3 +158,59 @@ def test_the_report_marks_results_of_other_weights_stale(trained_on, tmp_path):
     for name in ("eval.json", "sweep.json", "programs.parquet", "analysis/analysis.json"):
         assert f"stale: {run.name} (K=16): {name} describes other weights (step 6" in text, name
     assert "stale:" in html.read_text()
+
+
+def test_eval_of_an_older_checkpoint_records_that_step_and_the_report_marks_it(
+    trained_on, tmp_path
+):
+    import shutil
+
+    from strop.model.weights import list_steps
+
+    run = tmp_path / "exp" / "k16"
+    shutil.copytree(trained_on["run"], run)
+    older = [step for step, _ in list_steps(run) if step < 8]
+    assert older, "the fixture keeps an older step file"
+    data = _data(trained_on["run"])
+    strop("eval", str(run), "--no-lpips", "--order-probe", "0", "--checkpoint", str(older[-1]),
+          "--data", str(data))  # fmt: skip
+    assert read_json(run / "eval.json")["weights"]["step"] == older[-1]
+    assert "eval.json describes other weights" in stale_reason(
+        read_json(run / "eval.json")["weights"], run, "eval.json"
+    )
+
+
+def test_a_run_without_last_pt_is_compared_with_its_newest_step_file(trained_on, tmp_path):
+    import shutil
+
+    from strop.model.weights import list_steps
+
+    run = tmp_path / "k16"
+    shutil.copytree(trained_on["run"], run)
+    (run / "checkpoints" / "last.pt").unlink()
+    newest = list_steps(run)[-1][1]
+    assert current_weights_sha256(run) == file_sha256(newest)
+    assert stale_reason(trained_on["early"]["eval"], run, "eval.json") is not None
+
+
+def test_an_image_folder_without_splits_gets_no_in_sample_baselines(trained_on, tmp_path):
+    import shutil
+
+    run = trained_on["run"]
+    data = _data(run)
+    flat = tmp_path / "imgs"
+    flat.mkdir()
+    for png in sorted((data / "images" / "val").glob("*.png"))[:12]:
+        shutil.copy(png, flat / png.name)
+    from strop.evaluation.evaluate import evaluate_run
+
+    result = evaluate_run(run, data=flat, write=False, progress=False, lpips=False,
+                          order_probe_images=0)  # fmt: skip
+    assert "in-sample" in result["baselines_note"]
+    assert result["alignment"]["mean_field"] is None and result["scene_probes"] is None
+
+
+def _data(run: Path) -> Path:
+    """The run's dataset folder (config.json stores it relative to the run)."""
+    data = Path(read_json(run / "config.json")["data"]["path"])
+    return data if data.is_absolute() else (run / data).resolve()
