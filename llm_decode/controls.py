@@ -1,6 +1,6 @@
 """The `random_shot` control of the knn baselines: the same queries answered from a random
 shot's scene instead of the nearest program's, set beside knn as a paired comparison record
-(`strop.evaluation.baselines`) in the decode and QA summaries.
+(`strop.baselines`) in the decode and QA summaries.
 
 knn reads the codes only through "which shot is nearest"; if a random shot does as well, the
 nearest program's scene is no closer to the query's than any other: the codes carry nothing
@@ -28,7 +28,7 @@ import numpy as np
 
 from llm_decode.schema import DecodedScene
 from llm_decode.scoring import ScoringOptions, score_scene
-from strop.evaluation.baselines import compare, compare_means
+from strop.baselines import compare, compare_means
 
 NAME = "random_shot"
 

@@ -1,4 +1,4 @@
-"""The comparison record every headline carries (`strop.evaluation.baselines`), on constructed
+"""The comparison record every headline carries (`strop.baselines`), on constructed
 cases whose answer is known."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strop.evaluation.baselines import (
+from strop.baselines import (
     BEYOND,
     NOT_BEYOND,
     compare,

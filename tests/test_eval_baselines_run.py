@@ -14,7 +14,7 @@ from conftest import tiny_run_config
 from test_train_trainer import BASE_SETS
 
 from strop import metrics
-from strop.evaluation.baselines import BEYOND, COLLAPSED, find_records
+from strop.baselines import BEYOND, COLLAPSED, find_records
 from strop.evaluation.evaluate import SKILL_MIN, _alignment
 from strop.evaluation.quality_control import constant_lengths
 from strop.training.trainer import train

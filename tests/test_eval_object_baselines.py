@@ -9,7 +9,7 @@ import json
 import numpy as np
 from test_eval_pipeline import dataset, run_dir  # noqa: F401  (module fixtures)
 
-from strop.evaluation.baselines import BEYOND, NOT_BEYOND, find_records
+from strop.baselines import BEYOND, NOT_BEYOND, find_records
 from strop.evaluation.object_metrics import EXACT, ObjectMetrics, fixed_grid
 
 

@@ -12,7 +12,7 @@ import pytest
 from test_eval_pipeline import dataset, run_dir  # noqa: F401  (module fixtures)
 
 from strop import metrics
-from strop.evaluation.baselines import BEYOND, NOT_BEYOND, find_records
+from strop.baselines import BEYOND, NOT_BEYOND, find_records
 from strop.evaluation.scene_probes import (
     TARGETS,
     VOCABULARIES,

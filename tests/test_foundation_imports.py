@@ -124,6 +124,7 @@ def test_strop_top_level_reads_like_the_method():
         "atomic.py",
         "output_unit.py",
         "provenance.py",
+        "baselines.py",
         "devices.py",
         "scenes.py",
         "runs.py",

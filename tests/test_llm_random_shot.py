@@ -13,7 +13,7 @@ from llm_decode.protocol import ProtocolConfig
 from llm_decode.qa.runner import QAConfig, run_qa
 from llm_decode.runner import DecodeConfig, decode
 from llm_decode.testing.synthetic import make_run
-from strop.evaluation.baselines import BEYOND, NOT_BEYOND
+from strop.baselines import BEYOND, NOT_BEYOND
 from strop.runs import Programs, read_programs, write_programs
 
 

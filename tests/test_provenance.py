@@ -125,7 +125,9 @@ def test_the_model_card_never_shows_an_eval_of_other_weights(trained_on, tmp_pat
 def test_a_write_whose_weights_were_replaced_meanwhile_is_refused(trained_on, tmp_path):
     run = trained_on["run"]
     target = tmp_path / "eval.json"
-    with pytest.raises(WeightsChangedError, match=r"its weights were replaced while strop eval ran"):
+    with pytest.raises(
+        WeightsChangedError, match=r"its weights were replaced while strop eval ran"
+    ):
         write_json_of_weights(target, {"cos": 1.0}, run, trained_on["first"], "strop eval")
     assert not target.exists()
     write_json_of_weights(target, {"cos": 1.0}, run, current_weights_sha256(run), "strop eval")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from test_eval_pipeline import dataset, run_dir  # noqa: F401  (module fixtures)
 
-from strop.evaluation.baselines import BEYOND, COLLAPSED, NOT_BEYOND, compare_means
+from strop.baselines import BEYOND, COLLAPSED, NOT_BEYOND, compare_means
 from strop.evaluation.report import build_report
 
 
@@ -174,7 +174,7 @@ def test_a_real_tiny_run_shows_its_analysis_baselines(run_dir, tmp_path):  # noq
     for name in ("fixed_grid_2x2", "fixed_grid_4x4", "shuffled_maps"):
         assert f"| {name} |" in section
     assert "| object_metrics.fg_ari | " in section  # the path names what the record qualifies
-    assert "no verdict (too few items for a verdict (n = 4 &lt; 10))" in section
+    assert "no verdict (too few items for a verdict (n = 4 < 10))" in section
 
 
 def test_readme_figures_state_each_figure_with_its_baseline_and_verdict(tmp_path, capsys):

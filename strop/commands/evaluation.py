@@ -260,7 +260,7 @@ def eval_cmd(
 def baseline_lines(result: dict) -> list[str]:
     """What the terminal says of eval.json's baselines: the alignment's skill over the
     average teacher field, each scene probe beside length alone, and the collapse banner."""
-    from strop.evaluation.baselines import find_records
+    from strop.baselines import find_records
 
     lines = []
     if result.get("collapsed"):

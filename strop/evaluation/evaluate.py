@@ -28,7 +28,7 @@ Design decisions
 - Headline numbers carry their n (`n_images`) and a 95% percentile-bootstrap interval over
   the images (`ci95`: cos, r2, rmse, cb_pct, length_mean; 1000 resamples, seed 0), so the
   report can say when two runs differ by less than the noise of the split.
-- Baselines (`strop.evaluation.baselines` records, beside the value they qualify):
+- Baselines (`strop.baselines` records, beside the value they qualify):
   `alignment` = {cos, r2, skill, mean_field, one_token, collapsed, ...}. `mean_field` is the
   average teacher field over the first `baseline_train_images` (default 2000) images of the
   TRAIN split (`mean_field_images` says how many), the same field for every val image;
@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from strop import metrics
-from strop.evaluation.baselines import COLLAPSED, NOT_BEYOND, compare, compare_means
+from strop.baselines import COLLAPSED, NOT_BEYOND, compare, compare_means
 from strop.evaluation.export import (
     LengthMode,
     check_length_mode,

@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 
 from strop import metrics
+from strop.baselines import compare
 from strop.data.renderer import MASKS_DIR
-from strop.evaluation.baselines import compare
 from strop.evaluation.object_masks import best_iou, object_label_image, pixel_frame
 from strop.scenes import Scene
 

@@ -26,7 +26,7 @@ with its penalty chosen by 5-fold cross-validation on those train programs
 scored on the probed val images: never fitted on the images it scores. (The first control,
 cross-fitted in two folds over ~100 val images with a fixed penalty, scored below the
 average teacher field: too few images for K + 1 coefficients per feature.) It is a
-comparison record (`strop.evaluation.baselines`): the true order's per-image cosine against
+comparison record (`strop.baselines`): the true order's per-image cosine against
 the control's, paired. Why this control rather than only the sorted program: a permuted or
 sorted program is out of the interpreter's training distribution, so a drop could mean
 "order is information" or merely "the interpreter is brittle off-distribution". A model
@@ -37,7 +37,7 @@ programs the control is `null` with the reason.
 
 The one-line verdict says order carries information at this K when the random-permutation
 drop's CI lies above zero, and states the bag control's gap beside it; below
-`strop.evaluation.baselines.MIN_N` probed images there is no verdict (`order_matters` null,
+`strop.baselines.MIN_N` probed images there is no verdict (`order_matters` null,
 "too few images"): a CI from one image is [x, x] and proves nothing.
 
 Design decisions
@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from strop.evaluation.baselines import MIN_N, compare_means
+from strop.baselines import MIN_N, compare_means
 from strop.metrics import Ridge, cosine_per_patch, fit_ridge_cv, mean_ci
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ Design decisions
   error hides it (it is dominated by each image's floor), and for the search it is the most
   any length could give, so the quality head's share against it says how often one pass
   stops short.
-- `constant_length` (per EPS row; `strop.evaluation.baselines` records): the head's lengths
+- `constant_length` (per EPS row; `strop.baselines` records): the head's lengths
   against one constant length for every image at the same mean length (floor and ceil of the
   head's mean, mixed so the mean matches exactly; which images get the longer one is a
   seeded draw, since a constant policy cannot look at the image), read from the same error
@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from strop import metrics
-from strop.evaluation.baselines import compare_means
+from strop.baselines import compare_means
 
 if TYPE_CHECKING:
     import torch

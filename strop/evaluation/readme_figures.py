@@ -10,7 +10,7 @@ Design decisions
 - Every number names its split and n; the fixed-vs-curriculum comparison is made at the K of
   the fixed run (64 by default) and says whether the two 95% intervals overlap.
 - Every figure is stated with its baseline and verdict: the lines end with each run's
-  comparison records (`strop.evaluation.baselines`; found and checked as the report does,
+  comparison records (`strop.baselines`; found and checked as the report does,
   `strop.evaluation.report.verdicts`), a headline with a figure above and no record says
   so, and a run whose eval.json says `collapsed` is stated as collapsed first.
 """

@@ -2,7 +2,7 @@
 
 Probes are fitted on the TRAIN split's programs and scenes and scored on VAL (never on the
 images they score), each headline beside the baselines it must beat, as comparison records
-(`strop.evaluation.baselines.compare`, paired bootstrap over val images):
+(`strop.baselines.compare`, paired bootstrap over val images):
 
 - `attribute_counts`: the 15 CLEVR attribute counts of a scene (objects of each of the 8
   colours, 3 shapes, 2 materials, 2 sizes; the vocabularies of `strop.scenes`). Headline =
@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from strop import metrics
-from strop.evaluation.baselines import compare, compare_means
+from strop.baselines import compare, compare_means
 from strop.scenes import COLORS, MATERIALS, SHAPES, SIZES
 
 if TYPE_CHECKING:

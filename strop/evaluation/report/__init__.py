@@ -16,7 +16,7 @@ The package, one idea per module:
 - `length_control`: length-quality curves (sweep.json) and quality:EPS calibration.
 - `meaning`: what the programs mean (order probe, FG-ARI/mBO, questions over codes).
 - `verdicts`: every headline beside its baseline with a verdict per K (the comparison
-  records of `strop.evaluation.baselines`, found in every file), and the collapse banner.
+  records of `strop.baselines`, found in every file), and the collapse banner.
 - `checks`: what is read, checked (bad values left out with a note naming them).
 - `render`: Markdown and HTML from the sections.
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from strop.evaluation.baselines import is_record
+from strop.baselines import is_record
 from strop.evaluation.report.collect import RunData
 from strop.evaluation.report.document import DASH, Table
 

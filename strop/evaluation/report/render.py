@@ -30,10 +30,19 @@ from strop.evaluation.report.document import Section, Table
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
+#: What Markdown renderers take for raw HTML: `<` opening a tag, a closing tag, a comment or
+#: a declaration. A comparison ("n = 4 < 10") is not one and stays readable as written.
+_HTML_START = re.compile(r"<(?=[A-Za-z/!?])")
+
+
 def md_text(text: str) -> str:
-    """Text from the runs' files as Markdown shows it, not as HTML it runs: `<` and `>`
-    escaped (a run name or summary field holding `<script>` is shown, never executed)."""
-    return str(text).replace("<", "&lt;").replace(">", "&gt;")
+    """Text from the runs' files as Markdown shows it, not as HTML it runs: a `<` that would
+    open a tag is escaped (a run name or summary field holding `<script>` is shown, never
+    executed), with the `>` that could close one."""
+    text = str(text)
+    if not _HTML_START.search(text):
+        return text
+    return _HTML_START.sub("&lt;", text).replace(">", "&gt;")
 
 
 def _md_table(t: Table) -> list[str]:

@@ -1,6 +1,6 @@
 """Every headline beside its trivial baseline, with a verdict per K, and the collapse banner.
 
-The comparison records (`strop.evaluation.baselines`) are found by their shape anywhere in a
+The comparison records (`strop.baselines`) are found by their shape anywhere in a
 run's eval.json, analysis.json, decode summaries (`llm/<model>/summary.json`) and QA
 summaries (`llm/qa/<model>/summary.json`), so a baseline another tool adds shows up here
 without new code. A run whose eval.json says `collapsed: true` gets the banner
@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from strop.evaluation.baselines import BEYOND, COLLAPSED, NOT_BEYOND, find_records
+from strop.baselines import BEYOND, COLLAPSED, NOT_BEYOND, find_records
 from strop.evaluation.report.collect import RunData
 from strop.evaluation.report.document import DASH, Section, Table
 from strop.evaluation.report.formatting import fmt, fmt_ci
