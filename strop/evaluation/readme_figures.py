@@ -109,7 +109,7 @@ def baseline_lines(runs: list[RunFolder]) -> list[str]:
     """Per K: the collapse verdict, then every headline beside its baseline with its verdict;
     the figures above without any record are named as such."""
     from strop.evaluation.report.collect import load_run
-    from strop.evaluation.report.verdicts import BEYOND, collapsed, run_verdicts
+    from strop.evaluation.report.verdicts import BEYOND, CEILING, collapsed, run_verdicts
 
     lines = []
     for folder in runs:
@@ -127,8 +127,9 @@ def baseline_lines(runs: list[RunFolder]) -> list[str]:
             )
             continue
         beyond = sum(v.verdict == BEYOND for v in found)
+        compared = sum(v.verdict != CEILING for v in found)  # a ceiling is not to be beaten
         lines.append(
-            f"{head}, beside their baselines ({beyond} of {len(found)} beyond): "
+            f"{head}, beside their baselines ({beyond} of {compared} beyond): "
             + "; ".join(_verdict_text(v) for v in found)
             + "."
         )
