@@ -107,8 +107,11 @@ def test_export_out_a_fifo_or_a_device_is_refused_before_the_encode(run, clevr, 
     link = device_link(tmp_path)
     line = one_error_line(strop("export", run, "--data", clevr, "--out", link), 1)
     assert line.startswith(f"error: {link}: is a character device (through a link)")
+    # a folder is a programs dataset's (`--shard-rows`): one holding other parquet names (the
+    # FIFO, the device link) and no export plan is refused, and nothing in it is touched
     line = one_error_line(strop("export", run, "--data", clevr, "--out", tmp_path), 1)
-    assert line.startswith(f"error: {tmp_path}: is a folder, not a regular file")
+    assert line.startswith(f"error: {tmp_path}: holds 2 parquet files") and "--replace" in line
+    assert stat.S_ISFIFO(os.stat(tmp_path / "pipe.parquet").st_mode)
     assert_devices_untouched(link)
 
 
