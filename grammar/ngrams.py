@@ -237,7 +237,13 @@ def code_position_mi(corpus: Corpus) -> float:
 
 def codebook_stats(corpus: Corpus) -> dict[str, float]:
     """Standard codebook statistics: utilisation, effective vocabulary, entropy (bits)."""
-    counts = unigram_counts(corpus).astype(np.float64)
+    return codebook_stats_of_counts(unigram_counts(corpus))
+
+
+def codebook_stats_of_counts(counts: np.ndarray) -> dict[str, float]:
+    """`codebook_stats` from the usage count of each of the K codes (in memory or merged
+    over a dataset's shards)."""
+    counts = np.asarray(counts, dtype=np.float64)
     p = counts[counts > 0] / counts.sum()
     entropy = float(-(p * np.log2(p)).sum())
     return {

@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from grammar.corpus import Corpus, CorpusError, from_programs
-from grammar.ngrams import NgramCounts, check_packable, count_ngrams, unique_counts
+from grammar.ngrams import (
+    NgramCounts,
+    check_packable,
+    codebook_stats_of_counts,
+    count_ngrams,
+    unique_counts,
+)
 from grammar.pairs import cooccurrence_counts
 from strop.runs import Programs, RunFolderError
 
@@ -159,14 +165,7 @@ def exact_codebook_stats(unigrams: NgramCounts, k: int) -> dict[str, float]:
     """`grammar.ngrams.codebook_stats` from merged unigram counts (the whole dataset)."""
     counts = np.zeros(k, dtype=np.float64)
     counts[unigrams.keys] = unigrams.counts
-    p = counts[counts > 0] / counts.sum()
-    entropy = float(-(p * np.log2(p)).sum())
-    return {
-        "vocab_used": int((counts > 0).sum()),
-        "utilisation": float((counts > 0).mean()),
-        "entropy_bits": entropy,
-        "effective_vocab": float(2.0**entropy),
-    }
+    return codebook_stats_of_counts(counts)
 
 
 def _shards(path: str | Path, k: int | None) -> Iterator[tuple[dict[str, Any], Programs]]:
