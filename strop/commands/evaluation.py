@@ -92,7 +92,17 @@ def export_cmd(
     run: Path = RUN_ARG,
     split: str = EXPORT_SPLIT_OPT,
     length_mode: str | None = MODE_OPT,
-    data: Path | None = DATA_OPT,
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="Dataset folder, WebDataset tar shards (data/{split}-{0000..0099}.tar; "
+        "{split} is each --split) or hf://owner/name; default: data.path from config.json.",
+    ),
+    streaming: bool = typer.Option(
+        False,
+        "--streaming",
+        help="Stream an hf://owner/name dataset instead of downloading it first.",
+    ),
     batch_size: int = BATCH_OPT,
     limit: int | None = LIMIT_OPT,
     device: str = DEVICE_OPT,
@@ -121,6 +131,7 @@ def export_cmd(
     `torchrun --nproc_per_node N -m strop.cli export ...` each process writes its share.
     """
     from strop.evaluation.export import export_programs
+    from strop.evaluation.programs_dataset import failed_images
 
     with exit_on(usage=_usage_errors(), failed=_model_errors()):
         path = export_programs(
@@ -135,8 +146,17 @@ def export_cmd(
             out=out,
             replace=replace,
             shard_rows=shard_rows,
+            streaming=streaming,
         )
+        failed = failed_images(path)
     typer.echo(f"wrote {path}")
+    if failed:  # counted and listed, never silently dropped
+        first = failed[0]
+        typer.echo(
+            f"{len(failed)} images failed to decode and have no program (listed under "
+            f"failed_images in {path.name}; first {first['image_id']}: {first['reason']})",
+            err=True,
+        )
 
 
 @commands.command("eval")

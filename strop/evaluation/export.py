@@ -29,6 +29,12 @@ Design decisions
   form (`strop.evaluation.programs_dataset`): shards encoded one at a time, each from its own loader so
   batches never straddle a shard boundary (a resumed or multi-process export batches every
   image as a one-process run does, hence byte-identical shards); ranks take shards round-robin.
+- Inputs come through `strop.data.inputs.open_input`: besides folders and `datasets` copies,
+  WebDataset tar shards (a path or brace pattern) and `hf://` datasets in streaming mode
+  (`streaming=True`), read in order as row streams. Their rows are planned like any split's
+  (shard i = rows [i*N, (i+1)*N)), so torchrun and resume behave the same. An image of a
+  stream that fails to decode is no row: it is counted and listed (id + reason) in the
+  manifest (`failed_images`), or in the single file's metadata, and the export goes on.
 - An export never silently drops programs another command wrote: when the output file holds
   splits this export leaves out, or more rows of a split than `--limit` keeps, it refuses
   (`ExportWouldDropPrograms`, before the model loads) and names the ways on: export every
@@ -178,6 +184,20 @@ def load_run_model(
     return model, info, dev
 
 
+def input_spec(
+    run_dir: str | os.PathLike[str], info: TokenizerInfo, data: str | os.PathLike[str] | None
+) -> Path | str:
+    """What an export reads: `dataset_path`, or, as given, an `hf://` id or a tar pattern
+    (`strop.data.inputs.open_input` checks those)."""
+    from strop.data.inputs import is_input_spec
+
+    if data and is_input_spec(data):
+        return str(data)
+    if not data and info.data_path and is_input_spec(info.data_path):
+        return info.data_path
+    return dataset_path(run_dir, info, data)
+
+
 def dataset_path(
     run_dir: str | os.PathLike[str], info: TokenizerInfo, data: str | os.PathLike[str] | None
 ) -> Path:
@@ -191,32 +211,29 @@ def dataset_path(
     return path
 
 
-def open_split(path: Path, split: str, image_size: int, limit: int | None = None) -> Any:
-    """The first `limit` images of `split`, in dataset order (a torch Dataset)."""
-    from torch.utils.data import Dataset, Subset
+def open_split(
+    path: Path | str,
+    split: str,
+    image_size: int,
+    limit: int | None = None,
+    streaming: bool = False,
+) -> Any:
+    """The first `limit` images of `split`, in dataset order: a torch Dataset or a row
+    stream (`strop.data.inputs.open_input`)."""
+    from strop.data.inputs import open_input
 
-    from strop.data.datasets import build_dataset
-
-    dataset: Dataset = build_dataset(path, split, image_size)
-    n_images = len(dataset)  # type: ignore[arg-type]  # torch's Dataset stub has no __len__
-    if limit is not None and limit < n_images:
-        dataset, n_images = Subset(dataset, range(limit)), limit
-    if n_images == 0:
+    dataset = open_input(path, split, image_size, streaming=streaming, limit=limit)
+    if len(dataset) == 0:
         raise ValueError(f"{path}: split {split!r} has no images")
     return dataset
 
 
 def loader_over(dataset: Any, batch_size: int, rows: range | None = None) -> Any:
-    """A DataLoader over `dataset` (or its `rows`), in order."""
-    from torch.utils.data import DataLoader, Subset
+    """A DataLoader over `dataset` (or its `rows`), in order; batches list the images that
+    failed to decode under `failed` (`strop.data.inputs.collate_items`)."""
+    from strop.data.inputs import loader_for
 
-    from strop.data.datasets import collate
-
-    if rows is not None:
-        dataset = Subset(dataset, rows)
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate
-    )
+    return loader_for(dataset, batch_size, rows)
 
 
 def make_loader(path: Path, split: str, image_size: int, batch_size: int, limit: int | None = None):
@@ -306,9 +323,18 @@ def encode_programs(
     split: str,
     description: str,
     progress: bool,
+    failed: list[dict[str, str]] | None = None,
 ) -> Iterator[Programs]:
-    """The programs of `loader`'s images, one batch at a time, rows tagged with `split`."""
+    """The programs of `loader`'s images, one batch at a time, rows tagged with `split`;
+    images that failed to decode are appended to `failed` (image_id, reason)."""
     for batch in progress_batches(loader, description, progress):
+        lost = batch.get("failed", [])
+        if lost and failed is None:
+            raise ValueError(f"{lost[0]['image_id']}: {lost[0]['reason']}")
+        if failed is not None:
+            failed.extend(lost)
+        if not batch["image_id"]:
+            continue
         enc = encode_batch(model, batch["image"].to(dev), mode, cfg.model.w_mse, cfg.model.l_min)
         lengths = enc.lengths.cpu().tolist()
         yield Programs(
@@ -334,6 +360,7 @@ def export_programs(
     progress: bool = True,
     replace: bool = False,
     shard_rows: int = DEFAULT_SHARD_ROWS,
+    streaming: bool = False,
 ) -> Path:
     """Encode `split` of the run's dataset and write programs.parquet (default RUN/programs.parquet).
 
@@ -345,6 +372,9 @@ def export_programs(
     (`strop.evaluation.programs_dataset`: `X.parquet` -> folder `X/` of shards + manifest.json), one
     shard in memory at a time, resumable after a kill; the path returned is its manifest (on
     ranks other than 0, which write no manifest, the folder).
+
+    `data` may also be WebDataset tar shards (`shards/{split}-{0000..0099}.tar`) or, with
+    `streaming`, an `hf://owner/name` dataset streamed instead of downloaded.
     """
     parse_length_mode(length_mode)  # a bad value fails before the model loads
     if shard_rows < 1:
@@ -364,8 +394,10 @@ def export_programs(
     check_writable(target / MANIFEST_FILE if target.is_dir() else target)  # before the encode
     mode = parse_length_mode(length_mode, cfg.length_mode)
     check_length_mode(mode, cfg.model, run.name)
-    root = dataset_path(run.path, cfg, data)
-    datasets = {name: open_split(root, name, cfg.model.image_size, limit) for name in splits}
+    root = input_spec(run.path, cfg, data)
+    datasets = {
+        name: open_split(root, name, cfg.model.image_size, limit, streaming) for name in splits
+    }
     for dataset in datasets.values():
         check_image_names(dataset)
     meta = {
@@ -379,28 +411,38 @@ def export_programs(
         "split": split,
     }
 
-    def encode(name: str, rows: range | None, what: str) -> Iterator[Programs]:
+    def encode(
+        name: str, rows: range | None, what: str, failed: list[dict[str, str]]
+    ) -> Iterator[Programs]:
         loader = loader_over(datasets[name], batch_size, rows)
         description = f"export {run.name} {what} [{mode}]"
-        return encode_programs(model, loader, mode, cfg, dev, name, description, progress)
+        return encode_programs(model, loader, mode, cfg, dev, name, description, progress, failed)
 
     sizes = {name: len(d) for name, d in datasets.items()}
     if rank.distributed or sum(sizes.values()) > shard_rows or target.is_dir():
         plan = {
             "format": DATASET_FORMAT,
             "run": run.name,
-            "data": str(root.resolve()),
+            "data": str(root) if isinstance(root, str) else str(root.resolve()),
             "checkpoint": checkpoint,
             "weights": cfg.weights,
             "length_mode": str(mode),
             "splits": list(sizes.items()),
             "shard_rows": shard_rows,
             "batch_size": batch_size,
+            **({"streaming": True} if streaming else {}),
         }
         return _export_dataset(target, plan, sizes, meta, cfg.model.k, rank, replace, encode)
 
-    parts = [part for name in splits for part in encode(name, None, name)]
-    programs = concat_programs(parts, meta)
+    failed: list[dict[str, str]] = []
+    parts: list[Programs] = []
+    for name in splits:
+        lost: list[dict[str, str]] = []
+        parts.extend(encode(name, None, name, lost))
+        failed.extend({"split": name, **f} for f in lost)
+    if not parts:
+        raise ValueError(f"{root}: no image of split(s) {split} decoded ({len(failed)} failed)")
+    programs = concat_programs(parts, {**meta, "failed_images": failed} if failed else meta)
     repeated = [i for i, n in Counter(programs.image_id).items() if n > 1]
     if repeated:  # a scenes file listing an image twice
         raise ValueError(
@@ -443,7 +485,7 @@ def _export_dataset(
         writer = ShardWriter(folder, shard.name, shard_meta)
         of = sum(1 for s in shards if s.split == shard.split)
         what = f"{shard.split} shard {shard.index + 1}/{of}"
-        for part in encode(shard.split, range(shard.start, shard.stop), what):
+        for part in encode(shard.split, range(shard.start, shard.stop), what, writer.failed):
             writer.append(part)
         writer.close()
     barrier_and_leave(rank)

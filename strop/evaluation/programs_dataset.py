@@ -25,6 +25,11 @@ Design decisions
   sha256 and row count against it, so a replaced or truncated shard is an error, not data.
 - Rows go to the writer in row groups of at most `ROW_GROUP_ROWS`: memory holds one row group,
   never a shard or a split.
+- Images that fail to decode (a truncated member of a tar shard) are no rows but are never
+  lost: the shard that planned them lists them (image id + reason) in its own parquet
+  key-value metadata (`strop_failed_images`), written with the shard, so a resume or another
+  rank never loses the list; the manifest gathers them under `failed_images` and counts them
+  per split (`failed`). A shard's rows plus its failures are its planned rows.
 - Plain parquet files with one schema, so `datasets.load_dataset("parquet",
   data_files={"train": "RUN/programs/train-*.parquet"})` reads them (tested on datasets 5.2).
 """
@@ -64,6 +69,8 @@ PLAN_FILE = DATASET_PLAN
 DEFAULT_SHARD_ROWS = 100_000
 #: rows buffered before they go to the parquet writer as one row group
 ROW_GROUP_ROWS = 4096
+#: parquet key-value metadata of a shard: JSON list of {"image_id", "reason"} not encoded
+FAILED_KEY = b"strop_failed_images"
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -198,6 +205,8 @@ class ShardWriter:
         self._buffered = 0
         self._handle: Any = None
         self._writer: Any = None
+        #: images of this shard that did not decode: {"image_id", "reason"}
+        self.failed: list[dict[str, str]] = []
 
     def append(self, programs: Programs) -> None:
         self._buffer.append(programs)
@@ -206,22 +215,32 @@ class ShardWriter:
             self._flush()
 
     def _flush(self) -> None:
-        import pyarrow.parquet as pq
 
         if not self._buffer:
             return
         table = programs_table(concat_programs(self._buffer, self.meta))
-        if self._writer is None:
-            self._handle = open(self.partial, "wb")  # pyarrow refuses paths that are not UTF-8
-            self._writer = pq.ParquetWriter(self._handle, table.schema)
+        self._start(table.schema)
         self._writer.write_table(table)
         self.rows += table.num_rows
         self._buffer, self._buffered = [], 0
 
+    def _start(self, schema: Any) -> None:
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            self._handle = open(self.partial, "wb")  # pyarrow refuses paths that are not UTF-8
+            self._writer = pq.ParquetWriter(self._handle, schema)
+
     def close(self) -> Path:
         self._flush()
         if self._writer is None:
-            raise ProgramsDatasetError(f"{self.path}: a shard with no rows")
+            if not self.failed:
+                raise ProgramsDatasetError(f"{self.path}: a shard with no rows")
+            # every image of the shard failed: an empty shard still carries their list
+            empty = Programs(codes=[], codebook_size=self.meta.get("codebook_size"), meta=self.meta)
+            self._start(programs_table(empty).schema)
+        if self.failed:
+            self._writer.add_key_value_metadata({FAILED_KEY: json.dumps(self.failed)})
         self._writer.close()
         self._handle.flush()
         os.fsync(self._handle.fileno())
@@ -230,11 +249,14 @@ class ShardWriter:
         return self.path
 
 
-def _parquet_rows(path: Path) -> int:
+def _parquet_rows(path: Path) -> tuple[int, list[dict[str, str]]]:
+    """(rows, failed images) of a finished shard."""
     import pyarrow.parquet as pq
 
     with open(path, "rb") as handle:
-        return int(pq.ParquetFile(handle).metadata.num_rows)
+        metadata = pq.ParquetFile(handle).metadata
+    raw = (metadata.metadata or {}).get(FAILED_KEY)
+    return int(metadata.num_rows), json.loads(raw) if raw else []
 
 
 def write_manifest(folder: Path, shards: list[Shard], meta: dict[str, Any]) -> Path:
@@ -246,19 +268,24 @@ def write_manifest(folder: Path, shards: list[Shard], meta: dict[str, Any]) -> P
             f"{folder}: {len(missing)} shards not written ({missing[0]}, ...); rerun the export"
         )
     records = []
+    splits: dict[str, int] = {s.split: 0 for s in shards}
+    failed_per_split: dict[str, int] = {}
+    failed: list[dict[str, str]] = []
     for s in shards:
-        rows = _parquet_rows(folder / s.name)
-        if rows != s.rows:
+        rows, lost = _parquet_rows(folder / s.name)
+        if rows + len(lost) != s.rows:
             raise ProgramsDatasetError(
-                f"{folder / s.name}: {rows} rows, the plan says {s.rows}; pass --replace"
+                f"{folder / s.name}: {rows} rows and {len(lost)} failed images, the plan "
+                f"says {s.rows}; pass --replace"
             )
         records.append(
             {"file": s.name, "split": s.split, "rows": rows, "sha256": sha256_of(folder / s.name)}
         )
+        splits[s.split] += rows
+        if lost:
+            failed_per_split[s.split] = failed_per_split.get(s.split, 0) + len(lost)
+            failed += [{"split": s.split, **f} for f in lost]
     check_unique_ids(folder, [s.name for s in shards])
-    splits: dict[str, int] = {}
-    for s in shards:
-        splits[s.split] = splits.get(s.split, 0) + s.rows
     manifest = {
         "format": DATASET_FORMAT,
         "version": DATASET_VERSION,
@@ -269,6 +296,8 @@ def write_manifest(folder: Path, shards: list[Shard], meta: dict[str, Any]) -> P
         "weights": meta.get("weights"),
         "meta": meta,
         "shards": records,
+        "failed": failed_per_split,
+        "failed_images": failed,
     }
     path = folder / MANIFEST_FILE
     atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
@@ -305,3 +334,17 @@ def check_unique_ids(folder: Path, names: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def failed_images(path: Path) -> list[dict[str, str]]:
+    """The images an export at `path` (its manifest, or a single programs file) could not
+    decode: {"split", "image_id", "reason"} each; [] for anything else."""
+    import pyarrow.parquet as pq
+
+    if path.name == MANIFEST_FILE and path.is_file():
+        return list(read_json(path).get("failed_images", []))
+    if path.is_file() and path.suffix == ".parquet":
+        with open(path, "rb") as handle:
+            raw = (pq.read_schema(handle).metadata or {}).get(b"strop")
+        return list(json.loads(raw).get("failed_images", [])) if raw else []
+    return []
