@@ -29,6 +29,7 @@ Design decisions
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -137,8 +138,7 @@ class HubStreamImages:
         self.stream = stream
         # the plan needs the length up front: one pass that decodes no image
         light = stream.remove_columns([self.image_column])
-        total = sum(1 for _ in light)
-        self.n_rows = total if limit is None else min(total, limit)
+        self.n_rows = sum(1 for _ in itertools.islice(light, limit))
         self._cursor: tuple[int, Iterator[dict[str, Any]]] | None = None
 
     def __len__(self) -> int:

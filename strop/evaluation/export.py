@@ -423,7 +423,7 @@ def export_programs(
         plan = {
             "format": DATASET_FORMAT,
             "run": run.name,
-            "data": str(root) if isinstance(root, str) else str(root.resolve()),
+            "data": plan_data(root),
             "checkpoint": checkpoint,
             "weights": cfg.weights,
             "length_mode": str(mode),
@@ -452,6 +452,16 @@ def export_programs(
     path = write_programs(target, programs)
     remove_dataset(dataset_dir_for(target))  # the dataset form it replaces (checked above)
     return path
+
+
+def plan_data(root: Path | str) -> str:
+    """The input as the plan records it: a resume from another folder must name the same
+    files (a relative tar pattern made absolute; an `hf://` id as given)."""
+    from strop.data.datasets import HUB_PREFIX
+
+    if isinstance(root, str):
+        return root if root.startswith(HUB_PREFIX) else os.path.abspath(root)
+    return str(root.resolve())
 
 
 def _export_dataset(
