@@ -108,6 +108,11 @@ def test_tar_samples_follow_the_webdataset_convention(tmp_path, dataset):  # noq
     assert got[2]["error"].startswith("no image member")
     assert [g["index"] for g in images.iter_rows(1, 3)] == [1, 2]
 
+    with tarfile.open(tmp_path / "b.tar.gz", "w:gz") as tar:  # compressed shards stream too
+        add_member(tar, "q.png", png)
+    [only] = open_input(str(tmp_path / "b.tar.gz"), "val", 16).iter_rows()
+    assert only["image_id"] == "q" and only["image"].shape == (3, 16, 16)
+
 
 def test_one_process_tar_export_equals_the_folder_export(run_dir, single, shards, tmp_path):  # noqa: F811
     out = tar_export(run_dir, str(shards / PATTERN), tmp_path / "p.parquet")
@@ -134,7 +139,7 @@ def test_bad_tar_inputs_fail_in_one_line_before_the_encode(
     monkeypatch,
     make,
     message,
-):  # noqa: F811
+):
     (tmp_path / "x.tar").write_bytes(b"this is not a tar file at all" * 40)
     with tarfile.open(tmp_path / "empty.tar", "w") as tar:
         add_member(tar, "a.txt", b"text")
