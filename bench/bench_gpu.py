@@ -11,7 +11,7 @@ crash), images/s, achieved TFLOP/s, MFU against the device's dense bf16 peak
 (`strop.training.mfu`; n/a for devices not in its table, and on CPU), peak memory, host syncs
 per step (`torch.cuda.set_sync_debug_mode`, CUDA only; the trainer's one read of the
 finite/stop flags per log interval is not in it), host reads per step (`host_reads`: the
-Python-level reads of tensor values that `strop.training.host_sync.count_host_reads` counts,
+Python-level reads of tensor values that `strop.testing.host_reads.count_host_reads` counts,
 on any device, so `--dry-run` shows it on CPU; AdamW's own reads of its CPU step counts are
 left out), and warm-up seconds (compilation).
 
@@ -300,10 +300,10 @@ def _count_syncs(step: Any, steps: int) -> float:
 
 
 def _count_host_reads(step: Any, steps: int) -> float:
-    """Python-level reads of tensor values per step (`strop.training.host_sync`), AdamW's
+    """Python-level reads of tensor values per step (`strop.testing.host_reads`), AdamW's
     own left out (the non-fused AdamW reads its CPU step counts; the fused one, which the
     trainer builds on CUDA, keeps them on the device)."""
-    from strop.training.host_sync import OPTIMIZER_SITES, count_host_reads
+    from strop.testing.host_reads import OPTIMIZER_SITES, count_host_reads
 
     with count_host_reads() as reads:
         for _ in range(steps):
