@@ -52,11 +52,6 @@ def object_radii(size: str, depth: float, frame: tuple[int, int]) -> tuple[float
     return w / 2 * r / CAMERA.tan_x, h / 2 * r / CAMERA.tan_y
 
 
-def object_radius_px(size: str, depth: float, image_size: int) -> float:
-    """Projected horizontal radius (pixels of an S x S input) of a CLEVR object."""
-    return object_radii(size, depth, (image_size, image_size))[0]
-
-
 def object_label_image(
     scene: Scene, frame: tuple[int, int], source: tuple[int, int] | None = None
 ) -> np.ndarray:
