@@ -17,8 +17,8 @@ import pytest
 import torch
 from test_train_trainer import config
 
-from strop.training import curriculum as cur
 from strop.testing.host_reads import OPTIMIZER_SITES, HostReads, count_host_reads
+from strop.training import curriculum as cur
 from strop.training.host_sync import to_device
 from strop.training.trainer import Trainer
 
