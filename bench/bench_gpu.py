@@ -322,9 +322,8 @@ def measure(spec: RowSpec, setup: Setup, batch: int, row: Row) -> None:
     trainer = Trainer(cfg, out, progress=False)
     try:
         if spec.compiled and setup.compile_backend is not None:
-            original = getattr(trainer.forward, "_orig_mod", trainer.forward)
-            trainer.forward = torch.compile(original, backend=setup.compile_backend)
-        data = _on_device(next(trainer._batches()), device)
+            trainer.compile_forward(setup.compile_backend)
+        data = _on_device(next(trainer.batches()), device)
 
         def step() -> None:
             trainer.train_step(data)
@@ -342,7 +341,7 @@ def measure(spec: RowSpec, setup: Setup, batch: int, row: Row) -> None:
         ):
             step()
             steps += 1
-        trainer._check_pending()  # the finite/stop flags, read once per log interval in training
+        trainer.check_pending()  # the finite/stop flags, read once per log interval in training
         _sync(device)
         elapsed = time.perf_counter() - start
         row.batch = batch
