@@ -280,11 +280,6 @@ def _on_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _count_syncs(step: Any, steps: int) -> float:
     """Host syncs per step, as CUDA's sync debug mode reports them (one warning each)."""
     with warnings.catch_warnings(record=True) as caught:
@@ -313,6 +308,7 @@ def _count_host_reads(step: Any, steps: int) -> float:
 
 def measure(spec: RowSpec, setup: Setup, batch: int, row: Row) -> None:
     """Fill `row` with the measurements of `spec` at `batch` (raises OutOfMemoryError)."""
+    from strop.devices import synchronize
     from strop.training.mfu import mfu, peak_bf16_flops, training_flops_per_image
     from strop.training.trainer import Trainer
 
@@ -333,7 +329,7 @@ def measure(spec: RowSpec, setup: Setup, batch: int, row: Row) -> None:
         start = time.perf_counter()
         for _ in range(scale.warmup_steps):
             step()
-        _sync(device)
+        synchronize(device)
         row.warmup_s = time.perf_counter() - start
         steps, start = 0, time.perf_counter()
         while steps < scale.max_steps and (
@@ -342,7 +338,7 @@ def measure(spec: RowSpec, setup: Setup, batch: int, row: Row) -> None:
             step()
             steps += 1
         trainer.check_pending()  # the finite/stop flags, read once per log interval in training
-        _sync(device)
+        synchronize(device)
         elapsed = time.perf_counter() - start
         row.batch = batch
         row.images_per_s = steps * batch / elapsed
