@@ -36,6 +36,7 @@ def test_strop_devices_stays_torch_free_at_import():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_work_is_timed_until_it_has_run():
     """A 0.2 s kernel: timing its launch alone (the code this replaced) measured ~0 s."""
