@@ -1,1 +1,15 @@
-"""Benchmarks: `python -m bench` runs them all."""
+"""Benchmarks: `python -m bench` runs them all.
+
+Modules:
+
+    __main__          the runner: `python -m bench [--only NAME ...] [--quick] [--json PATH]`
+    bench_gpu         `python -m bench gpu`: the training step on one CUDA device
+    bench_model       the model's training step: forward + backward images/s
+    bench_train       training throughput, cached teacher features against online
+    bench_input       the input pipeline: how many cores would feed a GPU
+    bench_render      renderer throughput, PNG writing included
+    bench_length      `quality:EPS` (one pass) against `search:EPS` (every length)
+    bench_grammar     `grammar`: n-gram counting, Re-Pair, a whole `mine`
+    bench_decode      the decoding harness against a local server with a fixed delay
+    bench_quickstart  a reduced `strop quickstart` at `--jobs 1` against `--jobs N`
+"""

@@ -11,7 +11,7 @@ crash), images/s, achieved TFLOP/s, MFU against the device's dense bf16 peak
 (`strop.training.mfu`; n/a for devices not in its table, and on CPU), peak memory, host syncs
 per step (`torch.cuda.set_sync_debug_mode`, CUDA only; the trainer's one read of the
 finite/stop flags per log interval is not in it), host reads per step (`host_reads`: the
-Python-level reads of tensor values that `strop.training.host_sync.count_host_reads` counts,
+Python-level reads of tensor values that `strop.testing.host_reads.count_host_reads` counts,
 on any device, so `--dry-run` shows it on CPU; AdamW's own reads of its CPU step counts are
 left out), and warm-up seconds (compilation).
 
@@ -280,11 +280,6 @@ def _on_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _count_syncs(step: Any, steps: int) -> float:
     """Host syncs per step, as CUDA's sync debug mode reports them (one warning each)."""
     with warnings.catch_warnings(record=True) as caught:
@@ -300,10 +295,10 @@ def _count_syncs(step: Any, steps: int) -> float:
 
 
 def _count_host_reads(step: Any, steps: int) -> float:
-    """Python-level reads of tensor values per step (`strop.training.host_sync`), AdamW's
+    """Python-level reads of tensor values per step (`strop.testing.host_reads`), AdamW's
     own left out (the non-fused AdamW reads its CPU step counts; the fused one, which the
     trainer builds on CUDA, keeps them on the device)."""
-    from strop.training.host_sync import OPTIMIZER_SITES, count_host_reads
+    from strop.testing.host_reads import OPTIMIZER_SITES, count_host_reads
 
     with count_host_reads() as reads:
         for _ in range(steps):
@@ -313,6 +308,7 @@ def _count_host_reads(step: Any, steps: int) -> float:
 
 def measure(spec: RowSpec, setup: Setup, batch: int, row: Row) -> None:
     """Fill `row` with the measurements of `spec` at `batch` (raises OutOfMemoryError)."""
+    from strop.devices import synchronize
     from strop.training.mfu import mfu, peak_bf16_flops, training_flops_per_image
     from strop.training.trainer import Trainer
 
@@ -322,9 +318,8 @@ def measure(spec: RowSpec, setup: Setup, batch: int, row: Row) -> None:
     trainer = Trainer(cfg, out, progress=False)
     try:
         if spec.compiled and setup.compile_backend is not None:
-            original = getattr(trainer.forward, "_orig_mod", trainer.forward)
-            trainer.forward = torch.compile(original, backend=setup.compile_backend)
-        data = _on_device(next(trainer._batches()), device)
+            trainer.compile_forward(setup.compile_backend)
+        data = _on_device(next(trainer.batches()), device)
 
         def step() -> None:
             trainer.train_step(data)
@@ -334,7 +329,7 @@ def measure(spec: RowSpec, setup: Setup, batch: int, row: Row) -> None:
         start = time.perf_counter()
         for _ in range(scale.warmup_steps):
             step()
-        _sync(device)
+        synchronize(device)
         row.warmup_s = time.perf_counter() - start
         steps, start = 0, time.perf_counter()
         while steps < scale.max_steps and (
@@ -342,8 +337,8 @@ def measure(spec: RowSpec, setup: Setup, batch: int, row: Row) -> None:
         ):
             step()
             steps += 1
-        trainer._check_pending()  # the finite/stop flags, read once per log interval in training
-        _sync(device)
+        trainer.check_pending()  # the finite/stop flags, read once per log interval in training
+        synchronize(device)
         elapsed = time.perf_counter() - start
         row.batch = batch
         row.images_per_s = steps * batch / elapsed

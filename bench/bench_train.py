@@ -3,7 +3,7 @@
 `run(quick=False) -> list[dict]` rows `name`, `value`, `unit`, `baseline`, `ratio`
 (ratio = value / baseline: higher is better for throughput).
 
-What is measured: the real trainer loop (`Trainer._batches` then `Trainer.train_step`: data
+What is measured: the real trainer loop (`Trainer.batches` then `Trainer.train_step`: data
 loading, curriculum with probes, forward, loss, backward, AdamW, codebook update) on a
 synthetic CLEVR-like set, held in phase 2 (the costliest phase: the interpreter runs on three
 length vectors). The online run decodes images and runs the teacher (`random-vit`, the DINOv3
@@ -45,7 +45,7 @@ def _images_per_s(cfg: Any, out: Path, steps: int) -> tuple[float, Any]:
     from strop.training.trainer import Trainer
 
     trainer = Trainer(cfg, out, progress=False)
-    batches = trainer._batches()
+    batches = trainer.batches()
     trainer.train_step(next(batches))  # warm-up: allocations, kernel selection, workers
     cuda = trainer.device.type == "cuda"
     if cuda:

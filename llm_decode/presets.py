@@ -84,8 +84,6 @@ class Hardware:
         return cls(int(match.group(1)), match.group(2).upper())
 
 
-#: The hardware `strop-llm presets` describes when not told (the recipes' own).
-DEFAULT_HARDWARE = Hardware(8, "H200")
 KNOWN_HARDWARE = (
     Hardware(8, "H200"),
     Hardware(8, "H100"),
@@ -170,7 +168,7 @@ class ModelPreset:
         return args + ["--enable-prefix-caching", *self.serve_extra]
 
     def serve_command(self) -> str:
-        """The line for `DEFAULT_HARDWARE` (the recipes' 8x H200)."""
+        """The line for the recipes' own node (8x H200)."""
         return shlex.join(self.serve_args())
 
     def serve_line(self, hardware: Hardware) -> ServeLine:

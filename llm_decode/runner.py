@@ -710,13 +710,14 @@ async def _answer_batch(
     ]
 
 
-def _summary(
+def run_summary(
     rows: list[dict[str, Any] | None],
     cfg: DecodeConfig,
     p: Plan,
     score_rows: Callable[[list[tuple[dict[str, Any], Job]]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The summary of the answered rows; `score_rows` replaces the scene scores (qa)."""
+    """The summary.json of a run's answered rows (decode's `Task`); `score_rows` replaces the
+    scene scores (qa builds its summary on this one)."""
     answered = [(r, j) for r, j in zip(rows, p.jobs, strict=True) if r is not None]
     if score_rows is not None:
         scores = score_rows(answered)
@@ -787,7 +788,7 @@ class Task:
 
 
 #: Scene decoding, the paper's Appendix G task.
-DECODE = Task(plan, output_folder, _summary)
+DECODE = Task(plan, output_folder, run_summary)
 
 
 def check_config(cfg: DecodeConfig) -> None:

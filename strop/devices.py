@@ -1,6 +1,8 @@
-"""The device names `strop` accepts (`--device`, `train.device`), checked where they are given.
+"""The device names `strop` accepts (`--device`, `train.device`), checked where they are given,
+and the one way to time work on a device (`synchronize`, `DeviceTimer`).
 
-Torch-free, so a command line is checked before torch is imported. A name torch does not know
+Torch-free at import (torch is imported where a device is used), so a command line is checked
+before torch is imported. A name torch does not know
 (`tpu`) would otherwise surface as torch's own error deep inside the work; a name it knows but
 this toolkit never runs on (`xla`, `meta`) is refused as well.
 """
@@ -8,6 +10,13 @@ this toolkit never runs on (`xla`, `meta`) is refused as well.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 #: `auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:N`, `mps`.
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
@@ -29,3 +38,35 @@ def device_option(name: str) -> str:
         return check_device(name)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the work queued on `device` has run (CUDA and MPS queue it; CPU runs it
+    in the call, so there is nothing to wait for)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class DeviceTimer:
+    """Wall seconds of device work, summed over `with timer.measure(device):` blocks.
+
+    On CUDA a call returns once its kernels are queued: `perf_counter` around it measures the
+    launches, not the work. So each block waits for the device on entry (work queued before
+    it is not billed to it) and on exit (its own work is)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @contextmanager
+    def measure(self, device: torch.device) -> Iterator[None]:
+        synchronize(device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(device)
+            self.seconds += time.perf_counter() - start

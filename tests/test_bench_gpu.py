@@ -39,7 +39,7 @@ def test_dry_run_runs_every_row_and_prints_every_column(tmp_path):
         assert row["status"] == "ok" and row["batch"] == 4, row
         assert row["images_per_s"] > 0 and row["tflops"] > 0
         assert row["mfu"] is None  # no peak on CPU: MFU is n/a, never a made-up figure
-        assert row["host_reads"] is not None  # counted on CPU too (strop.training.host_sync)
+        assert row["host_reads"] is not None  # counted on CPU too (strop.testing.host_reads)
     for column in (*bench_gpu.COLUMNS, "note"):
         assert column in done.stdout
     assert "n/a" in done.stdout

@@ -258,16 +258,6 @@ def test_default_model_has_no_quality_head_and_the_same_weights():
             assert torch.equal(value, shared[key]), key  # built last: nothing else moves
 
 
-def test_a_checkpoint_of_the_first_quality_head_is_refused_in_one_line():
-    model = build_model(ModelConfig.from_preset("tiny", teacher="pixels", quality_head=True))
-    old = model.state_dict()
-    old["quality_head.mlp.2.weight"] = old["quality_head.mlp.2.weight"][:2]  # (2, d): a, s
-    old["quality_head.mlp.2.bias"] = old["quality_head.mlp.2.bias"][:2]
-    old["quality_head.log_eps_mean"] = torch.zeros(())
-    with pytest.raises(ValueError, match="first version of the eps-conditioned length head"):
-        model.load_state_dict_checked(old)
-
-
 def test_quality_head_length_never_grows_with_eps():
     torch.manual_seed(1)
     head = QualityLengthHead(d=16, l_min=1, l_max=32)

@@ -131,3 +131,17 @@ def test_strop_top_level_reads_like_the_method():
         "metrics.py",
         "quickstart.py",
     }
+
+
+def test_product_code_imports_no_test_instrument():
+    """`strop.testing` and `llm_decode.testing` serve tests and benchmarks; the product
+    never reaches for them (they patch torch process-wide, or fake a server)."""
+    instruments = ("strop.testing", "llm_decode.testing")
+    wrong = [
+        (module, target)
+        for module, targets in import_graph().items()
+        if not any(module == i or module.startswith(i + ".") for i in instruments)
+        for target in targets
+        if any(target == i or target.startswith(i + ".") for i in instruments)
+    ]
+    assert wrong == []

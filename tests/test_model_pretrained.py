@@ -23,7 +23,8 @@ from strop.data.datasets import ClevrDataset
 from strop.data.renderer import generate_dataset
 from strop.model.card import model_card
 from strop.model.network import Strop
-from strop.model.pretrained import PretrainedError, teacher_facts
+from strop.model.pretrained import PretrainedError
+from strop.model.tokenizer_files import teacher_facts
 from strop.runs import read_programs
 
 pytestmark = pytest.mark.usefixtures("one_thread")

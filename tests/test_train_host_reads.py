@@ -1,7 +1,7 @@
 """A step the GPU can run ahead of: no training step reads a tensor back to the host except
 on log steps (issue 22), counted on real tiny runs on CPU.
 
-CPU has no sync debug mode, so `strop.training.host_sync.count_host_reads` counts every
+CPU has no sync debug mode, so `strop.testing.host_reads.count_host_reads` counts every
 Python-level read of tensor values (`.item()`, `float()`, `.cpu()`, `if t:`, a boolean mask
 index...). On CPU every tensor is a host tensor, so the count is an upper bound of the reads
 that would wait on a GPU; the ones a step still makes are named below with why.
@@ -17,8 +17,9 @@ import pytest
 import torch
 from test_train_trainer import config
 
+from strop.testing.host_reads import OPTIMIZER_SITES, HostReads, count_host_reads
 from strop.training import curriculum as cur
-from strop.training.host_sync import OPTIMIZER_SITES, HostReads, count_host_reads, to_device
+from strop.training.host_sync import to_device
 from strop.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

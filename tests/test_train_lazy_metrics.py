@@ -51,7 +51,7 @@ def test_train_step_leaves_its_losses_on_the_device(clevr, tmp_path):
     )
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     trainer.step = 3  # phase 3: the length head trains, pred_length is reported
-    result = trainer.train_step(next(trainer._batches()))
+    result = trainer.train_step(next(trainer.batches()))
     trainer.metrics.close()
     for name in (
         "loss",

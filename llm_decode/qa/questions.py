@@ -95,10 +95,6 @@ def _filter_nodes(filters: Filter, start: int) -> list[dict[str, Any]]:
     return nodes
 
 
-def _offset(nodes: list[dict[str, Any]], by: int) -> list[dict[str, Any]]:
-    return [{**n, "inputs": [i + by for i in n["inputs"]]} for n in nodes]
-
-
 def _object_filter(scene: Scene, index: int, rng: np.random.Generator, n_attrs: int) -> Filter:
     obj = scene.objects[index]
     attrs = [str(a) for a in rng.choice(ATTRIBUTES, size=n_attrs, replace=False)]

@@ -74,9 +74,9 @@ from llm_decode.runner import (
     Plan,
     RowHook,
     Task,
-    _summary,
     decode,
     plan,
+    run_summary,
 )
 from llm_decode.schema import abbreviation_legend
 from strop.runs import Programs, RunFolder, RunFolderError
@@ -308,7 +308,7 @@ def qa_summary(rows: list[dict[str, Any] | None], cfg: QAConfig, p: Plan) -> dic
     def score_rows(answered: list[tuple[dict[str, Any], Job]]) -> dict[str, Any]:
         return summarize_qa([r for r, _ in answered], [j.truth for _, j in answered])
 
-    summary = _summary(rows, cfg, p, score_rows)
+    summary = run_summary(rows, cfg, p, score_rows)
     assert isinstance(p, QAPlan)
     summary["question_sources"] = p.question_sources
     summary["question_files"] = p.question_files

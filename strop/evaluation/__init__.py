@@ -1,12 +1,22 @@
 """What trained programs show (paper Sec. 3-4): export, metrics, analysis, the report.
 
     export          programs of a trained run -> `programs.parquet` (head, fixed or search lengths)
+    programs_dataset  a split's programs as parquet shards plus `manifest.json`
+    distributed     which share of an export this process writes (`torchrun` or alone)
     evaluate        `eval.json`: alignment, codebook usage, pixel SSIM/LPIPS, length vs object count
+    scene_probes    linear probes of the scene from the codes, beside their baselines
+    order_probe     does token order matter? (`eval.json`'s `order_probe`)
+    quality_control  does `--length-mode quality:EPS` deliver EPS? (`eval.json`'s block)
+    sweep           length-quality curves: `strop eval RUN --sweep` -> `sweep.json`
     lpips           LPIPS v0.1 (AlexNet) without torchvision, from local weight files
     analyze         counterfactual erasure, attribution vs object masks, pair synergy, contingency
     erasure         erasure maps and pair synergy on one program
     object_masks    CLEVR object masks from scenes (which patches belong to which object)
+    object_metrics  FG-ARI and mBO of token attribution against object masks
     plots           the figures shared by `analyze` and `report`
+    length_plots    length-quality curves and the calibration of `quality:EPS`
+    readme_figures  the README's quickstart figures, from a quickstart folder
+    real_pair       a real CLEVR image beside our render of the same scene
     report/         `report.md` and `report.html` over every sub-run of an experiment
 
 Import the module you need; this package imports nothing itself.

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from strop.evaluation.plots import _plt
+from strop.evaluation.plots import pyplot
 
 _MARKERS = {
     "head": ("*", 14, "tab:red"),
@@ -33,7 +33,7 @@ def plot_length_curves(series: list[tuple[str, dict[str, Any]]], path: Path) -> 
     series = [(label, sweep) for label, sweep in series if sweep.get("rows")]
     if not series:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(
         1, len(series), figsize=(4.2 * len(series), 3.4), squeeze=False, sharey=True
     )
@@ -91,7 +91,7 @@ def plot_calibration(series: list[tuple[str, dict[str, Any]]], path: Path) -> Pa
     series = [(label, block) for label, block in series if block.get("rows")]
     if not series:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12.6, 4.0))
     panels = [
         ("error_mean", "achieved mean align error"),

@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from strop.data.camera import CAMERA, CLEVR_FRAME
 from strop.data.placement import SIZE_RADIUS
-from strop.scenes import Scene, check_pixel_frame
+from strop.scenes import Scene, SceneFileError, check_pixel_frame
 
 ATTRIBUTES = ("color", "shape", "material", "size")
 
@@ -50,11 +50,6 @@ def object_radii(size: str, depth: float, frame: tuple[int, int]) -> tuple[float
     w, h = frame
     r = SIZE_RADIUS[size] / max(depth, 1e-3)
     return w / 2 * r / CAMERA.tan_x, h / 2 * r / CAMERA.tan_y
-
-
-def object_radius_px(size: str, depth: float, image_size: int) -> float:
-    """Projected horizontal radius (pixels of an S x S input) of a CLEVR object."""
-    return object_radii(size, depth, (image_size, image_size))[0]
 
 
 def object_label_image(
@@ -116,21 +111,83 @@ def pixel_frame(root: Path, split: str, scene: Scene) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=8)
 def _info_frame(scenes_file: Path) -> tuple[int, int] | None:
-    """`info.pixel_frame` (or the older `info.image_size`) of a scenes file, read from its
-    head: the writers put `info` first, and files can hold 70k scenes."""
-    with open(scenes_file, encoding="utf-8") as handle:
-        head = handle.read(4096).split('"scenes"')[0]
-    match = re.search(r'"pixel_frame"\s*:\s*(\[[^\]]*\]|"[^"]*"|[^,}\s]+)', head)
-    if match:
-        try:
-            value = json.loads(match.group(1))
-        except ValueError:
-            value = match.group(1)
-        return check_pixel_frame(value, f"{scenes_file}: field info.pixel_frame")
-    match = re.search(r'"image_size"\s*:\s*(\d+)', head)
-    if match:
-        size = int(match.group(1))
+    """`info.pixel_frame` (or the older `info.image_size`) of a scenes file, or None."""
+    info = leading_info(scenes_file)
+    if info is None:
+        return None
+    if "pixel_frame" in info:
+        return check_pixel_frame(info["pixel_frame"], f"{scenes_file}: field info.pixel_frame")
+    size = info.get("image_size")
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
         return size, size
+    return None
+
+
+_CHUNK = 1 << 16
+
+
+def leading_info(scenes_file: Path) -> dict[str, Any] | None:
+    """The `info` object of a scenes file when it comes before `scenes` (the writers, ours and
+    real CLEVR's, put it first), else None. Files can hold 70k scenes: the JSON decoder reads
+    the top-level members in order and stops at `scenes`, so the list is never read."""
+    decoder = json.JSONDecoder()
+    with open(scenes_file, encoding="utf-8") as handle:
+        text, at_end = "", False
+
+        def more() -> bool:
+            nonlocal text, at_end
+            chunk = handle.read(max(_CHUNK, len(text)))
+            text, at_end = text + chunk, not chunk
+            return bool(chunk)
+
+        def next_char(pos: int) -> tuple[str, int]:
+            """The first character at or after `pos` that is not whitespace ('' at the end)."""
+            while True:
+                while pos < len(text) and text[pos] in " \t\n\r":
+                    pos += 1
+                if pos < len(text) or not more():
+                    return text[pos : pos + 1], pos
+
+        def value(pos: int) -> tuple[Any, int]:
+            """The JSON value at `pos`; reads on while it may be cut off by the chunk's end."""
+            while True:
+                try:
+                    parsed, end = decoder.raw_decode(text, pos)
+                    if end < len(text) or at_end:
+                        return parsed, end
+                except json.JSONDecodeError as exc:
+                    if at_end:
+                        raise SceneFileError(
+                            f"{scenes_file}: not valid JSON ({exc.msg} at line {exc.lineno})"
+                        ) from None
+                except RecursionError:
+                    raise SceneFileError(
+                        f"{scenes_file}: JSON nested too deeply to be a scenes file"
+                    ) from None
+                more()
+
+        def expect(pos: int, allowed: str) -> tuple[str, int]:
+            char, pos = next_char(pos)
+            if not char or char not in allowed:
+                raise SceneFileError(
+                    f"{scenes_file}: not a valid JSON object (expected one of {allowed!r} "
+                    f"at character {pos}, got {char!r})"
+                )
+            return char, pos
+
+        char, pos = expect(0, "{")
+        char, pos = expect(pos + 1, '"}')
+        while char == '"':
+            key, pos = value(pos)
+            if key == "scenes":
+                return None
+            _, pos = expect(pos, ":")
+            member, pos = value(next_char(pos + 1)[1])
+            if key == "info":
+                return member if isinstance(member, dict) else None
+            char, pos = expect(pos, ",}")
+            if char == ",":
+                char, pos = expect(pos + 1, '"')
     return None
 
 

@@ -27,7 +27,9 @@ import numpy as np
 from strop import metrics
 
 
-def _plt():
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend, imported on first use (commands that
+    draw nothing never load matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,7 +48,7 @@ def plot_erasure_panel(
     n_tokens: int = 6,
 ) -> None:
     """Image, attribution map, object masks, and the strongest tokens' erasure maps over the image."""
-    plt = _plt()
+    plt = pyplot()
     gh, gw = grid
     size = image.shape[0]
     extent = (0, size, size, 0)
@@ -100,7 +102,7 @@ def plot_erasure_panel(
 
 def plot_contingency(path: Path, contingency: dict[str, Any], max_codes: int = 40) -> None:
     """Row-normalised attribute x code heatmap over the most used codes."""
-    plt = _plt()
+    plt = pyplot()
     counts = np.array(contingency["counts"], dtype=np.float64)
     codes = np.array(contingency["codes"])
     order = np.argsort(-counts.sum(0), kind="stable")[:max_codes]
@@ -121,7 +123,7 @@ def plot_length_vs_objects(
     series: list[tuple[str, np.ndarray, np.ndarray]], path: Path
 ) -> Path | None:
     """One scatter panel per run: program length against object count, with per-count means."""
-    plt = _plt()
+    plt = pyplot()
 
     series = [(lbl, np.asarray(ln), np.asarray(no)) for lbl, ln, no in series]
     series = [(lbl, ln[no >= 0], no[no >= 0]) for lbl, ln, no in series if np.any(no >= 0)]
@@ -164,7 +166,7 @@ def _loss_key(rows: list[dict[str, Any]]) -> str | None:
 
 def plot_training_curves(runs: list[tuple[str, list[dict[str, Any]]]], path: Path) -> Path | None:
     """Loss, mean length and validation cosine against step; `runs` = (label, metrics.jsonl rows)."""
-    plt = _plt()
+    plt = pyplot()
 
     panels = [
         ("loss", "training loss"),

@@ -20,7 +20,9 @@ Design decisions
 - Timing excludes the teacher and generator, which both modes share: `quality` is the head's
   forward plus one interpreter pass at the chosen lengths; `search` is the interpreter at all
   L_max - L_min + 1 lengths (its cost does not depend on EPS, so it is timed once per batch).
-  The ratio is search time / quality time; passes are interpreter passes per image.
+  The ratio is search time / quality time; passes are interpreter passes per image. Each timed
+  block waits for the device before and after (`strop.devices.DeviceTimer`): on CUDA the
+  calls only queue kernels, and timing them alone measured the launches.
 - `*_reached` is the share of images whose error at the chosen length is <= EPS: the mean
   error hides it (it is dominated by each image's floor), and for the search it is the most
   any length could give, so the quality head's share against it says how often one pass
@@ -39,7 +41,6 @@ Design decisions
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ import numpy as np
 
 from strop import metrics
 from strop.baselines import compare_means
+from strop.devices import DeviceTimer
 
 if TYPE_CHECKING:
     import torch
@@ -97,27 +99,23 @@ def quality_control(
 
     l_min, l_max = model.cfg.l_min, model.cfg.l_max
     stored: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]] = []
-    search_seconds = 0.0
+    search_time = DeviceTimer()
     for feats, tokens in batches:
-        with torch.no_grad():
-            start = time.perf_counter()
+        with torch.no_grad(), search_time.measure(feats.device):
             _, errors = search_lengths(model, feats, tokens, float("inf"), w_mse, l_min)
-            search_seconds += time.perf_counter() - start
         stored.append((feats, tokens, errors.cpu().numpy()))
     matrix = np.concatenate([e for _, _, e in stored])  # (n, L_max - l_min + 1)
     n_images = len(matrix)
     eps_list = [float(e) for e in eps_values] if eps_values else default_eps(matrix, l_min)
     rows: list[dict[str, Any]] = []
-    quality_seconds = 0.0
+    quality_time = DeviceTimer()
     rows_idx = np.arange(n_images)
     for eps in eps_list:
         q_lengths = []
         for feats, tokens, _ in stored:
-            with torch.no_grad():
-                start = time.perf_counter()
+            with torch.no_grad(), quality_time.measure(feats.device):
                 lengths = model.quality_lengths(feats, eps)
                 model.interpret_tokens(tokens, lengths)
-                quality_seconds += time.perf_counter() - start
             q_lengths.append(lengths.cpu().numpy())
         q = np.concatenate(q_lengths)
         s = shortest_reaching(torch.from_numpy(matrix), eps, l_min).numpy()
@@ -148,8 +146,8 @@ def quality_control(
                 },
             }
         )
-    quality_per_image = quality_seconds / max(1, n_images * len(eps_list))
-    search_per_image = search_seconds / max(1, n_images)
+    quality_per_image = quality_time.seconds / max(1, n_images * len(eps_list))
+    search_per_image = search_time.seconds / max(1, n_images)
     rho = metrics.spearman(eps_list, [r["quality_error_mean"] for r in rows]).r
     return {
         "n_images": n_images,

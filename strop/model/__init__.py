@@ -9,8 +9,17 @@
     losses          alignment, commitment, diversity, length terms
     network         `Strop`, the whole model wired from the stages above; `build_model`
     config          `ModelConfig` and the presets (paper Table 6)
+    quality_head    the opt-in eps-conditioned length head: the length that reaches error EPS
+    length_modes    how long each image's program is at inference (`--length-mode`)
+    boundary        checks of images going into `Strop.encode` and programs coming out
     cost, info      parameter counts, FLOPs, `strop model-info` without weights
     feature_cache   frozen teacher features cached on disk
+    weights         reading a run's checkpoints (`--checkpoint`), safely
+    pretrained      the tokenizer API: `save_pretrained`, `from_pretrained`, `load_tokenizer`
+    tokenizer_files  the exported folder's format: config.json, model.safetensors, read with checks
+    hub             the hub client: fetch a hub id, upload a folder (huggingface_hub's client)
+    card            the model card (README.md) of an exported tokenizer
+    sharing         `strop export-model`: a run folder -> a shareable tokenizer folder
 
 Importing this package imports torch. Modules inside it import each other by module path
 (`strop.model.network`), never through this package, so it has no import cycle.

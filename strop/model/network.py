@@ -360,12 +360,6 @@ class Strop(PretrainedMixin, nn.Module):
                     + ", ".join(diff)
                 )
         own = self.state_dict()
-        if "quality_head.log_eps_mean" in state_dict:
-            raise ValueError(
-                "checkpoint holds the first version of the eps-conditioned length head (one "
-                "length per eps, before 2026-12-06); this version predicts the error curve: "
-                "train the run again with model.quality_head=true"
-            )
         for key, value in own.items():
             if key == "_extra_state":
                 continue

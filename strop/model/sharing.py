@@ -29,15 +29,9 @@ from typing import Any
 
 import torch
 
+from strop.model.hub import check_repo_id, upload_folder
 from strop.model.network import Strop
-from strop.model.pretrained import (
-    CONFIG_NAME,
-    PretrainedError,
-    check_repo_id,
-    is_exported,
-    read_info,
-    upload_folder,
-)
+from strop.model.tokenizer_files import CONFIG_NAME, PretrainedError, is_exported, read_info
 from strop.runs import RunFolder, discover_runs, is_run_folder
 
 __all__ = ["export_model"]

@@ -9,6 +9,9 @@
     checkpoint    atomic checkpoints, RNG state, `load_model`
     resume        which configuration a run may be resumed with
     distributed   DDP via torchrun
+    quality       the eps-conditioned length head's training targets (error-curve bank)
+    host_sync     copies to the device that never wait (`to_device`)
+    mfu           model FLOPs utilisation against the device's peak
 
 Import the module you need (`from strop.training.trainer import train`); this package
 imports nothing itself, so `strop.training.config` stays importable without the trainer.

@@ -1,54 +1,21 @@
-"""What a training step exchanges with the host: copies in that never wait, reads out counted.
+"""What a training step sends to the device: copies in that never wait.
 
 On CUDA a step that reads a device value back to the host (`.item()`, `float(t)`, `.cpu()`,
 `if t:`, a boolean mask index...) waits there until the GPU has finished everything queued
 before it, so the host cannot run ahead and queue the next step. The trainer keeps its
-per-step values on the device (`strop.training.trainer`: which reads remain, and why), and
-this module holds the two tools that keep it so:
+per-step values on the device (`strop.training.trainer`: which reads remain, and why).
 
 - `to_device` moves host-born data (lengths drawn from the step's generator, dataset indices)
   to the training device without waiting: pinned memory and `non_blocking=True` on CUDA, a
   no-op on CPU. A plain `.to(cuda)` from pageable memory synchronises the stream, and
   `torch.tensor(x, device=cuda)` / `new_tensor` do the same.
-- `count_host_reads` counts, while it is open, every Python-level read of a tensor's values
-  (the methods in `READS`, and indexing with a boolean tensor, whose result size needs the
-  mask's count). CPU has no sync debug mode, so this is the check that runs in CI: on CPU
-  every tensor is a host tensor, so it counts each read that would wait on a GPU. CUDA's own
-  count is `torch.cuda.set_sync_debug_mode` (`python -m bench gpu`, column `syncs_per_step`),
-  which also sees blocking copies and kernels that sync inside C++ (`torch.bincount`, for
-  one: the trainer's step avoids it).
+- The reads out are counted by `strop.testing.host_reads.count_host_reads` (tests and
+  `python -m bench gpu`), not here: it is an instrument, not part of training.
 """
 
 from __future__ import annotations
 
-import sys
-import traceback
-from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
 import torch
-
-#: `torch.Tensor` methods that hand a tensor's values to Python (each one a host sync on CUDA).
-READS = (
-    "item",
-    "tolist",
-    "cpu",
-    "numpy",
-    "nonzero",
-    "__float__",
-    "__int__",
-    "__bool__",
-    "__index__",
-)
-
-#: Sites of reads inside `torch.optim` (see `HostReads.count_excluding`).
-OPTIMIZER_SITES = "via torch/optim/"
-
-_PACKAGE = str(Path(__file__).resolve().parents[1])  # the `strop` package folder
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -58,81 +25,3 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda" and tensor.device.type == "cpu":
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
-
-
-@dataclass
-class HostReads:
-    """What `count_host_reads` saw: the number of reads and where each came from."""
-
-    count: int = 0
-    sites: Counter[str] = field(default_factory=Counter)
-    """`method at path:line (function)` of the innermost `strop` frame (or the caller's)."""
-
-    def count_excluding(self, *parts: str) -> int:
-        """Reads whose site contains none of `parts` (e.g. `OPTIMIZER_SITES`)."""
-        return sum(n for site, n in self.sites.items() if not any(p in site for p in parts))
-
-
-def _site(method: str) -> str:
-    """`method at strop/path.py:line (function)`: the innermost frame of this package, then
-    `via path` of the innermost frame when that is in a library (torch.optim, say)."""
-    frames = traceback.extract_stack()[:-2]  # drop this function and the counting wrapper
-    ours = [f for f in frames if f.filename.startswith(_PACKAGE)]
-    frame = (ours or frames)[-1]
-    path = Path(frame.filename)
-    short = path.relative_to(Path(_PACKAGE).parent).as_posix() if ours else path.name
-    site = f"{method} at {short}:{frame.lineno} ({frame.name})"
-    if ours and frames[-1] is not frame:
-        inner = Path(frames[-1].filename)
-        site += f" via {'/'.join(inner.parts[-3:])}"
-    return site
-
-
-def _is_mask_index(index: Any) -> bool:
-    parts = index if isinstance(index, tuple) else (index,)
-    return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
-
-
-@contextmanager
-def count_host_reads() -> Iterator[HostReads]:
-    """Count Python-level reads of tensor values (any thread) until the block exits.
-
-    Meant for tests and benchmarks: it wraps `torch.Tensor` methods process-wide, so nothing
-    else should run torch code beside it."""
-    reads = HostReads()
-    originals: dict[str, Callable[..., Any]] = {}
-
-    def counting(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
-        def read(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            reads.count += 1
-            reads.sites[_site(name)] += 1
-            return original(self, *args, **kwargs)
-
-        return read
-
-    def getitem(self: torch.Tensor, index: Any) -> Any:
-        if _is_mask_index(index):
-            reads.count += 1
-            reads.sites[_site("mask index")] += 1
-        return originals["__getitem__"](self, index)
-
-    for name in (*READS, "__getitem__"):
-        originals[name] = getattr(torch.Tensor, name)
-    own = {name for name in originals if name in vars(torch.Tensor)}
-    try:
-        for name in READS:
-            setattr(torch.Tensor, name, counting(name, originals[name]))
-        torch.Tensor.__getitem__ = getitem  # type: ignore[method-assign,assignment]
-        yield reads
-    finally:
-        for name, original in originals.items():
-            if name in own:
-                setattr(torch.Tensor, name, original)
-            else:  # inherited from torch._C.TensorBase: drop the override
-                delattr(torch.Tensor, name)
-
-
-def print_sites(reads: HostReads, file: Any = None) -> None:
-    """One line per read site, most frequent first (for a failing test's message)."""
-    for site, n in reads.sites.most_common():
-        print(f"{n:6d}  {site}", file=file or sys.stderr)

@@ -41,7 +41,7 @@ Design decisions
 - A step the GPU can run ahead of: the step's loss terms, grad norm, lengths, predicted
   length, the pixel probe's norm and the oracle's statistics stay on the device
   (`strop.training.log.MetricLog` reads them on log steps), and so do the non-finite and stop
-  flags (`_check_pending` reads them on log, validation and checkpoint steps: the finite check
+  flags (`check_pending` reads them on log, validation and checkpoint steps: the finite check
   lags at most `train.log_every` steps). The oracle, its target bank and the error-curve bank
   live on the device and are indexed with device tensors; host data (the lengths drawn from
   the step's generator, the dataset indices) goes in by pinned, non-blocking copies
@@ -353,11 +353,12 @@ class Trainer:
                 device_ids=[device.index] if device.type == "cuda" else None,
                 broadcast_buffers=False,
             )
+        self._eager_forward = forward  # what `compile_forward` compiles
         self.forward = torch.compile(forward) if t.compile else forward
         if t.tensorboard and self.dist.is_main:
             self.metrics.open_tensorboard()
         self._sigint = False  # set by the signal handler, local to this process
-        self._stop_requested = False  # agreed by all ranks at a check (`_check_pending`)
+        self._stop_requested = False  # agreed by all ranks at a check (`check_pending`)
         self._pending_checks: list[PendingCheck] = []  # steps whose flags are not read yet
 
     # ------------------------------------------------------------------ checkpoints
@@ -424,9 +425,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
 
-    def _batches(self) -> Iterator[dict[str, Any]]:
-        """Endless batches, continuing at the data position (see `train_data.TrainData`)."""
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """Endless batches, continuing at the data position (see `train_data.TrainData`); what
+        `fit` feeds to `train_step`, and what a caller timing `train_step` alone feeds it."""
         return self.data.batches()
+
+    def compile_forward(self, backend: str) -> None:
+        """Compile the step's forward with torch.compile's `backend` (`train.compile` uses
+        the default, inductor; `python -m bench gpu` picks one the machine can run)."""
+        self.forward = torch.compile(self._eager_forward, backend=backend)
 
     def _autocast(self) -> AbstractContextManager[Any]:
         if not self.use_bf16:
@@ -492,7 +499,7 @@ class Trainer:
         loss = terms.total
         probe_loss = None if terms.pixel is None else self.cfg.model.w_pixel * terms.pixel
         # The finite check and the stop flag stay on the device (all-reduced, so every rank
-        # reads the same values) and are read on the next check (`_check_pending`).
+        # reads the same values) and are read on the next check (`check_pending`).
         finite_and_stop = torch.stack(
             [(~torch.isfinite(loss.detach())).float(), loss.new_full((), float(self._sigint))]
         ).float()
@@ -601,8 +608,10 @@ class Trainer:
                     p.grad.masked_fill_(not_finite, 0.0)
         return norm, probe_norm
 
-    def _check_pending(self) -> None:
+    def check_pending(self) -> None:
         """Read the finite and stop flags of the steps since the last check (one host sync).
+        Public for a caller that runs `train_step` itself (the bench), as `_loop` does on a
+        log step.
 
         Raises `TrainingDiverged` for the first step whose loss was not finite; sets
         `_stop_requested` when any rank was interrupted. `_loop` checks on every log,
@@ -696,7 +705,7 @@ class Trainer:
     def _loop(self, end: int, bar: ProgressBar) -> None:
         t = self.cfg.train
         world_batch = t.batch_size * self.dist.world_size
-        batches = self._batches()
+        batches = self.batches()
         tick = time.perf_counter()
         while self.step < end:
             batch = next(batches)
@@ -709,7 +718,7 @@ class Trainer:
                 or (t.val_every and self.step % t.val_every == 0)
                 or self.step in (t.steps, end)
             ):
-                self._check_pending()  # before anything is logged, validated or saved
+                self.check_pending()  # before anything is logged, validated or saved
             # A stop before train.steps leaves the open interval to the checkpoint.
             if self.step % t.log_every == 0 or self.step == t.steps:
                 elapsed = time.perf_counter() - tick
