@@ -197,16 +197,23 @@ def open_split(path: Path, split: str, image_size: int, limit: int | None = None
     return dataset
 
 
-def loader_over(dataset: Any, batch_size: int, rows: range | None = None) -> Any:
-    """A DataLoader over `dataset` (or its `rows`), in order."""
+def loader_over(dataset: Any, batch_size: int, rows: range | None = None, workers: int = 0) -> Any:
+    """A DataLoader over `dataset` (or its `rows`), in order; `workers` decode images in
+    worker processes that die with this one."""
     from torch.utils.data import DataLoader, Subset
 
     from strop.data.datasets import collate
+    from strop.data.workers import parent_watch
 
     if rows is not None:
         dataset = Subset(dataset, rows)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        worker_init_fn=parent_watch() if workers > 0 else None,
     )
 
 
