@@ -99,11 +99,16 @@ def model_info(
 
 @commands.command("cache-features")
 def cache_features(
-    data: Path = typer.Option(
-        ..., "--data", help="Dataset folder (CLEVR layout, synthetic, or images)."
+    data: str = typer.Option(
+        ...,
+        "--data",
+        help="Dataset folder (CLEVR layout, synthetic, or images), hf://owner/name, or "
+        "WebDataset tar shards (a path or brace pattern; {split} becomes each split).",
     ),
     teacher: str = typer.Option("dinov3-s", "--teacher", help=TEACHER_HELP),
-    out: Path = typer.Option(..., "--out", help="Cache folder (index.json + <split>.f16)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Cache folder (index.json + <split>-NNNNN.npy shards)."
+    ),
     split: list[str] = typer.Option(
         ["train", "val"],
         "--split",
@@ -124,38 +129,55 @@ def cache_features(
     device: str = typer.Option(
         "auto", "--device", callback=device_option, help="auto, cpu, cuda, cuda:N or mps."
     ),
+    shard_rows: int = typer.Option(
+        10_000,
+        "--shard-rows",
+        min=1,
+        help="Images per feature shard (<split>-NNNNN.npy); a rerun after a kill resumes at "
+        "the first unfinished shard.",
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", help="Start over in a folder another cache-features run wrote."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Run the frozen teacher over dataset splits once and store fp16 features for training."""
-    import torch
+    """Run the frozen teacher over dataset splits once and store fp16 features for training.
 
-    from strop.data.datasets import build_dataset
-    from strop.model.feature_cache import write_features
+    Writes a sharded cache: rerun the same command after a kill to resume it. Under
+    `torchrun --nproc_per_node N -m strop.cli cache-features ...` each process writes its
+    share of the shards and rank 0 writes index.json."""
+    from strop.evaluation.feature_shards import cache_features as write_cache
+    from strop.model.feature_cache import FeatureCacheDataset
     from strop.model.teachers import build_teacher
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     if teacher.startswith("dinov3"):
         patch_size = 16
-    # TeacherNotFoundError (a FileNotFoundError), FeatureCacheError and DataError (ValueErrors):
-    # the teacher or the data could not be used, so the work failed (exit 1).
+    # TeacherNotFoundError (a FileNotFoundError), FeatureCacheError and DataError (ValueErrors),
+    # a folder that cannot be written (OutputUnitError, a ValueError): the work failed (exit 1).
     with exit_on(failed=(FileNotFoundError, ValueError)):
         model = build_teacher(teacher, teacher_path, image_size, patch_size)
+        path = write_cache(
+            data,
+            split,
+            model,
+            out,
+            image_size,
+            batch_size,
+            workers,
+            device,
+            shard_rows,
+            replace,
+            progress,
+        )
+        if path.name != "index.json":
+            return  # a rank other than 0: rank 0 reports
         for name in split:
-            dataset = build_dataset(data, name, image_size)
-            path = write_features(
-                dataset,
-                model,
-                out,
-                name,
-                image_size,
-                batch_size,
-                workers,
-                device,
-                progress,
-                source=str(data),
+            cached = FeatureCacheDataset(out, name)
+            n = len(cached.shards)
+            typer.echo(
+                f"{name}: {len(cached)} images -> {out} ({n} shard{'s' * (n != 1)}, "
+                f"teacher {model.teacher_name})"
             )
-            typer.echo(f"{name}: {len(dataset)} images -> {path} (teacher {model.teacher_name})")
 
 
 def _repo_id_option(repo_id: str | None) -> str | None:

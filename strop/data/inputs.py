@@ -239,9 +239,13 @@ def collate_items(items: Sequence[Item]) -> dict[str, Any]:
     return batch
 
 
-def loader_for(data: Any, batch_size: int, rows: range | None = None) -> Any:
-    """A DataLoader over `data` (or its `rows`), in order, batches from `collate_items`."""
+def loader_for(data: Any, batch_size: int, rows: range | None = None, workers: int = 0) -> Any:
+    """A DataLoader over `data` (or its `rows`), in order, batches from `collate_items`;
+    `workers` decode a map-style dataset's images in processes that die with this one (a
+    stream is read in this process: its order is the file's)."""
     from torch.utils.data import DataLoader, Subset
+
+    from strop.data.workers import parent_watch
 
     if isinstance(data, RowStream):
         start, stop = (0, len(data)) if rows is None else (rows.start, rows.stop)
@@ -250,5 +254,10 @@ def loader_for(data: Any, batch_size: int, rows: range | None = None) -> Any:
     if rows is not None:
         data = Subset(data, rows)
     return DataLoader(
-        data, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_items
+        data,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_items,
+        worker_init_fn=parent_watch() if workers > 0 else None,
     )

@@ -1,9 +1,10 @@
-"""Which share of an export this process writes, under `torchrun` or alone.
+"""Which share of a sharded pass (`strop export`, `strop cache-features`) this process
+writes, under `torchrun` or alone.
 
 torchrun (`python -m torch.distributed.run`) starts one process per rank with RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in the environment (checked on torch
 2.13's `torch.distributed.run`; across nodes its rendezvous sets the same variables). Ranks
-share no data: each encodes the shards `strop.evaluation.programs_dataset.shards_of_rank` gives it,
+share no data: each encodes the shards `strop.evaluation.sharded_pass.shards_of_rank` gives it,
 and the process group (gloo, so CPU-only machines work too) serves only the final barrier
 before rank 0 writes the manifest.
 """

@@ -53,26 +53,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from strop.evaluation.distributed import (
-    Rank,
-    barrier_and_leave,
-    current_rank,
-    rank_device,
-    start_group,
-)
+from strop.evaluation.distributed import Rank, current_rank, rank_device
 from strop.evaluation.programs_dataset import (
     DEFAULT_SHARD_ROWS,
     MANIFEST_FILE,
-    PLAN_FILE,
+    PROGRAMS_LAYOUT,
     ShardWriter,
-    check_plan,
-    clear_shards,
     dataset_dir_for,
-    plan_shards,
     remove_dataset,
-    shards_of_rank,
     write_manifest,
 )
+from strop.evaluation.sharded_pass import Shard, run_sharded_pass
 from strop.model.length_modes import (  # noqa: F401 - also this module's public names
     BUDGET_KINDS,
     EPS_KINDS,
@@ -228,12 +219,13 @@ def open_split(
     return dataset
 
 
-def loader_over(dataset: Any, batch_size: int, rows: range | None = None) -> Any:
+def loader_over(dataset: Any, batch_size: int, rows: range | None = None, workers: int = 0) -> Any:
     """A DataLoader over `dataset` (or its `rows`), in order; batches list the images that
-    failed to decode under `failed` (`strop.data.inputs.collate_items`)."""
+    failed to decode under `failed` (`strop.data.inputs.collate_items`); `workers` decode
+    images in worker processes that die with this one."""
     from strop.data.inputs import loader_for
 
-    return loader_for(dataset, batch_size, rows)
+    return loader_for(dataset, batch_size, rows, workers)
 
 
 def make_loader(path: Path, split: str, image_size: int, batch_size: int, limit: int | None = None):
@@ -475,36 +467,28 @@ def _export_dataset(
     encode: Any,
 ) -> Path:
     """This rank's shards of the dataset form (those not already finished), then, on rank 0
-    after every rank is done, the manifest."""
+    after every rank is done, the manifest (`strop.evaluation.sharded_pass`)."""
     folder = dataset_dir_for(target)
-    shards = plan_shards(sizes, plan["shard_rows"])
-    mine = shards_of_rank(shards, rank.rank, rank.world_size)
-    check_writable(folder / PLAN_FILE)
-    start_group(rank)
-    if replace:  # each rank clears only the shards it writes: no rank deletes another's work
-        clear_shards(folder, [s.name for s in mine])
-        if rank.rank == 0:
-            planned = {s.name for s in shards}
-            strays = [p.name for p in folder.glob("*.parquet")] if folder.is_dir() else []
-            clear_shards(folder, [name for name in strays if name not in planned])
-    check_plan(folder, plan, replace)
     shard_meta = {**meta, "codebook_size": k}
-    for shard in mine:
-        if (folder / shard.name).is_file():
-            continue  # finished before a kill: never rewritten
-        writer = ShardWriter(folder, shard.name, shard_meta)
-        of = sum(1 for s in shards if s.split == shard.split)
-        what = f"{shard.split} shard {shard.index + 1}/{of}"
-        for part in encode(shard.split, range(shard.start, shard.stop), what, writer.failed):
-            writer.append(part)
-        writer.close()
-    barrier_and_leave(rank)
-    if rank.rank != 0:
-        return folder
-    manifest = write_manifest(folder, shards, shard_meta)
-    if target != folder and target.is_file():
-        target.unlink()  # the single file this dataset replaces (checked before the encode)
-    return manifest
+
+    def finish(shards: list[Shard]) -> Path:
+        manifest = write_manifest(folder, shards, shard_meta)
+        if target != folder and target.is_file():
+            target.unlink()  # the single file this dataset replaces (checked before the encode)
+        return manifest
+
+    return run_sharded_pass(
+        folder,
+        plan,
+        sizes,
+        PROGRAMS_LAYOUT,
+        MANIFEST_FILE,
+        rank,
+        replace,
+        lambda split, rows, what, writer: encode(split, rows, what, writer.failed),
+        open_shard=lambda shard: ShardWriter(folder, shard.name, shard_meta),
+        finish=finish,
+    )
 
 
 def check_image_names(dataset: Any) -> None:

@@ -40,13 +40,18 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from strop.atomic import atomic_write_text
+from strop.evaluation import sharded_pass
+from strop.evaluation.sharded_pass import (  # noqa: F401 - also this module's public names
+    Shard,
+    ShardLayout,
+    shards_of_rank,
+)
 from strop.runs import (
     DATASET_FORMAT,
     DATASET_MANIFEST,
@@ -71,7 +76,6 @@ DEFAULT_SHARD_ROWS = 100_000
 ROW_GROUP_ROWS = 4096
 #: parquet key-value metadata of a shard: JSON list of {"image_id", "reason"} not encoded
 FAILED_KEY = b"strop_failed_images"
-_SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def dataset_dir_for(target: str | os.PathLike[str]) -> Path:
@@ -87,92 +91,30 @@ def dataset_dir_for(target: str | os.PathLike[str]) -> Path:
 
 def check_split_name(split: str) -> str:
     """Split names become file names: letters, digits, `_`, `.`, `-`."""
-    if not _SPLIT_NAME.fullmatch(split):
-        raise ProgramsDatasetError(
-            f"split {split!r}: a programs dataset names its shards after the split; use "
-            "letters, digits, '_', '.' and '-'"
-        )
-    return split
+    return sharded_pass.check_split_name(split, PROGRAMS_LAYOUT)
 
 
 def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:05d}.parquet"
+    return Shard(split, index, 0, 0, PROGRAMS_LAYOUT.suffix).name
 
 
 # --------------------------------------------------------------------------- the plan
 
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard `index` of `split`: the split's rows [start, stop)."""
-
-    split: str
-    index: int
-    start: int
-    stop: int
-
-    @property
-    def name(self) -> str:
-        return shard_name(self.split, self.index)
-
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
+#: the programs dataset as a sharded pass writes it (`strop.evaluation.sharded_pass`)
+PROGRAMS_LAYOUT = ShardLayout(
+    suffix=".parquet",
+    companions=(),
+    product="programs dataset",
+    run="an export",
+    command="export",
+    file_kind="parquet",
+    error=ProgramsDatasetError,
+)
 
 
 def plan_shards(split_rows: dict[str, int], shard_rows: int) -> list[Shard]:
     """Every shard of an export, splits in the given order, each split cut every `shard_rows`."""
-    if shard_rows < 1:
-        raise ProgramsDatasetError(f"--shard-rows {shard_rows}: expected a positive integer")
-    shards = []
-    for split, n in split_rows.items():
-        check_split_name(split)
-        for index, start in enumerate(range(0, n, shard_rows)):
-            shards.append(Shard(split, index, start, min(start + shard_rows, n)))
-    return shards
-
-
-def shards_of_rank(shards: list[Shard], rank: int, world_size: int) -> list[Shard]:
-    """Round-robin: shard i goes to rank i % world_size (balanced to within one shard)."""
-    return [s for i, s in enumerate(shards) if i % world_size == rank]
-
-
-def check_plan(folder: Path, plan: dict[str, Any], replace: bool) -> None:
-    """Record `plan` in `folder`, or check it equals the plan of the export found there.
-
-    Finished shards are reused only under the same plan: other weights, length mode, splits
-    or shard size would mix two exports in one dataset."""
-    path = folder / PLAN_FILE
-    plan = json.loads(json.dumps(plan))  # as it reads back (tuples become lists)
-    if path.is_file() and not replace:
-        old = read_json(path)
-        if old != plan:
-            differ = sorted(k for k in {*old, *plan} if old.get(k) != plan.get(k))
-            first = f"{differ[0]} {old.get(differ[0])!r} here, {plan.get(differ[0])!r} now"
-            raise ProgramsDatasetError(
-                f"{path}: an export with other settings ({', '.join(differ)}; {first[:160]}) "
-                "wrote this "
-                "programs dataset; rerun it with those settings to resume, --out another "
-                "folder, or pass --replace to start over"
-            )
-    elif not path.is_file() and not replace:
-        strays = sorted(p.name for p in folder.glob("*.parquet")) if folder.is_dir() else []
-        if strays:  # shards nobody can vouch for: never mix them in
-            raise ProgramsDatasetError(
-                f"{folder}: holds {len(strays)} parquet files ({strays[0]}, ...) but no "
-                f"{PLAN_FILE}; --out another folder or pass --replace to start over"
-            )
-    folder.mkdir(parents=True, exist_ok=True)
-    if replace or not path.is_file():
-        atomic_write_text(path, json.dumps(plan, indent=2, sort_keys=True) + "\n")
-
-
-def clear_shards(folder: Path, names: list[str]) -> None:
-    """Remove the named shards (and their partial files) and the manifest: --replace."""
-    (folder / MANIFEST_FILE).unlink(missing_ok=True)
-    for name in names:
-        (folder / name).unlink(missing_ok=True)
-        (folder / f".{name}.partial").unlink(missing_ok=True)
+    return sharded_pass.plan_shards(split_rows, shard_rows, PROGRAMS_LAYOUT)
 
 
 def remove_dataset(folder: Path) -> None:
