@@ -3,7 +3,9 @@
 Design decisions
 - Everything a run depends on is one validated `DecodeConfig`; the CLI only builds it.
 - Requests are fed from a queue to `concurrency` worker tasks, so exactly that many are in
-  flight while work remains, however uneven the latencies. A worker keeps its slot through
+  flight while work remains, however uneven the latencies. Unless given, it is 8 for each
+  copy of the model the server runs (`--data-parallel-size`, counted from vLLM's
+  `/metrics`), so every copy has work. A worker keeps its slot through
   the parse retry, so the retry does not jump the queue.
 - The parse retry (one by default, as in the paper) sends the template's `repair` message
   after the failed answer (echoed back cut to 2,000 characters); a template without that
@@ -58,9 +60,16 @@ from llm_decode.backends.base import (
     split_url_secrets,
 )
 from llm_decode.backends.baselines import DEFAULT_NAIVE, NaiveDefinition
+from llm_decode.backends.replicas import server_replicas
 from llm_decode.backends.transport import TransportOptions, same_field
 from llm_decode.backends.vllm_offline import VLLMEngineOptions
-from llm_decode.presets import PRESETS, ModelPreset, folder_name, resolve_model
+from llm_decode.presets import (
+    PER_REPLICA_CONCURRENCY,
+    PRESETS,
+    ModelPreset,
+    folder_name,
+    resolve_model,
+)
 from llm_decode.prompting import PromptBuilder, Shot
 from llm_decode.protocol import ProtocolConfig, Selection, code_permutation, load_scene, select
 from llm_decode.results import (
@@ -123,7 +132,13 @@ class DecodeConfig(BaseModel):
         None, description="Overrides the preset's served id."
     )
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
-    concurrency: Annotated[int, Flag()] = Field(8, ge=1, description="Requests in flight at once.")
+    concurrency: Annotated[int | None, Flag()] = Field(
+        None,
+        ge=1,
+        description=f"Requests in flight at once; default {PER_REPLICA_CONCURRENCY} per copy of "
+        "the model the server runs (vLLM --data-parallel-size, counted from its /metrics), "
+        f"else {PER_REPLICA_CONCURRENCY}.",
+    )
     timeout: Annotated[float, Flag()] = same_field(TransportOptions, "timeout")
     stream: Annotated[bool, Flag("--stream/--no-stream")] = same_field(TransportOptions, "stream")
     min_tokens_per_s: float = same_field(TransportOptions, "min_tokens_per_s")
@@ -621,6 +636,16 @@ def _row(
     }
 
 
+def concurrency(cfg: DecodeConfig) -> int:
+    """Requests to keep in flight: `--concurrency`, else `PER_REPLICA_CONCURRENCY` for each
+    copy of the model the server runs (`llm_decode.backends.replicas`), so a data-parallel
+    server has work for every copy."""
+    if cfg.concurrency is not None:
+        return cfg.concurrency
+    replicas = server_replicas(cfg.base_url) if cfg.backend == "openai" else None
+    return PER_REPLICA_CONCURRENCY * (replicas or 1)
+
+
 def _score(job: Job, answer: Any, scoring: ScoringOptions | None) -> dict[str, Any]:
     if job.score is not None:
         return job.score(answer, job.truth, scoring)
@@ -654,7 +679,7 @@ async def _run_async(
             record(_row(job, identity, outcome, started, cfg.scoring))
 
     try:
-        await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(todo)))))
+        await asyncio.gather(*(worker() for _ in range(min(concurrency(cfg), len(todo)))))
     finally:
         await backend.aclose()
 
