@@ -1,9 +1,10 @@
 """`strop-llm`: decode CLEVR scenes from STROP programs with LLMs, and tabulate the results.
 
 Design decisions
-- Options map one-to-one onto `DecodeConfig` fields; pydantic validates them, and every
-  failure at the edge is printed as one line, never a traceback, and never with the API key
-  in it: a bad option or template exits 2 (usage); a run folder, scenes file or backend that
+- Every option is declared once, as a `Flag` on the config field it sets (its type,
+  default and help; `strop.cli_options` derives the typer command from `DecodeConfig`);
+  pydantic validates them, and every failure at the edge is printed as one line, never a
+  traceback, and never with the API key in it: a bad option or template exits 2 (usage); a run folder, scenes file or backend that
   fails exits 1 (the work failed), as in every STROP tool (`strop.cli_app`).
 - The progress bar counts done and failed requests, shows completion tokens per second as
   they stream, requests in flight, retries and long timeouts, and what a stalled run is
@@ -19,10 +20,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Annotated, Any, NoReturn
 
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -52,7 +53,6 @@ from llm_decode.qa.cli import make_qa_command
 from llm_decode.report import build_report
 from llm_decode.results import RESULTS_FILE, repair_jsonl
 from llm_decode.runner import (
-    DEFAULT_BASE_URL,
     DecodeConfig,
     DecodeInterrupted,
     DecodeResult,
@@ -62,9 +62,10 @@ from llm_decode.runner import (
     parse_json_object,
     plan,
 )
-from llm_decode.scoring import ScoringOptions
+from strop import cli_options
 from strop.atomic import OutputPathError
 from strop.cli_app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Commands, make_app
+from strop.cli_options import Flag
 from strop.runs import RunFolderError
 from strop.scenes import SceneFileError
 
@@ -72,7 +73,7 @@ commands = Commands()
 console = Console(stderr=True)
 
 
-def _fail(message: str, secrets: list[str | None], *, usage: bool = False) -> NoReturn:
+def fail(message: str, secrets: list[str | None], *, usage: bool = False) -> NoReturn:
     # soft_wrap: one line stays one line (greppable), whatever the terminal width
     console.print(
         f"[red]error:[/red] {escape(redact(message, secrets))}",
@@ -83,100 +84,25 @@ def _fail(message: str, secrets: list[str | None], *, usage: bool = False) -> No
     raise typer.Exit(EXIT_USAGE if usage else EXIT_FAILED)
 
 
-def _opt(model: type[BaseModel], name: str, *decls: str, help: str | None = None) -> Any:
-    """A typer option whose default and help are `model`'s declaration of field `name`."""
-    info = model.model_fields[name]
-    if info.is_required():
-        default: Any = ...
-    else:
-        default = None if info.default_factory is not None else info.default
-    return typer.Option(default, *decls, help=help or info.description)
+class CommandOptions(BaseModel):
+    """Options of the decode and qa commands that set no config field."""
 
-
-_E = VLLMEngineOptions  # engine options: the preset decides unless given, so default None
-
-
-def _engine_opt(name: str, *decls: str) -> Any:
-    info = _E.model_fields[name]
-    return typer.Option(None, *decls, help=f"vllm backend: {info.description}")
-
-
-@commands.command("decode")
-def decode_command(
-    model: str | None = typer.Option(
-        None,
-        "--model",
-        help="Preset (qwen3.5, deepseek-v3.1, gpt-oss-120b, gpt-5) or a served model id; "
-        "naive/knn default to the backend name.",
-    ),
-    k: int = _opt(DecodeConfig, "k", "--k"),
-    runs: Path = _opt(DecodeConfig, "runs", "--runs"),
-    backend: str = _opt(DecodeConfig, "backend", "--backend", help="openai | vllm | naive | knn."),
-    base_url: str | None = _opt(
-        DecodeConfig,
-        "base_url",
-        "--base-url",
-        help=f"OpenAI-compatible server root; default $OPENAI_BASE_URL, else {DEFAULT_BASE_URL}.",
-    ),
-    api_key_env: str = _opt(DecodeConfig, "api_key_env", "--api-key-env"),
-    served_id: str | None = _opt(DecodeConfig, "served_id", "--served-id"),
-    shots: int = _opt(ProtocolConfig, "shots", "--shots"),
-    test: int = _opt(ProtocolConfig, "test", "--test"),
-    seed: int = _opt(ProtocolConfig, "seed", "--seed"),
-    sampling_seed: int | None = _opt(ProtocolConfig, "sampling_seed", "--sampling-seed"),
-    temperature: float = _opt(ProtocolConfig, "temperature", "--temperature"),
-    limit: int | None = _opt(DecodeConfig, "limit", "--limit"),
-    concurrency: int = _opt(DecodeConfig, "concurrency", "--concurrency"),
-    timeout: float = _opt(DecodeConfig, "timeout", "--timeout"),
-    stream: bool = _opt(DecodeConfig, "stream", "--stream/--no-stream"),
-    max_attempts: int = _opt(DecodeConfig, "max_attempts", "--max-attempts"),
-    long_retries: int = _opt(DecodeConfig, "long_retries", "--long-retries"),
-    parse_retries: int = _opt(ProtocolConfig, "parse_retries", "--parse-retries"),
-    structured: bool = _opt(DecodeConfig, "structured", "--structured"),
-    template: Path | None = _opt(
-        DecodeConfig,
-        "template",
-        "--template",
-        help="Jinja template replacing prompts/decode.j2. It is rendered with full Jinja, "
-        "which can run code: use only your own templates.",
-    ),
-    max_tokens: int | None = _opt(DecodeConfig, "max_tokens", "--max-tokens"),
-    think: bool | None = _opt(DecodeConfig, "think", "--think/--no-think"),
-    card_sampling: bool = _opt(DecodeConfig, "card_sampling", "--card-sampling"),
-    extra_body: str | None = typer.Option(
-        None, "--extra-body", help="JSON object merged into every request body."
-    ),
-    tensor_parallel_size: int | None = _engine_opt(
-        "tensor_parallel_size", "--tensor-parallel-size"
-    ),
-    max_model_len: int | None = _engine_opt("max_model_len", "--max-model-len"),
-    gpu_memory_utilization: float | None = _engine_opt(
-        "gpu_memory_utilization", "--gpu-memory-utilization"
-    ),
-    reasoning_parser: str | None = _engine_opt("reasoning_parser", "--reasoning-parser"),
-    trust_remote_code: bool = typer.Option(
+    show_prompt: Annotated[bool, Flag()] = Field(
         False,
-        "--trust-remote-code",
-        help=f"vllm backend: {_E.model_fields['trust_remote_code'].description}",
-    ),
-    batch_size: int | None = _engine_opt("batch_size", "--batch-size"),
-    permute_codes: bool = _opt(ProtocolConfig, "permute_codes", "--permute-codes"),
-    matching: str = _opt(ScoringOptions, "matching", "--matching"),
-    position_error: str = _opt(ScoringOptions, "position_error", "--position-error"),
-    naive: str = _opt(DecodeConfig, "naive", "--naive"),
-    show_prompt: bool = typer.Option(
-        False,
-        "--show-prompt",
-        help="Print the exact messages of the first test image as JSON and exit (no request).",
-    ),
-) -> None:
+        description="Print the exact messages of the first test image as JSON and exit "
+        "(no request).",
+    )
+
+
+def _decode(options: dict[str, Any]) -> None:
     """Decode --test held-out scenes of run K with --shots examples each, score, and save.
 
     The programs file needs scenes: shots come from its train rows and test images from its
     val/test rows (strop export RUN --split train,val); a file with one split is divided by
     the seed.
     """
-    cfg, secrets = config_from_options(DecodeConfig, dict(locals()))
+    show_prompt = options.pop("show_prompt")
+    cfg, secrets = config_from_options(DecodeConfig, options)
     if show_prompt:
         print_first_prompt(plan, cfg, secrets)
         return
@@ -184,85 +110,50 @@ def decode_command(
     s = result.summary
     console.print(
         f"{result.folder}: n={s['n']} parse fails={s['parse_fails']} missing={s['missing']} "
-        f"count err={_fmt(s['count_err'])} attr acc={_fmt(s['attr_acc'])} "
-        f"pos MSE={_fmt(s['pos_mse'])} pos MAE={_fmt(s['pos_mae'])} AP@inf={_fmt(s['ap']['inf'])}",
+        f"count err={fmt(s['count_err'])} attr acc={fmt(s['attr_acc'])} "
+        f"pos MSE={fmt(s['pos_mse'])} pos MAE={fmt(s['pos_mae'])} AP@inf={fmt(s['ap']['inf'])}",
         highlight=False,
         soft_wrap=True,
     )
     fail_if_missing(s, result.folder, secrets)
 
 
-#: Options that are config fields of the same name (in the protocol, or at the top level);
-#: `o.get` reads the ones another task's command (qa) does not have.
-_PROTOCOL_OPTIONS = ("shots", "test", "seed", "sampling_seed", "temperature", "parse_retries")
-_PLAIN_OPTIONS = (
-    "served_id",
-    "concurrency",
-    "timeout",
-    "stream",
-    "max_attempts",
-    "long_retries",
-    "template",
-    "max_tokens",
-    "think",
-    "limit",
-    "card_sampling",
+# every option is a `Flag` on the config field it sets (strop.cli_options)
+decode_command = commands.command("decode")(
+    cli_options.command(_decode, DecodeConfig, CommandOptions)
 )
 
 
 def config_from_options(
     config_class: type[DecodeConfig], options: dict[str, Any], **fields: Any
 ) -> tuple[Any, list[str | None]]:
-    """The validated config of a command's options (decode's, plus `fields` for another task
-    such as `qa`), and the secrets to keep out of every message (the API key, credentials in
-    the URL); a bad option exits here, in one line."""
-    o = options
-    api_key_env, backend, base_url = o["api_key_env"], o["backend"], o["base_url"]
+    """The validated config of a command's options (nested as the config nests them,
+    `strop.cli_options.nest`; decode's, or another task's such as `qa` with `fields` for its
+    own), and the secrets to keep out of every message (the API key, credentials in the URL);
+    a bad option exits here, in one line."""
+    o = dict(options)
+    api_key_env, backend, base_url = o["api_key_env"], o["backend"], o.pop("base_url")
     secrets: list[str | None] = [read_api_key(api_key_env)]
     if base_url is not None:
         secrets += split_url_secrets(base_url)[1]
-    model = o["model"]
-    if model is None:
+    if o["model"] is None:
         if backend not in ("naive", "knn"):
-            _fail("--model is required for the openai and vllm backends", secrets, usage=True)
-        model = backend
+            fail("--model is required for the openai and vllm backends", secrets, usage=True)
+        o["model"] = backend
     # unset: the environment's URL (OPENAI_BASE_URL), the preset's engine options
     given: dict[str, Any] = {"base_url": base_url} if base_url is not None else {}
-    engine: dict[str, Any] = {
-        "tensor_parallel_size": o["tensor_parallel_size"],
-        "max_model_len": o["max_model_len"],
-        "gpu_memory_utilization": o["gpu_memory_utilization"],
-        "reasoning_parser": o["reasoning_parser"],
-        "trust_remote_code": o["trust_remote_code"] or None,
-        "batch_size": o["batch_size"],
-    }
+    engine = {n: v for n, v in o.pop("engine").items() if v is not None and v is not False}
+    protocol = o.pop("protocol")
     try:
-        extra = parse_json_object("--extra-body", o["extra_body"])
+        o["extra_body"] = parse_json_object("--extra-body", o["extra_body"])
     except BackendError as exc:
-        _fail(str(exc), secrets, usage=True)
+        fail(str(exc), secrets, usage=True)
     try:
         cfg = config_class(
-            model=model,
-            k=o["k"],
-            runs=o["runs"],
-            backend=cast(Any, backend),  # a plain str here; pydantic validates the Literal
+            **o,
             **given,
-            api_key_env=api_key_env,
-            protocol=ProtocolConfig(
-                **{n: o[n] for n in _PROTOCOL_OPTIONS},
-                permute_codes=o.get("permute_codes", False),
-            ),
-            **{n: o[n] for n in _PLAIN_OPTIONS},
-            structured=o.get("structured", False),
-            scoring={
-                "matching": o.get("matching", "attributes"),
-                "position_error": o.get("position_error", "mixed"),
-            },
-            **({"naive": o["naive"]} if "naive" in o else {}),
-            extra_body=extra,
-            engine=VLLMEngineOptions.model_validate(
-                {n: v for n, v in engine.items() if v is not None}
-            ),
+            protocol=ProtocolConfig(**protocol),
+            engine=VLLMEngineOptions.model_validate(engine),
             **fields,
         )
         secrets += split_url_secrets(cfg.base_url)[1]
@@ -270,11 +161,11 @@ def config_from_options(
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
-        _fail(f"option {field}: {err['msg']} (got {err.get('input')!r})", secrets, usage=True)
+        fail(f"option {field}: {err['msg']} (got {err.get('input')!r})", secrets, usage=True)
     except (PromptError, UsageError) as exc:  # a --template that is missing
-        _fail(str(exc), secrets, usage=True)
+        fail(str(exc), secrets, usage=True)
     except (RunFolderError, OutputPathError, BackendError) as exc:
-        _fail(str(exc), secrets)
+        fail(str(exc), secrets)
     return cfg, secrets
 
 
@@ -285,9 +176,9 @@ def print_first_prompt(
     try:
         messages = make_plan(cfg).jobs[0].messages
     except PromptError as exc:
-        _fail(str(exc), secrets, usage=True)
+        fail(str(exc), secrets, usage=True)
     except (RunFolderError, OutputPathError, SceneFileError, BackendError) as exc:
-        _fail(str(exc), secrets)
+        fail(str(exc), secrets)
     typer.echo(json.dumps(messages, indent=2, ensure_ascii=False))
 
 
@@ -302,10 +193,10 @@ def run_with_progress(
             result = run(cfg, on_row=progress.row, on_start=progress.start, stats=progress.stats)
         except PromptError as exc:  # the template given on the command line
             progress.stop()
-            _fail(str(exc), secrets, usage=True)
+            fail(str(exc), secrets, usage=True)
         except (RunFolderError, OutputPathError, SceneFileError, BackendError) as exc:
             progress.stop()
-            _fail(str(exc), secrets)
+            fail(str(exc), secrets)
         except DecodeInterrupted as exc:
             progress.stop()
             console.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)
@@ -322,7 +213,7 @@ def run_with_progress(
 def fail_if_missing(summary: dict[str, Any], folder: Path, secrets: list[str | None]) -> None:
     """Exit 1 when answers are missing, saying why and whether a rerun can finish them."""
     if summary["missing"]:
-        _fail(missing_message(folder, summary["missing"]), secrets)
+        fail(missing_message(folder, summary["missing"]), secrets)
 
 
 def missing_message(folder: Path, missing: int) -> str:
@@ -348,7 +239,7 @@ def missing_message(folder: Path, missing: int) -> str:
     return "; ".join(parts) or f"{missing} answers missing; rerun the same command to finish them"
 
 
-def _fmt(value: float | None) -> str:
+def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
@@ -441,7 +332,7 @@ def report_command(
     try:
         path, table = build_report(runs)
     except (RunFolderError, OutputPathError) as exc:
-        _fail(str(exc), [])
+        fail(str(exc), [])
         return
     Console().print(table)
     console.print(f"wrote {path}", highlight=False)
@@ -460,13 +351,13 @@ def presets_command(
     try:
         hardware = Hardware.parse(gpus) if gpus is not None else None
     except ValueError as exc:
-        _fail(str(exc), [], usage=True)
+        fail(str(exc), [], usage=True)
         return
     Console(soft_wrap=True).print(describe_presets(hardware), highlight=False, markup=False)
 
 
 # `strop-llm qa`: decode's options and machinery over questions (llm_decode.qa)
-commands.command("qa")(make_qa_command(sys.modules[__name__]))
+commands.command("qa")(make_qa_command(sys.modules[__name__], CommandOptions))
 
 app = make_app(
     "strop-llm",

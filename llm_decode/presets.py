@@ -17,7 +17,12 @@ Design decisions
 - Every serve line enables prefix caching explicitly: all queries of a run share the 50-shot
   context (~15k tokens), which a server with the cache computes once.
 - Serve lines depend on the hardware (`strop-llm presets --gpus 8xH100`): a line is only
-  printed where the recipe says it fits, else what to do instead.
+  printed where the recipe says it fits, else what to do instead. Where a node has room for
+  several copies of a model (its GPUs a multiple of the recipe's tensor parallel size), the
+  line serves them all with `--data-parallel-size`: gpt-oss-120b is 8 copies on 8 GPUs.
+- Models are added only where their model card (and a vLLM recipe) can be cited here.
+  Qwen3.6-35B-A3B (in the same vLLM recipe) is not a preset: its card's sampling and
+  thinking budget were not available to check.
 - OpenAI-hosted reasoning models (GPT-5 family, o1/o3/o4) reject `max_tokens` and any
   temperature but the default: their requests carry `max_completion_tokens` and no
   temperature or seed (`reasoning_api`).
@@ -30,16 +35,26 @@ Facts checked (December 2026) against:
   quoted verbatim by fakoli.github.io/anvil-serving): thinking, general: temperature 1.0,
   top_p 0.95, top_k 20, presence_penalty 1.5; non-thinking, general: 0.7, 0.8, 20, 1.5;
   output length 32,768 tokens for most queries.
-- vLLM recipe for Qwen/Qwen3.5-397B-A17B (recipes.vllm.ai): `--tensor-parallel-size 8
-  --reasoning-parser qwen3 --enable-prefix-caching`, verified on 8x H200; the official FP8
-  checkpoint Qwen/Qwen3.5-397B-A17B-FP8 recommended. SGLang's Qwen3.5 cookbook: BF16
-  weights need ~800 GB; H100 (80 GB) needs TP 16 (two nodes), H200 runs TP 8.
+- vLLM recipe for Qwen/Qwen3.5-397B-A17B (recipes.vllm.ai; rechecked at
+  https://github.com/vllm-project/recipes/blob/main/Qwen/Qwen3.5.md, commit 8959cf6):
+  `--tensor-parallel-size 8 --reasoning-parser qwen3 --enable-prefix-caching`, verified on
+  8x H200; the official FP8 checkpoint Qwen/Qwen3.5-397B-A17B-FP8 recommended, and for
+  text-only throughput served as `-dp 8 --enable-expert-parallel --language-model-only`
+  (`serve_note`). SGLang's Qwen3.5 cookbook: BF16 weights need ~800 GB; H100 (80 GB)
+  needs TP 16 (two nodes), H200 runs TP 8.
 - vLLM recipe for DeepSeek-V3.1 (vllm-project/recipes DeepSeek/DeepSeek-V3_1.md): served on
   8x H200 (141 GB each) with `--enable-expert-parallel --tensor-parallel-size 8`; its FP8
   weights (~685 GB) exceed one 8x H100 node (640 GB).
-- vLLM recipe for gpt-oss (vllm-project/recipes OpenAI/GPT-OSS.md, "Known Limitations"): on
-  H100 at tensor parallel size 1 the defaults run out of memory;
-  `--gpu-memory-utilization 0.95 --max-num-batched-tokens 1024` is the recipe's line.
+- vLLM recipe for gpt-oss (https://github.com/vllm-project/recipes/blob/main/OpenAI/GPT-OSS.md,
+  commit 8959cf6): launched with `--tensor-parallel-size 1`, "Set this to 1 to achieve the
+  best throughput per GPU"; "Known Limitations": on H100 at tensor parallel size 1 the
+  defaults run out of memory; `--gpu-memory-utilization 0.95 --max-num-batched-tokens 1024`
+  is the recipe's line. So one H100 serves it, and a node serves one copy per GPU.
+- Data parallel serving (https://docs.vllm.ai/en/latest/serving/data_parallel_deployment/):
+  `--data-parallel-size N` runs N copies of the model (each over `--tensor-parallel-size`
+  GPUs) behind one endpoint; `strop-llm decode` counts them from the server's `/metrics`
+  (`llm_decode.backends.replicas`) and keeps `PER_REPLICA_CONCURRENCY` requests in flight
+  per copy.
 - OpenAI API 400s for GPT-5 reasoning models (as reported verbatim in public issues, e.g.
   griptape-ai/ComfyUI-Griptape#312): "Unsupported parameter: 'max_tokens' is not supported
   with this model. Use 'max_completion_tokens' instead." and "Unsupported value:
@@ -61,6 +76,8 @@ DEFAULT_MAX_TOKENS = 2048
 REASONING_MAX_TOKENS = 16384
 #: Qwen3.5's card: 32,768 output tokens for most queries (thinking).
 QWEN_THINKING_MAX_TOKENS = 32768
+#: Requests kept in flight per copy of the model a server runs (`--concurrency` default)
+PER_REPLICA_CONCURRENCY = 8
 #: Context for `vllm serve`: 50 shots (~15k tokens) plus a full reasoning budget, with room.
 SERVE_MAX_MODEL_LEN = 65536
 
@@ -84,6 +101,8 @@ class Hardware:
         return cls(int(match.group(1)), match.group(2).upper())
 
 
+#: The node the vLLM recipes are written for: `serve_command()`'s line.
+RECIPE_NODE = Hardware(8, "H200")
 KNOWN_HARDWARE = (
     Hardware(8, "H200"),
     Hardware(8, "H100"),
@@ -132,6 +151,8 @@ class ModelPreset:
     weights_gb: int = 0
     #: the official smaller checkpoint (FP8) for nodes the full one does not fit
     fp8_id: str | None = None
+    #: printed under each line that serves the model (the recipe's alternatives)
+    serve_note: str = ""
 
     @property
     def card_sampling(self) -> bool:
@@ -156,12 +177,15 @@ class ModelPreset:
             kwargs["reasoning_effort"] = body["reasoning_effort"]
         return kwargs
 
-    def serve_args(self, model: str | None = None, tp: int | None = None) -> list[str]:
-        """The `vllm serve` command line (argv) that hosts this preset (the recipe's node)."""
+    def serve_args(self, model: str | None = None, tp: int | None = None, dp: int = 1) -> list[str]:
+        """The `vllm serve` command line (argv) that hosts this preset: `tp` GPUs per copy of
+        the model (default: the recipe's), `dp` copies side by side (data parallel)."""
         args = ["vllm", "serve", model or self.served_id]
         tp = tp or self.tensor_parallel_size
         if tp > 1:
             args += ["--tensor-parallel-size", str(tp)]
+        if dp > 1:
+            args += ["--data-parallel-size", str(dp)]
         args += ["--max-model-len", str(SERVE_MAX_MODEL_LEN)]
         if self.reasoning_parser:
             args += ["--reasoning-parser", self.reasoning_parser]
@@ -169,33 +193,46 @@ class ModelPreset:
 
     def serve_command(self) -> str:
         """The line for the recipes' own node (8x H200)."""
-        return shlex.join(self.serve_args())
+        return self.serve_line(RECIPE_NODE).command
 
     def serve_line(self, hardware: Hardware) -> ServeLine:
-        """The line for `hardware`, or why it does not fit (module docstring: the sources)."""
+        """The line for `hardware`, or why it does not fit (module docstring: the sources).
+
+        A node with room for several copies of the model (its GPUs a multiple of the copy's
+        tensor parallel size) serves them all behind one endpoint (`--data-parallel-size`)."""
         per_gpu = {"H100": 80, "H200": 141}[hardware.gpu]
         need = self.weights_gb
+        tp = self.tensor_parallel_size
+        dp = max(1, hardware.count // tp)
         if self.name == "gpt-oss-120b" and hardware.gpu == "H100":
-            args = self.serve_args(tp=1)
+            args = self.serve_args(tp=1, dp=dp)
             args += ["--gpu-memory-utilization", "0.95", "--max-num-batched-tokens", "1024"]
-            return ServeLine(tuple(args), "the recipe's flags for one H100 (defaults run OOM)")
-        if not need or need <= 0.9 * per_gpu * min(hardware.count, self.tensor_parallel_size):
-            if hardware.count >= self.tensor_parallel_size:
-                return ServeLine(tuple(self.serve_args()))
-        if self.fp8_id and hardware.count >= self.tensor_parallel_size:
+            note = "the recipe's flags for tensor parallel size 1 on H100 (defaults run OOM)"
+            return ServeLine(tuple(args), "; ".join(filter(None, (note, _replicas_note(dp)))))
+        if not need or need <= 0.9 * per_gpu * min(hardware.count, tp):
+            if hardware.count >= tp:
+                return ServeLine(tuple(self.serve_args(dp=dp)), _replicas_note(dp))
+        if self.fp8_id and hardware.count >= tp:
             return ServeLine(
-                tuple(self.serve_args(self.fp8_id)),
+                tuple(self.serve_args(self.fp8_id, dp=dp)),
                 f"BF16 weights (~{need} GB) do not fit {hardware.name}: the official FP8 "
-                f"checkpoint, or BF16 at --tensor-parallel-size {2 * self.tensor_parallel_size}"
-                " over two nodes",
+                f"checkpoint, or BF16 at --tensor-parallel-size {2 * tp} over two nodes",
                 served_id=self.fp8_id,
             )
         return ServeLine(
             (),
             f"does not fit {hardware.name} (~{need} GB of weights at tensor parallel size "
-            f"{self.tensor_parallel_size}): use 8xH200, or two nodes "
-            "(--pipeline-parallel-size 2)",
+            f"{tp}): use 8xH200, or two nodes (--pipeline-parallel-size 2)",
         )
+
+
+def _replicas_note(dp: int) -> str:
+    if dp < 2:
+        return ""
+    return (
+        f"{dp} copies of the model behind one endpoint; strop-llm decode reads their number "
+        f"from the server and keeps {dp * PER_REPLICA_CONCURRENCY} requests in flight"
+    )
 
 
 class _Switch(TypedDict):
@@ -231,6 +268,9 @@ PRESETS: dict[str, ModelPreset] = {
             reasoning_parser="qwen3",
             weights_gb=800,
             fp8_id="Qwen/Qwen3.5-397B-A17B-FP8",
+            serve_note="for throughput the recipe serves the FP8 checkpoint as 8 data-parallel "
+            "ranks: --data-parallel-size 8 --enable-expert-parallel --language-model-only "
+            "(then --served-id Qwen/Qwen3.5-397B-A17B-FP8)",
         ),
         ModelPreset(
             "deepseek-v3.1",
@@ -308,8 +348,9 @@ def describe_presets(hardware: Hardware | None = None) -> str:
                 label = f"  serve on {node.name}: "
                 if line.command:
                     lines.append(label + line.command)
-                    if line.note:
-                        lines.append(f"    ({line.note})")
+                    for note in (line.note, p.serve_note):
+                        if note:
+                            lines.append(f"    ({note})")
                 else:
                     lines.append(label + line.note)
             served = ""

@@ -25,11 +25,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llm_decode.schema import DecodedScene
+from strop.cli_options import Flag
 from strop.runs import Programs, RunFolderError
 
 SHOT_SPLITS = ("train",)
@@ -41,20 +43,28 @@ class ProtocolConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    shots: int = Field(50, ge=1, description="In-context examples per prompt.")
-    test: int = Field(15, ge=1, description="Held-out images decoded and scored.")
-    seed: int = Field(0, ge=0, description="Seeds which images are shots and tests.")
-    sampling_seed: int | None = Field(
+    shots: Annotated[int, Flag()] = Field(50, ge=1, description="In-context examples per prompt.")
+    test: Annotated[int, Flag()] = Field(
+        15, ge=1, description="Held-out images decoded and scored."
+    )
+    seed: Annotated[int, Flag()] = Field(
+        0, ge=0, description="Seeds which images are shots and tests."
+    )
+    sampling_seed: Annotated[int | None, Flag()] = Field(
         None,
         ge=0,
         description="Seeds sampling (the request's seed, the baselines' draws); default: --seed. "
         "Vary it alone to repeat a sampled run on the same test set.",
     )
-    temperature: float = Field(
+    temperature: Annotated[float, Flag()] = Field(
         0.0, ge=0.0, le=2.0, description="Sampling temperature (the paper's: 0, greedy)."
     )
-    parse_retries: int = Field(1, ge=0, description="Extra requests after a parse failure.")
-    permute_codes: bool = Field(False, description="Permutation control on the query codes.")
+    parse_retries: Annotated[int, Flag()] = Field(
+        1, ge=0, description="Extra requests after a parse failure."
+    )
+    permute_codes: Annotated[bool, Flag()] = Field(
+        False, description="Permutation control on the query codes."
+    )
 
     @property
     def sampling_seed_or_seed(self) -> int:

@@ -3,7 +3,9 @@
 Design decisions
 - Everything a run depends on is one validated `DecodeConfig`; the CLI only builds it.
 - Requests are fed from a queue to `concurrency` worker tasks, so exactly that many are in
-  flight while work remains, however uneven the latencies. A worker keeps its slot through
+  flight while work remains, however uneven the latencies. Unless given, it is 8 for each
+  copy of the model the server runs (`--data-parallel-size`, counted from vLLM's
+  `/metrics`), so every copy has work. A worker keeps its slot through
   the parse retry, so the retry does not jump the queue.
 - The parse retry (one by default, as in the paper) sends the template's `repair` message
   after the failed answer (echoed back cut to 2,000 characters); a template without that
@@ -41,7 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,9 +60,16 @@ from llm_decode.backends.base import (
     split_url_secrets,
 )
 from llm_decode.backends.baselines import DEFAULT_NAIVE, NaiveDefinition
+from llm_decode.backends.replicas import server_replicas
 from llm_decode.backends.transport import TransportOptions, same_field
 from llm_decode.backends.vllm_offline import VLLMEngineOptions
-from llm_decode.presets import PRESETS, ModelPreset, folder_name, resolve_model
+from llm_decode.presets import (
+    PER_REPLICA_CONCURRENCY,
+    PRESETS,
+    ModelPreset,
+    folder_name,
+    resolve_model,
+)
 from llm_decode.prompting import PromptBuilder, Shot
 from llm_decode.protocol import ProtocolConfig, Selection, code_permutation, load_scene, select
 from llm_decode.results import (
@@ -72,10 +81,16 @@ from llm_decode.results import (
 )
 from llm_decode.schema import DecodedScene, SceneParseError, parse_answer, scene_json_schema
 from llm_decode.scoring import ScoringOptions, score_scene, summarize_scores
+from strop.cli_options import Flag, FlagGroup
 from strop.provenance import stale_reason
 from strop.runs import RunFolder, RunLock, find_run
 
 BackendName = Literal["openai", "vllm", "naive", "knn"]
+#: `--template`'s help, naming the task's own template
+TEMPLATE_HELP = (
+    "Jinja template replacing prompts/{}. It is rendered with full Jinja, which can run code: "
+    "use only your own templates."
+)
 #: vLLM's OpenAI-compatible server on this machine, when neither flag nor environment says
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 #: what to do instead of a second run into a results folder in use
@@ -92,48 +107,74 @@ class DecodeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(
-        description="Preset name or served model id; naive/knn by default for those."
+    model: Annotated[str, Flag(default=None)] = Field(
+        description="Preset (qwen3.5, deepseek-v3.1, gpt-oss-120b, gpt-5) or a served model id; "
+        "naive/knn default to the backend name."
     )
-    k: int = Field(ge=1, description="Codebook size: picks the sub-run of `runs`.")
-    runs: Path = Field(Path("runs/clevr"), description="Experiment folder (or one run).")
-    backend: BackendName = "openai"
-    base_url: str = Field(
-        default_factory=default_base_url, description="Server root; default OPENAI_BASE_URL."
+    k: Annotated[int, Flag()] = Field(
+        ge=1, description="Codebook size: picks the sub-run of `runs`."
     )
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the key.")
-    served_id: str | None = Field(None, description="Overrides the preset's served id.")
+    runs: Annotated[Path, Flag()] = Field(
+        Path("runs/clevr"), description="Experiment folder (or one run)."
+    )
+    backend: Annotated[BackendName, Flag(kind=str)] = Field(
+        "openai", description="openai | vllm | naive | knn."
+    )
+    base_url: Annotated[str, Flag()] = Field(
+        default_factory=default_base_url,
+        description="OpenAI-compatible server root; default $OPENAI_BASE_URL, else "
+        f"{DEFAULT_BASE_URL}.",
+    )
+    api_key_env: Annotated[str, Flag()] = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the key."
+    )
+    served_id: Annotated[str | None, Flag()] = Field(
+        None, description="Overrides the preset's served id."
+    )
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
-    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
-    timeout: float = same_field(TransportOptions, "timeout")
-    stream: bool = same_field(TransportOptions, "stream")
+    concurrency: Annotated[int | None, Flag()] = Field(
+        None,
+        ge=1,
+        description=f"Requests in flight at once; default {PER_REPLICA_CONCURRENCY} per copy of "
+        "the model the server runs (vLLM --data-parallel-size, counted from its /metrics), "
+        f"else {PER_REPLICA_CONCURRENCY}.",
+    )
+    timeout: Annotated[float, Flag()] = same_field(TransportOptions, "timeout")
+    stream: Annotated[bool, Flag("--stream/--no-stream")] = same_field(TransportOptions, "stream")
     min_tokens_per_s: float = same_field(TransportOptions, "min_tokens_per_s")
-    max_attempts: int = same_field(TransportOptions, "max_attempts")
-    long_retries: int = same_field(TransportOptions, "long_retries")
+    max_attempts: Annotated[int, Flag()] = same_field(TransportOptions, "max_attempts")
+    long_retries: Annotated[int, Flag()] = same_field(TransportOptions, "long_retries")
     backoff_base: float = same_field(TransportOptions, "backoff_base")
     backoff_cap: float = same_field(TransportOptions, "backoff_cap")
-    limit: int | None = Field(
+    limit: Annotated[int | None, Flag()] = Field(
         None, ge=1, description="Decode only the first N drawn test images (a quick look)."
     )
-    structured: bool = Field(False, description="Send the scene JSON schema as response_format.")
-    template: Path | None = Field(None, description="A Jinja template replacing prompts/decode.j2.")
-    max_tokens: int | None = Field(None, ge=1, description="Default: the preset's.")
-    think: bool | None = Field(
+    structured: Annotated[bool, Flag()] = Field(
+        False, description="Send the scene JSON schema as response_format."
+    )
+    template: Annotated[Path | None, Flag()] = Field(
+        None, description=TEMPLATE_HELP.format("decode.j2")
+    )
+    max_tokens: Annotated[int | None, Flag()] = Field(
+        None, ge=1, description="Default: the preset's."
+    )
+    think: Annotated[bool | None, Flag("--think/--no-think")] = Field(
         None, description="Reasoning suffix and thinking switch; default: the preset's."
     )
-    card_sampling: bool = Field(
+    card_sampling: Annotated[bool, Flag()] = Field(
         False, description="Sample as the model card recommends instead of temperature 0."
     )
-    extra_body: dict[str, Any] = Field(
-        default_factory=dict, description="Extra request fields (--extra-body JSON)."
+    # typed on the command line as JSON text; `config_from_options` parses it
+    extra_body: Annotated[dict[str, Any], Flag(default=None, kind=str | None)] = Field(
+        default_factory=dict, description="JSON object merged into every request body."
     )
-    engine: VLLMEngineOptions = Field(
+    engine: Annotated[VLLMEngineOptions, FlagGroup("vllm backend: ", default=None)] = Field(
         default_factory=VLLMEngineOptions, description="vLLM offline engine options."
     )
     scoring: ScoringOptions = Field(
         default_factory=ScoringOptions, description="Matching and position-error definitions."
     )
-    naive: NaiveDefinition = Field(
+    naive: Annotated[NaiveDefinition, Flag(kind=str)] = Field(
         DEFAULT_NAIVE, description="The naive baseline's average scene (backend naive)."
     )
 
@@ -595,6 +636,16 @@ def _row(
     }
 
 
+def concurrency(cfg: DecodeConfig) -> int:
+    """Requests to keep in flight: `--concurrency`, else `PER_REPLICA_CONCURRENCY` for each
+    copy of the model the server runs (`llm_decode.backends.replicas`), so a data-parallel
+    server has work for every copy."""
+    if cfg.concurrency is not None:
+        return cfg.concurrency
+    replicas = server_replicas(cfg.base_url) if cfg.backend == "openai" else None
+    return PER_REPLICA_CONCURRENCY * (replicas or 1)
+
+
 def _score(job: Job, answer: Any, scoring: ScoringOptions | None) -> dict[str, Any]:
     if job.score is not None:
         return job.score(answer, job.truth, scoring)
@@ -628,7 +679,7 @@ async def _run_async(
             record(_row(job, identity, outcome, started, cfg.scoring))
 
     try:
-        await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, len(todo)))))
+        await asyncio.gather(*(worker() for _ in range(min(concurrency(cfg), len(todo)))))
     finally:
         await backend.aclose()
 

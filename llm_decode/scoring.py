@@ -55,12 +55,13 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_decode.schema import ATTRIBUTES, DecodedObject, DecodedScene
+from strop.cli_options import Flag
 
 AP_THRESHOLDS: tuple[float, ...] = (math.inf, 1.0, 0.5, 0.25, 0.125)
 COORD_SPAN = 6.0  # CLEVR's x, y lie in [-3, 3]
@@ -88,10 +89,10 @@ class ScoringOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    matching: Matching = Field(
+    matching: Annotated[Matching, Flag(kind=str)] = Field(
         "attributes", description="Hungarian cost (position, attributes, joint) or index order."
     )
-    position_error: PositionError = Field(
+    position_error: Annotated[PositionError, Flag(kind=str)] = Field(
         "mixed", description="MSE/MAE over coordinates, Euclidean distances, or mixed."
     )
     attr_accuracy: AttrAccuracy = Field(

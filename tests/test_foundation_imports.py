@@ -121,6 +121,7 @@ def test_strop_top_level_reads_like_the_method():
     assert modules <= {
         "cli.py",
         "cli_app.py",
+        "cli_options.py",
         "atomic.py",
         "output_unit.py",
         "provenance.py",

@@ -12,6 +12,7 @@ from functools import partial
 import pytest
 from conftest import decode_config
 
+from llm_decode.backends.replicas import server_replicas
 from llm_decode.runner import decode
 from llm_decode.testing.fake_server import FakeServer
 from strop.runs import read_jsonl
@@ -169,6 +170,24 @@ def test_concurrency_is_bounded(exp):
         elapsed = time.perf_counter() - start
         assert server.stats()["max_in_flight"] == 3
     assert 0.8 <= elapsed < 2.0  # 12 requests x 0.2 s / 3 in flight
+
+
+@pytest.mark.parametrize("replicas", [None, 1, 2])
+def test_default_concurrency_fills_every_replica_of_the_server(exp, replicas):
+    """8 requests in flight per copy of the model the server runs (vLLM's /metrics names one
+    engine per --data-parallel-size rank); a server without /metrics counts as one copy."""
+    runs, answers = exp
+    with FakeServer(answers=answers, delay=1.0, replicas=replicas) as server:
+        assert (server_replicas(server.base_url), server_replicas("http://127.0.0.1:9/v1")) == (
+            replicas,
+            None,
+        )
+        decode(config(runs, server.base_url, protocol={"test": 15}))
+        most = server.stats()["max_in_flight"]
+        # one copy: 8 at once; two: 16, so all 15 images could go at once (> 8 however loaded)
+        assert most == 8 if replicas in (None, 1) else 8 < most <= 15
+        decode(config(runs, server.base_url, concurrency=3, protocol={"test": 6, "seed": 1}))
+        assert server.stats()["max_in_flight"] == most  # --concurrency 3: never more
 
 
 @pytest.mark.parametrize("field", ["reasoning", "reasoning_content", "think"])

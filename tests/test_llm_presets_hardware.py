@@ -61,12 +61,42 @@ def test_presets_print_the_line_for_the_users_hardware():
     qwen = block(h200, "qwen3.5")
     argv = shlex.split(qwen.split("serve on 8xH200: ")[1].splitlines()[0])
     assert argv[2] == "Qwen/Qwen3.5-397B-A17B" and "--enable-prefix-caching" in argv
-    assert "--tensor-parallel-size" in argv and "FP8" not in qwen
+    assert "--tensor-parallel-size" in argv and "FP8" not in " ".join(argv)
+    assert "--served-id" not in qwen.split("decode:")[1]  # BF16 served: no FP8 id to name
     assert "vllm serve deepseek-ai/DeepSeek-V3.1 --tensor-parallel-size 8" in h200
     assert "max-num-batched-tokens" not in block(h200, "gpt-oss-120b")
     assert "serve on 8xH100" in presets_output() and "serve on 8xH200" in presets_output()
     bad = CliRunner().invoke(app, ["presets", "--gpus", "eight"])
     assert bad.exit_code == 2 and "expected NxH100 or NxH200" in bad.output
+
+
+def serve_lines(gpus: str, name: str) -> tuple[str, str]:
+    """The `serve on` command for `gpus`, and the notes under it."""
+    text = block(presets_output("--gpus", gpus), name)
+    after = text.split(f"serve on {Hardware.parse(gpus).name}: ")[1].splitlines()
+    notes = [line.strip() for line in after[1:] if line.startswith("    (")]
+    return after[0], " ".join(notes)
+
+
+def test_a_node_with_room_for_several_copies_serves_them_data_parallel():
+    tail = "--max-model-len 65536 --reasoning-parser openai_gptoss --enable-prefix-caching"
+    h100 = "--gpu-memory-utilization 0.95 --max-num-batched-tokens 1024"  # the recipe's tp 1
+    one, note = serve_lines("1xH100", "gpt-oss-120b")
+    assert one == f"vllm serve openai/gpt-oss-120b {tail} {h100}" and "in flight" not in note
+    eight, note = serve_lines("8xH100", "gpt-oss-120b")
+    assert eight == f"vllm serve openai/gpt-oss-120b --data-parallel-size 8 {tail} {h100}"
+    assert "8 copies" in note and "keeps 64 requests in flight" in note
+    assert serve_lines("8xH200", "gpt-oss-120b")[0] == (
+        f"vllm serve openai/gpt-oss-120b --data-parallel-size 8 {tail}"
+    )
+    assert serve_lines("2xH200", "gpt-oss-120b")[0].startswith(
+        "vllm serve openai/gpt-oss-120b --data-parallel-size 2 "
+    )
+    assert serve_lines("1xH200", "gpt-oss-120b")[0] == f"vllm serve openai/gpt-oss-120b {tail}"
+    # a model that takes the whole node is one copy
+    qwen, note = serve_lines("8xH200", "qwen3.5")
+    assert "--tensor-parallel-size 8" in qwen and "--data-parallel-size" not in qwen
+    assert "--data-parallel-size 8 --enable-expert-parallel --language-model-only" in note
 
 
 def test_every_served_preset_enables_prefix_caching():

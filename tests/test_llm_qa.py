@@ -332,6 +332,23 @@ def test_fake_server_answers_scored_and_resume_sends_only_unanswered(runs):
         assert third.sent == 0 and server.stats()["requests"] == 0
 
 
+def test_qa_command_fills_every_replica_of_a_data_parallel_server(runs):
+    """`strop-llm qa` without --concurrency: 8 requests in flight per copy the server runs."""
+    with FakeServer(replicas=3, delay=1.0) as server:
+        done = cli(
+            *"--model m --k 64 --shots 10 --test 6".split(),
+            "--runs",
+            str(runs),
+            "--base-url",
+            server.base_url,
+            "--max-attempts",
+            "1",
+        )
+        stats = server.stats()
+    assert stats["requests"] > 16 and done.returncode in (0, 1), done.stderr
+    assert stats["max_in_flight"] > 8  # one copy's 8 would be the most before
+
+
 def test_unreadable_answer_gets_one_repair_retry(runs):
     with FakeServer() as server:  # answers a scene JSON, which is no answer word
         result = run_qa(qa_config(runs, server.base_url, protocol={"test": 1}))

@@ -23,12 +23,13 @@ Design decisions
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_decode.backends.base import BackendError, Completion, Message, one_line
 from llm_decode.reasoning import split_output
+from strop.cli_options import Flag
 
 
 class VLLMEngineOptions(BaseModel):
@@ -36,16 +37,24 @@ class VLLMEngineOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs the model is sharded over.")
-    max_model_len: int | None = Field(None, ge=1, description="Context length; None: model's.")
-    gpu_memory_utilization: float = Field(
+    tensor_parallel_size: Annotated[int, Flag()] = Field(
+        1, ge=1, description="GPUs the model is sharded over."
+    )
+    max_model_len: Annotated[int | None, Flag()] = Field(
+        None, ge=1, description="Context length; None: model's."
+    )
+    gpu_memory_utilization: Annotated[float, Flag()] = Field(
         0.9, gt=0, le=1, description="Fraction of each GPU's memory the engine may take."
     )
-    reasoning_parser: str | None = Field(
+    reasoning_parser: Annotated[str | None, Flag()] = Field(
         None, description="Where thinking ends for structured output (qwen3, deepseek_v3, ...)."
     )
-    trust_remote_code: bool = Field(False, description="Run the model repository's own code.")
-    batch_size: int = Field(64, ge=1, description="Requests per engine call; rows saved per batch.")
+    trust_remote_code: Annotated[bool, Flag(default=False)] = Field(
+        False, description="Run the model repository's own code."
+    )
+    batch_size: Annotated[int, Flag()] = Field(
+        64, ge=1, description="Requests per engine call; rows saved per batch."
+    )
 
     def llm_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `vllm.LLM` (unset options left to vLLM's defaults)."""

@@ -38,7 +38,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -68,6 +68,7 @@ from llm_decode.qa.scoring import (
 )
 from llm_decode.results import claim_folder, messages_sha256, request_key
 from llm_decode.runner import (
+    TEMPLATE_HELP,
     DecodeConfig,
     DecodeResult,
     Job,
@@ -79,6 +80,7 @@ from llm_decode.runner import (
     run_summary,
 )
 from llm_decode.schema import abbreviation_legend
+from strop.cli_options import Flag
 from strop.runs import Programs, RunFolder, RunFolderError
 from strop.scenes import Scene, parse_scene
 
@@ -89,9 +91,17 @@ BASELINES = ("naive", "knn")
 class QAConfig(DecodeConfig):
     """`DecodeConfig` plus what a QA run adds; validated at the edge."""
 
-    oracle: bool = Field(False, description="Give the model the true scene JSON, not codes.")
-    questions: Path | None = Field(
-        None, description="CLEVR questions file or dataset folder; default: beside the data."
+    template: Annotated[Path | None, Flag()] = Field(
+        None, description=TEMPLATE_HELP.format("qa.j2")
+    )
+    oracle: Annotated[bool, Flag()] = Field(
+        False,
+        description="Give the LLM the true scene JSON instead of the codes (perception removed).",
+    )
+    questions: Annotated[Path | None, Flag()] = Field(
+        None,
+        description="CLEVR questions file (CLEVR_<split>_questions.json) or dataset folder; "
+        "default: the one beside the run's dataset, else questions from templates.",
     )
 
 

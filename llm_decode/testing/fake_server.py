@@ -33,6 +33,8 @@ Behaviours (all in `ServerConfig`):
   plus `max_tokens` exceed it;
 - `reject_legacy_sampling`: answer OpenAI's exact 400 to `max_tokens` and to a non-default
   `temperature`, as its reasoning models (GPT-5 family) do;
+- `replicas`: serve GET /metrics as a vLLM server of that many data-parallel engines does
+  (none by default: a server without the endpoint);
 - GET /stats: requests, answered, max_in_flight, statuses, auth failures, the last request's
   sampling fields (without messages), response_format presence.
 HTTP/1.1 keep-alive is on, as in real servers, so the benchmark measures the client, not
@@ -63,6 +65,7 @@ class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     delay: float = 0.0
+    replicas: int | None = None  # GET /metrics as vLLM with --data-parallel-size this
     answers: dict[str, Any] = Field(default_factory=dict)
     invalid_first: int = 0
     status_script: list[int] = Field(default_factory=list)
@@ -166,6 +169,13 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 with state.lock:
                     stats = _stats(state)
                 self._send(200, stats)
+            elif self.path == "/metrics" and cfg.replicas is not None:
+                data = _metrics(cfg.replicas).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
             else:
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -421,6 +431,21 @@ def _query_codes(messages: list[dict[str, Any]]) -> list[int]:
     return []
 
 
+def _metrics(replicas: int) -> str:
+    """A Prometheus page as vLLM writes it for a server of `replicas` data-parallel engines
+    (one `engine` label value per engine; `llm_decode.backends.replicas`)."""
+    lines = [
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+        "# TYPE vllm:num_requests_running gauge",
+    ]
+    for engine in range(replicas):
+        lines.append(f'vllm:num_requests_running{{engine="{engine}",model_name="fake"}} 0.0')
+    for engine in range(replicas):
+        lines.append(f'vllm:kv_cache_usage_perc{{engine="{engine}",model_name="fake"}} 0.0')
+    lines.append('http_requests_total{handler="/v1/chat/completions",method="POST"} 1.0')
+    return "\n".join(lines) + "\n"
+
+
 def _stats(state: _State) -> dict[str, Any]:
     return {
         "requests": state.requests,
@@ -440,9 +465,16 @@ def _stats(state: _State) -> dict[str, Any]:
     }
 
 
+class _Server(ThreadingHTTPServer):
+    # the listen backlog of real servers (uvicorn: 2048), not socketserver's 5: with more
+    # clients connecting at once than the backlog holds, a SYN is dropped and retried after a
+    # second, and the client's concurrency would not reach the server
+    request_queue_size = 128
+
+
 def serve(config: ServerConfig, port: int = 0) -> None:
     """Serve forever on 127.0.0.1 (port 0: any free port), announcing the URL on stdout."""
-    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(_State(config)))
+    server = _Server(("127.0.0.1", port), _handler(_State(config)))
     server.daemon_threads = True
     print(f"listening on http://127.0.0.1:{server.server_address[1]}/v1", flush=True)
     server.serve_forever()

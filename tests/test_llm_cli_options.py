@@ -1,0 +1,136 @@
+"""Each option of `strop-llm decode` and `qa` is declared once, on its config field.
+
+`tests/fixtures/cli_options/strop-llm.json` records every option of both commands (name,
+flags, default, type, help) as they were before the options were derived from the configs
+(`strop.cli_options`); the derivation must reproduce them exactly, and the click command
+must be what the configs declare.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import pytest
+import typer
+from pydantic import BaseModel, Field
+from typer.testing import CliRunner
+
+from llm_decode.cli import CommandOptions, app
+from llm_decode.qa.cli import DECODE_ONLY
+from llm_decode.qa.runner import QAConfig
+from llm_decode.runner import DecodeConfig
+from strop.cli_options import Flag, FlagGroup, command, nest, options_of
+
+FIXTURE = Path(__file__).parent / "fixtures" / "cli_options" / "strop-llm.json"
+
+
+def _plain(value: Any) -> Any:
+    return value if value is None or isinstance(value, (bool, int, float)) else str(value)
+
+
+def click_options(name: str) -> dict[str, dict[str, Any]]:
+    """Every option of `strop-llm <name>` as the click command holds it."""
+    cmd = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
+    return {
+        p.name: {
+            "name": p.name,
+            "opts": list(p.opts),
+            "secondary_opts": list(p.secondary_opts),
+            "default": _plain(p.default),
+            "type": str(p.type_descriptor.annotation),
+            "required": p.required,
+            "is_flag": bool(getattr(p, "is_flag", False)),
+            "help": p.help,
+        }
+        for p in cmd.params
+    }
+
+
+@pytest.mark.parametrize("name", ["decode", "qa"])
+def test_every_option_keeps_its_name_flags_default_and_help(name):
+    recorded = {row["name"]: row for row in json.loads(FIXTURE.read_text())[name]}
+    assert click_options(name) == recorded
+
+
+@pytest.mark.parametrize(
+    "name, models, exclude",
+    [
+        ("decode", (DecodeConfig, CommandOptions), ()),
+        ("qa", (QAConfig, CommandOptions), DECODE_ONLY),
+    ],
+)
+def test_the_command_is_derived_from_its_config(name, models, exclude):
+    declared = [o for m in models for o in options_of(m, exclude)]
+    live = click_options(name)
+    assert [o.name for o in declared] == list(live)
+    for option in declared:
+        row = live[option.name]
+        flags = row["opts"] + [f"/{s}" for s in row["secondary_opts"]]
+        assert "".join(flags) == "".join(option.decls), option.name
+        assert row["help"] == option.help, option.name
+        assert row["required"] == (option.default is ...), option.name
+        if option.default is not ...:
+            assert row["default"] == _plain(option.default), option.name
+
+
+def test_help_lists_each_option_once_with_its_declared_help():
+    result = CliRunner().invoke(app, ["qa", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    assert "prompts/qa.j2" in result.output and "prompts/decode.j2" not in result.output
+    listed = [
+        word
+        for line in result.output.splitlines()
+        for word in line.strip("│ *").split()[:1]
+        if word.startswith("--")
+    ]
+    declared = [
+        o.decls[0].split("/")[0]
+        for m in (QAConfig, CommandOptions)
+        for o in options_of(m, DECODE_ONLY)
+    ]
+    assert sorted(listed) == sorted([*declared, "--help"])
+    assert "--permute-codes" not in result.output and "--matching" not in result.output
+
+
+class _Inner(BaseModel):
+    depth: Annotated[int, Flag()] = Field(3, ge=1, description="How deep.")
+    hidden: int = 5  # no Flag: not an option
+
+
+class _Outer(BaseModel):
+    name: Annotated[str, Flag("--name", "-n")] = Field(description="Who.")
+    inner: Annotated[_Inner, FlagGroup("inner: ", default=None)] = Field(default_factory=_Inner)
+    loud: Annotated[bool, Flag("--loud/--quiet", help="Shout.")] = False
+
+
+def test_options_nest_back_into_the_model_and_validation_stays_with_it():
+    got: list[dict[str, Any]] = []
+    cli = typer.Typer()
+    cli.command("run")(command(got.append, _Outer))
+    cli.command("other")(lambda: None)  # two commands: a group, invoked by name
+    assert [(o.path, o.default, o.help) for o in options_of(_Outer)] == [
+        (("name",), ..., "Who."),
+        (("inner", "depth"), None, "inner: How deep."),
+        (("loud",), False, "Shout."),
+    ]
+    result = CliRunner().invoke(cli, ["run", "-n", "x", "--depth", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert got == [{"name": "x", "inner": {"depth": 2}, "loud": False}]
+    assert _Outer.model_validate(got[0]).inner.depth == 2
+    assert nest(options_of(_Outer), {"name": "y", "depth": None, "loud": True}) == {
+        "name": "y",
+        "inner": {"depth": None},
+        "loud": True,
+    }
+    missing = CliRunner().invoke(cli, ["run"])
+    assert missing.exit_code == 2 and "--name" in missing.output
+
+
+def test_an_option_declared_twice_is_refused():
+    class Twice(BaseModel):
+        loud: Annotated[bool, Flag()] = False
+
+    with pytest.raises(ValueError, match="declared twice: \\['loud'\\]"):
+        command(lambda options: None, _Outer, Twice)
