@@ -14,6 +14,7 @@ first use only.
     testing       instruments for tests and benchmarks, kept out of the product
     cli           the `strop` command line
     cli_app       what the three console scripts share: the app, exit codes, one-line errors
+    cli_options   each option declared once, on the config field it sets
     scenes        the CLEVR scene schema and the scenes-file reader/writer (torch-free)
     runs          the run folder: the contract between `strop`, `grammar` and `llm_decode`
     metrics       pure metric functions (NumPy/SciPy, no torch)

@@ -7,5 +7,6 @@ Modules:
     transport      the HTTP transport's options, declared once
     wire           what a server may send back, validated at the edge
     vllm_offline   vLLM's offline engine, for a GPU node without a server
+    replicas       how many copies of the model a server runs (vLLM's `/metrics` engines)
     baselines      LLM-free baselines from the same few-shot pool
 """

@@ -3,6 +3,8 @@
     export          programs of a trained run -> `programs.parquet` (head, fixed or search lengths)
     programs_dataset  a split's programs as parquet shards plus `manifest.json`
     distributed     which share of an export this process writes (`torchrun` or alone)
+    sharded_pass    the planned, resumable, rank-split pass `export` and `cache-features` share
+    feature_shards  `strop cache-features`: the teacher's features as shards plus `index.json`
     evaluate        `eval.json`: alignment, codebook usage, pixel SSIM/LPIPS, length vs object count
     scene_probes    linear probes of the scene from the codes, beside their baselines
     order_probe     does token order matter? (`eval.json`'s `order_probe`)
