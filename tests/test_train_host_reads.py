@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_trainer import config
+from helpers import trainer_config as config
 
 from strop.training import curriculum as cur
 from strop.training.host_sync import OPTIMIZER_SITES, HostReads, count_host_reads, to_device
