@@ -312,3 +312,28 @@ def fill(disk: Path) -> None:
     finally:
         os.close(fd)
     assert shutil.disk_usage(disk).free == 0
+
+
+#: Markers of tests that a fresh clone cannot always run, and why such a test skips.
+NEEDS = {
+    "needs_shared": ("real-data tests", "../shared not present"),
+    "needs_tool": ("external-tool tests", "chromium or the lpips package not installed"),
+}
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how many tests of each `NEEDS` marker skipped, so a run on a fresh clone shows
+    what it did not check instead of hiding it among the other skips."""
+    stats = terminalreporter.stats
+    for marker, (what, why) in NEEDS.items():
+        ran = {
+            report.nodeid
+            for outcome in ("passed", "failed", "error", "skipped")
+            for report in stats.get(outcome, [])
+            if marker in getattr(report, "keywords", {})
+        }
+        skipped = {r.nodeid for r in stats.get("skipped", []) if marker in r.keywords}
+        if ran:
+            terminalreporter.write_line(
+                f"{what} skipped: {len(skipped)} of {len(ran)}" + (f" ({why})" if skipped else "")
+            )

@@ -142,6 +142,7 @@ def test_find_weights_in_the_hub_cache_and_the_lpips_package(weights, tmp_path, 
         find_weights(lin=tmp_path / "nope.pth")
 
 
+@pytest.mark.needs_tool
 def test_matches_the_lpips_package(weights, monkeypatch):
     """lpips 0.1.4 itself, with a torchvision stand-in that only supplies AlexNet's layout
     (checked above against torchvision's source); runs where lpips is installed."""

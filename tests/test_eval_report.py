@@ -272,6 +272,7 @@ def _chromium() -> str | None:
     )
 
 
+@pytest.mark.needs_tool
 @pytest.mark.skipif(
     _chromium() is None,
     reason="no chromium on PATH (apt-get install chromium) for the browser test",
@@ -316,6 +317,7 @@ def _dump_dom(html: Path, tmp_path: Path, width: int = 1400) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
 
 
+@pytest.mark.needs_tool
 @pytest.mark.skipif(
     _chromium() is None,
     reason="no chromium on PATH (apt-get install chromium) for the browser test",

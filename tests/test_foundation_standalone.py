@@ -124,3 +124,36 @@ def test_every_doc_a_docstring_points_at_exists():
     }
     assert {"METHOD.md", "FORMATS.md"} <= pointed
     assert pointed <= {p.name for p in (ROOT / "docs").glob("*.md")}
+
+
+def test_a_run_says_how_many_tests_skipped_for_want_of_shared_data_or_tools(tmp_path):
+    """tests/conftest.py counts the skips of `needs_shared` and `needs_tool` tests, so a fresh
+    clone's run says what it could not check (run here on a sample of both)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "test_sample.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.needs_shared\n"
+        "def test_on_shared_data():\n"
+        "    pytest.skip('no ../shared')\n\n"
+        "@pytest.mark.needs_shared\n"
+        "def test_on_shared_data_that_is_there():\n"
+        "    pass\n\n"
+        "@pytest.mark.needs_tool\n"
+        "def test_with_a_tool():\n"
+        "    pass\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "conftest"]
+        + ["-W", "ignore::pytest.PytestUnknownMarkWarning", "test_sample.py"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT / "tests"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "real-data tests skipped: 1 of 2 (../shared not present)" in lines, done.stdout
+    assert "external-tool tests skipped: 0 of 1" in lines, done.stdout
