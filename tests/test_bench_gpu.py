@@ -1,4 +1,5 @@
-"""`python -m bench gpu --dry-run`: every GPU row on the same code at toy size, on CPU."""
+"""`python -m bench gpu --dry-run`: every GPU row on the same code at toy size, on CPU; bad
+command lines refused in one line before any row runs."""
 
 from __future__ import annotations
 

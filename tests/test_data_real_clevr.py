@@ -192,7 +192,10 @@ def colour_coverage(root: Path, scenes: list[Scene], frame: tuple[int, int] | No
     }
 
 
-@pytest.mark.parametrize("source", ["fixture", pytest.param("shared_267", marks=[pytest.mark.slow, pytest.mark.needs_shared])])
+@pytest.mark.parametrize(
+    "source",
+    ["fixture", pytest.param("shared_267", marks=[pytest.mark.slow, pytest.mark.needs_shared])],
+)
 def test_object_masks_cover_the_annotated_colour(source):
     root = FIXTURE / "CLEVR_v1.0" if source == "fixture" else _shared(SHARED / "CLEVR_v1.0")
     scenes = load_scenes(root / "scenes" / "CLEVR_train_scenes.json")[1]

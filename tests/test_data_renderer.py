@@ -1,4 +1,5 @@
-"""CLEVR-like renderer: CLEVR's placement rules, determinism, geometry, occlusion, files."""
+"""CLEVR-like renderer: CLEVR's placement rules, determinism, geometry, occlusion, files, and
+a plan made as the rendering goes (10^11 scenes start at once)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """FG-ARI and mBO (`strop.evaluation.object_metrics`): hand-computed cases, scikit-learn's
-`adjusted_rand_score` on foreground pixels, the renderer's instance masks, and `strop analyze`."""
+`adjusted_rand_score` on foreground pixels, the renderer's instance masks, and `strop analyze` (which refuses a mask it cannot read)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """`strop-llm qa` against hostile inputs (issue 25): a questions file's split read from the
 file, never from the hash order of a set; questions never attached to the shot images by
 default; one writer per results folder (two real processes); answers kept as CLEVR writes
-them; duplicate questions counted once; program indices that point nowhere; a FIFO."""
+them; duplicate questions counted once; program indices that point nowhere; a FIFO; question
+files not in CLEVR's shape; a run killed midway resumes without asking again."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """Untrusted tokenizer folders and inputs (issue 25, items 9-11 and their weak cases): an
 edited config.json that names a teacher folder or sizes that would allocate hundreds of GB,
 weights too large for float32, images that are not [0, 1] floats, hub ids that are no
-folder and no network. One tiny run is trained and exported for the module (real trainer,
-real files); the tests damage copies of the export.
+folder and no network; tampered exported folders (config.json, weights, a pickle beside
+them) and `strop export-model`'s output folder (a file, an experiment, read-only, cut off or
+killed midway). One tiny run is trained and exported for the module (real trainer, real
+files); the tests damage copies of the export.
 """
 
 from __future__ import annotations

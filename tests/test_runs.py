@@ -1,4 +1,5 @@
-"""Run-folder I/O: programs.parquet round-trip (also through `datasets`), bad codes, discovery."""
+"""Run-folder I/O: programs.parquet round-trip (also through `datasets`), bad codes, discovery,
+and damaged run files (config.json, codes, schema metadata) named in one line by every reader."""
 
 from __future__ import annotations
 
