@@ -475,7 +475,7 @@ def test_sweep_refuses_an_order_probe_and_quality_eps_values_are_capped(trained)
     assert len(parse_eps_values(",".join(many.split(",")[:MAX_QUALITY_EPS]))) == MAX_QUALITY_EPS
 
 
-# --------------------------------------------------------------------------- length modes and sweep grids on the command line
+# --------------------------------------------------------------------------- bad modes and grids
 
 
 @pytest.mark.parametrize("mode", ["prefix:4_0", "cap:1_0", "prefix:\uff13", "prefix:0x3"])

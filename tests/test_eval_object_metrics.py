@@ -161,7 +161,7 @@ def test_eval_and_analyze_commands_print_the_verdict_and_fg_ari(run_dir):  # noq
     assert "FG-ARI " in res.output and "mBO " in res.output and EXACT in res.output
 
 
-# --------------------------------------------------------------------------- instance masks that cannot be read
+# --------------------------------------------------------------------------- bad masks
 
 
 def _mask_png(path: Path, array, mode: str | None = None) -> None:

@@ -163,7 +163,7 @@ def test_eval_order_probe_can_be_skipped(run_dir):  # noqa: F811
     )
 
 
-# --------------------------------------------------------------------------- reorderings that change nothing
+# --------------------------------------------------------------------------- no-op orders
 
 
 def test_random_reordering_is_never_the_identity() -> None:

@@ -173,7 +173,7 @@ def test_analyze_of_a_folder_that_is_no_run_creates_nothing(tmp_path):
     assert "config.json: file not found" in line and not (tmp_path / "nope").exists(), line
 
 
-# --------------------------------------------------------------------------- two writers of one folder
+# --------------------------------------------------------------------------- two writers
 
 
 RACER = """

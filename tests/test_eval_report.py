@@ -425,7 +425,7 @@ def test_every_table_says_what_a_cell_is_with_its_n_and_headline_intervals(exper
     assert tables
 
 
-# --------------------------------------------------------------------------- damaged sweep and quality blocks
+# --------------------------------------------------------------------------- damaged sweep
 
 
 GOOD_SWEEP = {

@@ -236,7 +236,7 @@ def test_mining_never_imports_torch(tmp_path: Path) -> None:
     assert done.stdout.strip() == "ok"
 
 
-# --------------------------------------------------------------------------- corpora and limits that cannot work
+# --------------------------------------------------------------------------- bad corpora
 
 
 def test_a_code_of_10_to_the_20_in_a_text_corpus(tmp_path: Path) -> None:

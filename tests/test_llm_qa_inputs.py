@@ -268,7 +268,7 @@ def test_decode_takes_the_same_lock_on_its_results_folder(runs):
     assert len(read_jsonl(folder / "results.jsonl")) == rows  # resumed, nothing sent twice
 
 
-# --------------------------------------------------------------------------- question files in CLEVR's shape, and a killed run
+# --------------------------------------------------------------------------- question files
 
 
 @pytest.fixture

@@ -346,7 +346,7 @@ def test_a_preset_name_that_does_not_match_the_dimensions_is_not_reported_as_tha
     assert "preset `tiny` with other dimensions: decoder_width=16 (preset: 32)" in plain
 
 
-# --------------------------------------------------------------------------- export-model's output folder
+# --------------------------------------------------------------------------- export-model out
 
 
 def test_export_model_into_a_file_or_an_experiment_folder(run: Path, tmp_path: Path) -> None:
@@ -491,7 +491,7 @@ def test_export_model_of_a_run_without_checkpoints(run, tmp_path) -> None:
     assert not (tmp_path / "tok").exists()
 
 
-# --------------------------------------------------------------------------- tampered tokenizer folders
+# --------------------------------------------------------------------------- tampered folders
 
 
 def _edit_config(edit):
