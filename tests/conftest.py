@@ -200,6 +200,75 @@ def clevr(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+UNTRAINED_N_VAL = 6
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic CLEVR folder of 64 px images, 6 train and 6 val (`UNTRAINED_N_VAL`), for
+    the evaluation tests' untrained `run_dir`."""
+    from strop.data.renderer import generate_dataset
+
+    root = tmp_path_factory.mktemp("data") / "clevr-synth"
+    generate_dataset(
+        root, n=2 * UNTRAINED_N_VAL, size=64, seed=0, splits=(0.5, 0.5, 0.0), progress=False
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Path:
+    """A run folder as the trainer leaves it: config.json + checkpoints/last.pt (tiny, pixels
+    teacher, untrained, with the length head's output spread so programs differ in length)."""
+    import torch
+
+    from strop.model import build_model
+    from strop.runs import RunFolder
+    from strop.training.checkpoint import save_checkpoint
+    from strop.training.config import RunConfig
+
+    torch.manual_seed(0)
+    mc = tiny_model_config(image_size=32, l_max=8, k=16, d=32, ffn=64)
+    cfg = RunConfig(model=mc)
+    cfg.data.path = str(dataset)
+    run = RunFolder(tmp_path_factory.mktemp("runs") / "k16")
+    run.path.mkdir()
+    run.write_config(cfg.model_dump(mode="json"))
+    model = build_model(mc)
+    with torch.no_grad():
+        for p in model.length_head.parameters():
+            p.normal_(0, 0.5)
+    save_checkpoint(run.path, step=1, state={"model": model.state_dict(), "step": 1})
+    return run.path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(clevr: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+    """A tiny unconditioned run (L_max = 8, K = 16) trained 12 steps through every phase by
+    the real trainer (`helpers.BASE_SETS`: checkpoints at steps 4 and 8 kept), in `exp/k16`.
+    Shared by the module, which runs on one thread meanwhile: tests that write into the run
+    copy it first."""
+    from helpers import BASE_SETS
+
+    from strop.training.trainer import train
+
+    out = tmp_path_factory.mktemp("exp") / "k16"
+    return train(tiny_run_config(clevr, "train.steps=12", *BASE_SETS), out, progress=False)
+
+
+@pytest.fixture
+def k64_run(tmp_path: Path) -> Path:
+    """An experiment, tmp_path/exp, with one synthetic run k64: programs.parquet (K=64, 30
+    train and 10 val programs with their scenes) and a config.json; what the run-file readers
+    and the commands on a run take."""
+    from llm_decode.testing.synthetic import make_run
+    from strop.runs import RunFolder
+
+    make_run(tmp_path / "exp" / "k64", k=64, n_train=30, n_val=10)
+    RunFolder(tmp_path / "exp" / "k64").write_config({"model": {"k": 64}})
+    return tmp_path / "exp" / "k64"
+
+
 def one_error_line(result, code: int) -> str:
     """The command failed with `code` and said so in one `error: ...` line, no traceback."""
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(
@@ -243,3 +312,28 @@ def fill(disk: Path) -> None:
     finally:
         os.close(fd)
     assert shutil.disk_usage(disk).free == 0
+
+
+#: Markers of tests that a fresh clone cannot always run, and why such a test skips.
+NEEDS = {
+    "needs_shared": ("real-data tests", "../shared not present"),
+    "needs_tool": ("external-tool tests", "chromium or the lpips package not installed"),
+}
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how many tests of each `NEEDS` marker skipped, so a run on a fresh clone shows
+    what it did not check instead of hiding it among the other skips."""
+    stats = terminalreporter.stats
+    for marker, (what, why) in NEEDS.items():
+        ran = {
+            report.nodeid
+            for outcome in ("passed", "failed", "error", "skipped")
+            for report in stats.get(outcome, [])
+            if marker in getattr(report, "keywords", {})
+        }
+        skipped = {r.nodeid for r in stats.get("skipped", []) if marker in r.keywords}
+        if ran:
+            terminalreporter.write_line(
+                f"{what} skipped: {len(skipped)} of {len(ran)}" + (f" ({why})" if skipped else "")
+            )

@@ -1,4 +1,5 @@
-"""`python -m bench gpu --dry-run`: every GPU row on the same code at toy size, on CPU."""
+"""`python -m bench gpu --dry-run`: every GPU row on the same code at toy size, on CPU; bad
+command lines refused in one line before any row runs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import chattr
 
 from bench import bench_gpu
 
@@ -92,3 +94,61 @@ def test_without_cuda_the_full_run_refuses_with_one_line():
     assert done.stderr.strip() == (
         "error: bench gpu: no CUDA device; use --dry-run to run every row at toy size"
     )
+
+
+# --------------------------------------------------------------------------- bad command lines
+
+
+def _bench_gpu(capsys, *argv: str) -> tuple[int, str]:
+    """`python -m bench gpu ARGV` in process: (exit status, stderr). Every case here must
+    stop before the first row runs, so each takes milliseconds."""
+    from bench import bench_gpu
+
+    start = time.monotonic()
+    try:
+        code = bench_gpu.main(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert time.monotonic() - start < 5, "a bad command line ran rows before it was refused"
+    return code, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "says"),
+    [
+        (["--dry-run", "--bogus"], 2, "unrecognized arguments: --bogus"),
+        (["--dry-run", "--json"], 2, "argument --json: expected one argument"),
+        (["--dry-run", "--budget-s", "abc"], 2, "invalid float value: 'abc'"),
+        (["--dry-run", "--budget-s", "-1"], 2, "--budget-s -1.0: expected a positive number"),
+        (["--dry-run", "--budget-s", "nan"], 2, "--budget-s nan: expected a positive number"),
+        (["--dry-run", "--only", "STROP-XL"], 2, "--only 'STROP-XL' matches no row; rows: STROP-S"),
+        (["--dry-run", "--only", ""], 2, "--only '' matches no row"),
+    ],
+)
+def test_bench_gpu_bad_command_lines_are_one_line_before_any_row(capsys, argv, code, says):
+    """argparse printed a usage block and a second line; --only with a typo and a budget of
+    -1 or nan ran nothing and exited 0 (a lent GPU's minutes spent on a typo)."""
+    got, err = _bench_gpu(capsys, *argv)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert got == code and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert says in lines[0]
+
+
+@pytest.mark.parametrize("where", ["a folder", "under a file", "immutable"])
+def test_bench_gpu_json_that_cannot_be_written_fails_before_the_rows(capsys, tmp_path, where):
+    """It used to fail with a traceback after every row had run."""
+    target = {"a folder": tmp_path, "under a file": tmp_path / "f" / "gpu.json"}.get(where)
+    if where == "under a file":
+        (tmp_path / "f").write_text("x")
+    if where == "immutable":
+        (tmp_path / "ro").mkdir()
+        chattr("+i", tmp_path / "ro")
+        target = tmp_path / "ro" / "gpu.json"
+    try:
+        code, err = _bench_gpu(capsys, "--dry-run", "--json", str(target))
+    finally:
+        if where == "immutable":
+            chattr("-i", tmp_path / "ro")
+    assert code == 1 and err.startswith(f"error: bench gpu: --json {target}"), err
+    assert len(err.strip().splitlines()) == 1

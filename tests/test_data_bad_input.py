@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import one_error_line
+from helpers import strop
 
 from strop.data.datasets import (
     ClevrDataset,
@@ -276,3 +278,23 @@ def test_inspect_check_all_labels_the_first_item(synth_clevr: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "first item: image (3, 128, 128), id CLEVR_train_000000" in result.output
+
+
+# --------------------------------------------------------------------------- datasets copies
+
+
+def test_hf_parquet_with_string_n_objects(synth_clevr: Path, tmp_path: Path) -> None:
+    import datasets
+
+    from strop.data.datasets import DataError, hf_clevr_dataset
+
+    good = (synth_clevr / "images" / "val" / "CLEVR_val_000000.png").read_bytes()
+    features = datasets.Features({"image": datasets.Image(), "n_objects": datasets.Value("string")})
+    rows = {"image": [{"bytes": good, "path": None}] * 2, "n_objects": ["four", "five"]}
+    path = tmp_path / "train.parquet"
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    with pytest.raises(DataError) as err:
+        hf_clevr_dataset(path, "train", 32)
+    assert "index 0 field n_objects" in str(err.value) and "'four'" in str(err.value)
+    line = one_error_line(strop("data", "inspect", path, "--image-size", 16), 1)
+    assert "index 0 field n_objects" in line

@@ -44,7 +44,11 @@ def _fixture_scenes() -> list[Scene]:
 
 @pytest.mark.parametrize(
     "source",
-    ["fixture", "train_1000", "val_500"],
+    [
+        "fixture",
+        pytest.param("train_1000", marks=pytest.mark.needs_shared),
+        pytest.param("val_500", marks=pytest.mark.needs_shared),
+    ],
 )
 def test_projection_lands_near_real_pixel_coords(source):
     if source == "fixture":
@@ -118,6 +122,7 @@ def test_loader_reads_the_real_folder_as_a_clevr_root():
         assert json.loads(item["scene"])["image_index"] == scenes[3].image_index
 
 
+@pytest.mark.needs_shared
 def test_shared_real_folder_loads_all_267():
     from strop.data.datasets import ClevrDataset
 
@@ -187,7 +192,10 @@ def colour_coverage(root: Path, scenes: list[Scene], frame: tuple[int, int] | No
     }
 
 
-@pytest.mark.parametrize("source", ["fixture", pytest.param("shared_267", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "source",
+    ["fixture", pytest.param("shared_267", marks=[pytest.mark.slow, pytest.mark.needs_shared])],
+)
 def test_object_masks_cover_the_annotated_colour(source):
     root = FIXTURE / "CLEVR_v1.0" if source == "fixture" else _shared(SHARED / "CLEVR_v1.0")
     scenes = load_scenes(root / "scenes" / "CLEVR_train_scenes.json")[1]
@@ -263,6 +271,7 @@ def test_tiny_training_on_real_images_exports_real_object_counts(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_shared
 def test_tiny_training_on_the_267_shared_images(tmp_path):
     root = _shared(SHARED)
     run, programs = _train_and_export(root, tmp_path / "k16", steps=8)

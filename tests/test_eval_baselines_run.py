@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_run_config
-from test_train_trainer import BASE_SETS
+from helpers import BASE_SETS
 
 from strop import metrics
 from strop.baselines import BEYOND, COLLAPSED, find_records

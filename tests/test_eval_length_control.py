@@ -6,14 +6,16 @@ and eval.json's `quality_control` block, on real tiny runs trained here.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_run_config
-from test_train_trainer import BASE_SETS, TIMING_KEYS
+from conftest import one_error_line, tiny_run_config
+from helpers import BASE_SETS, TIMING_KEYS, strop
 
+from strop.evaluation import export
 from strop.evaluation.analyze import analyze_run
 from strop.evaluation.evaluate import evaluate_run
 from strop.evaluation.export import (
@@ -434,7 +436,7 @@ def test_conditioned_ddp_run_gathers_every_ranks_probes(clevr, tmp_path):
     import subprocess
     import sys
 
-    from test_train_trainer import cli_args
+    from helpers import trainer_cli_args as cli_args
 
     from strop.training import checkpoint as ckpt
 
@@ -461,3 +463,101 @@ def test_sweep_refuses_an_order_probe_and_quality_eps_values_are_capped(trained)
     with pytest.raises(LengthModeError, match=f"at most {MAX_QUALITY_EPS}"):
         parse_eps_values(many)
     assert len(parse_eps_values(",".join(many.split(",")[:MAX_QUALITY_EPS]))) == MAX_QUALITY_EPS
+
+
+# --------------------------------------------------------------------------- bad modes and grids
+
+
+@pytest.mark.parametrize("mode", ["prefix:4_0", "cap:1_0", "prefix:\uff13", "prefix:0x3"])
+def test_budgets_take_plain_integers_only(mode: str) -> None:
+    """int() reads "4_0" as 40 and full-width digits as digits; a budget is typed in ASCII."""
+    with pytest.raises(LengthModeError, match="N must be an integer"):
+        parse_length_mode(mode)
+
+
+@pytest.mark.parametrize("mode", ["quality:1_0", "search:nan", "quality:Infinity", "search:0x1"])
+def test_eps_takes_plain_decimal_numbers_only(mode: str) -> None:
+    with pytest.raises(LengthModeError, match="EPS must be a number"):
+        parse_length_mode(mode)
+
+
+def test_spelling_that_is_fine_still_parses() -> None:
+    assert str(parse_length_mode(" PREFIX:3 ")) == "prefix:3"
+    assert str(parse_length_mode("cap:+2")) == "cap:2"
+    assert str(parse_length_mode("quality:.5")) == "quality:0.5"
+    assert str(parse_length_mode("search:2E-1")) == "search:0.2"
+    with pytest.raises(LengthModeError, match="at least 1, got -3"):
+        parse_length_mode("prefix:-3")
+
+
+def test_quality_eps_values() -> None:
+    assert export.parse_eps_values("0.3, 0.1,0.3,0.2") == [0.1, 0.2, 0.3]
+    for bad in ("0.1,inf", "nan,0.1", "0.1,1_0", "0.1", "0.1,0.1", ",,", "-1,2"):
+        with pytest.raises(LengthModeError, match="--quality-eps"):
+            export.parse_eps_values(bad)
+
+
+def test_quality_eps_of_infinity_is_refused_not_written_as_json_infinity(tiny_run: Path) -> None:
+    line = one_error_line(strop("eval", tiny_run, "--quality-eps", "0.1,inf"), 2)
+    assert "--quality-eps 0.1,inf" in line and "'inf'" in line
+    assert not (tiny_run / "eval.json").exists()
+
+
+def test_quality_eps_on_a_run_without_the_head_is_refused_not_ignored(tiny_run: Path) -> None:
+    line = one_error_line(strop("eval", tiny_run, "--quality-eps", "0.1,0.2", "--no-lpips"), 2)
+    assert "--quality-eps" in line and "no eps-conditioned length head" in line
+    assert not (tiny_run / "eval.json").exists()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--length-mode", "prefix:3"],
+        ["--quality-eps", "0.1,0.2"],
+        ["--lpips-backbone", "alexnet.pth"],
+    ],
+)
+def test_sweep_refuses_options_it_would_ignore(tiny_run: Path, extra: list[str]) -> None:
+    line = one_error_line(strop("eval", tiny_run, "--sweep", *extra), 2)
+    assert extra[0] in line and "--sweep" in line
+    assert not (tiny_run / "sweep.json").exists()
+
+
+def test_a_huge_sweep_range_is_refused_at_once(tiny_run: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(SweepLengthsError, match="got 100000000000"):
+        parse_sweep_lengths("1-100000000000", 1, 8)
+    line = one_error_line(
+        strop("eval", tiny_run, "--sweep", "--sweep-lengths", "2,1-100000000000"), 2
+    )
+    assert "1-100000000000" in line and "[1, 8]" in line
+    assert time.monotonic() - start < 30  # the old parser built a set of 10^11 ints
+
+
+@pytest.mark.parametrize(
+    ("grid", "says"),
+    [
+        ("8-1", "range 8-1 is empty"),
+        ("1--3", "expected integers or ranges"),
+        ("", "--sweep-lengths '': expected integers"),
+        (" ", "--sweep-lengths ' ': expected integers"),
+        ("0,2", "got 0"),
+        ("9", "got 9"),
+        ("1_0", "expected integers"),
+    ],
+)
+def test_bad_sweep_grids(grid: str, says: str) -> None:
+    with pytest.raises(SweepLengthsError, match="--sweep-lengths") as err:
+        parse_sweep_lengths(grid, 1, 8)
+    assert says in str(err.value)
+
+
+def test_duplicate_and_unsorted_grids_are_read_as_a_set() -> None:
+    assert parse_sweep_lengths("8, 3,3,2-4", 1, 8) == [2, 3, 4, 8]
+    assert parse_sweep_lengths(None, 2, 5) == [2, 3, 4, 5]
+
+
+def test_analyze_refused_mode_leaves_no_output_folder(tiny_run: Path) -> None:
+    line = one_error_line(strop("analyze", tiny_run, "--length-mode", "prefix:99"), 2)
+    assert "[L_min, L_max] = [1, 8]" in line
+    assert not (tiny_run / "analysis").exists()

@@ -9,6 +9,7 @@ import types
 
 import pytest
 import torch
+from helpers import LPIPS_LIN, TORCHVISION_FEATURES, random_backbone, random_lin
 
 from strop.evaluation.lpips import (
     LPIPS,
@@ -20,35 +21,6 @@ from strop.evaluation.lpips import (
     find_weights,
     installed_lin,
 )
-
-# torchvision/models/alexnet.py, `AlexNet.features` (conv layers at indices 0, 3, 6, 8, 10).
-TORCHVISION_FEATURES = {
-    "features.0.weight": (64, 3, 11, 11),
-    "features.0.bias": (64,),
-    "features.3.weight": (192, 64, 5, 5),
-    "features.3.bias": (192,),
-    "features.6.weight": (384, 192, 3, 3),
-    "features.6.bias": (384,),
-    "features.8.weight": (256, 384, 3, 3),
-    "features.8.bias": (256,),
-    "features.10.weight": (256, 256, 3, 3),
-    "features.10.bias": (256,),
-}
-# lpips 0.1.4 wheel, lpips/weights/v0.1/alex.pth (sha256 df73285e35b2...), all weights >= 0.
-LPIPS_LIN = {f"lin{i}.model.1.weight": (1, c, 1, 1) for i, c in enumerate((64, 192, 384, 256, 256))}
-
-
-def random_backbone(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A torchvision-layout AlexNet checkpoint with random features and a token classifier."""
-    g = torch.Generator().manual_seed(seed)
-    state = {k: torch.randn(shape, generator=g) * 0.05 for k, shape in TORCHVISION_FEATURES.items()}
-    state["classifier.6.weight"] = torch.randn(10, 4, generator=g)  # dropped when loading
-    return state
-
-
-def random_lin(seed: int = 1) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.rand(shape, generator=g) * 0.1 for k, shape in LPIPS_LIN.items()}
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +142,7 @@ def test_find_weights_in_the_hub_cache_and_the_lpips_package(weights, tmp_path, 
         find_weights(lin=tmp_path / "nope.pth")
 
 
+@pytest.mark.needs_tool
 def test_matches_the_lpips_package(weights, monkeypatch):
     """lpips 0.1.4 itself, with a torchvision stand-in that only supplies AlexNet's layout
     (checked above against torchvision's source); runs where lpips is installed."""

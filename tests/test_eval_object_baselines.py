@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from test_eval_pipeline import dataset, run_dir  # noqa: F401  (module fixtures)
 
 from strop.baselines import BEYOND, NOT_BEYOND, find_records
 from strop.evaluation.object_metrics import EXACT, ObjectMetrics, fixed_grid

@@ -1,5 +1,5 @@
 """FG-ARI and mBO (`strop.evaluation.object_metrics`): hand-computed cases, scikit-learn's
-`adjusted_rand_score` on foreground pixels, the renderer's instance masks, and `strop analyze`."""
+`adjusted_rand_score` on foreground pixels, the renderer's instance masks, and `strop analyze` (which refuses a mask it cannot read)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_error_line
+from helpers import strop
 from PIL import Image
-from test_eval_pipeline import dataset, run_dir  # noqa: F401  (module fixtures)
 
 from strop.data.renderer import MASKS_DIR, generate_dataset
 from strop.evaluation.object_metrics import (
@@ -158,3 +159,113 @@ def test_eval_and_analyze_commands_print_the_verdict_and_fg_ari(run_dir):  # noq
     res = runner.invoke(app, ["analyze", str(run_dir), "--n-images", "2", "--random-pairs", "2"])
     assert res.exit_code == 0, res.output
     assert "FG-ARI " in res.output and "mBO " in res.output and EXACT in res.output
+
+
+# --------------------------------------------------------------------------- bad masks
+
+
+def _mask_png(path: Path, array, mode: str | None = None) -> None:
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.asarray(array, dtype=np.uint8), mode).save(path)
+
+
+def _edit_val_scenes(root: Path, edit) -> None:
+    path = root / "scenes" / "CLEVR_val_scenes.json"
+    data = json.loads(path.read_text())
+    edit(data["scenes"])
+    path.write_text(json.dumps(data))
+
+
+def _fewest_objects(root: Path) -> tuple[str, int]:
+    scenes = json.loads((root / "scenes" / "CLEVR_val_scenes.json").read_text())["scenes"]
+    scene = min(scenes, key=lambda s: len(s["objects"]))
+    return scene["mask_filename"], len(scene["objects"])
+
+
+def _damage(kind: str, root: Path) -> str:
+    """Damage one val mask of a copied dataset the way `kind` says; returns what the one
+    error line must contain."""
+    import os
+
+    import numpy as np
+
+    masks = root / "masks" / "val"
+    name, n_objects = _fewest_objects(root)
+    path = masks / name
+    if kind == "corrupt":
+        path.write_bytes(b"not a png at all")
+        return f"{path} field mask: cannot decode the mask (not an image file)"
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[:60])
+        return f"{path} field mask: cannot decode the mask"
+    if kind == "missing":
+        path.unlink()
+        return f"field mask_filename: {path} not found"
+    if kind == "fifo":
+        path.unlink()
+        os.mkfifo(path)
+        return f"{path} field mask: not a regular file (a named pipe)"
+    if kind == "other size":
+        _mask_png(path, np.zeros((10, 12)))
+        return f"{path} field mask: 12x10 pixels, but the scene's image frame is 32x32"
+    if kind == "rgb":
+        _mask_png(path, np.zeros((32, 32, 3)), "RGB")
+        return f"{path} field mask: expected a one-channel label image"
+    if kind == "more labels than objects":
+        labels = np.zeros((32, 32))
+        labels[:4] = n_objects + 1
+        _mask_png(path, labels)
+        return f"{path} field mask: label {n_objects + 1} but the scene has {n_objects} objects"
+    if kind == "path in the name":
+
+        def edit(scenes):
+            next(s for s in scenes if s["mask_filename"] == name)["mask_filename"] = "../" + name
+
+        _edit_val_scenes(root, edit)
+        return f"field mask_filename: not a bare file name ('../{name}')"
+    raise AssertionError(kind)
+
+
+MASK_FAULTS = [
+    "corrupt",
+    "truncated",
+    "missing",
+    "fifo",
+    "other size",
+    "rgb",
+    "more labels than objects",
+    "path in the name",
+]
+
+
+@pytest.mark.parametrize("kind", MASK_FAULTS)
+def test_analyze_refuses_a_bad_instance_mask_in_one_line(tiny_run, clevr, tmp_path, kind) -> None:
+    """Corrupt/truncated masks were tracebacks, an RGB one "too many values to unpack", a
+    missing or named-pipe one a silent switch to approximate ellipses, and a mask of another
+    size or with more labels than objects was scored as if it fitted."""
+    data = Path(shutil.copytree(clevr, tmp_path / "clevr"))
+    copy = Path(shutil.copytree(tiny_run, tmp_path / "exp" / "k16"))
+    says = _damage(kind, data)
+    done = strop("analyze", copy, "--data", data, "--n-images", 4, "--random-pairs", 2)
+    line = one_error_line(done, 1)
+    assert says in line, line
+    assert not (copy / "analysis" / "analysis.json").exists()
+
+
+def test_scenes_without_masks_are_scored_approximate(tiny_run, clevr, tmp_path) -> None:
+    """Datasets from before masks existed (no `mask_filename`) still load: ellipse masks,
+    labelled approximate."""
+    data = Path(shutil.copytree(clevr, tmp_path / "clevr"))
+    copy = Path(shutil.copytree(tiny_run, tmp_path / "exp" / "k16"))
+
+    def edit(scenes):
+        for scene in scenes:
+            scene.pop("mask_filename", None)
+
+    _edit_val_scenes(data, edit)
+    done = strop("analyze", copy, "--data", data, "--n-images", 4, "--random-pairs", 2)
+    assert done.exit_code == 0, done.output
+    metrics = json.loads((copy / "analysis" / "analysis.json").read_text())["object_metrics"]
+    assert metrics["approximate"] is True and metrics["n_objects"] > 0

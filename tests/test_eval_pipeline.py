@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model_config
+from conftest import UNTRAINED_N_VAL as N_VAL
 
-from strop.data.renderer import generate_dataset
 from strop.evaluation.erasure import erasure_maps, erasure_order
 from strop.evaluation.evaluate import evaluate_run
 from strop.evaluation.export import (
@@ -20,39 +19,10 @@ from strop.evaluation.export import (
     search_lengths,
 )
 from strop.evaluation.object_masks import object_label_map
-from strop.model import build_model
 from strop.model.losses import align_error
-from strop.runs import RunFolder, read_programs
+from strop.runs import read_programs
 from strop.scenes import parse_scene
-from strop.training.checkpoint import load_model, save_checkpoint
-from strop.training.config import RunConfig
-
-N_VAL = 6
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "clevr-synth"
-    generate_dataset(root, n=2 * N_VAL, size=64, seed=0, splits=(0.5, 0.5, 0.0), progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, dataset):
-    """A run folder as the trainer leaves it: config.json + checkpoints/last.pt (tiny, pixels teacher)."""
-    torch.manual_seed(0)
-    mc = tiny_model_config(image_size=32, l_max=8, k=16, d=32, ffn=64)
-    cfg = RunConfig(model=mc)
-    cfg.data.path = str(dataset)
-    run = RunFolder(tmp_path_factory.mktemp("runs") / "k16")
-    run.path.mkdir()
-    run.write_config(cfg.model_dump(mode="json"))
-    model = build_model(mc)
-    with torch.no_grad():  # spread the length head's output so programs differ in length
-        for p in model.length_head.parameters():
-            p.normal_(0, 0.5)
-    save_checkpoint(run.path, step=1, state={"model": model.state_dict(), "step": 1})
-    return run.path
+from strop.training.checkpoint import load_model
 
 
 def test_parse_length_mode():
@@ -178,7 +148,7 @@ def test_eval_writes_eval_json(run_dir):
 @pytest.fixture
 def lpips_files(tmp_path, monkeypatch):
     """Random LPIPS weights in torchvision's and lpips' layouts; an empty torch hub cache."""
-    from test_eval_lpips import random_backbone, random_lin
+    from helpers import random_backbone, random_lin
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     torch.save(random_backbone(), tmp_path / "alexnet.pth")

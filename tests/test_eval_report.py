@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import strop
 
 from strop.evaluation.report import build_report, flatten_stats
 from strop.runs import Programs, RunFolder, RunFolderError, write_json
@@ -271,6 +272,7 @@ def _chromium() -> str | None:
     )
 
 
+@pytest.mark.needs_tool
 @pytest.mark.skipif(
     _chromium() is None,
     reason="no chromium on PATH (apt-get install chromium) for the browser test",
@@ -315,6 +317,7 @@ def _dump_dom(html: Path, tmp_path: Path, width: int = 1400) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
 
 
+@pytest.mark.needs_tool
 @pytest.mark.skipif(
     _chromium() is None,
     reason="no chromium on PATH (apt-get install chromium) for the browser test",
@@ -420,3 +423,47 @@ def test_every_table_says_what_a_cell_is_with_its_n_and_headline_intervals(exper
     assert "gpt-x K=32: 15 of 15 answers missing" in text
     assert "strop-llm decode --model gpt-x --k 32 --runs" in text
     assert tables
+
+
+# --------------------------------------------------------------------------- damaged sweep
+
+
+GOOD_SWEEP = {
+    "k": 16,
+    "rows": [{"n": 1, "cos": 0.5, "count_probe_r2": None}, {"n": 2, "cos": 0.6}],
+    "operating_points": {"head": {"length_mode": "head", "length_mean": 1.5, "cos": 0.55}},
+}
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "says"),
+    [
+        ("sweep.json", lambda d: d.update(rows=[1, 2]), "k16/sweep.json: field rows.0:"),
+        ("sweep.json", lambda d: d["rows"][0].update(n="x"), "field rows.0.n:"),
+        (
+            "sweep.json",
+            lambda d: d["operating_points"].update(head=None),
+            "k16/sweep.json: field operating_points.head:",
+        ),
+        (
+            "eval.json",
+            lambda d: d.update(quality_control={"rows": [{"eps": "a"}]}),
+            "k16/eval.json quality_control: field rows.0.eps",
+        ),
+    ],
+)
+def test_report_names_a_damaged_sweep_or_quality_block(tiny_run, tmp_path, file, edit, says):
+    """A list of numbers for sweep.json's rows or a null operating point was an
+    AttributeError that lost the whole report."""
+    copy = Path(shutil.copytree(tiny_run, tmp_path / "exp" / "k16"))
+    sweep = json.loads(json.dumps(GOOD_SWEEP))
+    if file == "sweep.json":
+        edit(sweep)
+    (copy / "sweep.json").write_text(json.dumps(sweep))
+    if file == "eval.json":
+        evaluation = {"run": "k16", "cos": 0.5}
+        edit(evaluation)
+        (copy / "eval.json").write_text(json.dumps(evaluation))
+    done = strop("report", copy.parent)
+    assert done.exit_code == 0 and "Traceback" not in done.output, done.output
+    assert says in (copy.parent / "report.md").read_text()

@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-from test_eval_pipeline import dataset, run_dir  # noqa: F401  (module fixtures)
 
 from strop import metrics
 from strop.baselines import BEYOND, NOT_BEYOND, find_records

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import one_error_line, script_path
+from helpers import strop_grammar
 from typer.testing import CliRunner
 
 from grammar.cli import app
@@ -230,3 +234,51 @@ def test_mining_never_imports_torch(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------------- bad corpora
+
+
+def test_a_code_of_10_to_the_20_in_a_text_corpus(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("1 2 3\n4 5 100000000000000000000\n")
+    line = one_error_line(strop_grammar("mine", corpus, "--quiet"), 1)
+    assert str(corpus) in line and "line 2" in line and "100000000000000000000" in line
+
+
+def test_max_n_that_overflows_the_packing_is_a_usage_error(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("1 2 3\n4 5 6\n" * 20)
+    result = strop_grammar("mine", corpus, "--quiet", "--k", "1000000", "--max-n", "4")
+    line = one_error_line(result, 2)
+    assert "--max-n 4" in line and "K=1000000" in line
+    assert not (tmp_path / "grammar").exists()  # refused before any work
+
+
+def test_disk_full_while_mining_is_one_line(tmp_path: Path) -> None:
+    """A file-size limit fails every write past 16 KiB (EFBIG), as a full disk does."""
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "".join(
+            " ".join(map(str, rng.integers(0, 64, rng.integers(5, 20)))) + "\n" for _ in range(3000)
+        )
+    )
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+
+    out = tmp_path / "mined"
+    proc = subprocess.run(
+        [script_path("strop-grammar"), "mine", str(corpus), "--out", str(out), "--quiet"],
+        preexec_fn=small_files,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0] == f"error: {out}: cannot write the results (File too large)"
+    assert not list(out.glob(".*.tmp"))

@@ -42,6 +42,7 @@ def test_calibration_covers_every_definition_and_sorts_by_distance():
 
 
 @pytest.mark.real_clevr
+@pytest.mark.needs_shared
 def test_on_real_annotations_the_default_is_the_closest():
     """The defaults (`ScoringOptions()`, `DEFAULT_NAIVE`, k-means placement) are among the
     nearest readings on the real train/val annotations (the nearest at 200 draws, see

@@ -1,7 +1,8 @@
 """`strop-llm qa` against hostile inputs (issue 25): a questions file's split read from the
 file, never from the hash order of a set; questions never attached to the shot images by
 default; one writer per results folder (two real processes); answers kept as CLEVR writes
-them; duplicate questions counted once; program indices that point nowhere; a FIFO."""
+them; duplicate questions counted once; program indices that point nowhere; a FIFO; question
+files not in CLEVR's shape; a run killed midway resumes without asking again."""
 
 from __future__ import annotations
 
@@ -265,3 +266,182 @@ def test_decode_takes_the_same_lock_on_its_results_folder(runs):
         holder.communicate()
     assert CliRunner().invoke(llm_app, base).exit_code == 0
     assert len(read_jsonl(folder / "results.jsonl")) == rows  # resumed, nothing sent twice
+
+
+# --------------------------------------------------------------------------- question files
+
+
+@pytest.fixture
+def qa_runs(tmp_path: Path) -> Path:
+    from llm_decode.testing.synthetic import make_run
+
+    make_run(tmp_path / "exp" / "k64", k=64, n_train=30, n_val=10)
+    return tmp_path / "exp"
+
+
+def qa_cli(runs: Path, *args: object):
+    from llm_decode.cli import app as llm_app
+
+    base = ["qa", "--k", "64", "--runs", str(runs), "--shots", "10", "--test", "3"]
+    return CliRunner().invoke(llm_app, [*base, *(str(a) for a in args)])
+
+
+def clevr_question(**fields: object) -> dict:
+    """One question in CLEVR v1.0's shape, about val image 0 (a count, with its program)."""
+    program = [
+        {"function": "scene", "inputs": [], "value_inputs": []},
+        {"function": "count", "inputs": [0], "value_inputs": []},
+    ]
+    item = {"question": "How many things are there?", "answer": "3", "image_index": 0}
+    item.update(split="val", program=program)
+    item.update(fields)
+    return {k: v for k, v in item.items() if v is not ...}
+
+
+BAD_QUESTION_FILES = [
+    ("[]", "expected a JSON object, got a list"),
+    ('{"questions": {"a": 1}}', "field questions: expected a list of questions, got a dict"),
+    ('{"questions": null}', "field questions: expected a list of questions, got null"),
+    ('{"questions": ["How many?"]}', "question 0: expected an object, got a str"),
+    ('{"questions": [[1, 2]]}', "question 0: expected an object, got a list"),
+    ('{"questions": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON nested too deeply"),
+]
+
+
+BAD_QUESTIONS = [
+    ({"answer": ...}, "question 0: missing field answer"),
+    ({"image_index": ...}, "question 0: missing field image_index"),
+    ({"answer": None}, "question 0 field answer: expected a string"),
+    ({"answer": {"a": 1}}, "question 0 field answer: expected a string"),
+    ({"answer": "purple-ish"}, "question 0 field answer: not a CLEVR answer"),
+    ({"question": None}, "question 0 field question: expected a non-empty string"),
+    ({"image_index": "0"}, "question 0 field image_index: expected a whole number >= 0"),
+    ({"image_index": 0.7}, "question 0 field image_index: expected a whole number >= 0"),
+    ({"image_index": True}, "question 0 field image_index: expected a whole number >= 0"),
+    ({"image_index": -1}, "question 0 field image_index: expected a whole number >= 0"),
+    ({"image_index": 1e400}, "question 0 field image_index: expected a whole number >= 0"),
+    ({"split": 3}, "question 0 field split: expected a string"),
+    ({"program": "abc"}, "question 0 field program: expected a list of program nodes"),
+    ({"program": [1, 2]}, "question 0 field program: expected a list of program nodes"),
+    ({"program": [{"inputs": [0]}]}, "question 0 field program: program node without a function"),
+]
+
+
+@pytest.mark.parametrize(("text", "says"), BAD_QUESTION_FILES)
+def test_question_files_that_are_not_clevrs_shape(qa_runs: Path, tmp_path, text, says) -> None:
+    path = tmp_path / "CLEVR_val_questions.json"
+    path.write_text(text)
+    line = one_error_line(qa_cli(qa_runs, "--backend", "naive", "--questions", path), 1)
+    assert str(path) in line and says in line
+
+
+@pytest.mark.parametrize(("fields", "says"), BAD_QUESTIONS)
+def test_questions_with_missing_or_wrong_fields(qa_runs: Path, tmp_path, fields, says) -> None:
+    """A null answer used to be asked as the word "none", an image index of 0.7 as 0."""
+    path = tmp_path / "CLEVR_val_questions.json"
+    text = json.dumps({"questions": [clevr_question(**fields)]})
+    path.write_text(text.replace("Infinity", "1e400"))
+    line = one_error_line(qa_cli(qa_runs, "--backend", "naive", "--questions", path), 1)
+    assert str(path) in line and says in line
+    assert not (qa_runs / "k64" / "llm").exists()
+
+
+@pytest.mark.parametrize(
+    ("items", "says"),
+    [
+        ([], "no questions in"),
+        ([clevr_question(image_index=999_999)], "none of its 1 questions"),
+        ([clevr_question(split="test")], "(split test, image_index 0..0)"),
+    ],
+)
+def test_a_named_question_file_about_no_image_of_the_run(qa_runs, tmp_path, items, says) -> None:
+    """Used to fall back to generated questions, with only a count in summary.json saying so."""
+    path = tmp_path / "CLEVR_val_questions.json"
+    path.write_text(json.dumps({"info": {}, "questions": items}))
+    line = one_error_line(qa_cli(qa_runs, "--backend", "knn", "--questions", path), 1)
+    assert f"--questions {path}" in line and says in line
+
+
+def test_knn_falls_back_on_a_program_that_cannot_run_on_the_neighbour(qa_runs, tmp_path) -> None:
+    """A real question's program with a node fed the wrong kind of input (a set where an
+    object is due) raised a TypeError out of the knn baseline; now it falls back like any
+    program that cannot run on the neighbour's scene."""
+    from llm_decode.qa.programs import ProgramError, execute
+    from llm_decode.qa.questions import generate
+    from strop.runs import read_programs
+    from strop.scenes import parse_scene
+
+    programs = read_programs(qa_runs / "k64" / "programs.parquet")
+    scene = parse_scene(json.loads(programs.scene[0]))
+    odd = [
+        {"function": "scene", "inputs": [], "value_inputs": []},
+        {"function": "query_color", "inputs": [0], "value_inputs": []},
+    ]
+    with pytest.raises(ProgramError, match="query_color: cannot be evaluated"):
+        execute(odd, scene)
+    with pytest.raises(ProgramError, match="inputs must be a list of node indices"):
+        execute([{"function": "scene", "inputs": "0"}], scene)
+    assert all(q.answer == execute(q.program, scene) for q in generate(scene, 0))
+    items = [
+        clevr_question(image_index=i, split=s, program=odd, answer="red", question="What color?")
+        for s, i in {
+            (p.split, p.image_index) for p in map(parse_scene, map(json.loads, programs.scene))
+        }
+    ]
+    path = tmp_path / "CLEVR_val_questions.json"
+    path.write_text(json.dumps({"questions": items}))
+    done = qa_cli(qa_runs, "--backend", "knn", "--questions", path)
+    assert done.exit_code == 0, done.output
+    summary = json.loads((qa_runs / "k64" / "llm" / "qa" / "knn" / "summary.json").read_text())
+    assert summary["question_sources"] == {"clevr": 3} and summary["complete"]
+
+
+def test_a_named_question_folder_without_question_files(qa_runs: Path, tmp_path: Path) -> None:
+    """Said "no questions in " and nothing after it."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    line = one_error_line(qa_cli(qa_runs, "--backend", "naive", "--questions", folder), 1)
+    assert f"--questions {folder}: no questions/CLEVR_<split>_questions.json under it" in line
+    assert "(train, val)" in line
+
+
+def test_qa_killed_mid_run_resumes_without_resending(qa_runs: Path) -> None:
+    """SIGKILL of `strop-llm qa` after some answers: the rerun (same server URL) sends only
+    the unanswered questions and the results file holds each question once."""
+    import signal
+
+    from llm_decode.testing.fake_server import FakeServer
+    from strop.runs import read_jsonl
+
+    results = qa_runs / "k64" / "llm" / "qa" / "qwen3.5" / "results.jsonl"
+    argv = [sys.executable, "-m", "llm_decode.cli", "qa", "--model", "qwen3.5", "--k", "64"]
+    argv += ["--runs", str(qa_runs), "--shots", "10", "--test", "3", "--concurrency", "1"]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    with FakeServer(answers={}, delay=0.1) as server:
+        proc = subprocess.Popen(
+            [*argv, "--base-url", server.base_url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if results.is_file() and len(results.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        port = server.base_url
+    kept = len(read_jsonl(results))
+    assert proc.returncode == -signal.SIGKILL and kept >= 3
+    with FakeServer(answers={}, port=int(port.rsplit(":", 1)[1].split("/")[0])) as server:
+        done = subprocess.run(
+            [*argv, "--base-url", server.base_url], capture_output=True, text=True, env=env
+        )
+        sent = server.stats()["requests"]
+    assert done.returncode == 0, done.stderr
+    rows = read_jsonl(results)
+    summary = json.loads((results.parent / "summary.json").read_text())
+    assert summary["complete"] and summary["n"] == len(rows)
+    assert len({r["key"] for r in rows}) == len(rows)
+    assert sent == 2 * (len(rows) - kept)  # each unreadable reply gets one repair retry

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import decode_config as config
 from typer.testing import CliRunner
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from llm_decode.protocol import ProtocolConfig
 from llm_decode.runner import DecodeConfig, decode, plan
 from llm_decode.testing.fake_server import FakeServer
+from llm_decode.testing.synthetic import make_run
 from strop.runs import read_jsonl
 
 
@@ -115,3 +117,35 @@ def test_required_options_stay_required():
 
     result = CliRunner().invoke(app, ["decode", "--backend", "knn"])
     assert result.exit_code == 2 and "Missing option '--k'" in result.output
+
+
+# --------------------------------------------------------------------------- folder names
+
+
+def test_a_model_name_over_255_characters_decodes(tmp_path: Path) -> None:
+    from llm_decode.cli import app as llm_app
+
+    make_run(tmp_path / "exp" / "k64", k=64, n_train=60, n_val=20)
+    name = "org/" + "m" * 300
+    result = CliRunner().invoke(
+        llm_app,
+        [
+            "decode",
+            "--model",
+            name,
+            "--k",
+            "64",
+            "--runs",
+            str(tmp_path / "exp"),
+            "--backend",
+            "naive",
+            "--test",
+            "3",
+            "--shots",
+            "10",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    (folder,) = (tmp_path / "exp" / "k64" / "llm").iterdir()
+    assert len(folder.name) <= 128 and folder.name.startswith("org--mmm")
+    assert json.loads((folder / "identity.json").read_text())["model"] == name

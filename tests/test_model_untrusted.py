@@ -1,8 +1,10 @@
 """Untrusted tokenizer folders and inputs (issue 25, items 9-11 and their weak cases): an
 edited config.json that names a teacher folder or sizes that would allocate hundreds of GB,
 weights too large for float32, images that are not [0, 1] floats, hub ids that are no
-folder and no network. One tiny run is trained and exported for the module (real trainer,
-real files); the tests damage copies of the export.
+folder and no network; tampered exported folders (config.json, weights, a pickle beside
+them) and `strop export-model`'s output folder (a file, an experiment, read-only, cut off or
+killed midway). One tiny run is trained and exported for the module (real trainer, real
+files); the tests damage copies of the export.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import one_error_line, tiny_run_config
+from helpers import BASE_SETS, chattr
 from PIL import Image
-from test_train_trainer import BASE_SETS
 from typer.testing import CliRunner
 
 from strop.cli import app as strop_app
@@ -341,3 +344,267 @@ def test_a_preset_name_that_does_not_match_the_dimensions_is_not_reported_as_tha
     assert "preset `S` with other dimensions: d=64 (preset: 256), layers=2 (preset: 8)" in card
     plain = model_card(json.loads((exported / "config.json").read_text()))
     assert "preset `tiny` with other dimensions: decoder_width=16 (preset: 32)" in plain
+
+
+# --------------------------------------------------------------------------- export-model out
+
+
+def test_export_model_into_a_file_or_an_experiment_folder(run: Path, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    line = one_error_line(strop("export-model", run, "--out", afile), 1)
+    assert (
+        line
+        == f"error: {afile}: cannot write the output here (a file stands where a folder is needed)"
+    )
+    # An experiment folder: a config.json there made `strop report` read it as one run.
+    experiment = Path(shutil.copytree(run.parent, tmp_path / "exp"))
+    line = one_error_line(strop("export-model", run, "--out", experiment), 1)
+    assert f"{experiment}: an experiment folder (holds the runs k16)" in line
+    assert sorted(p.name for p in experiment.iterdir()) == ["k16"]
+    # beside other files of the user's is fine (the Hugging Face convention)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert strop("export-model", run, "--out", mine).exit_code == 0
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_export_model_into_a_read_only_folder_is_one_line(run: Path, tmp_path: Path) -> None:
+    """Was a SafetensorError traceback."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    chattr("+i", folder)
+    try:
+        for out in (folder, folder / "tok"):
+            line = one_error_line(strop("export-model", run, "--out", out), 1)
+            assert f"error: {out if out == folder else folder}" in line
+            assert "cannot write the output here (Operation not permitted)" in line
+    finally:
+        chattr("-i", folder)
+
+
+def test_an_export_cut_off_midway_is_refused_not_loaded(run: Path, exported: Path, tmp_path):
+    """Re-export (another checkpoint) over a folder whose config.json cannot be replaced: the
+    old writer had already replaced model.safetensors, so the folder loaded the new weights
+    under the old config.json and provenance without a word."""
+    from strop.model.network import Strop
+    from strop.model.pretrained import PretrainedError
+
+    folder = Path(shutil.copytree(exported, tmp_path / "tok"))
+    chattr("+i", folder / "config.json")
+    try:
+        done = strop("export-model", run, "--out", folder, "--checkpoint", "8")
+        assert one_error_line(done, 1).startswith(f"error: {folder}: cannot write")
+    finally:
+        chattr("-i", folder / "config.json")
+    with pytest.raises(PretrainedError, match="incomplete output"):
+        Strop.from_pretrained(folder)
+    line = one_error_line(strop("eval", folder, "--no-lpips", "--limit", 2), 1)
+    assert "incomplete output" in line and "strop export-model" in line
+    # rerunning the export makes the folder whole again
+    assert strop("export-model", run, "--out", folder, "--checkpoint", "8").exit_code == 0
+    config = json.loads((folder / "config.json").read_text())
+    assert config["provenance"]["checkpoint"] == "step-0000008.pt"
+    assert config["training"]["steps"] == 8
+    Strop.from_pretrained(folder)
+
+
+def test_export_model_killed_midway_never_leaves_a_mixed_folder(run, exported, tmp_path):
+    """SIGKILL while a re-export moves its files in: the folder is the old export, the new
+    one, or refused; never the weights of one beside the config of the other."""
+    import signal
+
+    import torch
+    from safetensors.torch import load_file
+
+    from strop.model.network import Strop
+    from strop.model.pretrained import PretrainedError
+
+    folder = Path(shutil.copytree(exported, tmp_path / "tok"))
+    old_weights = (folder / "model.safetensors").read_bytes()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "strop.cli", "export-model", str(run), "--out", str(folder)]
+        + ["--checkpoint", "8"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        staged = list(folder.glob(".export-model.staging-*/*"))
+        if staged or (folder / "model.safetensors").read_bytes() != old_weights:
+            break
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    try:
+        model = Strop.from_pretrained(folder)
+    except PretrainedError as exc:
+        assert "incomplete output" in str(exc)
+        return
+    step = json.loads((folder / "config.json").read_text())["training"]["steps"]
+    checkpoint = "last.pt" if step == 12 else f"step-{step:07d}.pt"
+    want = torch.load(run / "checkpoints" / checkpoint, map_location="cpu", weights_only=False)
+    have = load_file(str(folder / "model.safetensors"))
+    assert all(torch.equal(have[k], want["model"][k]) for k in have)
+    assert model.cfg.k == 16
+
+
+def test_exported_data_path_works_from_another_directory(run, tmp_path, monkeypatch) -> None:
+    """config.json's training.data_path was relative to where export-model ran."""
+    monkeypatch.chdir(run.parent.parent)
+    out = tmp_path / "tok"
+    assert strop("export-model", Path(run.parent.name) / run.name, "--out", out).exit_code == 0
+    data_path = json.loads((out / "config.json").read_text())["training"]["data_path"]
+    assert Path(data_path).is_absolute() and Path(data_path).is_dir()
+    monkeypatch.chdir(tmp_path)
+    done = strop("export", out, "--limit", 2, "--out", tmp_path / "p.parquet")
+    assert done.exit_code == 0, done.output
+
+
+def test_other_weights_are_not_exported_beside_results_of_the_old(run, exported, tmp_path):
+    """eval.json of the tokenizer in a folder stayed beside the weights of a re-export, and
+    the report and the next model card showed them as the new tokenizer's numbers."""
+    folder = Path(shutil.copytree(exported, tmp_path / "tok"))
+    assert strop("eval", folder, "--no-lpips", "--limit", 2, "--order-probe", 0).exit_code == 0
+    before = (folder / "model.safetensors").read_bytes()
+    line = one_error_line(strop("export-model", run, "--out", folder, "--checkpoint", "8"), 1)
+    assert f"{folder}: holds eval.json of the tokenizer there now" in line
+    assert (folder / "model.safetensors").read_bytes() == before
+    assert strop("export-model", run, "--out", folder).exit_code == 0  # the same checkpoint
+
+
+def test_export_model_of_an_exported_folder_says_what_it_is(exported, tmp_path) -> None:
+    """Said "checkpoints/last.pt: checkpoint not found (kept steps: none)"."""
+    line = one_error_line(strop("export-model", exported, "--out", tmp_path / "again"), 1)
+    assert f"{exported}: already an exported tokenizer" in line
+    assert not (tmp_path / "again").exists()
+
+
+def test_export_model_of_a_run_without_checkpoints(run, tmp_path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(run / "config.json", bare / "config.json")
+    line = one_error_line(strop("export-model", bare, "--out", tmp_path / "tok"), 1)
+    assert f"{bare / 'checkpoints' / 'last.pt'}: checkpoint not found" in line
+    assert not (tmp_path / "tok").exists()
+
+
+# --------------------------------------------------------------------------- tampered folders
+
+
+def _edit_config(edit):
+    def apply(folder: Path) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        edit(config)
+        (folder / "config.json").write_text(json.dumps(config))
+
+    return apply
+
+
+def _edit_weights(edit):
+    def apply(folder: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(folder / "model.safetensors"))
+        edit(tensors)
+        save_file(tensors, str(folder / "model.safetensors"))
+
+    return apply
+
+
+def _first_matrix(tensors) -> str:
+    return next(k for k, v in tensors.items() if v.ndim == 2)
+
+
+TAMPERED = [
+    ("training a list", _edit_config(lambda c: c.update(training=[1])), "field training:"),
+    ("provenance a list", _edit_config(lambda c: c.update(provenance=[1, 2])), "field provenance:"),
+    ("eval a list", _edit_config(lambda c: c.update(eval=[1])), "field eval:"),
+    (
+        "steps a string",
+        _edit_config(lambda c: c["training"].update(steps="many")),
+        "field training.steps: Input should be a valid integer",
+    ),
+    (
+        "length mode unknown",
+        _edit_config(lambda c: c["training"].update(length_mode="budget")),
+        "field training.length_mode:",
+    ),
+    ("k disagrees", _edit_config(lambda c: c.update(k=99)), "field k is 99 but model.k is 16"),
+    (
+        "integer weights",
+        _edit_weights(lambda t: t.update({_first_matrix(t): t[_first_matrix(t)].long()})),
+        "is int64, the model holds float32",
+    ),
+    (
+        "NaN weights",
+        _edit_weights(lambda t: t[_first_matrix(t)].fill_(float("nan"))),
+        "holds NaN or infinite values",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "tamper", "says"), TAMPERED, ids=[t[0] for t in TAMPERED])
+def test_a_tampered_tokenizer_folder_is_refused_in_one_line(exported, tmp_path, name, tamper, says):
+    """Lists where objects belong were AttributeError/TypeError tracebacks; a string step,
+    a top-level K that disagrees with the model, integer or NaN weights loaded silently."""
+    from strop.model.network import Strop
+    from strop.model.pretrained import PretrainedError
+
+    folder = Path(shutil.copytree(exported, tmp_path / "tok"))
+    tamper(folder)
+    with pytest.raises(PretrainedError) as err:
+        Strop.from_pretrained(folder)
+    assert says in str(err.value) and str(folder) in str(err.value)
+    line = one_error_line(strop("export", folder, "--limit", 2), 1)
+    assert says in line
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b'{"format": "strop-tokenizer\xff"}', "config.json: not a UTF-8 text file"),
+        (
+            b'{"format": "strop-tokenizer", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "config.json: JSON nested too deeply",
+        ),
+    ],
+)
+def test_an_unreadable_config_is_named_by_export_and_eval(exported, tmp_path, content, says):
+    """`strop export DIR` printed "'utf-8' codec can't decode byte 0xff" (no file) and a
+    RecursionError traceback."""
+    folder = Path(shutil.copytree(exported, tmp_path / "tok"))
+    (folder / "config.json").write_bytes(content)
+    for command in ("export", "eval"):
+        line = one_error_line(strop(command, folder, "--limit", 2), 1)
+        assert f"{folder / 'config.json'}" in line and says in line
+
+
+def test_an_exported_folder_without_its_weights_says_so(exported, tmp_path) -> None:
+    """Was "checkpoints/last.pt: checkpoint not found", as if it were a training run."""
+    folder = Path(shutil.copytree(exported, tmp_path / "tok"))
+    (folder / "model.safetensors").unlink()
+    line = one_error_line(strop("eval", folder, "--limit", 2), 1)
+    assert f"{folder / 'model.safetensors'}: not found" in line and "without its weights" in line
+
+
+def test_a_pickle_placed_beside_the_weights_is_never_read(exported, tmp_path) -> None:
+    import pickle
+
+    from strop.model.network import Strop
+
+    folder = Path(shutil.copytree(exported, tmp_path / "tok"))
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('pickle executed')",))
+
+    for name in ("pytorch_model.bin", "model.pt", "checkpoints/last.pt"):
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_bytes(pickle.dumps(Boom()))
+    model = Strop.from_pretrained(folder)
+    assert model.cfg.k == 16
+    done = strop("export", folder, "--limit", 2, "--out", tmp_path / "p.parquet")
+    assert done.exit_code == 0, done.output

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from conftest import fill, one_error_line, tiny_run_config
-from test_train_trainer import BASE_SETS
+from helpers import BASE_SETS
 from typer.testing import CliRunner
 
 from strop.cli import app as strop_app

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from test_eval_pipeline import dataset, run_dir  # noqa: F401  (module fixtures)
 
 from strop.baselines import BEYOND, COLLAPSED, NOT_BEYOND, compare_means
 from strop.evaluation.report import build_report

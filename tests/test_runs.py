@@ -1,13 +1,17 @@
-"""Run-folder I/O: programs.parquet round-trip (also through `datasets`), bad codes, discovery."""
+"""Run-folder I/O: programs.parquet round-trip (also through `datasets`), bad codes, discovery,
+and damaged run files (config.json, codes, schema metadata) named in one line by every reader."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import one_error_line
+from helpers import strop, strop_grammar
 
 from strop.runs import (
     Programs,
@@ -153,3 +157,87 @@ def test_atomic_writes_are_readable_by_others(tmp_path):
     for name in ("eval.json", "programs.parquet"):
         mode = (tmp_path / name).stat().st_mode
         assert mode & stat.S_IRGRP and mode & stat.S_IROTH, f"{name} is not world-readable"
+
+
+# --------------------------------------------------------------------------- damaged run files
+
+
+def _rewrite_codes(k64_run: Path, codes: pa.Array, drop_length: bool = True) -> Path:
+    path = k64_run / "programs.parquet"
+    table = pq.read_table(path)
+    if drop_length:
+        table = table.drop_columns(["length"])
+    table = table.set_column(table.column_names.index("codes"), "codes", codes)
+    pq.write_table(table, path)
+    return path
+
+
+def test_a_config_json_that_is_a_list(k64_run: Path) -> None:
+    (k64_run / "config.json").write_text("[1, 2]")
+    with pytest.raises(RunFolderError, match=r"config\.json: expected a JSON object, got a list"):
+        RunFolder(k64_run).read_config()
+    for command in (["export", k64_run], ["eval", k64_run], ["analyze", k64_run]):
+        line = one_error_line(strop(*command), 1)
+        assert str(k64_run / "config.json") in line and "expected a JSON object" in line, command
+    line = one_error_line(strop_grammar("mine", k64_run.parent, "--quiet"), 1)
+    assert "config.json" in line and "expected a JSON object" in line
+
+
+def test_a_codes_column_of_ints(k64_run: Path) -> None:
+    path = _rewrite_codes(k64_run, pa.array(np.arange(40), pa.int64()))
+    with pytest.raises(RunFolderError) as err:
+        read_programs(path)
+    assert str(err.value) == f"{path}: column codes is int64, expected lists of integers"
+    assert "column codes is int64" in one_error_line(strop_grammar("mine", k64_run, "--quiet"), 1)
+
+
+def test_float_codes_are_refused_not_truncated(k64_run: Path) -> None:
+    rows = pq.read_table(k64_run / "programs.parquet").column("codes").to_pylist()
+    path = _rewrite_codes(
+        k64_run, pa.array([[c + 0.7 for c in r] for r in rows], pa.list_(pa.float64()))
+    )
+    with pytest.raises(RunFolderError) as err:
+        read_programs(path)
+    assert str(err.value).startswith(f"{path}: column codes is list<")
+    assert str(err.value).endswith(" double>, expected lists of integers")
+    assert "expected lists of integers" in one_error_line(
+        strop_grammar("mine", k64_run, "--quiet"), 1
+    )
+
+
+def test_a_null_inside_codes_is_named_as_such(k64_run: Path) -> None:
+    rows = pq.read_table(k64_run / "programs.parquet").column("codes").to_pylist()
+    rows[3] = rows[3][:2] + [None] + rows[3][3:]
+    path = _rewrite_codes(k64_run, pa.array(rows, pa.list_(pa.int32())), drop_length=False)
+    with pytest.raises(RunFolderError) as err:
+        read_programs(path)
+    assert str(err.value).startswith(f"{path}: row 3 (")
+    assert str(err.value).endswith("field codes: null at position 2")
+
+
+@pytest.mark.parametrize("meta", [b"{not json", b"[1, 2]", b'{"codebook_size": "many"}'])
+def test_corrupt_schema_metadata(k64_run: Path, meta: bytes) -> None:
+    path = k64_run / "programs.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata({b"strop": meta}), path)
+    with pytest.raises(RunFolderError, match="schema metadata 'strop'"):
+        read_programs(path)
+    assert "schema metadata 'strop'" in one_error_line(strop_grammar("mine", k64_run, "--quiet"), 1)
+    report = strop("report", k64_run.parent)
+    assert report.exit_code == 0 and "Traceback" not in report.output, report.output
+    assert "schema metadata 'strop'" in (k64_run.parent / "report.md").read_text()
+
+
+def test_report_names_a_bad_eval_json_and_a_bad_metrics_row(k64_run: Path) -> None:
+    RunFolder(k64_run).write_eval({"cos": 0.9, "length_vs_objects": [1, 2]})
+    (k64_run / "metrics.jsonl").write_text(
+        json.dumps({"step": 10, "loss": 1.0})
+        + "\n"
+        + json.dumps({"step": "20", "loss": 0.5})
+        + "\n"
+    )
+    result = strop("report", k64_run.parent)
+    assert result.exit_code == 0 and result.exception is None, result.output
+    text = (k64_run.parent / "report.md").read_text()
+    assert "eval.json: field length_vs_objects: expected an object, got a list" in text
+    assert "metrics.jsonl: line 2 field step: expected an integer, got '20'" in text

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import one_error_line
+from helpers import strop
 
 from strop.scenes import COLORS, SceneFileError, load_scenes, save_scenes
 
@@ -78,3 +80,68 @@ def test_not_json_and_missing_file(tmp_path: Path) -> None:
         load_scenes(bad)
     with pytest.raises(SceneFileError, match="not found"):
         load_scenes(tmp_path / "nope.json")
+
+
+# --------------------------------------------------------------------------- hostile scene files
+
+
+def _edit_scenes(root: Path, split: str, edit) -> Path:
+    path = root / "scenes" / f"CLEVR_{split}_scenes.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_scenes_nested_100000_deep_is_one_line(synth_clevr: Path) -> None:
+    path = synth_clevr / "scenes" / "CLEVR_train_scenes.json"
+    text = path.read_text()
+    path.write_text(text[:-1] + ', "extra": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(SceneFileError, match="nested too deeply"):
+        load_scenes(path)
+    line = one_error_line(strop("data", "inspect", synth_clevr, "--image-size", 16), 1)
+    assert str(path) in line and "nested too deeply" in line
+
+
+@pytest.mark.parametrize("frame", [[0, 0], [-48, -48], [48], "48x48", [48, float("inf")]])
+def test_a_pixel_frame_that_is_no_frame_is_refused(synth_clevr: Path, frame) -> None:
+    def edit(data):
+        data["info"]["pixel_frame"] = frame
+
+    path = _edit_scenes(synth_clevr, "train", edit)
+    with pytest.raises(SceneFileError, match=r"info\.pixel_frame"):
+        load_scenes(path)
+    line = one_error_line(strop("data", "inspect", synth_clevr, "--image-size", 16), 1)
+    assert str(path) in line and "info.pixel_frame" in line
+
+
+def test_the_object_masks_refuse_a_bad_frame_too(synth_clevr: Path) -> None:
+    """Analysis reads the frame from the file's head, not through `load_scenes`."""
+    from strop.evaluation.object_masks import pixel_frame
+    from strop.scenes import parse_scene
+
+    def edit(data):
+        data["info"]["pixel_frame"] = [-48, -48]
+
+    path = _edit_scenes(synth_clevr, "val", edit)
+    scene = parse_scene(json.loads(path.read_text())["scenes"][0])
+    with pytest.raises(SceneFileError, match=r"info\.pixel_frame"):
+        pixel_frame(synth_clevr, "val", scene)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("3d_coords", [1e300, 0.0, 0.35]),
+        ("3d_coords", [0.0, -5e6, 0.35]),
+        ("pixel_coords", [1e12, 3, 9]),
+    ],
+)
+def test_huge_finite_coordinates_are_refused(synth_clevr: Path, field: str, value) -> None:
+    def edit(data):
+        data["scenes"][1]["objects"][0][field] = value
+
+    path = _edit_scenes(synth_clevr, "train", edit)
+    with pytest.raises(SceneFileError) as err:
+        load_scenes(path)
+    assert "scene 1" in str(err.value) and f"objects[0].{field}" in str(err.value)

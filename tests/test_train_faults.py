@@ -15,14 +15,18 @@ import random
 import resource
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import fill
+from helpers import FAULT_SETS as SETS
+from helpers import FAULT_STEPS as STEPS
+from helpers import TIMING_KEYS, wait_for
+from helpers import fault_cli_args as cli_args
+from helpers import fault_config as config
+from helpers import start_strop as start
 
 from strop.runs import RunFolder, RunFolderError, RunLockedError
 from strop.training import checkpoint as ckpt
@@ -31,23 +35,6 @@ from strop.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TIMING_KEYS = {"images_per_s", "model_tflops"}
-SETS = [
-    "model.image_size=32",
-    "model.l_max=8",
-    "model.decoder_width=16",
-    "curriculum.phase_steps=3,6,9,12",
-    "curriculum.probe_radius=1",
-    "train.num_workers=0",
-    "train.log_every=1",
-    "train.val_every=8",
-    "train.val_batches=1",
-    "train.checkpoint_every=3",
-    "train.warmup_steps=2",
-    "train.hold_steps=4",
-    "train.lr=1e-3",
-]
-STEPS = 16
 TORN = '{"step": 3, "phase": 1, "align_loss": 0.4'  # a row cut short by a kill or a full disk
 
 
@@ -55,44 +42,6 @@ TORN = '{"step": 3, "phase": 1, "align_loss": 0.4'  # a row cut short by a kill 
 def straight(clevr, tmp_path_factory) -> Path:
     """The uninterrupted reference run."""
     return train(config(clevr), tmp_path_factory.mktemp("straight") / "run", progress=False)
-
-
-def config(data: Path, steps: int = STEPS, *sets: str):
-    return make_run_config(
-        data, "tiny", "pixels", k=16, batch_size=4, overrides=[*SETS, f"train.steps={steps}", *sets]
-    )
-
-
-def cli_args(data: Path, out: Path, steps: int = STEPS, *sets: str) -> list[str]:
-    args = ["train", "--data", str(data), "--preset", "tiny", "--teacher", "pixels", "--k", "16"]
-    args += ["--out", str(out), "--batch-size", "4", "--no-progress"]
-    for item in [*SETS, f"train.steps={steps}", *sets]:
-        args += ["--set", item]
-    return args
-
-
-def start(args: list[str], **kw) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "strop.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        **kw,
-    )
-
-
-def wait_for(proc: subprocess.Popen, ready, timeout: float = 180) -> bool:
-    """Poll until `ready()`; False when the process ended first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if ready():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.003)
-    raise AssertionError("timed out waiting for the trainer")
 
 
 def logged_steps(run: Path) -> list[int]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_trainer import config
+from helpers import trainer_config as config
 
 from strop.testing.host_reads import OPTIMIZER_SITES, HostReads, count_host_reads
 from strop.training import curriculum as cur

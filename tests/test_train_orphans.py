@@ -17,7 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train_faults import cli_args, config, start, wait_for
+from helpers import fault_cli_args as cli_args
+from helpers import fault_config as config
+from helpers import start_strop as start
+from helpers import wait_for
 
 from strop.runs import RunLock, RunLockedError
 from strop.training import checkpoint as ckpt

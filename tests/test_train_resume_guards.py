@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import shutil
 
-from test_train_faults import cli_args, config
+from helpers import fault_cli_args as cli_args
+from helpers import fault_config as config
 from typer.testing import CliRunner
 
 from strop.cli import app

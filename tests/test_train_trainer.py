@@ -15,36 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_run_config
+from helpers import TIMING_KEYS
+from helpers import trainer_cli_args as cli_args
+from helpers import trainer_config as config
 
 from strop.runs import RunFolder
 from strop.training import checkpoint as ckpt
-from strop.training.config import ConfigError, RunConfig
+from strop.training.config import ConfigError
 from strop.training.trainer import TrainingDiverged, lr_factor, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-TIMING_KEYS = {"images_per_s", "model_tflops"}
-BASE_SETS = [
-    "model.image_size=32",
-    "model.l_max=8",
-    "model.decoder_width=16",
-    "curriculum.phase_steps=3,6,9,12",
-    "curriculum.probe_radius=1",
-    "train.num_workers=0",
-    "train.log_every=2",
-    "train.val_every=8",
-    "train.val_batches=1",
-    "train.checkpoint_every=4",
-    "train.warmup_steps=2",
-    "train.hold_steps=4",
-    "train.lr=1e-3",
-]
-
-
-def config(data: Path, steps: int = 16, *sets: str) -> RunConfig:
-    """The tiny run at 32 px with phases compressed into `steps` (BASE_SETS), then `sets`."""
-    return tiny_run_config(data, f"train.steps={steps}", *BASE_SETS, *sets)
 
 
 def run_cli(args: list[str], **kw) -> subprocess.Popen:
@@ -57,14 +37,6 @@ def run_cli(args: list[str], **kw) -> subprocess.Popen:
         env=env,
         **kw,
     )
-
-
-def cli_args(data: Path, out: Path, steps: int, *sets: str) -> list[str]:
-    args = ["train", "--data", str(data), "--preset", "tiny", "--teacher", "pixels", "--k", "16"]
-    args += ["--out", str(out), "--batch-size", "4", "--no-progress"]
-    for item in [f"train.steps={steps}", *BASE_SETS, *sets]:
-        args += ["--set", item]
-    return args
 
 
 def train_rows(run: Path) -> list[dict]:
