@@ -337,3 +337,64 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(
                 f"{what} skipped: {len(skipped)} of {len(ran)}" + (f" ({why})" if skipped else "")
             )
+
+
+# --------------------------------------------------------------------------- export at scale
+
+
+@pytest.fixture(scope="module")
+def spread_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic CLEVR folder of 32 px images, `SPREAD_N` train and `SPREAD_N` val."""
+    from helpers import SPREAD_N
+
+    from strop.data.renderer import generate_dataset
+
+    root = tmp_path_factory.mktemp("data") / "clevr-synth"
+    generate_dataset(root, n=2 * SPREAD_N, size=32, seed=0, splits=(0.5, 0.5, 0.0), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def spread_run(tmp_path_factory: pytest.TempPathFactory, spread_dataset: Path) -> Path:
+    """A run folder as the trainer leaves it (tiny model, pixels teacher, untrained) whose
+    weights are spread so that programs tell the images apart and differ in length."""
+    import torch
+
+    from strop.model import build_model
+    from strop.runs import RunFolder
+    from strop.training.checkpoint import save_checkpoint
+    from strop.training.config import RunConfig
+
+    torch.manual_seed(0)
+    mc = tiny_model_config(image_size=32, l_max=8, k=16, d=32, ffn=64)
+    cfg = RunConfig(model=mc)
+    cfg.data.path = str(spread_dataset)
+    run = RunFolder(tmp_path_factory.mktemp("runs") / "k16")
+    run.path.mkdir()
+    run.write_config(cfg.model_dump(mode="json"))
+    model = build_model(mc)
+    with torch.no_grad():  # untrained weights give every image one program: spread them
+        for name, p in model.named_parameters():
+            if "teacher" not in name:
+                p.add_(torch.randn_like(p) * 0.3)
+        for p in model.length_head.parameters():
+            p.normal_(0, 1.0)
+    save_checkpoint(run.path, step=1, state={"model": model.state_dict(), "step": 1})
+    return run.path
+
+
+@pytest.fixture(scope="module")
+def spread_single(spread_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The one-file export of `spread_run`'s train,val: the reference every dataset form
+    (shards, torchrun ranks, tar inputs) must equal."""
+    from helpers import SPREAD_N
+
+    from strop.evaluation.export import export_programs
+    from strop.runs import read_programs
+
+    out = tmp_path_factory.mktemp("single") / "programs.parquet"
+    export_programs(spread_run, split="train,val", batch_size=3, progress=False, out=out)
+    programs = read_programs(out)
+    assert len({tuple(c.tolist()) for c in programs.codes}) > SPREAD_N  # rows tell images apart
+    assert len(set(programs.lengths.tolist())) > 1
+    return programs

@@ -206,3 +206,17 @@ def random_lin(seed: int = 1) -> dict[str, torch.Tensor]:
 
     g = torch.Generator().manual_seed(seed)
     return {k: torch.rand(shape, generator=g) * 0.1 for k, shape in LPIPS_LIN.items()}
+
+
+# --------------------------------------------------------------------------- programs rows
+
+#: images per split (train and val) of conftest's `spread_dataset`
+SPREAD_N = 10
+
+
+def rows(p: Any) -> list[tuple]:
+    """A `Programs`' rows as plain tuples (image id, split, codes, n_objects, scene)."""
+    return [
+        (i, s, c.tolist(), int(n), sc)
+        for i, s, c, n, sc in zip(p.image_id, p.split, p.codes, p.n_objects, p.scene, strict=True)
+    ]

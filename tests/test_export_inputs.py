@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_programs_dataset import REPO, N, dataset, rows, run_dir, single  # noqa: F401
+from helpers import SPREAD_N as N
+from helpers import rows
 from typer.testing import CliRunner
 
 from strop.cli import app
@@ -33,6 +34,7 @@ from strop.evaluation.programs_dataset import dataset_dir_for
 from strop.runs import RunFolderError, read_programs
 from strop.scenes import load_scenes
 
+REPO = Path(__file__).resolve().parents[1]
 PER_TAR = 5  # samples per tar: each split of N = 10 images is two tars
 PATTERN = "{split}-{000000..000001}.tar"
 
@@ -62,8 +64,8 @@ def write_shards(root: Path, out: Path, bad: dict[str, bytes] | None = None) -> 
 
 
 @pytest.fixture(scope="module")
-def shards(dataset, tmp_path_factory):  # noqa: F811
-    return write_shards(dataset, tmp_path_factory.mktemp("wds"))
+def shards(spread_dataset, tmp_path_factory):  # noqa: F811
+    return write_shards(spread_dataset, tmp_path_factory.mktemp("wds"))
 
 
 def tar_export(run, data, out, **kw):
@@ -89,10 +91,10 @@ def test_brace_patterns_expand_like_a_shell():
             expand_braces(bad)
 
 
-def test_tar_samples_follow_the_webdataset_convention(tmp_path, dataset):  # noqa: F811
+def test_tar_samples_follow_the_webdataset_convention(tmp_path, spread_dataset):  # noqa: F811
     """Key = member path without its extensions; consecutive members are one sample; a
     member without an extension is no sample; json scenes give n_objects."""
-    png = next((dataset / "images" / "val").iterdir()).read_bytes()
+    png = next((spread_dataset / "images" / "val").iterdir()).read_bytes()
     with tarfile.open(tmp_path / "a.tar", "w") as tar:
         add_member(tar, "dir/x.seg.png", png)  # key dir/x, extension seg.png: not the image
         add_member(tar, "dir/x.PNG", png)  # same key, extension png (case ignored): the image
@@ -114,10 +116,12 @@ def test_tar_samples_follow_the_webdataset_convention(tmp_path, dataset):  # noq
     assert only["image_id"] == "q" and only["image"].shape == (3, 16, 16)
 
 
-def test_one_process_tar_export_equals_the_folder_export(run_dir, single, shards, tmp_path):  # noqa: F811
-    out = tar_export(run_dir, str(shards / PATTERN), tmp_path / "p.parquet")
+def test_one_process_tar_export_equals_the_folder_export(
+    spread_run, spread_single, shards, tmp_path
+):  # noqa: F811
+    out = tar_export(spread_run, str(shards / PATTERN), tmp_path / "p.parquet")
     assert out == tmp_path / "p.parquet"  # 20 rows fit one shard: today's single file
-    assert rows(read_programs(out)) == rows(single)
+    assert rows(read_programs(out)) == rows(spread_single)
 
 
 @pytest.mark.parametrize(
@@ -134,7 +138,7 @@ def test_one_process_tar_export_equals_the_folder_export(run_dir, single, shards
     ids=["no-match", "not-a-tar", "no-images", "bad-brace"],
 )
 def test_bad_tar_inputs_fail_in_one_line_before_the_encode(
-    run_dir,  # noqa: F811
+    spread_run,  # noqa: F811
     tmp_path,
     monkeypatch,
     make,
@@ -146,7 +150,7 @@ def test_bad_tar_inputs_fail_in_one_line_before_the_encode(
     data = str(make(tmp_path))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(
-        app, ["export", str(run_dir), "--data", data, "--device", "cpu", "--out", "p.parquet"]
+        app, ["export", str(spread_run), "--data", data, "--device", "cpu", "--out", "p.parquet"]
     )
     assert result.exit_code == 1, result.output
     assert re.search(message, result.output), result.output
@@ -157,16 +161,18 @@ def test_bad_tar_inputs_fail_in_one_line_before_the_encode(
 # --------------------------------------------------------------------------- failed images
 
 
-def test_images_that_fail_to_decode_are_listed_not_fatal(run_dir, single, dataset, tmp_path):  # noqa: F811
+def test_images_that_fail_to_decode_are_listed_not_fatal(
+    spread_run, spread_single, spread_dataset, tmp_path
+):  # noqa: F811
     """A truncated png and garbage bytes, next to each other so that one planned shard holds
     nothing else: the run finishes, the manifest lists both, the terminal says how many."""
-    ids = single.image_id[N:]  # val
-    png = (dataset / "images" / "val" / f"{ids[2]}.png").read_bytes()
+    ids = spread_single.image_id[N:]  # val
+    png = (spread_dataset / "images" / "val" / f"{ids[2]}.png").read_bytes()
     bad = {ids[2]: png[: len(png) // 2], ids[3]: b"\x89PNG garbage"}
-    wds = write_shards(dataset, tmp_path / "wds", bad)
+    wds = write_shards(spread_dataset, tmp_path / "wds", bad)
     result = CliRunner().invoke(
         app,
-        ["export", str(run_dir), "--split", "train,val", "--data", str(wds / PATTERN)]
+        ["export", str(spread_run), "--split", "train,val", "--data", str(wds / PATTERN)]
         + ["--batch-size", "3", "--shard-rows", "2", "--device", "cpu"]
         + ["--out", str(tmp_path / "p.parquet")],
     )
@@ -178,11 +184,11 @@ def test_images_that_fail_to_decode_are_listed_not_fatal(run_dir, single, datase
     assert set(listed) == set(bad) and all(f["split"] == "val" for f in listed.values())
     assert all("field image" in f["reason"] for f in listed.values())
     assert next(s for s in manifest["shards"] if s["file"] == "val-00001.parquet")["rows"] == 0
-    kept = [r for r in rows(single) if r[0] not in bad]
+    kept = [r for r in rows(spread_single) if r[0] not in bad]
     assert rows(read_programs(tmp_path / "p")) == kept
 
     # the single-file form keeps the list in the file's metadata
-    one = tar_export(run_dir, str(wds / PATTERN), tmp_path / "one.parquet")
+    one = tar_export(spread_run, str(wds / PATTERN), tmp_path / "one.parquet")
     programs = read_programs(one)
     assert rows(programs) == kept
     assert {f["image_id"] for f in programs.meta["failed_images"]} == set(bad)
@@ -203,11 +209,13 @@ export.export_programs(sys.argv[1], split="train,val", batch_size=3, progress=Fa
 """
 
 
-def test_kill_9_mid_tar_export_resumes_to_identical_rows(run_dir, single, shards, tmp_path):  # noqa: F811
+def test_kill_9_mid_tar_export_resumes_to_identical_rows(
+    spread_run, spread_single, shards, tmp_path
+):  # noqa: F811
     out, data = tmp_path / "p.parquet", str(shards / PATTERN)
     folder = dataset_dir_for(out)
     child = subprocess.Popen(
-        [sys.executable, "-c", SLOW_TAR_EXPORT, str(run_dir), str(out), data],
+        [sys.executable, "-c", SLOW_TAR_EXPORT, str(spread_run), str(out), data],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     try:
@@ -224,10 +232,10 @@ def test_kill_9_mid_tar_export_resumes_to_identical_rows(run_dir, single, shards
     assert len(finished) < 6 and not (folder / "manifest.json").exists()
     with pytest.raises(RunFolderError, match="did not finish"):
         read_programs(folder)
-    manifest = tar_export(run_dir, data, out, shard_rows=4)  # the same command again
+    manifest = tar_export(spread_run, data, out, shard_rows=4)  # the same command again
     assert all((folder / n).stat().st_mtime_ns == t for n, t in finished.items())
-    assert rows(read_programs(folder)) == rows(single)
-    whole = tar_export(run_dir, data, tmp_path / "whole.parquet", shard_rows=4)
+    assert rows(read_programs(folder)) == rows(spread_single)
+    whole = tar_export(spread_run, data, tmp_path / "whole.parquet", shard_rows=4)
     assert json.loads(whole.read_text())["shards"] == json.loads(manifest.read_text())["shards"]
 
 
@@ -235,8 +243,8 @@ def test_kill_9_mid_tar_export_resumes_to_identical_rows(run_dir, single, shards
 
 
 def test_hub_stream_reads_a_local_source_through_the_hub_code_path(
-    run_dir,  # noqa: F811
-    single,  # noqa: F811
+    spread_run,  # noqa: F811
+    spread_single,  # noqa: F811
     shards,
     tmp_path,
 ):
@@ -246,12 +254,12 @@ def test_hub_stream_reads_a_local_source_through_the_hub_code_path(
     out = tmp_path / "p.parquet"
     result = CliRunner().invoke(
         app,
-        ["export", str(run_dir), "--split", "train", "--data", f"hf://{shards}", "--streaming"]
+        ["export", str(spread_run), "--split", "train", "--data", f"hf://{shards}", "--streaming"]
         + ["--batch-size", "3", "--shard-rows", "4", "--device", "cpu", "--out", str(out)],
     )
     assert result.exit_code == 0, result.output
     streamed = read_programs(tmp_path / "p")
-    want = [(i, c) for i, _, c, _, _ in rows(single)[:N]]
+    want = [(i, c) for i, _, c, _, _ in rows(spread_single)[:N]]
     assert [(i, c) for i, _, c, _, _ in rows(streamed)] == want
     assert json.loads((tmp_path / "p" / "plan.json").read_text())["streaming"] is True
 
@@ -276,7 +284,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_readme_tokenize_lines_run_here(run_dir, single, shards, tmp_path):  # noqa: F811
+def test_readme_tokenize_lines_run_here(spread_run, spread_single, shards, tmp_path):  # noqa: F811
     """Every export line of the README section runs on this machine with its own paths: one
     process, 8 GPUs as 2 CPU processes, several nodes as one node through the same c10d
     rendezvous, the hub stream on a local folder. Tar inputs equal the folder export."""
@@ -284,7 +292,7 @@ def test_readme_tokenize_lines_run_here(run_dir, single, shards, tmp_path):  # n
     assert len(lines) == 4, lines
     for i, argv in enumerate(lines):
         line = " ".join(argv)
-        line = line.replace("runs/coco/s-k1024", str(run_dir)).replace("shards/", f"{shards}/")
+        line = line.replace("runs/coco/s-k1024", str(spread_run)).replace("shards/", f"{shards}/")
         line = line.replace("{000000..000099}", "{000000..000001}").replace(
             "hf://owner/name", f"hf://{shards}"
         )
@@ -305,7 +313,7 @@ def test_readme_tokenize_lines_run_here(run_dir, single, shards, tmp_path):  # n
         assert done.returncode == 0, f"{line}\n{done.stderr[-3000:]}"
         got = rows(read_programs(tmp_path / f"line{i}"))
         if "--streaming" in argv:  # the webdataset builder reads no scenes
-            got, want = [r[:3] for r in got], [r[:3] for r in rows(single)[:N]]
+            got, want = [r[:3] for r in got], [r[:3] for r in rows(spread_single)[:N]]
         else:
-            want = rows(single)
+            want = rows(spread_single)
         assert got == want, line

@@ -14,75 +14,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import tiny_model_config
+from helpers import SPREAD_N, rows
 
-from strop.data.renderer import generate_dataset
 from strop.evaluation.export import ExportWouldDropPrograms, export_programs
 from strop.evaluation.programs_dataset import ProgramsDatasetError, dataset_dir_for
-from strop.model import build_model
-from strop.runs import Programs, RunFolder, RunFolderError, read_programs
-from strop.training.checkpoint import save_checkpoint
-from strop.training.config import RunConfig
+from strop.runs import RunFolder, RunFolderError, read_programs
 
-N = 10  # images per split: train and val
 REPO = Path(__file__).resolve().parents[1]
+N = SPREAD_N
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "clevr-synth"
-    generate_dataset(root, n=2 * N, size=32, seed=0, splits=(0.5, 0.5, 0.0), progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, dataset):
-    """A run folder as the trainer leaves it (tiny model, pixels teacher, untrained)."""
-    torch.manual_seed(0)
-    mc = tiny_model_config(image_size=32, l_max=8, k=16, d=32, ffn=64)
-    cfg = RunConfig(model=mc)
-    cfg.data.path = str(dataset)
-    run = RunFolder(tmp_path_factory.mktemp("runs") / "k16")
-    run.path.mkdir()
-    run.write_config(cfg.model_dump(mode="json"))
-    model = build_model(mc)
-    with torch.no_grad():  # untrained weights give every image one program: spread them
-        for name, p in model.named_parameters():
-            if "teacher" not in name:
-                p.add_(torch.randn_like(p) * 0.3)
-        for p in model.length_head.parameters():
-            p.normal_(0, 1.0)
-    save_checkpoint(run.path, step=1, state={"model": model.state_dict(), "step": 1})
-    return run.path
-
-
-@pytest.fixture(scope="module")
-def single(run_dir, tmp_path_factory):
-    """Today's one-file export of train,val: the reference every dataset form must equal."""
-    out = tmp_path_factory.mktemp("single") / "programs.parquet"
-    export_programs(run_dir, split="train,val", batch_size=3, progress=False, out=out)
-    programs = read_programs(out)
-    assert len({tuple(c.tolist()) for c in programs.codes}) > N  # rows tell images apart
-    assert len(set(programs.lengths.tolist())) > 1
-    return programs
-
-
-def rows(p: Programs) -> list[tuple]:
-    return [
-        (i, s, c.tolist(), int(n), sc)
-        for i, s, c, n, sc in zip(p.image_id, p.split, p.codes, p.n_objects, p.scene, strict=True)
-    ]
-
-
-def sharded(run_dir, out, **kw):
+def sharded(spread_run, out, **kw):
     return export_programs(
-        run_dir, split="train,val", batch_size=3, progress=False, out=out, shard_rows=4, **kw
+        spread_run, split="train,val", batch_size=3, progress=False, out=out, shard_rows=4, **kw
     )
 
 
-def test_large_export_writes_shards_and_manifest_equal_to_one_file(run_dir, single, tmp_path):
-    manifest_path = sharded(run_dir, tmp_path / "programs.parquet")
+def test_large_export_writes_shards_and_manifest_equal_to_one_file(
+    spread_run, spread_single, tmp_path
+):
+    manifest_path = sharded(spread_run, tmp_path / "programs.parquet")
     folder = tmp_path / "programs"
     assert (
         manifest_path == folder / "manifest.json" and not (tmp_path / "programs.parquet").exists()
@@ -91,7 +42,8 @@ def test_large_export_writes_shards_and_manifest_equal_to_one_file(run_dir, sing
     assert manifest["splits"] == {"train": N, "val": N} and manifest["rows"] == 2 * N
     assert manifest["codebook_size"] == 16 and manifest["length_mode"] == "head"
     assert (
-        manifest["weights"] == single.meta["weights"] and manifest["weights"]["checkpoint_sha256"]
+        manifest["weights"] == spread_single.meta["weights"]
+        and manifest["weights"]["checkpoint_sha256"]
     )
     names = [s["file"] for s in manifest["shards"]]
     assert names == [f"{s}-{i:05d}.parquet" for s in ("train", "val") for i in range(3)]
@@ -99,32 +51,34 @@ def test_large_export_writes_shards_and_manifest_equal_to_one_file(run_dir, sing
     for s in manifest["shards"]:
         assert s["sha256"] == hashlib.sha256((folder / s["file"]).read_bytes()).hexdigest()
     # each shard is a programs file of its own, row groups bounded by the writer
-    assert read_programs(folder / "val-00002.parquet").image_id == single.image_id[-2:]
+    assert read_programs(folder / "val-00002.parquet").image_id == spread_single.image_id[-2:]
 
     programs = read_programs(folder)  # the folder and its manifest read alike
-    assert rows(programs) == rows(single) == rows(read_programs(manifest_path))
-    assert programs.codebook_size == 16 and programs.meta["weights"] == single.meta["weights"]
+    assert rows(programs) == rows(spread_single) == rows(read_programs(manifest_path))
+    assert (
+        programs.codebook_size == 16 and programs.meta["weights"] == spread_single.meta["weights"]
+    )
 
 
-def test_huggingface_datasets_reads_the_shards(run_dir, single, tmp_path):
+def test_huggingface_datasets_reads_the_shards(spread_run, spread_single, tmp_path):
     datasets = pytest.importorskip("datasets")
-    sharded(run_dir, tmp_path / "p.parquet")
+    sharded(spread_run, tmp_path / "p.parquet")
     files = {s: str(tmp_path / "p" / f"{s}-*.parquet") for s in ("train", "val")}
     table = datasets.load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "hf"))
     assert table["train"].num_rows == N and table["val"].num_rows == N
-    assert table["val"]["image_id"] == single.image_id[N:]
-    assert table["train"][3]["codes"] == single.codes[3].tolist()
+    assert table["val"]["image_id"] == spread_single.image_id[N:]
+    assert table["train"][3]["codes"] == spread_single.codes[3].tolist()
 
 
-def test_an_export_that_fits_one_shard_keeps_the_single_file(run_dir, tmp_path):
+def test_an_export_that_fits_one_shard_keeps_the_single_file(spread_run, tmp_path):
     out = export_programs(
-        run_dir, split="val", batch_size=4, progress=False, out=tmp_path / "p.parquet"
+        spread_run, split="val", batch_size=4, progress=False, out=tmp_path / "p.parquet"
     )
     assert out == tmp_path / "p.parquet" and out.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.parquet"]
 
 
-def test_run_folder_readers_take_the_dataset_form(run_dir, single, tmp_path):
+def test_run_folder_readers_take_the_dataset_form(spread_run, spread_single, tmp_path):
     """RunFolder.read_programs is what eval, analyze, report and llm_decode call; grammar's
     corpus loader goes through it too."""
     import shutil
@@ -132,28 +86,28 @@ def test_run_folder_readers_take_the_dataset_form(run_dir, single, tmp_path):
     from grammar.corpus import discover
 
     run = RunFolder(tmp_path / "k16")
-    shutil.copytree(run_dir, run.path)
+    shutil.copytree(spread_run, run.path)
     path = sharded(run.path, None)
     assert path == run.path / "programs" / "manifest.json" and run.programs_path == path
-    assert rows(run.read_programs()) == rows(single) and run.codebook_size == 16
+    assert rows(run.read_programs()) == rows(spread_single) and run.codebook_size == 16
     [(source, corpus)] = [(s, s.load()) for s in discover(run.path)[0]]
     assert corpus.n_programs == 2 * N and source.name == "k16"
 
     # back to one file: the dataset it replaces goes, so no reader sees two
     export_programs(run.path, split="train,val", batch_size=3, progress=False)
     assert run.programs_file.is_file() and not run.programs_dataset_dir.exists()
-    assert rows(run.read_programs()) == rows(single)
+    assert rows(run.read_programs()) == rows(spread_single)
 
 
-def test_shrinking_the_output_is_refused_in_either_form(run_dir, tmp_path):
-    sharded(run_dir, tmp_path / "p.parquet")
+def test_shrinking_the_output_is_refused_in_either_form(spread_run, tmp_path):
+    sharded(spread_run, tmp_path / "p.parquet")
     with pytest.raises(ExportWouldDropPrograms, match=r"train 10"):
-        export_programs(run_dir, split="val", progress=False, out=tmp_path / "p.parquet")
+        export_programs(spread_run, split="val", progress=False, out=tmp_path / "p.parquet")
     assert (tmp_path / "p" / "manifest.json").is_file()
 
 
-def test_readers_refuse_an_unfinished_or_altered_dataset(run_dir, tmp_path):
-    sharded(run_dir, tmp_path / "p.parquet")
+def test_readers_refuse_an_unfinished_or_altered_dataset(spread_run, tmp_path):
+    sharded(spread_run, tmp_path / "p.parquet")
     folder = tmp_path / "p"
     shard = folder / "train-00001.parquet"
     good = shard.read_bytes()
@@ -166,13 +120,13 @@ def test_readers_refuse_an_unfinished_or_altered_dataset(run_dir, tmp_path):
         read_programs(folder)
 
 
-def test_a_resume_with_other_settings_is_refused_and_replace_starts_over(run_dir, tmp_path):
-    sharded(run_dir, tmp_path / "p.parquet")
+def test_a_resume_with_other_settings_is_refused_and_replace_starts_over(spread_run, tmp_path):
+    sharded(spread_run, tmp_path / "p.parquet")
     (tmp_path / "p" / "manifest.json").unlink()
     refusal = r"other settings \(length_mode; length_mode .head. here, .fixed. now\).*--replace"
     with pytest.raises(ProgramsDatasetError, match=refusal):
-        sharded(run_dir, tmp_path / "p.parquet", length_mode="fixed")
-    sharded(run_dir, tmp_path / "p.parquet", length_mode="fixed", replace=True)
+        sharded(spread_run, tmp_path / "p.parquet", length_mode="fixed")
+    sharded(spread_run, tmp_path / "p.parquet", length_mode="fixed", replace=True)
     programs = read_programs(tmp_path / "p")
     assert programs.meta["length_mode"] == "fixed" and set(programs.lengths.tolist()) == {8}
 
@@ -193,11 +147,13 @@ export.export_programs(sys.argv[1], split="train,val", batch_size=3, progress=Fa
 """
 
 
-def test_kill_9_mid_export_resumes_at_the_first_unfinished_shard(run_dir, single, tmp_path):
+def test_kill_9_mid_export_resumes_at_the_first_unfinished_shard(
+    spread_run, spread_single, tmp_path
+):
     out = tmp_path / "p.parquet"
     folder = dataset_dir_for(out)
     child = subprocess.Popen(
-        [sys.executable, "-c", SLOW_EXPORT, str(run_dir), str(out)],
+        [sys.executable, "-c", SLOW_EXPORT, str(spread_run), str(out)],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     try:
@@ -216,14 +172,14 @@ def test_kill_9_mid_export_resumes_at_the_first_unfinished_shard(run_dir, single
     with pytest.raises(RunFolderError, match="did not finish"):
         read_programs(folder)
 
-    sharded(run_dir, out)  # the same command again
+    sharded(spread_run, out)  # the same command again
     for name, stamp in finished.items():  # a finished shard is never rewritten
         path = folder / name
         assert (path.stat().st_ino, path.stat().st_mtime_ns) == stamp, name
     assert not list(folder.glob(".*.partial"))
-    assert rows(read_programs(folder)) == rows(single)
+    assert rows(read_programs(folder)) == rows(spread_single)
     # byte for byte what an uninterrupted export writes
-    whole = sharded(run_dir, tmp_path / "whole.parquet")
+    whole = sharded(spread_run, tmp_path / "whole.parquet")
     assert (
         json.loads(whole.read_text())["shards"]
         == json.loads((folder / "manifest.json").read_text())["shards"]
@@ -234,7 +190,7 @@ def test_kill_9_mid_export_resumes_at_the_first_unfinished_shard(run_dir, single
 
 
 def test_torchrun_two_gloo_processes_write_the_rows_of_a_one_process_export(
-    run_dir, single, tmp_path
+    spread_run, spread_single, tmp_path
 ):
     out = tmp_path / "p.parquet"
     command = [
@@ -247,7 +203,7 @@ def test_torchrun_two_gloo_processes_write_the_rows_of_a_one_process_export(
         "-m",
         "strop.cli",
         "export",
-        str(run_dir),
+        str(spread_run),
         "--split",
         "train,val",
         "--batch-size",
@@ -264,9 +220,9 @@ def test_torchrun_two_gloo_processes_write_the_rows_of_a_one_process_export(
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
     assert len(manifest["shards"]) == 6
-    assert rows(read_programs(tmp_path / "p")) == rows(single)
+    assert rows(read_programs(tmp_path / "p")) == rows(spread_single)
     # and byte-identical shards to a one-process export
-    alone = json.loads(sharded(run_dir, tmp_path / "alone.parquet").read_text())
+    alone = json.loads(sharded(spread_run, tmp_path / "alone.parquet").read_text())
     assert alone["shards"] == manifest["shards"]
     assert np.array_equal(
         read_programs(tmp_path / "p").n_objects, read_programs(tmp_path / "alone").n_objects
