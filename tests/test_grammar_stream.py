@@ -102,3 +102,18 @@ def test_mine_cli_on_a_dataset_writes_exact_counts_and_names_its_sample(dataset,
     assert summary["ngrams"]["3"]["occurrences"] == count_ngrams(corpus, 3).n_occurrences
     rows = [line.split("\t") for line in (out / "ngrams.tsv").read_text().splitlines()[1:]]
     assert sum(int(r[2]) for r in rows if r[0] == "2") == count_ngrams(corpus, 2).n_occurrences
+
+
+def test_the_sample_holds_its_own_codes_not_the_shards_they_came_from(dataset):
+    """A program read from parquet is a view of its shard's codes: a sample that kept the
+    views would keep every shard it touched alive, growing with the corpus."""
+    folder, whole = dataset
+    sample = read_sample(folder, sample_rows(len(whole), 7, seed=1))  # ~one row per shard
+
+    def owner(a: np.ndarray) -> np.ndarray:
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+        return a
+
+    held = {id(owner(c)): owner(c).nbytes for c in sample.codes}
+    assert sum(held.values()) <= sum(c.nbytes for c in sample.codes)
