@@ -9,8 +9,9 @@ Design decisions
   of the whole corpus in memory (tested). Memory holds one shard plus the merged tables,
   which grow with the number of distinct n-grams, not with the corpus. The merge adds a
   shard's sorted table into the running sorted table in place where keys exist and inserts
-  the new keys (`_merge_sorted`): its transient is one copy of the table, not the several a
-  concatenate-and-sort would take (measured by `python -m bench --only mine`).
+  the new keys (`_merge_into`), one array at a time: its transient is one array of the
+  table, not the several copies a concatenate-and-sort would take (measured by
+  `python -m bench --only mine`).
 - Shards may be counted in worker processes (`workers`): each returns its tables, merged in
   manifest order, so the result does not depend on how many workers ran. At most
   `2 * workers` shards are in flight: a pool that counts faster than the merge would
@@ -68,38 +69,35 @@ class ShardCounts:
         return out
 
     def add(self, other: ShardCounts) -> None:
-        for n, mine in self.ngrams.items():
-            theirs = other.ngrams[n]
-            keys, counts, docs = _merge_sorted(
-                mine.keys,
-                theirs.keys,
-                (mine.counts, theirs.counts),
-                (mine.doc_freq, theirs.doc_freq),
-            )
-            self.ngrams[n] = NgramCounts(n, self.k, keys, counts, docs)
-        self.cooc_keys, self.cooc_counts = _merge_sorted(
-            self.cooc_keys, other.cooc_keys, (self.cooc_counts, other.cooc_counts)
-        )
+        for n in list(self.ngrams):
+            old, theirs = self.ngrams.pop(n), other.ngrams[n]
+            table = [old.keys, old.counts, old.doc_freq]
+            del old  # `table` alone holds the arrays, so each is freed as it is replaced
+            _merge_into(table, [theirs.keys, theirs.counts, theirs.doc_freq])
+            self.ngrams[n] = NgramCounts(n, self.k, *table)
+        table = [self.cooc_keys, self.cooc_counts]
+        self.cooc_keys = self.cooc_counts = np.zeros(0, dtype=np.int64)
+        _merge_into(table, [other.cooc_keys, other.cooc_counts])
+        self.cooc_keys, self.cooc_counts = table
         self.n_programs += other.n_programs
         self.n_tokens += other.n_tokens
 
 
-def _merge_sorted(
-    keys: np.ndarray, more: np.ndarray, *values: tuple[np.ndarray, np.ndarray]
-) -> Any:
-    """Sorted distinct `keys` and `more` (each sorted and distinct) with each pair of `values`
-    summed per key. The first table's value arrays are updated in place (the running total
-    owns them), and the keys only `more` has are inserted at their sorted positions."""
-    if keys.size == 0:
-        return (more, *(np.array(theirs, dtype=np.int64) for _, theirs in values))
-    pos = np.searchsorted(keys, more)
-    hit = keys[np.minimum(pos, keys.size - 1)] == more
-    at, new = pos[hit], pos[~hit]
-    out: list[np.ndarray] = [np.insert(keys, new, more[~hit])]
-    for mine, theirs in values:
+def _merge_into(table: list[np.ndarray], more: list[np.ndarray]) -> None:
+    """Add the sorted table `more` ([distinct keys, values...]) into the sorted `table` of the
+    same layout, in place: values of keys both hold are summed into `table`'s arrays, keys only
+    `more` holds are inserted at their sorted positions. The list's arrays are replaced one at
+    a time, so beyond the tables the merge holds one array of `table`, never all of them."""
+    keys, more_keys = table[0], more[0]
+    pos = np.searchsorted(keys, more_keys)
+    hit = np.zeros(more_keys.size, dtype=bool)
+    if keys.size:
+        hit = keys[np.minimum(pos, keys.size - 1)] == more_keys
+    at, new, fresh = pos[hit], pos[~hit], ~hit
+    for mine, theirs in zip(table[1:], more[1:], strict=True):
         mine[at] += theirs[hit]  # keys are distinct: no index repeats, += is exact
-        out.append(np.insert(mine, new, theirs[~hit]))
-    return tuple(out)
+    for i, theirs in enumerate(more):
+        table[i] = np.insert(table[i], new, theirs[fresh])  # a new array: `more` stays untouched
 
 
 def _corpus(programs: Programs, name: str, k: int | None) -> Corpus:
