@@ -1,7 +1,7 @@
 """Benchmark of `strop export` at scale (issue 28 item 6): throughput per process, 1 vs 2
 processes under torchrun (gloo, CPU), and peak memory of the sharded export vs the one file.
 
-Setup (nothing downloaded): a synthetic CLEVR-like set of `images` images at 64 px (half
+Setup (nothing downloaded): a synthetic CLEVR-like set of `images` images (default 4,096) at 64 px (half
 train, half val), and a tiny run trained on it for a few steps with the real trainer
 (`strop train --preset tiny --teacher pixels --k 16`). Each export is the real console
 command in a child process (`bench.measure`: wall time, CPU time, peak RSS), `--device cpu`,
@@ -31,7 +31,7 @@ from typing import Any
 
 from bench.measure import Measured, measure
 
-IMAGES, QUICK_IMAGES = 512, 32
+IMAGES, QUICK_IMAGES = 4096, 32
 TRAIN_STEPS = 5
 
 
