@@ -7,12 +7,20 @@ Design decisions
   alone, then merged by summing per packed key. Programs never span shards, so a document
   frequency is the sum of the shards' document frequencies and the merge equals the counts
   of the whole corpus in memory (tested). Memory holds one shard plus the merged tables,
-  which grow with the number of distinct n-grams, not with the corpus.
+  which grow with the number of distinct n-grams, not with the corpus. The merge adds a
+  shard's sorted table into the running sorted table in place where keys exist and inserts
+  the new keys (`_merge_into`), one array at a time: its transient is one array of the
+  table, not the several copies a concatenate-and-sort would take (measured by
+  `python -m bench --only mine`).
 - Shards may be counted in worker processes (`workers`): each returns its tables, merged in
-  manifest order, so the result does not depend on how many workers ran.
+  manifest order, so the result does not depend on how many workers ran. At most
+  `2 * workers` shards are in flight: a pool that counts faster than the merge would
+  otherwise pile up every shard's tables in memory.
 - What cannot stream (the null corpora, held-out perplexity, pair significance, distance MI,
   Re-Pair) runs on a seeded uniform sample of at most `sample_programs` programs, drawn by
-  row index from the manifest's row count before any shard is read; `summary.json` says so
+  row index from the manifest's row count before any shard is read, and copied out of
+  each shard as it passes (a program read from parquet is a view of its whole shard's
+  codes: kept as a view, the sample would hold every shard); `summary.json` says so
   under `sample`, and its headline statistics (observed beside null) are the sample's, so
   observed and null stay one computation on one corpus. `ngrams.tsv` and the `ngrams` block
   of the summary are the exact counts of the whole dataset.
@@ -20,8 +28,9 @@ Design decisions
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +42,6 @@ from grammar.ngrams import (
     check_packable,
     codebook_stats_of_counts,
     count_ngrams,
-    unique_counts,
 )
 from grammar.pairs import cooccurrence_counts
 from strop.runs import Programs, RunFolderError
@@ -61,34 +69,35 @@ class ShardCounts:
         return out
 
     def add(self, other: ShardCounts) -> None:
-        for n, mine in self.ngrams.items():
-            theirs = other.ngrams[n]
-            keys, counts, docs = _sum_by_key(
-                (mine.keys, theirs.keys),
-                (mine.counts, theirs.counts),
-                (mine.doc_freq, theirs.doc_freq),
-            )
-            self.ngrams[n] = NgramCounts(n, self.k, keys, counts, docs)
-        self.cooc_keys, self.cooc_counts = _sum_by_key(
-            (self.cooc_keys, other.cooc_keys), (self.cooc_counts, other.cooc_counts)
-        )
+        for n in list(self.ngrams):
+            old, theirs = self.ngrams.pop(n), other.ngrams[n]
+            table = [old.keys, old.counts, old.doc_freq]
+            del old  # `table` alone holds the arrays, so each is freed as it is replaced
+            _merge_into(table, [theirs.keys, theirs.counts, theirs.doc_freq])
+            self.ngrams[n] = NgramCounts(n, self.k, *table)
+        table = [self.cooc_keys, self.cooc_counts]
+        self.cooc_keys = self.cooc_counts = np.zeros(0, dtype=np.int64)
+        _merge_into(table, [other.cooc_keys, other.cooc_counts])
+        self.cooc_keys, self.cooc_counts = table
         self.n_programs += other.n_programs
         self.n_tokens += other.n_tokens
 
 
-def _sum_by_key(keys: tuple[np.ndarray, ...], *values: tuple[np.ndarray, ...]) -> Any:
-    """Sorted distinct keys of the concatenated `keys` and each `values` summed per key."""
-    flat = np.concatenate(keys)
-    order = np.argsort(flat, kind="stable")
-    distinct, _ = unique_counts(flat[order], presorted=True)
-    slot = np.searchsorted(distinct, flat[order])
-    sums = [
-        np.bincount(slot, weights=np.concatenate(v)[order], minlength=distinct.size).astype(
-            np.int64
-        )
-        for v in values
-    ]
-    return (distinct, *sums)
+def _merge_into(table: list[np.ndarray], more: list[np.ndarray]) -> None:
+    """Add the sorted table `more` ([distinct keys, values...]) into the sorted `table` of the
+    same layout, in place: values of keys both hold are summed into `table`'s arrays, keys only
+    `more` holds are inserted at their sorted positions. The list's arrays are replaced one at
+    a time, so beyond the tables the merge holds one array of `table`, never all of them."""
+    keys, more_keys = table[0], more[0]
+    pos = np.searchsorted(keys, more_keys)
+    hit = np.zeros(more_keys.size, dtype=bool)
+    if keys.size:
+        hit = keys[np.minimum(pos, keys.size - 1)] == more_keys
+    at, new, fresh = pos[hit], pos[~hit], ~hit
+    for mine, theirs in zip(table[1:], more[1:], strict=True):
+        mine[at] += theirs[hit]  # keys are distinct: no index repeats, += is exact
+    for i, theirs in enumerate(more):
+        table[i] = np.insert(table[i], new, theirs[fresh])  # a new array: `more` stays untouched
 
 
 def _corpus(programs: Programs, name: str, k: int | None) -> Corpus:
@@ -129,8 +138,13 @@ def stream_counts(
     total = ShardCounts(int(k), max_n)
     if workers > 0:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for counts in pool.map(_count_shard, jobs):
-                total.add(counts)
+            pending: deque[Future[ShardCounts]] = deque()
+            for job in jobs:  # a bounded window, merged in manifest order
+                pending.append(pool.submit(_count_shard, job))
+                if len(pending) >= 2 * workers:
+                    total.add(pending.popleft().result())
+            while pending:
+                total.add(pending.popleft().result())
     else:
         for job in jobs:
             total.add(_count_shard(job))
@@ -155,7 +169,9 @@ def read_sample(path: str | Path, rows: np.ndarray, k: int | None = None) -> Pro
         stop = start + record["rows"]
         lo, hi = np.searchsorted(rows, [start, stop])
         if hi > lo:
-            parts.append(programs.subset(rows[lo:hi] - start))
+            part = programs.subset(rows[lo:hi] - start)
+            part.codes = [np.array(c) for c in part.codes]  # own copies, not views of the shard
+            parts.append(part)
         meta = programs.meta
         start = stop
     return concat_programs(parts, meta)

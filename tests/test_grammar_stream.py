@@ -102,3 +102,48 @@ def test_mine_cli_on_a_dataset_writes_exact_counts_and_names_its_sample(dataset,
     assert summary["ngrams"]["3"]["occurrences"] == count_ngrams(corpus, 3).n_occurrences
     rows = [line.split("\t") for line in (out / "ngrams.tsv").read_text().splitlines()[1:]]
     assert sum(int(r[2]) for r in rows if r[0] == "2") == count_ngrams(corpus, 2).n_occurrences
+
+
+def test_the_sample_holds_its_own_codes_not_the_shards_they_came_from(dataset):
+    """A program read from parquet is a view of its shard's codes: a sample that kept the
+    views would keep every shard it touched alive, growing with the corpus."""
+    folder, whole = dataset
+    sample = read_sample(folder, sample_rows(len(whole), 7, seed=1))  # ~one row per shard
+
+    def owner(a: np.ndarray) -> np.ndarray:
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+        return a
+
+    held = {id(owner(c)): owner(c).nbytes for c in sample.codes}
+    assert sum(held.values()) <= sum(c.nbytes for c in sample.codes)
+
+
+def test_top_ngrams_rank_in_bounded_memory(monkeypatch):
+    """`top` on a dataset's exact counts sorted the whole table (2/3 of its size again, GBs
+    at 100M codes); chunk by chunk it gives the same ranking, ties by key across chunks."""
+    import tracemalloc
+
+    import grammar.ngrams as ngrams
+
+    rng = np.random.default_rng(0)
+    n = 3_000_000
+    keys = np.sort(rng.choice(10**12, size=n, replace=False))
+    counts = rng.integers(1, 50, n)  # many ties at every count
+    table = ngrams.NgramCounts(4, 1000, keys, counts, counts.copy())
+    expected = np.lexsort((keys, -counts))[:25]
+    tracemalloc.start()
+    got = table.top(25)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [g["count"] for g in got] == counts[expected].tolist()
+    assert [g["ngram"] for g in got] == [
+        " ".join(map(str, r)) for r in table.unpack(keys[expected])
+    ]
+    assert peak < keys.nbytes / 2  # a sixth of the table (3 arrays of keys.nbytes); was 2/3
+    monkeypatch.setattr(ngrams, "TOP_CHUNK", 7)  # ties straddle chunk edges
+    small = ngrams.NgramCounts(2, 5, np.arange(60), np.arange(60) % 4, np.ones(60, np.int64))
+    assert [g["ngram"] for g in small.top(20)] == [
+        " ".join(map(str, r))
+        for r in small.unpack(np.lexsort((np.arange(60), -(np.arange(60) % 4)))[:20])
+    ]
