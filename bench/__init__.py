@@ -12,4 +12,7 @@ Modules:
     bench_grammar     `grammar`: n-gram counting, Re-Pair, a whole `mine`
     bench_decode      the decoding harness against a local server with a fixed delay
     bench_quickstart  a reduced `strop quickstart` at `--jobs 1` against `--jobs N`
+    bench_export      `strop export`: images/s, 1 against 2 torchrun processes, peak memory
+    bench_mine        `strop-grammar mine` over a 100M-code dataset: peak memory, exact counts
+    measure           wall time and peak memory of one command run as a child process
 """

@@ -71,10 +71,10 @@ def _row(key: str, name: str, value: float, unit: str, baseline: float | None = 
 
 def run(quick: bool = False, images: int | None = None, work_dir: Path | None = None) -> list[dict]:
     """Rows of this benchmark; every file goes to a temporary folder (under `work_dir`)."""
-    from bench.bench_mine import _env_int
+    from bench.measure import env_int
 
-    images = images or _env_int("STROP_BENCH_EXPORT_IMAGES") or (QUICK_IMAGES if quick else IMAGES)
-    steps = _env_int("STROP_BENCH_EXPORT_STEPS") or TRAIN_STEPS
+    images = images or env_int("STROP_BENCH_EXPORT_IMAGES") or (QUICK_IMAGES if quick else IMAGES)
+    steps = env_int("STROP_BENCH_EXPORT_STEPS") or TRAIN_STEPS
     shard_rows = max(1, images // 8)
     py = [sys.executable]
     torchrun = py + ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from bench.bench_grammar import K, synthetic_corpus
-from bench.measure import Measured, measure
+from bench.measure import Measured, env_int, measure
 
 CODES = 100_000_000
 SUBSET_CODES = 10_000_000
@@ -149,13 +149,13 @@ def run(
     """Rows of this benchmark; every file goes to a temporary folder (under `work_dir`)."""
     from strop.runs import read_dataset, write_programs
 
-    codes = codes or _env_int("STROP_BENCH_MINE_CODES") or (QUICK_CODES if quick else CODES)
+    codes = codes or env_int("STROP_BENCH_MINE_CODES") or (QUICK_CODES if quick else CODES)
     subset_codes = (
         subset_codes
-        or _env_int("STROP_BENCH_MINE_SUBSET_CODES")
+        or env_int("STROP_BENCH_MINE_SUBSET_CODES")
         or (QUICK_SUBSET_CODES if quick else SUBSET_CODES)
     )
-    shard_rows = _env_int("STROP_BENCH_MINE_SHARD_ROWS") or shard_rows
+    shard_rows = env_int("STROP_BENCH_MINE_SHARD_ROWS") or shard_rows
     if subset_codes > codes:
         raise ValueError(f"subset_codes {subset_codes:,} exceeds codes {codes:,}")
     rows: list[dict] = []
@@ -251,14 +251,6 @@ def run(
             ),
         ]
     return rows
-
-
-def _env_int(name: str) -> int:
-    """A positive integer from the environment, 0 when unset."""
-    text = os.environ.get(name, "")
-    if text and not (text.isdigit() and int(text) > 0):
-        raise ValueError(f"environment {name}={text!r}: expected a positive integer")
-    return int(text or 0)
 
 
 def _remove(path: Path) -> None:

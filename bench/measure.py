@@ -50,3 +50,11 @@ def measure(
             tail = err.read().decode(errors="replace")[-2000:]
             raise CommandFailed(f"{' '.join(command[:6])} ... exited {child.returncode}: {tail}")
     return Measured(seconds, int(usage.ru_maxrss) * 1024, usage.ru_utime + usage.ru_stime)
+
+
+def env_int(name: str) -> int:
+    """A positive integer from the environment, 0 when unset."""
+    text = os.environ.get(name, "")
+    if text and not (text.isdigit() and int(text) > 0):
+        raise ValueError(f"environment {name}={text!r}: expected a positive integer")
+    return int(text or 0)
