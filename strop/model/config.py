@@ -160,6 +160,13 @@ class ModelConfig(BaseModel):
         description="also train the eps-conditioned length head (strop.model.quality_head; "
         "ours, not the paper's) for --length-mode quality:EPS",
     )
+    residual_targets: bool = Field(
+        False,
+        description="align the field and the teacher after subtracting the training set's mean "
+        "teacher field (label-free; computed before training and stored in the weights as "
+        "`field_mean`, added back wherever the full field is read; ours, not the paper's, "
+        "issue 27)",
+    )
 
     @model_validator(mode="before")
     @classmethod
