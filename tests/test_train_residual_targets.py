@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_run_config
 
 from strop.data.datasets import build_dataset
-from strop.model import Strop, losses
+from strop.model import ModelConfig, Strop, losses
 from strop.training import checkpoint as ckpt
 from strop.training.trainer import train
 
@@ -119,3 +119,32 @@ def test_resuming_keeps_the_stored_mean_field(clevr, tmp_path):
     for key, value in a.items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, b[key]), key
+
+
+def test_foreground_weights_need_residual_targets():
+    with pytest.raises(ValueError, match="foreground_weights needs residual_targets"):
+        ModelConfig.from_preset("tiny", teacher="pixels", foreground_weights=True)
+
+
+def test_foreground_weights_change_what_is_trained(clevr, runs, tmp_path):
+    weighted = train(
+        config(clevr, "model.residual_targets=true", "model.foreground_weights=true"),
+        tmp_path / "fgw",
+        progress=False,
+    )
+    key = "interpreter.proj_out.weight"
+    assert not torch.allclose(
+        last_model_state(runs["residual"])[key], last_model_state(weighted)[key], atol=1e-4
+    )
+    # The weights: mean 1 per image, largest where the teacher deviates most from the mean.
+    model, _ = Strop.from_run(weighted)
+    assert model.field_mean is not None
+    dataset = build_dataset(clevr, "train", 32)
+    feats = model.teacher_features(torch.stack([dataset[i]["image"] for i in range(4)]))
+    weights = model.patch_weights(feats)
+    assert weights is not None
+    torch.testing.assert_close(weights.mean(dim=1), torch.ones(4))
+    deviation = (feats - model.field_mean).pow(2).sum(dim=-1)
+    assert torch.equal(weights.argmax(dim=1), deviation.argmax(dim=1))
+    # Off, there are none: the default and the residual-only runs average patches plainly.
+    assert Strop.from_run(runs["residual"])[0].patch_weights(feats) is None

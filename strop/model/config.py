@@ -167,6 +167,11 @@ class ModelConfig(BaseModel):
         "`field_mean`, added back wherever the full field is read; ours, not the paper's, "
         "issue 27)",
     )
+    foreground_weights: bool = Field(
+        False,
+        description="weight each patch's align error by the teacher's squared deviation from the "
+        "mean field (mean 1 per image; label-free; needs residual_targets; ours, issue 27)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -204,6 +209,10 @@ class ModelConfig(BaseModel):
         if self.teacher.startswith("dinov3") and self.patch_size != 16:
             problems.append(
                 f"teacher {self.teacher} has 16-pixel patches, got patch_size={self.patch_size}"
+            )
+        if self.foreground_weights and not self.residual_targets:
+            problems.append(
+                "foreground_weights needs residual_targets (its weights come from the mean field)"
             )
         if problems:
             raise ValueError("model config: " + "; ".join(problems))

@@ -224,6 +224,16 @@ class Strop(PretrainedMixin, nn.Module):
         return field if self.field_mean is None else field - self.field_mean
 
     @torch.no_grad()
+    def patch_weights(self, target: torch.Tensor) -> torch.Tensor | None:
+        """Per-patch weights (B, P) of the align error under `foreground_weights`: the
+        teacher's squared deviation from the mean field, scaled to mean 1 per image, so the
+        patches that differ between images (objects) outweigh the shared floor; else None."""
+        if not self.cfg.foreground_weights or self.field_mean is None:
+            return None
+        deviation = (target.float() - self.field_mean).pow(2).sum(dim=-1)
+        return deviation / deviation.mean(dim=1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
     def set_field_mean(self, mean: torch.Tensor) -> None:
         """Store the training set's mean teacher field (P, D) (`residual_targets` only)."""
         if self.field_mean is None:

@@ -240,7 +240,10 @@ class TrainForward(nn.Module):
         target = feats.repeat(copies, 1, 1) if copies > 1 else feats
         field_all = model.interpret_tokens(tokens, lengths)
         errors = losses.align_error(
-            model.align_view(field_all), model.align_view(target), self.w_mse
+            model.align_view(field_all),
+            model.align_view(target),
+            self.w_mse,
+            model.patch_weights(target),
         )
         field = field_all[:b]
         active = prefix_mask(lengths[:b], gen.codes.shape[1])
