@@ -180,9 +180,9 @@ def nan_align_error(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
         calls = {"n": 0}
         real = losses.align_error
 
-        def poisoned(field, target, w_mse):
+        def poisoned(field, target, w_mse, *rest):
             calls["n"] += 1
-            out = real(field, target, w_mse)
+            out = real(field, target, w_mse, *rest)
             return out * float("nan") if calls["n"] > after else out
 
         monkeypatch.setattr(losses, "align_error", poisoned)

@@ -160,6 +160,18 @@ class ModelConfig(BaseModel):
         description="also train the eps-conditioned length head (strop.model.quality_head; "
         "ours, not the paper's) for --length-mode quality:EPS",
     )
+    residual_targets: bool = Field(
+        False,
+        description="align the field and the teacher after subtracting the training set's mean "
+        "teacher field (label-free; computed before training and stored in the weights as "
+        "`field_mean`, added back wherever the full field is read; ours, not the paper's, "
+        "issue 27)",
+    )
+    foreground_weights: bool = Field(
+        False,
+        description="weight each patch's align error by the teacher's squared deviation from the "
+        "mean field (mean 1 per image; label-free; needs residual_targets; ours, issue 27)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -197,6 +209,10 @@ class ModelConfig(BaseModel):
         if self.teacher.startswith("dinov3") and self.patch_size != 16:
             problems.append(
                 f"teacher {self.teacher} has 16-pixel patches, got patch_size={self.patch_size}"
+            )
+        if self.foreground_weights and not self.residual_targets:
+            problems.append(
+                "foreground_weights needs residual_targets (its weights come from the mean field)"
             )
         if problems:
             raise ValueError("model config: " + "; ".join(problems))

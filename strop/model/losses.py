@@ -31,10 +31,17 @@ import torch
 import torch.nn.functional as F
 
 
-def align_error(field: torch.Tensor, target: torch.Tensor, w_mse: float) -> torch.Tensor:
+def align_error(
+    field: torch.Tensor,
+    target: torch.Tensor,
+    w_mse: float,
+    patch_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-sample alignment error `(1 - cos) + w_mse * mse`, averaged over patches: (B,).
 
     field, target: (B, P, D) interpreted field and frozen teacher features.
+    patch_weights: optional (B, P) weights of the patches' errors in that average (opt-in
+    `model.foreground_weights`; None: the plain mean).
     """
     if field.shape != target.shape:
         raise ValueError(
@@ -44,7 +51,10 @@ def align_error(field: torch.Tensor, target: torch.Tensor, w_mse: float) -> torc
     target = target.float()
     cos = F.cosine_similarity(field, target, dim=-1, eps=1e-6)  # (B, P)
     mse = (field - target).pow(2).mean(dim=-1)  # (B, P)
-    return (1.0 - cos + w_mse * mse).mean(dim=1)
+    per_patch = 1.0 - cos + w_mse * mse
+    if patch_weights is not None:
+        per_patch = per_patch * patch_weights.float()
+    return per_patch.mean(dim=1)
 
 
 def align_loss(field: torch.Tensor, target: torch.Tensor, w_mse: float) -> torch.Tensor:

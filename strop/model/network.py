@@ -87,6 +87,7 @@ class Strop(PretrainedMixin, nn.Module):
     """The STROP tokenizer. Build with `build_model(cfg)`; see the module docstring."""
 
     teacher: Teacher  # set with object.__setattr__, outside the module tree
+    field_mean: torch.Tensor | None  # a buffer under model.residual_targets, else None
 
     def __init__(self, cfg: ModelConfig, teacher: Teacher | None = None) -> None:
         super().__init__()
@@ -115,6 +116,13 @@ class Strop(PretrainedMixin, nn.Module):
         if cfg.quality_head:
             self.quality_head = QualityLengthHead(cfg.d, cfg.l_min, cfg.l_max)
             self.quality_head.apply(init_weights)
+        # Opt-in (model.residual_targets): the interpreter predicts the teacher field minus the
+        # training set's mean field, which is a buffer so that it travels with every checkpoint
+        # and export. Absent by default, so a default model's state_dict is unchanged.
+        if cfg.residual_targets:
+            self.register_buffer("field_mean", torch.zeros(grid[0] * grid[1], dim))
+        else:
+            self.field_mean = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -202,7 +210,41 @@ class Strop(PretrainedMixin, nn.Module):
 
     def interpret_tokens(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Field (B, P, D) from full-length tokens (B, L_max, d), positions >= lengths masked."""
-        return self.interpreter(tokens, lengths)
+        return self._full_field(self.interpreter(tokens, lengths))
+
+    def _full_field(self, predicted: torch.Tensor) -> torch.Tensor:
+        """The interpreter's output as a teacher field: plus the mean field under
+        `residual_targets` (the interpreter then predicts only what differs from it)."""
+        return predicted if self.field_mean is None else predicted + self.field_mean
+
+    def align_view(self, field: torch.Tensor) -> torch.Tensor:
+        """What the align loss compares (B, P, D): the field itself, or under
+        `residual_targets` its deviation from the mean field, so that the background every
+        image shares no longer dominates the cosine."""
+        return field if self.field_mean is None else field - self.field_mean
+
+    @torch.no_grad()
+    def patch_weights(self, target: torch.Tensor) -> torch.Tensor | None:
+        """Per-patch weights (B, P) of the align error under `foreground_weights`: the
+        teacher's squared deviation from the mean field, scaled to mean 1 per image, so the
+        patches that differ between images (objects) outweigh the shared floor; else None."""
+        if not self.cfg.foreground_weights or self.field_mean is None:
+            return None
+        deviation = (target.float() - self.field_mean).pow(2).sum(dim=-1)
+        return deviation / deviation.mean(dim=1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def set_field_mean(self, mean: torch.Tensor) -> None:
+        """Store the training set's mean teacher field (P, D) (`residual_targets` only)."""
+        if self.field_mean is None:
+            raise ValueError(
+                f"{self.cfg.summary()} has no mean field (model.residual_targets=false)"
+            )
+        if mean.shape != self.field_mean.shape:
+            raise ValueError(
+                f"mean field: expected shape {tuple(self.field_mean.shape)}, got {tuple(mean.shape)}"
+            )
+        self.field_mean.copy_(mean)
 
     def decode_pixels(self, field: torch.Tensor) -> torch.Tensor:
         """Pixel probe image (B, 3, S, S) in [0, 1] of a field; its input is detached."""
@@ -312,7 +354,7 @@ class Strop(PretrainedMixin, nn.Module):
         for length in lengths.unique().tolist():
             rows = (lengths == length).nonzero().squeeze(1)
             tokens = self.quantizer.embed_codes(codes[rows, :length])
-            part = self.interpreter(tokens, None)
+            part = self._full_field(self.interpreter(tokens, None))
             if field is None:
                 field = part.new_empty(codes.shape[0], *part.shape[1:])
             field[rows] = part

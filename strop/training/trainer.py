@@ -82,6 +82,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from strop.model import losses
 from strop.model.interpreter import prefix_mask
@@ -112,6 +113,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Training images the mean field of `model.residual_targets` is averaged over (evenly spaced):
+#: enough for a mean to settle, bounded so that an online teacher on a large set costs little.
+MEAN_FIELD_IMAGES = 8192
 
 
 def _clip_norm(params: Sequence[torch.Tensor], clip: float) -> torch.Tensor | float:
@@ -234,7 +239,12 @@ class TrainForward(nn.Module):
         tokens = gen.tokens.repeat(copies, 1, 1) if copies > 1 else gen.tokens
         target = feats.repeat(copies, 1, 1) if copies > 1 else feats
         field_all = model.interpret_tokens(tokens, lengths)
-        errors = losses.align_error(field_all, target, self.w_mse)
+        errors = losses.align_error(
+            model.align_view(field_all),
+            model.align_view(target),
+            self.w_mse,
+            model.patch_weights(target),
+        )
         field = field_all[:b]
         active = prefix_mask(lengths[:b], gen.codes.shape[1])
         quantizer = model.quantizer_losses(gen, active)
@@ -341,6 +351,8 @@ class Trainer:
         self.step = 0  # steps completed
         self.metrics = MetricLog(self.run, write=self.dist.is_main)
         self._resume()
+        if m.residual_targets and self.step == 0:  # a resumed run has it in its checkpoint
+            self.model.set_field_mean(self._train_mean_field())
         record_config(self.run, self.cfg, self.dist.is_main)  # only once the resume worked
         if val_off:
             logger.warning("validation off: %s", val_off)
@@ -417,6 +429,26 @@ class Trainer:
             self._note(self.metrics.truncate(self.step))
         else:
             torch.manual_seed(self.cfg.train.seed + 7919 * self.dist.rank + self.step)
+
+    @torch.no_grad()
+    def _train_mean_field(self) -> torch.Tensor:
+        """The mean teacher field (P, D) over the training set (at most `MEAN_FIELD_IMAGES`,
+        evenly spaced), computed once before training for `model.residual_targets`. Every rank
+        reads the same images, so every rank gets the same mean without a collective."""
+        n = len(self.train_set)
+        picked = range(0, n, max(1, -(-n // MEAN_FIELD_IMAGES)))
+        loader = DataLoader(
+            Subset(self.train_set, list(picked)),
+            batch_size=self.cfg.train.batch_size,
+            collate_fn=train_data.collate,
+            generator=torch.Generator(),  # its base seed is not drawn from the global RNG
+        )
+        total: torch.Tensor | None = None
+        for batch in train_data.loader_batches(loader):
+            feats = self._features(batch)[0].double().sum(dim=0)
+            total = feats if total is None else total + feats
+        assert total is not None  # TrainData refused an empty training set
+        return (total / len(picked)).float()
 
     def _note(self, message: str | None) -> None:
         """One line on stderr (rank 0) about what resuming found and did."""
