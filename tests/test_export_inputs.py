@@ -194,6 +194,35 @@ def test_images_that_fail_to_decode_are_listed_not_fatal(
     assert {f["image_id"] for f in programs.meta["failed_images"]} == set(bad)
 
 
+def test_folder_images_that_fail_to_decode_are_listed_by_export_and_stop_eval(
+    spread_run, spread_single, spread_dataset, tmp_path
+):  # noqa: F811
+    """The same for a CLEVR folder: export lists a garbage png and goes on; `strop eval`,
+    which needs every image, still stops on it in one line naming the file."""
+    import shutil
+
+    folder = tmp_path / "clevr"
+    shutil.copytree(spread_dataset, folder)
+    bad_id = spread_single.image_id[N + 1]
+    (folder / "images" / "val" / f"{bad_id}.png").write_bytes(b"\x89PNG garbage")
+    result = CliRunner().invoke(
+        app,
+        ["export", str(spread_run), "--split", "train,val", "--data", str(folder)]
+        + ["--batch-size", "3", "--device", "cpu", "--out", str(tmp_path / "p.parquet")],
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 image failed to decode and have no program" in result.output
+    programs = read_programs(tmp_path / "p.parquet")
+    assert [f["image_id"] for f in programs.meta["failed_images"]] == [bad_id]
+    assert rows(programs) == [r for r in rows(spread_single) if r[0] != bad_id]
+
+    from strop.evaluation.export import make_loader
+
+    with pytest.raises(DataError, match=rf"{bad_id}\.png: index 1 field image"):
+        for _ in make_loader(folder, "val", 32, batch_size=3):
+            pass
+
+
 # --------------------------------------------------------------------------- kill -9
 
 SLOW_TAR_EXPORT = """

@@ -153,7 +153,8 @@ def export_cmd(
     if failed:  # counted and listed, never silently dropped
         first = failed[0]
         typer.echo(
-            f"{len(failed)} images failed to decode and have no program (listed under "
+            f"{len(failed)} image{'s' * (len(failed) != 1)} failed to decode and have no program "
+            "(listed under "
             f"failed_images in {path.name}; first {first['image_id']}: {first['reason']})",
             err=True,
         )

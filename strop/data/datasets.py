@@ -270,13 +270,16 @@ class ClevrDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def image_id(self, index: int) -> str:
+        return self.files[index].stem
+
     def __getitem__(self, index: int) -> Item:
         path = self.files[index]
         scene = self.scenes[index].to_json() if self.scenes else ""
         return {
             "image": load_image(path, self.image_size, where=f"{path}: index {index}"),
             "index": int(index),
-            "image_id": path.stem,
+            "image_id": self.image_id(index),
             "n_objects": int(self.n_objects_list[index]),
             "scene": scene,
         }
@@ -303,12 +306,15 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def image_id(self, index: int) -> str:
+        return self.files[index].relative_to(self.root).with_suffix("").as_posix()
+
     def __getitem__(self, index: int) -> Item:
         path = self.files[index]
         return {
             "image": load_image(path, self.image_size, where=f"{path}: index {index}"),
             "index": int(index),
-            "image_id": path.relative_to(self.root).with_suffix("").as_posix(),
+            "image_id": self.image_id(index),
             "n_objects": -1,
             "scene": "",
         }
@@ -387,6 +393,17 @@ class HFImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def image_id(self, index: int, row: dict[str, Any] | None = None) -> str:
+        row = self.dataset[int(index)] if row is None else row
+        return next(
+            (
+                Path(str(row[k])).stem
+                for k in ("image_id", "image_filename", "file_name")
+                if row.get(k)
+            ),
+            f"{index:06d}",
+        )
+
     def __getitem__(self, index: int) -> Item:
         row = self.dataset[int(index)]
         where = f"{self.source}: index {index}"
@@ -397,19 +414,11 @@ class HFImageDataset(Dataset):
             source = value
         if not source:
             raise DataError(f"{where} field {self.image_column}: empty image")
-        image_id = next(
-            (
-                Path(str(row[k])).stem
-                for k in ("image_id", "image_filename", "file_name")
-                if row.get(k)
-            ),
-            f"{index:06d}",
-        )
         scene = self._scene(index, row)
         return {
             "image": load_image(source, self.image_size, where=where),
             "index": int(index),
-            "image_id": image_id,
+            "image_id": self.image_id(index, row),
             "n_objects": int(self.n_objects_list[index]),
             "scene": scene.to_json() if scene is not None else "",
         }

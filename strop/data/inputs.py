@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from torch.utils.data import IterableDataset
+from torch.utils.data import Dataset, IterableDataset
 
 from strop.data.datasets import (
     HUB_PREFIX,
@@ -73,9 +73,14 @@ def open_input(
     *,
     streaming: bool = False,
     limit: int | None = None,
+    tolerant: bool = False,
 ) -> Any:
     """The images of `split` that `spec` names, the first `limit` of them: a map-style torch
-    dataset or a `RowStream` (see the module doc). Errors are one-line `DataError`s."""
+    dataset or a `RowStream` (see the module doc). Errors are one-line `DataError`s.
+
+    A stream always yields an image that does not decode as an error item; a map-style
+    dataset does so only when `tolerant` (`strop export`, which lists them), else its
+    `DataError` stops the pass (eval and a feature cache need every image)."""
     text = str(spec)
     if streaming and not text.startswith(HUB_PREFIX):
         raise DataError(
@@ -89,9 +94,34 @@ def open_input(
     from torch.utils.data import Subset
 
     dataset = build_dataset(spec, split, image_size)
+    if tolerant:
+        dataset = DecodeTolerant(dataset)
     if limit is not None and limit < len(dataset):
         return Subset(dataset, range(limit))
     return dataset
+
+
+class DecodeTolerant(Dataset):
+    """A map-style dataset whose images that fail to decode (a `DataError` of one item: a
+    truncated or garbage file, a special file) come out as `{"index", "image_id", "error"}`
+    items, which `collate_items` lists under `failed` instead of stopping the pass."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.files = getattr(dataset, "files", [])  # `check_image_names` reads them
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Item:
+        try:
+            return self.dataset[index]
+        except DataError as exc:
+            return {
+                "index": int(index),
+                "image_id": self.dataset.image_id(index),
+                "error": str(exc),
+            }
 
 
 # --------------------------------------------------------------------------- hub streams

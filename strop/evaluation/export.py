@@ -208,12 +208,16 @@ def open_split(
     image_size: int,
     limit: int | None = None,
     streaming: bool = False,
+    tolerant: bool = False,
 ) -> Any:
     """The first `limit` images of `split`, in dataset order: a torch Dataset or a row
-    stream (`strop.data.inputs.open_input`)."""
+    stream (`strop.data.inputs.open_input`; `tolerant`: images that fail to decode become
+    error items for the caller to list)."""
     from strop.data.inputs import open_input
 
-    dataset = open_input(path, split, image_size, streaming=streaming, limit=limit)
+    dataset = open_input(
+        path, split, image_size, streaming=streaming, limit=limit, tolerant=tolerant
+    )
     if len(dataset) == 0:
         raise ValueError(f"{path}: split {split!r} has no images")
     return dataset
@@ -388,7 +392,8 @@ def export_programs(
     check_length_mode(mode, cfg.model, run.name)
     root = input_spec(run.path, cfg, data)
     datasets = {
-        name: open_split(root, name, cfg.model.image_size, limit, streaming) for name in splits
+        name: open_split(root, name, cfg.model.image_size, limit, streaming, tolerant=True)
+        for name in splits
     }
     for dataset in datasets.values():
         check_image_names(dataset)
