@@ -66,8 +66,7 @@ def plan(cfg: DecodeConfig) -> Plan:
     """Select shots and test images, render the prompts and key every request."""
     run = find_run(cfg.runs, cfg.k)
     source = str(run.programs_path)
-    programs = _programs(run, cfg.k, source)
-    k = programs.codebook_size
+    programs, k = _programs(run, cfg.k, source)
     selection = select(programs, cfg.protocol, source)
     shots = [
         Shot(programs.codes[i].tolist(), load_scene(programs, i, source)) for i in selection.shots
@@ -158,14 +157,15 @@ def plan(cfg: DecodeConfig) -> Plan:
     )
 
 
-def _programs(run: RunFolder, k: int, source: str) -> Programs:
-    """The run's programs, their codes checked against K by the one validation every reader
-    shares; with no K stored anywhere, the --k that picked the run is the K."""
+def _programs(run: RunFolder, k: int, source: str) -> tuple[Programs, int]:
+    """The run's programs and their K, the codes checked against K by the one validation every
+    reader shares; with no K stored anywhere, the --k that picked the run is the K."""
     programs = run.read_programs()
     if programs.codebook_size is None:
         programs.codebook_size, programs.k_source = k, "--k"
         programs.validate(source)
-    return programs
+        return programs, k
+    return programs, programs.codebook_size
 
 
 def _endpoint(cfg: DecodeConfig) -> tuple[str, list[str]]:
