@@ -92,21 +92,16 @@ def plan(cfg: DecodeConfig) -> Plan:
     schema = scene_json_schema() if cfg.structured and llm else None
     perm = code_permutation(k, cfg.protocol.seed) if cfg.protocol.permute_codes else None
     sampling_seed = cfg.protocol.sampling_seed_or_seed
-    model = preset.served_id if llm else cfg.backend
+    # what keys a request besides its messages
+    key_fields = {
+        "model": preset.served_id if llm else cfg.backend,
+        "endpoint": endpoint,
+        "sampling": sampling,
+        "schema": schema,
+        "seed": sampling_seed,
+    }
     jobs = [
-        _job(
-            programs,
-            source,
-            index,
-            row,
-            perm,
-            builder,
-            model,
-            endpoint,
-            sampling,
-            schema,
-            sampling_seed,
-        )
+        _job(programs, source, index, row, perm, builder, key_fields)
         for index, row in enumerate(selection.test)
     ]
     if cfg.limit is not None:  # the first N drawn: their keys are those of the full run
@@ -184,24 +179,14 @@ def _job(
     row: int,
     perm: np.ndarray | None,
     builder: PromptBuilder,
-    model: str,
-    endpoint: str,
-    sampling: dict[str, Any],
-    schema: dict[str, Any] | None,
-    seed: int,
+    key_fields: dict[str, Any],
 ) -> Job:
-    """Test image `index` (programs row `row`) as a request: its codes as sent, prompt and key."""
+    """Test image `index` (programs row `row`) as a request: its codes as sent, prompt and key
+    (`request_key` of the messages and `key_fields`)."""
     codes = programs.codes[row]
     codes = (perm[codes] if perm is not None else codes).tolist()
     messages = builder.messages(codes)
-    key = request_key(
-        model=model,
-        endpoint=endpoint,
-        messages=messages,
-        sampling=sampling,
-        schema=schema,
-        seed=seed,
-    )
+    key = request_key(messages=messages, **key_fields)
     truth = load_scene(programs, row, source)
     return Job(index, row, programs.image_id[row], codes, truth, messages, key)
 

@@ -156,14 +156,21 @@ def _score(job: Job, answer: Any, scoring: ScoringOptions | None) -> dict[str, A
     return score_scene(answer, job.truth, scoring).to_dict()
 
 
-async def run_concurrent(
-    backend: Backend,
-    builder: PromptBuilder,
-    todo: list[Job],
-    cfg: DecodeConfig,
-    identity: dict[str, Any],
-    record: RowHook,
-) -> None:
+@dataclass(frozen=True)
+class Requests:
+    """What a run sends and where its rows go: the jobs left to answer, the prompt builder
+    (for repair turns), the config, the identity copied into each row, the row hook."""
+
+    todo: list[Job]
+    builder: PromptBuilder
+    cfg: DecodeConfig
+    identity: dict[str, Any]
+    record: RowHook
+
+
+async def run_concurrent(backend: Backend, requests: Requests) -> None:
+    """`concurrency(cfg)` workers take jobs from one queue, each row recorded as it ends."""
+    cfg, todo = requests.cfg, requests.todo
     queue: asyncio.Queue[Job] = asyncio.Queue()
     for job in todo:
         queue.put_nowait(job)
@@ -176,11 +183,11 @@ async def run_concurrent(
                 return
             started = time.perf_counter()
             try:
-                outcome = await _answer(backend, builder, job, cfg.protocol.parse_retries)
+                outcome = await _answer(backend, requests.builder, job, cfg.protocol.parse_retries)
             except Exception as exc:  # a bug or a backend surprise: one bad row, never the run
                 message = one_line(f"internal error: {type(exc).__name__}: {exc}")
                 outcome = Outcome([], message, transport_failed=True)
-            record(_row(job, identity, outcome, started, cfg.scoring))
+            requests.record(_row(job, requests.identity, outcome, started, cfg.scoring))
 
     try:
         await asyncio.gather(*(worker() for _ in range(min(concurrency(cfg), len(todo)))))
@@ -188,22 +195,16 @@ async def run_concurrent(
         await backend.aclose()
 
 
-async def run_batches(
-    backend: Any,
-    builder: PromptBuilder,
-    todo: list[Job],
-    cfg: DecodeConfig,
-    identity: dict[str, Any],
-    record: RowHook,
-) -> None:
+async def run_batches(backend: Any, requests: Requests) -> None:
     """The offline engine: `batch_size` jobs at a time, rows written after each batch."""
+    todo = requests.todo
     size = int(getattr(backend, "batch_size", 0)) or len(todo)
     done = 0
     try:
         for first in range(0, len(todo), size):
             batch = todo[first : first + size]
             try:
-                rows = await _answer_batch(backend, builder, batch, cfg, identity)
+                rows = await _answer_batch(backend, requests, batch)
             except Exception as exc:  # the engine: CUDA errors, OOM, a dead worker ...
                 raise BackendError(
                     one_line(
@@ -213,20 +214,15 @@ async def run_batches(
                     )
                 ) from None
             for row in rows:
-                record(row)
+                requests.record(row)
             done += len(rows)
     finally:
         await backend.aclose()
 
 
-async def _answer_batch(
-    backend: Any,
-    builder: PromptBuilder,
-    batch: list[Job],
-    cfg: DecodeConfig,
-    identity: dict[str, Any],
-) -> list[dict[str, Any]]:
+async def _answer_batch(backend: Any, requests: Requests, batch: list[Job]) -> list[dict[str, Any]]:
     """One batch through the engine, then one engine call per parse retry: its rows."""
+    builder, cfg, identity = requests.builder, requests.cfg, requests.identity
     started = time.perf_counter()
     history: dict[str, list[Completion]] = {j.key: [] for j in batch}
     pending = {j.key: j.messages for j in batch}

@@ -58,7 +58,7 @@ from llm_decode.decode_config import (
 )
 from llm_decode.planning import Plan, output_folder, plan
 from llm_decode.presets import ModelPreset
-from llm_decode.querying import Job, RowHook, run_batches, run_concurrent
+from llm_decode.querying import Job, Requests, RowHook, run_batches, run_concurrent
 from llm_decode.results import ResultsFile
 from llm_decode.schema import DecodedScene, scene_json_schema
 from llm_decode.scoring import summarize_scores
@@ -225,7 +225,7 @@ def _decode_locked(
             if backend is None:
                 backend = _build_backend(cfg, p, stats or TransportStats())
             runner = run_batches if hasattr(backend, "complete_batch") else run_concurrent
-            asyncio.run(runner(backend, p.builder, todo, cfg, p.identity, record))
+            asyncio.run(runner(backend, Requests(todo, p.builder, cfg, p.identity, record)))
     except KeyboardInterrupt:
         saved = sum(j.key in results.done for j in p.jobs)
         raise DecodeInterrupted(results.path, saved, len(p.jobs)) from None
