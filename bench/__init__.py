@@ -4,6 +4,7 @@ Modules:
 
     __main__          the runner: `python -m bench [--only NAME ...] [--quick] [--json PATH]`
     bench_gpu         `python -m bench gpu`: the training step on one CUDA device
+    gpu_setup         its shared setup: scale, images, random-weight teachers, caches
     bench_model       the model's training step: forward + backward images/s
     bench_train       training throughput, cached teacher features against online
     bench_input       the input pipeline: how many cores would feed a GPU
@@ -15,4 +16,5 @@ Modules:
     bench_export      `strop export`: images/s, 1 against 2 torchrun processes, peak memory
     bench_mine        `strop-grammar mine` over a 100M-code dataset: peak memory, exact counts
     measure           wall time and peak memory of one command run as a child process
+    json_report       `--json PATH`: checked before the first row, written atomically
 """

@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import json
 import platform
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from strop.atomic import OutputPathError, atomic_write_text
-from strop.output_unit import check_writable
+from bench.json_report import json_writable, write_json
 
 AREAS = ("render", "model", "train", "input", "grammar", "decode", "length", "quickstart")
 #: areas run only when named in --only (issue 28: export at scale, mining 100M codes)
@@ -68,12 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller workloads (smoke run)")
     parser.add_argument("--json", type=Path, help="also write all rows to this JSON file")
     args = parser.parse_args(argv)
-    if args.json:
-        try:  # before the benchmarks, not after minutes of them
-            check_writable(args.json, make_parent=False)
-        except OutputPathError as exc:
-            print(f"error: bench: --json {exc}", file=sys.stderr)
-            return 1
+    if not json_writable(args.json, "bench"):  # before the benchmarks, not after minutes of them
+        return 1
 
     from rich.console import Console
     from rich.table import Table
@@ -109,12 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             *(_fmt(row.get(c)) for c in ("area", "name", "value", "unit", "baseline", "ratio"))
         )
     console.print(table)
-    if args.json:
-        try:
-            atomic_write_text(args.json, json.dumps({"machine": machine, "rows": rows}, indent=2))
-        except OutputPathError as exc:
-            print(f"error: bench: --json {exc}", file=sys.stderr)
-            return 1
+    if args.json and not write_json(args.json, {"machine": machine, "rows": rows}, "bench"):
+        return 1
     return 1 if failed else 0
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import openai
 
+from llm_decode.backends.openai_compat import post_stream
 from llm_decode.prompting import PromptBuilder, Shot
 from llm_decode.protocol import ProtocolConfig, load_scene
 from llm_decode.runner import DecodeConfig, decode
@@ -77,13 +78,7 @@ def _bare_client(folder: Path, base_url: str) -> tuple[float, float]:
         # harness alone
         body = {"model": "m", "messages": m, "max_tokens": 8, "stream": True}
         body["stream_options"] = {"include_usage": True}
-        stream = await client.post(
-            "/chat/completions",
-            cast_to=object,
-            body=body,
-            stream=True,
-            stream_cls=openai.AsyncStream[object],
-        )
+        stream = await post_stream(client, body)
         async with stream:
             async for _ in stream:
                 pass

@@ -8,7 +8,8 @@ codebook and asks whether its structure exceeds what null corpora with the same 
 and code frequencies show.
 
 Modules, in the order `mine` uses them: `corpus` (loading, validation), `ngrams`, `zipf`,
-`pairs`, `nulls`, `perplexity`, `repair`, `pcfg`, `output`, `mine`, `compare`, `cli`;
+`pairs`, `nulls`, `perplexity`, `repair`, `pcfg`, `summary` (summary.json), `output`, `mine`,
+`compare`, `cli`;
 `stream` mines a programs dataset shard by shard, in bounded memory.
 It reads programs only through `strop.runs` and never imports torch.
 """

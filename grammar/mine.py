@@ -47,13 +47,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from grammar import __version__
 from grammar.corpus import Corpus, CorpusError, discover
 from grammar.ngrams import (
     NgramCounts,
     check_packable,
     code_position_mi,
-    codebook_stats,
     count_all,
     count_ngrams,
 )
@@ -71,6 +69,7 @@ from grammar.pairs import (
 from grammar.pcfg import parse_program, pcfg_text, production_probs
 from grammar.perplexity import heldout_perplexity
 from grammar.repair import Grammar, repair
+from grammar.summary import corpus_summary, ngram_summary
 from grammar.zipf import zipf_fit
 from strop.atomic import OutputPathError, is_disk_full, write_error
 from strop.output_unit import OutputUnit
@@ -182,27 +181,6 @@ def _repair_sample(corpus: Corpus, max_tokens: int, rng: np.random.Generator) ->
     return np.sort(chosen)
 
 
-def _beside(
-    observed: dict[str, float], nulls: dict[str, list[dict[str, float]]]
-) -> dict[str, dict]:
-    """{stat: {"observed": x, "null_<kind>": mean, "null_<kind>_sd": sd}}."""
-    out: dict[str, dict] = {}
-    for name, value in observed.items():
-        row: dict[str, float | None] = {"observed": _clean(value)}
-        for kind, reps in nulls.items():
-            values = np.array([r[name] for r in reps if name in r], dtype=np.float64)
-            row[f"null_{kind}"] = _clean(values.mean()) if values.size else None
-            row[f"null_{kind}_sd"] = _clean(values.std(ddof=1)) if values.size > 1 else None
-        out[name] = row
-    return out
-
-
-def _clean(value: float) -> float | None:
-    """JSON has no NaN: undefined statistics are null."""
-    value = float(value)
-    return None if not np.isfinite(value) else value
-
-
 def mine_corpus(
     corpus: Corpus, cfg: MineConfig | None = None, progress: Progress | None = None
 ) -> MineResult:
@@ -256,7 +234,7 @@ def mine_corpus(
 
     say("summary")
     grammar: Grammar = extras["grammar"]
-    summary = _summary(
+    summary = corpus_summary(
         corpus, cfg, observed, nulls, extras, null_status, null_mi, grammar, repair_index
     )
     summary["seconds"] = round(time.perf_counter() - start, 3)
@@ -285,7 +263,7 @@ def mine_dataset(
         n_tokens=counts.n_tokens,
         **exact_codebook_stats(counts.ngrams[1], counts.k),
     )
-    summary["ngrams"] = _ngram_summary(result.ngrams, cfg)
+    summary["ngrams"] = ngram_summary(result.ngrams, cfg.top)
     summary["pairs_exact"] = {
         "adjacent": {"types": counts.ngrams[2].n_types, "count": counts.ngrams[2].n_occurrences},
         "any": {"types": int(counts.cooc_keys.size), "count": int(counts.cooc_counts.sum())},
@@ -300,94 +278,6 @@ def mine_dataset(
         "pairs_exact are of every program",
     }
     return result
-
-
-def _ngram_summary(ngrams: dict[int, NgramCounts], cfg: MineConfig) -> dict[str, Any]:
-    return {
-        str(n): {
-            "types": g.n_types,
-            "occurrences": g.n_occurrences,
-            "reuse_rate": _clean(g.reuse_rate()),
-            "top": g.top(cfg.top),
-        }
-        for n, g in ngrams.items()
-    }
-
-
-def _summary(
-    corpus, cfg, observed, nulls, extras, null_status, null_mi, grammar, repair_index
-) -> dict:
-    adj: PairTable = extras["adjacent"]
-    anyp: PairTable = extras["any"]
-    lengths = corpus.lengths
-    summary: dict[str, Any] = {
-        "run": corpus.name,
-        "source": corpus.source,
-        "grammar_version": __version__,
-        "k": corpus.k,
-        "k_source": corpus.k_source,
-        "n_programs": corpus.n_programs,
-        "n_tokens": corpus.n_tokens,
-        **codebook_stats(corpus),
-        "length": {
-            "mean": float(lengths.mean()),
-            "min": int(lengths.min()),
-            "max": int(lengths.max()),
-        },
-        "null_tests": null_status,
-    }
-    headline = _beside(observed, nulls)
-    summary.update(headline)
-    summary["ngrams"] = _ngram_summary(extras["ngrams"], cfg)
-    summary["pairs"] = {t.kind: _pair_summary(t, cfg) for t in (adj, anyp)}
-    summary["distance_mi"] = {
-        "distances": list(range(1, cfg.max_distance + 1)),
-        "observed": [_clean(v) for v in extras["distance_mi"]],
-        **{f"null_{k}": [_clean(v) for v in np.mean(v, axis=0)] for k, v in null_mi.items() if v},
-    }
-    lengths_r = grammar.expansion_lengths()
-    usage = grammar.usage()
-    summary["repair"] = {
-        "programs": int(repair_index.size),
-        "tokens": grammar.n_tokens,
-        "rules": grammar.n_rules,
-        "grammar_size": grammar.size,
-        "compression_ratio": _clean(grammar.compression_ratio),
-        "longest_rule": int(lengths_r.max(initial=0)),
-        "top_rules": [
-            {
-                "rule": grammar.name(grammar.k + int(i)),
-                "expands_to": " ".join(map(str, grammar.expand(grammar.k + int(i)))),
-                "uses": int(usage[i]),
-            }
-            for i in np.argsort(-usage, kind="stable")[: cfg.top]
-        ],
-    }
-    summary["config"] = cfg.model_dump()
-    return summary
-
-
-def _pair_summary(table: PairTable, cfg: MineConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "candidates": len(table),
-        "min_count": cfg.min_count,
-        "significant": table.n_significant(cfg.alpha),
-        "significant_vs_null": table.n_significant(cfg.alpha, against_null=True)
-        if table.q_null is not None
-        else None,
-    }
-    order = np.argsort(-table.llr, kind="stable")[: cfg.top]
-    out["top_llr"] = [
-        {
-            "pair": f"{int(table.a[i])} {int(table.b[i])}",
-            "count": int(table.count[i]),
-            "pmi": _clean(table.pmi[i]),
-            "llr": _clean(table.llr[i]),
-            "q_value": None if table.q_value is None else _clean(table.q_value[i]),
-        }
-        for i in order
-    ]
-    return out
 
 
 # --------------------------------------------------------------------------- files

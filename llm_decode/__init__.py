@@ -4,6 +4,9 @@ Modules:
 
     cli           `strop-llm`: decode, qa, report, presets
     runner        `strop-llm decode`: select, prompt, query, parse, score, record
+    decode_config  `DecodeConfig` and the checks of a command line that need no run
+    planning      the protocol made concrete: shots, test images, prompts, request keys
+    querying      requests through a backend with bounded concurrency and retries, as rows
     protocol      which images are shots and which are tested, from one seed
     prompting     few-shot prompts from Jinja templates
     schema        the abbreviated scene the LLM reads and writes

@@ -15,7 +15,7 @@ from llm_decode.presets import PRESETS, describe_presets, resolve_model
 from llm_decode.protocol import ProtocolConfig
 from llm_decode.reasoning import split_harmony, split_output
 from llm_decode.runner import DecodeConfig, decode, engine_options
-from llm_decode.testing.fake_server import _query_codes
+from llm_decode.testing.fake_chat import query_codes
 from strop.runs import read_jsonl
 
 #: the reasoning parsers vLLM ships for these models (docs.vllm.ai, "Reasoning Outputs")
@@ -111,7 +111,7 @@ class StandInLLM:
             raise RuntimeError("CUDA error: an illegal memory access was encountered\n(details)")
         outputs = []
         for conversation in messages:
-            codes = _query_codes(conversation)
+            codes = query_codes(conversation)
             scene = json.dumps(self.answers[" ".join(map(str, codes))])
             text = f"analysisThe codes say {len(codes)} things.assistantfinal{scene}"
             first = SimpleNamespace(text=text, token_ids=list(range(40)), finish_reason="stop")

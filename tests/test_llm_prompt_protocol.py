@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from llm_decode.presets import folder_name, resolve_model
 from llm_decode.prompting import PromptBuilder, PromptError, Shot
 from llm_decode.protocol import ProtocolConfig, code_permutation, load_scene, select
 from llm_decode.report import build_report
-from llm_decode.runner import DecodeConfig, decode
+from llm_decode.runner import DecodeConfig, DecodeResult, decode
 from llm_decode.schema import DecodedObject, DecodedScene
 from llm_decode.testing.synthetic import make_run
 from strop.runs import Programs, RunFolderError, read_programs, write_programs
@@ -199,28 +201,23 @@ def test_knn_exact_match_and_tie_breaks():
     assert edit_distance([1, 2, 3], [3, 2, 1]) == 2 and edit_distance([], [1]) == 1
 
 
+def baseline(backend: str, k: int, runs: Path, **fields: Any) -> DecodeResult:
+    """`decode` with a baseline backend (its own name as the model) over the runs of `runs`."""
+    return decode(DecodeConfig(model=backend, k=k, runs=runs, backend=backend, **fields))
+
+
 def test_baselines_end_to_end_and_report(tmp_path):
     make_run(tmp_path / "exp" / "k32", k=32, seed=1)
     make_run(tmp_path / "exp" / "k64", k=64, seed=2)
     for k in (32, 64):
         for backend in ("naive", "knn"):
-            result = decode(
-                DecodeConfig(model=backend, k=k, runs=tmp_path / "exp", backend=backend)
-            )
+            result = baseline(backend, k, tmp_path / "exp")
             s = result.summary
             assert s["n"] == 15 and s["parse_fails"] == 0 and s["complete"]
             assert 0 <= s["attr_acc"] <= 1 and s["pos_mse"] >= 0
             assert s["protocol"]["shots"] == 50 and s["protocol"]["seed"] == 0
-    knn = decode(DecodeConfig(model="knn", k=64, runs=tmp_path / "exp", backend="knn")).summary
-    perm = decode(
-        DecodeConfig(
-            model="knn",
-            k=64,
-            runs=tmp_path / "exp",
-            backend="knn",
-            protocol=ProtocolConfig(permute_codes=True),
-        )
-    )
+    knn = baseline("knn", 64, tmp_path / "exp").summary
+    perm = baseline("knn", 64, tmp_path / "exp", protocol=ProtocolConfig(permute_codes=True))
     assert perm.folder.name == "knn-permuted" and perm.summary["permuted"]
     path, _ = build_report(tmp_path / "exp")
     text = path.read_text()
@@ -234,26 +231,10 @@ def test_baselines_end_to_end_and_report(tmp_path):
     }
     assert "| attributes / mixed / true; naive=proportional |" in text
     assert "| attributes / mixed / true |" in text  # knn rows: no naive definition
-    modal = decode(
-        DecodeConfig(
-            model="naive",
-            k=32,
-            runs=tmp_path / "exp",
-            backend="naive",
-            naive="modal",
-            scoring={
-                "matching": "position",
-                "position_error": "coordinate",
-                "attr_accuracy": "matched",
-            },
-        )
-    ).summary
+    scoring = {"matching": "position", "position_error": "coordinate", "attr_accuracy": "matched"}
+    modal = baseline("naive", 32, tmp_path / "exp", naive="modal", scoring=scoring).summary
     assert modal["naive_definition"] == "modal" and modal["endpoint"] == "naive:modal"
-    assert modal["scoring"] == {
-        "matching": "position",
-        "position_error": "coordinate",
-        "attr_accuracy": "matched",
-    }
+    assert modal["scoring"] == scoring
     _, _ = build_report(tmp_path / "exp")
     assert "| position / coordinate / matched; naive=modal |" in path.read_text()
 

@@ -121,20 +121,20 @@ def test_a_garbage_answer_overflowing_the_repair_turn_ends_as_a_parse_failure(
     assert small.log().count("POST /v1/chat/completions") == 8  # 4 answers, 4 refused repairs
 
 
-def test_streaming_and_extra_body_reach_the_server(served, runs):
+def served_config(kind, served, runs, **fields):
+    """A `kind` config (DecodeConfig or QAConfig) asking the served tiny model about `runs`."""
     server, model_dir = served
+    return kind(
+        model=str(model_dir), k=64, runs=runs, base_url=server.base_url, timeout=60, **fields
+    )
 
+
+def test_streaming_and_extra_body_reach_the_server(served, runs):
     def run(**overrides):
         stats = TransportStats()
-        cfg = DecodeConfig(
-            model=str(model_dir),
-            k=64,
-            runs=runs,
-            base_url=server.base_url,
-            max_tokens=6,
-            timeout=60,
-            protocol=ProtocolConfig(shots=3, test=2, parse_retries=0),
-            **overrides,
+        protocol = ProtocolConfig(shots=3, test=2, parse_retries=0)
+        cfg = served_config(
+            DecodeConfig, served, runs, max_tokens=6, protocol=protocol, **overrides
         )
         result = decode(cfg, stats=stats)
         rows = {r["image_id"]: r for r in read_jsonl(result.folder / "results.jsonl")}
@@ -199,17 +199,8 @@ def test_qa_over_transformers_serve_resumes_without_resending(served, runs):
     after one retry, and a rerun sends only the questions without a final answer."""
     from llm_decode.qa.runner import QAConfig, run_qa
 
-    server, model_dir = served
-    cfg = QAConfig(
-        model=str(model_dir),
-        k=64,
-        runs=runs,
-        base_url=server.base_url,
-        max_tokens=8,
-        timeout=60,
-        concurrency=2,
-        protocol=ProtocolConfig(shots=3, test=2),
-    )
+    protocol = ProtocolConfig(shots=3, test=2)
+    cfg = served_config(QAConfig, served, runs, max_tokens=8, concurrency=2, protocol=protocol)
     first = run_qa(cfg)
     rows = read_jsonl(first.folder / "results.jsonl")
     assert first.sent == len(rows) == first.summary["n"] > 4 and first.summary["complete"]

@@ -254,6 +254,20 @@ class _Answer:
         )
 
 
+async def post_stream(
+    client: openai.AsyncOpenAI, body: dict[str, Any]
+) -> openai.AsyncStream[object]:
+    """POST /chat/completions streamed through the SDK's request path, each event left as the
+    JSON object the server sent (no typed chunk built per token)."""
+    return await client.post(
+        "/chat/completions",
+        cast_to=object,
+        body=body,
+        stream=True,
+        stream_cls=openai.AsyncStream[object],
+    )
+
+
 class OpenAIBackend:
     """Chat completions with our retry loop; safe to call from many tasks at once."""
 
@@ -315,13 +329,7 @@ class OpenAIBackend:
             )
             answer.set_body(response.content)
             return
-        stream = await self._client.post(
-            "/chat/completions",
-            cast_to=object,
-            body=body,
-            stream=True,
-            stream_cls=openai.AsyncStream[object],
-        )
+        stream = await post_stream(self._client, body)
         async with stream:
             if "text/event-stream" not in stream.response.headers.get("content-type", ""):
                 answer.set_body(await stream.response.aread())

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any
@@ -203,42 +204,10 @@ def plan_qa(cfg: QAConfig) -> QAPlan:
         real = bank.get(scene.split or programs.split[row], scene.image_index)
         return real or generate(scene, cfg.protocol.seed)
 
-    shot_examples = []
-    pool: dict[str, Counter[str]] = {}
-    for n, row in enumerate(base.selection.shots):
-        asked = questions(row)
-        for q in asked:
-            pool.setdefault(q.family, Counter())[q.answer] += 1
-        if not asked:
-            continue
-        want = FAMILIES[n % len(FAMILIES)]
-        q = next((q for q in asked if q.family == want), asked[0])
-        shot_examples.append(
-            {
-                "codes": programs.codes[row].tolist(),
-                "scene": load_scene(programs, row, source).to_prompt_json(),
-                "question": q.text,
-                "answer": q.answer,
-            }
-        )
+    shot_examples, pool = _shot_examples(base.selection.shots, programs, source, questions)
     overall = sum(pool.values(), Counter())
     majority = {f: _majority(c) for f, c in pool.items()}
-    builder = PromptBuilder(
-        codebook_size=base.k,
-        shots=[],
-        think=base.think,
-        template=cfg.template,
-        package=QA_TEMPLATE,
-        extra_vars={
-            "input_kind": "scene" if cfg.oracle else "codes",
-            "qa_shots": shot_examples,
-            "n_shots": len(shot_examples),
-            "abbr_legend": abbreviation_legend(),
-            "answer_words": "yes or no, a number from 0 to 10, or one attribute value ("
-            + ", ".join(sorted(w for w in VOCABULARY if not w.isdigit() and w not in ("yes", "no")))
-            + ")",
-        },
-    )
+    builder = _qa_builder(cfg, base, shot_examples)
     llm = cfg.backend in ("openai", "vllm")
     identity = {
         **base.identity,
@@ -289,6 +258,52 @@ def plan_qa(cfg: QAConfig) -> QAPlan:
         question_files=bank.files,
         control_answers=control,
         question_duplicates=bank.duplicates,
+    )
+
+
+def _shot_examples(
+    shots: list[int], programs: Programs, source: str, questions: Callable[[int], list[Question]]
+) -> tuple[list[dict[str, Any]], dict[str, Counter[str]]]:
+    """One question per shot image, the families in turn, for the prompt; and the answers of
+    every shot question by family (the naive and knn fallbacks' majority)."""
+    shot_examples = []
+    pool: dict[str, Counter[str]] = {}
+    for n, row in enumerate(shots):
+        asked = questions(row)
+        for q in asked:
+            pool.setdefault(q.family, Counter())[q.answer] += 1
+        if not asked:
+            continue
+        want = FAMILIES[n % len(FAMILIES)]
+        q = next((q for q in asked if q.family == want), asked[0])
+        shot_examples.append(
+            {
+                "codes": programs.codes[row].tolist(),
+                "scene": load_scene(programs, row, source).to_prompt_json(),
+                "question": q.text,
+                "answer": q.answer,
+            }
+        )
+    return shot_examples, pool
+
+
+def _qa_builder(cfg: QAConfig, base: Plan, shot_examples: list[dict[str, Any]]) -> PromptBuilder:
+    """The QA template's prompts: codes (or the scene, as the oracle) and the shot questions."""
+    return PromptBuilder(
+        codebook_size=base.k,
+        shots=[],
+        think=base.think,
+        template=cfg.template,
+        package=QA_TEMPLATE,
+        extra_vars={
+            "input_kind": "scene" if cfg.oracle else "codes",
+            "qa_shots": shot_examples,
+            "n_shots": len(shot_examples),
+            "abbr_legend": abbreviation_legend(),
+            "answer_words": "yes or no, a number from 0 to 10, or one attribute value ("
+            + ", ".join(sorted(w for w in VOCABULARY if not w.isdigit() and w not in ("yes", "no")))
+            + ")",
+        },
     )
 
 

@@ -3,6 +3,8 @@
     config        `RunConfig` = model + curriculum + train + data, loaded and validated at the edge
     curriculum    the four phases as pure functions of (step, config, statistics)
     trainer       the flat, timed training step and the loop around it
+    step          the step's differentiable forward (`TrainForward`), loss terms, clipping
+    validation    the validation split's alignment and codebook usage during training
     data          datasets and loaders for training (seeded, resumable position)
     optim         AdamW groups and the warmup-hold-cosine schedule
     log           the step's typed `StepResult`, `metrics.jsonl`, TensorBoard, the progress bar

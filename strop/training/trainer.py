@@ -7,30 +7,16 @@
 The ideas around the step live beside it in `strop.training`: `data` (datasets, loaders,
 data position), `optim` (AdamW groups, warmup-hold-cosine schedule), `log` (the typed
 `StepResult`, interval rows, TensorBoard, progress bar), `resume` (which config changes a
-resume accepts), `checkpoint` and `curriculum` (phases, lengths, oracle, target bank).
+resume accepts), `checkpoint` and `curriculum` (phases, lengths, oracle, target bank),
+`step` (the step's differentiable forward `TrainForward`, its loss terms, gradient clipping)
+and `validation` (the validation split's alignment and codebook usage).
 
 Design decisions
-- `TrainForward` is the differentiable forward of one step and the unit that DDP wraps and
-  `torch.compile` compiles; the codebook EMA update and dead-code restarts are called after
-  it, outside any compiled region (data-dependent shapes).
-- Phase-2 probes (curriculum eq. 3) are batched with the main forward: the quantised tokens are
-  repeated three times along the batch with the lengths `[L, L - r, L + r]` and go through
-  `interpret_tokens` in one call. Only the main rows enter the loss; probe errors are read
-  detached by the oracle.
-- Every loss term is always computed, and the length loss is multiplied by 0 before phase 3,
-  so DDP never sees an unused parameter; the head's gradients are then dropped (set to None)
-  so AdamW neither moves nor decays it before it starts training.
-- The pixel decoder (inspection only, paper claim iii: pixels never shape the codebook) learns
-  from its own loss on the detached field. One backward runs on the sum (DDP wants one), but
-  the detached input leaves the tokenizer's gradients exactly those of its own objective;
-  the probe's gradients are then clipped by their own norm (`train.grad_clip`) and a
-  non-finite one is zeroed by a mask on the device (its weights stay finite; its AdamW step
-  then moves it by its moments alone), so no probe value reaches the tokenizer's update:
-  with the probe loss scaled by 1000 the tokenizer's parameters after a step are
-  bit-identical (`tests/test_train_trainer.py`). AdamW's update is per tensor, so one
-  optimiser steps the two apart. `loss` in metrics.jsonl is the tokenizer's objective;
-  `pixel_loss` and `pixel_grad_norm` are logged beside it. With cached features and no images
-  the probe is frozen instead.
+- `TrainForward` (`strop.training.step`) is the unit that DDP wraps and `torch.compile`
+  compiles, the phase-2 probes batched with the main rows; the codebook EMA update and
+  dead-code restarts are called after it, outside any compiled region.
+- The loss terms, the pixel probe stepped apart from the tokenizer, and gradient clipping:
+  `strop.training.step` (its docstring says how the two objectives stay separate).
 - Randomness that must survive a resume: length sampling uses a generator seeded from
   (seed, rank, step), so it needs no saved state; data order is the data position
   (`strop.training.data`: seeded sampler plus the count of batches consumed, worker seeds from a
@@ -72,21 +58,16 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from strop.model import losses
-from strop.model.interpreter import prefix_mask
-from strop.model.network import GenOut, Strop
 from strop.runs import RunFolder, RunFolderError, RunLock, discover_runs, is_run_folder
 from strop.training import checkpoint as ckpt
 from strop.training import curriculum as cur
@@ -98,8 +79,20 @@ from strop.training.host_sync import to_device
 from strop.training.log import MetricLog, ProgressBar, StepResult
 from strop.training.mfu import mfu, peak_bf16_flops, training_flops_per_image
 from strop.training.optim import build_optimizer, build_scheduler, lr_factor
-from strop.training.quality import ErrorCurveBank, curve_loss, curve_targets
+from strop.training.quality import ErrorCurveBank
 from strop.training.resume import record_config, resolve_config
+from strop.training.step import (
+    ForwardResult,
+    LossTerms,
+    PendingCheck,
+    TrainForward,
+    clip_gradients,
+    gather_rows,
+    step_generator,
+    step_loss,
+    step_value,
+)
+from strop.training.validation import validate_split
 
 __all__ = [
     "ForwardResult",
@@ -119,152 +112,8 @@ logger = logging.getLogger(__name__)
 MEAN_FIELD_IMAGES = 8192
 
 
-def _clip_norm(params: Sequence[torch.Tensor], clip: float) -> torch.Tensor | float:
-    """Total gradient norm of `params` (a device tensor: reading it waits for the GPU),
-    clipped in place to `clip` when `clip > 0`."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    if clip > 0:
-        return torch.nn.utils.clip_grad_norm_(params, clip).detach()
-    return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).detach()
-
-
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; training stopped without saving."""
-
-
-def _gather_rows(rows: torch.Tensor, b: int) -> torch.Tensor:
-    """Main, down and up probe rows (3b,) of every rank, as (main of all ranks, down of all
-    ranks, up of all ranks), to line up with the gathered bank indices repeated 3x."""
-    gathered = distr.all_gather_cat(rows)
-    return gathered.view(-1, 3, b).transpose(0, 1).reshape(-1)
-
-
-def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    entropy = np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
-
-
-# --------------------------------------------------------------------------- forward
-
-
-@dataclass
-class ForwardResult:
-    """What `TrainForward` returns (device tensors, with gradients where they have them)."""
-
-    gen: GenOut
-    """The full-length program of the batch."""
-    active: torch.Tensor
-    """(B, L_max) bool: the active prefix of the main rows."""
-    errors: torch.Tensor
-    """(copies * B,) per-sample alignment errors: main rows, then the probe rows if any."""
-    l_hat: torch.Tensor
-    """(B,) predicted lengths."""
-    commit_loss: torch.Tensor
-    diversity_loss: torch.Tensor
-    pixel_loss: torch.Tensor | None
-    """None when no images reach the pixel probe."""
-    quality_curve: torch.Tensor | None = None
-    """(B, L_max - L_min + 1) log errors predicted by the eps-conditioned head (opt-in; None
-    without it)."""
-
-
-@dataclass(frozen=True)
-class PendingCheck:
-    """A step's all-reduced (non-finite loss, stop requested) flags, still on the device, and
-    its loss terms for the message should the loss be the non-finite one."""
-
-    step: int
-    flags: torch.Tensor
-    terms: dict[str, torch.Tensor]
-
-
-@dataclass
-class LossTerms:
-    """The loss terms of one step (unweighted) and the tokenizer's weighted total (the pixel
-    probe's loss, `pixel`, is back-propagated beside it, not inside it)."""
-
-    total: torch.Tensor
-    align: torch.Tensor
-    commit: torch.Tensor
-    diversity: torch.Tensor
-    length: torch.Tensor | None
-    """Phase 3 on."""
-    pixel: torch.Tensor | None
-    quality: torch.Tensor | None = None
-    """The eps-conditioned head's curve loss (opt-in; phase 3 on)."""
-
-    def named(self) -> dict[str, torch.Tensor]:
-        """The present terms under their metric names (for messages)."""
-        named = {
-            "align_loss": self.align,
-            "commit_loss": self.commit,
-            "diversity_loss": self.diversity,
-            "length_loss": self.length,
-            "pixel_loss": self.pixel,
-            "quality_curve_loss": self.quality,
-            "loss": self.total,
-        }
-        return {k: v for k, v in named.items() if v is not None}
-
-
-def _item(value: torch.Tensor | None) -> torch.Tensor | None:
-    """A step value left on the device (read on log steps, `strop.training.log`)."""
-    return None if value is None else value.detach()
-
-
-class TrainForward(nn.Module):
-    """The differentiable part of a step (what DDP wraps and `torch.compile` compiles).
-
-    `lengths` is (B,) or (3B,) = main, down and up probe lengths; the tokens are repeated to
-    match and interpreted in one call.
-    """
-
-    def __init__(self, model: Strop, w_mse: float) -> None:
-        super().__init__()
-        self.model = model
-        self.w_mse = w_mse
-
-    def forward(
-        self,
-        feats: torch.Tensor,
-        lengths: torch.Tensor,
-        images: torch.Tensor | None,
-        with_quality: bool = False,
-    ) -> ForwardResult:
-        model, b = self.model, feats.shape[0]
-        copies = lengths.shape[0] // b
-        gen = model.generate(feats)
-        tokens = gen.tokens.repeat(copies, 1, 1) if copies > 1 else gen.tokens
-        target = feats.repeat(copies, 1, 1) if copies > 1 else feats
-        field_all = model.interpret_tokens(tokens, lengths)
-        errors = losses.align_error(
-            model.align_view(field_all),
-            model.align_view(target),
-            self.w_mse,
-            model.patch_weights(target),
-        )
-        field = field_all[:b]
-        active = prefix_mask(lengths[:b], gen.codes.shape[1])
-        quantizer = model.quantizer_losses(gen, active)
-        pixel_loss = None
-        if images is not None:
-            # The probe may see only the first images of the batch (train.pixel_batch).
-            recon = model.decode_pixels(field[: images.shape[0]])
-            if images.shape[-2:] != recon.shape[-2:]:
-                images = F.interpolate(images, size=recon.shape[-2:], mode="area")
-            pixel_loss = losses.pixel_loss(recon, images)
-        return ForwardResult(
-            gen=gen,
-            active=active,
-            errors=errors,
-            l_hat=model.predict_length(feats),
-            commit_loss=quantizer["commit_loss"],
-            diversity_loss=quantizer["diversity_loss"],
-            pixel_loss=pixel_loss,
-            quality_curve=model.predict_error_curve(feats) if with_quality else None,
-        )
 
 
 # --------------------------------------------------------------------------- trainer
@@ -494,7 +343,7 @@ class Trainer:
         feats, images = self._features(batch)
         b = feats.shape[0]
         phase = cur.phase_at(step, cfg)
-        gen = _step_generator(self.cfg.train.seed, self.dist.rank, step)
+        gen = step_generator(self.cfg.train.seed, self.dist.rank, step)
 
         predicted = None
         if phase != cur.FIXED_PHASE and cur.handoff_probability(step, cfg) > 0:
@@ -523,11 +372,19 @@ class Trainer:
             if self.curves is not None:
                 self.curves.update(
                     gathered_idx.repeat(3),
-                    _gather_rows(all_lengths, b),
-                    _gather_rows(errors.float(), b),
+                    gather_rows(all_lengths, b),
+                    gather_rows(errors.float(), b),
                 )
 
-        terms = self._loss(out, phase, batch)
+        terms = step_loss(
+            out,
+            phase,
+            self.step,
+            self.cfg,
+            self.bank,
+            self.curves,
+            lambda: self._bank_index(batch),
+        )
         loss = terms.total
         probe_loss = None if terms.pixel is None else self.cfg.model.w_pixel * terms.pixel
         # The finite check and the stop flag stay on the device (all-reduced, so every rank
@@ -545,7 +402,7 @@ class Trainer:
         if not cur.head_active(phase):
             for p in self.model.length_head_parameters():
                 p.grad = None
-        grad_norm, probe_norm = self._clip()
+        grad_norm, probe_norm = clip_gradients(self.model, self.cfg.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         with torch.no_grad():
@@ -563,9 +420,9 @@ class Trainer:
             grad_norm=grad_norm,
             mean_length=lengths.float().mean(),
             head_share=from_head.float().mean(),
-            length_loss=_item(terms.length),
-            pixel_loss=_item(terms.pixel),
-            quality_curve_loss=_item(terms.quality),
+            length_loss=step_value(terms.length),
+            pixel_loss=step_value(terms.pixel),
+            quality_curve_loss=step_value(terms.quality),
             pixel_grad_norm=probe_norm,
             pred_length=out.l_hat.detach().float().mean() if head else None,
             oracle=oracle_stats,
@@ -574,71 +431,6 @@ class Trainer:
     def _bank_index(self, batch: dict[str, Any]) -> torch.Tensor:
         """The batch's dataset indices (the banks' keys) on the device."""
         return to_device(torch.as_tensor(batch["bank_index"], dtype=torch.long), self.device)
-
-    def _loss(
-        self,
-        out: ForwardResult,
-        phase: int,
-        batch: dict[str, Any],
-    ) -> LossTerms:
-        m = self.cfg.model
-        b = out.l_hat.shape[0]
-        align = out.errors[:b].mean()
-        w_div = cur.diversity_weight(self.step, m.w_div, m.div_warmup_steps)
-        loss = align + m.w_commit * out.commit_loss + w_div * out.diversity_loss
-        length_loss = None
-        if cur.head_active(phase):
-            target, _ = self.bank.lookup(self._bank_index(batch))
-            length_loss = losses.length_loss(out.l_hat, target, m.l_max)
-            loss = loss + m.w_len * length_loss
-        else:
-            # Keeps the head in the graph (DDP needs every parameter used); no effect.
-            loss = loss + 0.0 * out.l_hat.sum()
-        quality_loss = None
-        if out.quality_curve is not None and self.curves is not None:
-            if cur.head_active(phase):
-                log_target, mask = curve_targets(
-                    self.curves, self._bank_index(batch), self.cfg.curriculum.quality_min_cells
-                )
-                quality_loss = curve_loss(out.quality_curve, log_target, mask)
-                loss = loss + quality_loss
-            else:  # in the graph for DDP, no effect (as the unconditioned head above)
-                loss = loss + 0.0 * out.quality_curve.sum()
-        # The pixel probe's loss stays out of `total`: it is stepped apart (module docstring).
-        return LossTerms(
-            total=loss,
-            align=align,
-            commit=out.commit_loss,
-            diversity=out.diversity_loss,
-            length=length_loss,
-            pixel=out.pixel_loss,
-            quality=quality_loss,
-        )
-
-    def _clip(self) -> tuple[torch.Tensor | float, torch.Tensor | float | None]:
-        """Clip the tokenizer's gradients and the pixel probe's, each by its own norm; return
-        both norms (the probe's None when it has no gradients). A non-finite probe gradient
-        is zeroed on the device (no host read), so the probe's AdamW step moves it by its
-        moments only and no NaN reaches its weights; the tokenizer's step is untouched."""
-        probe_ids = {id(p) for p in self.model.pixel_decoder.parameters()}
-        # The opt-in eps-conditioned head is clipped apart too: inside the tokenizer's norm
-        # its gradient would change how much every other parameter is clipped.
-        head = self.model.quality_head
-        quality_ids = {id(p) for p in head.parameters()} if head is not None else set()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        tokenizer = [p for p in params if id(p) not in probe_ids | quality_ids]
-        probe = [p for p in params if id(p) in probe_ids]
-        norm = _clip_norm(tokenizer, self.cfg.train.grad_clip)
-        _clip_norm([p for p in params if id(p) in quality_ids], self.cfg.train.grad_clip)
-        if not probe:
-            return norm, None
-        probe_norm = _clip_norm(probe, self.cfg.train.grad_clip)
-        if isinstance(probe_norm, torch.Tensor):
-            not_finite = ~probe_norm.isfinite()
-            for p in probe:
-                if p.grad is not None:
-                    p.grad.masked_fill_(not_finite, 0.0)
-        return norm, probe_norm
 
     def check_pending(self) -> None:
         """Read the finite and stop flags of the steps since the last check (one host sync).
@@ -670,44 +462,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
 
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Alignment (cos, R^2) and CB% on the validation split, with the lengths in use."""
-        from strop.metrics import FieldStats, code_counts, codebook_usage
-        from strop.model.length_head import round_lengths
-
         if self.val_loader is None:
             raise RuntimeError("validate: only the main process builds the validation loader")
-        loader = self.val_loader
-        m = self.cfg.model
         phase = cur.phase_at(self.step, self.cfg.curriculum)
-        use_head = phase >= 4 and phase != cur.FIXED_PHASE
-        stats, counts, lengths_seen = FieldStats(), np.zeros(m.k, dtype=np.int64), []
-        self.model.eval()
-        try:
-            for i, batch in enumerate(train_data.loader_batches(loader)):
-                if i >= self.cfg.train.val_batches:
-                    break
-                feats, _ = self._features(batch)
-                with self._autocast():
-                    gen = self.model.generate(feats)
-                    if use_head:
-                        lengths = round_lengths(self.model.predict_length(feats), m.l_min, m.l_max)
-                    else:
-                        lengths = torch.full((feats.shape[0],), m.l_max, device=self.device)
-                    field = self.model.interpret_tokens(gen.tokens, lengths)
-                stats.update(field.float().cpu().numpy(), feats.float().cpu().numpy())
-                codes = gen.codes.masked_fill(~prefix_mask(lengths, m.l_max), -1)
-                counts += code_counts(codes.cpu().numpy(), m.k)
-                lengths_seen.append(lengths.float().cpu())
-        finally:
-            self.model.train()
-        return {
-            "val_cos": stats.cos,
-            "val_r2": stats.r2,
-            "val_cb": codebook_usage(counts)["cb_pct"],
-            "val_length": float(torch.cat(lengths_seen).mean()),
-        }
+        return validate_split(
+            self.model,
+            self.cfg.model,
+            train_data.loader_batches(self.val_loader),
+            self.cfg.train.val_batches,
+            lambda batch: self._features(batch)[0],
+            use_head=phase >= 4 and phase != cur.FIXED_PHASE,
+            autocast=self._autocast,
+        )
 
     # ------------------------------------------------------------------ loop
 
