@@ -22,7 +22,6 @@ from strop.devices import device_option
 commands = Commands()
 
 TEACHER_HELP = "Teacher: dinov3-s, dinov3-b, dinov3-l, random-vit or pixels."
-RUN_HELP = "Run folder (holds config.json and checkpoints/)."
 CHECKPOINT_HELP = "last, a step number, or a .pt path."
 
 
@@ -211,10 +210,17 @@ def _repo_id_option(repo_id: str | None) -> str | None:
 commands.command("cache-features")(command(cache_features, CacheFeaturesOptions))
 
 
-class ExportModelOptions(BaseModel):
+class RunFolder(BaseModel):
+    """The run folder a command reads (`strop eval RUN`)."""
+
+    run: Annotated[Path, Arg(show_default=False)] = Field(
+        description="Run folder (holds config.json and checkpoints/)."
+    )
+
+
+class ExportModelOptions(RunFolder):
     """`strop export-model`'s options."""
 
-    run: Annotated[Path, Arg(show_default=False)] = Field(description=RUN_HELP)
     out: Annotated[Path, Flag()] = Field(description="Folder to write the tokenizer into.")
     checkpoint: Annotated[str, Flag()] = Field("last", description=CHECKPOINT_HELP)
     push_to_hub: Annotated[str, Flag(callback=_repo_id_option)] = Field(
