@@ -219,4 +219,5 @@ def command(
     run.__annotations__ = {o.name: o.kind for o in options} | {"return": None}
     run.__doc__ = doc if doc is not None else body.__doc__
     run.__name__ = getattr(body, "__name__", "command")
+    run.options = options  # type: ignore[attr-defined]  # what the command was derived from
     return run

@@ -48,13 +48,13 @@ class ModelInfoOptions(BaseModel):
 
     preset: Annotated[str, Flag()] = Field("S", description="Architecture preset: tiny, S or M.")
     teacher: Annotated[str, Flag()] = Field("dinov3-s", description=TEACHER_HELP)
-    k: Annotated[int, Flag(min=2)] = Field(
+    k: Annotated[int | None, Flag(min=2)] = Field(
         None, description="Codebook size K (default: the preset's)."
     )
-    l_max: Annotated[int, Flag(min=1)] = Field(
+    l_max: Annotated[int | None, Flag(min=1)] = Field(
         None, description="Longest program L_max (default: the preset's)."
     )
-    image_size: Annotated[int, Flag(min=16)] = Field(
+    image_size: Annotated[int | None, Flag(min=16)] = Field(
         None, description="Input size in pixels (default: the preset's)."
     )
     as_json: Annotated[bool, Flag("--json")] = Field(
@@ -129,7 +129,7 @@ class CacheFeaturesOptions(BaseModel):
     image_size: Annotated[int, Flag(min=16)] = Field(
         224, description="Input size in pixels (the model's image_size)."
     )
-    teacher_path: Annotated[Path, Flag()] = Field(
+    teacher_path: Annotated[Path | None, Flag()] = Field(
         None, description="Local folder with DINOv3 weights."
     )
     patch_size: Annotated[int, Flag(min=1)] = Field(
@@ -223,12 +223,12 @@ class ExportModelOptions(RunFolder):
 
     out: Annotated[Path, Flag()] = Field(description="Folder to write the tokenizer into.")
     checkpoint: Annotated[str, Flag()] = Field("last", description=CHECKPOINT_HELP)
-    push_to_hub: Annotated[str, Flag(callback=_repo_id_option)] = Field(
+    push_to_hub: Annotated[str | None, Flag(callback=_repo_id_option)] = Field(
         None,
         description="Also upload the folder to this Hugging Face repo id (owner/name); needs "
         "`huggingface-cli login` or HF_TOKEN.",
     )
-    private: Annotated[bool, Flag("--private/--public")] = Field(
+    private: Annotated[bool | None, Flag("--private/--public")] = Field(
         None, description="Visibility of a repo --push-to-hub creates."
     )
 
