@@ -378,10 +378,7 @@ app = make_app(
     commands,
 )
 
-
-def main() -> None:
-    app()
-
+main = app  # the console script's entry point (a typer app is callable)
 
 if __name__ == "__main__":
     main()

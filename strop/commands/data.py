@@ -85,16 +85,8 @@ def clevr_synth(values: dict[str, Any]) -> None:
     start = time.perf_counter()
     # --out that holds someone else's files is a wrong command line; a full disk a failure
     with exit_on(usage=(OutputFolderError,), failed=(OSError, OutputPathError)):
-        counts = generate_dataset(
-            out,
-            n,
-            size=o.size,
-            seed=o.seed,
-            splits=fractions,
-            progress=o.progress,
-            workers=workers,
-            overwrite=o.overwrite,
-        )
+        settings = o.model_dump(include={"size", "seed", "progress", "overwrite"})
+        counts = generate_dataset(out, n, splits=fractions, workers=workers, **settings)
     elapsed = time.perf_counter() - start
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())
     typer.echo(

@@ -1,4 +1,4 @@
-"""`strop export`, `strop eval`, `strop analyze`, `strop report`.
+"""`strop export`, `strop eval`, `strop sweep` (alias `strop eval --sweep`), `strop analyze`, `strop report`.
 
 Torch and the model are imported inside the command bodies so `strop --help` stays fast.
 Errors at the edge print one line: a bad `--length-mode` exits 2 (usage); a run folder, checkpoint, scenes file or dataset that cannot be used exits 1 (the work failed).
