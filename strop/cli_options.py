@@ -33,6 +33,8 @@ Design decisions
   access (the models hold no bounds click does not already check).
 - A command may leave options out (`exclude`): `strop-llm qa` is decode's options less the
   scene-only ones, from the same fields.
+- The command function keeps the options it was derived from (`.options`), so that
+  `tests/test_cli_options.py` compares every click command with its declaration.
 - The signature is built with `inspect.Signature`, which typer reads as it reads any
   function's; no typer internals are used (checked on typer 0.29).
 """
