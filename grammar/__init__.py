@@ -7,9 +7,9 @@ This package is that analysis: it treats each image's program as a sentence over
 codebook and asks whether its structure exceeds what null corpora with the same lengths
 and code frequencies show.
 
-Modules, in the order `mine` uses them: `corpus` (loading, validation), `ngrams`, `zipf`,
-`pairs`, `nulls`, `perplexity`, `repair`, `pcfg`, `summary` (summary.json), `output`, `mine`,
-`compare`, `cli`;
+Modules, in the order `mine` uses them: `config` (`MineConfig`, light: the CLI's options),
+`corpus` (loading, validation), `ngrams`, `zipf`, `pairs`, `nulls`, `perplexity`, `repair`,
+`pcfg`, `summary` (summary.json), `output`, `mine`, `compare`, `cli`;
 `stream` mines a programs dataset shard by shard, in bounded memory.
 It reads programs only through `strop.runs` and never imports torch.
 """

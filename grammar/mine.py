@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from grammar.config import MineConfig
 from grammar.corpus import Corpus, CorpusError, discover
 from grammar.ngrams import (
     NgramCounts,
@@ -76,32 +76,6 @@ from strop.output_unit import OutputUnit
 
 if TYPE_CHECKING:
     from rich.progress import Progress as RichProgress
-
-
-class MineConfig(BaseModel):
-    """Settings of one `mine`; validated when built (the CLI passes its flags here)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_n: int = Field(4, ge=1, le=8, description="longest n-gram counted")
-    seed: int = Field(0, description="seed of the null corpora, held-out split and samples")
-    null_replicates: int = Field(3, ge=0, le=1000, description="replicates per null model")
-    markov_null: bool = Field(False, description="also run the bigram-preserving Markov null")
-    min_count: int = Field(5, ge=1, description="frequency floor for scored pairs")
-    alpha: float = Field(0.05, gt=0, lt=1, description="false discovery rate")
-    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="programs held out for perplexity")
-    lm_orders: tuple[int, ...] = Field((1, 2, 3), description="n-gram LM orders")
-    max_distance: int = Field(8, ge=1, description="largest distance for the MI profile")
-    repair_max_tokens: int = Field(300_000, ge=1, description="codes given to Re-Pair")
-    ngram_min_count: int = Field(2, ge=1, description="floor for rows of ngrams.tsv")
-    top: int = Field(20, ge=1, description="top n-grams, pairs and rules in summary.json")
-    min_programs_for_nulls: int = Field(20, ge=2)
-    min_tokens_for_nulls: int = Field(200, ge=2)
-    spot_check_parses: int = Field(3, ge=0, description="programs parsed with nltk's Viterbi")
-    sample_programs: int = Field(
-        200_000, ge=1, description="programs dataset: sample for nulls, Re-Pair, significance"
-    )
-    workers: int = Field(0, ge=0, description="programs dataset: processes counting shards")
 
 
 Progress = Callable[[str], None]

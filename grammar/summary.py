@@ -49,7 +49,7 @@ def ngram_summary(ngrams: dict[int, NgramCounts], top: int) -> dict[str, Any]:
 def corpus_summary(
     corpus, cfg, observed, nulls, extras, null_status, null_mi, grammar, repair_index
 ) -> dict:
-    """The whole summary of a mined corpus (`cfg` a `grammar.mine.MineConfig`)."""
+    """The whole summary of a mined corpus (`cfg` a `grammar.config.MineConfig`)."""
     adj: PairTable = extras["adjacent"]
     anyp: PairTable = extras["any"]
     lengths = corpus.lengths

@@ -324,13 +324,18 @@ class _DecodeProgress:
         self.progress.update(self.task, advance=1, done=self.done, failed=self.failed)
 
 
-@commands.command("report")
-def report_command(
-    runs: Path = typer.Option(Path("runs/clevr"), "--runs", help="Experiment folder (or one run)."),
-) -> None:
+class ReportOptions(BaseModel):
+    """`strop-llm report`'s options."""
+
+    runs: Annotated[Path, Flag()] = Field(
+        Path("runs/clevr"), description="Experiment folder (or one run)."
+    )
+
+
+def report_command(values: dict[str, Any]) -> None:
     """Tabulate every llm/<model>/summary.json (and llm/qa/<model>/) under --runs; writes llm_report.md."""
     try:
-        path, table = build_report(runs)
+        path, table = build_report(values["runs"])
     except (RunFolderError, OutputPathError) as exc:
         fail(str(exc), [])
         return
@@ -338,16 +343,19 @@ def report_command(
     console.print(f"wrote {path}", highlight=False)
 
 
-@commands.command("presets")
-def presets_command(
-    gpus: str | None = typer.Option(
+class PresetsOptions(BaseModel):
+    """`strop-llm presets`' options."""
+
+    gpus: Annotated[str | None, Flag()] = Field(
         None,
-        "--gpus",
-        help="The node's GPUs, e.g. 8xH100 or 1xH200: print the serve lines for it "
+        description="The node's GPUs, e.g. 8xH100 or 1xH200: print the serve lines for it "
         "(default: every node the recipes cover).",
-    ),
-) -> None:
+    )
+
+
+def presets_command(values: dict[str, Any]) -> None:
     """Print every model preset: served id, thinking switch, sampling, and its `vllm serve` line."""
+    gpus = values["gpus"]
     try:
         hardware = Hardware.parse(gpus) if gpus is not None else None
     except ValueError as exc:
@@ -355,6 +363,9 @@ def presets_command(
         return
     Console(soft_wrap=True).print(describe_presets(hardware), highlight=False, markup=False)
 
+
+commands.command("report")(cli_options.command(report_command, ReportOptions))
+commands.command("presets")(cli_options.command(presets_command, PresetsOptions))
 
 # `strop-llm qa`: decode's options and machinery over questions (llm_decode.qa)
 commands.command("qa")(make_qa_command(sys.modules[__name__], CommandOptions))
@@ -367,10 +378,7 @@ app = make_app(
     commands,
 )
 
-
-def main() -> None:
-    app()
-
+main = app  # the console script's entry point (a typer app is callable)
 
 if __name__ == "__main__":
     main()

@@ -27,10 +27,7 @@ app = make_app(
     *COMMAND_LISTS,
 )
 
-
-def main() -> None:
-    app()
-
+main = app  # the console script's entry point (a typer app is callable)
 
 if __name__ == "__main__":
     main()

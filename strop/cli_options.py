@@ -24,8 +24,17 @@ Design decisions
   override is on the field itself, so there is still one declaration to read.
 - `FlagGroup` on a nested model's field gives all its flags a help prefix and default
   (the vLLM engine options: "vllm backend: ...", `None` so the preset decides).
+- `Arg()` marks a positional argument (`strop eval RUN`) the same way; `Flag(min=1,
+  callback=...)` passes click's own checks on (ranges, `--device`'s callback, a metavar),
+  so a value click refused before is refused in the same words.
+- A command whose options set no config (`strop eval`'s run folder, `--device`) declares
+  them on a small options model in its own module; commands share fields by inheriting
+  such models, and a command's body may validate its values into its model for typed
+  access (the models hold no bounds click does not already check).
 - A command may leave options out (`exclude`): `strop-llm qa` is decode's options less the
   scene-only ones, from the same fields.
+- The command function keeps the options it was derived from (`.options`), so that
+  `tests/test_cli_options.py` compares every click command with its declaration.
 - The signature is built with `inspect.Signature`, which typer reads as it reads any
   function's; no typer internals are used (checked on typer 0.29).
 """
@@ -34,7 +43,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, get_args, get_origin
 
 import typer
@@ -47,12 +56,17 @@ KEEP: Any = type("Keep", (), {"__repr__": lambda self: "KEEP"})()
 
 @dataclass(frozen=True, init=False)
 class Flag:
-    """Marks a pydantic field as a command-line option; every argument overrides the field."""
+    """Marks a pydantic field as a command-line option; every argument overrides the field.
+
+    `checks` go to `typer.Option` as they are (`min`, `max`, `callback`, `metavar`,
+    `show_default`): what click checks or shows before any model sees the value, so a bad
+    value is a usage error in click's words."""
 
     decls: tuple[str, ...] = ()  # default: ("--field-name",)
     default: Any = KEEP
     help: str | None = None
     kind: Any = KEEP  # the type typed on the command line, where it differs from the field's
+    checks: tuple[tuple[str, Any], ...] = ()
 
     def __init__(
         self,
@@ -60,11 +74,21 @@ class Flag:
         default: Any = KEEP,
         help: str | None = None,
         kind: Any = KEEP,
+        **checks: Any,
     ) -> None:
         object.__setattr__(self, "decls", decls)
         object.__setattr__(self, "default", default)
         object.__setattr__(self, "help", help)
         object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "checks", tuple(checks.items()))
+
+
+class Arg(Flag):
+    """Marks a pydantic field as a positional argument (`strop eval RUN`); as `Flag`, less
+    the spelling."""
+
+    def __init__(self, *, help: str | None = None, **checks: Any) -> None:
+        super().__init__(help=help, **checks)
 
 
 @dataclass(frozen=True)
@@ -84,13 +108,17 @@ class Option:
     kind: Any  # annotation typer converts to
     default: Any  # `...`: required
     help: str | None
+    checks: dict[str, Any] = field(default_factory=dict)
+    argument: bool = False  # positional
 
     @property
     def name(self) -> str:
         return self.path[-1]
 
     def typer_option(self) -> Any:
-        return typer.Option(self.default, *self.decls, help=self.help)
+        if self.argument:
+            return typer.Argument(self.default, help=self.help, **self.checks)
+        return typer.Option(self.default, *self.decls, help=self.help, **self.checks)
 
 
 def _marker(info: FieldInfo, kind: type) -> Any:
@@ -143,6 +171,8 @@ def options_of(
                 kind=info.annotation if flag.kind is KEEP else flag.kind,
                 default=default,
                 help=flag.help or f"{_group.help_prefix}{info.description or ''}" or None,
+                checks=dict(flag.checks),
+                argument=isinstance(flag, Arg),
             )
         )
     return found
@@ -191,4 +221,5 @@ def command(
     run.__annotations__ = {o.name: o.kind for o in options} | {"return": None}
     run.__doc__ = doc if doc is not None else body.__doc__
     run.__name__ = getattr(body, "__name__", "command")
+    run.options = options  # type: ignore[attr-defined]  # what the command was derived from
     return run

@@ -186,6 +186,29 @@ def test_cli_sweep_with_a_grid(trained: Path, tmp_path: Path):
     assert bad.exit_code == 2 and bad.output.strip().startswith("error: --sweep-lengths")
 
 
+def test_strop_sweep_is_its_own_command_and_eval_sweep_its_alias(trained: Path):
+    """`strop sweep RUN` and `strop eval RUN --sweep` print and write the same; the alias
+    refuses eval's own options in one line, named in eval's order."""
+    args = ["--split", "train", "--sweep-lengths", "2,4", "--limit", "8", "--no-lpips"]
+    alias = _cli("eval", str(trained), "--sweep", *args)
+    rows = read_json(trained / "sweep.json")["rows"]
+    own = _cli("sweep", str(trained), *args)
+    assert alias.exit_code == own.exit_code == 0, alias.output + own.output
+    assert own.output == alias.output and "-> " in own.output
+    assert read_json(trained / "sweep.json")["rows"] == rows
+    eval_only = ["--order-probe", "5", "--length-mode", "head", "--lpips-lin", "x"]
+    bad = _cli("eval", str(trained), "--sweep", *eval_only)
+    assert bad.exit_code == 2
+    assert bad.output.strip() == (
+        "error: --length-mode, --lpips-lin, --order-probe do not apply with --sweep (it scores "
+        "every prefix:N and the head, fixed and search:EPS points)"
+    )
+    assert _cli("sweep", str(trained), "--length-mode", "head").exit_code == 2  # no such option
+    lonely = _cli("eval", str(trained), "--sweep-eps", "0.1")
+    assert lonely.exit_code == 2
+    assert lonely.output.strip() == "error: --sweep-lengths/--sweep-eps need --sweep"
+
+
 # --------------------------------------------------------------------------- quality head
 
 

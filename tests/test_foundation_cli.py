@@ -50,6 +50,7 @@ COMMANDS = {
         "train": "Train (or resume) a STROP run",
         "export": "Encode a dataset split into programs",
         "eval": "Alignment, codebook usage",
+        "sweep": "Length-quality curves: every prefix length N",
         "analyze": "Counterfactual erasure",
         "report": "report.md and a self-contained report.html",
         "quickstart": "Render scenes, train K=32/64/128",

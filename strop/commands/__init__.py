@@ -3,7 +3,7 @@
 
     data          `strop data ...`: make and inspect scene data
     train         `strop train`: train, or resume the run in `--out`
-    evaluation    `strop export`, `strop eval`, `strop analyze`, `strop report`
+    evaluation    `strop export`, `strop eval`, `strop sweep`, `strop analyze`, `strop report`
     model         `strop model-info`, `strop cache-features`, `strop export-model`
     quickstart    `strop quickstart`: the whole pipeline on the embedded default
 """

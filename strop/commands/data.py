@@ -12,10 +12,13 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel, Field
 
 from strop.cli_app import Commands, exit_on
+from strop.cli_options import Arg, Flag, command
 
 #: Largest `--size`: a render holds several float images of (2 x size)^2 pixels (the
 #: supersampled z-buffer and shading layers); CLEVR's own images are 480 x 320.
@@ -38,28 +41,34 @@ def _parse_splits(text: str) -> tuple[float, float, float]:
     return parts[0], parts[1], parts[2]
 
 
-@commands.command("clevr-synth")
-def clevr_synth(
-    n: int = typer.Option(1000, "--n", min=1, help="Number of scenes over all splits."),
-    size: int = typer.Option(
-        128, "--size", min=8, max=MAX_SIZE, help="Image side in pixels (square)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
-    out: Path = typer.Option(Path("data/clevr-synth"), "--out", help="Output folder."),
-    splits: str = typer.Option(
-        "0.8,0.1,0.1", "--splits", help="train,val,test fractions (normalised to sum to 1)."
-    ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    workers: int = typer.Option(
-        0, "--workers", min=0, help="Processes to render with; 0 = one per CPU core (at most 8)."
-    ),
-    overwrite: bool = typer.Option(
+class SynthOptions(BaseModel):
+    """`strop data clevr-synth`'s options."""
+
+    n: Annotated[int, Flag(min=1)] = Field(1000, description="Number of scenes over all splits.")
+    size: Annotated[int, Flag(min=8, max=MAX_SIZE)] = Field(
+        128, description="Image side in pixels (square)."
+    )
+    seed: Annotated[int, Flag()] = Field(
+        0, description="Random seed; the same seed gives the same bytes."
+    )
+    out: Annotated[Path, Flag()] = Field(Path("data/clevr-synth"), description="Output folder.")
+    splits: Annotated[str, Flag()] = Field(
+        "0.8,0.1,0.1", description="train,val,test fractions (normalised to sum to 1)."
+    )
+    progress: Annotated[bool, Flag("--progress/--no-progress")] = Field(
+        True, description="Show a progress bar."
+    )
+    workers: Annotated[int, Flag(min=0)] = Field(
+        0, description="Processes to render with; 0 = one per CPU core (at most 8)."
+    )
+    overwrite: Annotated[bool, Flag()] = Field(
         False,
-        "--overwrite",
-        help="Replace a dataset this command wrote earlier with other parameters (a folder it "
-        "did not write is never touched).",
-    ),
-) -> None:
+        description="Replace a dataset this command wrote earlier with other parameters (a "
+        "folder it did not write is never touched).",
+    )
+
+
+def clevr_synth(values: dict[str, Any]) -> None:
     """Render CLEVR-like scenes into CLEVR's layout: images/<split>/*.png, scenes/*.json.
 
     The output depends only on --n, --size, --seed and --splits (not on --workers). --out must
@@ -68,22 +77,16 @@ def clevr_synth(
     from strop.atomic import OutputPathError
     from strop.data.renderer import OutputFolderError, generate_dataset
 
-    fractions = _parse_splits(splits)
+    o = SynthOptions.model_validate(values)
+    n, out, workers = o.n, o.out, o.workers
+    fractions = _parse_splits(o.splits)
     if workers == 0:
         workers = min(os.cpu_count() or 1, 8, max(1, n // 100))
     start = time.perf_counter()
     # --out that holds someone else's files is a wrong command line; a full disk a failure
     with exit_on(usage=(OutputFolderError,), failed=(OSError, OutputPathError)):
-        counts = generate_dataset(
-            out,
-            n,
-            size=size,
-            seed=seed,
-            splits=fractions,
-            progress=progress,
-            workers=workers,
-            overwrite=overwrite,
-        )
+        settings = o.model_dump(include={"size", "seed", "progress", "overwrite"})
+        counts = generate_dataset(out, n, splits=fractions, workers=workers, **settings)
     elapsed = time.perf_counter() - start
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())
     typer.echo(
@@ -91,20 +94,30 @@ def clevr_synth(
     )
 
 
-@commands.command("inspect")
-def inspect(
-    path: str = typer.Argument(..., help="A CLEVR folder, an image folder, or a datasets copy."),
-    split: str = typer.Option("train", "--split", help="Split to open."),
-    image_size: int = typer.Option(128, "--image-size", min=8, help="Resize images to this side."),
-    check_all: bool = typer.Option(
-        False, "--check-all", help="Decode every image (slow), not only the first."
-    ),
-) -> None:
+commands.command("clevr-synth")(command(clevr_synth, SynthOptions))
+
+
+class InspectOptions(BaseModel):
+    """`strop data inspect`'s options."""
+
+    path: Annotated[str, Arg()] = Field(
+        description="A CLEVR folder, an image folder, or a datasets copy."
+    )
+    split: Annotated[str, Flag()] = Field("train", description="Split to open.")
+    image_size: Annotated[int, Flag(min=8)] = Field(128, description="Resize images to this side.")
+    check_all: Annotated[bool, Flag()] = Field(
+        False, description="Decode every image (slow), not only the first."
+    )
+
+
+def inspect(values: dict[str, Any]) -> None:
     """Open a dataset as training would and print what it holds; fail with one clear line."""
     from strop.data.datasets import DataError, build_dataset
 
+    o = InspectOptions.model_validate(values)
+    split, check_all = o.split, o.check_all
     with exit_on(failed=(DataError,)):
-        dataset = build_dataset(path, split, image_size)
+        dataset = build_dataset(o.path, split, o.image_size)
         first = dataset[0]
         for i in range(1, len(dataset) if check_all else 0):
             dataset[i]
@@ -117,3 +130,6 @@ def inspect(
         typer.echo(
             f"objects per scene: {min(known)}-{max(known)}, mean {sum(known) / len(known):.2f}"
         )
+
+
+commands.command("inspect")(command(inspect, InspectOptions))

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel, Field
 
 from strop.cli_app import Commands, exit_on, one_line
+from strop.cli_options import Arg, Flag, command
 from strop.devices import device_option
 
 commands = Commands()
 
 TEACHER_HELP = "Teacher: dinov3-s, dinov3-b, dinov3-l, random-vit or pixels."
+CHECKPOINT_HELP = "last, a step number, or a .pt path."
 
 
 def _config(preset: str, teacher: str, k: int | None, l_max: int | None, image_size: int | None):
@@ -39,24 +43,32 @@ def _config(preset: str, teacher: str, k: int | None, l_max: int | None, image_s
         raise typer.BadParameter(str(err)) from None
 
 
-@commands.command("model-info")
-def model_info(
-    preset: str = typer.Option("S", "--preset", help="Architecture preset: tiny, S or M."),
-    teacher: str = typer.Option("dinov3-s", "--teacher", help=TEACHER_HELP),
-    k: int = typer.Option(None, "--k", min=2, help="Codebook size K (default: the preset's)."),
-    l_max: int = typer.Option(
-        None, "--l-max", min=1, help="Longest program L_max (default: the preset's)."
-    ),
-    image_size: int = typer.Option(
-        None, "--image-size", min=16, help="Input size in pixels (default: the preset's)."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
-) -> None:
+class ModelInfoOptions(BaseModel):
+    """`strop model-info`'s options."""
+
+    preset: Annotated[str, Flag()] = Field("S", description="Architecture preset: tiny, S or M.")
+    teacher: Annotated[str, Flag()] = Field("dinov3-s", description=TEACHER_HELP)
+    k: Annotated[int | None, Flag(min=2)] = Field(
+        None, description="Codebook size K (default: the preset's)."
+    )
+    l_max: Annotated[int | None, Flag(min=1)] = Field(
+        None, description="Longest program L_max (default: the preset's)."
+    )
+    image_size: Annotated[int | None, Flag(min=16)] = Field(
+        None, description="Input size in pixels (default: the preset's)."
+    )
+    as_json: Annotated[bool, Flag("--json")] = Field(
+        False, description="Print one JSON object instead of a table."
+    )
+
+
+def model_info(values: dict[str, Any]) -> None:
     """Parameter counts, FLOPs per image and bits per program of a configuration (no weights needed)."""
     from strop.model import describe
 
-    info = describe(_config(preset, teacher, k, l_max, image_size))
-    if as_json:
+    o = ModelInfoOptions.model_validate(values)
+    info = describe(_config(o.preset, o.teacher, o.k, o.l_max, o.image_size))
+    if o.as_json:
         typer.echo(json.dumps(info))
         return
     from rich.console import Console
@@ -97,50 +109,51 @@ def model_info(
     Console().print(table)
 
 
-@commands.command("cache-features")
-def cache_features(
-    data: str = typer.Option(
-        ...,
-        "--data",
-        help="Dataset folder (CLEVR layout, synthetic, or images), hf://owner/name, or "
-        "WebDataset tar shards (a path or brace pattern; {split} becomes each split).",
-    ),
-    teacher: str = typer.Option("dinov3-s", "--teacher", help=TEACHER_HELP),
-    out: Path = typer.Option(
-        ..., "--out", help="Cache folder (index.json + <split>-NNNNN.npy shards)."
-    ),
-    split: list[str] = typer.Option(
-        ["train", "val"],
-        "--split",
-        metavar="SPLIT",
-        help="Split(s) to cache; repeat the flag for several.",
-    ),
-    image_size: int = typer.Option(
-        224, "--image-size", min=16, help="Input size in pixels (the model's image_size)."
-    ),
-    teacher_path: Path = typer.Option(
-        None, "--teacher-path", help="Local folder with DINOv3 weights."
-    ),
-    patch_size: int = typer.Option(
-        16, "--patch-size", min=1, help="Patch size of random-vit / pixels teachers."
-    ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per teacher forward."),
-    workers: int = typer.Option(2, "--workers", min=0, help="DataLoader worker processes."),
-    device: str = typer.Option(
-        "auto", "--device", callback=device_option, help="auto, cpu, cuda, cuda:N or mps."
-    ),
-    shard_rows: int = typer.Option(
+commands.command("model-info")(command(model_info, ModelInfoOptions))
+
+
+class CacheFeaturesOptions(BaseModel):
+    """`strop cache-features`'s options."""
+
+    data: Annotated[str, Flag()] = Field(
+        description="Dataset folder (CLEVR layout, synthetic, or images), hf://owner/name, or "
+        "WebDataset tar shards (a path or brace pattern; {split} becomes each split)."
+    )
+    teacher: Annotated[str, Flag()] = Field("dinov3-s", description=TEACHER_HELP)
+    out: Annotated[Path, Flag()] = Field(
+        description="Cache folder (index.json + <split>-NNNNN.npy shards)."
+    )
+    split: Annotated[list[str], Flag(metavar="SPLIT")] = Field(
+        ["train", "val"], description="Split(s) to cache; repeat the flag for several."
+    )
+    image_size: Annotated[int, Flag(min=16)] = Field(
+        224, description="Input size in pixels (the model's image_size)."
+    )
+    teacher_path: Annotated[Path | None, Flag()] = Field(
+        None, description="Local folder with DINOv3 weights."
+    )
+    patch_size: Annotated[int, Flag(min=1)] = Field(
+        16, description="Patch size of random-vit / pixels teachers."
+    )
+    batch_size: Annotated[int, Flag(min=1)] = Field(32, description="Images per teacher forward.")
+    workers: Annotated[int, Flag(min=0)] = Field(2, description="DataLoader worker processes.")
+    device: Annotated[str, Flag(callback=device_option)] = Field(
+        "auto", description="auto, cpu, cuda, cuda:N or mps."
+    )
+    shard_rows: Annotated[int, Flag(min=1)] = Field(
         10_000,
-        "--shard-rows",
-        min=1,
-        help="Images per feature shard (<split>-NNNNN.npy); a rerun after a kill resumes at "
-        "the first unfinished shard.",
-    ),
-    replace: bool = typer.Option(
-        False, "--replace", help="Start over in a folder another cache-features run wrote."
-    ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-) -> None:
+        description="Images per feature shard (<split>-NNNNN.npy); a rerun after a kill "
+        "resumes at the first unfinished shard.",
+    )
+    replace: Annotated[bool, Flag()] = Field(
+        False, description="Start over in a folder another cache-features run wrote."
+    )
+    progress: Annotated[bool, Flag("--progress/--no-progress")] = Field(
+        True, description="Show a progress bar."
+    )
+
+
+def cache_features(values: dict[str, Any]) -> None:
     """Run the frozen teacher over dataset splits once and store fp16 features for training.
 
     Writes a sharded cache: rerun the same command after a kill to resume it. Under
@@ -150,24 +163,25 @@ def cache_features(
     from strop.model.feature_cache import FeatureCacheDataset
     from strop.model.teachers import build_teacher
 
-    if teacher.startswith("dinov3"):
-        patch_size = 16
+    o = CacheFeaturesOptions.model_validate(values)
+    out, split = o.out, o.split
+    patch_size = 16 if o.teacher.startswith("dinov3") else o.patch_size
     # TeacherNotFoundError (a FileNotFoundError), FeatureCacheError and DataError (ValueErrors),
     # a folder that cannot be written (OutputUnitError, a ValueError): the work failed (exit 1).
     with exit_on(failed=(FileNotFoundError, ValueError)):
-        model = build_teacher(teacher, teacher_path, image_size, patch_size)
+        model = build_teacher(o.teacher, o.teacher_path, o.image_size, patch_size)
         path = write_cache(
-            data,
+            o.data,
             split,
             model,
             out,
-            image_size,
-            batch_size,
-            workers,
-            device,
-            shard_rows,
-            replace,
-            progress,
+            o.image_size,
+            o.batch_size,
+            o.workers,
+            o.device,
+            o.shard_rows,
+            o.replace,
+            o.progress,
         )
         if path.name != "index.json":
             return  # a rank other than 0: rank 0 reports
@@ -193,26 +207,33 @@ def _repo_id_option(repo_id: str | None) -> str | None:
         raise typer.BadParameter(str(err)) from None
 
 
-@commands.command("export-model")
-def export_model_cmd(
-    run: Path = typer.Argument(
-        ..., help="Run folder (holds config.json and checkpoints/).", show_default=False
-    ),
-    out: Path = typer.Option(..., "--out", help="Folder to write the tokenizer into."),
-    checkpoint: str = typer.Option(
-        "last", "--checkpoint", help="last, a step number, or a .pt path."
-    ),
-    push_to_hub: str = typer.Option(
+commands.command("cache-features")(command(cache_features, CacheFeaturesOptions))
+
+
+class RunFolder(BaseModel):
+    """The run folder a command reads (`strop eval RUN`)."""
+
+    run: Annotated[Path, Arg(show_default=False)] = Field(
+        description="Run folder (holds config.json and checkpoints/)."
+    )
+
+
+class ExportModelOptions(RunFolder):
+    """`strop export-model`'s options."""
+
+    out: Annotated[Path, Flag()] = Field(description="Folder to write the tokenizer into.")
+    checkpoint: Annotated[str, Flag()] = Field("last", description=CHECKPOINT_HELP)
+    push_to_hub: Annotated[str | None, Flag(callback=_repo_id_option)] = Field(
         None,
-        "--push-to-hub",
-        callback=_repo_id_option,
-        help="Also upload the folder to this Hugging Face repo id (owner/name); needs "
+        description="Also upload the folder to this Hugging Face repo id (owner/name); needs "
         "`huggingface-cli login` or HF_TOKEN.",
-    ),
-    private: bool = typer.Option(
-        None, "--private/--public", help="Visibility of a repo --push-to-hub creates."
-    ),
-) -> None:
+    )
+    private: Annotated[bool | None, Flag("--private/--public")] = Field(
+        None, description="Visibility of a repo --push-to-hub creates."
+    )
+
+
+def export_model_cmd(values: dict[str, Any]) -> None:
     """Write a shareable tokenizer: model.safetensors, config.json and a model card (README.md).
 
     Load it with `strop.Strop.from_pretrained(DIR_or_hub_id)`; `strop export` and `strop eval`
@@ -223,10 +244,16 @@ def export_model_cmd(
     # A run folder, checkpoint or output folder that cannot be used (CheckpointError,
     # PretrainedError, a ValueError) or a failed upload (an OSError from huggingface_hub's
     # client): the work failed (exit 1).
+    o = ExportModelOptions.model_validate(values)
     with exit_on(failed=(CheckpointError, ValueError, OSError)):
-        folder, url, replaced = export_model(run, out, checkpoint, push_to_hub, private=private)
+        folder, url, replaced = export_model(
+            o.run, o.out, o.checkpoint, o.push_to_hub, private=o.private
+        )
     # Two exports into one folder take turns (the unit's lock): the later one says so.
     verb = "replaced the tokenizer in" if replaced else "wrote"
     typer.echo(f"{verb} {folder} (model.safetensors, config.json, README.md)")
     if url:
-        typer.echo(f"pushed to {push_to_hub}: {url}")
+        typer.echo(f"pushed to {o.push_to_hub}: {url}")
+
+
+commands.command("export-model")(command(export_model_cmd, ExportModelOptions))

@@ -3,56 +3,64 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel, Field
 
 from strop.cli_app import EXIT_INTERRUPTED, Commands, exit_on, fail, one_line
+from strop.cli_options import Flag, command
 
 commands = Commands()
 
 
-@commands.command("quickstart")
-def quickstart_command(
-    out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Output folder."),
-    n_images: int = typer.Option(2000, "--n-images", help="CLEVR-like scenes to render."),
-    steps: int = typer.Option(1200, "--steps", help="Training steps per codebook size."),
-    ks: str = typer.Option("32,64,128", "--ks", help="Codebook sizes, comma-separated."),
-    teacher: str = typer.Option(
-        "pixels", "--teacher", help="Offline teacher: pixels or random-vit."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of data, training and decoding."),
-    threads: int = typer.Option(
+class QuickstartOptions(BaseModel):
+    """`strop quickstart`'s options. `strop.quickstart.QuickstartConfig` validates them (its
+    bounds, its messages); they are not marked on it because importing that package imports
+    torch, which `strop --help` does not."""
+
+    out: Annotated[Path, Flag()] = Field(Path("runs/quickstart"), description="Output folder.")
+    n_images: Annotated[int, Flag()] = Field(2000, description="CLEVR-like scenes to render.")
+    steps: Annotated[int, Flag()] = Field(1200, description="Training steps per codebook size.")
+    ks: Annotated[str, Flag()] = Field("32,64,128", description="Codebook sizes, comma-separated.")
+    teacher: Annotated[str, Flag()] = Field(
+        "pixels", description="Offline teacher: pixels or random-vit."
+    )
+    seed: Annotated[int, Flag()] = Field(0, description="Seed of data, training and decoding.")
+    threads: Annotated[int, Flag()] = Field(
         1,
-        "--threads",
-        help="torch threads; the figures depend on it (floating-point sums), so it is fixed.",
-    ),
-    jobs: int | None = typer.Option(
+        description="torch threads; the figures depend on it (floating-point sums), so it is "
+        "fixed.",
+    )
+    jobs: Annotated[int | None, Flag()] = Field(
         None,
-        "--jobs",
-        help="Runs trained side by side, one process each with --threads threads; the figures "
-        "do not depend on it. Default: one per usable core, at most one per run.",
-    ),
-    base_url: str | None = typer.Option(
-        None, "--base-url", help="OpenAI-compatible endpoint: also decode with an LLM."
-    ),
-    llm_model: str = typer.Option("qwen3.5", "--llm-model", help="Model for --base-url."),
-    fixed_k: int = typer.Option(
-        64, "--fixed-k", help="Also train the fixed-length baseline at this K (0: skip it)."
-    ),
-    fresh: bool = typer.Option(False, "--fresh", help="Delete --out first instead of resuming."),
-) -> None:
+        description="Runs trained side by side, one process each with --threads threads; the "
+        "figures do not depend on it. Default: one per usable core, at most one per run.",
+    )
+    base_url: Annotated[str | None, Flag()] = Field(
+        None, description="OpenAI-compatible endpoint: also decode with an LLM."
+    )
+    llm_model: Annotated[str, Flag()] = Field("qwen3.5", description="Model for --base-url.")
+    fixed_k: Annotated[int, Flag()] = Field(
+        64, description="Also train the fixed-length baseline at this K (0: skip it)."
+    )
+    fresh: Annotated[bool, Flag()] = Field(
+        False, description="Delete --out first instead of resuming."
+    )
+
+
+def quickstart_command(values: dict[str, Any]) -> None:
     """Render scenes, train K=32/64/128, export, evaluate, mine grammars, decode, report.
 
     Each stage is skipped when its output exists, so a rerun resumes where it stopped.
     """
     from strop.quickstart import QuickstartConfig, QuickstartError, clean, quickstart
 
+    values = dict(values)
+    fresh, ks, fixed_k = values.pop("fresh"), values.pop("ks"), values.pop("fixed_k")
     try:
         k_values = tuple(int(v) for v in ks.split(",") if v.strip())
-        qc = QuickstartConfig(
-            out=out, n_images=n_images, steps=steps, ks=k_values, teacher=teacher,
-            seed=seed, threads=threads, jobs=jobs, base_url=base_url, llm_model=llm_model, fixed_k=fixed_k or None,
-        )  # fmt: skip
+        qc = QuickstartConfig(**values, ks=k_values, fixed_k=fixed_k or None)
     except ValueError as err:  # pydantic's ValidationError is a ValueError
         fail(f"strop quickstart: {one_line(err)}", usage=True)
     if fresh:
@@ -68,3 +76,6 @@ def quickstart_command(
             err=True,
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+commands.command("quickstart")(command(quickstart_command, QuickstartOptions))

@@ -8,50 +8,60 @@ writes the run folder).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel, Field
 
 from strop.cli_app import EXIT_INTERRUPTED, Commands, exit_on
+from strop.cli_options import Flag, command
 
 commands = Commands()
 
 
-@commands.command("train")
-def train_command(
-    data: Path = typer.Option(..., "--data", help="Dataset folder (CLEVR layout or images)."),
-    config: Path | None = typer.Option(
-        None, "--config", help="Base configuration file (e.g. configs/clevr-dino-s.json)."
-    ),
-    preset: str | None = typer.Option(
-        None, "--preset", help="Model preset: tiny, S or M (default S; not with --config)."
-    ),
-    teacher: str | None = typer.Option(
+class TrainOptions(BaseModel):
+    """`strop train`'s options: `make_run_config`'s parameters (a preset, a file and flags
+    that each stand for a config field or two, resolved there), then the run's own."""
+
+    data: Annotated[Path, Flag()] = Field(description="Dataset folder (CLEVR layout or images).")
+    config: Annotated[Path | None, Flag()] = Field(
+        None, description="Base configuration file (e.g. configs/clevr-dino-s.json)."
+    )
+    preset: Annotated[str | None, Flag()] = Field(
+        None, description="Model preset: tiny, S or M (default S; not with --config)."
+    )
+    teacher: Annotated[str | None, Flag()] = Field(
         None,
-        "--teacher",
-        help="dinov3-s|dinov3-b|dinov3-l|random-vit|pixels (default dinov3-s, or the config's).",
-    ),
-    k: int | None = typer.Option(None, "--k", help="Codebook size K (default: the preset's)."),
-    out: Path = typer.Option(..., "--out", help="Run folder; resumed when it has a checkpoint."),
-    steps: int | None = typer.Option(
+        description="dinov3-s|dinov3-b|dinov3-l|random-vit|pixels (default dinov3-s, or the "
+        "config's).",
+    )
+    k: Annotated[int | None, Flag()] = Field(
+        None, description="Codebook size K (default: the preset's)."
+    )
+    out: Annotated[Path, Flag()] = Field(
+        description="Run folder; resumed when it has a checkpoint."
+    )
+    steps: Annotated[int | None, Flag()] = Field(
         None,
-        "--steps",
-        help="Total steps; the lr warm-up/hold, w_div warm-up and curriculum phases keep "
+        description="Total steps; the lr warm-up/hold, w_div warm-up and curriculum phases keep "
         "the paper's share of the run (default: the paper's 500k). On a run that already "
         "has a checkpoint: train on to this step, keeping the run's schedule.",
-    ),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step per GPU."),
-    sets: list[str] = typer.Option(
+    )
+    batch_size: Annotated[int | None, Flag()] = Field(None, description="Images per step per GPU.")
+    sets: Annotated[list[str], Flag("--set", metavar="KEY=VALUE")] = Field(
         [],
-        "--set",
-        metavar="KEY=VALUE",
-        help="Override any config field, e.g. --set curriculum.phase_steps=30,60,80,100 "
+        description="Override any config field, e.g. --set curriculum.phase_steps=30,60,80,100 "
         "--set train.lr=1e-4 (repeatable).",
-    ),
-    stop_at: int | None = typer.Option(
-        None, "--stop-at", help="Stop (with a checkpoint) at this step; resume later."
-    ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-) -> None:
+    )
+    stop_at: Annotated[int | None, Flag()] = Field(
+        None, description="Stop (with a checkpoint) at this step; resume later."
+    )
+    progress: Annotated[bool, Flag("--progress/--no-progress")] = Field(
+        True, description="Show a progress bar."
+    )
+
+
+def train_command(values: dict[str, Any]) -> None:
     """Train (or resume) a STROP run; writes config.json, metrics.jsonl and checkpoints/."""
     from pydantic import ValidationError
 
@@ -60,16 +70,19 @@ def train_command(
     from strop.training.config import ConfigError, make_run_config
     from strop.training.trainer import TrainingDiverged, train
 
+    o = TrainOptions.model_validate(values)
+    out = o.out
     try:
         with exit_on(usage=(ConfigError, ValidationError), failed=(DataError,)):
             cfg = make_run_config(
-                data, preset, teacher, k, steps, batch_size, sets, config, resume_dir=out
-            )
+                o.data, o.preset, o.teacher, o.k, o.steps, o.batch_size, o.sets, o.config,
+                resume_dir=out,
+            )  # fmt: skip
         with exit_on(
             usage=(ConfigError,),
             failed=(CheckpointError, TrainingDiverged, DataError, FileNotFoundError, ValueError),
         ):
-            run = train(cfg, out, progress=progress, stop_at=stop_at)
+            run = train(cfg, out, progress=o.progress, stop_at=o.stop_at)
     except KeyboardInterrupt:
         typer.secho(
             f"interrupted; checkpoint saved in {out / 'checkpoints'}; rerun the same "
@@ -79,3 +92,6 @@ def train_command(
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     typer.echo(f"trained: {run}")
+
+
+commands.command("train")(command(train_command, TrainOptions))
