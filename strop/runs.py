@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from strop.atomic import atomic_write, atomic_write_text, free_space, is_disk_full, open_for_append
+from strop.jsonfile import json_kind, read_json_object
 
 PROGRAMS_FILE = "programs.parquet"
 #: the dataset form of a run's programs (`strop.evaluation.programs_dataset`): RUN/programs/manifest.json
@@ -217,7 +218,7 @@ def _read_meta(schema: Any, path: Path) -> dict[str, Any]:
         raise RunFolderError(f"{path}: schema metadata 'strop' is not valid JSON") from None
     if not isinstance(meta, dict):
         raise RunFolderError(
-            f"{path}: schema metadata 'strop': expected a JSON object, got {_kind(meta)}"
+            f"{path}: schema metadata 'strop': expected a JSON object, got {json_kind(meta)}"
         )
     return meta
 
@@ -485,7 +486,7 @@ class RunFolder:
         for key in EVAL_OBJECT_FIELDS:
             if data.get(key) is not None and not isinstance(data[key], dict):
                 raise RunFolderError(
-                    f"{self.eval_path}: field {key}: expected an object, got {_kind(data[key])}"
+                    f"{self.eval_path}: field {key}: expected an object, got {json_kind(data[key])}"
                 )
         return data
 
@@ -535,7 +536,7 @@ class RunFolder:
         model = cfg.get("model") or {}
         if not isinstance(model, dict):
             raise RunFolderError(
-                f"{self.config_path}: field model: expected an object, got {_kind(model)}"
+                f"{self.config_path}: field model: expected an object, got {json_kind(model)}"
             )
         k = model.get("k", cfg.get("k"))
         if k is None:
@@ -756,28 +757,7 @@ def find_run(experiment: str | os.PathLike[str], k: int) -> RunFolder:
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A JSON file that holds one object (every JSON file of a run folder does)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RunFolderError(f"{path}: file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RunFolderError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError as exc:
-        raise RunFolderError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
-    except RecursionError:
-        raise RunFolderError(f"{path}: JSON nested too deeply") from None
-    if not isinstance(data, dict):
-        raise RunFolderError(f"{path}: expected a JSON object, got {_kind(data)}")
-    return data
-
-
-def _kind(value: Any) -> str:
-    """What a JSON value is, for messages: 'a list', 'a string', 'null'."""
-    if value is None:
-        return "null"
-    name = {list: "list", str: "string", bool: "boolean", dict: "object"}.get(type(value))
-    return f"a {name}" if name else f"a {type(value).__name__}"
+    return read_json_object(path, RunFolderError)
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
@@ -830,6 +810,8 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 break
             raise RunFolderError(f"{path}: line {i + 1} is not valid JSON") from None
         if not isinstance(row, dict):
-            raise RunFolderError(f"{path}: line {i + 1}: expected a JSON object, got {_kind(row)}")
+            raise RunFolderError(
+                f"{path}: line {i + 1}: expected a JSON object, got {json_kind(row)}"
+            )
         rows.append(row)
     return rows

@@ -123,6 +123,7 @@ def test_strop_top_level_reads_like_the_method():
         "cli_app.py",
         "cli_options.py",
         "atomic.py",
+        "jsonfile.py",
         "output_unit.py",
         "provenance.py",
         "baselines.py",

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from strop.model.length_head import round_lengths
 from strop.training import curriculum as C
-from strop.training.curriculum import CurriculumConfig, OracleState, TargetBank
+from strop.training.bank import TargetBank
+from strop.training.curriculum import CurriculumConfig, OracleState
 
 L_MIN, L_MAX = 1, 32
 
