@@ -129,7 +129,6 @@ def test_strop_top_level_reads_like_the_method():
         "baselines.py",
         "devices.py",
         "scenes.py",
-        "runs.py",
         "metrics.py",
         "quickstart.py",
     }

@@ -79,7 +79,7 @@ def assert_devices_untouched(*links: Path) -> None:
 
 def test_a_fifo_a_device_and_a_folder_are_refused_by_every_single_file_writer(tmp_path):
     from strop.atomic import OutputPathError, atomic_write_text
-    from strop.runs import append_jsonl
+    from strop.runs.files import append_jsonl
 
     with fifo_with_reader(tmp_path / "pipe") as pipe:
         link = device_link(tmp_path, "null", "/dev/null")

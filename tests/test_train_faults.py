@@ -24,7 +24,8 @@ import pytest
 import torch
 from conftest import fill
 
-from strop.runs import RunFolder, RunFolderError, RunLockedError
+from strop.runs import RunFolder, RunFolderError
+from strop.runs.lock import RunLockedError
 from strop.training import checkpoint as ckpt
 from strop.training.config import ConfigError, make_run_config
 from strop.training.trainer import train

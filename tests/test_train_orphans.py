@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from test_train_faults import cli_args, config, start, wait_for
 
-from strop.runs import RunLock, RunLockedError
+from strop.runs.lock import RunLock, RunLockedError
 from strop.training import checkpoint as ckpt
 from strop.training.trainer import train
 

@@ -59,7 +59,7 @@ from strop.model.weights import (
     resolve_checkpoint,
     step_name,
 )
-from strop.runs import RunFolder
+from strop.runs.folder import RunFolder
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -52,7 +52,7 @@ from pydantic import (
 from strop.devices import check_device
 from strop.jsonfile import error_message, field_path, read_json_object, validation_line
 from strop.model import ModelConfig
-from strop.runs import RunFolder
+from strop.runs.folder import RunFolder
 from strop.training.curriculum import CurriculumConfig
 
 #: Loader workers wanted when the machine has the cores for them.

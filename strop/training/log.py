@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from strop.atomic import atomic_write_text
-from strop.runs import RunFolder
+from strop.runs.folder import RunFolder
 from strop.training import curriculum as cur
 from strop.training.config import ConfigError
 from strop.training.curriculum import OracleStats

@@ -86,7 +86,9 @@ from torch import nn
 from strop.model import losses
 from strop.model.interpreter import prefix_mask
 from strop.model.network import GenOut, Strop
-from strop.runs import RunFolder, RunFolderError, RunLock, discover_runs, is_run_folder
+from strop.runs.files import RunFolderError
+from strop.runs.folder import RunFolder, discover_runs, is_run_folder
+from strop.runs.lock import RunLock
 from strop.training import checkpoint as ckpt
 from strop.training import curriculum as cur
 from strop.training import data as train_data
