@@ -40,24 +40,13 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from strop.jsonfile import error_line
+from strop.errors import one_line as one_line  # its home; the CLIs import it from here
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def one_line(error: BaseException | str) -> str:
-    """The first line of an error's message; pydantic errors name field, message and value."""
-    errors = getattr(error, "errors", None)
-    if callable(errors) and type(error).__name__ == "ValidationError":
-        return "; ".join(error_line(e, got=bool(e["loc"])) for e in errors())
-    text = str(error).strip()
-    if not text:
-        return type(error).__name__
-    return text.splitlines()[0]
 
 
 def fail(error: BaseException | str, *, usage: bool = False) -> NoReturn:

@@ -31,7 +31,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from strop.atomic import atomic_write_text
-from strop.jsonfile import read_json_value, validation_line
+from strop.errors import validation_line
+from strop.jsonfile import read_json_value
 
 COLORS: tuple[str, ...] = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
 SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder")

@@ -124,6 +124,7 @@ def test_strop_top_level_reads_like_the_method():
         "cli_options.py",
         "atomic.py",
         "jsonfile.py",
+        "errors.py",
         "output_unit.py",
         "provenance.py",
         "baselines.py",

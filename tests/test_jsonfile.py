@@ -1,4 +1,4 @@
-"""One JSON reader and one validation line (`strop.jsonfile`), used by every reader of a
+"""One JSON reader (`strop.jsonfile`) and one validation line (`strop.errors`), used by every reader of a
 JSON file: each fault is one line naming the file, in the reader's own error type."""
 
 from __future__ import annotations
@@ -9,12 +9,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from strop.cli_app import one_line
-from strop.jsonfile import (
-    JsonFileError,
-    read_json_object,
-    read_json_value,
-    validation_line,
-)
+from strop.errors import validation_line
+from strop.jsonfile import JsonFileError, read_json_object, read_json_value
 from strop.model.feature_cache import FeatureCacheError, read_index
 from strop.runs import RunFolderError, read_json
 from strop.scenes import SceneFileError, load_scenes

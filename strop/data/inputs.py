@@ -46,6 +46,7 @@ from strop.data.datasets import (
     load_image,
 )
 from strop.data.webdataset import WebDatasetImages, is_tar_spec
+from strop.errors import one_line
 
 
 @runtime_checkable
@@ -105,9 +106,8 @@ def hub_stream(name: str, split: str, image_size: int, limit: int | None = None)
     try:
         stream = hfd.load_dataset(name, split=split, streaming=True)
     except (ValueError, OSError, ConnectionError) as exc:  # OSError: missing files, network
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(
-            f"{HUB_PREFIX}{name}: cannot stream split {split!r} with datasets ({message})"
+            f"{HUB_PREFIX}{name}: cannot stream split {split!r} with datasets ({one_line(exc)})"
         ) from None
     return HubStreamImages(stream, image_size, f"{HUB_PREFIX}{name} [{split}]", limit)
 

@@ -37,7 +37,8 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from strop.jsonfile import JsonFileError, read_json_object, validation_line
+from strop.errors import validation_line
+from strop.jsonfile import JsonFileError, read_json_object
 from strop.model.config import ModelConfig
 from strop.output_unit import OutputUnitError, require_complete
 from strop.provenance import weights_record

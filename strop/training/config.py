@@ -50,7 +50,8 @@ from pydantic import (
 )
 
 from strop.devices import check_device
-from strop.jsonfile import error_message, field_path, read_json_object, validation_line
+from strop.errors import error_message, field_path, validation_line
+from strop.jsonfile import read_json_object
 from strop.model import ModelConfig
 from strop.runs.folder import RunFolder
 from strop.training.curriculum import CurriculumConfig
