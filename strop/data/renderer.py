@@ -77,7 +77,8 @@ def write_png(path: Path, image: np.ndarray, compress_level: int = 1) -> None:
     no torn file."""
 
     def write(tmp: str) -> None:
-        Image.fromarray(image).save(tmp, format="PNG", compress_level=compress_level)
+        with open(tmp, "wb") as handle:
+            Image.fromarray(image).save(handle, format="PNG", compress_level=compress_level)
 
     atomic_write(path, write)
 
