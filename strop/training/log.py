@@ -246,23 +246,17 @@ def step_progress(label: str, console: Any, *, eta_label: bool = False) -> Any:
     task field `rate`, the time left, a bar, and the last logged row as the description.
 
     Shared by a training's own bar (`ProgressBar`) and `strop quickstart`'s board of runs."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich import progress as rp
     from rich.table import Column
 
-    return Progress(
-        TextColumn(label),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        *([TextColumn("ETA")] if eta_label else []),
-        TimeRemainingColumn(),
-        BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=5, max_width=24)),
-        TextColumn(
+    return rp.Progress(
+        rp.TextColumn(label),
+        rp.MofNCompleteColumn(),
+        rp.TextColumn("{task.fields[rate]}"),
+        *([rp.TextColumn("ETA")] if eta_label else []),
+        rp.TimeRemainingColumn(),
+        rp.BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=5, max_width=24)),
+        rp.TextColumn(
             "{task.description}", table_column=Column(ratio=3, no_wrap=True, overflow="ellipsis")
         ),
         console=console,
