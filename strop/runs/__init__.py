@@ -17,7 +17,8 @@ Torch-free on purpose. Layout (`docs/FORMATS.md`)::
 One module per part of the contract; this package re-exports the names that `grammar`,
 `llm_decode`, `strop.evaluation`, `strop.commands` and `bench` import from `strop.runs`
 (that is nearly every public name: the run folder is their contract), so they keep one
-import path; code inside `strop` imports from the module that holds a name.
+import path; the rest of `strop` (model, training, data, quickstart, the top-level modules)
+imports from the module that holds a name, and a name only they use is not re-exported.
 
     files         the run folder's JSON files (`read_json`, `metrics.jsonl` lines), `RunFolderError`
     programs      `Programs` and the `programs.parquet` writer and reader
