@@ -21,6 +21,8 @@ first use only.
     baselines     a headline beside the trivial baseline it must beat (one record shape)
     provenance    which weights a result came from, recorded in every derived file
     atomic        writing one output file atomically
+    jsonfile      reading a JSON file, one line when it cannot be read
+    errors        an error as one line (a pydantic validation error included)
     output_unit   multi-file outputs written as one unit
     devices       the device names accepted, and timing work on a device
 """

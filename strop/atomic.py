@@ -165,13 +165,8 @@ def open_for_append(path: str | os.PathLike[str]) -> int:
     return fd
 
 
-def current_umask() -> int:
-    """The process's umask, read without changing it.
-
-    Linux (since 4.7) reports it as the `Umask:` line of `/proc/self/status`; checked on
-    Linux 6.18 (x86_64, glibc, CPython 3.11). Elsewhere, or without /proc, it is read the
-    only other way there is, by setting it and setting it back (a window in which a file
-    another thread creates would get umask 0)."""
+def _proc_umask() -> int | None:
+    """The `Umask:` line of `/proc/self/status` (Linux since 4.7), or None without it."""
     try:
         with open("/proc/self/status", encoding="ascii", errors="replace") as status:
             for line in status:
@@ -179,9 +174,32 @@ def current_umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def _umask_by_setting() -> int:
+    """The only other way to read the umask: set it and set it back (a window in which a
+    file another thread creates gets umask 0), so it is done once, at import."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+#: The umask where /proc cannot tell it, read once at import (before the tools start threads).
+_IMPORT_UMASK = _umask_by_setting() if _proc_umask() is None else None
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it.
+
+    Linux reports it in `/proc/self/status`; checked on Linux 6.18 (x86_64, glibc, CPython
+    3.11). Elsewhere, or without /proc, it is the umask at import (`_IMPORT_UMASK`): a later
+    change of the umask is not seen there, which is the price of never setting it while
+    threads run."""
+    mask = _proc_umask()
+    if mask is not None:
+        return mask
+    return _IMPORT_UMASK if _IMPORT_UMASK is not None else _umask_by_setting()
 
 
 def plain_file_mode() -> int:

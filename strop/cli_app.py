@@ -40,27 +40,13 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from strop.errors import one_line as one_line  # its home; the CLIs import it from here
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def one_line(error: BaseException | str) -> str:
-    """The first line of an error's message; pydantic errors name field, message and value."""
-    errors = getattr(error, "errors", None)
-    if callable(errors) and type(error).__name__ == "ValidationError":
-        parts = []
-        for e in errors():
-            where = ".".join(str(p) for p in e["loc"])
-            msg = str(e["msg"]).removeprefix("Value error, ")
-            parts.append(f"{where}: {msg} (got {e.get('input')!r})" if where else msg)
-        return "; ".join(parts)
-    text = str(error).strip()
-    if not text:
-        return type(error).__name__
-    return text.splitlines()[0]
 
 
 def fail(error: BaseException | str, *, usage: bool = False) -> NoReturn:

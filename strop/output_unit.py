@@ -56,7 +56,8 @@ from strop.atomic import (
     shown,
     write_error,
 )
-from strop.runs import RunFolderError, pid_running
+from strop.runs.files import RunFolderError
+from strop.runs.lock import pid_running
 
 
 class OutputUnitError(RunFolderError, OutputPathError):

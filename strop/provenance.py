@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from strop.output_unit import folder_lock
-from strop.runs import RunFolderError, write_json
+from strop.runs.files import RunFolderError, write_json
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -31,11 +31,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from strop.atomic import atomic_write_text
+from strop.errors import validation_line
+from strop.jsonfile import read_json_value
 
 COLORS: tuple[str, ...] = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
 SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder")
 MATERIALS: tuple[str, ...] = ("rubber", "metal")
 SIZES: tuple[str, ...] = ("small", "large")
+#: An object's four attributes, in the order the evaluation and the QA programs list them.
+ATTRIBUTES: tuple[str, ...] = ("color", "shape", "material", "size")
 RELATIONS: tuple[str, ...] = ("right", "behind", "front", "left")
 DIRECTIONS: tuple[str, ...] = ("right", "behind", "above", "below", "left", "front")
 MIN_OBJECTS, MAX_OBJECTS = 3, 10
@@ -132,16 +136,6 @@ class Scene(BaseModel):
         return json.dumps(self.to_json_dict(), separators=(",", ":"))
 
 
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts)
-
-
 def parse_scene(data: Any, *, source: str = "<scene>", index: int | None = None) -> Scene:
     """Validate one scene dict; errors become a one-line `SceneFileError`."""
     where = f"{source}: scene {index}" if index is not None else source
@@ -150,28 +144,13 @@ def parse_scene(data: Any, *, source: str = "<scene>", index: int | None = None)
     try:
         return Scene.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = _format_loc(tuple(err["loc"])) or "<root>"
-        value = err.get("input")
-        shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
-        raise SceneFileError(f"{where} field {field}: {err['msg']} (got {shown[:60]})") from None
+        raise SceneFileError(validation_line(exc, where, got=True)) from None
 
 
 def load_scenes(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Scene]]:
     """Read a CLEVR scenes file `{"info": ..., "scenes": [...]}`; returns (info, scenes)."""
     path = Path(path)
-    if not path.is_file():
-        raise SceneFileError(f"{path}: scenes file not found")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SceneFileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:
-        raise SceneFileError(f"{path}: JSON nested too deeply to be a scenes file") from None
-    except UnicodeDecodeError as exc:
-        raise SceneFileError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
-    except OSError as exc:
-        raise SceneFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    raw = read_json_value(path, SceneFileError, missing="scenes file not found")
     if not isinstance(raw, dict) or not isinstance(raw.get("scenes"), list):
         raise SceneFileError(f"{path}: expected an object with a 'scenes' list")
     info = raw.get("info") or {}

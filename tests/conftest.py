@@ -44,6 +44,20 @@ def tiny_run_config(
     return make_run_config(data, "tiny", "pixels", k=k, batch_size=batch_size, overrides=list(sets))
 
 
+#: With `train.steps=N` (N >= 4): a tiny run at 32 px whose four phases pass in 4 steps,
+#: logged every 2 steps, never validated; for tests that need a trained run's files.
+QUICK_RUN_SETS = (
+    "model.image_size=32",
+    "model.l_max=8",
+    "model.decoder_width=16",
+    "curriculum.phase_steps=1,2,3,4",
+    "curriculum.probe_radius=1",
+    "train.num_workers=0",
+    "train.val_every=0",
+    "train.log_every=2",
+)
+
+
 # Two scenes exactly as CLEVR_v1.0/scenes/CLEVR_val_scenes.json spells them: key order,
 # 3-entry pixel_coords (u, v, depth), float32-looking coordinates, -0.0 in directions,
 # relationships as lists of lists, and the info block.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -109,17 +110,22 @@ def test_cooccurrence_counts_programs_holding_both_codes() -> None:
         assert pmi == pytest.approx(want, rel=1e-12, abs=1e-12)
 
 
+def _simulated_mean(reps: int, draw: Callable[[], Sequence[float]]) -> np.ndarray:
+    """The mean of `reps` draws of a null's counts (a simulation to check its expectation)."""
+    return np.mean([np.asarray(draw(), dtype=np.float64) for _ in range(reps)], axis=0)
+
+
 def test_shuffle_expectation_matches_simulated_shuffles() -> None:
     rng = np.random.default_rng(0)
     corpus = Corpus.from_lists(_random_programs(2, n=120, k=5), k=5)
     table = adjacent_pairs(corpus)
     expected = shuffle_expected_adjacent(corpus, table.a, table.b)
     reps = 1500
-    total = np.zeros(len(table))
-    for _ in range(reps):
-        total += count_ngrams(shuffle_within(corpus, rng), 2).lookup(table.keys(5))
+    mean = _simulated_mean(
+        reps, lambda: count_ngrams(shuffle_within(corpus, rng), 2).lookup(table.keys(5))
+    )
     standard_error = np.sqrt(np.maximum(expected, 1e-9) / reps)
-    assert np.all(np.abs(total / reps - expected) < 5 * standard_error)
+    assert np.all(np.abs(mean - expected) < 5 * standard_error)
 
 
 def test_unigram_cooccurrence_expectation_matches_simulation() -> None:
@@ -127,13 +133,13 @@ def test_unigram_cooccurrence_expectation_matches_simulation() -> None:
     corpus = Corpus.from_lists(_random_programs(4, n=100, k=6), k=6)
     table = any_pairs(corpus)
     expected = unigram_expected_cooccurrence(corpus, table.a, table.b)
-    reps = 400
-    total = np.zeros(len(table))
-    for _ in range(reps):
+
+    def draw() -> list[int]:
         keys, counts = cooccurrence_counts(unigram_resample(corpus, rng))
         lookup = dict(zip(keys.tolist(), counts.tolist()))
-        total += [lookup.get(int(k), 0) for k in table.keys(6)]
-    assert np.allclose(total / reps, expected, rtol=0.05, atol=0.5)
+        return [lookup.get(int(k), 0) for k in table.keys(6)]
+
+    assert np.allclose(_simulated_mean(400, draw), expected, rtol=0.05, atol=0.5)
 
 
 def test_nulls_keep_what_they_promise() -> None:

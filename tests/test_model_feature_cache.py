@@ -133,7 +133,7 @@ def test_a_split_rewritten_halfway_is_never_read_as_a_mix(synth_clevr_ro, tmp_pa
 
     chattr("+i", out / "val.f16")
     try:  # the features cannot be replaced: the split is refused, not read as a mix
-        with pytest.raises(OSError):
+        with pytest.raises(OutputPathError, match="val.f16: cannot write the output here"):
             write_features(other, PixelTeacher(8), out, "val", 32, progress=False)
     finally:
         chattr("-i", out / "val.f16")

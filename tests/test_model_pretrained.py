@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import Result
-from conftest import tiny_run_config
+from conftest import QUICK_RUN_SETS, tiny_run_config
 from typer.testing import CliRunner
 
 from strop.cli import app
@@ -47,18 +47,7 @@ def run(tmp_path_factory, dataset) -> Path:
     from strop.training.trainer import train
 
     out = tmp_path_factory.mktemp("runs") / "k16"
-    cfg = tiny_run_config(
-        dataset,
-        "train.steps=6",
-        "model.image_size=32",
-        "model.l_max=8",
-        "model.decoder_width=16",
-        "curriculum.phase_steps=1,2,3,4",
-        "curriculum.probe_radius=1",
-        "train.num_workers=0",
-        "train.val_every=0",
-        "train.log_every=2",
-    )
+    cfg = tiny_run_config(dataset, "train.steps=6", *QUICK_RUN_SETS)
     train(cfg, out, progress=False)
     evaluate_run(out, batch_size=8, progress=False, lpips=False)
     return out

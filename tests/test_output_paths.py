@@ -79,7 +79,7 @@ def assert_devices_untouched(*links: Path) -> None:
 
 def test_a_fifo_a_device_and_a_folder_are_refused_by_every_single_file_writer(tmp_path):
     from strop.atomic import OutputPathError, atomic_write_text
-    from strop.runs import append_jsonl
+    from strop.runs.files import append_jsonl
 
     with fifo_with_reader(tmp_path / "pipe") as pipe:
         link = device_link(tmp_path, "null", "/dev/null")
@@ -209,6 +209,20 @@ def test_the_umask_is_read_without_setting_it() -> None:
         assert os.umask(0o027) == 0o027  # unchanged by the read
     finally:
         os.umask(before)
+
+
+def test_without_proc_the_umask_is_the_one_at_import_and_never_set(monkeypatch) -> None:
+    """Where /proc cannot tell the umask, every write set it to 0 and back: a file another
+    thread created meanwhile got mode 0666. It is read once, at import, instead."""
+    import strop.atomic as atomic
+
+    calls: list[int] = []
+    monkeypatch.setattr(atomic, "_proc_umask", lambda: None)
+    monkeypatch.setattr(atomic, "_IMPORT_UMASK", 0o027)
+    monkeypatch.setattr(atomic.os, "umask", lambda mask: calls.append(mask) or 0)
+    assert atomic.current_umask() == 0o027
+    assert atomic.plain_file_mode() == 0o640
+    assert calls == []
 
 
 def test_exported_weights_get_the_umask_mode_and_a_second_export_says_it_replaced(run, tmp_path):

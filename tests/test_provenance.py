@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_run_config
+from conftest import QUICK_RUN_SETS, tiny_run_config
 from typer.testing import CliRunner
 
 from strop.cli import app
@@ -28,17 +28,6 @@ from strop.provenance import (
 from strop.runs import read_json, read_programs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SETS = (
-    "model.image_size=32",
-    "model.l_max=8",
-    "model.decoder_width=16",
-    "curriculum.phase_steps=1,2,3,4",
-    "curriculum.probe_radius=1",
-    "train.num_workers=0",
-    "train.val_every=0",
-    "train.log_every=2",
-)
 
 
 def strop(*args: str):
@@ -62,7 +51,7 @@ def trained_on(tmp_path_factory) -> dict:
     data = tmp_path_factory.mktemp("data") / "clevr"
     generate_dataset(data, n=40, size=32, seed=5, splits=(0.5, 0.5, 0.0), progress=False)
     run = tmp_path_factory.mktemp("exp") / "k16"
-    train(tiny_run_config(data, "train.steps=6", *SETS), run, progress=False)
+    train(tiny_run_config(data, "train.steps=6", *QUICK_RUN_SETS), run, progress=False)
     first = file_sha256(run / "checkpoints" / "last.pt")
     strop("export", str(run), "--split", "train,val")
     strop("eval", str(run), "--no-lpips", "--order-probe", "0")
@@ -78,7 +67,7 @@ def trained_on(tmp_path_factory) -> dict:
         "analysis": read_json(run / "analysis" / "analysis.json")["weights"],
         "decode": read_json(run / "llm" / "knn" / "summary.json"),
     }
-    train(tiny_run_config(data, "train.steps=8", *SETS), run, progress=False)
+    train(tiny_run_config(data, "train.steps=8", *QUICK_RUN_SETS), run, progress=False)
     return {"run": run, "first": first, "early": early}
 
 

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from strop.model.length_head import round_lengths
 from strop.training import curriculum as C
-from strop.training.curriculum import CurriculumConfig, OracleState, TargetBank
+from strop.training.bank import ErrorCurveBank, TargetBank
+from strop.training.curriculum import CurriculumConfig, OracleState
 
 L_MIN, L_MAX = 1, 32
 
@@ -189,6 +190,18 @@ def test_diversity_weight_warms_up_linearly():
     assert C.diversity_weight(50, 0.1, 100) == pytest.approx(0.05)
     assert C.diversity_weight(500, 0.1, 100) == pytest.approx(0.1)
     assert C.diversity_weight(0, 0.1, 0) == 0.1
+
+
+def test_both_banks_keep_the_checkpoint_keys_runs_were_saved_with():
+    """One `ImageBank` holds both; a resumed run reads `targets` / `errors` as before."""
+    curve = ErrorCurveBank(3, l_min=1, l_max=5, decay=0.5)
+    curve.update(torch.tensor([2]), torch.tensor([5]), torch.tensor([0.25]))
+    assert set(curve.state_dict()) == {"errors", "visits"}
+    assert set(TargetBank(2, 0.5).state_dict()) == {"targets", "visits"}
+    errors, measured = curve.lookup(torch.tensor([2]))
+    assert errors[0, 4] == 0.25 and measured[0].tolist() == [False] * 4 + [True]
+    with pytest.raises(ValueError, match=r"error-curve bank: checkpoint holds \(3, 5\) cells"):
+        ErrorCurveBank(2, l_min=1, l_max=5, decay=0.5).load_state_dict(curve.state_dict())
 
 
 def test_target_bank_accumulates_and_roundtrips():

@@ -28,7 +28,8 @@ from helpers import fault_cli_args as cli_args
 from helpers import fault_config as config
 from helpers import start_strop as start
 
-from strop.runs import RunFolder, RunFolderError, RunLockedError
+from strop.runs import RunFolder, RunFolderError
+from strop.runs.lock import RunLockedError
 from strop.training import checkpoint as ckpt
 from strop.training.config import ConfigError, make_run_config
 from strop.training.trainer import train

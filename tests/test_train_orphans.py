@@ -22,7 +22,7 @@ from helpers import fault_config as config
 from helpers import start_strop as start
 from helpers import wait_for
 
-from strop.runs import RunLock, RunLockedError
+from strop.runs.lock import RunLock, RunLockedError
 from strop.training import checkpoint as ckpt
 from strop.training.trainer import train
 

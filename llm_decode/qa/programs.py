@@ -24,9 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from strop.scenes import RELATIONS, Scene
-
-ATTRIBUTES = ("color", "shape", "material", "size")
+from strop.scenes import ATTRIBUTES, RELATIONS, Scene
 
 
 class ProgramError(ValueError):

@@ -40,6 +40,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from strop.errors import one_line
 from strop.scenes import Scene, SceneFileError, load_scenes, parse_scene
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -455,9 +456,8 @@ def hf_clevr_dataset(
         else:
             loaded = hfd.load_dataset(source, split=split, cache_dir=cache_dir)
     except (ValueError, OSError, ConnectionError) as exc:  # OSError: missing files, network
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(
-            f"{source}: cannot load split {split!r} with datasets ({message})"
+            f"{source}: cannot load split {split!r} with datasets ({one_line(exc)})"
         ) from None
     if isinstance(loaded, hfd.DatasetDict):
         if split not in loaded:

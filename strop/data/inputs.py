@@ -46,6 +46,7 @@ from strop.data.datasets import (
     load_image,
 )
 from strop.data.webdataset import WebDatasetImages, is_tar_spec
+from strop.errors import one_line
 
 
 @runtime_checkable
@@ -93,9 +94,8 @@ def open_input(
         return WebDatasetImages(text, split, image_size, limit)
     from torch.utils.data import Subset
 
-    dataset = build_dataset(spec, split, image_size)
-    if tolerant:
-        dataset = DecodeTolerant(dataset)
+    built = build_dataset(spec, split, image_size)
+    dataset: Any = DecodeTolerant(built) if tolerant else built
     if limit is not None and limit < len(dataset):
         return Subset(dataset, range(limit))
     return dataset
@@ -135,9 +135,8 @@ def hub_stream(name: str, split: str, image_size: int, limit: int | None = None)
     try:
         stream = hfd.load_dataset(name, split=split, streaming=True)
     except (ValueError, OSError, ConnectionError) as exc:  # OSError: missing files, network
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(
-            f"{HUB_PREFIX}{name}: cannot stream split {split!r} with datasets ({message})"
+            f"{HUB_PREFIX}{name}: cannot stream split {split!r} with datasets ({one_line(exc)})"
         ) from None
     return HubStreamImages(stream, image_size, f"{HUB_PREFIX}{name} [{split}]", limit)
 

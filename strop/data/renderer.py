@@ -40,8 +40,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,7 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from strop.atomic import plain_file_mode, refuse_non_regular
+from strop.atomic import atomic_write
 from strop.data.placement import sample_scene
 from strop.data.shading import render_layers
 from strop.scenes import Scene, save_scenes
@@ -75,17 +73,14 @@ def split_counts(n: int, splits: Sequence[float]) -> dict[str, int]:
 
 
 def write_png(path: Path, image: np.ndarray, compress_level: int = 1) -> None:
-    """Write a PNG through a temporary name, so an interrupted run leaves no torn file."""
-    refuse_non_regular(path)  # os.replace would put the PNG in a FIFO's or device's place
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    """Write a PNG through a temporary name (`strop.atomic`), so an interrupted run leaves
+    no torn file."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
             Image.fromarray(image).save(handle, format="PNG", compress_level=compress_level)
-        os.chmod(tmp, plain_file_mode())  # what a plain open() gives (mkstemp's is 0600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 @dataclass(frozen=True)

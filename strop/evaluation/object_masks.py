@@ -39,9 +39,8 @@ import numpy as np
 
 from strop.data.camera import CAMERA, CLEVR_FRAME
 from strop.data.placement import SIZE_RADIUS
+from strop.scenes import ATTRIBUTES as ATTRIBUTES  # its home; evaluation imports it from here
 from strop.scenes import Scene, SceneFileError, check_pixel_frame
-
-ATTRIBUTES = ("color", "shape", "material", "size")
 
 
 def object_radii(size: str, depth: float, frame: tuple[int, int]) -> tuple[float, float]:

@@ -21,7 +21,7 @@ Design decisions
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -55,7 +55,21 @@ PresetName = Literal["tiny", "S", "M"]
 #: codes are compared with all of them; the paper's largest K is 1024 (Sec. 5.2).
 MAX_K = 2**20
 
-#: Paper Table 6 for S and M; `tiny` for CPU demos and tests.
+#: The field defaults below are the default preset's (S); `_fill_from_preset` replaces them
+#: by the chosen preset's before validation, so they only document the S values.
+_S = Preset(
+    d=256,
+    layers=8,
+    heads=8,
+    ffn=1024,
+    image_size=224,
+    patch_size=16,
+    l_max=64,
+    k=1024,
+    code_dim=16,
+    decoder_width=256,
+)
+#: Paper Table 6 for S and M (M is S made wider and deeper); `tiny` for CPU demos and tests.
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         d=64,
@@ -69,34 +83,9 @@ PRESETS: dict[str, Preset] = {
         code_dim=8,
         decoder_width=32,
     ),
-    "S": Preset(
-        d=256,
-        layers=8,
-        heads=8,
-        ffn=1024,
-        image_size=224,
-        patch_size=16,
-        l_max=64,
-        k=1024,
-        code_dim=16,
-        decoder_width=256,
-    ),
-    "M": Preset(
-        d=512,
-        layers=10,
-        heads=8,
-        ffn=2048,
-        image_size=224,
-        patch_size=16,
-        l_max=64,
-        k=1024,
-        code_dim=16,
-        decoder_width=256,
-    ),
+    "S": _S,
+    "M": replace(_S, d=512, layers=10, ffn=2048),
 }
-#: The field defaults below are the default preset's; `_fill_from_preset` replaces them by the
-#: chosen preset's before validation, so they only document the S values.
-_S = PRESETS["S"]
 TeacherName = Literal["dinov3-s", "dinov3-b", "dinov3-l", "random-vit", "pixels"]
 
 

@@ -59,7 +59,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from strop.atomic import atomic_write_text, refuse_non_regular
+from strop.atomic import atomic_write, atomic_write_text, refuse_non_regular
+from strop.jsonfile import read_json_object
 
 INDEX_FILE = "index.json"
 PLAN_FILE = "plan.json"
@@ -83,12 +84,7 @@ def read_index(cache_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise FeatureCacheError(
             f"{path}: no feature cache here; write one with `strop cache-features --data DIR --teacher T --out {cache_dir}`"
         )
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise FeatureCacheError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
-    if not isinstance(index, dict):
-        raise FeatureCacheError(f"{path}: expected a JSON object")
+    index = read_json_object(path, FeatureCacheError)
     if "format" in index and (
         index["format"] != CACHE_FORMAT or index.get("version") != CACHE_VERSION
     ):
@@ -150,34 +146,38 @@ def write_features(
         worker_init_fn=parent_watch() if num_workers > 0 else None,
     )
     final = out / f"{split}.f16"
-    tmp = out / f".{split}.f16.tmp"
-    memmap: np.memmap | None = None
     image_ids: list[str] = []
     n_objects: list[int] = []
     scenes: list[str] = []
-    row = 0
-    with _progress(progress, f"caching {split} features ({name})", n) as advance:
-        for batch in loader:
-            feats = teacher(batch["image"].to(device)).float().cpu().numpy().astype(np.float16)
-            if memmap is None:
-                memmap = np.memmap(tmp, np.float16, "w+", shape=(n, *feats.shape[1:]))
-            memmap[row : row + len(feats)] = feats
-            row += len(feats)
-            image_ids += list(batch["image_id"])
-            n_objects += [int(v) for v in batch["n_objects"]]
-            scenes += [s or "" for s in batch["scene"]]
-            advance(len(feats))
-    assert memmap is not None
-    memmap.flush()
-    shape = list(memmap.shape)
-    del memmap
-    # The split's files are replaced while the index does not list the split, so a kill
-    # between the two replacements leaves a split readers refuse, never one whose features
-    # and image ids come from two writes (module docstring).
-    if split in index.get("splits", {}):
-        del index["splits"][split]
-        atomic_write_text(out / INDEX_FILE, json.dumps(index, indent=1))
-    os.replace(tmp, final)
+    shape: list[int] = []
+
+    def encode(tmp: str) -> None:
+        memmap: np.memmap | None = None
+        row = 0
+        with _progress(progress, f"caching {split} features ({name})", n) as advance:
+            for batch in loader:
+                feats = teacher(batch["image"].to(device)).float().cpu().numpy()
+                feats = feats.astype(np.float16)
+                if memmap is None:
+                    memmap = np.memmap(tmp, np.float16, "w+", shape=(n, *feats.shape[1:]))
+                memmap[row : row + len(feats)] = feats
+                row += len(feats)
+                image_ids.extend(batch["image_id"])
+                n_objects.extend(int(v) for v in batch["n_objects"])
+                scenes.extend(s or "" for s in batch["scene"])
+                advance(len(feats))
+        assert memmap is not None
+        memmap.flush()
+        shape.extend(memmap.shape)
+        del memmap
+        # The split's files are replaced while the index does not list the split, so a kill
+        # between the two replacements leaves a split readers refuse, never one whose
+        # features and image ids come from two writes (module docstring).
+        if split in index.get("splits", {}):
+            del index["splits"][split]
+            atomic_write_text(out / INDEX_FILE, json.dumps(index, indent=1))
+
+    atomic_write(final, encode)
     atomic_write_text(out / f"{split}.scenes.jsonl", "".join(json.dumps(s) + "\n" for s in scenes))
     index.update(
         teacher=name,

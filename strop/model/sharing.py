@@ -32,7 +32,7 @@ import torch
 from strop.model.hub import check_repo_id, upload_folder
 from strop.model.network import Strop
 from strop.model.tokenizer_files import CONFIG_NAME, PretrainedError, is_exported, read_info
-from strop.runs import RunFolder, discover_runs, is_run_folder
+from strop.runs.folder import RunFolder, discover_runs, is_run_folder
 
 __all__ = ["export_model"]
 

@@ -37,10 +37,11 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from strop.errors import validation_line
+from strop.jsonfile import JsonFileError, read_json_object
 from strop.model.config import ModelConfig
 from strop.output_unit import OutputUnitError, require_complete
 from strop.provenance import weights_record
-from strop.runs import RunFolderError, read_json
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -94,8 +95,8 @@ def says_exported(folder: Path) -> bool:
     """Whether `folder/config.json` is an exported tokenizer's (a config that cannot be read
     says no; its reader then names what is wrong with it)."""
     try:
-        return read_json(folder / CONFIG_NAME).get("format") == EXPORT_FORMAT
-    except RunFolderError:
+        return read_json_object(folder / CONFIG_NAME).get("format") == EXPORT_FORMAT
+    except JsonFileError:
         return False
 
 
@@ -139,14 +140,6 @@ class ExportedConfig(BaseModel):
     image_size: StrictInt | None = None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object file, read by the one reader of run files (`strop.runs.read_json`)."""
-    try:
-        return read_json(path)
-    except RunFolderError as exc:
-        raise PretrainedError(str(exc)) from None
-
-
 def _model_config(data: Any, path: Path) -> ModelConfig:
     from pydantic import ValidationError
 
@@ -155,9 +148,7 @@ def _model_config(data: Any, path: Path) -> ModelConfig:
     try:
         return ModelConfig.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise PretrainedError(f"{path}: field model.{loc}: {err['msg']}") from None
+        raise PretrainedError(validation_line(exc, f"{path}:", prefix="model.")) from None
 
 
 def _exported_config(data: dict[str, Any], path: Path) -> ExportedConfig:
@@ -166,17 +157,13 @@ def _exported_config(data: dict[str, Any], path: Path) -> ExportedConfig:
     try:
         return ExportedConfig.model_validate({k: v for k, v in data.items() if v is not None})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise PretrainedError(
-            f"{path}: field {loc}: {err['msg']} (got {err.get('input')!r:.60})"
-        ) from None
+        raise PretrainedError(validation_line(exc, f"{path}:", got=True)) from None
 
 
 def read_info(path: str | os.PathLike[str]) -> TokenizerInfo:
     """The `TokenizerInfo` of an exported folder or a run folder (its `config.json` only)."""
     folder = Path(path)
-    data = _read_json(folder / CONFIG_NAME)
+    data = read_json_object(folder / CONFIG_NAME, PretrainedError)
     config_path = folder / CONFIG_NAME
     if data.get("format") == EXPORT_FORMAT:
         version = data.get("format_version")

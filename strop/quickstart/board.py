@@ -13,17 +13,9 @@ from typing import Any, Literal
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Column
+from rich.progress import TaskID
 
-from strop.training.log import describe_row
+from strop.training.log import describe_row, step_progress
 
 EventKind = Literal["stage", "step", "done", "failed", "interrupted"]
 
@@ -48,20 +40,7 @@ class RunBoard:
 
     def __init__(self, runs: list[str], total_steps: int, console: Console) -> None:
         width = max(len(r) for r in runs)
-        self.progress = Progress(
-            TextColumn(f"[bold]{{task.fields[run]:<{width}}}"),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=5, max_width=24)),
-            TextColumn(
-                "{task.description}",
-                table_column=Column(ratio=3, no_wrap=True, overflow="ellipsis"),
-            ),
-            console=console,
-            expand=True,
-            transient=True,
-        )
+        self.progress = step_progress(f"[bold]{{task.fields[run]:<{width}}}", console)
         self.tasks: dict[str, TaskID] = {
             run: self.progress.add_task("waiting", total=total_steps, run=run, rate="")
             for run in runs

@@ -44,7 +44,7 @@ from rich.console import Console
 
 from strop.quickstart.config import QuickstartConfig
 from strop.quickstart.runs import QuickstartError, stage_runs
-from strop.runs import RunFolder, discover_runs
+from strop.runs.folder import RunFolder, discover_runs
 
 console = Console()
 
@@ -180,7 +180,7 @@ def _print_summary(experiment: Path) -> None:
     """The headline numbers per K, from the files the stages wrote."""
     from rich.table import Table
 
-    from strop.runs import read_json
+    from strop.runs.files import read_json
 
     table = Table(title="quickstart summary (val split)")
     for col in (

@@ -42,7 +42,7 @@ from rich.console import Console
 from strop.cli_app import one_line
 from strop.quickstart.board import RunBoard, RunEvent
 from strop.quickstart.config import PlannedRun, QuickstartConfig, run_config
-from strop.runs import RunFolder
+from strop.runs.folder import RunFolder
 
 Report = Callable[[RunEvent], None]
 

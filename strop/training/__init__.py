@@ -11,7 +11,8 @@
     checkpoint    atomic checkpoints, RNG state, `load_model`
     resume        which configuration a run may be resumed with
     distributed   DDP via torchrun
-    quality       the eps-conditioned length head's training targets (error-curve bank)
+    bank          per-image banks averaged over visits (oracle targets, error curves)
+    quality       the eps-conditioned length head's training targets from the error curves
     host_sync     copies to the device that never wait (`to_device`)
     mfu           model FLOPs utilisation against the device's peak
 

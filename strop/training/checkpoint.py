@@ -6,9 +6,10 @@ checkpoint is a dict of tensors and Python primitives only, loaded with
 `torch.load(weights_only=True)`: a checkpoint is data, never code.
 
 Design decisions
-- Every name is its own file (its own inode): the state is serialised once to a temporary
-  file, fsync'ed, copied (an in-kernel copy, not a hard link) to its `step-NNNNNNN.pt` name
-  and renamed over `last.pt` (`os.replace` is atomic on POSIX). A hard link would make
+- Every name is its own file (its own inode): the state is serialised once, fsync'ed, to its
+  `step-NNNNNNN.pt` name, then copied (an in-kernel copy, not a hard link) to `last.pt`,
+  each through `strop.atomic` (a temporary name renamed over the file; `os.replace` is
+  atomic on POSIX). A hard link would make
   `cp step-0000020.pt last.pt` (a natural manual rollback) rewrite the newest step file too,
   and damage to one name damage the other. A crash at any point leaves the previous files
   intact; a stray temporary file is ignored and cleaned on the next save.
@@ -38,7 +39,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from strop.atomic import plain_file_mode
+from strop.atomic import atomic_write
 from strop.model.weights import (
     LAST,
     CheckpointError,
@@ -59,7 +59,7 @@ from strop.model.weights import (
     resolve_checkpoint,
     step_name,
 )
-from strop.runs import RunFolder
+from strop.runs.folder import RunFolder
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -95,28 +95,30 @@ def save_checkpoint(
     `keep` step files. A failed write raises `CheckpointError`; the previous files stay."""
     folder = checkpoints_dir(run_dir)
     previous = candidates(run_dir)  # what a failed write leaves the run with
-    tmp = step_tmp = None
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def copy_step(tmp: str) -> None:
+        shutil.copyfile(folder / step_name(step), tmp)  # a copy: its own inode, not a link
+        _fsync_file(Path(tmp))
+
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for stray in folder.glob(".*.tmp"):
             stray.unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ckpt.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, plain_file_mode())  # what a plain open() gives (mkstemp's is 0600)
-        if keep > 0:
-            step_tmp = folder / f".{step_name(step)}.tmp"
-            shutil.copyfile(tmp, step_tmp)  # a copy: its own inode, never a second name
-            _fsync_file(step_tmp)
-            os.replace(step_tmp, folder / step_name(step))
-        os.replace(tmp, folder / LAST)
+        if keep > 0:  # the step file first: `last.pt` never names a step not yet written
+            atomic_write(folder / step_name(step), save)
+            atomic_write(folder / LAST, copy_step)
+        else:
+            atomic_write(folder / LAST, save)
     except BaseException as exc:
-        for leftover in (tmp, step_tmp):
-            if leftover is not None:
-                Path(leftover).unlink(missing_ok=True)
-        cause = _os_error(exc)  # torch.save reports a failed write as a RuntimeError
+        # `strop.atomic` removed the temporary file; torch.save reports a failed write as a
+        # RuntimeError and `atomic_write` as an `OutputPathError`: both keep the OSError
+        cause = _os_error(exc)
         if cause is None:
             raise
         kept = (

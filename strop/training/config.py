@@ -32,7 +32,6 @@ Design decisions
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 import types
@@ -51,8 +50,10 @@ from pydantic import (
 )
 
 from strop.devices import check_device
+from strop.errors import error_message, field_path, validation_line
+from strop.jsonfile import read_json_object
 from strop.model import ModelConfig
-from strop.runs import RunFolder
+from strop.runs.folder import RunFolder
 from strop.training.curriculum import CurriculumConfig
 
 #: Loader workers wanted when the machine has the cores for them.
@@ -215,9 +216,9 @@ def _set_path(data: dict[str, Any], cls: type[BaseModel], keys: list[str], raw: 
             try:
                 TypeAdapter(kind).validate_python(value)
             except ValidationError as exc:
-                err = exc.errors()[0]
+                msg = error_message(exc.errors()[0])
                 raise ConfigError(
-                    f"--set {item}: invalid value for {'.'.join(keys)} ({err['msg']}; got {raw!r})"
+                    f"--set {item}: invalid value for {'.'.join(keys)} ({msg}; got {raw!r})"
                 ) from None
             node[key] = value
             return
@@ -256,8 +257,7 @@ def _apply(cfg: RunConfig, items: list[tuple[str, str]], origins: dict[str, str]
 def _blame(exc: ValidationError, origins: dict[str, str]) -> str:
     """One line for the first error, naming the flag(s) that set the fields involved."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
+    loc, msg = field_path(err["loc"]), error_message(err)
     if loc in origins:
         return f"{origins[loc]}: invalid value for {loc} ({msg})"
     section = f"{loc}." if loc else ""
@@ -313,23 +313,12 @@ def load_run_config(run_dir: str | os.PathLike[str]) -> RunConfig:
 def load_config_file(path: str | os.PathLike[str]) -> RunConfig:
     """A configuration file (`configs/*.json`: a `RunConfig` dump, sections may be partial)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: JSON nested too deeply") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got a {type(data).__name__}")
+    data = read_json_object(path, ConfigError, missing="config file not found")
     data = {key: value for key, value in data.items() if not key.startswith("_")}  # comments
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: field {loc}: {err['msg']}") from None
+        raise ConfigError(validation_line(exc, f"{path}:")) from None
 
 
 def make_run_config(
@@ -371,9 +360,7 @@ def make_run_config(
         try:
             model = ModelConfig.from_preset(preset or "S", **model_kw)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(f"model.{loc}: {err['msg']}") from None
+            raise ConfigError(validation_line(exc, prefix="model.")) from None
         cfg = RunConfig(model=model, data=DataConfig(path=str(data)))
     if batch_size is not None:
         items.append((f"train.batch_size={batch_size}", f"--batch-size {batch_size}"))

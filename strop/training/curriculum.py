@@ -32,8 +32,8 @@ Design decisions (the paper leaves these open; each constant is a documented con
 - A clamped probe (`L - r < L_min` or `L + r > L_max`) is dropped; its slope is imputed with
   its EMA (`s_hat = 1`, "this sample is typical"), so boundary samples still get a correction
   from the side that was measured and no fake evidence from the side that was not.
-- Targets are accumulated per training image (`TargetBank`, indexed by the dataset index) as
-  an exponential average over that image's visits (`target_ema_decay`), so each image's
+- Targets are accumulated per training image (`strop.training.bank.TargetBank`, indexed by
+  the dataset index) as an exponential average over that image's visits (`target_ema_decay`), so each image's
   target tracks the improving model but one noisy random length does not dominate it. The
   oracle keeps running in phases 3-5 (probes around the random or predicted length), which
   refreshes the targets the head trains on. Under DDP the trainer gathers (index, target)
@@ -408,74 +408,3 @@ def oracle_targets(
 
 def _nan_to(value: torch.Tensor, default: float) -> torch.Tensor:
     return torch.where(value.isnan(), torch.full_like(value, default), value)
-
-
-# --------------------------------------------------------------------------- target bank
-
-
-class TargetBank:
-    """Accumulated oracle targets, one per training image (indexed by dataset index).
-
-    Each visit blends the new target into the stored one with `decay` (the first visit stores
-    it as is). The bank lives on the training device and is indexed with device tensors, so a
-    step never reads it back to the host. Checkpointed through `state_dict()`: plain CPU
-    tensors, loadable with `torch.load(weights_only=True)` (the format of earlier versions).
-    """
-
-    def __init__(self, size: int, decay: float, device: torch.device | str = "cpu") -> None:
-        self.decay = decay
-        self.device = torch.device(device)
-        self.targets = torch.zeros(size, dtype=torch.float32, device=self.device)
-        self.visits = torch.zeros(size, dtype=torch.int32, device=self.device)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def update(self, indices: torch.Tensor, targets: torch.Tensor) -> None:
-        """Blend `targets` (n,) into the bank at `indices` (n,); later duplicates win."""
-        indices = to_device(indices.long(), self.device)
-        targets = to_device(targets.detach().float(), self.device)
-        check_indices(indices, len(self), "target bank")
-        old = self.targets[indices]
-        seen = self.visits[indices] > 0
-        blended = torch.where(seen, self.decay * old + (1.0 - self.decay) * targets, targets)
-        self.targets[indices] = blended
-        self.visits[indices] += 1
-
-    def lookup(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stored targets at `indices` and a mask of the images that have one (on the bank's
-        device)."""
-        indices = to_device(indices.long(), self.device)
-        return self.targets[indices].clone(), self.visits[indices] > 0
-
-    @property
-    def coverage(self) -> float:
-        """Share of training images with a target (a read: log steps only)."""
-        return float((self.visits > 0).float().mean()) if len(self) else 0.0
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"targets": self.targets.cpu().clone(), "visits": self.visits.cpu().clone()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if state["targets"].shape != self.targets.shape:
-            raise ValueError(
-                f"target bank: checkpoint holds {state['targets'].numel()} targets, "
-                f"the training set has {len(self)} images"
-            )
-        self.targets = state["targets"].float().to(self.device, copy=True)
-        self.visits = state["visits"].int().to(self.device, copy=True)
-
-
-def check_indices(indices: torch.Tensor, size: int, bank: str) -> None:
-    """`IndexError` for an index outside [0, size), checked without a host read on CUDA
-    (`torch._assert_async`: a failure there is a device-side assert at a later call)."""
-    if not indices.numel():
-        return
-    inside = ((indices >= 0) & (indices < size)).all()
-    try:
-        torch._assert_async(inside)
-    except RuntimeError:  # CPU tensors are checked at once
-        raise IndexError(
-            f"{bank}: index {int(indices.max())} outside [0, {size}); "
-            "the training set changed since the run started"
-        ) from None

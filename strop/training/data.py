@@ -2,7 +2,7 @@
 
 Design decisions
 - Each training item carries `bank_index`, its position in the training set: the key of the
-  per-image length-target bank (`curriculum.TargetBank`).
+  per-image length-target bank (`bank.TargetBank`).
 - With `data.feature_cache`, items carry cached teacher features (`feats`); images are loaded
   beside them only when the pixel probe is trained (it needs them), so
   `train.pixel_decoder=false` gives the cache's full speed.

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from strop.atomic import atomic_write_text
-from strop.runs import RunFolder
+from strop.runs.folder import RunFolder
 from strop.training import curriculum as cur
 from strop.training.config import ConfigError
 from strop.training.curriculum import OracleStats
@@ -240,6 +240,31 @@ def _free_name(path: Path) -> Path:
     return candidate
 
 
+def step_progress(label: str, console: Any, *, eta_label: bool = False) -> Any:
+    """The display of training steps (a rich `Progress`, not started): `label` (a column
+    format: "[bold]k16" or one naming a task field), steps done of total, the rate in the
+    task field `rate`, the time left, a bar, and the last logged row as the description.
+
+    Shared by a training's own bar (`ProgressBar`) and `strop quickstart`'s board of runs."""
+    from rich import progress as rp
+    from rich.table import Column
+
+    return rp.Progress(
+        rp.TextColumn(label),
+        rp.MofNCompleteColumn(),
+        rp.TextColumn("{task.fields[rate]}"),
+        *([rp.TextColumn("ETA")] if eta_label else []),
+        rp.TimeRemainingColumn(),
+        rp.BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=5, max_width=24)),
+        rp.TextColumn(
+            "{task.description}", table_column=Column(ratio=3, no_wrap=True, overflow="ellipsis")
+        ),
+        console=console,
+        expand=True,
+        transient=True,
+    )
+
+
 class ProgressBar:
     """The training bar (rank 0 only), and one line per finished call.
 
@@ -268,30 +293,7 @@ class ProgressBar:
 
     def __enter__(self) -> ProgressBar:
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-            from rich.table import Column
-
-            self.progress = Progress(
-                TextColumn(f"[bold]{self.label}"),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=5, max_width=24)),
-                TextColumn(
-                    "{task.description}",
-                    table_column=Column(ratio=3, no_wrap=True, overflow="ellipsis"),
-                ),
-                console=self.console,
-                expand=True,
-                transient=True,
-            )
+            self.progress = step_progress(f"[bold]{self.label}", self.console, eta_label=True)
             self.progress.start()
             self.started = time.perf_counter()
             self.task = self.progress.add_task(

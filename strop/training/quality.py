@@ -1,10 +1,10 @@
 """Training the eps-conditioned length head (`strop.model.quality_head`): its targets.
 
 The phase-2 oracle (paper Appendix A, eq. 3) already measures, every step, each sample's
-alignment error at three prefix lengths (L, L - r, L + r). `ErrorCurveBank` keeps those
-measurements per training image, one cell per length, so that over its visits each image
-accumulates its own rate-distortion curve e_i(L). In the phases that train the length head
-(3 on) the head regresses each image's curve (`curve_targets`, `curve_loss`); at inference
+alignment error at three prefix lengths (L, L - r, L + r). `ErrorCurveBank`
+(`strop.training.bank`) keeps those measurements per training image, one cell per length, so
+that over its visits each image accumulates its own rate-distortion curve e_i(L). In the
+phases that train the length head (3 on) the head regresses each image's curve (`curve_targets`, `curve_loss`); at inference
 `quality:EPS` thresholds the predicted curve with the rule of `search:EPS`.
 
 Design decisions (ours; the paper has no conditioned head)
@@ -31,58 +31,9 @@ from __future__ import annotations
 
 import torch
 
-from strop.training.curriculum import check_indices
-from strop.training.host_sync import to_device
+from strop.training.bank import ErrorCurveBank
 
-
-class ErrorCurveBank:
-    """Per-image alignment error at each prefix length in [l_min, l_max] (exponential
-    averages over visits), on the training device and updated and read there.
-    `state_dict()` is plain CPU tensors for
-    `torch.load(weights_only=True)`."""
-
-    def __init__(
-        self, size: int, l_min: int, l_max: int, decay: float, device: torch.device | str = "cpu"
-    ) -> None:
-        self.l_min, self.l_max, self.decay = l_min, l_max, decay
-        self.device = torch.device(device)
-        n_lengths = l_max - l_min + 1
-        self.errors = torch.zeros(size, n_lengths, dtype=torch.float32, device=self.device)
-        self.visits = torch.zeros(size, n_lengths, dtype=torch.int32, device=self.device)
-
-    def __len__(self) -> int:
-        return len(self.errors)
-
-    def update(self, indices: torch.Tensor, lengths: torch.Tensor, errors: torch.Tensor) -> None:
-        """Blend errors (n,) measured at prefix `lengths` (n,) of images `indices` (n,)."""
-        indices = to_device(indices.long(), self.device)
-        lengths = to_device(lengths.long(), self.device)
-        errors = to_device(errors.detach().float(), self.device)
-        check_indices(indices, len(self), "error-curve bank")
-        cells = lengths - self.l_min
-        old = self.errors[indices, cells]
-        seen = self.visits[indices, cells] > 0
-        blended = torch.where(seen, self.decay * old + (1.0 - self.decay) * errors, errors)
-        self.errors[indices, cells] = blended
-        self.visits[indices, cells] += 1
-
-    def measured(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stored errors (n, L_max - l_min + 1) of images `indices` and which cells hold a
-        measurement (bool, same shape), on the bank's device."""
-        indices = to_device(indices.long(), self.device)
-        return self.errors[indices], self.visits[indices] > 0
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"errors": self.errors.cpu().clone(), "visits": self.visits.cpu().clone()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if state["errors"].shape != self.errors.shape:
-            raise ValueError(
-                f"error-curve bank: checkpoint holds {tuple(state['errors'].shape)} cells, "
-                f"this run expects {tuple(self.errors.shape)} (training images x lengths)"
-            )
-        self.errors = state["errors"].float().to(self.device, copy=True)
-        self.visits = state["visits"].int().to(self.device, copy=True)
+__all__ = ["ErrorCurveBank", "curve_loss", "curve_targets"]  # the bank lives in `bank`
 
 
 def curve_targets(
@@ -90,7 +41,7 @@ def curve_targets(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log errors, mask) of images `indices`, both (n, L_max - l_min + 1): the cells the head
     regresses, masked to measured cells of images with at least `min_cells` of them."""
-    errors, measured = bank.measured(indices)
+    errors, measured = bank.lookup(indices)
     enough = measured.sum(dim=1, keepdim=True) >= min_cells
     return errors.clamp_min(1e-8).log(), measured & enough
 

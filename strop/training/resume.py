@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from strop.runs import RunFolder
+from strop.runs.folder import RunFolder
 from strop.training import checkpoint as ckpt
 from strop.training.config import ConfigError, RunConfig, load_run_config, stored_config
 

@@ -44,9 +44,9 @@ from strop.model.interpreter import prefix_mask
 from strop.model.network import GenOut, Strop
 from strop.training import curriculum as cur
 from strop.training import distributed as distr
+from strop.training.bank import ErrorCurveBank, TargetBank
 from strop.training.config import RunConfig
-from strop.training.curriculum import TargetBank
-from strop.training.quality import ErrorCurveBank, curve_loss, curve_targets
+from strop.training.quality import curve_loss, curve_targets
 
 
 def clip_norm(params: Sequence[torch.Tensor], clip: float) -> torch.Tensor | float:

@@ -68,18 +68,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from strop.runs import RunFolder, RunFolderError, RunLock, discover_runs, is_run_folder
+from strop.runs.files import RunFolderError
+from strop.runs.folder import RunFolder, discover_runs, is_run_folder
+from strop.runs.lock import RunLock
 from strop.training import checkpoint as ckpt
 from strop.training import curriculum as cur
 from strop.training import data as train_data
 from strop.training import distributed as distr
+from strop.training.bank import ErrorCurveBank, TargetBank
 from strop.training.config import RunConfig
-from strop.training.curriculum import OracleState, TargetBank
+from strop.training.curriculum import OracleState
 from strop.training.host_sync import to_device
 from strop.training.log import MetricLog, ProgressBar, StepResult
 from strop.training.mfu import mfu, peak_bf16_flops, training_flops_per_image
 from strop.training.optim import build_optimizer, build_scheduler, lr_factor
-from strop.training.quality import ErrorCurveBank
 from strop.training.resume import record_config, resolve_config
 from strop.training.step import (
     ForwardResult,
