@@ -16,16 +16,16 @@ from test_train_trainer import BASE_SETS, TIMING_KEYS
 
 from strop.evaluation.analyze import analyze_run
 from strop.evaluation.evaluate import evaluate_run
-from strop.evaluation.export import (
-    LengthMode,
-    LengthModeError,
-    check_length_mode,
-    export_programs,
-    parse_length_mode,
-)
+from strop.evaluation.export import export_programs
 from strop.evaluation.report import build_report
 from strop.evaluation.sweep import SweepLengthsError, count_probe_r2, parse_sweep_lengths, sweep_run
 from strop.model.config import ModelConfig
+from strop.model.length_modes import (
+    LengthMode,
+    LengthModeError,
+    check_length_mode,
+    parse_length_mode,
+)
 from strop.model.network import build_model
 from strop.model.quality_head import QualityLengthHead, shortest_reaching
 from strop.runs import RunFolder, read_json, read_programs

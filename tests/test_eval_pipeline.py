@@ -10,17 +10,13 @@ import torch
 from conftest import tiny_model_config
 
 from strop.data.renderer import generate_dataset
+from strop.evaluation.batch_encoding import encode_batch
 from strop.evaluation.erasure import erasure_maps, erasure_order
 from strop.evaluation.evaluate import evaluate_run
-from strop.evaluation.export import (
-    LengthModeError,
-    encode_batch,
-    export_programs,
-    parse_length_mode,
-    search_lengths,
-)
+from strop.evaluation.export import export_programs
 from strop.evaluation.object_masks import object_label_map
 from strop.model import build_model
+from strop.model.length_modes import LengthModeError, parse_length_mode, search_lengths
 from strop.model.losses import align_error
 from strop.runs import RunFolder, read_programs
 from strop.scenes import parse_scene

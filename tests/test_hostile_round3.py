@@ -24,9 +24,9 @@ from test_train_trainer import BASE_SETS
 from typer.testing import CliRunner
 
 from strop.cli import app as strop_app
-from strop.evaluation import export
-from strop.evaluation.export import LengthModeError, parse_length_mode
 from strop.evaluation.sweep import SweepLengthsError, parse_sweep_lengths
+from strop.model import length_modes
+from strop.model.length_modes import LengthModeError, parse_length_mode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,10 +75,10 @@ def test_spelling_that_is_fine_still_parses() -> None:
 
 
 def test_quality_eps_values() -> None:
-    assert export.parse_eps_values("0.3, 0.1,0.3,0.2") == [0.1, 0.2, 0.3]
+    assert length_modes.parse_eps_values("0.3, 0.1,0.3,0.2") == [0.1, 0.2, 0.3]
     for bad in ("0.1,inf", "nan,0.1", "0.1,1_0", "0.1", "0.1,0.1", ",,", "-1,2"):
         with pytest.raises(LengthModeError, match="--quality-eps"):
-            export.parse_eps_values(bad)
+            length_modes.parse_eps_values(bad)
 
 
 def test_quality_eps_of_infinity_is_refused_not_written_as_json_infinity(run: Path) -> None:

@@ -250,9 +250,9 @@ def test_push_to_hub_goes_through_huggingface_hub_up_to_the_upload(run, tmp_path
 def test_a_loaded_tokenizer_takes_every_length_mode(exported, dataset):
     """`Strop.encode` / `tokenize` take what `--length-mode` takes, with the same lengths
     as `strop export` (`strop.model.length_modes`, shared)."""
-    from strop.evaluation.export import encode_batch, parse_length_mode
+    from strop.evaluation.batch_encoding import encode_batch
     from strop.model import Strop
-    from strop.model.length_modes import LengthModeError
+    from strop.model.length_modes import LengthModeError, parse_length_mode
 
     model = Strop.from_pretrained(exported)
     images = val_images(dataset)[:6]

@@ -1,6 +1,8 @@
 """What trained programs show (paper Sec. 3-4): export, metrics, analysis, the report.
 
     export          programs of a trained run -> `programs.parquet` (head, fixed or search lengths)
+    run_inputs      what every command over a run reads: its model on a device, its dataset, loaders
+    batch_encoding  one batch through teacher and generator -> codes and lengths under a length mode
     programs_dataset  a split's programs as parquet shards plus `manifest.json`
     distributed     which share of an export this process writes (`torchrun` or alone)
     sharded_pass    the planned, resumable, rank-split pass `export` and `cache-features` share

@@ -56,19 +56,21 @@ import numpy as np
 
 from strop import metrics
 from strop.baselines import COLLAPSED, NOT_BEYOND, compare, compare_means
-from strop.evaluation.export import (
+from strop.evaluation.batch_encoding import encode_batch
+from strop.evaluation.order_probe import OrderProbe
+from strop.evaluation.run_inputs import (
+    dataset_path,
+    load_run_model,
+    make_loader,
+    progress_batches,
+)
+from strop.evaluation.scene_probes import ProbeSplit, collect_split, scene_probes
+from strop.model.length_modes import (
     LengthMode,
     check_length_mode,
     check_quality_eps,
-    dataset_path,
-    encode_batch,
-    load_run_model,
-    make_loader,
     parse_length_mode,
-    progress_batches,
 )
-from strop.evaluation.order_probe import OrderProbe
-from strop.evaluation.scene_probes import ProbeSplit, collect_split, scene_probes
 from strop.output_unit import check_writable
 from strop.provenance import write_json_of_weights
 from strop.runs import RunFolder

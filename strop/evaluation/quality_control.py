@@ -8,7 +8,7 @@ plus how long each takes per image. `strop eval` adds the block for every run tr
 
 Design decisions
 - One pass over the split computes each image's error at every prefix length (the search's
-  own work, `strop.evaluation.export.search_lengths`); achieved errors of both modes are read
+  own work, `strop.model.length_modes.search_lengths`); achieved errors of both modes are read
   from that matrix, so they are the same quantity the search thresholds.
 - Default EPS values: 6 points at which `search:EPS`'s mean length on the split steps evenly
   from L_max down to L_min (at 1/7, 2/7, ... of the way), read off the same error matrix, so
@@ -94,7 +94,7 @@ def quality_control(
     """The block for `batches` of (teacher features, full-length tokens); see the module."""
     import torch
 
-    from strop.evaluation.export import search_lengths
+    from strop.model.length_modes import search_lengths
     from strop.model.quality_head import shortest_reaching
 
     l_min, l_max = model.cfg.l_min, model.cfg.l_max

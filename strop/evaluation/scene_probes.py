@@ -51,7 +51,7 @@ from strop.baselines import compare, compare_means
 from strop.scenes import COLORS, MATERIALS, SHAPES, SIZES
 
 if TYPE_CHECKING:
-    from strop.evaluation.export import EncodedBatch
+    from strop.evaluation.batch_encoding import EncodedBatch
 
 #: (attribute, its values) in the order of the 15 count targets.
 VOCABULARIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -97,7 +97,7 @@ class ProbeSplit:
     fields: list[np.ndarray] = field(default_factory=list)
 
     def update(self, enc: EncodedBatch, scenes: Sequence[str]) -> None:
-        """One encoded batch (`strop.evaluation.export.encode_batch`) and its scenes' JSON."""
+        """One encoded batch (`strop.evaluation.batch_encoding.encode_batch`) and its scenes' JSON."""
         lengths = enc.lengths.cpu().numpy()
         for row, n in zip(enc.codes.cpu().numpy(), lengths, strict=True):
             self.codes.append(row[: int(n)].astype(np.int64))
@@ -292,12 +292,8 @@ def probe_run(
     `val_split` of its dataset (the first `*_limit` images) with the run's model; returns
     `{"scene_probes": block or None, "scene_probes_note": why None (absent otherwise),
     "run", "length_mode"}`."""
-    from strop.evaluation.export import (
-        check_length_mode,
-        dataset_path,
-        load_run_model,
-        parse_length_mode,
-    )
+    from strop.evaluation.run_inputs import dataset_path, load_run_model
+    from strop.model.length_modes import check_length_mode, parse_length_mode
 
     parse_length_mode(length_mode)
     model, cfg, dev = load_run_model(run_dir, checkpoint, device)
@@ -330,7 +326,8 @@ def collect_split(
 ) -> ProbeSplit:
     """Encode the first `limit` images of `split` and gather a `ProbeSplit` (keeping the
     teacher fields of the first `keep_fields`)."""
-    from strop.evaluation.export import encode_batch, make_loader, progress_batches
+    from strop.evaluation.batch_encoding import encode_batch
+    from strop.evaluation.run_inputs import make_loader, progress_batches
 
     mc = cfg.model
     loader = make_loader(root, split, mc.image_size, batch_size, limit)

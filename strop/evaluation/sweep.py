@@ -35,15 +35,14 @@ from typing import Any
 import numpy as np
 
 from strop import metrics
-from strop.evaluation.export import (
-    LengthMode,
-    LengthModeError,
+from strop.evaluation.batch_encoding import encode_batch
+from strop.evaluation.run_inputs import (
     dataset_path,
-    encode_batch,
     load_run_model,
     make_loader,
     progress_batches,
 )
+from strop.model.length_modes import LengthMode, LengthModeError
 from strop.output_unit import check_writable
 from strop.provenance import write_json_of_weights
 from strop.runs import RunFolder
