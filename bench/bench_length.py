@@ -20,7 +20,7 @@ import argparse
 
 import torch
 
-from strop.evaluation.quality_control import quality_control
+from strop.evaluation.quality_calibration import quality_control
 from strop.model import ModelConfig, build_model
 from strop.model.teachers import PixelTeacher
 

@@ -299,7 +299,7 @@ def test_shortest_reaching_is_the_search_rule():
 
 
 def test_default_eps_spread_the_searchs_mean_length_over_its_range():
-    from strop.evaluation.quality_control import default_eps
+    from strop.evaluation.quality_calibration import default_eps
 
     rng = np.random.default_rng(0)
     # 300 images whose curves fall from a per-image level to a per-image floor, plus noise

@@ -245,7 +245,7 @@ def evaluate_run(
         result["head_search_mean_abs_diff"] = float(np.mean(np.abs(head - length)))
         result["head_length_mean"] = float(head.mean())
     if mc.quality_head:
-        from strop.evaluation.quality_control import quality_control
+        from strop.evaluation.quality_calibration import quality_control
 
         result["quality_control"] = quality_control(model, kept, mc.w_mse, quality_eps)
     if write:
