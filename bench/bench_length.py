@@ -20,7 +20,7 @@ import argparse
 
 import torch
 
-from strop.evaluation.quality_calibration import quality_control
+from strop.evaluation.quality_calibration import quality_calibration
 from strop.model import ModelConfig, build_model
 from strop.model.teachers import PixelTeacher
 
@@ -42,7 +42,7 @@ def run(quick: bool = False) -> list[dict]:
     feats = torch.randn(batch, cfg.n_patches, cfg.teacher_dim)
     with torch.no_grad():
         tokens = model.generate(feats).tokens
-    block = quality_control(model, [(feats, tokens)], cfg.w_mse, eps_values=[0.5, 1.0])
+    block = quality_calibration(model, [(feats, tokens)], cfg.w_mse, eps_values=[0.5, 1.0])
     quality_ms = 1000 * block["quality_seconds_per_image"]
     search_ms = 1000 * block["search_seconds_per_image"]
     return [

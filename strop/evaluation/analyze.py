@@ -314,11 +314,11 @@ def _analyze(
     progress: bool,
     length_mode: str | LengthMode | None,
 ) -> dict[str, Any]:
-    model, cfg, dev = load_run_model(run.path, checkpoint, device)
-    mode = parse_length_mode(length_mode, cfg.length_mode)
-    check_length_mode(mode, cfg.model, run.name)
-    root = dataset_path(run.path, cfg, data)
-    mc = cfg.model
+    model, info, dev = load_run_model(run.path, checkpoint, device)
+    mode = parse_length_mode(length_mode, info.length_mode)
+    check_length_mode(mode, info.model, run.name)
+    root = dataset_path(run.path, info, data)
+    mc = info.model
     gh, gw = model.grid
     grid = (int(gh), int(gw))
     loader = make_loader(root, split, mc.image_size, batch_size=min(16, n_images), limit=n_images)
@@ -365,7 +365,7 @@ def _analyze(
         "split": split,
         "n_images": len(acc.lengths),
         "length_mode": str(mode),
-        "weights": cfg.weights,
+        "weights": info.weights,
         "grid": list(grid),
         "seed": seed,
         **summarise(acc, mc.k, programs, reuse_source),

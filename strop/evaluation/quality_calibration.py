@@ -1,4 +1,5 @@
-"""Does `--length-mode quality:EPS` deliver EPS? eval.json's `quality_control` block.
+"""The calibration of `--length-mode quality:EPS`: does the quality head deliver the EPS it is
+asked for? eval.json's `quality_control` block (the key keeps its name).
 
 For each requested EPS (>= 5 of them), on the evaluated split: the mean alignment error the
 eps-conditioned head's lengths actually reach and their mean length, and the same for
@@ -17,9 +18,12 @@ Design decisions
   L_max and at L_min, our first rule, fell where the curves are flat: on a quickstart-scale
   run the search's mean length moved only from 8.1 to 7.6 tokens of 16 over all 6 values, and
   the achieved errors differed in the fourth decimal.)
+- Streamed: each batch leaves behind only its images' errors at every length and the head's
+  predicted error curves (CPU); the features and tokens of the split are never held at once.
 - Timing excludes the teacher and generator, which both modes share: `quality` is the head's
   forward plus one interpreter pass at the chosen lengths; `search` is the interpreter at all
-  L_max - L_min + 1 lengths (its cost does not depend on EPS, so it is timed once per batch).
+  L_max - L_min + 1 lengths. Neither cost depends on EPS (the interpreter is masked to static
+  shapes), so each is timed once per batch (quality at the batch's median error).
   The ratio is search time / quality time; passes are interpreter passes per image. Each timed
   block waits for the device before and after (`strop.devices.DeviceTimer`): on CUDA the
   calls only queue kernels, and timing them alone measured the launches.
@@ -85,81 +89,120 @@ def constant_lengths(lengths: np.ndarray, seed: int = 0) -> np.ndarray:
     return out
 
 
-def quality_control(
+class QualityCalibration:
+    """eval.json's `quality_control` block, gathered batch by batch (`update`) while the split
+    streams past: what it keeps of each image is its error at every prefix length and the
+    head's predicted error curve (on the CPU, L_max - L_min + 1 numbers each), never the
+    features or tokens, so the split need not fit on the device. `result` answers every EPS
+    from them (the defaults need the whole error matrix, hence the two steps)."""
+
+    def __init__(self, model: Strop, w_mse: float, eps_values: Sequence[float] | None = None):
+        self.model, self.w_mse = model, w_mse
+        self.eps_values = [float(e) for e in eps_values] if eps_values else None
+        self.errors: list[np.ndarray] = []
+        self.curves: list[torch.Tensor] = []
+        self.search_time, self.quality_time = DeviceTimer(), DeviceTimer()
+        self.device: torch.device | None = None  # where the batches came from
+
+    def update(self, feats: torch.Tensor, tokens: torch.Tensor) -> None:
+        """One batch of teacher features (B, P, D) and full-length tokens (B, L_max, d)."""
+        import torch
+
+        from strop.model.length_modes import search_lengths
+
+        model, l_min = self.model, self.model.cfg.l_min
+        with torch.no_grad(), self.search_time.measure(feats.device):
+            _, errors = search_lengths(model, feats, tokens, float("inf"), self.w_mse, l_min)
+        # the quality path at one EPS: the interpreter is masked to static shapes, so its cost
+        # does not depend on EPS (as the search's does not); timed once per batch
+        eps = errors.median()
+        with torch.no_grad(), self.quality_time.measure(feats.device):
+            curve = model.predict_error_curve(feats)
+            model.interpret_tokens(tokens, self._lengths(curve, eps))
+        self.errors.append(errors.cpu().numpy())
+        self.curves.append(curve.cpu())
+        self.device = feats.device
+
+    def _lengths(self, curve: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        """`Strop.quality_lengths` from the head's curve (B, n), on the curve's device."""
+        import torch
+
+        assert self.model.quality_head is not None  # predict_error_curve refused otherwise
+        return self.model.quality_head.lengths(curve, torch.as_tensor(eps, device=curve.device))
+
+    def quality_lengths(self, eps: float) -> np.ndarray:
+        """Every image's `quality:EPS` length, computed on the model's device as `Strop.encode`
+        does (the curve goes back unchanged, so the lengths are the same)."""
+        return np.concatenate(
+            [self._lengths(curve.to(self.device), eps).cpu().numpy() for curve in self.curves]
+        )
+
+    def result(self) -> dict[str, Any]:
+        """The block; see the module."""
+        l_min, l_max = self.model.cfg.l_min, self.model.cfg.l_max
+        matrix = np.concatenate(self.errors)  # (n, L_max - l_min + 1)
+        n_images = len(matrix)
+        eps_list = self.eps_values or default_eps(matrix, l_min)
+        rows = [calibration_row(matrix, self.quality_lengths(eps), eps, l_min) for eps in eps_list]
+        quality_per_image = self.quality_time.seconds / max(1, n_images)
+        search_per_image = self.search_time.seconds / max(1, n_images)
+        rho = metrics.spearman(eps_list, [r["quality_error_mean"] for r in rows]).r
+        return {
+            "n_images": n_images,
+            "eps_source": "given"
+            if self.eps_values
+            else "where search:EPS's mean length steps evenly from L_max to L_min",
+            "rows": rows,
+            "spearman_requested_vs_achieved": float(rho) if np.isfinite(rho) else None,
+            "quality_passes": 1,
+            "search_passes": l_max - l_min + 1,
+            "quality_seconds_per_image": quality_per_image,
+            "search_seconds_per_image": search_per_image,
+            "search_over_quality_time": search_per_image / max(quality_per_image, 1e-12),
+            "timing": "teacher and generator excluded (shared by both modes)",
+        }
+
+
+def calibration_row(matrix: np.ndarray, q: np.ndarray, eps: float, l_min: int) -> dict[str, Any]:
+    """One EPS row: the head's lengths `q` against the search's and a constant length's, all
+    read from the error matrix (images x lengths from `l_min`)."""
+    import torch
+
+    from strop.model.quality_head import shortest_reaching
+
+    rows_idx = np.arange(len(matrix))
+    s = shortest_reaching(torch.from_numpy(matrix), eps, l_min).numpy()
+    c = constant_lengths(q, seed=0)
+    q_err, c_err = matrix[rows_idx, q - l_min], matrix[rows_idx, c - l_min]
+    return {
+        "eps": eps,
+        "quality_length_mean": float(q.mean()),
+        "quality_error_mean": float(q_err.mean()),
+        "quality_reached": float((q_err <= eps).mean()),
+        "search_length_mean": float(s.mean()),
+        "search_error_mean": float(matrix[rows_idx, s - l_min].mean()),
+        "search_reached": float((matrix[rows_idx, s - l_min] <= eps).mean()),
+        "length_abs_diff_mean": float(np.abs(q - s).mean()),
+        "constant_length_mean": float(c.mean()),
+        "constant_length": {
+            "reached": compare_means(
+                q_err <= eps, c_err <= eps, name="constant_length", metric="reached"
+            ),
+            "error": compare_means(
+                q_err, c_err, name="constant_length", metric="error", higher_is_better=False
+            ),
+        },
+    }
+
+
+def quality_calibration(
     model: Strop,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     w_mse: float,
     eps_values: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """The block for `batches` of (teacher features, full-length tokens); see the module."""
-    import torch
-
-    from strop.model.length_modes import search_lengths
-    from strop.model.quality_head import shortest_reaching
-
-    l_min, l_max = model.cfg.l_min, model.cfg.l_max
-    stored: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]] = []
-    search_time = DeviceTimer()
+    """The block for `batches` of (teacher features, full-length tokens), one at a time."""
+    calibration = QualityCalibration(model, w_mse, eps_values)
     for feats, tokens in batches:
-        with torch.no_grad(), search_time.measure(feats.device):
-            _, errors = search_lengths(model, feats, tokens, float("inf"), w_mse, l_min)
-        stored.append((feats, tokens, errors.cpu().numpy()))
-    matrix = np.concatenate([e for _, _, e in stored])  # (n, L_max - l_min + 1)
-    n_images = len(matrix)
-    eps_list = [float(e) for e in eps_values] if eps_values else default_eps(matrix, l_min)
-    rows: list[dict[str, Any]] = []
-    quality_time = DeviceTimer()
-    rows_idx = np.arange(n_images)
-    for eps in eps_list:
-        q_lengths = []
-        for feats, tokens, _ in stored:
-            with torch.no_grad(), quality_time.measure(feats.device):
-                lengths = model.quality_lengths(feats, eps)
-                model.interpret_tokens(tokens, lengths)
-            q_lengths.append(lengths.cpu().numpy())
-        q = np.concatenate(q_lengths)
-        s = shortest_reaching(torch.from_numpy(matrix), eps, l_min).numpy()
-        c = constant_lengths(q, seed=0)
-        q_err, c_err = matrix[rows_idx, q - l_min], matrix[rows_idx, c - l_min]
-        rows.append(
-            {
-                "eps": eps,
-                "quality_length_mean": float(q.mean()),
-                "quality_error_mean": float(matrix[rows_idx, q - l_min].mean()),
-                "quality_reached": float((matrix[rows_idx, q - l_min] <= eps).mean()),
-                "search_length_mean": float(s.mean()),
-                "search_error_mean": float(matrix[rows_idx, s - l_min].mean()),
-                "search_reached": float((matrix[rows_idx, s - l_min] <= eps).mean()),
-                "length_abs_diff_mean": float(np.abs(q - s).mean()),
-                "constant_length_mean": float(c.mean()),
-                "constant_length": {
-                    "reached": compare_means(
-                        q_err <= eps, c_err <= eps, name="constant_length", metric="reached"
-                    ),
-                    "error": compare_means(
-                        q_err,
-                        c_err,
-                        name="constant_length",
-                        metric="error",
-                        higher_is_better=False,
-                    ),
-                },
-            }
-        )
-    quality_per_image = quality_time.seconds / max(1, n_images * len(eps_list))
-    search_per_image = search_time.seconds / max(1, n_images)
-    rho = metrics.spearman(eps_list, [r["quality_error_mean"] for r in rows]).r
-    return {
-        "n_images": n_images,
-        "eps_source": "given"
-        if eps_values
-        else "where search:EPS's mean length steps evenly from L_max to L_min",
-        "rows": rows,
-        "spearman_requested_vs_achieved": float(rho) if np.isfinite(rho) else None,
-        "quality_passes": 1,
-        "search_passes": l_max - l_min + 1,
-        "quality_seconds_per_image": quality_per_image,
-        "search_seconds_per_image": search_per_image,
-        "search_over_quality_time": search_per_image / max(quality_per_image, 1e-12),
-        "timing": "teacher and generator excluded (shared by both modes)",
-    }
+        calibration.update(feats, tokens)
+    return calibration.result()

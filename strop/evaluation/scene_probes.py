@@ -52,6 +52,7 @@ from strop.scenes import COLORS, MATERIALS, SHAPES, SIZES
 
 if TYPE_CHECKING:
     from strop.evaluation.batch_encoding import EncodedBatch
+    from strop.model.pretrained import TokenizerInfo
 
 #: (attribute, its values) in the order of the 15 count targets.
 VOCABULARIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -296,15 +297,15 @@ def probe_run(
     from strop.model.length_modes import check_length_mode, parse_length_mode
 
     parse_length_mode(length_mode)
-    model, cfg, dev = load_run_model(run_dir, checkpoint, device)
-    mode = parse_length_mode(length_mode, cfg.length_mode)
-    check_length_mode(mode, cfg.model, Path(run_dir).name)
-    root = dataset_path(run_dir, cfg, data)
+    model, info, dev = load_run_model(run_dir, checkpoint, device)
+    mode = parse_length_mode(length_mode, info.length_mode)
+    check_length_mode(mode, info.model, Path(run_dir).name)
+    root = dataset_path(run_dir, info, data)
     splits = [
-        collect_split(model, cfg, dev, root, split, limit, batch_size, mode, progress)
+        collect_split(model, info, dev, root, split, limit, batch_size, mode, progress)
         for split, limit in ((train_split, train_limit), (val_split, val_limit))
     ]
-    block, note = scene_probes(splits[0], splits[1], cfg.model.k, seed)
+    block, note = scene_probes(splits[0], splits[1], info.model.k, seed)
     out: dict[str, Any] = {"run": Path(run_dir).name, "length_mode": str(mode)}
     out["scene_probes"] = block
     if note:
@@ -314,7 +315,7 @@ def probe_run(
 
 def collect_split(
     model: Any,
-    cfg: Any,
+    info: TokenizerInfo,
     dev: Any,
     root: Path,
     split: str,
@@ -329,7 +330,7 @@ def collect_split(
     from strop.evaluation.batch_encoding import encode_batch
     from strop.evaluation.run_inputs import make_loader, progress_batches
 
-    mc = cfg.model
+    mc = info.model
     loader = make_loader(root, split, mc.image_size, batch_size, limit)
     out = ProbeSplit(keep_fields=keep_fields)
     batches: Iterable[dict[str, Any]] = progress_batches(loader, f"probe {split}", progress)
