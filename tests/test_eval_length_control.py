@@ -28,7 +28,7 @@ from strop.model.length_modes import (
     parse_length_mode,
 )
 from strop.model.network import build_model
-from strop.model.quality_head import QualityLengthHead, shortest_reaching
+from strop.model.quality_head import QualityHead, shortest_reaching
 from strop.runs import RunFolder, read_json, read_programs
 from strop.training.quality import ErrorCurveBank, curve_loss, curve_targets
 from strop.training.trainer import train
@@ -261,7 +261,7 @@ def test_default_model_has_no_quality_head_and_the_same_weights():
 
 def test_quality_head_length_never_grows_with_eps():
     torch.manual_seed(1)
-    head = QualityLengthHead(d=16, l_min=1, l_max=32)
+    head = QualityHead(d=16, l_min=1, l_max=32)
     with torch.no_grad():
         for p in head.parameters():
             p.normal_(0, 1.0)

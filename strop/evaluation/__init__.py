@@ -10,7 +10,8 @@
     evaluate        `eval.json`: alignment, codebook usage, pixel SSIM/LPIPS, length vs object count
     scene_probes    linear probes of the scene from the codes, beside their baselines
     order_probe     does token order matter? (`eval.json`'s `order_probe`)
-    quality_control  does `--length-mode quality:EPS` deliver EPS? (`eval.json`'s block)
+    quality_calibration  does the quality head deliver the EPS `quality:EPS` asks for? (eval.json's
+                    `quality_control` block)
     sweep           length-quality curves: `strop eval RUN --sweep` -> `sweep.json`
     lpips           LPIPS v0.1 (AlexNet) without torchvision, from local weight files
     analyze         counterfactual erasure, attribution vs object masks, pair synergy, contingency

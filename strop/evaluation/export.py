@@ -278,7 +278,8 @@ def export_programs(
             "batch_size": batch_size,
             **({"streaming": True} if streaming else {}),
         }
-        return _export_dataset(target, plan, sizes, meta, info.model.k, rank, replace, encode)
+        shard_meta = {**meta, "codebook_size": info.model.k}
+        return _export_dataset(target, plan, shard_meta, rank, replace, encode)
 
     failed: list[dict[str, str]] = []
     parts: list[Programs] = []
@@ -301,19 +302,14 @@ def export_programs(
 
 
 def _export_dataset(
-    target: Path,
-    plan: dict[str, Any],
-    sizes: dict[str, int],
-    meta: dict[str, Any],
-    k: int,
-    rank: Rank,
-    replace: bool,
+    target: Path, plan: dict[str, Any], shard_meta: dict[str, Any], rank: Rank, replace: bool,
     encode: Any,
-) -> Path:
-    """This rank's shards of the dataset form (those not already finished), then, on rank 0
-    after every rank is done, the manifest (`strop.evaluation.sharded_pass`)."""
+) -> Path:  # fmt: skip
+    """This rank's shards of the dataset form (those not already finished; `plan["splits"]`
+    lists (split, rows)), then, on rank 0 after every rank is done, the manifest
+    (`strop.evaluation.sharded_pass`)."""
     folder = dataset_dir_for(target)
-    shard_meta = {**meta, "codebook_size": k}
+    sizes = dict(plan["splits"])
 
     def finish(shards: list[Shard]) -> Path:
         manifest = write_manifest(folder, shards, shard_meta)

@@ -45,7 +45,7 @@ from strop.model.interpreter import Interpreter, prefix_mask
 from strop.model.length_head import LengthHead, round_lengths
 from strop.model.pixel_decoder import PixelDecoder
 from strop.model.pretrained import PretrainedMixin
-from strop.model.quality_head import QualityLengthHead
+from strop.model.quality_head import QualityHead
 from strop.model.quantizer import QuantizerOut, VectorQuantizer
 from strop.model.teachers import Teacher, build_teacher, teacher_flops
 
@@ -111,9 +111,9 @@ class Strop(PretrainedMixin, nn.Module):
         for part in (self.generator, self.quantizer, self.length_head, self.interpreter):
             part.apply(init_weights)
         # Opt-in and built last: a default model draws its initial weights exactly as before.
-        self.quality_head: QualityLengthHead | None = None
+        self.quality_head: QualityHead | None = None
         if cfg.quality_head:
-            self.quality_head = QualityLengthHead(cfg.d, cfg.l_min, cfg.l_max)
+            self.quality_head = QualityHead(cfg.d, cfg.l_min, cfg.l_max)
             self.quality_head.apply(init_weights)
 
     # ------------------------------------------------------------------ plumbing
