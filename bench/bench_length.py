@@ -2,7 +2,7 @@
 
 What is timed: deciding each image's length from teacher features and interpreting the
 program at that length, per image, as eval.json's `quality_control` block times it (the same
-function, `strop.evaluation.quality_control`): the eps-conditioned head plus one interpreter
+function, `strop.evaluation.quality_calibration`): the quality head plus one interpreter
 pass against the interpreter at all L_max - L_min + 1 prefix lengths. The teacher and the
 generator, which both modes share, are left out. Weights are untrained (the cost does not
 depend on them); features are random tensors of the teacher's shape.

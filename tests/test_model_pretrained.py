@@ -264,6 +264,10 @@ def test_a_loaded_tokenizer_takes_every_length_mode(exported, dataset):
     search = model.encode(images, "search:0.5")[1]
     by_export = encode_batch(model, images, parse_length_mode("search:0.5"), model.cfg.w_mse, 1)
     assert torch.equal(search, by_export.lengths)
+    for mode in ("head", "fixed", "prefix:3", "cap:2", "search:0.5"):  # one dispatch for both
+        enc = encode_batch(model, images, parse_length_mode(mode), model.cfg.w_mse, model.cfg.l_min)
+        codes, lengths = model.encode(images, mode)
+        assert torch.equal(lengths, enc.lengths) and torch.equal(codes, enc.codes), mode
     assert torch.equal(model.encode(images, "fixed")[1], torch.full((6,), model.cfg.l_max))
     for bad, says in (
         ("prefix:0", "at least 1"),
