@@ -225,12 +225,7 @@ def export_programs(
     parse_length_mode(length_mode)  # a bad value fails before the model loads
     if shard_rows < 1:
         raise ValueError(f"export: --shard-rows {shard_rows}: expected a positive integer")
-    splits = [s.strip() for s in split.split(",") if s.strip()]
-    if not splits:
-        raise ValueError(f"export: --split {split!r} names no split")
-    twice = sorted({s for s in splits if splits.count(s) > 1})
-    if twice:  # the same images twice: shots and test images could overlap downstream
-        raise ValueError(f"export: --split {split!r} names {', '.join(twice)} twice")
+    splits = split_names(split)
     rank = current_rank()
     run = RunFolder(Path(run_dir))
     target = Path(out) if out else run.programs_file
@@ -281,6 +276,25 @@ def export_programs(
         shard_meta = {**meta, "codebook_size": info.model.k}
         return _export_dataset(target, plan, shard_meta, rank, replace, encode)
 
+    return _export_file(target, splits, root, meta, encode)
+
+
+def split_names(split: str) -> list[str]:
+    """The splits `--split` lists (comma-separated), each once."""
+    splits = [s.strip() for s in split.split(",") if s.strip()]
+    if not splits:
+        raise ValueError(f"export: --split {split!r} names no split")
+    twice = sorted({s for s in splits if splits.count(s) > 1})
+    if twice:  # the same images twice: shots and test images could overlap downstream
+        raise ValueError(f"export: --split {split!r} names {', '.join(twice)} twice")
+    return splits
+
+
+def _export_file(
+    target: Path, splits: list[str], root: Path | str, meta: dict[str, Any], encode: Any
+) -> Path:
+    """The single-file form: every split's programs in one Parquet file (replacing a dataset
+    form beside it); images that failed to decode are listed in its metadata."""
     failed: list[dict[str, str]] = []
     parts: list[Programs] = []
     for name in splits:
@@ -288,7 +302,9 @@ def export_programs(
         parts.extend(encode(name, None, name, lost))
         failed.extend({"split": name, **f} for f in lost)
     if not parts:
-        raise ValueError(f"{root}: no image of split(s) {split} decoded ({len(failed)} failed)")
+        raise ValueError(
+            f"{root}: no image of split(s) {meta['split']} decoded ({len(failed)} failed)"
+        )
     programs = concat_programs(parts, {**meta, "failed_images": failed} if failed else meta)
     repeated = [i for i, n in Counter(programs.image_id).items() if n > 1]
     if repeated:  # a scenes file listing an image twice
