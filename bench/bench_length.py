@@ -2,7 +2,7 @@
 
 What is timed: deciding each image's length from teacher features and interpreting the
 program at that length, per image, as eval.json's `quality_control` block times it (the same
-function, `strop.evaluation.quality_control`): the eps-conditioned head plus one interpreter
+function, `strop.evaluation.quality_calibration`): the quality head plus one interpreter
 pass against the interpreter at all L_max - L_min + 1 prefix lengths. The teacher and the
 generator, which both modes share, are left out. Weights are untrained (the cost does not
 depend on them); features are random tensors of the teacher's shape.
@@ -20,7 +20,7 @@ import argparse
 
 import torch
 
-from strop.evaluation.quality_control import quality_control
+from strop.evaluation.quality_calibration import quality_calibration
 from strop.model import ModelConfig, build_model
 from strop.model.teachers import PixelTeacher
 
@@ -42,7 +42,7 @@ def run(quick: bool = False) -> list[dict]:
     feats = torch.randn(batch, cfg.n_patches, cfg.teacher_dim)
     with torch.no_grad():
         tokens = model.generate(feats).tokens
-    block = quality_control(model, [(feats, tokens)], cfg.w_mse, eps_values=[0.5, 1.0])
+    block = quality_calibration(model, [(feats, tokens)], cfg.w_mse, eps_values=[0.5, 1.0])
     quality_ms = 1000 * block["quality_seconds_per_image"]
     search_ms = 1000 * block["search_seconds_per_image"]
     return [

@@ -1,5 +1,6 @@
 """The device names `strop` accepts (`--device`, `train.device`), checked where they are given,
-and the one way to time work on a device (`synchronize`, `DeviceTimer`).
+the one way to turn such a name into a torch device (`resolve_device`), and the one way to time
+work on a device (`synchronize`, `DeviceTimer`).
 
 Torch-free at import (torch is imported where a device is used), so a command line is checked
 before torch is imported. A name torch does not know
@@ -38,6 +39,22 @@ def device_option(name: str) -> str:
         return check_device(name)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """The torch device `name` means on this machine: `auto` is CUDA when available (this
+    process's own GPU, cuda:`local_rank`, when torchrun started it; pass None alone), else the
+    CPU. A CUDA name on a machine without CUDA is a one-line `ValueError`, not torch's error at
+    the first tensor moved there."""
+    import torch
+
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda" if local_rank is None else f"cuda:{local_rank}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
 
 
 def synchronize(device: torch.device) -> None:

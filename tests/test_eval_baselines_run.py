@@ -16,7 +16,7 @@ from helpers import BASE_SETS
 from strop import metrics
 from strop.baselines import BEYOND, COLLAPSED, find_records
 from strop.evaluation.evaluate import SKILL_MIN, _alignment
-from strop.evaluation.quality_control import constant_lengths
+from strop.evaluation.quality_calibration import constant_lengths
 from strop.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

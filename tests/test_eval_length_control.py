@@ -5,6 +5,7 @@ and eval.json's `quality_control` block, on real tiny runs trained here.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from pathlib import Path
@@ -15,21 +16,21 @@ import torch
 from conftest import one_error_line, tiny_run_config
 from helpers import BASE_SETS, TIMING_KEYS, strop
 
-from strop.evaluation import export
 from strop.evaluation.analyze import analyze_run
 from strop.evaluation.evaluate import evaluate_run
-from strop.evaluation.export import (
+from strop.evaluation.export import export_programs
+from strop.evaluation.report import build_report
+from strop.evaluation.sweep import SweepLengthsError, count_probe_r2, parse_sweep_lengths, sweep_run
+from strop.model import length_modes
+from strop.model.config import ModelConfig
+from strop.model.length_modes import (
     LengthMode,
     LengthModeError,
     check_length_mode,
-    export_programs,
     parse_length_mode,
 )
-from strop.evaluation.report import build_report
-from strop.evaluation.sweep import SweepLengthsError, count_probe_r2, parse_sweep_lengths, sweep_run
-from strop.model.config import ModelConfig
 from strop.model.network import build_model
-from strop.model.quality_head import QualityLengthHead, shortest_reaching
+from strop.model.quality_head import QualityHead, shortest_reaching
 from strop.runs import RunFolder, read_json, read_programs
 from strop.training.quality import ErrorCurveBank, curve_loss, curve_targets
 from strop.training.trainer import train
@@ -285,7 +286,7 @@ def test_default_model_has_no_quality_head_and_the_same_weights():
 
 def test_quality_head_length_never_grows_with_eps():
     torch.manual_seed(1)
-    head = QualityLengthHead(d=16, l_min=1, l_max=32)
+    head = QualityHead(d=16, l_min=1, l_max=32)
     with torch.no_grad():
         for p in head.parameters():
             p.normal_(0, 1.0)
@@ -324,7 +325,7 @@ def test_shortest_reaching_is_the_search_rule():
 
 
 def test_default_eps_spread_the_searchs_mean_length_over_its_range():
-    from strop.evaluation.quality_control import default_eps
+    from strop.evaluation.quality_calibration import default_eps
 
     rng = np.random.default_rng(0)
     # 300 images whose curves fall from a per-image level to a per-image floor, plus noise
@@ -423,18 +424,61 @@ CALIBRATION_SETS = [
 
 
 @pytest.fixture(scope="module")
-def calibration(clevr: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """eval.json's quality_control block of a conditioned run on 16 training images (small
-    enough for its programs to carry each image, so longer prefixes do lower the error),
-    ending in phase 3, where lengths are still random and the oracle probes every length.
-    It is measured on those 16 images: the head is asked to reproduce the search's answers
-    on the curves it was trained from (the quickstart-scale check on held-out images is in
-    BENCHMARKS.md). About 30 s of training on an idle 2-core machine."""
+def calibration_run(clevr: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A conditioned run on 16 training images (small enough for its programs to carry each
+    image, so longer prefixes do lower the error), ending in phase 3, where lengths are still
+    random and the oracle probes every length. About 30 s of training on an idle 2-core
+    machine."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("calibration") / "k16"
-    run = train(tiny_run_config(clevr, *CALIBRATION_SETS, batch_size=16), out, progress=False)
-    result = evaluate_run(run, "train", limit=16, write=False, progress=False, lpips=False)
+    return train(tiny_run_config(clevr, *CALIBRATION_SETS, batch_size=16), out, progress=False)
+
+
+@pytest.fixture(scope="module")
+def calibration(calibration_run: Path) -> dict:
+    """eval.json's quality_control block of `calibration_run`, measured on its 16 training
+    images in one batch: the head is asked to reproduce the search's answers on the curves it
+    was trained from (the quickstart-scale check on held-out images is in BENCHMARKS.md)."""
+    result = evaluate_run(
+        calibration_run, "train", limit=16, write=False, progress=False, lpips=False
+    )
     return result["quality_control"]
+
+
+def test_quality_calibration_streams_the_split(calibration_run, calibration, monkeypatch):
+    """The calibration holds no batch's features once the next batch is encoded (it used to
+    keep the whole split's features and tokens on the device), and 4 batches of 4 images
+    give the block that one batch of 16 gives."""
+    import weakref
+
+    import strop.evaluation.evaluate as evaluate
+
+    alive: list[weakref.ref] = []
+    peak = 0
+
+    def tracked(*args, **kwargs):
+        nonlocal peak
+        gc.collect()
+        peak = max(peak, sum(ref() is not None for ref in alive))
+        enc = real(*args, **kwargs)
+        alive.extend([weakref.ref(enc.feats), weakref.ref(enc.tokens)])
+        return enc
+
+    real = evaluate.encode_batch
+    monkeypatch.setattr(evaluate, "encode_batch", tracked)
+    result = evaluate_run(
+        calibration_run, "train", limit=16, batch_size=4, write=False, progress=False,
+        lpips=False, order_probe_images=0,
+    )  # fmt: skip
+    block = result["quality_control"]
+    assert len(alive) == 8 and peak == 0, f"{peak} tensors of earlier batches still held"
+    assert block["n_images"] == calibration["n_images"] == 16
+    assert [r["eps"] for r in block["rows"]] == pytest.approx(
+        [r["eps"] for r in calibration["rows"]], rel=0.05
+    )
+    for streamed, whole in zip(block["rows"], calibration["rows"], strict=True):
+        for key in ("quality_length_mean", "search_length_mean"):
+            assert streamed[key] == pytest.approx(whole[key], abs=0.25), (key, streamed, whole)
 
 
 def test_quality_eps_lengths_fall_with_eps_and_agree_with_the_search(calibration: dict):
@@ -514,10 +558,10 @@ def test_spelling_that_is_fine_still_parses() -> None:
 
 
 def test_quality_eps_values() -> None:
-    assert export.parse_eps_values("0.3, 0.1,0.3,0.2") == [0.1, 0.2, 0.3]
+    assert length_modes.parse_eps_values("0.3, 0.1,0.3,0.2") == [0.1, 0.2, 0.3]
     for bad in ("0.1,inf", "nan,0.1", "0.1,1_0", "0.1", "0.1,0.1", ",,", "-1,2"):
         with pytest.raises(LengthModeError, match="--quality-eps"):
-            export.parse_eps_values(bad)
+            length_modes.parse_eps_values(bad)
 
 
 def test_quality_eps_of_infinity_is_refused_not_written_as_json_infinity(tiny_run: Path) -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from strop.evaluation.batch_encoding import encode_batch
 from strop.evaluation.evaluate import evaluate_run
-from strop.evaluation.export import encode_batch, make_loader, parse_length_mode
 from strop.evaluation.order_probe import (
     PERMUTATIONS,
     OrderProbe,
@@ -21,7 +21,9 @@ from strop.evaluation.order_probe import (
     permute_prefix,
     verdict,
 )
+from strop.evaluation.run_inputs import make_loader
 from strop.metrics import cosine_per_patch, mean_ci
+from strop.model.length_modes import parse_length_mode
 from strop.training.checkpoint import load_model
 
 

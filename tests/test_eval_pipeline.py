@@ -9,16 +9,12 @@ import pytest
 import torch
 from conftest import UNTRAINED_N_VAL as N_VAL
 
+from strop.evaluation.batch_encoding import encode_batch
 from strop.evaluation.erasure import erasure_maps, erasure_order
 from strop.evaluation.evaluate import evaluate_run
-from strop.evaluation.export import (
-    LengthModeError,
-    encode_batch,
-    export_programs,
-    parse_length_mode,
-    search_lengths,
-)
+from strop.evaluation.export import export_programs
 from strop.evaluation.object_masks import object_label_map
+from strop.model.length_modes import LengthModeError, parse_length_mode, search_lengths
 from strop.model.losses import align_error
 from strop.runs import read_programs
 from strop.scenes import parse_scene

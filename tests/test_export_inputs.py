@@ -216,7 +216,7 @@ def test_folder_images_that_fail_to_decode_are_listed_by_export_and_stop_eval(
     assert [f["image_id"] for f in programs.meta["failed_images"]] == [bad_id]
     assert rows(programs) == [r for r in rows(spread_single) if r[0] != bad_id]
 
-    from strop.evaluation.export import make_loader
+    from strop.evaluation.run_inputs import make_loader
 
     with pytest.raises(DataError, match=rf"{bad_id}\.png: index 1 field image"):
         for _ in make_loader(folder, "val", 32, batch_size=3):

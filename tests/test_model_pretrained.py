@@ -239,9 +239,9 @@ def test_push_to_hub_goes_through_huggingface_hub_up_to_the_upload(run, tmp_path
 def test_a_loaded_tokenizer_takes_every_length_mode(exported, dataset):
     """`Strop.encode` / `tokenize` take what `--length-mode` takes, with the same lengths
     as `strop export` (`strop.model.length_modes`, shared)."""
-    from strop.evaluation.export import encode_batch, parse_length_mode
+    from strop.evaluation.batch_encoding import encode_batch
     from strop.model import Strop
-    from strop.model.length_modes import LengthModeError
+    from strop.model.length_modes import LengthModeError, parse_length_mode
 
     model = Strop.from_pretrained(exported)
     images = val_images(dataset)[:6]
@@ -253,6 +253,10 @@ def test_a_loaded_tokenizer_takes_every_length_mode(exported, dataset):
     search = model.encode(images, "search:0.5")[1]
     by_export = encode_batch(model, images, parse_length_mode("search:0.5"), model.cfg.w_mse, 1)
     assert torch.equal(search, by_export.lengths)
+    for mode in ("head", "fixed", "prefix:3", "cap:2", "search:0.5"):  # one dispatch for both
+        enc = encode_batch(model, images, parse_length_mode(mode), model.cfg.w_mse, model.cfg.l_min)
+        codes, lengths = model.encode(images, mode)
+        assert torch.equal(lengths, enc.lengths) and torch.equal(codes, enc.codes), mode
     assert torch.equal(model.encode(images, "fixed")[1], torch.full((6,), model.cfg.l_max))
     for bad, says in (
         ("prefix:0", "at least 1"),

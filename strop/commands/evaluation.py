@@ -29,7 +29,7 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     """Exit 2: the command line is wrong (a `--length-mode` that does not parse). It is a
     ValueError too; `exit_on` tries the usage errors first. A ConfigError here comes from the
     run's own config.json, so it is a failure of the run folder (exit 1)."""
-    from strop.evaluation.export import LengthModeError
+    from strop.model.length_modes import LengthModeError
 
     return (LengthModeError,)  # SweepLengthsError is one too
 
@@ -280,7 +280,7 @@ def baseline_lines(result: dict) -> list[str]:
 
 
 def _eps_list(text: str | None) -> list[float] | None:
-    from strop.evaluation.export import LengthModeError, parse_eps_values
+    from strop.model.length_modes import LengthModeError, parse_eps_values
 
     try:
         return parse_eps_values(text)

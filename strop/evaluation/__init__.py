@@ -1,6 +1,8 @@
 """What trained programs show (paper Sec. 3-4): export, metrics, analysis, the report.
 
     export          programs of a trained run -> `programs.parquet` (head, fixed or search lengths)
+    run_inputs      what every command over a run reads: its model on a device, its dataset, loaders
+    batch_encoding  one batch through teacher and generator -> codes and lengths under a length mode
     programs_dataset  a split's programs as parquet shards plus `manifest.json`
     distributed     which share of an export this process writes (`torchrun` or alone)
     sharded_pass    the planned, resumable, rank-split pass `export` and `cache-features` share
@@ -8,7 +10,8 @@
     evaluate        `eval.json`: alignment, codebook usage, pixel SSIM/LPIPS, length vs object count
     scene_probes    linear probes of the scene from the codes, beside their baselines
     order_probe     does token order matter? (`eval.json`'s `order_probe`)
-    quality_control  does `--length-mode quality:EPS` deliver EPS? (`eval.json`'s block)
+    quality_calibration  does the quality head deliver the EPS `quality:EPS` asks for? (eval.json's
+                    `quality_control` block)
     sweep           length-quality curves: `strop eval RUN --sweep` -> `sweep.json`
     lpips           LPIPS v0.1 (AlexNet) without torchvision, from local weight files
     analyze         counterfactual erasure, attribution vs object masks, pair synergy, contingency

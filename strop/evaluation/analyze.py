@@ -20,7 +20,7 @@ contingency heatmap, length vs object count).
 Design decisions
 - Programs are taken at the run's own length rule (the head's length, or all L_max tokens
   for a run trained with `curriculum.length_mode=fixed`) unless `length_mode` names another
-  (`prefix:N`, `cap:N`, ...; see `strop.evaluation.export`).
+  (`prefix:N`, `cap:N`, ...; see `strop.evaluation.export`'s design notes).
 - Code-reuse statistics use the exported `programs.parquet` when it exists and was exported
   at the same length mode (the whole split),
   else the analysed images' programs; `source` says which.
@@ -40,20 +40,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from strop import metrics
+from strop.evaluation.batch_encoding import encode_batch
 from strop.evaluation.erasure import (
     choose_pairs,
     erasure_maps,
     pair_synergy,
-)
-from strop.evaluation.export import (
-    LengthMode,
-    check_length_mode,
-    dataset_path,
-    encode_batch,
-    load_run_model,
-    make_loader,
-    parse_length_mode,
-    progress_batches,
 )
 from strop.evaluation.object_masks import (
     ATTRIBUTES,
@@ -62,6 +53,13 @@ from strop.evaluation.object_masks import (
     pixel_frame,
 )
 from strop.evaluation.object_metrics import ObjectMetrics, ground_truth
+from strop.evaluation.run_inputs import (
+    dataset_path,
+    load_run_model,
+    make_loader,
+    progress_batches,
+)
+from strop.model.length_modes import LengthMode, check_length_mode, parse_length_mode
 from strop.model.weights import resolve_checkpoint
 from strop.output_unit import OutputUnit
 from strop.provenance import require_same_weights
@@ -316,11 +314,11 @@ def _analyze(
     progress: bool,
     length_mode: str | LengthMode | None,
 ) -> dict[str, Any]:
-    model, cfg, dev = load_run_model(run.path, checkpoint, device)
-    mode = parse_length_mode(length_mode, cfg.length_mode)
-    check_length_mode(mode, cfg.model, run.name)
-    root = dataset_path(run.path, cfg, data)
-    mc = cfg.model
+    model, info, dev = load_run_model(run.path, checkpoint, device)
+    mode = parse_length_mode(length_mode, info.length_mode)
+    check_length_mode(mode, info.model, run.name)
+    root = dataset_path(run.path, info, data)
+    mc = info.model
     gh, gw = model.grid
     grid = (int(gh), int(gw))
     loader = make_loader(root, split, mc.image_size, batch_size=min(16, n_images), limit=n_images)
@@ -367,7 +365,7 @@ def _analyze(
         "split": split,
         "n_images": len(acc.lengths),
         "length_mode": str(mode),
-        "weights": cfg.weights,
+        "weights": info.weights,
         "grid": list(grid),
         "seed": seed,
         **summarise(acc, mc.k, programs, reuse_source),

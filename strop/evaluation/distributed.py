@@ -34,6 +34,12 @@ class Rank:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def gpu(self) -> int | None:
+        """The GPU index `auto` means for this process (`strop.devices.resolve_device`):
+        LOCAL_RANK under torchrun, None (the default GPU) alone."""
+        return self.local_rank if self.distributed else None
+
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -54,15 +60,6 @@ def current_rank() -> Rank:
             f"LOCAL_RANK={rank.local_rank}: expected 0 <= RANK < WORLD_SIZE"
         )
     return rank
-
-
-def rank_device(device: str, rank: Rank) -> str:
-    """`auto` under torchrun on a GPU machine: this process's own GPU (cuda:LOCAL_RANK)."""
-    if device != "auto" or not rank.distributed:
-        return device
-    import torch
-
-    return f"cuda:{rank.local_rank}" if torch.cuda.is_available() else "cpu"
 
 
 def start_group(rank: Rank) -> None:

@@ -7,12 +7,13 @@ Eff%), the pixel probe's SSIM and (when its weights are at hand) LPIPS, program 
 (mean/min/max), bits per image and the compression ratio, and the correlation of length with
 object count (Pearson and Spearman with 95% CIs). With `--length-mode search:EPS`, also how
 often the head picks the same length as the search (`head_matches_search`) and their mean
-absolute difference. Runs with the eps-conditioned head get a `quality_control` block
-(requested vs achieved EPS against `search:EPS`, `strop.evaluation.quality_control`).
+absolute difference. Runs with the quality head get a `quality_control` block (requested
+vs achieved EPS against `search:EPS`, `strop.evaluation.quality_calibration`).
 
 Design decisions
 - The metric definitions live in `strop.metrics`; this module only runs the model and
-  streams batches into them (`FieldStats` is exact under batching).
+  streams batches into them (`FieldStats` is exact under batching; `SplitScores` keeps
+  per-image numbers only, so a split of any size streams through the device).
 - `compression_ratio` = teacher bits / program bits, both summed over the split (a ratio of
   totals, not a mean of per-image ratios, which small programs would dominate). Teacher bits
   are the P x D patch features at fp16 (how `strop cache-features` stores them), program
@@ -56,19 +57,21 @@ import numpy as np
 
 from strop import metrics
 from strop.baselines import COLLAPSED, NOT_BEYOND, compare, compare_means
-from strop.evaluation.export import (
+from strop.evaluation.batch_encoding import encode_batch
+from strop.evaluation.order_probe import OrderProbe
+from strop.evaluation.run_inputs import (
+    dataset_path,
+    load_run_model,
+    make_loader,
+    progress_batches,
+)
+from strop.evaluation.scene_probes import ProbeSplit, collect_split, scene_probes
+from strop.model.length_modes import (
     LengthMode,
     check_length_mode,
     check_quality_eps,
-    dataset_path,
-    encode_batch,
-    load_run_model,
-    make_loader,
     parse_length_mode,
-    progress_batches,
 )
-from strop.evaluation.order_probe import OrderProbe
-from strop.evaluation.scene_probes import ProbeSplit, collect_split, scene_probes
 from strop.output_unit import check_writable
 from strop.provenance import write_json_of_weights
 from strop.runs import RunFolder
@@ -76,7 +79,9 @@ from strop.runs import RunFolder
 if TYPE_CHECKING:
     import torch
 
+    from strop.evaluation.batch_encoding import EncodedBatch
     from strop.evaluation.lpips import LPIPS
+    from strop.model.network import Strop
 
 #: Below this skill over the average teacher field a run is flagged collapsed (see module).
 SKILL_MIN = 0.02
@@ -107,160 +112,231 @@ def evaluate_run(
     `strop.evaluation.order_probe`) reinterprets under permutations; 0 skips it.
 
     `lpips`: None scores LPIPS when its weights are found, True requires it (as does giving
-    `lpips_backbone` or `lpips_lin`), False skips it. A run with the eps-conditioned head
-    also gets the `quality_control` block (`strop.evaluation.quality_control`), at
-    `quality_eps` or its default EPS values.
+    `lpips_backbone` or `lpips_lin`), False skips it. A run with the quality head also gets
+    the `quality_control` block (`strop.evaluation.quality_calibration`), at `quality_eps` or
+    its default EPS values.
 
     `baseline_train_images`: how many images of `train_split` (the first; None = all) the
     baselines are fitted on: the average teacher field, the scene probes, the order probe's
     bag-of-codes control (its first `order_probe_images`)."""
-    import torch
-
     parse_length_mode(length_mode)  # a bad value fails before the model loads
     run = RunFolder(Path(run_dir))
-    model, cfg, dev = load_run_model(run.path, checkpoint, device)
+    model, info, dev = load_run_model(run.path, checkpoint, device)
     if write:
         check_writable(run.eval_path)  # before the encode, not after it
-    mode = parse_length_mode(length_mode, cfg.length_mode)
-    check_length_mode(mode, cfg.model, run.name)
-    check_quality_eps(None if quality_eps is None else list(quality_eps), cfg.model, run.name)
-    mc = cfg.model
-    loader = make_loader(dataset_path(run.path, cfg, data), split, mc.image_size, batch_size, limit)
-    use_pixels = cfg.pixel_decoder
+    mode = parse_length_mode(length_mode, info.length_mode)
+    check_length_mode(mode, info.model, run.name)
+    check_quality_eps(None if quality_eps is None else list(quality_eps), info.model, run.name)
+    mc = info.model
+    loader = make_loader(
+        dataset_path(run.path, info, data), split, mc.image_size, batch_size, limit
+    )
     perceptual, lpips_info = lpips_network(
-        lpips, lpips_backbone, lpips_lin, use_pixels, mc.image_size, dev
+        lpips, lpips_backbone, lpips_lin, info.pixel_decoder, mc.image_size, dev
     )
     train, train_note = _train_split(
-        model, cfg, dev, run.path, data, train_split, baseline_train_images, batch_size, mode,
+        model, info, dev, run.path, data, train_split, baseline_train_images, batch_size, mode,
         progress, order_probe_images, _files(loader.dataset),
     )  # fmt: skip
-    mean_field = None if train is None else train.mean_field
-    val = ProbeSplit()
-    baseline_fields = {"mean_field": metrics.PerImageField(), "one_token": metrics.PerImageField()}
-
-    field_stats = metrics.FieldStats()
-    per_image = metrics.PerImageField()
-    image_counts: list[np.ndarray] = []
-    counts = np.zeros(mc.k, dtype=np.int64)
-    lengths: list[np.ndarray] = []
-    n_objects: list[int] = []
-    ssims: list[np.ndarray] = []
-    lpips_values: list[np.ndarray] = []
-    head_lengths: list[np.ndarray] = []
-    # (features, tokens) kept for the quality_control block of conditioned runs
-    kept: list[tuple[Any, Any]] = []
-    probe = OrderProbe(k=mc.k, max_images=order_probe_images)
-    n_patches = width = 0
+    scores = SplitScores(
+        model, mode, info.pixel_decoder, perceptual, train, order_probe_images, quality_eps
+    )
     for batch in progress_batches(loader, f"eval {run.name} [{mode}]", progress):
-        images = batch["image"].to(dev)
-        enc = encode_batch(model, images, mode, mc.w_mse, mc.l_min)
-        with torch.no_grad():
-            field = model.interpret(enc.codes, enc.lengths)
-            field_np, feats_np = field.float().cpu().numpy(), enc.feats.float().cpu().numpy()
-            field_stats.update(field_np, feats_np)
-            per_image.update(field_np, feats_np)
-            one = model.interpret(enc.codes[:, :1], torch.ones_like(enc.lengths))
-            baseline_fields["one_token"].update(one.float().cpu().numpy(), feats_np)
-            if mean_field is not None:
-                tiled = np.broadcast_to(mean_field, feats_np.shape)
-                baseline_fields["mean_field"].update(tiled, feats_np)
-            if use_pixels:
-                recon = model.decode_pixels(field).float().clamp(0, 1)
-                target = probe_target(images, recon)
-                ssims.append(metrics.ssim(recon.cpu().numpy(), target.cpu().numpy()))
-                if perceptual is not None:
-                    lpips_values.append(perceptual(recon, target).cpu().numpy())
-        probe.update(model, enc.codes, enc.lengths, enc.feats)
-        val.update(enc, batch["scene"])
-        n_patches, width = enc.feats.shape[1], enc.feats.shape[2]
-        codes_np = enc.codes.cpu().numpy()
-        counts += metrics.code_counts(codes_np, mc.k)
-        image_counts += [metrics.code_counts(row[None], mc.k) for row in codes_np]
-        lengths.append(enc.lengths.cpu().numpy())
-        if enc.head_lengths is not None:
-            head_lengths.append(enc.head_lengths.cpu().numpy())
-        n_objects += [int(n) for n in batch["n_objects"]]
-        if mc.quality_head:
-            kept.append((enc.feats, enc.tokens))
-
-    length = np.concatenate(lengths)
-    bits = metrics.program_bits(length, mc.k)
-    source_bits = metrics.teacher_bits(n_patches, width)
+        scores.update(batch["image"].to(dev), batch)
     result: dict[str, Any] = {
         "run": run.name,
         "split": split,
-        "n_images": int(len(length)),
+        "n_images": scores.n_images,
         "checkpoint": str(checkpoint),
-        "weights": cfg.weights,
+        "weights": info.weights,
         "teacher": mc.teacher,
         "k": mc.k,
         "l_max": mc.l_max,
         "length_mode": str(mode),
-        **{key: _finite(v) for key, v in field_stats.as_dict().items()},
-        **metrics.codebook_usage(counts),
-        "ssim": float(np.concatenate(ssims).mean()) if ssims else None,
-        "lpips": float(np.concatenate(lpips_values).mean()) if lpips_values else None,
-        **lpips_info,
-        "length_mean": float(length.mean()),
-        "length_min": int(length.min()),
-        "length_max": int(length.max()),
-        "length_std": float(length.std()),
-        "bits_per_token": metrics.bits_per_token(mc.k),
-        "bits_per_image": float(bits.mean()),
-        "teacher_bits_per_image": source_bits,
-        "teacher_dtype_bits": metrics.TEACHER_DTYPE_BITS,
-        "compression_ratio": float(source_bits * len(length) / max(1, bits.sum())),
-        "compression_ratio_worst": float(source_bits / (mc.l_max * metrics.bits_per_token(mc.k))),
-        "length_vs_objects": metrics.length_vs_objects(length, n_objects),
-        "ci95": _bootstrap(per_image, np.stack(image_counts), length),
-        "ci_method": "percentile bootstrap over images, 1000 resamples, seed 0",
+        **scores.headline(lpips_info),
     }
-    alignment = _alignment(result, per_image, baseline_fields, mean_field is not None)
-    if train is not None:
-        alignment["mean_field_images"] = train.n_fields
-        alignment["mean_field_split"] = train_split
-    result["alignment"] = alignment
-    result["collapsed"] = alignment["collapsed"]
-    if alignment["collapsed"]:
-        result["collapse_banner"] = COLLAPSED
-    probes, probes_note = (None, train_note) if train is None else scene_probes(train, val, mc.k)
-    result["scene_probes"] = probes
-    if probes_note:
-        result["scene_probes_note"] = probes_note
-    if train_note:
-        result["baselines_note"] = train_note
-    if order_probe_images > 0:
-        bag_train = (
-            None
-            if train is None or not train.fields
-            else (train.codes[: train.keep_fields], np.concatenate(train.fields))
-        )
-        result["order_probe"] = probe.result(bag_train)
-    if mode.kind == "search":
-        head = np.concatenate(head_lengths)
-        result["search_eps"] = mode.eps
-        result["head_matches_search"] = float(np.mean(head == length))
-        result["head_search_mean_abs_diff"] = float(np.mean(np.abs(head - length)))
-        result["head_length_mean"] = float(head.mean())
-    if mc.quality_head:
-        from strop.evaluation.quality_control import quality_control
-
-        result["quality_control"] = quality_control(model, kept, mc.w_mse, quality_eps)
+    result.update(_baseline_blocks(result, scores, train, train_note, train_split))
+    result.update(scores.mode_blocks())
     if write:
         write_json_of_weights(
             run.eval_path,
             result,
             run.path,
-            cfg.weights["checkpoint_sha256"],
+            info.weights["checkpoint_sha256"],
             "strop eval",
-            cfg.weights_file,
+            info.weights_file,
         )
     return result
 
 
+class SplitScores:
+    """What `evaluate_run` gathers from the scored split, one batch at a time (`update`), and
+    the blocks of eval.json it gives (`headline`, `mode_blocks`); only per-image numbers and
+    CPU arrays are kept, never a batch's features."""
+
+    def __init__(
+        self,
+        model: Strop,
+        mode: LengthMode,
+        use_pixels: bool,
+        perceptual: LPIPS | None,
+        train: ProbeSplit | None,
+        order_probe_images: int,
+        quality_eps: Sequence[float] | None,
+    ):
+        from strop.evaluation.quality_calibration import QualityCalibration
+
+        self.model, self.mode = model, mode
+        self.use_pixels, self.perceptual = use_pixels, perceptual
+        self.mc = model.cfg
+        self.mean_field = None if train is None else train.mean_field
+        self.field_stats = metrics.FieldStats()
+        self.per_image = metrics.PerImageField()
+        self.baseline_fields = {
+            "mean_field": metrics.PerImageField(),
+            "one_token": metrics.PerImageField(),
+        }
+        self.counts = np.zeros(self.mc.k, dtype=np.int64)
+        self.image_counts: list[np.ndarray] = []
+        self.lengths: list[np.ndarray] = []
+        self.head_lengths: list[np.ndarray] = []
+        self.n_objects: list[int] = []
+        self.ssims: list[np.ndarray] = []
+        self.lpips_values: list[np.ndarray] = []
+        self.probe = OrderProbe(k=self.mc.k, max_images=order_probe_images)
+        self.val = ProbeSplit()
+        self.calibration = (
+            QualityCalibration(model, self.mc.w_mse, quality_eps) if self.mc.quality_head else None
+        )
+        self.n_patches = self.width = 0
+
+    @property
+    def n_images(self) -> int:
+        return int(sum(len(n) for n in self.lengths))
+
+    def update(self, images: torch.Tensor, batch: dict[str, Any]) -> None:
+        """One batch of images (on the model's device) with its loader row."""
+        enc = encode_batch(self.model, images, self.mode, self.mc.w_mse, self.mc.l_min)
+        self._score_fields(images, enc)
+        self.probe.update(self.model, enc.codes, enc.lengths, enc.feats)
+        self.val.update(enc, batch["scene"])
+        self.n_patches, self.width = enc.feats.shape[1], enc.feats.shape[2]
+        codes_np = enc.codes.cpu().numpy()
+        self.counts += metrics.code_counts(codes_np, self.mc.k)
+        self.image_counts += [metrics.code_counts(row[None], self.mc.k) for row in codes_np]
+        self.lengths.append(enc.lengths.cpu().numpy())
+        if enc.head_lengths is not None:
+            self.head_lengths.append(enc.head_lengths.cpu().numpy())
+        self.n_objects += [int(n) for n in batch["n_objects"]]
+        if self.calibration is not None:
+            self.calibration.update(enc.feats, enc.tokens)
+
+    def _score_fields(self, images: torch.Tensor, enc: EncodedBatch) -> None:
+        """The interpreted field against the teacher's, the 1-token and mean-field baselines,
+        and the pixel probe's SSIM/LPIPS."""
+        import torch
+
+        model = self.model
+        with torch.no_grad():
+            field = model.interpret(enc.codes, enc.lengths)
+            field_np, feats_np = field.float().cpu().numpy(), enc.feats.float().cpu().numpy()
+            self.field_stats.update(field_np, feats_np)
+            self.per_image.update(field_np, feats_np)
+            one = model.interpret(enc.codes[:, :1], torch.ones_like(enc.lengths))
+            self.baseline_fields["one_token"].update(one.float().cpu().numpy(), feats_np)
+            if self.mean_field is not None:
+                tiled = np.broadcast_to(self.mean_field, feats_np.shape)
+                self.baseline_fields["mean_field"].update(tiled, feats_np)
+            if self.use_pixels:
+                recon = model.decode_pixels(field).float().clamp(0, 1)
+                target = probe_target(images, recon)
+                self.ssims.append(metrics.ssim(recon.cpu().numpy(), target.cpu().numpy()))
+                if self.perceptual is not None:
+                    self.lpips_values.append(self.perceptual(recon, target).cpu().numpy())
+
+    def headline(self, lpips_info: dict[str, Any]) -> dict[str, Any]:
+        """Alignment, codebook use, the pixel probe, length, bits and compression, length vs
+        objects and their intervals."""
+        mc = self.mc
+        length = np.concatenate(self.lengths)
+        bits = metrics.program_bits(length, mc.k)
+        source_bits = metrics.teacher_bits(self.n_patches, self.width)
+        return {
+            **{key: _finite(v) for key, v in self.field_stats.as_dict().items()},
+            **metrics.codebook_usage(self.counts),
+            "ssim": float(np.concatenate(self.ssims).mean()) if self.ssims else None,
+            "lpips": float(np.concatenate(self.lpips_values).mean()) if self.lpips_values else None,
+            **lpips_info,
+            "length_mean": float(length.mean()),
+            "length_min": int(length.min()),
+            "length_max": int(length.max()),
+            "length_std": float(length.std()),
+            "bits_per_token": metrics.bits_per_token(mc.k),
+            "bits_per_image": float(bits.mean()),
+            "teacher_bits_per_image": source_bits,
+            "teacher_dtype_bits": metrics.TEACHER_DTYPE_BITS,
+            "compression_ratio": float(source_bits * len(length) / max(1, bits.sum())),
+            "compression_ratio_worst": float(
+                source_bits / (mc.l_max * metrics.bits_per_token(mc.k))
+            ),
+            "length_vs_objects": metrics.length_vs_objects(length, self.n_objects),
+            "ci95": _bootstrap(self.per_image, np.stack(self.image_counts), length),
+            "ci_method": "percentile bootstrap over images, 1000 resamples, seed 0",
+        }
+
+    def mode_blocks(self) -> dict[str, Any]:
+        """What the length mode adds: head vs search for `search:EPS`, and the calibration of
+        `quality:EPS` for runs with the quality head."""
+        out: dict[str, Any] = {}
+        if self.mode.kind == "search":
+            length = np.concatenate(self.lengths)
+            head = np.concatenate(self.head_lengths)
+            out["search_eps"] = self.mode.eps
+            out["head_matches_search"] = float(np.mean(head == length))
+            out["head_search_mean_abs_diff"] = float(np.mean(np.abs(head - length)))
+            out["head_length_mean"] = float(head.mean())
+        if self.calibration is not None:
+            out["quality_control"] = self.calibration.result()
+        return out
+
+
+def _baseline_blocks(
+    result: dict[str, Any],
+    scores: SplitScores,
+    train: ProbeSplit | None,
+    train_note: str | None,
+    train_split: str,
+) -> dict[str, Any]:
+    """`alignment` (with `collapsed`), `scene_probes` and `order_probe`, fitted on the train
+    split when there is one (else their notes say why not)."""
+    alignment = _alignment(result, scores.per_image, scores.baseline_fields, train is not None)
+    if train is not None:
+        alignment["mean_field_images"] = train.n_fields
+        alignment["mean_field_split"] = train_split
+    out: dict[str, Any] = {"alignment": alignment, "collapsed": alignment["collapsed"]}
+    if alignment["collapsed"]:
+        out["collapse_banner"] = COLLAPSED
+    probes, probes_note = (
+        (None, train_note) if train is None else scene_probes(train, scores.val, scores.mc.k)
+    )
+    out["scene_probes"] = probes
+    if probes_note:
+        out["scene_probes_note"] = probes_note
+    if train_note:
+        out["baselines_note"] = train_note
+    if scores.probe.max_images > 0:
+        bag_train = (
+            None
+            if train is None or not train.fields
+            else (train.codes[: train.keep_fields], np.concatenate(train.fields))
+        )
+        out["order_probe"] = scores.probe.result(bag_train)
+    return out
+
+
 def _train_split(
     model: Any,
-    cfg: Any,
+    info: Any,
     dev: Any,
     run_path: Path,
     data: str | os.PathLike[str] | None,
@@ -275,11 +351,11 @@ def _train_split(
     """The train split's programs, scenes and average teacher field, or (None, why not).
     A train split that shares images with the scored one (an image folder has no splits:
     every split is the whole folder) gives none: its baselines would be fitted in-sample."""
-    root = dataset_path(run_path, cfg, data)
+    root = dataset_path(run_path, info, data)
     try:
         from strop.data.datasets import build_dataset
 
-        shared = scored_files & _files(build_dataset(root, split, cfg.model.image_size))
+        shared = scored_files & _files(build_dataset(root, split, info.model.image_size))
     except (ValueError, FileNotFoundError) as exc:
         return None, f"no {split} split to fit the baselines on ({exc})"
     if shared:
@@ -289,7 +365,7 @@ def _train_split(
         )
     try:
         return collect_split(
-            model, cfg, dev, root, split, limit, batch_size, mode, progress, keep_fields
+            model, info, dev, root, split, limit, batch_size, mode, progress, keep_fields
         ), None
     except (ValueError, FileNotFoundError) as exc:  # DataError is a ValueError
         return None, f"no {split} split to fit the baselines on ({exc})"

@@ -1,8 +1,9 @@
 """Export: encode a dataset split into programs and write `RUN/programs.parquet`.
 
-Also the shared plumbing of `strop eval` and `strop analyze`: the `--length-mode` parser
-(from `strop.model.length_modes`, where `Strop.encode` finds it too), device choice, the model + data loader of a run, and `encode_batch`, which turns a batch of
-images into teacher features, quantised tokens, codes and the program length of each image.
+What it reads comes through `strop.evaluation.run_inputs` (the run's model, its dataset, a
+loader in order) and each batch becomes programs through `strop.evaluation.batch_encoding`;
+the `--length-mode` values are `strop.model.length_modes`' (where `Strop.encode` finds them
+too). The design of the length modes is recorded here, where programs are written.
 
 Design decisions
 - Length modes: `head` (the length head's rounded prediction, the paper's inference rule),
@@ -18,9 +19,10 @@ Design decisions
 - The search interprets every (image, prefix length) pair in one batched call over
   `interpret_tokens` (masked prefixes, static shape), chunked to bound memory, instead of a
   loop over lengths.
-- `head` lengths come from `Strop.head_lengths`, the one owner of the inference length rule
-  (`Strop.encode_features` uses it too); the teacher and generator run once per batch and
-  their outputs serve the codes, the search and the evaluation alike.
+- `head` lengths come from `Strop.head_lengths`, the one owner of the inference length rule;
+  every mode's lengths from `strop.model.length_modes.program_lengths`, the one dispatch that
+  `Strop.encode_features` uses too; the teacher and generator run once per batch and their
+  outputs serve the codes, the search and the evaluation alike.
 - Rows carry `image_id`, `split`, `codes`, `length`, `n_objects` (-1 when unknown) and the
   scene JSON when the dataset has scenes; run facts (K, length mode, teacher, checkpoint,
   image size) go into the Parquet metadata via `strop.runs.write_programs`. The file is a
@@ -47,13 +49,13 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from strop.evaluation.distributed import Rank, current_rank, rank_device
+from strop.evaluation.batch_encoding import encode_batch
+from strop.evaluation.distributed import Rank, current_rank
 from strop.evaluation.programs_dataset import (
     DEFAULT_SHARD_ROWS,
     MANIFEST_FILE,
@@ -63,21 +65,22 @@ from strop.evaluation.programs_dataset import (
     remove_dataset,
     write_manifest,
 )
-from strop.evaluation.sharded_pass import Shard, run_sharded_pass
-from strop.model.length_modes import (  # noqa: F401 - also this module's public names
-    BUDGET_KINDS,
-    EPS_KINDS,
-    LengthMode,
-    LengthModeError,
-    check_length_mode,
-    check_quality_eps,
-    mode_lengths,
-    parse_eps,
-    parse_eps_values,
-    parse_length_mode,
-    search_lengths,
+from strop.evaluation.run_inputs import (
+    check_image_names,
+    input_spec,
+    load_run_model,
+    loader_over,
+    open_split,
+    plan_data,
+    progress_batches,
 )
-from strop.output_unit import check_writable, shown
+from strop.evaluation.sharded_pass import Shard, run_sharded_pass
+from strop.model.length_modes import (
+    LengthMode,
+    check_length_mode,
+    parse_length_mode,
+)
+from strop.output_unit import check_writable
 from strop.runs import (
     DATASET_FORMAT,
     Programs,
@@ -89,8 +92,6 @@ from strop.runs import (
 )
 
 if TYPE_CHECKING:
-    import torch
-
     from strop.model.network import Strop
     from strop.model.pretrained import TokenizerInfo
 
@@ -150,163 +151,6 @@ def check_no_programs_dropped(
     )
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    return torch.device(device)
-
-
-# --------------------------------------------------------------------------- run + data
-
-
-def load_run_model(
-    run_dir: str | os.PathLike[str], checkpoint: str = "last", device: str = "auto"
-) -> tuple[Strop, TokenizerInfo, Any]:
-    """(model in eval mode on its device, what it was trained as, torch.device) of a run folder
-    at `checkpoint`, or of a folder written by `strop export-model`."""
-    from strop.model.network import Strop
-
-    dev = resolve_device(device)
-    model, info = Strop.load_tokenizer(run_dir, checkpoint, map_location=dev)
-    return model, info, dev
-
-
-def input_spec(
-    run_dir: str | os.PathLike[str], info: TokenizerInfo, data: str | os.PathLike[str] | None
-) -> Path | str:
-    """What an export reads: `dataset_path`, or, as given, an `hf://` id or a tar pattern
-    (`strop.data.inputs.open_input` checks those)."""
-    from strop.data.inputs import is_input_spec
-
-    if data and is_input_spec(data):
-        return str(data)
-    if not data and info.data_path and is_input_spec(info.data_path):
-        return info.data_path
-    return dataset_path(run_dir, info, data)
-
-
-def dataset_path(
-    run_dir: str | os.PathLike[str], info: TokenizerInfo, data: str | os.PathLike[str] | None
-) -> Path:
-    path = Path(data) if data else Path(info.data_path) if info.data_path else None
-    where = "training.data_path" if info.exported else "data.path"
-    if path is None:
-        raise ValueError(f"{Path(run_dir) / 'config.json'}: {where} is empty; pass --data DIR")
-    if not path.exists():
-        hint = "" if data else f" ({where} in config.json; pass --data DIR to point elsewhere)"
-        raise FileNotFoundError(f"{path}: dataset folder not found{hint}")
-    return path
-
-
-def open_split(
-    path: Path | str,
-    split: str,
-    image_size: int,
-    limit: int | None = None,
-    streaming: bool = False,
-    tolerant: bool = False,
-) -> Any:
-    """The first `limit` images of `split`, in dataset order: a torch Dataset or a row
-    stream (`strop.data.inputs.open_input`; `tolerant`: images that fail to decode become
-    error items for the caller to list)."""
-    from strop.data.inputs import open_input
-
-    dataset = open_input(
-        path, split, image_size, streaming=streaming, limit=limit, tolerant=tolerant
-    )
-    if len(dataset) == 0:
-        raise ValueError(f"{path}: split {split!r} has no images")
-    return dataset
-
-
-def loader_over(dataset: Any, batch_size: int, rows: range | None = None, workers: int = 0) -> Any:
-    """A DataLoader over `dataset` (or its `rows`), in order; batches list the images that
-    failed to decode under `failed` (`strop.data.inputs.collate_items`); `workers` decode
-    images in worker processes that die with this one."""
-    from strop.data.inputs import loader_for
-
-    return loader_for(dataset, batch_size, rows, workers)
-
-
-def make_loader(path: Path, split: str, image_size: int, batch_size: int, limit: int | None = None):
-    """A DataLoader over the first `limit` images of `split`, in dataset order."""
-    return loader_over(open_split(path, split, image_size, limit), batch_size)
-
-
-def progress_batches(loader, description: str, enabled: bool = True) -> Iterator[dict[str, Any]]:
-    """Iterate a loader under a rich progress bar counting images."""
-    if not enabled:
-        yield from loader
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=True) as bar:
-        task = bar.add_task(description, total=len(loader.dataset))
-        for batch in loader:
-            yield batch
-            bar.advance(task, len(batch["image"]))
-
-
-# --------------------------------------------------------------------------- encoding
-
-
-@dataclass
-class EncodedBatch:
-    """One batch through teacher and generator; `codes` is (B, L_max) padded with -1."""
-
-    feats: torch.Tensor
-    tokens: torch.Tensor
-    codes: torch.Tensor
-    lengths: torch.Tensor
-    head_lengths: torch.Tensor | None = None
-    search_errors: torch.Tensor | None = None
-
-
-def pad_codes(codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Codes with positions >= length set to -1."""
-    import torch
-
-    pos = torch.arange(codes.shape[1], device=codes.device).unsqueeze(0)
-    return torch.where(pos < lengths.unsqueeze(1), codes, torch.full_like(codes, -1))
-
-
-def encode_batch(
-    model: Strop, images: torch.Tensor, mode: LengthMode, w_mse: float, l_min: int
-) -> EncodedBatch:
-    """Teacher features, generator output and each image's program under `mode`."""
-    import torch
-
-    with torch.no_grad():
-        feats = model.teacher_features(images)
-        gen = model.generate(feats)
-        # `Strop.head_lengths` owns the inference rule clip(round(L_hat), L_min, L_max)
-        head = model.head_lengths(feats).long()
-        if mode.kind == "search":
-            assert mode.eps is not None  # parse_length_mode sets it for "search"
-            lengths, errors = search_lengths(model, feats, gen.tokens, mode.eps, w_mse, l_min)
-            return EncodedBatch(
-                feats, gen.tokens, pad_codes(gen.codes, lengths), lengths, head, errors
-            )
-        lengths = mode_lengths(model, feats, head, mode)
-    return EncodedBatch(feats, gen.tokens, pad_codes(gen.codes, lengths), lengths, head)
-
-
 # --------------------------------------------------------------------------- export
 
 
@@ -314,7 +158,7 @@ def encode_programs(
     model: Strop,
     loader: Any,
     mode: LengthMode,
-    cfg: Any,
+    info: TokenizerInfo,
     dev: Any,
     split: str,
     description: str,
@@ -331,7 +175,7 @@ def encode_programs(
             failed.extend(lost)
         if not batch["image_id"]:
             continue
-        enc = encode_batch(model, batch["image"].to(dev), mode, cfg.model.w_mse, cfg.model.l_min)
+        enc = encode_batch(model, batch["image"].to(dev), mode, info.model.w_mse, info.model.l_min)
         lengths = enc.lengths.cpu().tolist()
         yield Programs(
             codes=[row[:n] for row, n in zip(enc.codes.cpu().numpy(), lengths, strict=True)],
@@ -339,7 +183,7 @@ def encode_programs(
             split=[split] * len(lengths),
             n_objects=np.array([int(n) for n in batch["n_objects"]], dtype=np.int64),
             scene=[s or None for s in batch["scene"]],
-            codebook_size=cfg.model.k,
+            codebook_size=info.model.k,
         )
 
 
@@ -375,24 +219,19 @@ def export_programs(
     parse_length_mode(length_mode)  # a bad value fails before the model loads
     if shard_rows < 1:
         raise ValueError(f"export: --shard-rows {shard_rows}: expected a positive integer")
-    splits = [s.strip() for s in split.split(",") if s.strip()]
-    if not splits:
-        raise ValueError(f"export: --split {split!r} names no split")
-    twice = sorted({s for s in splits if splits.count(s) > 1})
-    if twice:  # the same images twice: shots and test images could overlap downstream
-        raise ValueError(f"export: --split {split!r} names {', '.join(twice)} twice")
+    splits = split_names(split)
     rank = current_rank()
     run = RunFolder(Path(run_dir))
     target = Path(out) if out else run.programs_file
-    model, cfg, dev = load_run_model(run.path, checkpoint, rank_device(device, rank))
+    model, info, dev = load_run_model(run.path, checkpoint, device, rank.gpu)
     if not replace:
         check_no_programs_dropped(target, splits, limit, split)
     check_writable(target / MANIFEST_FILE if target.is_dir() else target)  # before the encode
-    mode = parse_length_mode(length_mode, cfg.length_mode)
-    check_length_mode(mode, cfg.model, run.name)
-    root = input_spec(run.path, cfg, data)
+    mode = parse_length_mode(length_mode, info.length_mode)
+    check_length_mode(mode, info.model, run.name)
+    root = input_spec(run.path, info, data)
     datasets = {
-        name: open_split(root, name, cfg.model.image_size, limit, streaming, tolerant=True)
+        name: open_split(root, name, info.model.image_size, limit, streaming, tolerant=True)
         for name in splits
     }
     for dataset in datasets.values():
@@ -400,11 +239,11 @@ def export_programs(
     meta = {
         "run": run.name,
         "length_mode": str(mode),
-        "teacher": cfg.model.teacher,
+        "teacher": info.model.teacher,
         "checkpoint": checkpoint,
-        "weights": cfg.weights,
-        "image_size": cfg.model.image_size,
-        "l_max": cfg.model.l_max,
+        "weights": info.weights,
+        "image_size": info.model.image_size,
+        "l_max": info.model.l_max,
         "split": split,
     }
 
@@ -413,7 +252,7 @@ def export_programs(
     ) -> Iterator[Programs]:
         loader = loader_over(datasets[name], batch_size, rows)
         description = f"export {run.name} {what} [{mode}]"
-        return encode_programs(model, loader, mode, cfg, dev, name, description, progress, failed)
+        return encode_programs(model, loader, mode, info, dev, name, description, progress, failed)
 
     sizes = {name: len(d) for name, d in datasets.items()}
     if rank.distributed or sum(sizes.values()) > shard_rows or target.is_dir():
@@ -422,15 +261,35 @@ def export_programs(
             "run": run.name,
             "data": plan_data(root),
             "checkpoint": checkpoint,
-            "weights": cfg.weights,
+            "weights": info.weights,
             "length_mode": str(mode),
             "splits": list(sizes.items()),
             "shard_rows": shard_rows,
             "batch_size": batch_size,
             **({"streaming": True} if streaming else {}),
         }
-        return _export_dataset(target, plan, sizes, meta, cfg.model.k, rank, replace, encode)
+        shard_meta = {**meta, "codebook_size": info.model.k}
+        return _export_dataset(target, plan, shard_meta, rank, replace, encode)
 
+    return _export_file(target, splits, root, meta, encode)
+
+
+def split_names(split: str) -> list[str]:
+    """The splits `--split` lists (comma-separated), each once."""
+    splits = [s.strip() for s in split.split(",") if s.strip()]
+    if not splits:
+        raise ValueError(f"export: --split {split!r} names no split")
+    twice = sorted({s for s in splits if splits.count(s) > 1})
+    if twice:  # the same images twice: shots and test images could overlap downstream
+        raise ValueError(f"export: --split {split!r} names {', '.join(twice)} twice")
+    return splits
+
+
+def _export_file(
+    target: Path, splits: list[str], root: Path | str, meta: dict[str, Any], encode: Any
+) -> Path:
+    """The single-file form: every split's programs in one Parquet file (replacing a dataset
+    form beside it); images that failed to decode are listed in its metadata."""
     failed: list[dict[str, str]] = []
     parts: list[Programs] = []
     for name in splits:
@@ -438,7 +297,9 @@ def export_programs(
         parts.extend(encode(name, None, name, lost))
         failed.extend({"split": name, **f} for f in lost)
     if not parts:
-        raise ValueError(f"{root}: no image of split(s) {split} decoded ({len(failed)} failed)")
+        raise ValueError(
+            f"{root}: no image of split(s) {meta['split']} decoded ({len(failed)} failed)"
+        )
     programs = concat_programs(parts, {**meta, "failed_images": failed} if failed else meta)
     repeated = [i for i, n in Counter(programs.image_id).items() if n > 1]
     if repeated:  # a scenes file listing an image twice
@@ -451,30 +312,15 @@ def export_programs(
     return path
 
 
-def plan_data(root: Path | str) -> str:
-    """The input as the plan records it: a resume from another folder must name the same
-    files (a relative tar pattern made absolute; an `hf://` id as given)."""
-    from strop.data.datasets import HUB_PREFIX
-
-    if isinstance(root, str):
-        return root if root.startswith(HUB_PREFIX) else os.path.abspath(root)
-    return str(root.resolve())
-
-
 def _export_dataset(
-    target: Path,
-    plan: dict[str, Any],
-    sizes: dict[str, int],
-    meta: dict[str, Any],
-    k: int,
-    rank: Rank,
-    replace: bool,
+    target: Path, plan: dict[str, Any], shard_meta: dict[str, Any], rank: Rank, replace: bool,
     encode: Any,
-) -> Path:
-    """This rank's shards of the dataset form (those not already finished), then, on rank 0
-    after every rank is done, the manifest (`strop.evaluation.sharded_pass`)."""
+) -> Path:  # fmt: skip
+    """This rank's shards of the dataset form (those not already finished; `plan["splits"]`
+    lists (split, rows)), then, on rank 0 after every rank is done, the manifest
+    (`strop.evaluation.sharded_pass`)."""
     folder = dataset_dir_for(target)
-    shard_meta = {**meta, "codebook_size": k}
+    sizes = dict(plan["splits"])
 
     def finish(shards: list[Shard]) -> Path:
         manifest = write_manifest(folder, shards, shard_meta)
@@ -494,17 +340,3 @@ def _export_dataset(
         open_shard=lambda shard: ShardWriter(folder, shard.name, shard_meta),
         finish=finish,
     )
-
-
-def check_image_names(dataset: Any) -> None:
-    """Image ids are the file names' stems, stored as text: a name that is not UTF-8 is
-    refused before the encode, naming the file (its odd bytes escaped)."""
-    files = getattr(getattr(dataset, "dataset", dataset), "files", [])
-    for path in files:
-        try:
-            path.stem.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(
-                f"{shown(path)}: file name is not valid UTF-8 (image ids are stored as text); "
-                "rename the file"
-            ) from None

@@ -33,14 +33,14 @@ import numpy as np
 
 from strop.atomic import atomic_write_text
 from strop.data.inputs import is_input_spec
-from strop.evaluation.distributed import current_rank, rank_device
-from strop.evaluation.export import (
+from strop.devices import resolve_device
+from strop.evaluation.distributed import current_rank
+from strop.evaluation.run_inputs import (
     check_image_names,
     loader_over,
     open_split,
     plan_data,
     progress_batches,
-    resolve_device,
 )
 from strop.evaluation.sharded_pass import Shard, ShardLayout, run_sharded_pass
 from strop.model.feature_cache import (
@@ -261,7 +261,7 @@ def cache_features(
     for dataset in datasets.values():
         check_image_names(dataset)
     identity = teacher_identity(teacher)
-    dev = resolve_device(rank_device(device, rank))
+    dev = resolve_device(device, rank.gpu)
     teacher = teacher.to(dev).eval()
     sizes = {name: len(d) for name, d in datasets.items()}
     plan = {

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -210,29 +211,42 @@ def find_weights(
 ) -> LPIPSWeights:
     """The backbone and lin files: the given paths, else the torch hub cache and the
     installed lpips package. Raises `LPIPSWeightsError` naming what is missing."""
-    if backbone is not None:
-        backbone_path = Path(backbone)
-        if not backbone_path.is_file():
-            raise LPIPSWeightsError(f"LPIPS AlexNet backbone not found: {backbone_path}")
-    else:
-        folder = hub_checkpoints()
-        found = [folder / name for name in BACKBONE_FILES if (folder / name).is_file()]
-        if not found:
-            raise LPIPSWeightsError(
-                f"LPIPS needs torchvision's AlexNet weights: no {BACKBONE_FILES[0]} in {folder}; "
-                "copy it there (or set TORCH_HOME) or pass --lpips-backbone PATH"
-            )
-        backbone_path = found[0]
-    if lin is not None:
-        lin_path = Path(lin)
-        if not lin_path.is_file():
-            raise LPIPSWeightsError(f"LPIPS lin weights not found: {lin_path}")
-    else:
-        found_lin = installed_lin()
-        if found_lin is None:
-            raise LPIPSWeightsError(f"LPIPS needs its lin weights ({LIN_FILE}): {HOW_TO_GET_LIN}")
-        lin_path = found_lin
-    return LPIPSWeights(backbone=backbone_path, lin=lin_path)
+    return LPIPSWeights(
+        backbone=_given_or_found(backbone, "LPIPS AlexNet backbone", _hub_backbone),
+        lin=_given_or_found(lin, "LPIPS lin weights", _installed_lin),
+    )
+
+
+def _given_or_found(
+    given: str | os.PathLike[str] | None, what: str, find: Callable[[], Path]
+) -> Path:
+    """`given` when it names a file (else a one-line error naming `what`), else `find()`."""
+    if given is None:
+        return find()
+    path = Path(given)
+    if not path.is_file():
+        raise LPIPSWeightsError(f"{what} not found: {path}")
+    return path
+
+
+def _hub_backbone() -> Path:
+    """torchvision's AlexNet weights in the torch hub cache, or `LPIPSWeightsError`."""
+    folder = hub_checkpoints()
+    found = [folder / name for name in BACKBONE_FILES if (folder / name).is_file()]
+    if not found:
+        raise LPIPSWeightsError(
+            f"LPIPS needs torchvision's AlexNet weights: no {BACKBONE_FILES[0]} in {folder}; "
+            "copy it there (or set TORCH_HOME) or pass --lpips-backbone PATH"
+        )
+    return found[0]
+
+
+def _installed_lin() -> Path:
+    """The installed lpips package's lin weights, or `LPIPSWeightsError`."""
+    found = installed_lin()
+    if found is None:
+        raise LPIPSWeightsError(f"LPIPS needs its lin weights ({LIN_FILE}): {HOW_TO_GET_LIN}")
+    return found
 
 
 def build_lpips(weights: LPIPSWeights, device: str | torch.device = "cpu") -> LPIPS:

@@ -51,7 +51,8 @@ from strop.baselines import compare, compare_means
 from strop.scenes import COLORS, MATERIALS, SHAPES, SIZES
 
 if TYPE_CHECKING:
-    from strop.evaluation.export import EncodedBatch
+    from strop.evaluation.batch_encoding import EncodedBatch
+    from strop.model.pretrained import TokenizerInfo
 
 #: (attribute, its values) in the order of the 15 count targets.
 VOCABULARIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -97,7 +98,7 @@ class ProbeSplit:
     fields: list[np.ndarray] = field(default_factory=list)
 
     def update(self, enc: EncodedBatch, scenes: Sequence[str]) -> None:
-        """One encoded batch (`strop.evaluation.export.encode_batch`) and its scenes' JSON."""
+        """One encoded batch (`strop.evaluation.batch_encoding.encode_batch`) and its scenes' JSON."""
         lengths = enc.lengths.cpu().numpy()
         for row, n in zip(enc.codes.cpu().numpy(), lengths, strict=True):
             self.codes.append(row[: int(n)].astype(np.int64))
@@ -292,23 +293,19 @@ def probe_run(
     `val_split` of its dataset (the first `*_limit` images) with the run's model; returns
     `{"scene_probes": block or None, "scene_probes_note": why None (absent otherwise),
     "run", "length_mode"}`."""
-    from strop.evaluation.export import (
-        check_length_mode,
-        dataset_path,
-        load_run_model,
-        parse_length_mode,
-    )
+    from strop.evaluation.run_inputs import dataset_path, load_run_model
+    from strop.model.length_modes import check_length_mode, parse_length_mode
 
     parse_length_mode(length_mode)
-    model, cfg, dev = load_run_model(run_dir, checkpoint, device)
-    mode = parse_length_mode(length_mode, cfg.length_mode)
-    check_length_mode(mode, cfg.model, Path(run_dir).name)
-    root = dataset_path(run_dir, cfg, data)
+    model, info, dev = load_run_model(run_dir, checkpoint, device)
+    mode = parse_length_mode(length_mode, info.length_mode)
+    check_length_mode(mode, info.model, Path(run_dir).name)
+    root = dataset_path(run_dir, info, data)
     splits = [
-        collect_split(model, cfg, dev, root, split, limit, batch_size, mode, progress)
+        collect_split(model, info, dev, root, split, limit, batch_size, mode, progress)
         for split, limit in ((train_split, train_limit), (val_split, val_limit))
     ]
-    block, note = scene_probes(splits[0], splits[1], cfg.model.k, seed)
+    block, note = scene_probes(splits[0], splits[1], info.model.k, seed)
     out: dict[str, Any] = {"run": Path(run_dir).name, "length_mode": str(mode)}
     out["scene_probes"] = block
     if note:
@@ -318,7 +315,7 @@ def probe_run(
 
 def collect_split(
     model: Any,
-    cfg: Any,
+    info: TokenizerInfo,
     dev: Any,
     root: Path,
     split: str,
@@ -330,9 +327,10 @@ def collect_split(
 ) -> ProbeSplit:
     """Encode the first `limit` images of `split` and gather a `ProbeSplit` (keeping the
     teacher fields of the first `keep_fields`)."""
-    from strop.evaluation.export import encode_batch, make_loader, progress_batches
+    from strop.evaluation.batch_encoding import encode_batch
+    from strop.evaluation.run_inputs import make_loader, progress_batches
 
-    mc = cfg.model
+    mc = info.model
     loader = make_loader(root, split, mc.image_size, batch_size, limit)
     out = ProbeSplit(keep_fields=keep_fields)
     batches: Iterable[dict[str, Any]] = progress_batches(loader, f"probe {split}", progress)

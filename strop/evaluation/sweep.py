@@ -30,23 +30,28 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from strop import metrics
-from strop.evaluation.export import (
-    LengthMode,
-    LengthModeError,
+from strop.evaluation.batch_encoding import encode_batch
+from strop.evaluation.run_inputs import (
     dataset_path,
-    encode_batch,
     load_run_model,
     make_loader,
     progress_batches,
 )
+from strop.model.length_modes import LengthMode, LengthModeError
 from strop.output_unit import check_writable
 from strop.provenance import write_json_of_weights
 from strop.runs import RunFolder
+
+if TYPE_CHECKING:
+    import torch
+
+    from strop.evaluation.lpips import LPIPS
+    from strop.model.network import Strop
 
 SWEEP_FILE = "sweep.json"
 COUNT_PROBE = (
@@ -122,81 +127,39 @@ def sweep_run(
 ) -> dict[str, Any]:
     """Score every prefix length of the grid and the three operating points; writes
     RUN/sweep.json (unless `write=False`) and returns its dict."""
-    import torch
-
-    from strop.evaluation.evaluate import evaluate_run, lpips_network, probe_target
-    from strop.model.losses import align_error
+    from strop.evaluation.evaluate import lpips_network
 
     if search_eps is not None and not (search_eps > 0 and math.isfinite(search_eps)):
         raise LengthModeError(f"--sweep-eps {search_eps}: EPS must be a positive number")
     run = RunFolder(Path(run_dir))
-    model, cfg, dev = load_run_model(run.path, checkpoint, device)
+    model, info, dev = load_run_model(run.path, checkpoint, device)
     if write:
         check_writable(run.path / SWEEP_FILE)  # before the encode of every length, not after it
-    mc = cfg.model
+    mc = info.model
     grid = parse_sweep_lengths(lengths, mc.l_min, mc.l_max)
-    loader = make_loader(dataset_path(run.path, cfg, data), split, mc.image_size, batch_size, limit)
-    use_pixels = cfg.pixel_decoder
-    perceptual, lpips_info = lpips_network(lpips, None, None, use_pixels, mc.image_size, dev)
-
-    stats = {n: metrics.FieldStats() for n in grid}
-    errors: dict[int, list[np.ndarray]] = {n: [] for n in grid}
-    pooled: dict[int, list[np.ndarray]] = {n: [] for n in grid}
-    ssims: dict[int, list[np.ndarray]] = {n: [] for n in grid}
-    lpips_values: dict[int, list[np.ndarray]] = {n: [] for n in grid}
-    head_errors: list[np.ndarray] = []
-    n_objects: list[int] = []
+    loader = make_loader(
+        dataset_path(run.path, info, data), split, mc.image_size, batch_size, limit
+    )
+    perceptual, lpips_info = lpips_network(
+        lpips, None, None, info.pixel_decoder, mc.image_size, dev
+    )
+    scores = LengthScores(model, grid, info.pixel_decoder, perceptual)
     for batch in progress_batches(loader, f"sweep {run.name} [{len(grid)} lengths]", progress):
-        images = batch["image"].to(dev)
-        enc = encode_batch(model, images, LengthMode("head"), mc.w_mse, mc.l_min)
-        with torch.no_grad():
-            head_field = model.interpret_tokens(enc.tokens, enc.lengths)
-            head_errors.append(align_error(head_field, enc.feats, mc.w_mse).float().cpu().numpy())
-            for n in grid:
-                field = model.interpret_tokens(enc.tokens, torch.full_like(enc.lengths, n))
-                stats[n].update(field.float().cpu().numpy(), enc.feats.float().cpu().numpy())
-                errors[n].append(align_error(field, enc.feats, mc.w_mse).float().cpu().numpy())
-                pooled[n].append(field.float().mean(dim=1).cpu().numpy())
-                if use_pixels:
-                    recon = model.decode_pixels(field).float().clamp(0, 1)
-                    target = probe_target(images, recon)
-                    ssims[n].append(metrics.ssim(recon.cpu().numpy(), target.cpu().numpy()))
-                    if perceptual is not None:
-                        lpips_values[n].append(perceptual(recon, target).cpu().numpy())
-        n_objects += [int(v) for v in batch["n_objects"]]
-
-    counts = np.asarray(n_objects)
-    rows = []
-    for n in grid:
-        rows.append(
-            {
-                "n": n,
-                "cos": _finite(stats[n].cos),
-                "r2": _finite(stats[n].r2),
-                "rmse": _finite(stats[n].rmse),
-                "align_error": float(np.concatenate(errors[n]).mean()),
-                "ssim": _mean(ssims[n]),
-                "lpips": _mean(lpips_values[n]),
-                "bits_per_image": float(metrics.program_bits(np.array([n]), mc.k)[0]),
-                "count_probe_r2": count_probe_r2(np.concatenate(pooled[n]), counts),
-            }
-        )
-    eps = search_eps if search_eps is not None else float(np.concatenate(head_errors).mean())
-    points = {}
-    for mode in ("head", "fixed", f"search:{eps:g}"):
-        result = evaluate_run(
-            run.path, split, mode, data, batch_size, limit, device, checkpoint,
-            progress=False, write=False, lpips=lpips if perceptual is not None else False,
-        )  # fmt: skip
-        points[mode.split(":")[0]] = _operating_point(result)
-    points["search"]["eps"] = eps
-    points["head"]["align_error"] = float(np.concatenate(head_errors).mean())
+        scores.update(batch["image"].to(dev), batch)
+    head_error = float(np.concatenate(scores.head_errors).mean())
+    eps = search_eps if search_eps is not None else head_error
+    evaluate_options = {
+        "data": data, "batch_size": batch_size, "limit": limit, "device": device,
+        "checkpoint": checkpoint, "lpips": lpips if perceptual is not None else False,
+    }  # fmt: skip
+    points = operating_points(run.path, split, eps, evaluate_options)
+    points["head"]["align_error"] = head_error
     sweep = {
         "run": run.name,
         "split": split,
-        "n_images": int(len(counts)),
+        "n_images": len(scores.n_objects),
         "checkpoint": str(checkpoint),
-        "weights": cfg.weights,
+        "weights": info.weights,
         "teacher": mc.teacher,
         "k": mc.k,
         "l_min": mc.l_min,
@@ -205,7 +168,7 @@ def sweep_run(
         "count_probe": COUNT_PROBE,
         "search_eps_source": "--sweep-eps" if search_eps is not None else "head mean align error",
         **lpips_info,
-        "rows": rows,
+        "rows": scores.rows(),
         "operating_points": points,
     }
     if write:
@@ -213,11 +176,89 @@ def sweep_run(
             run.path / SWEEP_FILE,
             sweep,
             run.path,
-            cfg.weights["checkpoint_sha256"],
+            info.weights["checkpoint_sha256"],
             "the sweep",
-            cfg.weights_file,
+            info.weights_file,
         )
     return sweep
+
+
+class LengthScores:
+    """Every prefix length of the grid scored on one pass over the split (`update` per batch,
+    `rows` at the end), plus the alignment error the head's own lengths reach."""
+
+    def __init__(self, model: Strop, grid: list[int], use_pixels: bool, perceptual: LPIPS | None):
+        self.model, self.grid = model, grid
+        self.use_pixels, self.perceptual = use_pixels, perceptual
+        self.stats = {n: metrics.FieldStats() for n in grid}
+        self.errors: dict[int, list[np.ndarray]] = {n: [] for n in grid}
+        self.pooled: dict[int, list[np.ndarray]] = {n: [] for n in grid}
+        self.ssims: dict[int, list[np.ndarray]] = {n: [] for n in grid}
+        self.lpips_values: dict[int, list[np.ndarray]] = {n: [] for n in grid}
+        self.head_errors: list[np.ndarray] = []
+        self.n_objects: list[int] = []
+
+    def update(self, images: torch.Tensor, batch: dict[str, Any]) -> None:
+        """One batch of images (on the model's device) with its loader row."""
+        import torch
+
+        from strop.evaluation.evaluate import probe_target
+        from strop.model.losses import align_error
+
+        model, mc = self.model, self.model.cfg
+        enc = encode_batch(model, images, LengthMode("head"), mc.w_mse, mc.l_min)
+        with torch.no_grad():
+            head_field = model.interpret_tokens(enc.tokens, enc.lengths)
+            self.head_errors.append(
+                align_error(head_field, enc.feats, mc.w_mse).float().cpu().numpy()
+            )
+            for n in self.grid:
+                field = model.interpret_tokens(enc.tokens, torch.full_like(enc.lengths, n))
+                self.stats[n].update(field.float().cpu().numpy(), enc.feats.float().cpu().numpy())
+                self.errors[n].append(align_error(field, enc.feats, mc.w_mse).float().cpu().numpy())
+                self.pooled[n].append(field.float().mean(dim=1).cpu().numpy())
+                if self.use_pixels:
+                    recon = model.decode_pixels(field).float().clamp(0, 1)
+                    target = probe_target(images, recon)
+                    self.ssims[n].append(metrics.ssim(recon.cpu().numpy(), target.cpu().numpy()))
+                    if self.perceptual is not None:
+                        self.lpips_values[n].append(self.perceptual(recon, target).cpu().numpy())
+        self.n_objects += [int(v) for v in batch["n_objects"]]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """sweep.json's `rows`, one per length of the grid."""
+        counts = np.asarray(self.n_objects)
+        k = self.model.cfg.k
+        return [
+            {
+                "n": n,
+                "cos": _finite(self.stats[n].cos),
+                "r2": _finite(self.stats[n].r2),
+                "rmse": _finite(self.stats[n].rmse),
+                "align_error": float(np.concatenate(self.errors[n]).mean()),
+                "ssim": _mean(self.ssims[n]),
+                "lpips": _mean(self.lpips_values[n]),
+                "bits_per_image": float(metrics.program_bits(np.array([n]), k)[0]),
+                "count_probe_r2": count_probe_r2(np.concatenate(self.pooled[n]), counts),
+            }
+            for n in self.grid
+        ]
+
+
+def operating_points(
+    run_path: Path, split: str, eps: float, evaluate_options: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """`head`, `fixed` and `search:EPS` as `strop eval` scores them (nothing written)."""
+    from strop.evaluation.evaluate import evaluate_run
+
+    points = {}
+    for mode in ("head", "fixed", f"search:{eps:g}"):
+        result = evaluate_run(
+            run_path, split, mode, progress=False, write=False, **evaluate_options
+        )
+        points[mode.split(":")[0]] = _operating_point(result)
+    points["search"]["eps"] = eps
+    return points
 
 
 def _operating_point(result: dict[str, Any]) -> dict[str, Any]:

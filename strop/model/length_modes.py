@@ -5,9 +5,10 @@
 L_max tokens; the paper's Table 15 baseline), `prefix:N` (exactly N tokens), `cap:N` (the
 head's length, at most N), `search:EPS` (the shortest prefix whose alignment error is at most
 EPS, found by interpreting every length) and `quality:EPS` (the eps-conditioned head's answer
-to the same question, in one pass). Design decisions are in `strop.evaluation.export`'s
-docstring, which uses them for export, eval and analyze; they live in the model layer so
-that a tokenizer loaded with `Strop.from_pretrained` takes every mode too.
+to the same question, in one pass). `program_lengths` is the one dispatch over them, used by
+`Strop.encode_features` and by `strop.evaluation.batch_encoding` (export, eval, analyze).
+Design decisions are in `strop.evaluation.export`'s docstring; the modes live in the model
+layer so that a tokenizer loaded with `Strop.from_pretrained` takes every mode too.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class LengthModel(Protocol):
 
     def quality_lengths(self, feats: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor: ...
 
+    def head_lengths(self, feats: torch.Tensor) -> torch.Tensor: ...
+
 
 #: The modes that take an integer budget N and those that take a target error EPS.
 BUDGET_KINDS = ("prefix", "cap")
@@ -43,11 +46,6 @@ EPS_KINDS = ("search", "quality")
 
 class LengthModeError(ValueError):
     """A `--length-mode` value that cannot be used."""
-
-
-#: The modes that take an integer budget N and those that take a target error EPS.
-BUDGET_KINDS = ("prefix", "cap")
-EPS_KINDS = ("search", "quality")
 
 
 @dataclass(frozen=True)
@@ -214,3 +212,26 @@ def mode_lengths(
         assert mode.eps is not None
         return model.quality_lengths(feats, mode.eps).long()
     raise LengthModeError(f"--length-mode {mode}: not a one-pass mode")
+
+
+def program_lengths(
+    model: LengthModel,
+    feats: torch.Tensor,
+    tokens: torch.Tensor,
+    mode: LengthMode,
+    head: torch.Tensor | None = None,
+    w_mse: float | None = None,
+    l_min: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each image's length under any mode (B,) long, and for `search` its errors at every
+    prefix length (`search_lengths`; None for the one-pass modes). `head`: the head's lengths
+    when the caller has them (else asked of the model, and only by a mode that reads them);
+    `w_mse`, `l_min`: the search's error weight and shortest length (default: the model's)."""
+    if mode.kind == "search":
+        assert mode.eps is not None  # parse_length_mode sets it
+        w = model.cfg.w_mse if w_mse is None else w_mse
+        shortest = model.cfg.l_min if l_min is None else l_min
+        return search_lengths(model, feats, tokens, mode.eps, w, shortest)
+    return mode_lengths(
+        model, feats, model.head_lengths(feats) if head is None else head, mode
+    ), None

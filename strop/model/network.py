@@ -45,7 +45,7 @@ from strop.model.interpreter import Interpreter, prefix_mask
 from strop.model.length_head import LengthHead, round_lengths
 from strop.model.pixel_decoder import PixelDecoder
 from strop.model.pretrained import PretrainedMixin
-from strop.model.quality_head import QualityLengthHead
+from strop.model.quality_head import QualityHead
 from strop.model.quantizer import QuantizerOut, VectorQuantizer
 from strop.model.teachers import Teacher, build_teacher, teacher_flops
 
@@ -112,9 +112,9 @@ class Strop(PretrainedMixin, nn.Module):
         for part in (self.generator, self.quantizer, self.length_head, self.interpreter):
             part.apply(init_weights)
         # Opt-in and built last: a default model draws its initial weights exactly as before.
-        self.quality_head: QualityLengthHead | None = None
+        self.quality_head: QualityHead | None = None
         if cfg.quality_head:
-            self.quality_head = QualityLengthHead(cfg.d, cfg.l_min, cfg.l_max)
+            self.quality_head = QualityHead(cfg.d, cfg.l_min, cfg.l_max)
             self.quality_head.apply(init_weights)
         # Opt-in (model.residual_targets): the interpreter predicts the teacher field minus the
         # training set's mean field, which is a buffer so that it travels with every checkpoint
@@ -298,24 +298,13 @@ class Strop(PretrainedMixin, nn.Module):
         Non-finite features, and programs no trained tokenizer makes (non-finite activations,
         a length outside [L_min, L_max], a code outside [0, K)), are a ValueError: they never
         leave the model (`strop.model.boundary`)."""
-        from strop.model.length_modes import (
-            check_length_mode,
-            mode_lengths,
-            parse_length_mode,
-            search_lengths,
-        )
+        from strop.model.length_modes import check_length_mode, parse_length_mode, program_lengths
 
         mode = parse_length_mode(length_mode)
         check_length_mode(mode, self.cfg, self.cfg.summary())
         check_finite_rows(feats, "teacher features: image")
         gen = self.generate(feats)
-        if mode.kind == "search":
-            assert mode.eps is not None  # parse_length_mode sets it
-            lengths, _ = search_lengths(
-                self, feats, gen.tokens, mode.eps, self.cfg.w_mse, self.cfg.l_min
-            )
-        else:
-            lengths = mode_lengths(self, feats, self.head_lengths(feats), mode)
+        lengths, _ = program_lengths(self, feats, gen.tokens, mode)
         codes = gen.codes.masked_fill(~prefix_mask(lengths, self.cfg.l_max), -1)
         check_programs(codes, lengths, gen.z_e, self.cfg.l_min, self.cfg.l_max, self.cfg.k)
         return codes, lengths

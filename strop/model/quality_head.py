@@ -1,5 +1,11 @@
-"""The eps-conditioned length head (opt-in, `model.quality_head=true`): how long must this
-image's program be to reach alignment error EPS?
+"""The quality head (opt-in, `model.quality_head=true`; also called the eps-conditioned length
+head): how long must this image's program be to reach alignment error EPS?
+
+One vocabulary for the feature: the quality head (`QualityHead`, `Strop.quality_head`, config
+`model.quality_head`) answers `--length-mode quality:EPS`; `strop.training.quality` trains it;
+`strop.evaluation.quality_calibration` checks it (eval.json's `quality_control` block, a key
+kept as written); the report's length-quality section (`strop.evaluation.report.length_quality`)
+draws it.
 
     c(x) = MLP(mean_p(S_p))            (B, L_max - L_min + 1): predicted log error per length
     L(x, eps) = min {L : exp(c(x)_L) <= eps}, L_max when none is
@@ -47,7 +53,7 @@ import torch
 from torch import nn
 
 
-class QualityLengthHead(nn.Module):
+class QualityHead(nn.Module):
     """Pooled projected teacher tokens (B, d) -> predicted log alignment error (B, n) at each
     prefix length L_min..L_max (n = L_max - L_min + 1)."""
 

@@ -13,7 +13,7 @@ The package, one idea per module:
 - `results`: sections over the runs' own results (overview, alignment, fixed vs curriculum,
   complexity, code usage, structure analysis, training curves).
 - `downstream`: sections over what other tools wrote (grammar, LLM decoding).
-- `length_control`: length-quality curves (sweep.json) and quality:EPS calibration.
+- `length_quality`: length-quality curves (sweep.json) and quality:EPS calibration.
 - `meaning`: what the programs mean (order probe, FG-ARI/mBO, questions over codes).
 - `verdicts`: every headline beside its baseline with a verdict per K (the comparison
   records of `strop.baselines`, found in every file), and the collapse banner.
@@ -44,7 +44,7 @@ from strop.evaluation.report.collect import RunData, load_run
 from strop.evaluation.report.document import Figure, Section, Table
 from strop.evaluation.report.downstream import BASELINES
 from strop.evaluation.report.formatting import DASH, flatten_stats, fmt, fmt_ci
-from strop.evaluation.report.length_control import length_control
+from strop.evaluation.report.length_quality import length_quality
 from strop.evaluation.report.render import inline_code, render_html, render_markdown
 from strop.output_unit import OutputUnit
 from strop.runs import RunFolderError, discover_runs
@@ -110,7 +110,7 @@ def build_report(
             results.fixed_vs_curriculum(runs),
             results.complexity(runs, fig_dir),
             results.code_usage(runs),
-            length_control(runs, fig_dir),
+            length_quality(runs, fig_dir),
             results.analysis(runs, experiment),
             results.training(runs, fig_dir),
             downstream.grammar(runs, experiment),

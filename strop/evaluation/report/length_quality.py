@@ -1,4 +1,5 @@
-"""The report's "Length control" section: length-quality curves and quality:EPS calibration.
+"""The report's "Length control" section (its title and anchor as the report has always shown
+them): length-quality curves (sweep.json) and the calibration of quality:EPS.
 
 Reads `RUN/sweep.json` (`strop eval RUN --sweep`) and eval.json's `quality_control` block
 (runs trained with `model.quality_head=true`) straight from each run folder.
@@ -116,7 +117,7 @@ def _sweep(run: RunData, sec: Section) -> dict[str, Any] | None:
     return checked
 
 
-def length_control(runs: list[RunData], fig_dir: Path) -> Section:
+def length_quality(runs: list[RunData], fig_dir: Path) -> Section:
     sec = Section("Length control: length-quality curves and quality targets", "length-control")
     ordered = sorted(runs, key=lambda r: (r.k is None, r.k or 0, r.name))
     sweeps = [(run, s) for run in ordered if (s := _sweep(run, sec)) is not None]
