@@ -425,6 +425,16 @@ class HFImageDataset(Dataset):
         }
 
 
+#: What `datasets.load_dataset` raises for a source it cannot read (OSError: missing files,
+#: network).
+DATASETS_ERRORS = (ValueError, OSError, ConnectionError)
+
+
+def datasets_error(source: str, doing: str, exc: BaseException) -> DataError:
+    """The one-line DataError for `exc` (one of DATASETS_ERRORS) raised while `doing` `source`."""
+    return DataError(f"{source}: cannot {doing} with datasets ({one_line(exc)})")
+
+
 def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
@@ -455,10 +465,8 @@ def hf_clevr_dataset(
             loaded = hfd.load_dataset(str(path), split=split, cache_dir=cache_dir)
         else:
             loaded = hfd.load_dataset(source, split=split, cache_dir=cache_dir)
-    except (ValueError, OSError, ConnectionError) as exc:  # OSError: missing files, network
-        raise DataError(
-            f"{source}: cannot load split {split!r} with datasets ({one_line(exc)})"
-        ) from None
+    except DATASETS_ERRORS as exc:
+        raise datasets_error(source, f"load split {split!r}", exc) from None
     if isinstance(loaded, hfd.DatasetDict):
         if split not in loaded:
             raise DataError(f"{source}: no split {split!r}; splits found: {sorted(loaded)}")

@@ -38,15 +38,16 @@ from typing import Any, Protocol, runtime_checkable
 from torch.utils.data import Dataset, IterableDataset
 
 from strop.data.datasets import (
+    DATASETS_ERRORS,
     HUB_PREFIX,
     DataError,
     Item,
     build_dataset,
     collate,
+    datasets_error,
     load_image,
 )
 from strop.data.webdataset import WebDatasetImages, is_tar_spec
-from strop.errors import one_line
 
 
 @runtime_checkable
@@ -134,10 +135,8 @@ def hub_stream(name: str, split: str, image_size: int, limit: int | None = None)
 
     try:
         stream = hfd.load_dataset(name, split=split, streaming=True)
-    except (ValueError, OSError, ConnectionError) as exc:  # OSError: missing files, network
-        raise DataError(
-            f"{HUB_PREFIX}{name}: cannot stream split {split!r} with datasets ({one_line(exc)})"
-        ) from None
+    except DATASETS_ERRORS as exc:
+        raise datasets_error(f"{HUB_PREFIX}{name}", f"stream split {split!r}", exc) from None
     return HubStreamImages(stream, image_size, f"{HUB_PREFIX}{name} [{split}]", limit)
 
 

@@ -126,6 +126,15 @@ def split_member(name: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2).lower()) if match else None
 
 
+def _named_files(tar: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, str, str]]:
+    """(member, key, lower-case extension) of each file member whose name has an extension, in
+    tar order; reading errors reach the caller, which names the file."""
+    for member in tar:
+        parts = split_member(member.name) if member.isfile() else None
+        if parts is not None:
+            yield member, *parts
+
+
 def _open_tar(path: Path, mode: Literal["r:*", "r|*"]) -> tarfile.TarFile:
     try:
         return tarfile.open(path, mode)
@@ -139,13 +148,10 @@ def count_samples(path: Path) -> int:
     samples, images, last = 0, 0, None
     with _open_tar(path, "r:*") as tar:
         try:
-            for member in tar:
-                parts = split_member(member.name) if member.isfile() else None
-                if parts is None:
-                    continue
-                if parts[0] != last:
-                    samples, last = samples + 1, parts[0]
-                images += parts[1] in IMAGE_EXTENSIONS
+            for _, name, extension in _named_files(tar):
+                if name != last:
+                    samples, last = samples + 1, name
+                images += extension in IMAGE_EXTENSIONS
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise DataError(f"{path}: not a readable tar file ({exc})") from None
     if not images:
@@ -162,16 +168,13 @@ def iter_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     sample: dict[str, bytes] = {}
     with _open_tar(path, "r|*") as tar:
         try:
-            for member in tar:
-                parts = split_member(member.name) if member.isfile() else None
-                if parts is None:
-                    continue
-                if parts[0] != key:
+            for member, name, extension in _named_files(tar):
+                if name != key:
                     if key is not None:
                         yield key, sample
-                    key, sample = parts[0], {}
+                    key, sample = name, {}
                 handle = tar.extractfile(member)
-                sample[parts[1]] = handle.read() if handle is not None else b""
+                sample[extension] = handle.read() if handle is not None else b""
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise DataError(f"{path}: tar ends or breaks inside member {key!r} ({exc})") from None
     if key is not None:
