@@ -59,12 +59,7 @@ from strop import metrics
 from strop.baselines import COLLAPSED, NOT_BEYOND, compare, compare_means
 from strop.evaluation.batch_encoding import encode_batch
 from strop.evaluation.order_probe import OrderProbe
-from strop.evaluation.run_inputs import (
-    dataset_path,
-    load_run_model,
-    make_loader,
-    progress_batches,
-)
+from strop.evaluation.run_inputs import ReadArgs, Reading, dataset_path, progress_batches
 from strop.evaluation.scene_probes import ProbeSplit, collect_split, scene_probes
 from strop.model.length_modes import (
     LengthMode,
@@ -78,6 +73,7 @@ from strop.runs import RunFolder
 
 if TYPE_CHECKING:
     import torch
+    from typing_extensions import Unpack
 
     from strop.evaluation.batch_encoding import EncodedBatch
     from strop.evaluation.lpips import LPIPS
@@ -91,11 +87,6 @@ def evaluate_run(
     run_dir: str | os.PathLike[str],
     split: str = "val",
     length_mode: str | LengthMode | None = None,
-    data: str | os.PathLike[str] | None = None,
-    batch_size: int = 64,
-    limit: int | None = None,
-    device: str = "auto",
-    checkpoint: str = "last",
     progress: bool = True,
     write: bool = True,
     lpips: bool | None = None,
@@ -105,8 +96,10 @@ def evaluate_run(
     order_probe_images: int = 256,
     baseline_train_images: int | None = 2000,
     train_split: str = "train",
+    **read: Unpack[ReadArgs],
 ) -> dict[str, Any]:
     """Evaluate `split` and write RUN/eval.json (unless `write=False`); returns the dict.
+    `read`: the dataset, batches, limit, device and checkpoint (`run_inputs.ReadArgs`).
 
     `order_probe_images`: how many images the order probe (`order_probe` block,
     `strop.evaluation.order_probe`) reinterprets under permutations; 0 skips it.
@@ -120,22 +113,20 @@ def evaluate_run(
     baselines are fitted on: the average teacher field, the scene probes, the order probe's
     bag-of-codes control (its first `order_probe_images`)."""
     parse_length_mode(length_mode)  # a bad value fails before the model loads
-    run = RunFolder(Path(run_dir))
-    model, info, dev = load_run_model(run.path, checkpoint, device)
+    run, reading = RunFolder(Path(run_dir)), Reading(**read)
+    model, info, dev = reading.model(run.path)
     if write:
         check_writable(run.eval_path)  # before the encode, not after it
     mode = parse_length_mode(length_mode, info.length_mode)
     check_length_mode(mode, info.model, run.name)
     check_quality_eps(None if quality_eps is None else list(quality_eps), info.model, run.name)
     mc = info.model
-    loader = make_loader(
-        dataset_path(run.path, info, data), split, mc.image_size, batch_size, limit
-    )
+    loader = reading.loader(run.path, info, split)
     perceptual, lpips_info = lpips_network(
         lpips, lpips_backbone, lpips_lin, info.pixel_decoder, mc.image_size, dev
     )
     train, train_note = _train_split(
-        model, info, dev, run.path, data, train_split, baseline_train_images, batch_size, mode,
+        model, info, dev, run.path, reading, train_split, baseline_train_images, mode,
         progress, order_probe_images, _files(loader.dataset),
     )  # fmt: skip
     scores = SplitScores(
@@ -147,7 +138,7 @@ def evaluate_run(
         "run": run.name,
         "split": split,
         "n_images": scores.n_images,
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(reading.checkpoint),
         "weights": info.weights,
         "teacher": mc.teacher,
         "k": mc.k,
@@ -339,10 +330,9 @@ def _train_split(
     info: Any,
     dev: Any,
     run_path: Path,
-    data: str | os.PathLike[str] | None,
+    reading: Reading,
     split: str,
     limit: int | None,
-    batch_size: int,
     mode: LengthMode,
     progress: bool,
     keep_fields: int,
@@ -350,8 +340,9 @@ def _train_split(
 ) -> tuple[ProbeSplit | None, str | None]:
     """The train split's programs, scenes and average teacher field, or (None, why not).
     A train split that shares images with the scored one (an image folder has no splits:
-    every split is the whole folder) gives none: its baselines would be fitted in-sample."""
-    root = dataset_path(run_path, info, data)
+    every split is the whole folder) gives none: its baselines would be fitted in-sample.
+    `reading` gives the dataset and the batch size; `limit` is the train split's own."""
+    root = dataset_path(run_path, info, reading.data)
     try:
         from strop.data.datasets import build_dataset
 
@@ -365,7 +356,7 @@ def _train_split(
         )
     try:
         return collect_split(
-            model, info, dev, root, split, limit, batch_size, mode, progress, keep_fields
+            model, info, dev, root, split, limit, reading.batch_size, mode, progress, keep_fields
         ), None
     except (ValueError, FileNotFoundError) as exc:  # DataError is a ValueError
         return None, f"no {split} split to fit the baselines on ({exc})"

@@ -66,9 +66,10 @@ from strop.evaluation.programs_dataset import (
     write_manifest,
 )
 from strop.evaluation.run_inputs import (
+    ReadArgs,
+    Reading,
     check_image_names,
     input_spec,
-    load_run_model,
     loader_over,
     open_split,
     plan_data,
@@ -92,6 +93,8 @@ from strop.runs import (
 )
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from strop.model.network import Strop
     from strop.model.pretrained import TokenizerInfo
 
@@ -191,16 +194,12 @@ def export_programs(
     run_dir: str | os.PathLike[str],
     split: str = "val",
     length_mode: str | LengthMode | None = None,
-    data: str | os.PathLike[str] | None = None,
-    batch_size: int = 64,
-    limit: int | None = None,
-    device: str = "auto",
-    checkpoint: str = "last",
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
     replace: bool = False,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     streaming: bool = False,
+    **read: Unpack[ReadArgs],
 ) -> Path:
     """Encode `split` of the run's dataset and write programs.parquet (default RUN/programs.parquet).
 
@@ -213,6 +212,7 @@ def export_programs(
     shard in memory at a time, resumable after a kill; the path returned is its manifest (on
     ranks other than 0, which write no manifest, the folder).
 
+    `read`: the dataset, batches, limit, device and checkpoint (`run_inputs.ReadArgs`); its
     `data` may also be WebDataset tar shards (`shards/{split}-{0000..0099}.tar`) or, with
     `streaming`, an `hf://owner/name` dataset streamed instead of downloaded.
     """
@@ -221,17 +221,17 @@ def export_programs(
         raise ValueError(f"export: --shard-rows {shard_rows}: expected a positive integer")
     splits = split_names(split)
     rank = current_rank()
-    run = RunFolder(Path(run_dir))
+    run, reading = RunFolder(Path(run_dir)), Reading(**read)
     target = Path(out) if out else run.programs_file
-    model, info, dev = load_run_model(run.path, checkpoint, device, rank.gpu)
+    model, info, dev = reading.model(run.path, rank.gpu)
     if not replace:
-        check_no_programs_dropped(target, splits, limit, split)
+        check_no_programs_dropped(target, splits, reading.limit, split)
     check_writable(target / MANIFEST_FILE if target.is_dir() else target)  # before the encode
     mode = parse_length_mode(length_mode, info.length_mode)
     check_length_mode(mode, info.model, run.name)
-    root = input_spec(run.path, info, data)
+    root = input_spec(run.path, info, reading.data)
     datasets = {
-        name: open_split(root, name, info.model.image_size, limit, streaming, tolerant=True)
+        name: open_split(root, name, info.model.image_size, reading.limit, streaming, tolerant=True)
         for name in splits
     }
     for dataset in datasets.values():
@@ -240,7 +240,7 @@ def export_programs(
         "run": run.name,
         "length_mode": str(mode),
         "teacher": info.model.teacher,
-        "checkpoint": checkpoint,
+        "checkpoint": reading.checkpoint,
         "weights": info.weights,
         "image_size": info.model.image_size,
         "l_max": info.model.l_max,
@@ -250,7 +250,7 @@ def export_programs(
     def encode(
         name: str, rows: range | None, what: str, failed: list[dict[str, str]]
     ) -> Iterator[Programs]:
-        loader = loader_over(datasets[name], batch_size, rows)
+        loader = loader_over(datasets[name], reading.batch_size, rows)
         description = f"export {run.name} {what} [{mode}]"
         return encode_programs(model, loader, mode, info, dev, name, description, progress, failed)
 
@@ -260,12 +260,12 @@ def export_programs(
             "format": DATASET_FORMAT,
             "run": run.name,
             "data": plan_data(root),
-            "checkpoint": checkpoint,
+            "checkpoint": reading.checkpoint,
             "weights": info.weights,
             "length_mode": str(mode),
             "splits": list(sizes.items()),
             "shard_rows": shard_rows,
-            "batch_size": batch_size,
+            "batch_size": reading.batch_size,
             **({"streaming": True} if streaming else {}),
         }
         shard_meta = {**meta, "codebook_size": info.model.k}

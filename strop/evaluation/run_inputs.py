@@ -2,6 +2,7 @@
 config names (or `--data`), a split of it in order, a loader over it, and a progress bar over
 the loader. Shared by `export`, `evaluate`, `sweep`, `analyze`, `scene_probes` and
 `cache-features` (`feature_shards`); how a batch becomes programs is `batch_encoding`'s job.
+`ReadArgs`/`Reading` are the keywords `evaluate_run`, `sweep_run` and `export_programs` share.
 Also the input checks of the sharded passes: `plan_data` (what a resumable plan records of the
 input) and `check_image_names` (image ids are text).
 
@@ -17,8 +18,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from strop.devices import resolve_device
 from strop.output_unit import shown
@@ -44,6 +46,40 @@ def load_run_model(
     dev = resolve_device(device, gpu)
     model, info = Strop.load_tokenizer(run_dir, checkpoint, map_location=dev)
     return model, info, dev
+
+
+class ReadArgs(TypedDict, total=False):
+    """The keywords `evaluate_run`, `sweep_run` and `export_programs` take alike (their
+    `**read`): which weights (`checkpoint`) on which `device`, which dataset (`data`; default
+    the run's), how many images at a time and at most (`batch_size`, `limit`)."""
+
+    data: str | os.PathLike[str] | None
+    batch_size: int
+    limit: int | None
+    device: str
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class Reading:
+    """`ReadArgs` with their defaults, built once from a function's `**read`."""
+
+    data: str | os.PathLike[str] | None = None
+    batch_size: int = 64
+    limit: int | None = None
+    device: str = "auto"
+    checkpoint: str = "last"
+
+    def model(
+        self, run_dir: str | os.PathLike[str], gpu: int | None = None
+    ) -> tuple[Strop, TokenizerInfo, torch.device]:
+        """`load_run_model` at this checkpoint on this device."""
+        return load_run_model(run_dir, self.checkpoint, self.device, gpu)
+
+    def loader(self, run_dir: str | os.PathLike[str], info: TokenizerInfo, split: str) -> Any:
+        """`make_loader` over `split` of this dataset (`dataset_path`), these batches, limit."""
+        path = dataset_path(run_dir, info, self.data)
+        return make_loader(path, split, info.model.image_size, self.batch_size, self.limit)
 
 
 def input_spec(

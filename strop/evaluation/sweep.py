@@ -36,12 +36,7 @@ import numpy as np
 
 from strop import metrics
 from strop.evaluation.batch_encoding import encode_batch
-from strop.evaluation.run_inputs import (
-    dataset_path,
-    load_run_model,
-    make_loader,
-    progress_batches,
-)
+from strop.evaluation.run_inputs import ReadArgs, Reading, progress_batches
 from strop.model.length_modes import LengthMode, LengthModeError
 from strop.output_unit import check_writable
 from strop.provenance import write_json_of_weights
@@ -49,6 +44,7 @@ from strop.runs import RunFolder
 
 if TYPE_CHECKING:
     import torch
+    from typing_extensions import Unpack
 
     from strop.evaluation.lpips import LPIPS
     from strop.model.network import Strop
@@ -116,30 +112,25 @@ def sweep_run(
     split: str = "val",
     lengths: str | None = None,
     search_eps: float | None = None,
-    data: str | os.PathLike[str] | None = None,
-    batch_size: int = 64,
-    limit: int | None = None,
-    device: str = "auto",
-    checkpoint: str = "last",
     progress: bool = True,
     lpips: bool | None = None,
     write: bool = True,
+    **read: Unpack[ReadArgs],
 ) -> dict[str, Any]:
     """Score every prefix length of the grid and the three operating points; writes
-    RUN/sweep.json (unless `write=False`) and returns its dict."""
+    RUN/sweep.json (unless `write=False`) and returns its dict. `read`: the dataset, batches,
+    limit, device and checkpoint (`run_inputs.ReadArgs`), the operating points' too."""
     from strop.evaluation.evaluate import lpips_network
 
     if search_eps is not None and not (search_eps > 0 and math.isfinite(search_eps)):
         raise LengthModeError(f"--sweep-eps {search_eps}: EPS must be a positive number")
-    run = RunFolder(Path(run_dir))
-    model, info, dev = load_run_model(run.path, checkpoint, device)
+    run, reading = RunFolder(Path(run_dir)), Reading(**read)
+    model, info, dev = reading.model(run.path)
     if write:
         check_writable(run.path / SWEEP_FILE)  # before the encode of every length, not after it
     mc = info.model
     grid = parse_sweep_lengths(lengths, mc.l_min, mc.l_max)
-    loader = make_loader(
-        dataset_path(run.path, info, data), split, mc.image_size, batch_size, limit
-    )
+    loader = reading.loader(run.path, info, split)
     perceptual, lpips_info = lpips_network(
         lpips, None, None, info.pixel_decoder, mc.image_size, dev
     )
@@ -148,17 +139,14 @@ def sweep_run(
         scores.update(batch["image"].to(dev), batch)
     head_error = float(np.concatenate(scores.head_errors).mean())
     eps = search_eps if search_eps is not None else head_error
-    evaluate_options = {
-        "data": data, "batch_size": batch_size, "limit": limit, "device": device,
-        "checkpoint": checkpoint, "lpips": lpips if perceptual is not None else False,
-    }  # fmt: skip
+    evaluate_options = {**read, "lpips": lpips if perceptual is not None else False}
     points = operating_points(run.path, split, eps, evaluate_options)
     points["head"]["align_error"] = head_error
     sweep = {
         "run": run.name,
         "split": split,
         "n_images": len(scores.n_objects),
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(reading.checkpoint),
         "weights": info.weights,
         "teacher": mc.teacher,
         "k": mc.k,
