@@ -538,20 +538,11 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float | np.ndarray) -> Ridge:
     return Ridge(mean, std, y_mean, weights, a, flat)
 
 
-def ridge_cv_errors(
-    x: np.ndarray,
-    y: np.ndarray,
-    alphas: Sequence[float] = RIDGE_ALPHAS,
-    folds: int = 5,
-    seed: int = 0,
-) -> np.ndarray:
-    """(len(alphas), T) mean squared out-of-fold error of each penalty for each target column,
-    `folds`-fold cross-validation over the rows of `x` in a seeded order (the rows given: pass
-    the training split only)."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+def _cv_errors(x: np.ndarray, y: np.ndarray, a: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """(len(a), T) mean squared out-of-fold error of each penalty of `a` for each target column
+    of the float64 `y`, `folds`-fold cross-validation over the rows of the float64 `x` in a
+    seeded order (the rows given: pass the training split only)."""
     y2 = y[:, None] if y.ndim == 1 else y
-    a = np.asarray(alphas, dtype=np.float64)
     n = len(x)
     order = np.random.default_rng(seed).permutation(n)
     sq = np.zeros((len(a), y2.shape[1]))
@@ -577,8 +568,9 @@ def fit_ridge_cv(
 ) -> Ridge:
     """`fit_ridge` at the penalty with the lowest cross-validated error on these rows (one per
     target column, or one for all when `per_target` is False); ties go to the larger penalty."""
-    errors = ridge_cv_errors(x, y, alphas, folds, seed)
     a = np.asarray(alphas, dtype=np.float64)
+    x64, y64 = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    errors = _cv_errors(x64, y64, a, folds, seed)
     rev = errors[::-1]  # argmin takes the first minimum: scan from the largest penalty
     if per_target:
         chosen = a[::-1][np.argmin(rev, axis=0)]
