@@ -71,20 +71,12 @@ class Setup:
 
 def _teacher_folder(name: str, scale: Scale, out: Path) -> Path:
     """A DINOv3 ViT of `name`'s shape with seeded random weights, saved as a model folder."""
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+    from transformers import DINOv3ViTModel
 
-    from strop.model.teachers import teacher_config
+    from strop.model.teachers import teacher_config, vit_config
 
     if scale.toy_teacher:
-        config = DINOv3ViTConfig(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            num_register_tokens=4,
-            patch_size=16,
-            image_size=scale.image_size,
-        )
+        config = vit_config(32, 1, 2, 64, scale.image_size, 16)
     else:
         config = teacher_config(name, scale.image_size, 16)
     with torch.random.fork_rng(devices=[]):

@@ -74,9 +74,16 @@ def teacher_config(name: str, image_size: int = 224, patch_size: int = 16):
     """The `DINOv3ViTConfig` of a ViT teacher (no weights); None for `pixels`."""
     if name == "pixels":
         return None
+    return vit_config(*_VIT_SIZES[name], image_size, patch_size)
+
+
+def vit_config(
+    hidden: int, layers: int, heads: int, ffn: int, image_size: int, patch_size: int
+) -> Any:
+    """A `DINOv3ViTConfig` of this shape, with the 4 register tokens DINOv3 checkpoints have
+    (the config's default is 0)."""
     from transformers import DINOv3ViTConfig
 
-    hidden, layers, heads, ffn = _VIT_SIZES[name]
     return DINOv3ViTConfig(
         hidden_size=hidden,
         num_hidden_layers=layers,
