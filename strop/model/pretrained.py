@@ -78,6 +78,7 @@ __all__ = [
 ]
 
 T = TypeVar("T", bound="PretrainedMixin")
+StrPath = str | os.PathLike[str]  # a path as the caller gives it
 
 
 class PretrainedMixin:
@@ -254,10 +255,7 @@ class PretrainedMixin:
 
     @classmethod
     def from_run(
-        cls: type[T],
-        run_dir: str | os.PathLike[str],
-        which: str | int = "last",
-        map_location: Any = "cpu",
+        cls: type[T], run_dir: StrPath, which: str | int = "last", map_location: Any = "cpu"
     ) -> tuple[T, TokenizerInfo]:
         """The trained model of a run folder (teacher rebuilt from config.json), in eval mode."""
         info = read_info(run_dir)
@@ -287,10 +285,7 @@ class PretrainedMixin:
 
     @classmethod
     def load_tokenizer(
-        cls: type[T],
-        path: str | os.PathLike[str],
-        checkpoint: str | int = "last",
-        map_location: Any = "cpu",
+        cls: type[T], path: StrPath, checkpoint: str | int = "last", map_location: Any = "cpu"
     ) -> tuple[T, TokenizerInfo]:
         """A run folder (at `checkpoint`) or an exported folder (which has one set of weights)."""
         folder = Path(path)
