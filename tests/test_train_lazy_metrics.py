@@ -13,17 +13,12 @@ from strop.training.log import MetricLog, StepResult
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+#: What every step of these rows reports alike; only the losses vary.
+_ALIKE = {"phase": 1, "commit_loss": 0.25, "diversity_loss": 0.5, "grad_norm": 1.0}
+
+
 def _result(loss: float | torch.Tensor, align: float | torch.Tensor) -> StepResult:
-    return StepResult(
-        phase=1,
-        loss=loss,
-        align_loss=align,
-        commit_loss=0.25,
-        diversity_loss=0.5,
-        grad_norm=1.0,
-        mean_length=7.0,
-        head_share=0.0,
-    )
+    return StepResult(loss=loss, align_loss=align, mean_length=7.0, head_share=0.0, **_ALIKE)
 
 
 def test_pending_device_values_give_the_rows_that_host_floats_give(tmp_path):
