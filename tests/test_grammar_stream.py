@@ -147,3 +147,45 @@ def test_top_ngrams_rank_in_bounded_memory(monkeypatch):
         " ".join(map(str, r))
         for r in small.unpack(np.lexsort((np.arange(60), -(np.arange(60) % 4)))[:20])
     ]
+
+
+def test_the_merge_grows_the_running_table_in_place(monkeypatch):
+    """Merging a shard into the running counts copied the table's largest array (`np.insert`:
+    gigabytes at 100M codes, growing with the corpus); in place, beyond the two tables it
+    holds arrays the size of the shard's table and of `MERGE_CHUNK` rows. Same sums either way."""
+    import tracemalloc
+
+    import grammar.stream as stream
+    from grammar.ngrams import NgramCounts
+
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 10**12, 2_000_000))
+    shard_keys = np.unique(
+        np.concatenate([rng.choice(keys, 20_000), rng.integers(0, 10**12, 30_000)])
+    )
+
+    def counts(k: np.ndarray, seed: int) -> NgramCounts:
+        c = np.random.default_rng(seed).integers(1, 9, k.size)
+        return NgramCounts(4, 1000, k, c, (c + 1) // 2)
+
+    both = np.concatenate([keys, shard_keys])
+    expected_keys, inverse = np.unique(both, return_inverse=True)
+    tables = [counts(keys, 1), counts(shard_keys, 2)]
+    expected = [
+        np.bincount(inverse, np.concatenate([g.counts for g in tables])).astype(np.int64),
+        np.bincount(inverse, np.concatenate([g.doc_freq for g in tables])).astype(np.int64),
+    ]
+    monkeypatch.setattr(stream, "MERGE_CHUNK", 100_000, raising=False)  # old code: none
+    tracemalloc.start()  # the tables are made under it: growing one, or copying it, both count
+    total, shard = stream.ShardCounts(1000, 4), stream.ShardCounts(1000, 4)
+    total.ngrams[4], shard.ngrams[4] = counts(keys.copy(), 1), counts(shard_keys, 2)
+    total.add(shard)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    merged = total.ngrams[4]
+    np.testing.assert_array_equal(merged.keys, expected_keys)
+    np.testing.assert_array_equal(merged.counts, expected[0])
+    np.testing.assert_array_equal(merged.doc_freq, expected[1])
+    assert (
+        peak - held < keys.nbytes / 4
+    )  # the shard's arrays, a few chunks; np.insert: ~keys.nbytes
