@@ -189,3 +189,26 @@ def test_the_merge_grows_the_running_table_in_place(monkeypatch):
     assert (
         peak - held < keys.nbytes / 4
     )  # the shard's arrays, a few chunks; np.insert: ~keys.nbytes
+
+
+def test_reuse_rate_sums_in_bounded_memory(monkeypatch):
+    """`reuse_rate` on a dataset's exact counts masked and selected the whole table (up to 9/8
+    of an array again, growing with the corpus); chunk by chunk it is the same share."""
+    import tracemalloc
+
+    import grammar.ngrams as ngrams
+
+    rng = np.random.default_rng(0)
+    n = 3_000_000
+    counts = rng.integers(1, 50, n)
+    doc_freq = np.minimum(counts, rng.integers(1, 3, n))  # about half the types recur
+    table = ngrams.NgramCounts(4, 1000, np.arange(n), counts, doc_freq)
+    expected = counts[doc_freq >= 2].sum() / counts.sum()
+    tracemalloc.start()
+    got = table.reuse_rate()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got == expected and 0.3 < got < 0.9
+    assert peak < counts.nbytes / 4  # was the mask (1/8) and the selection (about 1/2)
+    monkeypatch.setattr(ngrams, "TOP_CHUNK", 7)
+    assert table.reuse_rate() == expected
