@@ -212,3 +212,18 @@ def test_reuse_rate_sums_in_bounded_memory(monkeypatch):
     assert peak < counts.nbytes / 4  # was the mask (1/8) and the selection (about 1/2)
     monkeypatch.setattr(ngrams, "TOP_CHUNK", 7)
     assert table.reuse_rate() == expected
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
+def test_bench_count_phases_measures_each_shard_of_a_dataset(dataset):
+    """`python -m bench.bench_mine --phases DATASET`: one row per shard, tables as merged."""
+    from bench.bench_mine import count_phases
+
+    folder, _ = dataset
+    rows = count_phases(folder)
+    counts, manifest = stream_counts(folder, max_n=4)
+    assert len(rows) == len(manifest["shards"]) + 1
+    held = sum(g.keys.nbytes * 3 for g in counts.ngrams.values()) + counts.cooc_keys.nbytes * 2
+    assert rows[-2]["tables"] == pytest.approx(held / 2**20)
+    assert all(r["count_peak_beyond"] > 0 and r["merge_peak_beyond"] > 0 for r in rows[:-1])
+    assert set(rows[-1]) == {"resident_beyond", "after_malloc_trim"}
