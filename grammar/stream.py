@@ -9,8 +9,9 @@ Design decisions
   of the whole corpus in memory (tested). Memory holds one shard plus the merged tables,
   which grow with the number of distinct n-grams, not with the corpus. The merge adds a
   shard's sorted table into the running sorted table in place where keys exist and inserts
-  the new keys (`_merge_into`), one array at a time: its transient is one array of the
-  table, not the several copies a concatenate-and-sort would take (measured by
+  the new keys (`_merge_into`), growing each array in place (`_insert_in_place`): its
+  transient is the size of a shard's table, not a copy of the running table, which
+  a concatenate-and-sort (several copies) and then `np.insert` (one array) took (measured by
   `python -m bench --only mine`).
 - Shards may be counted in worker processes (`workers`): each returns its tables, merged in
   manifest order, so the result does not depend on how many workers ran. At most
@@ -83,21 +84,63 @@ class ShardCounts:
         self.n_tokens += other.n_tokens
 
 
+#: rows of a table moved at a time when a merge makes room for a shard's new keys (8 MiB)
+MERGE_CHUNK = 1 << 20
+
+
 def _merge_into(table: list[np.ndarray], more: list[np.ndarray]) -> None:
     """Add the sorted table `more` ([distinct keys, values...]) into the sorted `table` of the
     same layout, in place: values of keys both hold are summed into `table`'s arrays, keys only
-    `more` holds are inserted at their sorted positions. The list's arrays are replaced one at
-    a time, so beyond the tables the merge holds one array of `table`, never all of them."""
+    `more` holds are inserted at their sorted positions (`_insert_in_place`). Beyond the two
+    tables the merge holds arrays the size of `more` and `MERGE_CHUNK` rows, never a copy of a
+    `table` array (`np.insert` made one: the largest order's keys, gigabytes at 100M codes)."""
     keys, more_keys = table[0], more[0]
     pos = np.searchsorted(keys, more_keys)
     hit = np.zeros(more_keys.size, dtype=bool)
     if keys.size:
         hit = keys[np.minimum(pos, keys.size - 1)] == more_keys
-    at, new, fresh = pos[hit], pos[~hit], ~hit
+    at, new, fresh = pos[hit], pos[~hit], np.flatnonzero(~hit)
+    del keys, pos
     for mine, theirs in zip(table[1:], more[1:], strict=True):
         mine[at] += theirs[hit]  # keys are distinct: no index repeats, += is exact
+    del mine  # a name still bound to an array of `table` would stop it growing in place
     for i, theirs in enumerate(more):
-        table[i] = np.insert(table[i], new, theirs[fresh])  # a new array: `more` stays untouched
+        _insert_in_place(table, i, new, theirs[fresh])
+
+
+def _insert_in_place(
+    table: list[np.ndarray], i: int, before: np.ndarray, values: np.ndarray
+) -> None:
+    """`table[i] = np.insert(table[i], before, values)` without a second array: the array grows
+    by `ndarray.resize` (glibc `realloc`, which moves a large block's pages with `mremap`
+    instead of copying them; checked on Linux x86-64, glibc 2.36, by the resident size in
+    `python -m bench.bench_mine`), then its rows move up from the back, `MERGE_CHUNK` at a
+    time, and `values` fill the gaps. `before` is sorted (the positions of sorted keys)."""
+    array = table[i]
+    table[i] = np.zeros(0, dtype=array.dtype)  # `array` alone refers to it: resize checks that
+    if values.size == 0 or array.size == 0:  # nothing to insert, or nothing to insert into
+        table[i] = values if array.size == 0 else array
+        return
+    if array.base is not None or not array.flags.owndata:
+        array = array.copy()  # a view (or an unpickled buffer) cannot grow in place
+    old = array.size
+    array.resize(old + values.size, refcheck=True)
+    # row r moves to r + (new keys inserted at or before r). From the back, a chunk's targets
+    # lie at or after its sources and after every row not yet moved, so none is overwritten
+    # before it moves; rows before the first insertion stay where they are.
+    hi = old
+    while hi > before[0]:
+        lo = max(hi - MERGE_CHUNK, int(before[0]))
+        first, last = np.searchsorted(before, [lo, hi - 1], side="right")
+        # shift of row lo + j: insertions at or before lo, plus those in (lo, lo + j]
+        shift = np.bincount(before[first:last] - lo, minlength=hi - lo)
+        shift[0] += first
+        np.cumsum(shift, out=shift)
+        shift += np.arange(lo, hi)
+        array[shift] = array[lo:hi].copy()
+        hi = lo
+    array[before + np.arange(before.size)] = values
+    table[i] = array
 
 
 def _corpus(programs: Programs, name: str, k: int | None) -> Corpus:

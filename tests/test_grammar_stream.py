@@ -147,3 +147,83 @@ def test_top_ngrams_rank_in_bounded_memory(monkeypatch):
         " ".join(map(str, r))
         for r in small.unpack(np.lexsort((np.arange(60), -(np.arange(60) % 4)))[:20])
     ]
+
+
+def test_the_merge_grows_the_running_table_in_place(monkeypatch):
+    """Merging a shard into the running counts copied the table's largest array (`np.insert`:
+    gigabytes at 100M codes, growing with the corpus); in place, beyond the two tables it
+    holds arrays the size of the shard's table and of `MERGE_CHUNK` rows. Same sums either way."""
+    import tracemalloc
+
+    import grammar.stream as stream
+    from grammar.ngrams import NgramCounts
+
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 10**12, 2_000_000))
+    shard_keys = np.unique(
+        np.concatenate([rng.choice(keys, 20_000), rng.integers(0, 10**12, 30_000)])
+    )
+
+    def counts(k: np.ndarray, seed: int) -> NgramCounts:
+        c = np.random.default_rng(seed).integers(1, 9, k.size)
+        return NgramCounts(4, 1000, k, c, (c + 1) // 2)
+
+    both = np.concatenate([keys, shard_keys])
+    expected_keys, inverse = np.unique(both, return_inverse=True)
+    tables = [counts(keys, 1), counts(shard_keys, 2)]
+    expected = [
+        np.bincount(inverse, np.concatenate([g.counts for g in tables])).astype(np.int64),
+        np.bincount(inverse, np.concatenate([g.doc_freq for g in tables])).astype(np.int64),
+    ]
+    monkeypatch.setattr(stream, "MERGE_CHUNK", 100_000, raising=False)  # old code: none
+    tracemalloc.start()  # the tables are made under it: growing one, or copying it, both count
+    total, shard = stream.ShardCounts(1000, 4), stream.ShardCounts(1000, 4)
+    total.ngrams[4], shard.ngrams[4] = counts(keys.copy(), 1), counts(shard_keys, 2)
+    total.add(shard)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    merged = total.ngrams[4]
+    np.testing.assert_array_equal(merged.keys, expected_keys)
+    np.testing.assert_array_equal(merged.counts, expected[0])
+    np.testing.assert_array_equal(merged.doc_freq, expected[1])
+    assert (
+        peak - held < keys.nbytes / 4
+    )  # the shard's arrays, a few chunks; np.insert: ~keys.nbytes
+
+
+def test_reuse_rate_sums_in_bounded_memory(monkeypatch):
+    """`reuse_rate` on a dataset's exact counts masked and selected the whole table (up to 9/8
+    of an array again, growing with the corpus); chunk by chunk it is the same share."""
+    import tracemalloc
+
+    import grammar.ngrams as ngrams
+
+    rng = np.random.default_rng(0)
+    n = 3_000_000
+    counts = rng.integers(1, 50, n)
+    doc_freq = np.minimum(counts, rng.integers(1, 3, n))  # about half the types recur
+    table = ngrams.NgramCounts(4, 1000, np.arange(n), counts, doc_freq)
+    expected = counts[doc_freq >= 2].sum() / counts.sum()
+    tracemalloc.start()
+    got = table.reuse_rate()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got == expected and 0.3 < got < 0.9
+    assert peak < counts.nbytes / 4  # was the mask (1/8) and the selection (about 1/2)
+    monkeypatch.setattr(ngrams, "TOP_CHUNK", 7)
+    assert table.reuse_rate() == expected
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
+def test_bench_count_phases_measures_each_shard_of_a_dataset(dataset):
+    """`python -m bench.bench_mine --phases DATASET`: one row per shard, tables as merged."""
+    from bench.bench_mine import count_phases
+
+    folder, _ = dataset
+    rows = count_phases(folder)
+    counts, manifest = stream_counts(folder, max_n=4)
+    assert len(rows) == len(manifest["shards"]) + 1
+    held = sum(g.keys.nbytes * 3 for g in counts.ngrams.values()) + counts.cooc_keys.nbytes * 2
+    assert rows[-2]["tables"] == pytest.approx(held / 2**20)
+    assert all(r["count_peak_beyond"] > 0 and r["merge_peak_beyond"] > 0 for r in rows[:-1])
+    assert set(rows[-1]) == {"resident_beyond", "after_malloc_trim"}
