@@ -14,6 +14,7 @@ Design decisions
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +40,20 @@ def _join_codes(matrix: np.ndarray) -> pa.Array:
 
 def _write_tsv(path: Path, table: pa.Table) -> None:
     """Header line written by hand: Arrow's writer quotes header names even with quoting off."""
+    _write_tsv_blocks(path, table.column_names, iter([table]))
+
+
+def _write_tsv_blocks(path: Path, columns: list[str], blocks: Iterator[pa.Table]) -> None:
+    """One TSV written block by block, so a large table is never built whole (the rows of one
+    block at a time); the bytes equal one `write_csv` of the blocks concatenated."""
+    options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
-            handle.write(("\t".join(table.column_names) + "\n").encode())
-            if table.num_rows:
-                options = pacsv.WriteOptions(
-                    include_header=False, delimiter="\t", quoting_style="none"
-                )
-                pacsv.write_csv(table, handle, write_options=options)
+            handle.write(("\t".join(columns) + "\n").encode())
+            for block in blocks:
+                if block.num_rows:
+                    pacsv.write_csv(block, handle, write_options=options)
 
     atomic_write(path, write)
 
@@ -63,23 +69,30 @@ def _pick(values: np.ndarray | None, order: np.ndarray) -> np.ndarray | None:
     return None if values is None else np.asarray(values)[order]
 
 
+#: rows of `ngrams.tsv` formatted at a time: bounds its writing to a few hundred MB whatever
+#: the corpus (every kept n-gram's strings at once grew with it: 15.6M rows at 100M codes)
+TSV_BLOCK_ROWS = 1 << 20
+
+
 def write_ngrams_tsv(path: Path, ngrams: dict[int, NgramCounts], min_count: int = 1) -> None:
     """`n ngram count doc_freq`, orders ascending, then count descending, then n-gram."""
-    parts = []
-    for n, g in sorted(ngrams.items()):
-        keep = np.flatnonzero(g.counts >= min_count)
-        keep = keep[np.lexsort((g.keys[keep], -g.counts[keep]))]
-        parts.append(
-            pa.table(
-                {
-                    "n": pa.array(np.full(keep.size, n, dtype=np.int64)),
-                    "ngram": _join_codes(g.unpack(g.keys[keep])),
-                    "count": pa.array(g.counts[keep]),
-                    "doc_freq": pa.array(g.doc_freq[keep]),
-                }
-            )
-        )
-    _write_tsv(path, pa.concat_tables(parts) if parts else pa.table({c: [] for c in NGRAM_COLUMNS}))
+
+    def blocks() -> Iterator[pa.Table]:
+        for n, g in sorted(ngrams.items()):
+            keep = np.flatnonzero(g.counts >= min_count)
+            keep = keep[np.lexsort((g.keys[keep], -g.counts[keep]))]
+            for start in range(0, keep.size, TSV_BLOCK_ROWS):
+                rows = keep[start : start + TSV_BLOCK_ROWS]
+                yield pa.table(
+                    {
+                        "n": pa.array(np.full(rows.size, n, dtype=np.int64)),
+                        "ngram": _join_codes(g.unpack(g.keys[rows])),
+                        "count": pa.array(g.counts[rows]),
+                        "doc_freq": pa.array(g.doc_freq[rows]),
+                    }
+                )
+
+    _write_tsv_blocks(path, list(NGRAM_COLUMNS), blocks())
 
 
 def write_pairs_tsv(path: Path, tables: list[PairTable]) -> None:

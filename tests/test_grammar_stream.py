@@ -227,3 +227,47 @@ def test_bench_count_phases_measures_each_shard_of_a_dataset(dataset):
     assert rows[-2]["tables"] == pytest.approx(held / 2**20)
     assert all(r["count_peak_beyond"] > 0 and r["merge_peak_beyond"] > 0 for r in rows[:-1])
     assert set(rows[-1]) == {"resident_beyond", "after_malloc_trim"}
+
+
+WRITE_PEAK = """
+import sys
+import numpy as np
+import pyarrow as pa
+from pathlib import Path
+from grammar import output
+from grammar.corpus import Corpus
+from grammar.ngrams import count_ngrams
+
+output.TSV_BLOCK_ROWS = int(sys.argv[2])
+rng = np.random.default_rng(0)
+codes = rng.integers(0, 1000, 400_000)
+corpus = Corpus(codes, np.arange(0, codes.size + 1, 8), 1000, "c", "synthetic", "given")
+grams = {3: count_ngrams(corpus, 3)}
+before = pa.default_memory_pool().max_memory()
+output.write_ngrams_tsv(Path(sys.argv[1]), grams)
+print(grams[3].counts.size, pa.default_memory_pool().max_memory() - before)
+"""
+
+
+def test_ngrams_tsv_is_written_block_by_block_with_the_same_bytes(tmp_path: Path) -> None:
+    """`ngrams.tsv` is formatted `TSV_BLOCK_ROWS` rows at a time: Arrow's peak while writing
+    stays a fraction of what every row's strings at once take, and the bytes are those of one
+    block (the former whole-table write)."""
+    import subprocess
+    import sys
+
+    def write(block_rows: int) -> tuple[bytes, int, int]:
+        out = tmp_path / f"ngrams-{block_rows}.tsv"
+        done = subprocess.run(
+            [sys.executable, "-c", WRITE_PEAK, str(out), str(block_rows)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rows, peak = map(int, done.stdout.split())
+        return out.read_bytes(), rows, peak
+
+    whole, rows, whole_peak = write(1 << 30)
+    blocked, _, blocked_peak = write(4096)
+    assert rows > 40_000 and blocked == whole
+    assert blocked_peak < whole_peak / 4, (blocked_peak, whole_peak)
