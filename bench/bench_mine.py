@@ -33,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +148,6 @@ def run(
     work_dir: Path | None = None,
 ) -> list[dict]:
     """Rows of this benchmark; every file goes to a temporary folder (under `work_dir`)."""
-    from strop.runs import read_dataset, write_programs
-
     codes = codes or env_int("STROP_BENCH_MINE_CODES") or (QUICK_CODES if quick else CODES)
     subset_codes = (
         subset_codes
@@ -158,99 +157,117 @@ def run(
     shard_rows = env_int("STROP_BENCH_MINE_SHARD_ROWS") or shard_rows
     if subset_codes > codes:
         raise ValueError(f"subset_codes {subset_codes:,} exceeds codes {codes:,}")
-    rows: list[dict] = []
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="bench_mine_") as tmp:
-        root = Path(tmp)
-        start = time.perf_counter()
-        sub = write_synthetic_dataset(root / "subset", subset_codes, shard_rows)
-        write_seconds = time.perf_counter() - start
-        write_programs(root / "subset.parquet", read_dataset(root / "subset"))
+        sub = _subset_rows(Path(tmp), subset_codes, shard_rows)
+        return sub.rows + _full_rows(Path(tmp), codes, shard_rows, sub)
 
-        stream_sub, s_sub = mine(root / "subset", root / "out_stream_subset")
-        memory_sub, _ = mine(root / "subset.parquet", root / "out_memory_subset")
-        equal = counts_equal(root / "out_stream_subset", root / "out_memory_subset")
-        what = f"{sub['codes']:,} codes ({sub['programs']:,} programs, {sub['shards']} shards)"
-        rows += [
-            _row(
-                "subset_counts_equal",
-                f"n-gram counts equal, streaming vs in-memory, {what}",
-                float(equal),
-                "bool",
-                None,
-            ),
-            _row(
-                "subset_stream_peak_rss",
-                f"peak RSS, streaming mine of {what} vs in-memory mine",
-                stream_sub.peak_rss_mib,
-                "MiB",
-                memory_sub.peak_rss_mib,
-            ),
-            _row(
-                "subset_stream_seconds",
-                f"wall time, streaming mine of {what} vs in-memory mine",
-                stream_sub.seconds,
-                "s",
-                memory_sub.seconds,
-            ),
-        ]
-        for folder in ("subset", "subset.parquet", "out_memory_subset"):  # disk for the big one
-            _remove(root / folder)
 
-        start = time.perf_counter()
-        full = write_synthetic_dataset(root / "full", codes, shard_rows)
-        full_write_seconds = time.perf_counter() - start
-        stream_full, s_full = mine(root / "full", root / "out_stream_full")
-        what_full = (
-            f"{full['codes']:,} codes ({full['programs']:,} programs, {full['shards']} shards)"
-        )
-        mib = 2**20
-        beyond_sub = stream_sub.peak_rss_bytes - counts_bytes(s_sub)
-        beyond_full = stream_full.peak_rss_bytes - counts_bytes(s_full)
-        rows += [
-            _row(
-                "full_write_seconds",
-                f"write synthetic programs dataset of {what_full} vs {sub['codes']:,} codes",
-                full_write_seconds,
-                "s",
-                write_seconds,
-            ),
-            _row(
-                "full_stream_peak_rss",
-                f"peak RSS, streaming mine of {what_full} vs of the {sub['codes']:,}-code prefix",
-                stream_full.peak_rss_mib,
-                "MiB",
-                stream_sub.peak_rss_mib,
-            ),
-            _row(
-                "full_stream_seconds",
-                f"wall time, streaming mine of {what_full} vs of the {sub['codes']:,}-code prefix",
-                stream_full.seconds,
-                "s",
-                stream_sub.seconds,
-            ),
-            _row(
-                "full_counts_mib",
-                f"exact count tables (n-grams 1-4, any pairs), {what_full} vs the prefix",
-                counts_bytes(s_full) / mib,
-                "MiB",
-                counts_bytes(s_sub) / mib,
-            ),
-            _row(
-                "full_peak_beyond_counts",
-                f"peak RSS beyond the count tables, {what_full} vs the prefix",
-                beyond_full / mib,
-                "MiB",
-                beyond_sub / mib,
-            ),
-            _row(
-                "full_sample_programs",
-                "programs in the sample (nulls, Re-Pair, significance)",
-                float(s_full["sample"]["programs"]),
-                "programs",
-                float(s_sub["sample"]["programs"]),
-            ),
-        ]
-    return rows
+@dataclass
+class _Subset:
+    """The prefix's rows and what the full corpus's rows compare with."""
+
+    rows: list[dict]
+    written: dict
+    write_seconds: float
+    stream: Measured
+    summary: dict
+
+
+def _subset_rows(root: Path, subset_codes: int, shard_rows: int) -> _Subset:
+    """The prefix mined streaming and in memory: counts equal, peak memory, wall time."""
+    from strop.runs import read_dataset, write_programs
+
+    start = time.perf_counter()
+    sub = write_synthetic_dataset(root / "subset", subset_codes, shard_rows)
+    write_seconds = time.perf_counter() - start
+    write_programs(root / "subset.parquet", read_dataset(root / "subset"))
+    stream_sub, s_sub = mine(root / "subset", root / "out_stream_subset")
+    memory_sub, _ = mine(root / "subset.parquet", root / "out_memory_subset")
+    equal = counts_equal(root / "out_stream_subset", root / "out_memory_subset")
+    what = f"{sub['codes']:,} codes ({sub['programs']:,} programs, {sub['shards']} shards)"
+    rows = [
+        _row(
+            "subset_counts_equal",
+            f"n-gram counts equal, streaming vs in-memory, {what}",
+            float(equal),
+            "bool",
+            None,
+        ),
+        _row(
+            "subset_stream_peak_rss",
+            f"peak RSS, streaming mine of {what} vs in-memory mine",
+            stream_sub.peak_rss_mib,
+            "MiB",
+            memory_sub.peak_rss_mib,
+        ),
+        _row(
+            "subset_stream_seconds",
+            f"wall time, streaming mine of {what} vs in-memory mine",
+            stream_sub.seconds,
+            "s",
+            memory_sub.seconds,
+        ),
+    ]
+    for folder in ("subset", "subset.parquet", "out_memory_subset"):  # disk for the big one
+        _remove(root / folder)
+    return _Subset(rows, sub, write_seconds, stream_sub, s_sub)
+
+
+def _full_rows(root: Path, codes: int, shard_rows: int, sub: _Subset) -> list[dict]:
+    """The whole corpus mined streaming, each figure beside the prefix's."""
+    start = time.perf_counter()
+    full = write_synthetic_dataset(root / "full", codes, shard_rows)
+    full_write_seconds = time.perf_counter() - start
+    stream_full, s_full = mine(root / "full", root / "out_stream_full")
+    what_full = f"{full['codes']:,} codes ({full['programs']:,} programs, {full['shards']} shards)"
+    prefix = f"{sub.written['codes']:,}"
+    mib = 2**20
+    beyond_sub = sub.stream.peak_rss_bytes - counts_bytes(sub.summary)
+    beyond_full = stream_full.peak_rss_bytes - counts_bytes(s_full)
+    return [
+        _row(
+            "full_write_seconds",
+            f"write synthetic programs dataset of {what_full} vs {prefix} codes",
+            full_write_seconds,
+            "s",
+            sub.write_seconds,
+        ),
+        _row(
+            "full_stream_peak_rss",
+            f"peak RSS, streaming mine of {what_full} vs of the {prefix}-code prefix",
+            stream_full.peak_rss_mib,
+            "MiB",
+            sub.stream.peak_rss_mib,
+        ),
+        _row(
+            "full_stream_seconds",
+            f"wall time, streaming mine of {what_full} vs of the {prefix}-code prefix",
+            stream_full.seconds,
+            "s",
+            sub.stream.seconds,
+        ),
+        _row(
+            "full_counts_mib",
+            f"exact count tables (n-grams 1-4, any pairs), {what_full} vs the prefix",
+            counts_bytes(s_full) / mib,
+            "MiB",
+            counts_bytes(sub.summary) / mib,
+        ),
+        _row(
+            "full_peak_beyond_counts",
+            f"peak RSS beyond the count tables, {what_full} vs the prefix",
+            beyond_full / mib,
+            "MiB",
+            beyond_sub / mib,
+        ),
+        _row(
+            "full_sample_programs",
+            "programs in the sample (nulls, Re-Pair, significance)",
+            float(s_full["sample"]["programs"]),
+            "programs",
+            float(sub.summary["sample"]["programs"]),
+        ),
+    ]
 
 
 def count_phases(path: Path) -> list[dict[str, float]]:
