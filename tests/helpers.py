@@ -29,22 +29,34 @@ if TYPE_CHECKING:
 #: Timing columns of metrics.jsonl: they differ between two otherwise identical runs.
 TIMING_KEYS = {"images_per_s", "model_tflops"}
 
+
+def tiny_sets(
+    phase_steps: str = "3,6,9,12",
+    log_every: int = 2,
+    checkpoint_every: int = 4,
+    lr: str | None = "1e-3",
+) -> list[str]:
+    """The tiny run at 32 px with its four phases ending at `phase_steps`, validated at step 8,
+    as `--set` items (`lr=None` keeps the preset's learning rate)."""
+    sets = [
+        "model.image_size=32",
+        "model.l_max=8",
+        "model.decoder_width=16",
+        f"curriculum.phase_steps={phase_steps}",
+        "curriculum.probe_radius=1",
+        "train.num_workers=0",
+        f"train.log_every={log_every}",
+        "train.val_every=8",
+        "train.val_batches=1",
+        f"train.checkpoint_every={checkpoint_every}",
+        "train.warmup_steps=2",
+        "train.hold_steps=4",
+    ]
+    return sets if lr is None else [*sets, f"train.lr={lr}"]
+
+
 #: The tiny run at 32 px with its phases compressed into 12 steps (the trainer's tests).
-BASE_SETS = [
-    "model.image_size=32",
-    "model.l_max=8",
-    "model.decoder_width=16",
-    "curriculum.phase_steps=3,6,9,12",
-    "curriculum.probe_radius=1",
-    "train.num_workers=0",
-    "train.log_every=2",
-    "train.val_every=8",
-    "train.val_batches=1",
-    "train.checkpoint_every=4",
-    "train.warmup_steps=2",
-    "train.hold_steps=4",
-    "train.lr=1e-3",
-]
+BASE_SETS = tiny_sets()
 
 
 def trainer_config(data: Path, steps: int = 16, *sets: str) -> RunConfig:
@@ -54,54 +66,36 @@ def trainer_config(data: Path, steps: int = 16, *sets: str) -> RunConfig:
     return tiny_run_config(data, f"train.steps={steps}", *BASE_SETS, *sets)
 
 
-def trainer_cli_args(data: Path, out: Path, steps: int, *sets: str) -> list[str]:
-    """`strop train ...` arguments for `trainer_config(data, steps, *sets)` into `out`."""
+def tiny_cli_args(data: Path, out: Path, sets: list[str]) -> list[str]:
+    """`strop train ...` arguments for `tiny_run_config(data, *sets)` into `out`."""
     args = ["train", "--data", str(data), "--preset", "tiny", "--teacher", "pixels", "--k", "16"]
     args += ["--out", str(out), "--batch-size", "4", "--no-progress"]
-    for item in [f"train.steps={steps}", *BASE_SETS, *sets]:
+    for item in sets:
         args += ["--set", item]
     return args
+
+
+def trainer_cli_args(data: Path, out: Path, steps: int, *sets: str) -> list[str]:
+    """`strop train ...` arguments for `trainer_config(data, steps, *sets)` into `out`."""
+    return tiny_cli_args(data, out, [f"train.steps={steps}", *BASE_SETS, *sets])
 
 
 #: The fault tests' tiny run: a log row and a checkpoint every few steps, so a kill at any
 #: moment lands between or inside them.
-FAULT_SETS = [
-    "model.image_size=32",
-    "model.l_max=8",
-    "model.decoder_width=16",
-    "curriculum.phase_steps=3,6,9,12",
-    "curriculum.probe_radius=1",
-    "train.num_workers=0",
-    "train.log_every=1",
-    "train.val_every=8",
-    "train.val_batches=1",
-    "train.checkpoint_every=3",
-    "train.warmup_steps=2",
-    "train.hold_steps=4",
-    "train.lr=1e-3",
-]
+FAULT_SETS = tiny_sets(log_every=1, checkpoint_every=3)
 FAULT_STEPS = 16
 
 
 def fault_config(data: Path, steps: int = FAULT_STEPS, *sets: str) -> RunConfig:
-    from strop.training.config import make_run_config
+    """The fault tests' tiny run (FAULT_SETS) of `steps` steps, then `sets`."""
+    from conftest import tiny_run_config
 
-    return make_run_config(
-        data,
-        "tiny",
-        "pixels",
-        k=16,
-        batch_size=4,
-        overrides=[*FAULT_SETS, f"train.steps={steps}", *sets],
-    )
+    return tiny_run_config(data, *FAULT_SETS, f"train.steps={steps}", *sets)
 
 
 def fault_cli_args(data: Path, out: Path, steps: int = FAULT_STEPS, *sets: str) -> list[str]:
-    args = ["train", "--data", str(data), "--preset", "tiny", "--teacher", "pixels", "--k", "16"]
-    args += ["--out", str(out), "--batch-size", "4", "--no-progress"]
-    for item in [*FAULT_SETS, f"train.steps={steps}", *sets]:
-        args += ["--set", item]
-    return args
+    """`strop train ...` arguments for `fault_config(data, steps, *sets)` into `out`."""
+    return tiny_cli_args(data, out, [*FAULT_SETS, f"train.steps={steps}", *sets])
 
 
 def start_strop(args: list[str], **kw: Any) -> subprocess.Popen[str]:
