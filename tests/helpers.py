@@ -1,6 +1,7 @@
 """Plain helpers that several test modules share (fixtures live in conftest.py): the tiny
-training settings and their command lines, the in-process CLIs, random LPIPS weights in
-the real files' layouts, and `chattr`. Test modules import from here, never from each other
+training settings and their command lines, the in-process CLIs, kill -9 mid-shard and the
+check that resumes leave finished files alone, random LPIPS weights in the real files'
+layouts, and `chattr`. Test modules import from here, never from each other
 (`test_foundation_standalone.py` checks it).
 
 Nothing here imports torch or the model at module level: the grammar and llm_decode tests
@@ -10,6 +11,7 @@ check that their packages never import torch.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -121,6 +123,55 @@ def wait_for(proc: subprocess.Popen[str], ready: Any, timeout: float = 180) -> b
             return False
         time.sleep(0.003)
     raise AssertionError("timed out waiting for the trainer")
+
+
+# --------------------------------------------------------------------------- kill -9
+
+#: `python -c SLOW_EXPORT RUN OUT [DATA]`: the real exporter of RUN's train,val into OUT in
+#: shards of 4 rows, each batch of 3 slowed by 0.25 s so that a kill lands mid-export.
+SLOW_EXPORT = """
+import sys, time
+import strop.evaluation.export as export
+real = export.encode_batch
+def slow(*args, **kwargs):
+    time.sleep(0.25)
+    return real(*args, **kwargs)
+export.encode_batch = slow
+export.export_programs(sys.argv[1], split="train,val", batch_size=3, progress=False,
+                       out=sys.argv[2], shard_rows=4, data=(sys.argv[3:] or [None])[0])
+"""
+
+
+def kill_9_in_the_next_shard(
+    script: str, args: list[str], shard: Path, env: dict[str, str] | None = None
+) -> None:
+    """`python -c SCRIPT ARGS` killed with SIGKILL 0.3 s after it finished `shard`: inside the
+    next shard's first batch, when the script's batches take 0.25 s or more."""
+    env = env or {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", script, *args], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not shard.is_file():
+            assert child.poll() is None and time.monotonic() < deadline, f"ended before {shard}"
+            time.sleep(0.02)
+        time.sleep(0.3)  # into the next shard's first batch
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def file_stamps(folder: Path, pattern: str) -> dict[str, tuple[int, int]]:
+    """Inode and modification time of each `pattern` file in `folder` by name: a rewrite in
+    place changes the time, a write-and-rename the inode."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob(pattern)}
+
+
+def assert_not_rewritten(folder: Path, stamps: dict[str, tuple[int, int]]) -> None:
+    """Each file of `stamps` (from `file_stamps`) is still in `folder`, never rewritten."""
+    for name, stamp in stamps.items():
+        path = folder / name
+        assert (path.stat().st_ino, path.stat().st_mtime_ns) == stamp, name
 
 
 # --------------------------------------------------------------------------- command lines
