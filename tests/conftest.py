@@ -230,10 +230,10 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Path:
-    """A run folder as the trainer leaves it: config.json + checkpoints/last.pt (tiny, pixels
-    teacher, untrained, with the length head's output spread so programs differ in length)."""
+def untrained_run(folder: Path, dataset: Path, spread: Callable[[Any], None]) -> Path:
+    """A run folder as the trainer leaves it, `folder`: config.json + checkpoints/last.pt of
+    a tiny untrained model (pixels teacher, seed 0) on `dataset`, its weights first changed
+    in place by `spread(model)` under no_grad."""
     import torch
 
     from strop.model import build_model
@@ -245,15 +245,26 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Path:
     mc = tiny_model_config(image_size=32, l_max=8, k=16, d=32, ffn=64)
     cfg = RunConfig(model=mc)
     cfg.data.path = str(dataset)
-    run = RunFolder(tmp_path_factory.mktemp("runs") / "k16")
+    run = RunFolder(folder)
     run.path.mkdir()
     run.write_config(cfg.model_dump(mode="json"))
     model = build_model(mc)
     with torch.no_grad():
-        for p in model.length_head.parameters():
-            p.normal_(0, 0.5)
+        spread(model)
     save_checkpoint(run.path, step=1, state={"model": model.state_dict(), "step": 1})
     return run.path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Path:
+    """A run folder as the trainer leaves it: config.json + checkpoints/last.pt (tiny, pixels
+    teacher, untrained, with the length head's output spread so programs differ in length)."""
+
+    def spread(model: Any) -> None:
+        for p in model.length_head.parameters():
+            p.normal_(0, 0.5)
+
+    return untrained_run(tmp_path_factory.mktemp("runs") / "k16", dataset, spread)
 
 
 @pytest.fixture(scope="module")
@@ -374,27 +385,14 @@ def spread_run(tmp_path_factory: pytest.TempPathFactory, spread_dataset: Path) -
     weights are spread so that programs tell the images apart and differ in length."""
     import torch
 
-    from strop.model import build_model
-    from strop.runs import RunFolder
-    from strop.training.checkpoint import save_checkpoint
-    from strop.training.config import RunConfig
-
-    torch.manual_seed(0)
-    mc = tiny_model_config(image_size=32, l_max=8, k=16, d=32, ffn=64)
-    cfg = RunConfig(model=mc)
-    cfg.data.path = str(spread_dataset)
-    run = RunFolder(tmp_path_factory.mktemp("runs") / "k16")
-    run.path.mkdir()
-    run.write_config(cfg.model_dump(mode="json"))
-    model = build_model(mc)
-    with torch.no_grad():  # untrained weights give every image one program: spread them
+    def spread(model: Any) -> None:  # untrained weights give every image one program
         for name, p in model.named_parameters():
             if "teacher" not in name:
                 p.add_(torch.randn_like(p) * 0.3)
         for p in model.length_head.parameters():
             p.normal_(0, 1.0)
-    save_checkpoint(run.path, step=1, state={"model": model.state_dict(), "step": 1})
-    return run.path
+
+    return untrained_run(tmp_path_factory.mktemp("runs") / "k16", spread_dataset, spread)
 
 
 @pytest.fixture(scope="module")

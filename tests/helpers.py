@@ -1,6 +1,7 @@
 """Plain helpers that several test modules share (fixtures live in conftest.py): the tiny
-training settings and their command lines, the in-process CLIs, random LPIPS weights in
-the real files' layouts, and `chattr`. Test modules import from here, never from each other
+training settings and their command lines, the in-process CLIs, kill -9 mid-shard and the
+check that resumes leave finished files alone, random LPIPS weights in the real files'
+layouts, and `chattr`. Test modules import from here, never from each other
 (`test_foundation_standalone.py` checks it).
 
 Nothing here imports torch or the model at module level: the grammar and llm_decode tests
@@ -10,6 +11,7 @@ check that their packages never import torch.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,22 +31,34 @@ if TYPE_CHECKING:
 #: Timing columns of metrics.jsonl: they differ between two otherwise identical runs.
 TIMING_KEYS = {"images_per_s", "model_tflops"}
 
+
+def tiny_sets(
+    phase_steps: str = "3,6,9,12",
+    log_every: int = 2,
+    checkpoint_every: int = 4,
+    lr: str | None = "1e-3",
+) -> list[str]:
+    """The tiny run at 32 px with its four phases ending at `phase_steps`, validated at step 8,
+    as `--set` items (`lr=None` keeps the preset's learning rate)."""
+    sets = [
+        "model.image_size=32",
+        "model.l_max=8",
+        "model.decoder_width=16",
+        f"curriculum.phase_steps={phase_steps}",
+        "curriculum.probe_radius=1",
+        "train.num_workers=0",
+        f"train.log_every={log_every}",
+        "train.val_every=8",
+        "train.val_batches=1",
+        f"train.checkpoint_every={checkpoint_every}",
+        "train.warmup_steps=2",
+        "train.hold_steps=4",
+    ]
+    return sets if lr is None else [*sets, f"train.lr={lr}"]
+
+
 #: The tiny run at 32 px with its phases compressed into 12 steps (the trainer's tests).
-BASE_SETS = [
-    "model.image_size=32",
-    "model.l_max=8",
-    "model.decoder_width=16",
-    "curriculum.phase_steps=3,6,9,12",
-    "curriculum.probe_radius=1",
-    "train.num_workers=0",
-    "train.log_every=2",
-    "train.val_every=8",
-    "train.val_batches=1",
-    "train.checkpoint_every=4",
-    "train.warmup_steps=2",
-    "train.hold_steps=4",
-    "train.lr=1e-3",
-]
+BASE_SETS = tiny_sets()
 
 
 def trainer_config(data: Path, steps: int = 16, *sets: str) -> RunConfig:
@@ -54,54 +68,36 @@ def trainer_config(data: Path, steps: int = 16, *sets: str) -> RunConfig:
     return tiny_run_config(data, f"train.steps={steps}", *BASE_SETS, *sets)
 
 
-def trainer_cli_args(data: Path, out: Path, steps: int, *sets: str) -> list[str]:
-    """`strop train ...` arguments for `trainer_config(data, steps, *sets)` into `out`."""
+def tiny_cli_args(data: Path, out: Path, sets: list[str]) -> list[str]:
+    """`strop train ...` arguments for `tiny_run_config(data, *sets)` into `out`."""
     args = ["train", "--data", str(data), "--preset", "tiny", "--teacher", "pixels", "--k", "16"]
     args += ["--out", str(out), "--batch-size", "4", "--no-progress"]
-    for item in [f"train.steps={steps}", *BASE_SETS, *sets]:
+    for item in sets:
         args += ["--set", item]
     return args
+
+
+def trainer_cli_args(data: Path, out: Path, steps: int, *sets: str) -> list[str]:
+    """`strop train ...` arguments for `trainer_config(data, steps, *sets)` into `out`."""
+    return tiny_cli_args(data, out, [f"train.steps={steps}", *BASE_SETS, *sets])
 
 
 #: The fault tests' tiny run: a log row and a checkpoint every few steps, so a kill at any
 #: moment lands between or inside them.
-FAULT_SETS = [
-    "model.image_size=32",
-    "model.l_max=8",
-    "model.decoder_width=16",
-    "curriculum.phase_steps=3,6,9,12",
-    "curriculum.probe_radius=1",
-    "train.num_workers=0",
-    "train.log_every=1",
-    "train.val_every=8",
-    "train.val_batches=1",
-    "train.checkpoint_every=3",
-    "train.warmup_steps=2",
-    "train.hold_steps=4",
-    "train.lr=1e-3",
-]
+FAULT_SETS = tiny_sets(log_every=1, checkpoint_every=3)
 FAULT_STEPS = 16
 
 
 def fault_config(data: Path, steps: int = FAULT_STEPS, *sets: str) -> RunConfig:
-    from strop.training.config import make_run_config
+    """The fault tests' tiny run (FAULT_SETS) of `steps` steps, then `sets`."""
+    from conftest import tiny_run_config
 
-    return make_run_config(
-        data,
-        "tiny",
-        "pixels",
-        k=16,
-        batch_size=4,
-        overrides=[*FAULT_SETS, f"train.steps={steps}", *sets],
-    )
+    return tiny_run_config(data, *FAULT_SETS, f"train.steps={steps}", *sets)
 
 
 def fault_cli_args(data: Path, out: Path, steps: int = FAULT_STEPS, *sets: str) -> list[str]:
-    args = ["train", "--data", str(data), "--preset", "tiny", "--teacher", "pixels", "--k", "16"]
-    args += ["--out", str(out), "--batch-size", "4", "--no-progress"]
-    for item in [*FAULT_SETS, f"train.steps={steps}", *sets]:
-        args += ["--set", item]
-    return args
+    """`strop train ...` arguments for `fault_config(data, steps, *sets)` into `out`."""
+    return tiny_cli_args(data, out, [*FAULT_SETS, f"train.steps={steps}", *sets])
 
 
 def start_strop(args: list[str], **kw: Any) -> subprocess.Popen[str]:
@@ -127,6 +123,55 @@ def wait_for(proc: subprocess.Popen[str], ready: Any, timeout: float = 180) -> b
             return False
         time.sleep(0.003)
     raise AssertionError("timed out waiting for the trainer")
+
+
+# --------------------------------------------------------------------------- kill -9
+
+#: `python -c SLOW_EXPORT RUN OUT [DATA]`: the real exporter of RUN's train,val into OUT in
+#: shards of 4 rows, each batch of 3 slowed by 0.25 s so that a kill lands mid-export.
+SLOW_EXPORT = """
+import sys, time
+import strop.evaluation.export as export
+real = export.encode_batch
+def slow(*args, **kwargs):
+    time.sleep(0.25)
+    return real(*args, **kwargs)
+export.encode_batch = slow
+export.export_programs(sys.argv[1], split="train,val", batch_size=3, progress=False,
+                       out=sys.argv[2], shard_rows=4, data=(sys.argv[3:] or [None])[0])
+"""
+
+
+def kill_9_in_the_next_shard(
+    script: str, args: list[str], shard: Path, env: dict[str, str] | None = None
+) -> None:
+    """`python -c SCRIPT ARGS` killed with SIGKILL 0.3 s after it finished `shard`: inside the
+    next shard's first batch, when the script's batches take 0.25 s or more."""
+    env = env or {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", script, *args], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not shard.is_file():
+            assert child.poll() is None and time.monotonic() < deadline, f"ended before {shard}"
+            time.sleep(0.02)
+        time.sleep(0.3)  # into the next shard's first batch
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def file_stamps(folder: Path, pattern: str) -> dict[str, tuple[int, int]]:
+    """Inode and modification time of each `pattern` file in `folder` by name: a rewrite in
+    place changes the time, a write-and-rename the inode."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob(pattern)}
+
+
+def assert_not_rewritten(folder: Path, stamps: dict[str, tuple[int, int]]) -> None:
+    """Each file of `stamps` (from `file_stamps`) is still in `folder`, never rewritten."""
+    for name, stamp in stamps.items():
+        path = folder / name
+        assert (path.stat().st_ino, path.stat().st_mtime_ns) == stamp, name
 
 
 # --------------------------------------------------------------------------- command lines

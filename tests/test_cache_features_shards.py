@@ -6,16 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import one_error_line, tiny_run_config
+from helpers import assert_not_rewritten, file_stamps, kill_9_in_the_next_shard
 from typer.testing import CliRunner
 
 from strop.cli import app
@@ -117,27 +116,15 @@ cache_features(sys.argv[1], ["train", "val"], Slow(8), sys.argv[2], 32, batch_si
 
 def test_kill_9_mid_run_resumes_at_the_first_unfinished_shard(data, tmp_path):
     folder = tmp_path / "cache"
-    child = subprocess.Popen([sys.executable, "-c", SLOW_CACHE, str(data), str(folder)], env=ENV)
-    try:
-        deadline = time.monotonic() + 120
-        while not (folder / "train-00001.npy").is_file():
-            assert child.poll() is None and time.monotonic() < deadline, "cache ended early"
-            time.sleep(0.02)
-        time.sleep(0.3)  # into the next shard's first batch
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait()
-    finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("*.npy")}
+    kill_9_in_the_next_shard(SLOW_CACHE, [str(data), str(folder)], folder / "train-00001.npy", ENV)
+    finished = file_stamps(folder, "*.npy")
     assert {"train-00000.npy", "train-00001.npy"} <= set(finished) and len(finished) < 6
     assert not (folder / "index.json").exists()
     with pytest.raises(FeatureCacheError, match="did not finish; rerun the same command"):
         FeatureCacheDataset(folder, "train")
 
     sharded(data, folder)  # the same call again
-    for name, stamp in finished.items():  # a finished shard is never rewritten
-        path = folder / name
-        assert (path.stat().st_ino, path.stat().st_mtime_ns) == stamp, name
+    assert_not_rewritten(folder, finished)  # a finished shard is never rewritten
     assert not list(folder.glob(".*.partial"))
     sharded(data, tmp_path / "whole")
     assert folder_bytes(folder) == folder_bytes(tmp_path / "whole")

@@ -17,8 +17,18 @@ from strop.evaluation.object_masks import object_label_map
 from strop.model.length_modes import LengthModeError, parse_length_mode, search_lengths
 from strop.model.losses import align_error
 from strop.runs import read_programs
-from strop.scenes import parse_scene
+from strop.scenes import Scene, parse_scene
 from strop.training.checkpoint import load_model
+
+
+def red_cube_and_blue_sphere(red: dict, blue: dict) -> Scene:
+    """A val scene of a large red metal cube and a small blue rubber sphere, placed by `red`
+    and `blue` (their `3d_coords` and, where given, `pixel_coords`)."""
+    cube = {"color": "red", "shape": "cube", "material": "metal", "size": "large", **red}
+    sphere = {"color": "blue", "shape": "sphere", "material": "rubber", "size": "small", **blue}
+    return parse_scene(
+        {"image_index": 0, "image_filename": "x.png", "split": "val", "objects": [cube, sphere]}
+    )
 
 
 def test_parse_length_mode():
@@ -202,30 +212,9 @@ def test_erasing_a_token_outside_the_prefix_changes_nothing(run_dir, dataset):
 
 
 def test_object_masks_follow_pixel_coords():
-    scene = parse_scene(
-        {
-            "image_index": 0,
-            "image_filename": "x.png",
-            "split": "val",
-            "objects": [
-                {
-                    "color": "red",
-                    "shape": "cube",
-                    "material": "metal",
-                    "size": "large",
-                    "3d_coords": [0, 0, 0.7],
-                    "pixel_coords": [16, 16, 12.0],
-                },
-                {
-                    "color": "blue",
-                    "shape": "sphere",
-                    "material": "rubber",
-                    "size": "small",
-                    "3d_coords": [2, 2, 0.35],
-                    "pixel_coords": [60, 4, 14.0],
-                },
-            ],
-        }
+    scene = red_cube_and_blue_sphere(
+        {"3d_coords": [0, 0, 0.7], "pixel_coords": [16, 16, 12.0]},
+        {"3d_coords": [2, 2, 0.35], "pixel_coords": [60, 4, 14.0]},
     )
     labels = object_label_map(scene, (8, 8), 64, source_size=(64, 64)).reshape(8, 8)
     assert labels[2, 2] == 0 and labels[0, 7] == 1 and labels[7, 0] == -1
@@ -288,29 +277,7 @@ def test_attributionrecord_agreement_and_contingency():
     perfect = np.array([2, 0, 0, 2, 1, 1, 1, 2])  # token j owns exactly object j's patches
     assert best_iou(perfect, labels == 0) == 1.0 and best_iou(perfect, labels == 1) == 1.0
     assert best_iou(np.zeros(8, dtype=int), labels == 0) == pytest.approx(2 / 8)
-    scene = parse_scene(
-        {
-            "image_index": 0,
-            "image_filename": "x.png",
-            "split": "val",
-            "objects": [
-                {
-                    "color": "red",
-                    "shape": "cube",
-                    "material": "metal",
-                    "size": "large",
-                    "3d_coords": [0, 0, 0],
-                },
-                {
-                    "color": "blue",
-                    "shape": "sphere",
-                    "material": "rubber",
-                    "size": "small",
-                    "3d_coords": [1, 1, 0],
-                },
-            ],
-        }
-    )
+    scene = red_cube_and_blue_sphere({"3d_coords": [0, 0, 0]}, {"3d_coords": [1, 1, 0]})
     acc = Accumulator()
     record_agreement(perfect, np.array([5, 9, 3]), labels, scene, np.random.default_rng(0), acc)
     out = summarise(acc, k=16, programs_codes=None)

@@ -12,17 +12,15 @@ import json
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
+from helpers import SLOW_EXPORT, assert_not_rewritten, file_stamps, kill_9_in_the_next_shard, rows
 from helpers import SPREAD_N as N
-from helpers import rows
 from typer.testing import CliRunner
 
 from strop.cli import app
@@ -225,44 +223,21 @@ def test_folder_images_that_fail_to_decode_are_listed_by_export_and_stop_eval(
 
 # --------------------------------------------------------------------------- kill -9
 
-SLOW_TAR_EXPORT = """
-import sys, time
-import strop.evaluation.export as export
-real = export.encode_batch
-def slow(*args, **kwargs):
-    time.sleep(0.25)
-    return real(*args, **kwargs)
-export.encode_batch = slow
-export.export_programs(sys.argv[1], split="train,val", batch_size=3, progress=False,
-                       out=sys.argv[2], shard_rows=4, data=sys.argv[3])
-"""
-
 
 def test_kill_9_mid_tar_export_resumes_to_identical_rows(
     spread_run, spread_single, shards, tmp_path
 ):  # noqa: F811
     out, data = tmp_path / "p.parquet", str(shards / PATTERN)
     folder = dataset_dir_for(out)
-    child = subprocess.Popen(
-        [sys.executable, "-c", SLOW_TAR_EXPORT, str(spread_run), str(out), data],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    kill_9_in_the_next_shard(
+        SLOW_EXPORT, [str(spread_run), str(out), data], folder / "train-00001.parquet"
     )
-    try:
-        deadline = time.monotonic() + 120
-        while not (folder / "train-00001.parquet").is_file():
-            assert child.poll() is None and time.monotonic() < deadline, "export ended early"
-            time.sleep(0.02)
-        time.sleep(0.3)
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait()
-    finished = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.parquet")}
+    finished = file_stamps(folder, "*.parquet")
     assert len(finished) < 6 and not (folder / "manifest.json").exists()
     with pytest.raises(RunFolderError, match="did not finish"):
         read_programs(folder)
     manifest = tar_export(spread_run, data, out, shard_rows=4)  # the same command again
-    assert all((folder / n).stat().st_mtime_ns == t for n, t in finished.items())
+    assert_not_rewritten(folder, finished)
     assert rows(read_programs(folder)) == rows(spread_single)
     whole = tar_export(spread_run, data, tmp_path / "whole.parquet", shard_rows=4)
     assert json.loads(whole.read_text())["shards"] == json.loads(manifest.read_text())["shards"]

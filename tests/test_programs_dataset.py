@@ -6,15 +6,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SPREAD_N, rows
+from helpers import (
+    SLOW_EXPORT,
+    SPREAD_N,
+    assert_not_rewritten,
+    file_stamps,
+    kill_9_in_the_next_shard,
+    rows,
+)
 
 from strop.evaluation.export import ExportWouldDropPrograms, export_programs
 from strop.evaluation.programs_dataset import ProgramsDatasetError, dataset_dir_for
@@ -133,49 +138,23 @@ def test_a_resume_with_other_settings_is_refused_and_replace_starts_over(spread_
 
 # --------------------------------------------------------------------------- kill -9
 
-#: the real exporter in a child process, each batch slowed so a kill lands mid-export
-SLOW_EXPORT = """
-import sys, time
-import strop.evaluation.export as export
-real = export.encode_batch
-def slow(*args, **kwargs):
-    time.sleep(0.25)
-    return real(*args, **kwargs)
-export.encode_batch = slow
-export.export_programs(sys.argv[1], split="train,val", batch_size=3, progress=False,
-                       out=sys.argv[2], shard_rows=4)
-"""
-
 
 def test_kill_9_mid_export_resumes_at_the_first_unfinished_shard(
     spread_run, spread_single, tmp_path
 ):
     out = tmp_path / "p.parquet"
     folder = dataset_dir_for(out)
-    child = subprocess.Popen(
-        [sys.executable, "-c", SLOW_EXPORT, str(spread_run), str(out)],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    kill_9_in_the_next_shard(
+        SLOW_EXPORT, [str(spread_run), str(out)], folder / "train-00001.parquet"
     )
-    try:
-        deadline = time.monotonic() + 120
-        while not (folder / "train-00001.parquet").is_file():
-            assert child.poll() is None and time.monotonic() < deadline, "export ended early"
-            time.sleep(0.02)
-        time.sleep(0.3)  # into the next shard's first batch
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait()
-    finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("*.parquet")}
+    finished = file_stamps(folder, "*.parquet")
     assert {"train-00000.parquet", "train-00001.parquet"} <= set(finished)
     assert len(finished) < 6 and not (folder / "manifest.json").exists()
     with pytest.raises(RunFolderError, match="did not finish"):
         read_programs(folder)
 
     sharded(spread_run, out)  # the same command again
-    for name, stamp in finished.items():  # a finished shard is never rewritten
-        path = folder / name
-        assert (path.stat().st_ino, path.stat().st_mtime_ns) == stamp, name
+    assert_not_rewritten(folder, finished)  # a finished shard is never rewritten
     assert not list(folder.glob(".*.partial"))
     assert rows(read_programs(folder)) == rows(spread_single)
     # byte for byte what an uninterrupted export writes

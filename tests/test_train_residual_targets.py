@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_run_config
+from helpers import tiny_sets
 
 from strop.data.datasets import build_dataset
 from strop.model import ModelConfig, Strop, losses
@@ -19,20 +20,7 @@ from strop.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SETS = [
-    "model.image_size=32",
-    "model.l_max=8",
-    "model.decoder_width=16",
-    "curriculum.phase_steps=2,4,6,7",
-    "curriculum.probe_radius=1",
-    "train.num_workers=0",
-    "train.log_every=2",
-    "train.val_every=8",
-    "train.val_batches=1",
-    "train.checkpoint_every=4",
-    "train.warmup_steps=2",
-    "train.hold_steps=4",
-]
+SETS = tiny_sets(phase_steps="2,4,6,7", lr=None)
 
 
 def config(data: Path, *sets: str):

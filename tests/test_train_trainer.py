@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import TIMING_KEYS
+from helpers import start_strop as run_cli
 from helpers import trainer_cli_args as cli_args
 from helpers import trainer_config as config
 
@@ -25,18 +26,6 @@ from strop.training.config import ConfigError
 from strop.training.trainer import TrainingDiverged, lr_factor, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run_cli(args: list[str], **kw) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "strop.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        **kw,
-    )
 
 
 def train_rows(run: Path) -> list[dict]:
