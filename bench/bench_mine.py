@@ -281,7 +281,7 @@ def count_phases(path: Path) -> list[dict[str, float]]:
     import ctypes
     import tracemalloc
 
-    from grammar.stream import ShardCounts, _count_shard
+    from grammar.stream import ShardCounts, count_shard
     from strop.runs import read_manifest
 
     def status() -> dict[str, float]:
@@ -304,7 +304,7 @@ def count_phases(path: Path) -> list[dict[str, float]]:
             total = total or ShardCounts(k, 4)
             before = _tables_mib(total)
             reset_peaks()
-            shard = _count_shard((str(folder / record["file"]), record["file"], k, 4))
+            shard = count_shard((str(folder / record["file"]), record["file"], k, 4))
             count_hwm = status()["VmHWM"] - before
             reset_peaks()
             total.add(shard)

@@ -147,7 +147,7 @@ def _corpus(programs: Programs, name: str, k: int | None) -> Corpus:
     return from_programs(programs, name, name, k)
 
 
-def _count_shard(args: tuple[str, str, int | None, int]) -> ShardCounts:
+def count_shard(args: tuple[str, str, int | None, int]) -> ShardCounts:
     """Worker: one shard's counts (the shard is read and checked in the worker)."""
     from strop.runs import read_programs
 
@@ -183,14 +183,14 @@ def stream_counts(
         with ProcessPoolExecutor(max_workers=workers) as pool:
             pending: deque[Future[ShardCounts]] = deque()
             for job in jobs:  # a bounded window, merged in manifest order
-                pending.append(pool.submit(_count_shard, job))
+                pending.append(pool.submit(count_shard, job))
                 if len(pending) >= 2 * workers:
                     total.add(pending.popleft().result())
             while pending:
                 total.add(pending.popleft().result())
     else:
         for job in jobs:
-            total.add(_count_shard(job))
+            total.add(count_shard(job))
     return total, manifest
 
 

@@ -66,6 +66,7 @@ from strop import cli_options
 from strop.atomic import OutputPathError
 from strop.cli_app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Commands, make_app
 from strop.cli_options import Flag
+from strop.errors import error_line
 from strop.runs import RunFolderError
 from strop.scenes import SceneFileError
 
@@ -159,9 +160,7 @@ def config_from_options(
         secrets += split_url_secrets(cfg.base_url)[1]
         check_config(cfg)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        fail(f"option {field}: {err['msg']} (got {err.get('input')!r})", secrets, usage=True)
+        fail(f"option {error_line(exc.errors()[0], got=True)}", secrets, usage=True)
     except (PromptError, UsageError) as exc:  # a --template that is missing
         fail(str(exc), secrets, usage=True)
     except (RunFolderError, OutputPathError, BackendError) as exc:

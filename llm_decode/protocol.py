@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llm_decode.schema import DecodedScene
 from strop.cli_options import Flag
+from strop.errors import validation_line
 from strop.runs import Programs, RunFolderError
 
 SHOT_SPLITS = ("train",)
@@ -129,16 +130,13 @@ def select(programs: Programs, config: ProtocolConfig, source: str = "programs")
 
 def load_scene(programs: Programs, row: int, source: str) -> DecodedScene:
     """The abbreviated scene of one row; a bad scene is a one-line error naming the row."""
+    where = f"{source}: row {row} ({programs.image_id[row]})"
     try:
         return DecodedScene.from_scene_json(programs.scene[row] or "")
-    except (ValidationError, ValueError) as exc:
-        first = (
-            exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
-        )
-        loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise RunFolderError(
-            f"{source}: row {row} ({programs.image_id[row]}) field scene.{loc}: {first['msg']}"
-        ) from None
+    except ValidationError as exc:
+        raise RunFolderError(validation_line(exc, where, prefix="scene.")) from None
+    except ValueError as exc:
+        raise RunFolderError(f"{where} field scene.<root>: {exc}") from None
 
 
 def code_permutation(codebook_size: int, seed: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from strop.errors import error_line
 from strop.scenes import Scene, SceneObject
 
 COLOR_ABBR: dict[str, str] = {
@@ -242,8 +243,4 @@ def parse_answer(text: str) -> DecodedScene:
 def first_error(exc: ValidationError) -> str:
     """`field LOC: MESSAGE (got VALUE)` of the first error, for a one-line error about text a
     model or a server sent: the value shortened to 40 characters, an object or list by kind."""
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-    got = err.get("input")
-    shown = type(got).__name__ if isinstance(got, dict | list) else repr(got)[:40]
-    return f"field {loc}: {err['msg']} (got {shown})"
+    return "field " + error_line(exc.errors()[0], got=True, root="<root>")

@@ -139,7 +139,7 @@ def test_bad_scene_names_row_and_field(tmp_path):
         codebook_size=8,
     )
     path = write_programs(tmp_path / "programs.parquet", programs)
-    with pytest.raises(RunFolderError, match=r"row 0 \(0\) field scene.objects.0.color"):
+    with pytest.raises(RunFolderError, match=r"row 0 \(0\) field scene.objects\[0\].color"):
         load_scene(read_programs(path), 0, str(path))
 
 

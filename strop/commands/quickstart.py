@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -10,40 +9,15 @@ from pydantic import BaseModel, Field
 
 from strop.cli_app import EXIT_INTERRUPTED, Commands, exit_on, fail, one_line
 from strop.cli_options import Flag, command
+from strop.quickstart.config import QuickstartConfig
 
 commands = Commands()
 
 
-class QuickstartOptions(BaseModel):
-    """`strop quickstart`'s options. `strop.quickstart.QuickstartConfig` validates them (its
-    bounds, its messages); they are not marked on it because importing that package imports
-    torch, which `strop --help` does not."""
+class FreshOption(BaseModel):
+    """The one option of `strop quickstart` that is no size of the experiment; the others are
+    the `Flag`-marked fields of `strop.quickstart.config.QuickstartConfig`."""
 
-    out: Annotated[Path, Flag()] = Field(Path("runs/quickstart"), description="Output folder.")
-    n_images: Annotated[int, Flag()] = Field(2000, description="CLEVR-like scenes to render.")
-    steps: Annotated[int, Flag()] = Field(1200, description="Training steps per codebook size.")
-    ks: Annotated[str, Flag()] = Field("32,64,128", description="Codebook sizes, comma-separated.")
-    teacher: Annotated[str, Flag()] = Field(
-        "pixels", description="Offline teacher: pixels or random-vit."
-    )
-    seed: Annotated[int, Flag()] = Field(0, description="Seed of data, training and decoding.")
-    threads: Annotated[int, Flag()] = Field(
-        1,
-        description="torch threads; the figures depend on it (floating-point sums), so it is "
-        "fixed.",
-    )
-    jobs: Annotated[int | None, Flag()] = Field(
-        None,
-        description="Runs trained side by side, one process each with --threads threads; the "
-        "figures do not depend on it. Default: one per usable core, at most one per run.",
-    )
-    base_url: Annotated[str | None, Flag()] = Field(
-        None, description="OpenAI-compatible endpoint: also decode with an LLM."
-    )
-    llm_model: Annotated[str, Flag()] = Field("qwen3.5", description="Model for --base-url.")
-    fixed_k: Annotated[int, Flag()] = Field(
-        64, description="Also train the fixed-length baseline at this K (0: skip it)."
-    )
     fresh: Annotated[bool, Flag()] = Field(
         False, description="Delete --out first instead of resuming."
     )
@@ -54,7 +28,7 @@ def quickstart_command(values: dict[str, Any]) -> None:
 
     Each stage is skipped when its output exists, so a rerun resumes where it stopped.
     """
-    from strop.quickstart import QuickstartConfig, QuickstartError, clean, quickstart
+    from strop.quickstart import QuickstartError, clean, quickstart
 
     values = dict(values)
     fresh, ks, fixed_k = values.pop("fresh"), values.pop("ks"), values.pop("fixed_k")
@@ -78,4 +52,4 @@ def quickstart_command(values: dict[str, Any]) -> None:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-commands.command("quickstart")(command(quickstart_command, QuickstartOptions))
+commands.command("quickstart")(command(quickstart_command, QuickstartConfig, FreshOption))

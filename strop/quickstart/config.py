@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from strop.cli_options import Flag
 
 if TYPE_CHECKING:
     from strop.training.config import RunConfig
@@ -33,25 +35,44 @@ class QuickstartConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    out: Path = Field(
+    # `Flag`: an option of `strop quickstart` (strop.cli_options), with the command line's help
+    out: Annotated[Path, Flag(help="Output folder.")] = Field(
         Path("runs/quickstart"), description="Output folder (data/ and clevr/ inside)."
     )
-    n_images: int = Field(2000, ge=20, description="Scenes rendered (80/10/10 train/val/test).")
+    n_images: Annotated[int, Flag(help="CLEVR-like scenes to render.")] = Field(
+        2000, ge=20, description="Scenes rendered (80/10/10 train/val/test)."
+    )
     image_size: int = Field(64, ge=16, description="Rendered and trained image size.")
-    ks: tuple[int, ...] = Field((32, 64, 128), description="Codebook sizes, one run each.")
-    teacher: str = Field("pixels", description="Offline teacher: pixels or random-vit.")
+    ks: Annotated[
+        tuple[int, ...],
+        Flag(kind=str, default="32,64,128", help="Codebook sizes, comma-separated."),
+    ] = Field((32, 64, 128), description="Codebook sizes, one run each.")
+    teacher: Annotated[str, Flag()] = Field(
+        "pixels", description="Offline teacher: pixels or random-vit."
+    )
     preset: str = Field("tiny", description="Model preset.")
     l_max: int = Field(16, ge=2, description="Longest program.")
-    steps: int = Field(1200, ge=8, description="Training steps per run.")
+    steps: Annotated[int, Flag(help="Training steps per codebook size.")] = Field(
+        1200, ge=8, description="Training steps per run."
+    )
     batch_size: int = Field(32, ge=1, description="Training batch size.")
-    seed: int = Field(0, description="Seed of data, training and decoding.")
-    threads: int = Field(
+    seed: Annotated[int, Flag()] = Field(0, description="Seed of data, training and decoding.")
+    threads: Annotated[
+        int,
+        Flag(help="torch threads; the figures depend on it (floating-point sums), so it is fixed."),
+    ] = Field(
         1,
         ge=1,
         description="torch intra-op threads for training and evaluation; fixed so that the "
         "figures do not depend on the machine's core count.",
     )
-    jobs: int | None = Field(
+    jobs: Annotated[
+        int | None,
+        Flag(
+            help="Runs trained side by side, one process each with --threads threads; the "
+            "figures do not depend on it. Default: one per usable core, at most one per run."
+        ),
+    ] = Field(
         None,
         ge=1,
         description="Runs trained (and evaluated) side by side, one worker process each; None: "
@@ -64,14 +85,25 @@ class QuickstartConfig(BaseModel):
         ge=0,
         description="Images in `strop analyze` (0 skips it; below 10 its baselines get no verdict).",
     )
-    fixed_k: int | None = Field(
+    fixed_k: Annotated[
+        int | None,
+        Flag(
+            kind=int,
+            default=64,
+            help="Also train the fixed-length baseline at this K (0: skip it).",
+        ),
+    ] = Field(
         64,
         ge=2,
         description="Also train the fixed-length baseline (all L_max tokens, no head; paper "
         "Table 15) at this K, as run `k<K>-fixed`, for the report's fixed-vs-curriculum table.",
     )
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint for LLM decoding.")
-    llm_model: str = Field("qwen3.5", description="Model preset or served id for --base-url.")
+    base_url: Annotated[
+        str | None, Flag(help="OpenAI-compatible endpoint: also decode with an LLM.")
+    ] = Field(None, description="OpenAI-compatible endpoint for LLM decoding.")
+    llm_model: Annotated[str, Flag(help="Model for --base-url.")] = Field(
+        "qwen3.5", description="Model preset or served id for --base-url."
+    )
 
     @model_validator(mode="after")
     def _enough_scenes(self) -> QuickstartConfig:

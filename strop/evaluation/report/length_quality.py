@@ -30,6 +30,7 @@ from pydantic import (
     ValidationError,
 )
 
+from strop.errors import validation_line
 from strop.evaluation.length_plots import plot_calibration, plot_length_curves
 from strop.evaluation.report.collect import RunData
 from strop.evaluation.report.document import Figure, Section, Table
@@ -89,11 +90,7 @@ def _checked(model: type[_Loose], data: Any, where: str, sec: Section) -> dict[s
     try:
         return model.model_validate(data).model_dump(mode="json")
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        sec.notes.append(
-            f"{where}: field {loc}: {err['msg']} (got {err.get('input')!r:.60}); skipped"
-        )
+        sec.notes.append(f"{validation_line(exc, f'{where}:', got=True)}; skipped")
         return None
 
 
