@@ -7,6 +7,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from bench import bench_mine
 from bench.__main__ import main as bench_main
@@ -37,6 +38,7 @@ MINE_KEYS = {
 }
 
 
+@pytest.mark.slow  # a training, three exports and four mines (~40 s); CI runs it (-m slow)
 def test_the_runner_writes_every_export_and_mine_row(tmp_path, monkeypatch):
     for name, value in {
         "STROP_BENCH_EXPORT_IMAGES": "8",

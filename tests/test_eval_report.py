@@ -438,8 +438,8 @@ GOOD_SWEEP = {
 @pytest.mark.parametrize(
     ("file", "edit", "says"),
     [
-        ("sweep.json", lambda d: d.update(rows=[1, 2]), "k16/sweep.json: field rows.0:"),
-        ("sweep.json", lambda d: d["rows"][0].update(n="x"), "field rows.0.n:"),
+        ("sweep.json", lambda d: d.update(rows=[1, 2]), "k16/sweep.json: field rows[0]:"),
+        ("sweep.json", lambda d: d["rows"][0].update(n="x"), "field rows[0].n:"),
         (
             "sweep.json",
             lambda d: d["operating_points"].update(head=None),
@@ -448,7 +448,7 @@ GOOD_SWEEP = {
         (
             "eval.json",
             lambda d: d.update(quality_control={"rows": [{"eps": "a"}]}),
-            "k16/eval.json quality_control: field rows.0.eps",
+            "k16/eval.json quality_control: field rows[0].eps",
         ),
     ],
 )

@@ -288,6 +288,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two torchruns (~1 min); CI runs it (-m slow)
 def test_readme_tokenize_lines_run_here(spread_run, spread_single, shards, tmp_path):  # noqa: F811
     """Every export line of the README section runs on this machine with its own paths: one
     process, 8 GPUs as 2 CPU processes, several nodes as one node through the same c10d

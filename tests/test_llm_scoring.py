@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -90,20 +91,20 @@ def test_parse_answer_strips_think_fences_and_prose():
         ("the scene has three cubes", "not JSON"),
         (
             '{"objects": [{"color": "magenta", "shape": "cu", "size": "S", "material": "R", "x": 0, "y": 0}]}',
-            "objects.0.color",
+            "objects[0].color",
         ),
         (
             '{"objects": [{"color": "r", "shape": "cu", "size": "S", "material": "R", "x": 0}]}',
-            "objects.0.y",
+            "objects[0].y",
         ),
         (
             '{"objects": [{"color": "r", "shape": "cu", "size": "S", "material": "R", "x": "left", "y": 0}]}',
-            "objects.0.x",
+            "objects[0].x",
         ),
     ],
 )
 def test_parse_answer_errors_name_the_field(text, expected):
-    with pytest.raises(SceneParseError, match=expected.replace(".", r"\.")) as info:
+    with pytest.raises(SceneParseError, match=re.escape(expected)) as info:
         parse_answer(text)
     assert "\n" not in str(info.value)
 
